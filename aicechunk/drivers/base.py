@@ -1,0 +1,383 @@
+"""The driver protocol: byte storage that every backend implements.
+
+A driver stores opaque objects under string keys relative to its root. It knows nothing
+of Icechunk: the layers above decide what the keys and bytes mean. Everything here is
+plain data or abstract; each backend is one short module beside this one.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import builtins
+import weakref
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+from aicechunk.errors import InvalidKey, ReadOnlyError
+
+__all__ = [
+    "ByteRange",
+    "Driver",
+    "DriverConfig",
+    "LoopLocal",
+    "ObjectInfo",
+    "OffsetRange",
+    "RangeRequest",
+    "SuffixRange",
+    "slice_bytes",
+    "validate_key",
+    "validate_prefix",
+]
+
+#: The longest key a driver accepts, in UTF-8 bytes (S3's and GCS's limit).
+MAX_KEY_BYTES = 1024
+
+#: Plain-data description of a driver: ``{"type": "local", "root": "/data"}``. It holds no
+#: live client and no event loop, so it pickles and rebuilds the driver in another process.
+DriverConfig = dict[str, Any]
+
+
+# --- byte ranges -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    """``length`` bytes starting at ``offset``."""
+
+    offset: int
+    length: int
+
+    def __post_init__(self) -> None:
+        if self.offset < 0 or self.length < 0:
+            raise ValueError(f"byte range needs offset >= 0 and length >= 0, got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    """Everything from ``offset`` to the end of the object."""
+
+    offset: int
+
+    def __post_init__(self) -> None:
+        if self.offset < 0:
+            raise ValueError(f"byte range needs offset >= 0, got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class SuffixRange:
+    """The last ``length`` bytes of the object (all of it if it is shorter)."""
+
+    length: int
+
+    def __post_init__(self) -> None:
+        if self.length < 0:
+            raise ValueError(f"byte range needs length >= 0, got {self}")
+
+
+ByteRange = RangeRequest | OffsetRange | SuffixRange
+
+
+def range_bounds(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
+    """Resolve a byte range against an object of ``size`` bytes to ``(start, stop)``.
+
+    Ranges past the end are clipped, as HTTP range reads are: the result may be empty.
+    """
+    if byte_range is None:
+        return 0, size
+    if isinstance(byte_range, RangeRequest):
+        start = min(byte_range.offset, size)
+        return start, min(size, byte_range.offset + byte_range.length)
+    if isinstance(byte_range, OffsetRange):
+        return min(byte_range.offset, size), size
+    return max(0, size - byte_range.length), size
+
+
+def slice_bytes(data: bytes, byte_range: ByteRange | None) -> bytes:
+    """Apply a byte range to a whole object held in memory."""
+    if byte_range is None:
+        return data
+    start, stop = range_bounds(byte_range, len(data))
+    return data[start:stop]
+
+
+# --- objects ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a driver knows about one stored object.
+
+    ``version`` is an opaque token (an ETag, a GCS generation, a local file token) that
+    changes whenever the object is replaced; pass it to ``put(if_match=...)``.
+    """
+
+    key: str
+    size: int
+    version: str
+    last_modified: datetime | None = None
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def _check_segments(value: str, what: str, driver: str | None, allow_trailing_slash: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidKey(f"{what} must be a str, got {type(value).__name__}", driver=driver)
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidKey(f"{what} is longer than {MAX_KEY_BYTES} bytes", key=value, driver=driver)
+    if value.startswith("/"):
+        raise InvalidKey(f"{what} must be relative (no leading '/')", key=value, driver=driver)
+    if "\\" in value:
+        raise InvalidKey(f"{what} must not contain a backslash", key=value, driver=driver)
+    for ch in value:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise InvalidKey(
+                f"{what} must not contain control character {ch!r}", key=value, driver=driver
+            )
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            raise InvalidKey(f"{what} must be valid Unicode", key=value, driver=driver)
+    body = value[:-1] if allow_trailing_slash and value.endswith("/") else value
+    if not body:
+        return
+    for segment in body.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKey(
+                f"{what} has an empty, '.' or '..' path segment", key=value, driver=driver
+            )
+
+
+def validate_key(key: str, driver: str | None = None) -> str:
+    """Check that ``key`` names an object strictly inside a driver's root.
+
+    Refused: empty keys, a leading ``/``, a trailing ``/``, empty, ``.`` or ``..``
+    segments, backslashes, NUL and other control characters, and keys longer than
+    ``MAX_KEY_BYTES``. Returns the key unchanged so calls can be chained.
+    """
+    if isinstance(key, str) and not key:
+        raise InvalidKey("key must not be empty", key=key, driver=driver)
+    _check_segments(key, "key", driver, allow_trailing_slash=False)
+    return key
+
+
+def validate_prefix(prefix: str, driver: str | None = None) -> str:
+    """Check a listing prefix: empty (everything) or key-like, a trailing ``/`` allowed."""
+    if prefix == "":
+        return prefix
+    _check_segments(prefix, "prefix", driver, allow_trailing_slash=True)
+    return prefix
+
+
+# --- event-loop-local state ------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+class LoopLocal(Generic[T]):
+    """One value per running event loop, made on first use in that loop.
+
+    Network clients and asyncio primitives belong to the loop that made them; a driver
+    keeps them here so the same driver works from ``asyncio.run`` called several times,
+    from zarr's synchronous API (which runs its own loop) and after unpickling.
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> T:
+        """The value for the running loop."""
+        loop = asyncio.get_running_loop()
+        try:
+            return self._values[loop]
+        except KeyError:
+            value: T = self._factory()
+            self._values[loop] = value
+            return value
+
+    def items(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
+        """Every (loop, value) pair still alive."""
+        return list(self._values.items())
+
+    def clear(self) -> None:
+        """Forget every value."""
+        self._values = weakref.WeakKeyDictionary()
+
+
+# --- the protocol ----------------------------------------------------------------------
+
+
+class Driver(abc.ABC):
+    """Byte storage behind one protocol.
+
+    Subclasses implement the abstract coroutines. Keys are validated here, before any
+    backend sees them, so no key can reach outside the driver's root. Writes and
+    listing are refused with a typed error when the capability flags say so.
+    """
+
+    #: short type name used in configs and messages, e.g. ``"local"``
+    type_name: ClassVar[str] = "abstract"
+    supports_writes: ClassVar[bool] = True
+    supports_listing: ClassVar[bool] = True
+    supports_conditional_writes: ClassVar[bool] = True
+
+    # -- description ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def describe(self) -> DriverConfig:
+        """Plain data that rebuilds this driver (see ``registry.driver_from_config``).
+
+        Never contains live clients; credentials appear only as the user configured them.
+        """
+
+    @property
+    def config(self) -> DriverConfig:
+        """Same as ``describe()``."""
+        return self.describe()
+
+    @property
+    def label(self) -> str:
+        """A short, credential-free name for messages, e.g. ``local:/data/repo``."""
+        return self.type_name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        """The object's bytes, or the requested part of them.
+
+        Raises ``ObjectNotFound`` if there is no such object.
+        """
+        validate_key(key, self.label)
+        return await self._get(key, byte_range)
+
+    async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """The whole object together with its ``ObjectInfo`` (read consistently)."""
+        validate_key(key, self.label)
+        return await self._get_object(key)
+
+    async def head(self, key: str) -> ObjectInfo:
+        """The object's metadata without its bytes."""
+        validate_key(key, self.label)
+        return await self._head(key)
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        from aicechunk.errors import ObjectNotFound
+
+        try:
+            await self.head(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in lexicographic key order."""
+        validate_prefix(prefix, self.label)
+        if not self.supports_listing:
+            from aicechunk.errors import StorageError
+
+            raise StorageError(
+                "this driver cannot list objects", key=prefix or None, driver=self.label
+            )
+        return self._list(prefix)
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> ObjectInfo:
+        """Store ``data`` under ``key``, atomically: readers see the old or the new bytes.
+
+        ``if_none_match=True`` creates only if no object exists; ``if_match=version``
+        replaces only if the stored version is still ``version``. A failed condition
+        raises ``PreconditionFailed`` and changes nothing.
+        """
+        validate_key(key, self.label)
+        self._check_writable(key)
+        if if_none_match and if_match is not None:
+            raise ValueError("pass at most one of if_none_match and if_match")
+        return await self._put(key, bytes(data), if_none_match=if_none_match, if_match=if_match)
+
+    async def delete(self, key: str) -> None:
+        """Delete the object; a missing object is not an error."""
+        validate_key(key, self.label)
+        self._check_writable(key)
+        await self._delete(key)
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete many objects; missing ones are not an error."""
+        keys = list(keys)
+        for key in keys:
+            validate_key(key, self.label)
+        if keys:
+            self._check_writable(keys[0])
+            await self._delete_many(keys)
+
+    def _check_writable(self, key: str) -> None:
+        if not self.supports_writes:
+            raise ReadOnlyError("this driver is read-only", key=key, driver=self.label)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release clients and connections. The driver may be used again afterwards."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- what backends implement ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _get(self, key: str, byte_range: ByteRange | None) -> bytes: ...
+
+    @abc.abstractmethod
+    async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]: ...
+
+    @abc.abstractmethod
+    async def _head(self, key: str) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def _list(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...
+
+    @abc.abstractmethod
+    async def _put(
+        self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
+    ) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    async def _delete(self, key: str) -> None: ...
+
+    async def _delete_many(self, keys: builtins.list[str]) -> None:
+        """Default: one delete at a time; backends with batch deletes override this."""
+        for key in keys:
+            await self._delete(key)
+
+
+def config_value(config: Mapping[str, Any], name: str, driver: str) -> Any:
+    """Read a required field of a driver config with a clear error."""
+    try:
+        return config[name]
+    except KeyError:
+        raise ValueError(f"{driver} driver config needs {name!r}: got {sorted(config)}") from None
