@@ -7,13 +7,17 @@ here; the suite in test_conformance.py runs unchanged over all of them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from aicechunk.drivers import Driver, LocalDriver, MemoryDriver
+from aicechunk.drivers.s3 import S3Credentials, S3Driver
+from aicechunk.drivers.gcs import GCSDriver
+from tests.servers import create_gcs_bucket, fake_gcs_server, moto_server
 
 
 @dataclass
@@ -49,15 +53,73 @@ async def _local(tmp_path: Path) -> DriverUnderTest:
     return DriverUnderTest(driver, seed, root=root)
 
 
-FACTORIES: dict[str, Callable[[Path], Awaitable[DriverUnderTest]]] = {
+_bucket_names = (f"bucket-{i}" for i in itertools.count())
+
+
+async def _s3(tmp_path: Path, endpoint: str) -> DriverUnderTest:
+    import boto3
+
+    bucket = next(_bucket_names)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)
+    driver = S3Driver(
+        bucket,
+        "some/prefix",
+        region="us-east-1",
+        endpoint_url=endpoint,
+        allow_http=True,
+        force_path_style=True,
+        credentials=S3Credentials("testing", "testing"),
+    )
+
+    async def seed(key: str, data: bytes) -> None:
+        await driver.put(key, data)
+
+    return DriverUnderTest(driver, seed)
+
+
+async def _gcs(tmp_path: Path, endpoint: str) -> DriverUnderTest:
+    bucket = next(_bucket_names)
+    create_gcs_bucket(endpoint, bucket)
+    driver = GCSDriver(bucket, "some/prefix", endpoint_url=endpoint)
+
+    async def seed(key: str, data: bytes) -> None:
+        await driver.put(key, data)
+
+    return DriverUnderTest(driver, seed)
+
+
+FACTORIES: dict[str, Callable[..., Awaitable[DriverUnderTest]]] = {
     "memory": _memory,
     "local": _local,
+    "s3": _s3,
+    "gcs": _gcs,
 }
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with fake_gcs_server(tmp_path_factory.mktemp("gcs")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 async def dut(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DriverUnderTest]:
-    made = await FACTORIES[request.param](tmp_path)
+    args: list[object] = [tmp_path]
+    if request.param in ("s3", "gcs"):
+        args.append(request.getfixturevalue(f"{request.param}_endpoint"))
+    made = await FACTORIES[request.param](*args)
     try:
         yield made
     finally:

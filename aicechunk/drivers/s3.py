@@ -1,0 +1,355 @@
+"""A driver for S3 and S3-compatible object stores, on aiobotocore.
+
+Conditional writes use ``If-None-Match: *`` and ``If-Match: <etag>``; listing is
+paginated (S3 lists in UTF-8 byte order, which is our key order); deletes go in batches
+of 1000. Retries with exponential backoff and jitter on throttling, 5xx and connection
+errors are botocore's "standard" mode, bounded by ``max_attempts``. One client per event
+loop, made lazily in the loop that uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aicechunk.drivers.base import (
+    ByteRange,
+    Driver,
+    DriverConfig,
+    LoopLocal,
+    ObjectInfo,
+    OffsetRange,
+    RangeRequest,
+    SuffixRange,
+)
+from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
+
+__all__ = ["S3Credentials", "S3Driver"]
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """How the driver authenticates: static keys, anonymous, or the environment's chain.
+
+    ``repr`` never shows the secret parts.
+    """
+
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    anonymous: bool = False
+
+    @property
+    def kind(self) -> str:
+        """``static``, ``anonymous`` or ``from_env``."""
+        if self.anonymous:
+            return "anonymous"
+        return "static" if self.access_key_id else "from_env"
+
+
+@dataclass
+class _LoopState:
+    client: Any = None
+    context: Any = None
+    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+
+
+class S3Driver(Driver):
+    """Objects under ``s3://bucket/prefix/``."""
+
+    type_name = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        allow_http: bool = False,
+        force_path_style: bool = False,
+        credentials: S3Credentials | None = None,
+        max_concurrency: int = 64,
+        max_attempts: int = 10,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ValueError(f"S3 bucket must be a bare bucket name, got {bucket!r}")
+        if endpoint_url and endpoint_url.startswith("http://") and not allow_http:
+            raise ValueError(f"endpoint {endpoint_url} is plain HTTP: pass allow_http=True")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.allow_http = allow_http
+        self.force_path_style = force_path_style
+        self.credentials = credentials or S3Credentials()
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._state: LoopLocal[_LoopState] = LoopLocal(
+            lambda: _LoopState(limit=asyncio.Semaphore(self.max_concurrency))
+        )
+
+    # -- description ------------------------------------------------------------------
+
+    def describe(self) -> DriverConfig:
+        """Plain data; static credentials appear only as the user configured them."""
+        creds = self.credentials
+        return {
+            "type": "s3",
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "region": self.region,
+            "endpoint_url": self.endpoint_url,
+            "allow_http": self.allow_http,
+            "force_path_style": self.force_path_style,
+            "credentials": {
+                "access_key_id": creds.access_key_id,
+                "secret_access_key": creds.secret_access_key,
+                "session_token": creds.session_token,
+                "anonymous": creds.anonymous,
+            },
+            "max_concurrency": self.max_concurrency,
+            "max_attempts": self.max_attempts,
+        }
+
+    @classmethod
+    def from_config(cls, config: DriverConfig) -> S3Driver:
+        """Rebuild from ``describe()``."""
+        creds = config.get("credentials") or {}
+        return cls(
+            config["bucket"],
+            config.get("prefix") or "",
+            region=config.get("region"),
+            endpoint_url=config.get("endpoint_url"),
+            allow_http=bool(config.get("allow_http", False)),
+            force_path_style=bool(config.get("force_path_style", False)),
+            credentials=S3Credentials(
+                creds.get("access_key_id"),
+                creds.get("secret_access_key"),
+                creds.get("session_token"),
+                bool(creds.get("anonymous", False)),
+            ),
+            max_concurrency=int(config.get("max_concurrency", 64)),
+            max_attempts=int(config.get("max_attempts", 10)),
+        )
+
+    @property
+    def label(self) -> str:
+        """``s3://bucket/prefix`` (never credentials)."""
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.describe()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        rebuilt = S3Driver.from_config(state)
+        self.__dict__.update(rebuilt.__dict__)
+
+    # -- client -----------------------------------------------------------------------
+
+    async def _client(self) -> tuple[Any, asyncio.Semaphore]:
+        state = self._state.get()
+        if state.client is None:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+            from botocore import UNSIGNED
+
+            creds = self.credentials
+            config = AioConfig(
+                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                max_pool_connections=self.max_concurrency,
+                s3={"addressing_style": "path" if self.force_path_style else "auto"},
+                signature_version=UNSIGNED if creds.anonymous else None,
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            kwargs: dict[str, Any] = {"config": config}
+            if self.region:
+                kwargs["region_name"] = self.region
+            if self.endpoint_url:
+                kwargs["endpoint_url"] = self.endpoint_url
+            if creds.kind == "static":
+                kwargs["aws_access_key_id"] = creds.access_key_id
+                kwargs["aws_secret_access_key"] = creds.secret_access_key
+                kwargs["aws_session_token"] = creds.session_token
+            context = get_session().create_client("s3", **kwargs)
+            state.client = await context.__aenter__()
+            state.context = context
+        return state.client, state.limit
+
+    async def close(self) -> None:
+        """Close the clients made in the running loop (others close with their loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover
+            return
+        for owner, state in self._state.items():
+            if owner is loop and state.context is not None:
+                context, state.context, state.client = state.context, None, None
+                await context.__aexit__(None, None, None)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, err: Exception, key: str | None, action: str) -> StorageError:
+        code = ""
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if not code and status:
+                code = str(status)
+        if code in _NOT_FOUND:
+            return ObjectNotFound("no such object", key=key, driver=self.label)
+        if code in _PRECONDITION:
+            return PreconditionFailed(
+                "conditional write lost (object exists or changed)", key=key, driver=self.label
+            )
+        if code == "NoSuchBucket":
+            return StorageError(f"bucket {self.bucket!r} does not exist", key=key, driver=self.label)
+        detail = code or type(err).__name__
+        return StorageError(f"{action} failed: {detail}", key=key, driver=self.label)
+
+    def _info(self, key: str, headers: dict[str, Any], size: int) -> ObjectInfo:
+        return ObjectInfo(key, size, str(headers.get("ETag", "")), headers.get("LastModified"))
+
+    # -- reads ------------------------------------------------------------------------
+
+    @staticmethod
+    def _range_header(byte_range: ByteRange | None) -> str | None:
+        if byte_range is None:
+            return None
+        if isinstance(byte_range, RangeRequest):
+            return f"bytes={byte_range.offset}-{byte_range.offset + byte_range.length - 1}"
+        if isinstance(byte_range, OffsetRange):
+            return f"bytes={byte_range.offset}-"
+        assert isinstance(byte_range, SuffixRange)
+        return f"bytes=-{byte_range.length}"
+
+    async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
+        if (isinstance(byte_range, RangeRequest | SuffixRange)) and byte_range.length == 0:
+            await self._head(key)  # still report a missing object
+            return b""
+        client, limit = await self._client()
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        header = self._range_header(byte_range)
+        if header:
+            kwargs["Range"] = header
+        async with limit:
+            try:
+                response = await client.get_object(**kwargs)
+                async with response["Body"] as body:
+                    data: bytes = await body.read()
+                    return data
+            except Exception as err:
+                code = getattr(err, "response", {}).get("Error", {}).get("Code")
+                if code == "InvalidRange":  # a range starting at or past the end
+                    await self._head(key)
+                    return b""
+                raise self._error(err, key, "get") from err
+
+    async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        client, limit = await self._client()
+        async with limit:
+            try:
+                response = await client.get_object(Bucket=self.bucket, Key=self._key(key))
+                async with response["Body"] as body:
+                    data = await body.read()
+            except Exception as err:
+                raise self._error(err, key, "get") from err
+        return data, self._info(key, response, len(data))
+
+    async def _head(self, key: str) -> ObjectInfo:
+        client, limit = await self._client()
+        async with limit:
+            try:
+                response = await client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except Exception as err:
+                raise self._error(err, key, "head") from err
+        return self._info(key, response, int(response.get("ContentLength", 0)))
+
+    async def _list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        client, limit = await self._client()
+        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+            if token:
+                kwargs["ContinuationToken"] = token
+            async with limit:
+                try:
+                    page = await client.list_objects_v2(**kwargs)
+                except Exception as err:
+                    raise self._error(err, prefix or None, "list") from err
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    item["Key"][strip:],
+                    int(item["Size"]),
+                    str(item.get("ETag", "")),
+                    item.get("LastModified"),
+                )
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def _put(
+        self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
+    ) -> ObjectInfo:
+        client, limit = await self._client()
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        async with limit:
+            try:
+                response = await client.put_object(**kwargs)
+            except Exception as err:
+                if if_match is not None and isinstance(self._error(err, key, "put"), ObjectNotFound):
+                    raise PreconditionFailed(
+                        "object to replace does not exist", key=key, driver=self.label
+                    ) from err
+                raise self._error(err, key, "put") from err
+        from datetime import UTC, datetime
+
+        return ObjectInfo(key, len(data), str(response.get("ETag", "")), datetime.now(UTC))
+
+    async def _delete(self, key: str) -> None:
+        await self._delete_many([key])
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        client, limit = await self._client()
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            async with limit:
+                try:
+                    response = await client.delete_objects(
+                        Bucket=self.bucket,
+                        Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True},
+                    )
+                except Exception as err:
+                    raise self._error(err, batch[0], "delete") from err
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"delete failed: {first.get('Code')} {first.get('Message', '')}".strip(),
+                    key=str(first.get("Key", "")),
+                    driver=self.label,
+                )
