@@ -52,12 +52,18 @@ def fake_gcs_server(data_dir: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [
             str(binary),
-            "-scheme", "http",
-            "-host", "127.0.0.1",
-            "-port", str(port),
-            "-backend", "memory",
-            "-external-url", f"http://127.0.0.1:{port}",
-            "-log-level", "error",
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-backend",
+            "memory",
+            "-external-url",
+            f"http://127.0.0.1:{port}",
+            "-log-level",
+            "error",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -86,3 +92,45 @@ def create_gcs_bucket(endpoint: str, bucket: str) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
+
+
+@contextlib.contextmanager
+def http_file_server(root: Path) -> Iterator[str]:
+    """An aiohttp server publishing the files under ``root`` (Range, ETag, HEAD), in a
+    thread of its own so that any event loop can use it; yields its base URL."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    resolved_root = root.resolve()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = (root / request.match_info["key"]).resolve()  # noqa: ASYNC240
+        if not path.is_relative_to(resolved_root) or not path.is_file():  # noqa: ASYNC240
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    app = web.Application()
+    app.router.add_get("/{key:.+}", handle)  # HEAD too
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    port = free_port()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

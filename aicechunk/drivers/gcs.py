@@ -182,7 +182,7 @@ class GCSDriver(Driver):
             except aiohttp.ClientResponseError as err:
                 if err.status not in _RETRY_STATUS or attempt == self.max_attempts:
                     raise self._error(err, key, action) from err
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
+            except (TimeoutError, aiohttp.ClientConnectionError) as err:
                 if attempt == self.max_attempts:
                     raise self._error(err, key, action) from err
             await asyncio.sleep(random.uniform(0, delay))  # full jitter

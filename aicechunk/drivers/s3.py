@@ -219,7 +219,9 @@ class S3Driver(Driver):
                 "conditional write lost (object exists or changed)", key=key, driver=self.label
             )
         if code == "NoSuchBucket":
-            return StorageError(f"bucket {self.bucket!r} does not exist", key=key, driver=self.label)
+            return StorageError(
+                f"bucket {self.bucket!r} does not exist", key=key, driver=self.label
+            )
         detail = code or type(err).__name__
         return StorageError(f"{action} failed: {detail}", key=key, driver=self.label)
 
@@ -321,7 +323,9 @@ class S3Driver(Driver):
             try:
                 response = await client.put_object(**kwargs)
             except Exception as err:
-                if if_match is not None and isinstance(self._error(err, key, "put"), ObjectNotFound):
+                if if_match is not None and isinstance(
+                    self._error(err, key, "put"), ObjectNotFound
+                ):
                     raise PreconditionFailed(
                         "object to replace does not exist", key=key, driver=self.label
                     ) from err

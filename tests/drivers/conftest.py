@@ -7,6 +7,7 @@ here; the suite in test_conformance.py runs unchanged over all of them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from aicechunk.drivers import Driver, LocalDriver, MemoryDriver
-from aicechunk.drivers.s3 import S3Credentials, S3Driver
 from aicechunk.drivers.gcs import GCSDriver
-from tests.servers import create_gcs_bucket, fake_gcs_server, moto_server
+from aicechunk.drivers.http import HTTPDriver
+from aicechunk.drivers.s3 import S3Credentials, S3Driver
+from tests.servers import create_gcs_bucket, fake_gcs_server, http_file_server, moto_server
 
 
 @dataclass
@@ -94,7 +96,20 @@ async def _gcs(tmp_path: Path, endpoint: str) -> DriverUnderTest:
     return DriverUnderTest(driver, seed)
 
 
+async def _http(tmp_path: Path, make_server: Callable[[Path], str]) -> DriverUnderTest:
+    # a local directory published over HTTP; the suite seeds it through a local driver
+    published = tmp_path / "published"
+    writer = LocalDriver(published)
+    driver = HTTPDriver(make_server(published))
+
+    async def seed(key: str, data: bytes) -> None:
+        await writer.put(key, data)
+
+    return DriverUnderTest(driver, seed, root=published)
+
+
 FACTORIES: dict[str, Callable[..., Awaitable[DriverUnderTest]]] = {
+    "http": _http,
     "memory": _memory,
     "local": _local,
     "s3": _s3,
@@ -119,6 +134,10 @@ async def dut(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[D
     args: list[object] = [tmp_path]
     if request.param in ("s3", "gcs"):
         args.append(request.getfixturevalue(f"{request.param}_endpoint"))
+    if request.param == "http":
+        stack = contextlib.ExitStack()
+        request.addfinalizer(stack.close)
+        args.append(lambda root: stack.enter_context(http_file_server(root)))
     made = await FACTORIES[request.param](*args)
     try:
         yield made
