@@ -106,8 +106,8 @@ def http_file_server(root: Path) -> Iterator[str]:
     resolved_root = root.resolve()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        path = (root / request.match_info["key"]).resolve()  # noqa: ASYNC240
-        if not path.is_relative_to(resolved_root) or not path.is_file():  # noqa: ASYNC240
+        path = (root / request.match_info["key"]).resolve()
+        if not path.is_relative_to(resolved_root) or not path.is_file():
             raise web.HTTPNotFound()
         return web.FileResponse(path)
 
