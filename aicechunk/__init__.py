@@ -10,6 +10,15 @@ from aicechunk.errors import (
     ReadOnlyError,
     StorageError,
 )
+from aicechunk.storage import (
+    Storage,
+    gcs_storage,
+    http_storage,
+    in_memory_storage,
+    local_filesystem_storage,
+    s3_storage,
+    storage_from_driver,
+)
 
 __version__ = "0.1.0"
 
@@ -21,6 +30,13 @@ __all__ = [
     "ObjectNotFound",
     "PreconditionFailed",
     "ReadOnlyError",
+    "Storage",
     "StorageError",
     "__version__",
+    "gcs_storage",
+    "http_storage",
+    "in_memory_storage",
+    "local_filesystem_storage",
+    "s3_storage",
+    "storage_from_driver",
 ]

@@ -57,8 +57,11 @@ class InvalidKey(StorageError):
     """A key is malformed or would reach outside the driver's root."""
 
 
-class ReadOnlyError(StorageError):
-    """A write was attempted through a read-only driver, store or session."""
+class ReadOnlyError(StorageError, ValueError):
+    """A write was attempted through a read-only driver, store or session.
+
+    Also a ``ValueError``, which is what zarr expects from a read-only store.
+    """
 
 
 #: Short alias used by the driver protocol documentation.

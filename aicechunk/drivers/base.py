@@ -27,6 +27,7 @@ __all__ = [
     "ObjectInfo",
     "OffsetRange",
     "RangeRequest",
+    "Secret",
     "SuffixRange",
     "slice_bytes",
     "validate_key",
@@ -39,6 +40,27 @@ MAX_KEY_BYTES = 1024
 #: Plain-data description of a driver: ``{"type": "local", "root": "/data"}``. It holds no
 #: live client and no event loop, so it pickles and rebuilds the driver in another process.
 DriverConfig = dict[str, Any]
+
+
+class Secret(str):
+    """A string that never shows itself in ``repr``: credentials inside driver configs.
+
+    It is still a ``str`` (JSON-serializable, picklable, usable by clients); only its
+    representation, and so logs and error messages that format configs, hide it.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Secret, (str(self),))
+
+
+def secret(value: str | None) -> Secret | None:
+    """Wrap a credential so that it is hidden from ``repr``."""
+    return None if value is None else Secret(value)
 
 
 # --- byte ranges -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from aicechunk.drivers.base import (
     OffsetRange,
     RangeRequest,
     SuffixRange,
+    secret,
 )
 from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
 
@@ -112,9 +113,9 @@ class S3Driver(Driver):
             "allow_http": self.allow_http,
             "force_path_style": self.force_path_style,
             "credentials": {
-                "access_key_id": creds.access_key_id,
-                "secret_access_key": creds.secret_access_key,
-                "session_token": creds.session_token,
+                "access_key_id": secret(creds.access_key_id),
+                "secret_access_key": secret(creds.secret_access_key),
+                "session_token": secret(creds.session_token),
                 "anonymous": creds.anonymous,
             },
             "max_concurrency": self.max_concurrency,

@@ -1,0 +1,169 @@
+"""What the remote drivers promise beyond the conformance suite: retries, secrets,
+portability of their configs, and the GCS precondition quirk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import threading
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+import aicechunk as aic
+from aicechunk.drivers.gcs import GCSDriver
+from aicechunk.drivers.http import HTTPDriver
+from aicechunk.drivers.s3 import S3Credentials, S3Driver
+from aicechunk.errors import ObjectNotFound, PreconditionFailed, ReadOnlyError, StorageError
+from tests.servers import create_gcs_bucket, free_port
+
+
+@contextlib.contextmanager
+def flaky_server(failures: int, then: int = 404) -> Iterator[tuple[str, list[str]]]:
+    """Answers 503 to the first ``failures`` requests, then ``then``; logs every request."""
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        status = 503 if len(seen) <= failures else then
+        return web.Response(status=status, body=b"")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    port = free_port()
+    ready = threading.Event()
+
+    def serve() -> None:
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+async def test_http_retries_transient_errors() -> None:
+    with flaky_server(failures=2) as (url, seen):
+        async with HTTPDriver(url) as driver:
+            with pytest.raises(ObjectNotFound):
+                await driver.get("refs/branch.main/ref.json")
+    assert seen == ["GET /refs/branch.main/ref.json"] * 3
+
+
+async def test_http_gives_up_after_max_attempts() -> None:
+    with flaky_server(failures=100) as (url, seen):
+        async with HTTPDriver(url, max_attempts=3) as driver:
+            with pytest.raises(StorageError, match="HTTP 503"):
+                await driver.get("x")
+    assert len(seen) == 3
+
+
+async def test_s3_retries_transient_errors() -> None:
+    with flaky_server(failures=2) as (url, seen):
+        driver = S3Driver(
+            "bucket",
+            endpoint_url=url,
+            allow_http=True,
+            force_path_style=True,
+            region="us-east-1",
+            credentials=S3Credentials("k", "s"),
+        )
+        async with driver:
+            with pytest.raises(ObjectNotFound):
+                await driver.head("a/key")
+    assert seen == ["HEAD /bucket/a/key"] * 3
+
+
+async def test_gcs_retries_transient_errors() -> None:
+    with flaky_server(failures=2) as (url, seen):
+        async with GCSDriver("bucket", endpoint_url=url) as driver:
+            with pytest.raises(ObjectNotFound):
+                await driver.head("a/key")
+    assert len(seen) == 3 and all("a%2Fkey" in s or "a/key" in s for s in seen)
+
+
+async def test_http_is_read_only_and_cannot_list() -> None:
+    driver = HTTPDriver("http://127.0.0.1:9")
+    with pytest.raises(ReadOnlyError):
+        await driver.put("k", b"x")
+    with pytest.raises(StorageError, match="cannot list"):
+        driver.list("refs/")
+
+
+def test_secrets_never_shown() -> None:
+    storage = aic.s3_storage(
+        bucket="b",
+        endpoint_url="http://127.0.0.1:9",
+        allow_http=True,
+        access_key_id="AKIAEXAMPLEKEY",
+        secret_access_key="TOPSECRETVALUE",
+        session_token="SESSIONTOKENVALUE",
+    )
+    driver = storage.driver()
+    for text in (repr(storage), str(storage.config), repr(driver), repr(driver.describe())):
+        for secret in ("AKIAEXAMPLEKEY", "TOPSECRETVALUE", "SESSIONTOKENVALUE"):
+            assert secret not in text
+    clone = pickle.loads(pickle.dumps(storage)).driver()
+    assert isinstance(clone, S3Driver)
+    assert clone.credentials.secret_access_key == "TOPSECRETVALUE"
+
+
+async def test_errors_do_not_carry_secrets(s3_endpoint: str) -> None:
+    storage = aic.s3_storage(
+        bucket="no-such-bucket",
+        endpoint_url=s3_endpoint,
+        allow_http=True,
+        force_path_style=True,
+        region="us-east-1",
+        access_key_id="AKIAEXAMPLEKEY",
+        secret_access_key="TOPSECRETVALUE",
+    )
+    driver = storage.driver()
+    async with driver:
+        with pytest.raises(StorageError) as info:
+            await driver.put("k", b"x")
+    assert "TOPSECRETVALUE" not in str(info.value)
+    assert "no-such-bucket" in str(info.value)
+
+
+def test_plain_http_endpoint_needs_allow_http() -> None:
+    with pytest.raises(ValueError, match="allow_http"):
+        aic.s3_storage(bucket="b", endpoint_url="http://127.0.0.1:9")
+
+
+async def test_gcs_preconditions_hold_on_the_emulator(gcs_endpoint: str) -> None:
+    """fake-gcs-server ignores preconditions on media uploads; ours must still hold."""
+    create_gcs_bucket(gcs_endpoint, "precondition-bucket")
+    async with GCSDriver("precondition-bucket", endpoint_url=gcs_endpoint) as driver:
+        big = b"x" * 300_000
+        first = await driver.put("ref", big, if_none_match=True)
+        with pytest.raises(PreconditionFailed):
+            await driver.put("ref", b"y" * 300_000, if_none_match=True)
+        await driver.put("ref", b"z", if_match=first.version)
+        with pytest.raises(PreconditionFailed):
+            await driver.put("ref", b"w", if_match=first.version)
+        assert await driver.get("ref") == b"z"
+
+
+async def test_gcs_emulator_host_from_environment(
+    gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_gcs_bucket(gcs_endpoint, "env-bucket")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    storage = aic.gcs_storage(bucket="env-bucket", prefix="p")
+    driver = storage.driver()
+    async with driver:
+        await driver.put("k", b"v")
+        assert await driver.get("k") == b"v"
