@@ -88,6 +88,8 @@ def s3_storage(
     from_env: bool | None = None,
     max_concurrency: int = 64,
     max_attempts: int = 10,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
 ) -> Storage:
     """A repository in S3 or an S3-compatible store.
 
@@ -111,6 +113,8 @@ def s3_storage(
         credentials=S3Credentials(access_key_id, secret_access_key, session_token, anonymous),
         max_concurrency=max_concurrency,
         max_attempts=max_attempts,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
     )
     return Storage(driver.describe())
 

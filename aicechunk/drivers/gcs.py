@@ -167,6 +167,10 @@ class GCSDriver(Driver):
             return PreconditionFailed(
                 "conditional write lost (generation changed)", key=key, driver=self.label
             )
+        if status in (401, 403):
+            return StorageError(
+                f"access denied (HTTP {status}): check the credentials", key=key, driver=self.label
+            )
         detail = f"HTTP {status}" if status else type(err).__name__
         return StorageError(f"{action} failed: {detail}", key=key, driver=self.label)
 

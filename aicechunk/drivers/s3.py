@@ -30,6 +30,7 @@ from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
 __all__ = ["S3Credentials", "S3Driver"]
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
@@ -120,6 +121,8 @@ class S3Driver(Driver):
             },
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
         }
 
     @classmethod
@@ -141,6 +144,8 @@ class S3Driver(Driver):
             ),
             max_concurrency=int(config.get("max_concurrency", 64)),
             max_attempts=int(config.get("max_attempts", 10)),
+            connect_timeout=float(config.get("connect_timeout", 10.0)),
+            read_timeout=float(config.get("read_timeout", 60.0)),
         )
 
     @property
@@ -218,6 +223,10 @@ class S3Driver(Driver):
         if code in _PRECONDITION:
             return PreconditionFailed(
                 "conditional write lost (object exists or changed)", key=key, driver=self.label
+            )
+        if code in _AUTH:
+            return StorageError(
+                f"access denied ({code}): check the credentials", key=key, driver=self.label
             )
         if code == "NoSuchBucket":
             return StorageError(

@@ -21,14 +21,17 @@ from tests.servers import create_gcs_bucket, free_port
 
 
 @contextlib.contextmanager
-def flaky_server(failures: int, then: int = 404) -> Iterator[tuple[str, list[str]]]:
+def flaky_server(
+    failures: int, then: int = 404, body: bytes = b""
+) -> Iterator[tuple[str, list[str]]]:
     """Answers 503 to the first ``failures`` requests, then ``then``; logs every request."""
     seen: list[str] = []
 
     async def handle(request: web.Request) -> web.Response:
         seen.append(f"{request.method} {request.path}")
-        status = 503 if len(seen) <= failures else then
-        return web.Response(status=status, body=b"")
+        if len(seen) <= failures:
+            return web.Response(status=503, body=b"")
+        return web.Response(status=then, body=body, content_type="application/xml")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -167,3 +170,49 @@ async def test_gcs_emulator_host_from_environment(
     async with driver:
         await driver.put("k", b"v")
         assert await driver.get("k") == b"v"
+
+
+async def test_s3_wrong_credentials_give_a_clear_error() -> None:
+    denial = (
+        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidAccessKeyId</Code>"
+        b"<Message>The AWS Access Key Id you provided does not exist.</Message></Error>"
+    )
+    with flaky_server(failures=0, then=403, body=denial) as (url, _):
+        driver = S3Driver(
+            "bucket",
+            endpoint_url=url,
+            allow_http=True,
+            force_path_style=True,
+            region="us-east-1",
+            credentials=S3Credentials("WRONGKEY", "WRONGSECRET"),
+        )
+        async with driver:
+            with pytest.raises(StorageError, match="access denied .*credentials") as info:
+                await driver.get("refs/branch.main/ref.json")
+    assert info.value.key == "refs/branch.main/ref.json"
+    assert "WRONGSECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs", "http"])
+async def test_stopped_server_is_a_clear_error_not_a_hang(kind: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    driver: S3Driver | GCSDriver | HTTPDriver
+    if kind == "s3":
+        driver = S3Driver(
+            "b",
+            endpoint_url=url,
+            allow_http=True,
+            region="us-east-1",
+            credentials=S3Credentials("k", "s"),
+            max_attempts=2,
+            connect_timeout=1,
+            read_timeout=1,
+        )
+    elif kind == "gcs":
+        driver = GCSDriver("b", endpoint_url=url, max_attempts=2, timeout=1)
+    else:
+        driver = HTTPDriver(url, max_attempts=2, timeout=1)
+    async with driver:
+        with pytest.raises(StorageError) as info:
+            await asyncio.wait_for(driver.get("some/key"), 30)
+    assert info.value.key == "some/key"
