@@ -187,7 +187,7 @@ async def test_s3_wrong_credentials_give_a_clear_error() -> None:
             credentials=S3Credentials("WRONGKEY", "WRONGSECRET"),
         )
         async with driver:
-            with pytest.raises(StorageError, match="access denied .*credentials") as info:
+            with pytest.raises(StorageError, match=r"access denied .*credentials") as info:
                 await driver.get("refs/branch.main/ref.json")
     assert info.value.key == "refs/branch.main/ref.json"
     assert "WRONGSECRET" not in str(info.value)
