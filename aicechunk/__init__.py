@@ -1,15 +1,33 @@
 """aicechunk: an async-first, pure-Python implementation of Icechunk."""
 
+from aicechunk.config import RepositoryConfig
+from aicechunk.conflicts import (
+    BasicConflictSolver,
+    Conflict,
+    ConflictDetector,
+    ConflictKind,
+    RebaseFailedError,
+    VersionSelection,
+)
 from aicechunk.errors import (
     AicechunkError,
     ConflictError,
     FormatError,
     InvalidKey,
+    InvalidRefNameError,
     ObjectNotFound,
     PreconditionFailed,
     ReadOnlyError,
+    RefExistsError,
+    RefNotFoundError,
+    RepositoryError,
+    RepositoryExistsError,
+    RepositoryNotFoundError,
+    SessionStateError,
     StorageError,
 )
+from aicechunk.repository import Repository, SnapshotInfo
+from aicechunk.session import Diff, Session
 from aicechunk.storage import (
     Storage,
     gcs_storage,
@@ -19,19 +37,39 @@ from aicechunk.storage import (
     s3_storage,
     storage_from_driver,
 )
+from aicechunk.store import IcechunkStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AicechunkError",
+    "BasicConflictSolver",
+    "Conflict",
+    "ConflictDetector",
     "ConflictError",
+    "ConflictKind",
+    "Diff",
     "FormatError",
+    "IcechunkStore",
     "InvalidKey",
+    "InvalidRefNameError",
     "ObjectNotFound",
     "PreconditionFailed",
     "ReadOnlyError",
+    "RebaseFailedError",
+    "RefExistsError",
+    "RefNotFoundError",
+    "Repository",
+    "RepositoryConfig",
+    "RepositoryError",
+    "RepositoryExistsError",
+    "RepositoryNotFoundError",
+    "Session",
+    "SessionStateError",
+    "SnapshotInfo",
     "Storage",
     "StorageError",
+    "VersionSelection",
     "__version__",
     "gcs_storage",
     "http_storage",

@@ -1,0 +1,287 @@
+"""Typed repository I/O: snapshots, manifests, transaction logs, chunks, refs, config.
+
+The only module that joins drivers (bytes under keys) and the format (bytes <-> objects).
+Decoded snapshots, manifests and transaction logs are immutable, so they are cached
+(bounded LRU); decoding large files runs in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from aicechunk.drivers.base import ByteRange, Driver
+from aicechunk.errors import (
+    FormatError,
+    ObjectNotFound,
+    PreconditionFailed,
+    RefNotFoundError,
+)
+from aicechunk.format import refs as ref_format
+from aicechunk.format.ids import ChunkId, ManifestId, SnapshotId
+from aicechunk.format.manifest import Manifest, decode_manifest
+from aicechunk.format.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from aicechunk.format.transaction_log import (
+    TransactionLog,
+    decode_transaction_log,
+    encode_transaction_log,
+)
+
+__all__ = ["AssetManager", "CacheSizes", "RefInfo"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+# files larger than this are decoded in a worker thread
+_THREAD_DECODE_BYTES = 256 * 1024
+
+
+class _LRU(Generic[K, V]):
+    """A small thread-safe LRU cache bounded by entry count."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSizes:
+    """How many decoded files of each kind an ``AssetManager`` keeps."""
+
+    snapshots: int = 32
+    manifests: int = 64
+    transaction_logs: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class RefInfo:
+    """A branch or tag: the snapshot it points to and the ref file's version."""
+
+    snapshot_id: SnapshotId
+    version: str
+
+
+SNAPSHOTS = "snapshots/"
+MANIFESTS = "manifests/"
+TRANSACTIONS = "transactions/"
+CHUNKS = "chunks/"
+CONFIG_KEY = "config.yaml"
+
+
+async def _decode_off_loop(decode: Callable[[], V], size: int) -> V:
+    if size >= _THREAD_DECODE_BYTES:
+        return await asyncio.to_thread(decode)
+    return decode()
+
+
+class AssetManager:
+    """Reads and writes a repository's files through one driver, with caching."""
+
+    def __init__(self, driver: Driver, cache: CacheSizes | None = None) -> None:
+        self.driver = driver
+        self.cache = cache or CacheSizes()
+        self._snapshots: _LRU[SnapshotId, Snapshot] = _LRU(self.cache.snapshots)
+        self._manifests: _LRU[ManifestId, Manifest] = _LRU(self.cache.manifests)
+        self._txlogs: _LRU[SnapshotId, TransactionLog] = _LRU(self.cache.transaction_logs)
+        # one fetch in flight per file, shared by every task that wants it
+        self._inflight: dict[str, asyncio.Future[object]] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"driver": self.driver, "cache": self.cache}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["driver"], state["cache"])  # type: ignore[misc, arg-type]
+
+    async def _fetch_once(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
+        # Requests for the same file made concurrently (in one loop) share one read.
+        loop = asyncio.get_running_loop()
+        pending = self._inflight.get(key)
+        if pending is not None and pending.get_loop() is loop:
+            return await asyncio.shield(pending)  # type: ignore[return-value]
+        future: asyncio.Future[object] = loop.create_future()
+        self._inflight[key] = future
+        try:
+            value = await load()
+        except BaseException as err:
+            if not future.done():
+                future.set_exception(err)
+            future.exception()  # mark retrieved
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+
+    # -- snapshots --------------------------------------------------------------------
+
+    async def fetch_snapshot(self, snapshot_id: SnapshotId) -> Snapshot:
+        """The decoded snapshot (cached)."""
+        cached = self._snapshots.get(snapshot_id)
+        if cached is not None:
+            return cached
+        key = SNAPSHOTS + str(snapshot_id)
+
+        async def load() -> Snapshot:
+            try:
+                data = await self.driver.get(key)
+            except ObjectNotFound:
+                raise RefNotFoundError(f"snapshot {snapshot_id} does not exist") from None
+            snap = await _decode_off_loop(lambda: decode_snapshot(data, key), len(data))
+            self._snapshots.put(snapshot_id, snap)
+            return snap
+
+        return await self._fetch_once(key, load)
+
+    async def write_snapshot(self, snapshot: Snapshot) -> None:
+        """Write a new snapshot file (never overwrites)."""
+        data = encode_snapshot(snapshot)
+        await self.driver.put(SNAPSHOTS + str(snapshot.id), data)
+        self._snapshots.put(snapshot.id, snapshot)
+
+    async def snapshot_exists(self, snapshot_id: SnapshotId) -> bool:
+        """Whether the snapshot file is stored."""
+        return await self.driver.exists(SNAPSHOTS + str(snapshot_id))
+
+    # -- manifests --------------------------------------------------------------------
+
+    async def fetch_manifest(self, manifest_id: ManifestId) -> Manifest:
+        """The manifest, decoded lazily (cached)."""
+        cached = self._manifests.get(manifest_id)
+        if cached is not None:
+            return cached
+        key = MANIFESTS + str(manifest_id)
+
+        async def load() -> Manifest:
+            try:
+                data = await self.driver.get(key)
+            except ObjectNotFound:
+                raise FormatError(key, "manifest file is missing") from None
+            manifest = await _decode_off_loop(lambda: decode_manifest(data, key), len(data))
+            self._manifests.put(manifest_id, manifest)
+            return manifest
+
+        return await self._fetch_once(key, load)
+
+    async def write_manifest_bytes(self, manifest_id: ManifestId, data: bytes) -> None:
+        """Write an encoded manifest file."""
+        await self.driver.put(MANIFESTS + str(manifest_id), data)
+
+    # -- transaction logs -------------------------------------------------------------
+
+    async def fetch_transaction_log(self, snapshot_id: SnapshotId) -> TransactionLog:
+        """The transaction log written with a snapshot (cached)."""
+        cached = self._txlogs.get(snapshot_id)
+        if cached is not None:
+            return cached
+        key = TRANSACTIONS + str(snapshot_id)
+        try:
+            data = await self.driver.get(key)
+        except ObjectNotFound:
+            raise FormatError(key, "transaction log is missing") from None
+        log = await _decode_off_loop(lambda: decode_transaction_log(data, key), len(data))
+        self._txlogs.put(snapshot_id, log)
+        return log
+
+    async def write_transaction_log(self, log: TransactionLog) -> None:
+        """Write the transaction log of a new snapshot."""
+        await self.driver.put(TRANSACTIONS + str(log.id), encode_transaction_log(log))
+        self._txlogs.put(log.id, log)
+
+    # -- chunks -----------------------------------------------------------------------
+
+    async def fetch_chunk(self, chunk_id: ChunkId, byte_range: ByteRange | None) -> bytes:
+        """Bytes of a native chunk file."""
+        key = CHUNKS + str(chunk_id)
+        try:
+            return await self.driver.get(key, byte_range)
+        except ObjectNotFound:
+            raise FormatError(key, "chunk file referenced by a manifest is missing") from None
+
+    async def write_chunk(self, chunk_id: ChunkId, data: bytes) -> None:
+        """Write a native chunk file."""
+        await self.driver.put(CHUNKS + str(chunk_id), data)
+
+    # -- refs -------------------------------------------------------------------------
+
+    async def fetch_branch(self, name: str) -> RefInfo:
+        """Where a branch points, with the ref file's version for a conditional update."""
+        key = ref_format.branch_key(name)
+        try:
+            data, info = await self.driver.get_object(key)
+        except ObjectNotFound:
+            raise RefNotFoundError(f"branch {name!r} does not exist") from None
+        return RefInfo(SnapshotId.from_str(ref_format.decode_ref(data, key)), info.version)
+
+    async def fetch_tag(self, name: str) -> SnapshotId:
+        """Where a tag points; deleted tags are not found."""
+        key = ref_format.tag_key(name)
+        try:
+            data = await self.driver.get(key)
+        except ObjectNotFound:
+            raise RefNotFoundError(f"tag {name!r} does not exist") from None
+        if await self.driver.exists(ref_format.tag_tombstone_key(name)):
+            raise RefNotFoundError(f"tag {name!r} was deleted")
+        return SnapshotId.from_str(ref_format.decode_ref(data, key))
+
+    async def create_branch(self, name: str, snapshot_id: SnapshotId) -> None:
+        """Create a branch ref; fails if the branch exists."""
+        await self.driver.put(
+            ref_format.branch_key(name),
+            ref_format.encode_ref(str(snapshot_id)),
+            if_none_match=True,
+        )
+
+    async def update_branch(self, name: str, snapshot_id: SnapshotId, version: str) -> None:
+        """Move a branch, only if its ref file is still at ``version``."""
+        await self.driver.put(
+            ref_format.branch_key(name),
+            ref_format.encode_ref(str(snapshot_id)),
+            if_match=version,
+        )
+
+    async def delete_branch(self, name: str) -> None:
+        """Remove a branch ref file."""
+        await self.driver.delete(ref_format.branch_key(name))
+
+    async def create_tag(self, name: str, snapshot_id: SnapshotId) -> None:
+        """Create a tag; fails (``PreconditionFailed``) if the name was ever used."""
+        if await self.driver.exists(ref_format.tag_tombstone_key(name)):
+            raise PreconditionFailed(
+                "tag was deleted and cannot be reused", key=ref_format.tag_key(name)
+            )
+        await self.driver.put(
+            ref_format.tag_key(name), ref_format.encode_ref(str(snapshot_id)), if_none_match=True
+        )
+
+    async def delete_tag(self, name: str) -> None:
+        """Write the tag's tombstone (the ref file stays, as the spec requires)."""
+        await self.driver.put(
+            ref_format.tag_tombstone_key(name), ref_format.TOMBSTONE_CONTENT, if_none_match=True
+        )
+
+    async def list_ref_keys(self) -> list[str]:
+        """Every key under ``refs/``."""
+        return [info.key async for info in self.driver.list("refs/")]

@@ -1,0 +1,131 @@
+"""A session's pending changes: what was added, updated and deleted since its snapshot.
+
+The change set is plain data: it knows node ids, paths, metadata bytes and chunk
+references, never storage. Sessions consult it before the snapshot, commits turn it into
+manifests, a snapshot and a transaction log, and forks carry it between processes and
+merge it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aicechunk.format.ids import NodeId
+from aicechunk.format.manifest import ChunkRef
+from aicechunk.format.snapshot import DimensionShape
+
+__all__ = ["ArrayDefinition", "ChangeSet", "Coords"]
+
+Coords = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayDefinition:
+    """What an array node records besides its chunks: shape, dimension names, metadata."""
+
+    shape: tuple[DimensionShape, ...]
+    dimension_names: tuple[str | None, ...] | None
+    user_data: bytes
+
+
+@dataclass
+class ChangeSet:
+    """Pending changes of one session.
+
+    ``new_groups``/``new_arrays`` map path -> node id (+ definition); updates are keyed by
+    node id; deletions record path -> node id of nodes that existed in the base snapshot
+    (a node created and deleted in the same session simply disappears). ``chunks`` maps a
+    node id to the chunk references set (a ``ChunkRef``) or deleted (``None``).
+    """
+
+    new_groups: dict[str, tuple[NodeId, bytes]] = field(default_factory=dict)
+    new_arrays: dict[str, tuple[NodeId, ArrayDefinition]] = field(default_factory=dict)
+    updated_groups: dict[NodeId, bytes] = field(default_factory=dict)
+    updated_arrays: dict[NodeId, ArrayDefinition] = field(default_factory=dict)
+    deleted_groups: dict[str, NodeId] = field(default_factory=dict)
+    deleted_arrays: dict[str, NodeId] = field(default_factory=dict)
+    chunks: dict[NodeId, dict[Coords, ChunkRef | None]] = field(default_factory=dict)
+
+    # -- queries ----------------------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        """Whether nothing has changed."""
+        return not (
+            self.new_groups
+            or self.new_arrays
+            or self.updated_groups
+            or self.updated_arrays
+            or self.deleted_groups
+            or self.deleted_arrays
+            or any(self.chunks.values())
+        )
+
+    def is_deleted(self, path: str) -> bool:
+        """Whether the base snapshot's node at ``path`` was deleted."""
+        return path in self.deleted_groups or path in self.deleted_arrays
+
+    def chunk_changes(self, node_id: NodeId) -> dict[Coords, ChunkRef | None]:
+        """The chunk references set or deleted for one node (empty if none)."""
+        return self.chunks.get(node_id, {})
+
+    def new_node_paths(self) -> Iterator[str]:
+        """Paths of nodes created in this session."""
+        yield from self.new_groups
+        yield from self.new_arrays
+
+    # -- changes ----------------------------------------------------------------------
+
+    def add_group(self, path: str, node_id: NodeId, user_data: bytes) -> None:
+        """Record a new group."""
+        self.new_groups[path] = (node_id, user_data)
+
+    def add_array(self, path: str, node_id: NodeId, definition: ArrayDefinition) -> None:
+        """Record a new array."""
+        self.new_arrays[path] = (node_id, definition)
+
+    def update_group(self, path: str, node_id: NodeId, user_data: bytes) -> None:
+        """Record new metadata for a group (new or from the base snapshot)."""
+        if path in self.new_groups:
+            self.new_groups[path] = (node_id, user_data)
+        else:
+            self.updated_groups[node_id] = user_data
+
+    def update_array(self, path: str, node_id: NodeId, definition: ArrayDefinition) -> None:
+        """Record a new definition for an array (new or from the base snapshot)."""
+        if path in self.new_arrays:
+            self.new_arrays[path] = (node_id, definition)
+        else:
+            self.updated_arrays[node_id] = definition
+
+    def delete_group(self, path: str, node_id: NodeId) -> None:
+        """Record the deletion of a group."""
+        if self.new_groups.pop(path, None) is None:
+            self.updated_groups.pop(node_id, None)
+            self.deleted_groups[path] = node_id
+
+    def delete_array(self, path: str, node_id: NodeId) -> None:
+        """Record the deletion of an array and forget its pending chunks."""
+        self.chunks.pop(node_id, None)
+        if self.new_arrays.pop(path, None) is None:
+            self.updated_arrays.pop(node_id, None)
+            self.deleted_arrays[path] = node_id
+
+    def set_chunk(self, node_id: NodeId, coords: Coords, ref: ChunkRef | None) -> None:
+        """Record a chunk reference (``None`` deletes the chunk)."""
+        self.chunks.setdefault(node_id, {})[coords] = ref
+
+    def merge(self, other: ChangeSet) -> None:
+        """Fold ``other`` in; where both touch the same thing, ``other`` wins."""
+        for path, (nid, data) in other.new_groups.items():
+            self.new_groups[path] = (nid, data)
+        for path, (nid, definition) in other.new_arrays.items():
+            self.new_arrays[path] = (nid, definition)
+        self.updated_groups.update(other.updated_groups)
+        self.updated_arrays.update(other.updated_arrays)
+        for path, nid in other.deleted_groups.items():
+            self.delete_group(path, nid)
+        for path, nid in other.deleted_arrays.items():
+            self.delete_array(path, nid)
+        for nid, refs in other.chunks.items():
+            self.chunks.setdefault(nid, {}).update(refs)

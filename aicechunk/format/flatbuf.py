@@ -1,0 +1,188 @@
+"""A small, bounds-checked flatbuffer reader, and writing helpers over ``flatbuffers``.
+
+Reading goes through ``Reader``, which checks every offset against the buffer, so a
+malformed file raises ``FormatError`` instead of ``IndexError`` or ``struct.error``.
+Tables are addressed by field index (0, 1, 2, ... in schema order).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import TypeVar
+
+import flatbuffers
+
+from aicechunk.errors import FormatError
+
+__all__ = ["FILE_IDENTIFIER", "Reader", "new_builder", "struct_vector"]
+
+FILE_IDENTIFIER = b"Ichk"
+T = TypeVar("T")
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+
+
+class Reader:
+    """Bounds-checked access to one flatbuffer."""
+
+    __slots__ = ("buf", "name", "size")
+
+    def __init__(self, buf: bytes, name: str) -> None:
+        self.buf = buf
+        self.name = name
+        self.size = len(buf)
+
+    def fail(self, problem: str) -> FormatError:
+        """A FormatError about this buffer."""
+        return FormatError(self.name, f"malformed flatbuffer: {problem}")
+
+    def _check(self, pos: int, length: int) -> None:
+        if pos < 0 or pos + length > self.size:
+            raise self.fail(f"offset {pos}+{length} outside the {self.size}-byte buffer")
+
+    def u8(self, pos: int) -> int:
+        self._check(pos, 1)
+        return self.buf[pos]
+
+    def u16(self, pos: int) -> int:
+        self._check(pos, 2)
+        value: int = _U16.unpack_from(self.buf, pos)[0]
+        return value
+
+    def u32(self, pos: int) -> int:
+        self._check(pos, 4)
+        value: int = _U32.unpack_from(self.buf, pos)[0]
+        return value
+
+    def u64(self, pos: int) -> int:
+        self._check(pos, 8)
+        value: int = _U64.unpack_from(self.buf, pos)[0]
+        return value
+
+    def raw(self, pos: int, length: int) -> bytes:
+        self._check(pos, length)
+        return self.buf[pos : pos + length]
+
+    # -- structure ----------------------------------------------------------------------
+
+    def root(self, identifier: bytes | None = FILE_IDENTIFIER) -> int:
+        """Position of the root table."""
+        if identifier is not None and self.raw(4, 4) != identifier:
+            raise self.fail(f"file identifier is {self.raw(4, 4)!r}, expected {identifier!r}")
+        return self.u32(0)
+
+    def field(self, table: int, index: int) -> int | None:
+        """Absolute position of field ``index`` of the table at ``table``, if present."""
+        self._check(table, 4)
+        vtable = table - _I32.unpack_from(self.buf, table)[0]
+        vt_len = self.u16(vtable)
+        slot = 4 + 2 * index
+        if slot + 2 > vt_len:
+            return None
+        off = self.u16(vtable + slot)
+        return table + off if off else None
+
+    def deref(self, pos: int) -> int:
+        """Follow the offset stored at ``pos``."""
+        return pos + self.u32(pos)
+
+    def table_field(self, table: int, index: int, required: str | None = None) -> int | None:
+        """Position of a sub-table (or vector/string) field, following its offset."""
+        pos = self.field(table, index)
+        if pos is None:
+            if required:
+                raise self.fail(f"required field {required!r} is missing")
+            return None
+        return self.deref(pos)
+
+    def vector(self, table: int, index: int, required: str | None = None) -> tuple[int, int]:
+        """(start, length) of a vector field; (0, 0) when absent and optional."""
+        pos = self.table_field(table, index, required)
+        if pos is None:
+            return 0, 0
+        length = self.u32(pos)
+        return pos + 4, length
+
+    def string(self, table: int, index: int, required: str | None = None) -> str | None:
+        """A string field."""
+        start, length = self.vector(table, index, required)
+        if start == 0:
+            return None
+        try:
+            return self.raw(start, length).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail("a string is not valid UTF-8") from None
+
+    def bytes_field(self, table: int, index: int, required: str | None = None) -> bytes | None:
+        """A ``[uint8]`` field."""
+        start, length = self.vector(table, index, required)
+        if start == 0:
+            return None
+        return self.raw(start, length)
+
+    def scalar(self, table: int, index: int, reader: Callable[[int], int], default: int) -> int:
+        pos = self.field(table, index)
+        return default if pos is None else reader(pos)
+
+    def struct_at(
+        self, table: int, index: int, size: int, required: str | None = None
+    ) -> int | None:
+        """Position of an inline struct field."""
+        pos = self.field(table, index)
+        if pos is None:
+            if required:
+                raise self.fail(f"required field {required!r} is missing")
+            return None
+        self._check(pos, size)
+        return pos
+
+    def table_vector(self, table: int, index: int, required: str | None = None) -> list[int]:
+        """Positions of the tables in a vector-of-tables field."""
+        start, length = self.vector(table, index, required)
+        self._check(start, 4 * length)
+        return [start + 4 * i + self.u32(start + 4 * i) for i in range(length)]
+
+    def u32_vector(self, table: int, index: int, required: str | None = None) -> tuple[int, ...]:
+        start, length = self.vector(table, index, required)
+        self._check(start, 4 * length)
+        return struct.unpack_from(f"<{length}I", self.buf, start) if length else ()
+
+
+def guarded(name: str, fn: Callable[[], T]) -> T:
+    """Run a decoder, turning any low-level failure into a FormatError naming ``name``."""
+    try:
+        return fn()
+    except FormatError:
+        raise
+    except (IndexError, struct.error, ValueError, TypeError, KeyError, OverflowError) as err:
+        raise FormatError(name, f"malformed content: {type(err).__name__}: {err}") from None
+
+
+def new_builder(size: int = 1024) -> flatbuffers.Builder:
+    """A flatbuffers builder."""
+    return flatbuffers.Builder(size)
+
+
+def struct_vector(
+    builder: flatbuffers.Builder, items: list[bytes], size: int, alignment: int
+) -> int:
+    """A vector of fixed-size structs given as packed little-endian bytes."""
+    builder.StartVector(size, len(items), alignment)
+    for item in reversed(items):
+        builder.Prep(alignment, size)
+        builder.head = builder.head - size
+        builder.Bytes[builder.head : builder.head + size] = item
+    return int(builder.EndVector())
+
+
+def inline_struct(builder: flatbuffers.Builder, packed: bytes, alignment: int) -> int:
+    """Write one struct in place (just before adding it to a table); returns its offset."""
+    builder.Prep(alignment, len(packed))
+    builder.head = builder.head - len(packed)
+    builder.Bytes[builder.head : builder.head + len(packed)] = packed
+    return int(builder.Offset())

@@ -1,0 +1,156 @@
+"""Object ids: 12-byte ids for snapshots, manifests and chunks, 8-byte ids for nodes.
+
+Ids are random bytes, written in paths and refs in Crockford base32 (upper case, no
+padding), as Icechunk does: 12 bytes give 20 characters, 8 bytes give 13.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar, Self
+
+from aicechunk.errors import FormatError
+
+__all__ = [
+    "FIRST_SNAPSHOT_ID",
+    "ChunkId",
+    "InvalidIdError",
+    "ManifestId",
+    "NodeId",
+    "ObjectId",
+    "SnapshotId",
+    "decode_base32",
+    "encode_base32",
+]
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+# Crockford's decoding is forgiving: lower case, and I/L for 1, O for 0
+_DECODE.update({c.lower(): i for c, i in list(_DECODE.items())})
+_DECODE.update({"I": 1, "i": 1, "L": 1, "l": 1, "O": 0, "o": 0})
+
+
+class InvalidIdError(FormatError, ValueError):
+    """A string or byte string that is not a valid object id."""
+
+
+def encode_base32(data: bytes) -> str:
+    """Crockford base32 of ``data``, upper case, no padding (trailing bits zero-filled)."""
+    bits = len(data) * 8
+    value = int.from_bytes(data, "big")
+    chars = (bits + 4) // 5
+    value <<= chars * 5 - bits
+    out = []
+    for _ in range(chars):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def decode_base32(text: str, size: int, what: str = "id") -> bytes:
+    """Bytes of a Crockford base32 string of a ``size``-byte value."""
+    expected = (size * 8 + 4) // 5
+    if not isinstance(text, str) or len(text) != expected:
+        raise InvalidIdError(what, f"expected {expected} base32 characters, got {text!r}")
+    value = 0
+    for ch in text:
+        digit = _DECODE.get(ch)
+        if digit is None:
+            raise InvalidIdError(what, f"{text!r} has a character outside Crockford base32: {ch!r}")
+        value = (value << 5) | digit
+    extra = expected * 5 - size * 8
+    if value & ((1 << extra) - 1):
+        raise InvalidIdError(what, f"{text!r} has non-zero padding bits")
+    return (value >> extra).to_bytes(size, "big")
+
+
+class ObjectId:
+    """An immutable, hashable, ordered id of a fixed number of bytes."""
+
+    __slots__ = ("_bytes", "_hash")
+    SIZE: ClassVar[int] = 12
+    KIND: ClassVar[str] = "object id"
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) != self.SIZE:
+            raise InvalidIdError(self.KIND, f"expected {self.SIZE} bytes, got {len(data)}")
+        object.__setattr__(self, "_bytes", bytes(data))
+        object.__setattr__(self, "_hash", hash((type(self).__name__, self._bytes)))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    @property
+    def bytes(self) -> bytes:
+        """The raw id."""
+        return self._bytes
+
+    @classmethod
+    def random(cls) -> Self:
+        """A new random id."""
+        return cls(os.urandom(cls.SIZE))
+
+    @classmethod
+    def from_str(cls, text: str) -> Self:
+        """Parse the base32 form; ``InvalidIdError`` says what is wrong."""
+        return cls(decode_base32(text, cls.SIZE, cls.KIND))
+
+    def __str__(self) -> str:
+        return encode_base32(self._bytes)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({encode_base32(self._bytes)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._bytes == self._bytes  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[no-any-return]
+
+    def __lt__(self, other: ObjectId) -> bool:
+        return self._bytes < other._bytes
+
+    def __le__(self, other: ObjectId) -> bool:
+        return self._bytes <= other._bytes
+
+    def __gt__(self, other: ObjectId) -> bool:
+        return self._bytes > other._bytes
+
+    def __ge__(self, other: ObjectId) -> bool:
+        return self._bytes >= other._bytes
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self._bytes,))
+
+
+class SnapshotId(ObjectId):
+    """Id of a snapshot (and of its transaction log)."""
+
+    __slots__ = ()
+    KIND = "snapshot id"
+
+
+class ManifestId(ObjectId):
+    """Id of a manifest file."""
+
+    __slots__ = ()
+    KIND = "manifest id"
+
+
+class ChunkId(ObjectId):
+    """Id of a chunk file."""
+
+    __slots__ = ()
+    KIND = "chunk id"
+
+
+class NodeId(ObjectId):
+    """Id of a group or array node (8 bytes)."""
+
+    __slots__ = ()
+    SIZE = 8
+    KIND = "node id"
+
+
+#: The well-known id of every repository's first snapshot.
+FIRST_SNAPSHOT_ID = SnapshotId.from_str("1CECHNKREP0F1RSTCMT0")

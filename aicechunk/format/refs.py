@@ -1,0 +1,99 @@
+"""Ref files: branches and tags (``{"snapshot":"<id>"}``), and tag tombstones.
+
+Layout: ``refs/branch.<name>/ref.json``, ``refs/tag.<name>/ref.json`` and, for a deleted
+tag, an empty ``refs/tag.<name>/ref.json.deleted`` beside it (the tag's file stays, so the
+name can never be reused).
+"""
+
+from __future__ import annotations
+
+import json
+
+from aicechunk.errors import FormatError, InvalidRefNameError
+
+__all__ = [
+    "TOMBSTONE_CONTENT",
+    "branch_key",
+    "decode_ref",
+    "encode_ref",
+    "parse_ref_key",
+    "tag_key",
+    "tag_tombstone_key",
+    "validate_ref_name",
+]
+
+REF_FILE = "ref.json"
+TOMBSTONE_FILE = "ref.json.deleted"
+TOMBSTONE_CONTENT = b""
+MAX_NAME_BYTES = 255
+
+
+def validate_ref_name(name: str) -> str:
+    """Check a branch or tag name: non-empty, no ``/``, nothing unsafe as a storage key."""
+    if not isinstance(name, str) or not name:
+        raise InvalidRefNameError(f"ref name {name!r}: must be a non-empty string")
+    if "/" in name:
+        raise InvalidRefNameError(f"ref name {name!r}: must not contain '/'")
+    if "\\" in name:
+        raise InvalidRefNameError(f"ref name {name!r}: must not contain a backslash")
+    if name in (".", ".."):
+        raise InvalidRefNameError(f"ref name {name!r}: '.' and '..' are not names")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidRefNameError(f"ref name {name!r}: must not contain control characters")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRefNameError(f"ref name {name!r}: must be valid Unicode") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidRefNameError(f"ref name {name[:20]!r}...: longer than {MAX_NAME_BYTES} bytes")
+    return name
+
+
+def branch_key(name: str) -> str:
+    """Storage key of a branch's ref file."""
+    return f"refs/branch.{validate_ref_name(name)}/{REF_FILE}"
+
+
+def tag_key(name: str) -> str:
+    """Storage key of a tag's ref file."""
+    return f"refs/tag.{validate_ref_name(name)}/{REF_FILE}"
+
+
+def tag_tombstone_key(name: str) -> str:
+    """Storage key of a deleted tag's tombstone."""
+    return f"refs/tag.{validate_ref_name(name)}/{TOMBSTONE_FILE}"
+
+
+def parse_ref_key(key: str) -> tuple[str, str] | None:
+    """``("branch"|"tag"|"tag_tombstone", name)`` for a key under ``refs/``, else None."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "refs":
+        return None
+    folder, leaf = parts[1], parts[2]
+    for prefix, kind in (("branch.", "branch"), ("tag.", "tag")):
+        if folder.startswith(prefix) and len(folder) > len(prefix):
+            name = folder[len(prefix) :]
+            if leaf == REF_FILE:
+                return kind, name
+            if leaf == TOMBSTONE_FILE and kind == "tag":
+                return "tag_tombstone", name
+    return None
+
+
+def encode_ref(snapshot_id: str) -> bytes:
+    """The ref file's bytes."""
+    return json.dumps({"snapshot": str(snapshot_id)}, separators=(",", ":")).encode()
+
+
+def decode_ref(data: bytes, name: str = "<ref>") -> str:
+    """The snapshot id (base32) a ref file points to."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FormatError(name, f"ref file is not JSON: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("snapshot"), str):
+        raise FormatError(name, 'ref file must be {"snapshot": "<id>"}')
+    snapshot: str = doc["snapshot"]
+    if len(snapshot) != 20:
+        raise FormatError(name, f"snapshot id {snapshot!r} is not 20 base32 characters")
+    return snapshot

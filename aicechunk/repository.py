@@ -1,0 +1,400 @@
+"""Repository: create and open, branches and tags, history, and sessions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aicechunk.assets import CONFIG_KEY, AssetManager, CacheSizes
+from aicechunk.config import RepositoryConfig
+from aicechunk.errors import (
+    ObjectNotFound,
+    PreconditionFailed,
+    RefExistsError,
+    RefNotFoundError,
+    RepositoryError,
+    RepositoryExistsError,
+    RepositoryNotFoundError,
+    SessionStateError,
+)
+from aicechunk.format import refs as ref_format
+from aicechunk.format.ids import FIRST_SNAPSHOT_ID, InvalidIdError, SnapshotId
+from aicechunk.format.snapshot import Snapshot
+from aicechunk.session import Diff, Session, SessionConfig
+from aicechunk.storage import Storage
+
+__all__ = ["Repository", "SnapshotInfo"]
+
+INITIAL_COMMIT_MESSAGE = "Repository initialized"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """One entry of a branch's history."""
+
+    id: str
+    parent_id: str | None
+    written_at: datetime
+    message: str
+    metadata: dict[str, Any]
+
+
+def _info(snapshot: Snapshot) -> SnapshotInfo:
+    return SnapshotInfo(
+        id=str(snapshot.id),
+        parent_id=None if snapshot.parent_id is None else str(snapshot.parent_id),
+        written_at=snapshot.flushed_at,
+        message=snapshot.message,
+        metadata=dict(snapshot.metadata),
+    )
+
+
+def _snapshot_id(value: str | SnapshotId) -> SnapshotId:
+    if isinstance(value, SnapshotId):
+        return value
+    try:
+        return SnapshotId.from_str(value)
+    except InvalidIdError as err:
+        raise RefNotFoundError(f"{value!r} is not a snapshot id: {err}") from None
+
+
+class Repository:
+    """A version-controlled Zarr hierarchy in one storage location.
+
+    Open one with ``await Repository.open(storage)`` (or ``create``, ``open_or_create``);
+    read and write through sessions.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: RepositoryConfig,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._storage = storage
+        self._config = config
+        self._credentials = dict(authorize_virtual_chunk_access or {})
+        self._assets = AssetManager(storage.driver(), CacheSizes())
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        """Where the repository lives."""
+        return self._storage
+
+    @property
+    def config(self) -> RepositoryConfig:
+        """The configuration in effect (persisted with ``save_config``)."""
+        return self._config
+
+    @property
+    def authorized_virtual_containers(self) -> dict[str, Any]:
+        """URL prefix -> credentials of the virtual chunk containers the user authorized."""
+        return dict(self._credentials)
+
+    def __repr__(self) -> str:
+        return f"<Repository {self._storage!r}>"
+
+    @classmethod
+    async def exists(cls, storage: Storage) -> bool:
+        """Whether a repository (its ``main`` branch) exists at ``storage``."""
+        return await storage.driver().exists(ref_format.branch_key("main"))
+
+    @classmethod
+    async def create(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """Make a new, empty repository; fails if one exists there already."""
+        driver = storage.driver()
+        if await cls.exists(storage):
+            raise RepositoryExistsError(f"a repository already exists at {driver.label}")
+        assets = AssetManager(driver)
+        initial = Snapshot(
+            id=FIRST_SNAPSHOT_ID,
+            parent_id=None,
+            flushed_at=datetime.now(UTC),
+            message=INITIAL_COMMIT_MESSAGE,
+            metadata={"__root": True},
+            nodes=(),
+            manifest_files=(),
+        )
+        await assets.write_snapshot(initial)
+        effective = config or RepositoryConfig.default()
+        if config is not None and not config.is_default():
+            await driver.put(CONFIG_KEY, config.to_yaml())
+        try:
+            await assets.create_branch("main", FIRST_SNAPSHOT_ID)
+        except PreconditionFailed:
+            raise RepositoryExistsError(
+                f"a repository was created at {driver.label} concurrently"
+            ) from None
+        return cls(storage, effective, authorize_virtual_chunk_access)
+
+    @classmethod
+    async def open(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """Open an existing repository; ``config`` overrides what is persisted."""
+        if not await cls.exists(storage):
+            raise RepositoryNotFoundError(
+                f"no repository at {storage.driver().label} (no 'main' branch)"
+            )
+        persisted = await cls.fetch_config(storage)
+        effective = persisted or RepositoryConfig.default()
+        if config is not None:
+            effective = effective.merge(config)
+        return cls(storage, effective, authorize_virtual_chunk_access)
+
+    @classmethod
+    async def open_or_create(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """Open the repository at ``storage``, creating it if there is none."""
+        if await cls.exists(storage):
+            return await cls.open(storage, config, authorize_virtual_chunk_access)
+        try:
+            return await cls.create(storage, config, authorize_virtual_chunk_access)
+        except RepositoryExistsError:
+            return await cls.open(storage, config, authorize_virtual_chunk_access)
+
+    @staticmethod
+    async def fetch_config(storage: Storage) -> RepositoryConfig | None:
+        """The configuration persisted in ``config.yaml``, or ``None`` if there is none."""
+        try:
+            data = await storage.driver().get(CONFIG_KEY)
+        except ObjectNotFound:
+            return None
+        return RepositoryConfig.from_yaml(data, CONFIG_KEY)
+
+    async def save_config(self) -> None:
+        """Persist the configuration in effect to ``config.yaml``."""
+        await self._storage.driver().put(CONFIG_KEY, self._config.to_yaml())
+
+    # -- branches ---------------------------------------------------------------------
+
+    async def list_branches(self) -> set[str]:
+        """Names of all branches."""
+        names = set()
+        for key in await self._assets.list_ref_keys():
+            parsed = ref_format.parse_ref_key(key)
+            if parsed is not None and parsed[0] == "branch":
+                names.add(parsed[1])
+        return names
+
+    async def lookup_branch(self, name: str) -> str:
+        """The snapshot id a branch points to."""
+        ref_format.validate_ref_name(name)
+        return str((await self._assets.fetch_branch(name)).snapshot_id)
+
+    async def create_branch(self, name: str, snapshot_id: str | SnapshotId) -> None:
+        """Create a branch at a snapshot; fails if the branch exists."""
+        ref_format.validate_ref_name(name)
+        sid = _snapshot_id(snapshot_id)
+        await self._assets.fetch_snapshot(sid)  # the snapshot must exist
+        try:
+            await self._assets.create_branch(name, sid)
+        except PreconditionFailed:
+            raise RefExistsError(f"branch {name!r} already exists") from None
+
+    async def reset_branch(self, name: str, snapshot_id: str | SnapshotId) -> None:
+        """Point a branch at another snapshot (history on it is no longer on the branch)."""
+        ref_format.validate_ref_name(name)
+        sid = _snapshot_id(snapshot_id)
+        await self._assets.fetch_snapshot(sid)
+        tip = await self._assets.fetch_branch(name)
+        try:
+            await self._assets.update_branch(name, sid, tip.version)
+        except PreconditionFailed:
+            from aicechunk.errors import ConflictError
+
+            now = await self._assets.fetch_branch(name)
+            raise ConflictError(name, str(tip.snapshot_id), str(now.snapshot_id)) from None
+
+    async def delete_branch(self, name: str) -> None:
+        """Delete a branch (not ``main``); its snapshots stay until garbage collection."""
+        ref_format.validate_ref_name(name)
+        if name == "main":
+            raise RepositoryError("the 'main' branch cannot be deleted")
+        await self._assets.fetch_branch(name)
+        await self._assets.delete_branch(name)
+
+    # -- tags -------------------------------------------------------------------------
+
+    async def list_tags(self) -> set[str]:
+        """Names of all tags that were not deleted."""
+        tags, deleted = set(), set()
+        for key in await self._assets.list_ref_keys():
+            parsed = ref_format.parse_ref_key(key)
+            if parsed is None:
+                continue
+            kind, name = parsed
+            if kind == "tag":
+                tags.add(name)
+            elif kind == "tag_tombstone":
+                deleted.add(name)
+        return tags - deleted
+
+    async def lookup_tag(self, name: str) -> str:
+        """The snapshot id a tag points to."""
+        ref_format.validate_ref_name(name)
+        return str(await self._assets.fetch_tag(name))
+
+    async def create_tag(self, name: str, snapshot_id: str | SnapshotId) -> None:
+        """Create an immutable tag; a name in use, or ever deleted, is refused."""
+        ref_format.validate_ref_name(name)
+        sid = _snapshot_id(snapshot_id)
+        await self._assets.fetch_snapshot(sid)
+        try:
+            await self._assets.create_tag(name, sid)
+        except PreconditionFailed:
+            raise RefExistsError(
+                f"tag {name!r} already exists or was deleted (tag names are never reused)"
+            ) from None
+
+    async def delete_tag(self, name: str) -> None:
+        """Delete a tag; its name can never be used again."""
+        ref_format.validate_ref_name(name)
+        await self._assets.fetch_tag(name)
+        try:
+            await self._assets.delete_tag(name)
+        except PreconditionFailed:
+            raise RefNotFoundError(f"tag {name!r} was already deleted") from None
+
+    # -- history ----------------------------------------------------------------------
+
+    async def _resolve(
+        self,
+        branch: str | None = None,
+        tag: str | None = None,
+        snapshot_id: str | SnapshotId | None = None,
+    ) -> SnapshotId:
+        given = [x for x in (branch, tag, snapshot_id) if x is not None]
+        if len(given) != 1:
+            raise ValueError("pass exactly one of branch=, tag=, snapshot_id=")
+        if branch is not None:
+            ref_format.validate_ref_name(branch)
+            return (await self._assets.fetch_branch(branch)).snapshot_id
+        if tag is not None:
+            ref_format.validate_ref_name(tag)
+            return await self._assets.fetch_tag(tag)
+        assert snapshot_id is not None
+        sid = _snapshot_id(snapshot_id)
+        await self._assets.fetch_snapshot(sid)
+        return sid
+
+    async def ancestry(
+        self,
+        *,
+        branch: str | None = None,
+        tag: str | None = None,
+        snapshot_id: str | SnapshotId | None = None,
+    ) -> AsyncIterator[SnapshotInfo]:
+        """The snapshot and its ancestors, newest first, back to the first commit."""
+        cursor: SnapshotId | None = await self._resolve(branch, tag, snapshot_id)
+        while cursor is not None:
+            snapshot = await self._assets.fetch_snapshot(cursor)
+            yield _info(snapshot)
+            cursor = snapshot.parent_id
+
+    async def diff(
+        self,
+        *,
+        from_branch: str | None = None,
+        from_tag: str | None = None,
+        from_snapshot_id: str | SnapshotId | None = None,
+        to_branch: str | None = None,
+        to_tag: str | None = None,
+        to_snapshot_id: str | SnapshotId | None = None,
+    ) -> Diff:
+        """What changed from one snapshot to a later one (``from`` must be an ancestor)."""
+        start = await self._resolve(from_branch, from_tag, from_snapshot_id)
+        end = await self._resolve(to_branch, to_tag, to_snapshot_id)
+        chain: list[SnapshotId] = []
+        cursor: SnapshotId | None = end
+        while cursor is not None and cursor != start:
+            chain.append(cursor)
+            cursor = (await self._assets.fetch_snapshot(cursor)).parent_id
+        if cursor is None:
+            raise RepositoryError(f"snapshot {start} is not an ancestor of {end}")
+        old = {n.id: n for n in (await self._assets.fetch_snapshot(start)).nodes}
+        new = {n.id: n for n in (await self._assets.fetch_snapshot(end)).nodes}
+        diff = Diff()
+        for nid, node in new.items():
+            is_array = node.is_array
+            if nid not in old:
+                (diff.new_arrays if is_array else diff.new_groups).add(node.path)
+            elif old[nid].user_data != node.user_data:
+                (diff.updated_arrays if is_array else diff.updated_groups).add(node.path)
+        for nid, node in old.items():
+            if nid not in new:
+                (diff.deleted_arrays if node.is_array else diff.deleted_groups).add(node.path)
+        for sid in chain:
+            log = await self._assets.fetch_transaction_log(sid)
+            for nid, coords in log.updated_chunks.items():
+                if nid in new:
+                    diff.updated_chunks.setdefault(new[nid].path, set()).update(
+                        tuple(c) for c in coords
+                    )
+        return diff
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def _session_config(self) -> SessionConfig:
+        threshold = self._config.inline_chunk_threshold_bytes
+        return SessionConfig(
+            inline_chunk_threshold_bytes=512 if threshold is None else threshold,
+        )
+
+    def _virtual_resolver(self) -> Any:
+        try:
+            from aicechunk.virtual import VirtualResolver
+        except ImportError:  # the virtual-chunk layer is optional until it exists
+            return None
+        return VirtualResolver(self._config, self._credentials)
+
+    async def writable_session(self, branch: str) -> Session:
+        """A session that commits to ``branch``, starting at its tip."""
+        ref_format.validate_ref_name(branch)
+        if not self._storage.driver().supports_writes:
+            raise SessionStateError(
+                f"storage {self._storage.driver().label} is read-only; open a readonly_session"
+            )
+        tip = await self._assets.fetch_branch(branch)
+        return Session(
+            self._assets,
+            tip.snapshot_id,
+            branch=branch,
+            read_only=False,
+            config=self._session_config(),
+            virtual_resolver=self._virtual_resolver(),
+        )
+
+    async def readonly_session(
+        self,
+        branch: str | None = None,
+        *,
+        tag: str | None = None,
+        snapshot_id: str | SnapshotId | None = None,
+    ) -> Session:
+        """A read-only session at a branch tip, a tag or a snapshot."""
+        sid = await self._resolve(branch, tag, snapshot_id)
+        return Session(
+            self._assets,
+            sid,
+            branch=branch,
+            read_only=True,
+            config=self._session_config(),
+            virtual_resolver=self._virtual_resolver(),
+        )

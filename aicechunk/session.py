@@ -1,0 +1,686 @@
+"""Sessions: a view of one snapshot plus pending changes, and the commit that saves them.
+
+A read-only session reads one snapshot. A writable session also records changes in a
+``ChangeSet``; ``commit`` writes manifests, a transaction log and a snapshot, then moves
+the branch with a conditional write, so a commit is all or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aicechunk.assets import AssetManager
+from aicechunk.changeset import ArrayDefinition, ChangeSet, Coords
+from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
+from aicechunk.errors import (
+    AicechunkError,
+    ConflictError,
+    PreconditionFailed,
+    ReadOnlyError,
+    SessionStateError,
+)
+from aicechunk.format.ids import ChunkId, ManifestId, NodeId, SnapshotId
+from aicechunk.format.manifest import (
+    ChunkRef,
+    InlineRef,
+    NativeRef,
+    encode_manifest,
+)
+from aicechunk.format.snapshot import (
+    ArrayNodeData,
+    DimensionShape,
+    GroupNodeData,
+    ManifestFileInfo,
+    ManifestRef,
+    NodeSnapshot,
+    Snapshot,
+)
+from aicechunk.format.transaction_log import TransactionLog
+
+if TYPE_CHECKING:
+    from aicechunk.conflicts import ConflictSolver
+    from aicechunk.store import IcechunkStore
+
+__all__ = ["Diff", "NodeView", "Session", "SessionConfig"]
+
+DEFAULT_INLINE_THRESHOLD = 512
+
+
+class InvalidMetadataError(AicechunkError, ValueError):
+    """Zarr metadata that is not a valid v3 group or array document."""
+
+    def __init__(self, path: str, why: str):
+        self.path = path
+        super().__init__(f"metadata for node {path!r}: {why}")
+
+
+class NodeNotFoundError(AicechunkError, KeyError):
+    """No group or array at a path."""
+
+    def __init__(self, path: str, what: str = "node"):
+        self.path = path
+        super().__init__(f"no {what} at {path!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ChunkIndexError(AicechunkError, IndexError):
+    """Chunk coordinates outside an array's chunk grid."""
+
+    def __init__(self, path: str, coords: Coords, grid: tuple[int, ...]):
+        super().__init__(
+            f"chunk {list(coords)} is outside the chunk grid {list(grid)} of array {path!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """A node as the session sees it: snapshot state with pending changes applied."""
+
+    path: str
+    id: NodeId
+    user_data: bytes
+    array: ArrayDefinition | None
+    # manifests holding the node's chunks in the base snapshot (empty for new nodes)
+    manifests: tuple[ManifestRef, ...] = ()
+
+    @property
+    def is_array(self) -> bool:
+        """Whether the node is an array (else a group)."""
+        return self.array is not None
+
+
+@dataclass
+class Diff:
+    """What changed between two snapshots, or in a session.
+
+    Paths of new, deleted and updated groups and arrays, and per array path the
+    coordinates of chunks written or deleted.
+    """
+
+    new_groups: set[str] = field(default_factory=set)
+    new_arrays: set[str] = field(default_factory=set)
+    deleted_groups: set[str] = field(default_factory=set)
+    deleted_arrays: set[str] = field(default_factory=set)
+    updated_groups: set[str] = field(default_factory=set)
+    updated_arrays: set[str] = field(default_factory=set)
+    updated_chunks: dict[str, set[Coords]] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        """Whether nothing changed."""
+        return not any(
+            (
+                self.new_groups,
+                self.new_arrays,
+                self.deleted_groups,
+                self.deleted_arrays,
+                self.updated_groups,
+                self.updated_arrays,
+                self.updated_chunks,
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """The parts of the repository configuration a session uses."""
+
+    inline_chunk_threshold_bytes: int = DEFAULT_INLINE_THRESHOLD
+    read_concurrency: int = 64
+
+
+def parse_metadata(path: str, data: bytes) -> ArrayDefinition | None:
+    """Parse zarr v3 ``zarr.json``: an ``ArrayDefinition`` for arrays, ``None`` for groups."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidMetadataError(path, f"not JSON ({err})") from None
+    if not isinstance(doc, dict):
+        raise InvalidMetadataError(path, "expected a JSON object")
+    node_type = doc.get("node_type")
+    if node_type == "group":
+        return None
+    if node_type != "array":
+        raise InvalidMetadataError(path, f"node_type must be 'group' or 'array', got {node_type!r}")
+    shape = doc.get("shape")
+    grid = doc.get("chunk_grid")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise InvalidMetadataError(path, "shape must be a list of non-negative integers")
+    chunk_shape: Any = None
+    if isinstance(grid, dict) and grid.get("name") == "regular":
+        chunk_shape = (grid.get("configuration") or {}).get("chunk_shape")
+    if not isinstance(chunk_shape, list) or len(chunk_shape) != len(shape):
+        raise InvalidMetadataError(
+            path, "chunk_grid must be a regular grid with one chunk length per dimension"
+        )
+    if not all(isinstance(c, int) and c >= 0 for c in chunk_shape):
+        raise InvalidMetadataError(path, "chunk lengths must be non-negative integers")
+    names = doc.get("dimension_names")
+    dimension_names: tuple[str | None, ...] | None = None
+    if names is not None:
+        if not isinstance(names, list) or not all(n is None or isinstance(n, str) for n in names):
+            raise InvalidMetadataError(path, "dimension_names must be a list of strings or nulls")
+        dimension_names = tuple(names)
+    dims = tuple(DimensionShape(int(a), int(c)) for a, c in zip(shape, chunk_shape, strict=True))
+    return ArrayDefinition(dims, dimension_names, bytes(data))
+
+
+def chunk_grid(definition: ArrayDefinition) -> tuple[int, ...]:
+    """Number of chunks along each dimension."""
+    return tuple(
+        (d.array_length + d.chunk_length - 1) // d.chunk_length if d.chunk_length else 0
+        for d in definition.shape
+    )
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+class Session:
+    """One snapshot of a repository, read-only or with pending changes on a branch."""
+
+    def __init__(
+        self,
+        assets: AssetManager,
+        snapshot_id: SnapshotId,
+        *,
+        branch: str | None,
+        read_only: bool,
+        config: SessionConfig | None = None,
+        changes: ChangeSet | None = None,
+        virtual_resolver: Any = None,
+    ) -> None:
+        self._assets = assets
+        self._snapshot_id = snapshot_id
+        self._branch = branch
+        self._read_only = read_only
+        self._config = config or SessionConfig()
+        self._changes = changes or ChangeSet()
+        self._virtual = virtual_resolver
+        self._token = uuid.uuid4().hex
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the session refuses writes."""
+        return self._read_only
+
+    @property
+    def snapshot_id(self) -> SnapshotId:
+        """The snapshot this session reads (and, if writable, commits on top of)."""
+        return self._snapshot_id
+
+    @property
+    def branch(self) -> str | None:
+        """The branch a writable session commits to (``None`` for detached reads)."""
+        return self._branch
+
+    @property
+    def has_uncommitted_changes(self) -> bool:
+        """Whether anything was written since the session started or last committed."""
+        return not self._changes.is_empty()
+
+    @property
+    def read_concurrency(self) -> int:
+        """How many reads ``get_partial_values`` runs at once."""
+        return self._config.read_concurrency
+
+    @property
+    def store(self) -> IcechunkStore:
+        """A zarr store reading and writing through this session."""
+        from aicechunk.store import IcechunkStore
+
+        return IcechunkStore(self)
+
+    @property
+    def changes(self) -> ChangeSet:
+        """The pending change set (do not mutate)."""
+        return self._changes
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self._read_only else "writable"
+        return f"<Session {mode} branch={self._branch!r} snapshot={self._snapshot_id}>"
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise ReadOnlyError("this session is read-only; use repo.writable_session(branch)")
+
+    # -- nodes ------------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        """The base snapshot."""
+        return await self._assets.fetch_snapshot(self._snapshot_id)
+
+    def _view(self, node: NodeSnapshot) -> NodeView:
+        changes = self._changes
+        if isinstance(node.node_data, ArrayNodeData):
+            definition = changes.updated_arrays.get(node.id)
+            if definition is None:
+                definition = ArrayDefinition(
+                    tuple(node.node_data.shape),
+                    None
+                    if node.node_data.dimension_names is None
+                    else tuple(node.node_data.dimension_names),
+                    node.user_data,
+                )
+            return NodeView(
+                node.path,
+                node.id,
+                definition.user_data,
+                definition,
+                tuple(node.node_data.manifests),
+            )
+        user_data = changes.updated_groups.get(node.id, node.user_data)
+        return NodeView(node.path, node.id, user_data, None)
+
+    async def get_node(self, path: str) -> NodeView | None:
+        """The group or array at ``path`` (``/`` is the root), or ``None``."""
+        changes = self._changes
+        if path in changes.new_groups:
+            nid, data = changes.new_groups[path]
+            return NodeView(path, nid, data, None)
+        if path in changes.new_arrays:
+            nid, definition = changes.new_arrays[path]
+            return NodeView(path, nid, definition.user_data, definition)
+        if changes.is_deleted(path):
+            return None
+        node = (await self.snapshot()).get_node(path)
+        return None if node is None else self._view(node)
+
+    async def list_nodes(self) -> list[NodeView]:
+        """Every node, sorted by path."""
+        snap = await self.snapshot()
+        views = [self._view(n) for n in snap.nodes if not self._changes.is_deleted(n.path)]
+        for path in self._changes.new_node_paths():
+            view = await self.get_node(path)
+            if view is not None:
+                views.append(view)
+        views.sort(key=lambda v: v.path)
+        return views
+
+    async def get_metadata(self, path: str) -> bytes | None:
+        """The zarr metadata document of the node at ``path``."""
+        node = await self.get_node(path)
+        return None if node is None else node.user_data
+
+    async def set_metadata(self, path: str, data: bytes) -> None:
+        """Create or update the node at ``path`` from its zarr metadata document."""
+        self._check_writable()
+        definition = parse_metadata(path, data)
+        existing = await self.get_node(path)
+        if existing is not None and existing.is_array != (definition is not None):
+            # the node changes kind: the old one goes, a new one (new id) takes its place
+            self._delete_one(existing)
+            existing = None
+        if existing is None:
+            if definition is None:
+                self._changes.add_group(path, NodeId.random(), bytes(data))
+            else:
+                self._changes.add_array(path, NodeId.random(), definition)
+        elif existing.user_data != data:
+            if definition is None:
+                self._changes.update_group(path, existing.id, bytes(data))
+            else:
+                self._changes.update_array(path, existing.id, definition)
+
+    def _delete_one(self, node: NodeView) -> None:
+        if node.is_array:
+            self._changes.delete_array(node.path, node.id)
+        else:
+            self._changes.delete_group(node.path, node.id)
+
+    async def delete_node(self, path: str) -> None:
+        """Delete an array, or a group with everything below it; absent nodes are fine."""
+        self._check_writable()
+        node = await self.get_node(path)
+        if node is None:
+            return
+        if node.is_array:
+            self._delete_one(node)
+        else:
+            await self._delete_under(path)
+
+    async def _delete_under(self, prefix: str) -> None:
+        for node in await self.list_nodes():
+            if _is_under(node.path, prefix):
+                self._delete_one(node)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Delete every node at or below ``prefix`` and, inside an array, its chunks."""
+        self._check_writable()
+        await self._delete_under(prefix)
+        # a prefix inside an array's chunk space: "/arr/c" or "/arr/c/1"
+        parts = prefix.rstrip("/").split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            if parts[i] == "c":
+                array_path = "/".join(parts[:i]) or "/"
+                node = await self.get_node(array_path)
+                if node is not None and node.is_array:
+                    head = tuple(int(p) for p in parts[i + 1 :] if p.isdigit())
+                    async for coords in self.chunk_coords(array_path):
+                        if coords[: len(head)] == head:
+                            self._changes.set_chunk(node.id, coords, None)
+                break
+
+    async def clear(self) -> None:
+        """Delete every node and chunk."""
+        self._check_writable()
+        await self._delete_under("/")
+
+    # -- chunks -----------------------------------------------------------------------
+
+    async def _array(self, path: str) -> NodeView:
+        node = await self.get_node(path)
+        if node is None or node.array is None:
+            raise NodeNotFoundError(path, "array")
+        return node
+
+    async def _base_ref(self, node: NodeView, coords: Coords) -> ChunkRef | None:
+        for mref in node.manifests:
+            if all(lo <= c < hi for c, (lo, hi) in zip(coords, mref.extents, strict=False)):
+                manifest = await self._assets.fetch_manifest(mref.object_id)
+                ref = manifest.lookup(node.id, coords)
+                if ref is not None:
+                    return ref
+        return None
+
+    async def get_chunk_ref(self, path: str, coords: Coords) -> ChunkRef | None:
+        """The reference of one chunk, or ``None`` if it has none."""
+        node = await self.get_node(path)
+        if node is None or node.array is None:
+            return None
+        changed = self._changes.chunk_changes(node.id)
+        if coords in changed:
+            return changed[coords]
+        return await self._base_ref(node, coords)
+
+    async def get_chunk(
+        self, path: str, coords: Coords, byte_range: ByteRange | None = None
+    ) -> bytes | None:
+        """A chunk's bytes (or part of them), ``None`` if the chunk was never written."""
+        ref = await self.get_chunk_ref(path, coords)
+        if ref is None:
+            return None
+        if isinstance(ref, InlineRef):
+            start, stop = range_bounds(byte_range, len(ref.data))
+            return bytes(ref.data[start:stop])
+        start, stop = range_bounds(byte_range, ref.length)
+        inner = RangeRequest(ref.offset + start, stop - start)
+        if isinstance(ref, NativeRef):
+            return await self._assets.fetch_chunk(ref.chunk_id, inner)
+        if self._virtual is None:
+            raise SessionStateError(
+                f"chunk {list(coords)} of {path!r} is virtual ({ref.location}); "
+                "virtual chunk access needs an authorized virtual chunk container"
+            )
+        data: bytes = await self._virtual.fetch(ref, inner)
+        return data
+
+    async def chunk_size(self, path: str, coords: Coords) -> int | None:
+        """A chunk's size in bytes without reading it, ``None`` if it was never written."""
+        ref = await self.get_chunk_ref(path, coords)
+        if ref is None:
+            return None
+        return len(ref.data) if isinstance(ref, InlineRef) else ref.length
+
+    async def set_chunk(self, path: str, coords: Coords, data: bytes) -> None:
+        """Write a chunk: small ones inline in the manifest, others as chunk files."""
+        self._check_writable()
+        node = await self._array(path)
+        assert node.array is not None
+        grid = chunk_grid(node.array)
+        if len(coords) != len(grid) or any(c >= g for c, g in zip(coords, grid, strict=True)):
+            raise ChunkIndexError(path, coords, grid)
+        ref: ChunkRef
+        if len(data) <= self._config.inline_chunk_threshold_bytes:
+            ref = InlineRef(bytes(data))
+        else:
+            chunk_id = ChunkId.random()
+            await self._assets.write_chunk(chunk_id, data)
+            ref = NativeRef(chunk_id, 0, len(data))
+        # re-read: the node may have been replaced while the chunk was written
+        current = await self._array(path)
+        self._changes.set_chunk(current.id, coords, ref)
+
+    async def set_chunk_ref(self, path: str, coords: Coords, ref: ChunkRef) -> None:
+        """Record an existing reference (e.g. a virtual one) for a chunk."""
+        self._check_writable()
+        node = await self._array(path)
+        self._changes.set_chunk(node.id, coords, ref)
+
+    async def delete_chunk(self, path: str, coords: Coords) -> None:
+        """Delete one chunk (reads then see the fill value)."""
+        self._check_writable()
+        node = await self.get_node(path)
+        if node is None or node.array is None:
+            return
+        self._changes.set_chunk(node.id, coords, None)
+
+    async def _base_refs(self, node: NodeView) -> dict[Coords, ChunkRef]:
+        refs: dict[Coords, ChunkRef] = {}
+        manifests = await asyncio.gather(
+            *(self._assets.fetch_manifest(m.object_id) for m in node.manifests)
+        )
+        for manifest in manifests:
+            for coords, ref in manifest.iter_node(node.id):
+                refs[coords] = ref
+        return refs
+
+    async def chunk_coords(self, path: str) -> AsyncIterator[Coords]:
+        """Coordinates of every chunk of the array at ``path`` that has a reference."""
+        node = await self.get_node(path)
+        if node is None or node.array is None:
+            return
+        changed = self._changes.chunk_changes(node.id)
+        base = await self._base_refs(node)
+        coords = {c for c in base if c not in changed}
+        coords.update(c for c, r in changed.items() if r is not None)
+        for c in sorted(coords):
+            yield c
+
+    # -- status -----------------------------------------------------------------------
+
+    async def status(self) -> Diff:
+        """The pending changes as a ``Diff``."""
+        changes = self._changes
+        snap = await self.snapshot()
+        by_id = {n.id: n.path for n in snap.nodes}
+        paths = {nid: p for p, (nid, _) in changes.new_arrays.items()} | by_id
+        diff = Diff(
+            new_groups=set(changes.new_groups),
+            new_arrays=set(changes.new_arrays),
+            deleted_groups=set(changes.deleted_groups),
+            deleted_arrays=set(changes.deleted_arrays),
+            updated_groups={by_id[n] for n in changes.updated_groups if n in by_id},
+            updated_arrays={by_id[n] for n in changes.updated_arrays if n in by_id},
+        )
+        for nid, refs in changes.chunks.items():
+            if refs and nid in paths:
+                diff.updated_chunks[paths[nid]] = set(refs)
+        return diff
+
+    def discard_changes(self) -> None:
+        """Forget every pending change (chunk files already written become garbage)."""
+        self._check_writable()
+        self._changes = ChangeSet()
+
+    # -- commit -----------------------------------------------------------------------
+
+    async def _flush(self, message: str, metadata: Mapping[str, Any]) -> Snapshot:
+        """Write manifests, transaction log and snapshot for the pending changes."""
+        base = await self.snapshot()
+        changes = self._changes
+        known_files = {f.id: f for f in base.manifest_files}
+        nodes: list[NodeSnapshot] = []
+        new_files: list[tuple[ManifestFileInfo, bytes]] = []
+
+        async def array_node(view: NodeView) -> NodeSnapshot:
+            assert view.array is not None
+            manifests = view.manifests
+            changed = changes.chunk_changes(view.id)
+            if changed:
+                refs = await self._base_refs(view) if view.manifests else {}
+                for coords, ref in changed.items():
+                    if ref is None:
+                        refs.pop(coords, None)
+                    else:
+                        refs[coords] = ref
+                manifests = ()
+                if refs:
+                    manifest_id = ManifestId.random()
+                    data = await asyncio.to_thread(
+                        encode_manifest, manifest_id, {view.id: sorted(refs.items())}
+                    )
+                    ndim = len(view.array.shape)
+                    extents = tuple(
+                        (min(c[d] for c in refs), max(c[d] for c in refs) + 1) for d in range(ndim)
+                    )
+                    manifests = (ManifestRef(manifest_id, extents),)
+                    new_files.append((ManifestFileInfo(manifest_id, len(data), len(refs)), data))
+            return NodeSnapshot(
+                view.id,
+                view.path,
+                view.user_data,
+                ArrayNodeData(view.array.shape, view.array.dimension_names, manifests),
+            )
+
+        for view in await self.list_nodes():
+            if view.array is None:
+                nodes.append(NodeSnapshot(view.id, view.path, view.user_data, GroupNodeData()))
+            else:
+                nodes.append(await array_node(view))
+
+        await asyncio.gather(
+            *(self._assets.write_manifest_bytes(info.id, data) for info, data in new_files)
+        )
+        files: dict[ManifestId, ManifestFileInfo] = {}
+        for info, _ in new_files:
+            files[info.id] = info
+        for node in nodes:
+            if isinstance(node.node_data, ArrayNodeData):
+                for mref in node.node_data.manifests:
+                    if mref.object_id not in files and mref.object_id in known_files:
+                        files[mref.object_id] = known_files[mref.object_id]
+
+        snapshot_id = SnapshotId.random()
+        snapshot = Snapshot(
+            id=snapshot_id,
+            parent_id=self._snapshot_id,
+            flushed_at=datetime.now(UTC),
+            message=message,
+            metadata=dict(metadata),
+            nodes=tuple(nodes),
+            manifest_files=tuple(sorted(files.values(), key=lambda f: f.id)),
+        )
+        await self._assets.write_transaction_log(self._transaction_log(snapshot_id))
+        await self._assets.write_snapshot(snapshot)
+        return snapshot
+
+    def _transaction_log(self, snapshot_id: SnapshotId) -> TransactionLog:
+        c = self._changes
+        return TransactionLog(
+            id=snapshot_id,
+            new_groups=tuple(sorted(nid for nid, _ in c.new_groups.values())),
+            new_arrays=tuple(sorted(nid for nid, _ in c.new_arrays.values())),
+            deleted_groups=tuple(sorted(c.deleted_groups.values())),
+            deleted_arrays=tuple(sorted(c.deleted_arrays.values())),
+            updated_groups=tuple(sorted(c.updated_groups)),
+            updated_arrays=tuple(sorted(c.updated_arrays)),
+            updated_chunks={
+                nid: tuple(sorted(refs)) for nid, refs in sorted(c.chunks.items()) if refs
+            },
+        )
+
+    async def commit(
+        self,
+        message: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1000,
+    ) -> SnapshotId:
+        """Save the pending changes as a new snapshot and move the branch to it.
+
+        Raises ``ConflictError`` if the branch moved since the session's snapshot (nothing
+        of this commit becomes visible), unless ``rebase_with`` resolves the conflicts,
+        in which case the changes are rebased onto the new tip and the commit retried
+        (at most ``rebase_tries`` times).
+        """
+        self._check_writable()
+        if self._branch is None:
+            raise SessionStateError("this session is not on a branch and cannot commit")
+        if not self.has_uncommitted_changes:
+            raise SessionStateError("no changes to commit")
+        tries = 0
+        while True:
+            snapshot = await self._flush(message, metadata or {})
+            try:
+                await self._move_branch(snapshot.id)
+            except ConflictError:
+                tries += 1
+                if rebase_with is None or tries > rebase_tries:
+                    raise
+                await self.rebase(rebase_with)
+                continue
+            self._snapshot_id = snapshot.id
+            self._changes = ChangeSet()
+            return snapshot.id
+
+    async def _move_branch(self, new_id: SnapshotId) -> None:
+        assert self._branch is not None
+        tip = await self._assets.fetch_branch(self._branch)
+        if tip.snapshot_id != self._snapshot_id:
+            raise ConflictError(self._branch, str(self._snapshot_id), str(tip.snapshot_id))
+        try:
+            await self._assets.update_branch(self._branch, new_id, tip.version)
+        except PreconditionFailed:
+            now = await self._assets.fetch_branch(self._branch)
+            raise ConflictError(
+                self._branch, str(self._snapshot_id), str(now.snapshot_id)
+            ) from None
+
+    async def rebase(self, solver: ConflictSolver) -> None:
+        """Move the pending changes onto the branch tip, resolving conflicts with ``solver``.
+
+        Raises ``RebaseFailedError`` listing conflicts the solver cannot resolve.
+        """
+        self._check_writable()
+        if self._branch is None:
+            raise SessionStateError("this session is not on a branch")
+        from aicechunk.conflicts import rebase_changes
+
+        tip = (await self._assets.fetch_branch(self._branch)).snapshot_id
+        chain: list[SnapshotId] = []
+        cursor: SnapshotId | None = tip
+        while cursor is not None and cursor != self._snapshot_id:
+            chain.append(cursor)
+            cursor = (await self._assets.fetch_snapshot(cursor)).parent_id
+        if cursor is None:
+            raise SessionStateError(
+                f"branch {self._branch!r} no longer descends from snapshot {self._snapshot_id}"
+            )
+        # work on a copy: a failed rebase leaves the session exactly as it was
+        original = (self._snapshot_id, self._changes)
+        self._changes = copy.deepcopy(self._changes)
+        try:
+            for snapshot_id in reversed(chain):
+                log = await self._assets.fetch_transaction_log(snapshot_id)
+                theirs = await self._assets.fetch_snapshot(snapshot_id)
+                self._changes = await rebase_changes(self, self._changes, log, theirs, solver)
+                self._snapshot_id = snapshot_id
+        except BaseException:
+            self._snapshot_id, self._changes = original
+            raise
+
+
+__all__ += ["ChunkIndexError", "InvalidMetadataError", "NodeNotFoundError"]

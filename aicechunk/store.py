@@ -1,0 +1,320 @@
+"""The zarr store over a session: zarr keys become nodes and chunk references.
+
+``zarr.json`` keys map to node metadata (``a/b/zarr.json`` is the node ``/a/b``), chunk
+keys (``a/b/c/0/1``) to chunk references of that array. Keys of any other shape cannot
+exist in an Icechunk repository: reading them finds nothing, writing them is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from zarr.abc.store import (
+    ByteRequest,
+    OffsetByteRequest,
+    RangeByteRequest,
+    Store,
+    SuffixByteRequest,
+)
+from zarr.core.buffer import Buffer, BufferPrototype
+
+from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange
+from aicechunk.errors import AicechunkError, ReadOnlyError
+
+if TYPE_CHECKING:
+    from aicechunk.session import Session
+
+__all__ = ["IcechunkStore", "InvalidStoreKeyError", "parse_key"]
+
+_V2_NAMES = frozenset({".zgroup", ".zarray", ".zattrs", ".zmetadata"})
+
+
+class InvalidStoreKeyError(AicechunkError, ValueError):
+    """A zarr key that no Icechunk repository can hold (neither metadata nor chunk)."""
+
+    def __init__(self, key: str, why: str):
+        self.key = key
+        super().__init__(f"invalid store key {key!r}: {why}")
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataKey:
+    """``<path>/zarr.json``."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkKey:
+    """``<path>/c/<i>/<j>...`` (``<path>/c`` for a zero-dimensional array)."""
+
+    path: str
+    coords: tuple[int, ...]
+
+
+def _node_path(parts: list[str]) -> str:
+    return "/" + "/".join(parts)
+
+
+def parse_key(key: str) -> MetadataKey | ChunkKey | None:
+    """Classify a zarr key; ``None`` for zarr v2 keys, which we never store.
+
+    Raises ``InvalidStoreKeyError`` for anything else that is not a metadata or chunk key.
+    """
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidStoreKeyError(key, "empty, '.' or '..' path segment")
+    if parts[-1] in _V2_NAMES:
+        return None
+    if parts[-1] == "zarr.json":
+        return MetadataKey(_node_path(parts[:-1]))
+    # the chunk prefix is the last "c" segment followed only by integers
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "c":
+            tail = parts[i + 1 :]
+            if all(t.isdigit() and t.isascii() for t in tail):
+                return ChunkKey(_node_path(parts[:i]), tuple(int(t) for t in tail))
+            break
+        if not (parts[i].isdigit() and parts[i].isascii()):
+            break
+    raise InvalidStoreKeyError(key, "expected '<path>/zarr.json' or '<path>/c/<coords>'")
+
+
+def _key_of_path(path: str, leaf: str) -> str:
+    return f"{path[1:]}/{leaf}" if path != "/" else leaf
+
+
+def chunk_key(path: str, coords: tuple[int, ...]) -> str:
+    """The zarr key of a chunk (default chunk key encoding, ``/`` separator)."""
+    leaf = "/".join(["c", *map(str, coords)])
+    return _key_of_path(path, leaf)
+
+
+def metadata_key(path: str) -> str:
+    """The zarr key of a node's metadata."""
+    return _key_of_path(path, "zarr.json")
+
+
+def to_byte_range(byte_range: ByteRequest | None) -> ByteRange | None:
+    """zarr's byte requests as driver byte ranges."""
+    if byte_range is None:
+        return None
+    if isinstance(byte_range, RangeByteRequest):
+        return RangeRequest(byte_range.start, max(0, byte_range.end - byte_range.start))
+    if isinstance(byte_range, OffsetByteRequest):
+        return OffsetRange(byte_range.offset)
+    if isinstance(byte_range, SuffixByteRequest):
+        return SuffixRange(byte_range.suffix)
+    raise TypeError(f"Unexpected byte_range, got {byte_range!r}")
+
+
+class IcechunkStore(Store):
+    """A ``zarr.abc.store.Store`` reading and writing through a ``Session``.
+
+    Usable from async code and from zarr's synchronous API alike: the session holds no
+    loop-bound state.
+    """
+
+    supports_writes: bool = True
+    supports_deletes: bool = True
+    supports_partial_writes = False  # type: ignore[assignment]
+    supports_listing: bool = True
+
+    def __init__(self, session: Session, *, read_only: bool | None = None) -> None:
+        super().__init__(read_only=session.read_only if read_only is None else read_only)
+        self._session = session
+
+    @property
+    def session(self) -> Session:
+        """The session this store reads and writes through."""
+        return self._session
+
+    def with_read_only(self, read_only: bool = False) -> IcechunkStore:
+        """The same session seen through a store with another read-only flag.
+
+        A read-only session cannot become writable through its store.
+        """
+        if not read_only and self._session.read_only:
+            raise ReadOnlyError("a read-only session cannot give a writable store")
+        return IcechunkStore(self._session, read_only=read_only)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, IcechunkStore)
+            and other._session is self._session
+            and other.read_only == self.read_only
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"IcechunkStore({self._session!r}, read_only={self.read_only})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"session": self._session, "read_only": self._read_only}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._session = state["session"]
+        self._read_only = state["read_only"]
+        self._is_open = True
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError("store was opened in read-only mode and does not support writing")
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get(
+        self,
+        key: str,
+        prototype: BufferPrototype,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        """The bytes at ``key`` (or part of them), ``None`` if there are none."""
+        data = await self._get_bytes_or_none(key, to_byte_range(byte_range))
+        return None if data is None else prototype.buffer.from_bytes(data)
+
+    async def _get_bytes_or_none(self, key: str, byte_range: ByteRange | None) -> bytes | None:
+        try:
+            parsed = parse_key(key)
+        except InvalidStoreKeyError:
+            return None
+        if parsed is None:
+            return None
+        if isinstance(parsed, MetadataKey):
+            meta = await self._session.get_metadata(parsed.path)
+            if meta is None:
+                return None
+            if byte_range is None:
+                return meta
+            from aicechunk.drivers.base import slice_bytes
+
+            return slice_bytes(meta, byte_range)
+        return await self._session.get_chunk(parsed.path, parsed.coords, byte_range)
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        """Many (key, range) reads at once, with bounded concurrency."""
+        limit = asyncio.Semaphore(self._session.read_concurrency)
+
+        async def one(key: str, byte_range: ByteRequest | None) -> Buffer | None:
+            async with limit:
+                return await self.get(key, prototype, byte_range)
+
+        return list(await asyncio.gather(*(one(k, r) for k, r in key_ranges)))
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds a node's metadata or a chunk."""
+        try:
+            parsed = parse_key(key)
+        except InvalidStoreKeyError:
+            return False
+        if parsed is None:
+            return False
+        if isinstance(parsed, MetadataKey):
+            return await self._session.get_metadata(parsed.path) is not None
+        return await self._session.chunk_size(parsed.path, parsed.coords) is not None
+
+    async def getsize(self, key: str) -> int:
+        """The size in bytes of the value at ``key``."""
+        parsed = parse_key(key)
+        size: int | None = None
+        if isinstance(parsed, MetadataKey):
+            meta = await self._session.get_metadata(parsed.path)
+            size = None if meta is None else len(meta)
+        elif isinstance(parsed, ChunkKey):
+            size = await self._session.chunk_size(parsed.path, parsed.coords)
+        if size is None:
+            raise FileNotFoundError(key)
+        return size
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def set(self, key: str, value: Buffer) -> None:
+        """Store a node's metadata or a chunk."""
+        self._check_writable()
+        parsed = parse_key(key)
+        if parsed is None:
+            raise InvalidStoreKeyError(key, "zarr v2 metadata cannot be stored in Icechunk")
+        data = value.to_bytes()
+        if isinstance(parsed, MetadataKey):
+            await self._session.set_metadata(parsed.path, data)
+        else:
+            await self._session.set_chunk(parsed.path, parsed.coords, data)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        """Store the value only if nothing is stored at ``key``."""
+        self._check_writable()
+        if not await self.exists(key):
+            await self.set(key, value)
+
+    async def delete(self, key: str) -> None:
+        """Remove a node (and, for a group, everything below it) or a chunk."""
+        self._check_writable()
+        try:
+            parsed = parse_key(key)
+        except InvalidStoreKeyError:
+            return
+        if isinstance(parsed, MetadataKey):
+            await self._session.delete_node(parsed.path)
+        elif isinstance(parsed, ChunkKey):
+            await self._session.delete_chunk(parsed.path, parsed.coords)
+
+    async def delete_dir(self, prefix: str) -> None:
+        """Remove every key below ``prefix``."""
+        self._check_writable()
+        prefix = prefix.rstrip("/")
+        if not prefix:
+            await self.clear()
+            return
+        await self._session.delete_prefix("/" + prefix)
+
+    async def clear(self) -> None:
+        """Remove every node and chunk."""
+        self._check_writable()
+        await self._session.clear()
+
+    async def is_empty(self, prefix: str) -> bool:
+        """Whether nothing is stored below the directory ``prefix``."""
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        async for _ in self.list_prefix(prefix):
+            return False
+        return True
+
+    # -- listing ----------------------------------------------------------------------
+
+    async def _all_keys(self) -> AsyncIterator[str]:
+        for node in await self._session.list_nodes():
+            yield metadata_key(node.path)
+            if node.is_array:
+                async for coords in self._session.chunk_coords(node.path):
+                    yield chunk_key(node.path, coords)
+
+    def list(self) -> AsyncIterator[str]:
+        """Every key in the store."""
+        return self._all_keys()
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        """Every key that starts with ``prefix``."""
+        async for key in self._all_keys():
+            if key.startswith(prefix):
+                yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        """The names directly below ``prefix``: keys, and directories without the ``/``."""
+        prefix = prefix.rstrip("/")
+        base = f"{prefix}/" if prefix else ""
+        seen: set[str] = set()
+        async for key in self.list_prefix(base):
+            rest = key[len(base) :]
+            name = rest.split("/", 1)[0]
+            if name and name not in seen:
+                seen.add(name)
+                yield name
