@@ -111,14 +111,15 @@ class AssetManager:
         return {"driver": self.driver, "cache": self.cache}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["driver"], state["cache"])  # type: ignore[misc, arg-type]
+        self.__init__(state["driver"], state["cache"])  # type: ignore[misc]
 
     async def _fetch_once(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
         # Requests for the same file made concurrently (in one loop) share one read.
         loop = asyncio.get_running_loop()
         pending = self._inflight.get(key)
         if pending is not None and pending.get_loop() is loop:
-            return await asyncio.shield(pending)  # type: ignore[return-value]
+            result: V = await asyncio.shield(pending)  # type: ignore[arg-type]
+            return result
         future: asyncio.Future[object] = loop.create_future()
         self._inflight[key] = future
         try:

@@ -359,7 +359,7 @@ class Repository:
 
     def _virtual_resolver(self) -> Any:
         try:
-            from aicechunk.virtual import VirtualResolver
+            from aicechunk.virtual import VirtualResolver  # type: ignore[import-not-found]
         except ImportError:  # the virtual-chunk layer is optional until it exists
             return None
         return VirtualResolver(self._config, self._credentials)

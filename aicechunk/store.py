@@ -120,7 +120,7 @@ class IcechunkStore(Store):
 
     supports_writes: bool = True
     supports_deletes: bool = True
-    supports_partial_writes = False  # type: ignore[assignment]
+    supports_partial_writes = False
     supports_listing: bool = True
 
     def __init__(self, session: Session, *, read_only: bool | None = None) -> None:

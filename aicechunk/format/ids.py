@@ -68,6 +68,8 @@ class ObjectId:
     """An immutable, hashable, ordered id of a fixed number of bytes."""
 
     __slots__ = ("_bytes", "_hash")
+    _bytes: bytes
+    _hash: int
     SIZE: ClassVar[int] = 12
     KIND: ClassVar[str] = "object id"
 
@@ -102,10 +104,10 @@ class ObjectId:
         return f"{type(self).__name__}({encode_base32(self._bytes)!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._bytes == self._bytes  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._bytes == self._bytes
 
     def __hash__(self) -> int:
-        return self._hash  # type: ignore[no-any-return]
+        return self._hash
 
     def __lt__(self, other: ObjectId) -> bool:
         return self._bytes < other._bytes

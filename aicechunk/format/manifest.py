@@ -208,7 +208,7 @@ def _ref_table(b: object, coords: Coords, ref: ChunkRef) -> int:
         bld.PrependUOffsetTRelativeSlot(1, inline_off, 0)  # type: ignore[attr-defined]
     bld.PrependUOffsetTRelativeSlot(0, index_off, 0)  # type: ignore[attr-defined]
     if isinstance(ref, NativeRef):
-        bld.PrependStructSlot(4, inline_struct(bld, ref.chunk_id.bytes, 1), 0)  # type: ignore[arg-type, attr-defined]
+        bld.PrependStructSlot(4, inline_struct(bld, ref.chunk_id.bytes, 1), 0)  # type: ignore[attr-defined]
     return int(bld.EndObject())  # type: ignore[attr-defined]
 
 
