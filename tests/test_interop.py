@@ -1,0 +1,136 @@
+"""Interop with the icechunk 1.1.21 package, both ways, on local storage.
+
+icechunk is synchronous at its Python surface; it runs here in worker threads so that it
+never blocks our event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import icechunk
+import numpy as np
+import pytest
+import zarr
+import zarr.api.asynchronous as zas
+
+import aicechunk as aic
+
+
+def icechunk_writes(path: Path) -> dict[str, Any]:
+    """A rich repository written by icechunk; returns what icechunk reports about it."""
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)))
+    s = repo.writable_session("main")
+    root = zarr.group(store=s.store, attributes={"title": "rich", "n": 1})
+    sub = root.create_group("sub/deeper", attributes={"level": 2})
+    f4 = root.create_array("f4", shape=(100,), chunks=(10,), dtype="f4", dimension_names=("t",))
+    f4[:] = np.arange(100, dtype="f4")
+    i8 = sub.create_array(
+        "i8", shape=(20, 30), chunks=(7, 11), dtype="i8", dimension_names=("y", None)
+    )
+    i8[:] = np.arange(600, dtype="i8").reshape(20, 30)
+    small = root.create_array("small", shape=(4,), chunks=(2,), dtype="u1")  # inline chunks
+    small[:] = np.array([1, 2, 3, 4], dtype="u1")
+    first = s.commit("first", metadata={"author": "icechunk", "k": [1, 2]})
+    repo.create_branch("dev", first)
+    s = repo.writable_session("main")
+    arr = zarr.open_array(store=s.store, path="f4")
+    arr[0:10] = -1
+    second = s.commit("second")
+    repo.create_tag("v1", first)
+    repo.create_tag("gone", first)
+    repo.delete_tag("gone")
+    return {
+        "first": first,
+        "second": second,
+        "ancestry": [(a.id, a.message, a.metadata) for a in repo.ancestry(branch="main")],
+    }
+
+
+async def test_we_read_what_icechunk_wrote(tmp_path: Path) -> None:
+    facts = await asyncio.to_thread(icechunk_writes, tmp_path / "ic")
+    repo = await aic.Repository.open(aic.local_filesystem_storage(tmp_path / "ic"))
+    assert await repo.list_branches() == {"main", "dev"}
+    assert await repo.list_tags() == {"v1"}
+    assert await repo.lookup_branch("main") == facts["second"]
+    assert await repo.lookup_tag("v1") == facts["first"]
+    with pytest.raises(aic.RefNotFoundError):
+        await repo.lookup_tag("gone")
+    with pytest.raises(aic.RefExistsError):
+        await repo.create_tag("gone", facts["first"])
+    ours = [(a.id, a.message, a.metadata) async for a in repo.ancestry(branch="main")]
+    assert ours == facts["ancestry"]
+
+    session = await repo.readonly_session(branch="main")
+    root = await zas.open_group(store=session.store, mode="r")
+    assert dict(root.attrs) == {"title": "rich", "n": 1}
+    f4 = await zas.open_array(store=session.store, path="f4", mode="r")
+    expected = np.arange(100, dtype="f4")
+    expected[:10] = -1
+    np.testing.assert_array_equal(await f4.getitem(slice(None)), expected)
+    assert f4.metadata.dimension_names == ("t",)  # type: ignore[union-attr]
+    i8 = await zas.open_array(store=session.store, path="sub/deeper/i8", mode="r")
+    np.testing.assert_array_equal(
+        await i8.getitem(slice(None)), np.arange(600, dtype="i8").reshape(20, 30)
+    )
+    small = await zas.open_array(store=session.store, path="small", mode="r")
+    np.testing.assert_array_equal(await small.getitem(slice(None)), [1, 2, 3, 4])
+    old = await repo.readonly_session(tag="v1")
+    f4_old = await zas.open_array(store=old.store, path="f4", mode="r")
+    np.testing.assert_array_equal(await f4_old.getitem(slice(None)), np.arange(100, dtype="f4"))
+    diff = await repo.diff(from_tag="v1", to_branch="main")
+    assert diff.updated_chunks == {"/f4": {(0,)}}
+
+
+def icechunk_reads_and_commits(path: Path, expected: dict[str, np.ndarray]) -> str:
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
+    assert set(repo.list_branches()) == {"main", "feature"}
+    assert set(repo.list_tags()) == {"release"}
+    s = repo.readonly_session("main")
+    for name, values in expected.items():
+        np.testing.assert_array_equal(
+            zarr.open_array(store=s.store, path=name, mode="r")[:], values
+        )
+    messages = [a.message for a in repo.ancestry(branch="main")]
+    assert messages == ["second", "first", "Repository initialized"], messages
+    s = repo.writable_session("main")
+    arr = zarr.open_array(store=s.store, path="grid")
+    arr[0, :] = 99
+    return str(s.commit("icechunk on top", metadata={"by": "icechunk"}))
+
+
+async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -> None:
+    storage = aic.local_filesystem_storage(tmp_path / "ours")
+    repo = await aic.Repository.create(storage)
+    session = await repo.writable_session("main")
+    root = await zas.open_group(store=session.store, mode="w", attributes={"made": "by us"})
+    grid = await root.create_array(
+        "grid", shape=(16, 12), chunks=(5, 5), dtype="f8", dimension_names=("y", "x")
+    )
+    values = np.random.default_rng(0).random((16, 12))
+    await grid.setitem(slice(None), values)
+    text = await root.create_array("nested/text", shape=(3,), chunks=(2,), dtype="i2")
+    await text.setitem(slice(None), np.array([7, 8, 9], dtype="i2"))
+    first = await session.commit("first", metadata={"who": "us"})
+    await repo.create_tag("release", first)
+    await repo.create_branch("feature", first)
+    grid2 = await zas.open_array(store=session.store, path="grid")
+    values[5:, :] = 0.5
+    await grid2.setitem((slice(5, None), slice(None)), np.full((11, 12), 0.5))
+    await session.commit("second")
+
+    new_id = await asyncio.to_thread(
+        icechunk_reads_and_commits,
+        tmp_path / "ours",
+        {"grid": values, "nested/text": np.array([7, 8, 9], dtype="i2")},
+    )
+    assert await repo.lookup_branch("main") == new_id
+    ro = await repo.readonly_session(branch="main")
+    after = await zas.open_array(store=ro.store, path="grid", mode="r")
+    values[0, :] = 99
+    np.testing.assert_array_equal(await after.getitem(slice(None)), values)
+    history = [a async for a in repo.ancestry(branch="main")]
+    assert history[0].message == "icechunk on top"
+    assert history[0].metadata == {"by": "icechunk"}
