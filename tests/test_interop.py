@@ -134,3 +134,21 @@ async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -
     history = [a async for a in repo.ancestry(branch="main")]
     assert history[0].message == "icechunk on top"
     assert history[0].metadata == {"by": "icechunk"}
+
+
+async def test_we_read_split_manifests_and_inline_chunks(tmp_path: Path) -> None:
+    from tests.format.test_read_icechunk import write_rich_repository
+
+    rich = await asyncio.to_thread(write_rich_repository, tmp_path)
+    repo = await aic.Repository.open(aic.local_filesystem_storage(tmp_path / "repo"))
+    session = await repo.readonly_session(branch="main")
+    split = await zas.open_array(store=session.store, path="split_me", mode="r")
+    np.testing.assert_array_equal(await split.getitem(slice(None)), np.arange(10) * 100)
+    native = await zas.open_array(store=session.store, path="a/native", mode="r")
+    np.testing.assert_array_equal(await native.getitem(slice(None)), np.arange(48.0).reshape(6, 8))
+    inline = await zas.open_array(store=session.store, path="inline", mode="r")
+    np.testing.assert_array_equal(await inline.getitem(slice(None)), [1, 2, 3, 4])
+    keys = sorted([k async for k in session.store.list_prefix("split_me/")])
+    assert keys == sorted(["split_me/zarr.json", *(f"split_me/c/{i}" for i in range(10))])
+    assert repo.config.inline_chunk_threshold_bytes == 64
+    assert rich["second"] == await repo.lookup_branch("main")

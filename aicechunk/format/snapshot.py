@@ -113,6 +113,8 @@ class Snapshot:
     def __post_init__(self) -> None:
         nodes = tuple(sorted(self.nodes, key=lambda n: n.path))
         object.__setattr__(self, "nodes", nodes)
+        files = tuple(sorted(self.manifest_files, key=lambda f: f.id))
+        object.__setattr__(self, "manifest_files", files)
         object.__setattr__(self, "_paths", [n.path for n in nodes])
 
     def get_node(self, path: str) -> NodeSnapshot | None:
