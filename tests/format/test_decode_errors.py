@@ -124,7 +124,7 @@ def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[bytes
 
 @pytest.mark.parametrize("kind", sorted(DECODERS))
 def test_header_problems_are_named(kind: str) -> None:
-    decode, make, file_type = DECODERS[kind]
+    decode, make, _file_type = DECODERS[kind]
     good = make()
     decode(good, "f")
     cases = {
