@@ -1,6 +1,6 @@
 """aicechunk: an async-first, pure-Python implementation of Icechunk."""
 
-from aicechunk.config import RepositoryConfig
+from aicechunk.config import CachingConfig, RepositoryConfig
 from aicechunk.conflicts import (
     BasicConflictSolver,
     Conflict,
@@ -44,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AicechunkError",
     "BasicConflictSolver",
+    "CachingConfig",
     "Conflict",
     "ConflictDetector",
     "ConflictError",

@@ -41,37 +41,49 @@ _THREAD_DECODE_BYTES = 256 * 1024
 
 
 class _LRU(Generic[K, V]):
-    """A small thread-safe LRU cache bounded by entry count."""
+    """A thread-safe LRU cache bounded by total weight (entries weigh ``weigh(value)``)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, weigh: Callable[[V], int] = lambda _: 1) -> None:
         self.capacity = capacity
-        self._data: OrderedDict[K, V] = OrderedDict()
+        self._weigh = weigh
+        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._total = 0
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
         with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            self._data.move_to_end(key)
+            return entry[0]
 
     def put(self, key: K, value: V) -> None:
-        if self.capacity <= 0:
+        weight = max(1, self._weigh(value))
+        if weight > self.capacity:
             return
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._total -= old[1]
+            self._data[key] = (value, weight)
+            self._total += weight
+            while self._total > self.capacity:
+                _, (_, dropped) = self._data.popitem(last=False)
+                self._total -= dropped
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 @dataclass(frozen=True, slots=True)
 class CacheSizes:
-    """How many decoded files of each kind an ``AssetManager`` keeps."""
+    """How much decoded data an ``AssetManager`` keeps: snapshot nodes, manifest chunk
+    references and transaction log changes (Icechunk's defaults and units)."""
 
-    snapshots: int = 32
-    manifests: int = 64
-    transaction_logs: int = 32
+    snapshot_nodes: int = 500_000
+    chunk_refs: int = 15_000_000
+    transaction_changes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,18 @@ CHUNKS = "chunks/"
 CONFIG_KEY = "config.yaml"
 
 
+def _log_size(log: TransactionLog) -> int:
+    return (
+        len(log.new_groups)
+        + len(log.new_arrays)
+        + len(log.deleted_groups)
+        + len(log.deleted_arrays)
+        + len(log.updated_groups)
+        + len(log.updated_arrays)
+        + sum(len(c) for c in log.updated_chunks.values())
+    )
+
+
 async def _decode_off_loop(decode: Callable[[], V], size: int) -> V:
     if size >= _THREAD_DECODE_BYTES:
         return await asyncio.to_thread(decode)
@@ -101,9 +125,15 @@ class AssetManager:
     def __init__(self, driver: Driver, cache: CacheSizes | None = None) -> None:
         self.driver = driver
         self.cache = cache or CacheSizes()
-        self._snapshots: _LRU[SnapshotId, Snapshot] = _LRU(self.cache.snapshots)
-        self._manifests: _LRU[ManifestId, Manifest] = _LRU(self.cache.manifests)
-        self._txlogs: _LRU[SnapshotId, TransactionLog] = _LRU(self.cache.transaction_logs)
+        self._snapshots: _LRU[SnapshotId, Snapshot] = _LRU(
+            self.cache.snapshot_nodes, lambda s: len(s.nodes)
+        )
+        self._manifests: _LRU[ManifestId, Manifest] = _LRU(
+            self.cache.chunk_refs, lambda m: m.num_chunk_refs
+        )
+        self._txlogs: _LRU[SnapshotId, TransactionLog] = _LRU(
+            self.cache.transaction_changes, _log_size
+        )
         # one fetch in flight per file, shared by every task that wants it
         self._inflight: dict[str, asyncio.Future[object]] = {}
 

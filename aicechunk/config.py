@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
 
-__all__ = ["RepositoryConfig"]
+__all__ = ["CachingConfig", "RepositoryConfig"]
+
+
+@dataclass(frozen=True)
+class CachingConfig:
+    """Bounds of the in-memory caches, in Icechunk's units (``None``: the default).
+
+    Snapshots are weighed by their node count, manifests by their chunk references,
+    transaction logs by their changes; chunk and attribute caches are in bytes.
+    """
+
+    num_snapshot_nodes: int | None = None
+    num_chunk_refs: int | None = None
+    num_transaction_changes: int | None = None
+    num_bytes_attributes: int | None = None
+    num_bytes_chunks: int | None = None
+
+    DEFAULTS: ClassVar[dict[str, int]] = {
+        "num_snapshot_nodes": 500_000,
+        "num_chunk_refs": 15_000_000,
+        "num_transaction_changes": 0,
+        "num_bytes_attributes": 0,
+        "num_bytes_chunks": 0,
+    }
+
+    def resolved(self, name: str) -> int:
+        """The value in effect for ``name`` (the default when unset)."""
+        value = getattr(self, name)
+        return self.DEFAULTS[name] if value is None else int(value)
 
 
 def _merge(base: Any, override: Any) -> Any:
@@ -73,6 +102,19 @@ class RepositoryConfig:
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ValueError("inline_chunk_threshold_bytes must be a non-negative integer")
         self._data["inline_chunk_threshold_bytes"] = value
+
+    @property
+    def caching(self) -> CachingConfig | None:
+        """Cache bounds (``None``: all defaults)."""
+        raw = self._data.get("caching")
+        if not isinstance(raw, dict):
+            return None
+        names = {f.name for f in fields(CachingConfig)}
+        return CachingConfig(**{k: v for k, v in raw.items() if k in names})
+
+    @caching.setter
+    def caching(self, value: CachingConfig | None) -> None:
+        self._data["caching"] = None if value is None else asdict(value)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RepositoryConfig) and _merge({}, self._data) == _merge(

@@ -76,7 +76,15 @@ class Repository:
         self._storage = storage
         self._config = config
         self._credentials = dict(authorize_virtual_chunk_access or {})
-        self._assets = AssetManager(storage.driver(), CacheSizes())
+        caching = config.caching
+        sizes = CacheSizes()
+        if caching is not None:
+            sizes = CacheSizes(
+                snapshot_nodes=caching.resolved("num_snapshot_nodes"),
+                chunk_refs=caching.resolved("num_chunk_refs"),
+                transaction_changes=caching.resolved("num_transaction_changes"),
+            )
+        self._assets = AssetManager(storage.driver(), sizes)
 
     # -- lifecycle --------------------------------------------------------------------
 

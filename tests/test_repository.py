@@ -318,6 +318,7 @@ def test_session_across_event_loops(tmp_path: Path) -> None:
 async def test_one_chunk_read_costs_four_requests(tmp_path: Path) -> None:
     """Fresh repository, one chunk: ref, snapshot, manifest, chunk; nothing more."""
     from aicechunk.drivers import LocalDriver
+    from aicechunk.testing import CountingDriver
 
     storage = aic.local_filesystem_storage(tmp_path / "r")
     repo = await aic.Repository.create(storage)
@@ -327,30 +328,42 @@ async def test_one_chunk_read_costs_four_requests(tmp_path: Path) -> None:
     await arr.setitem(slice(None), np.arange(1024, dtype="f8"))
     await session.commit("x")
 
-    calls: list[str] = []
-
-    class Counting(LocalDriver):
-        async def _get(self, key, byte_range):  # type: ignore[no-untyped-def]
-            calls.append(f"get {key}")
-            return await super()._get(key, byte_range)
-
-        async def _get_object(self, key):  # type: ignore[no-untyped-def]
-            calls.append(f"get {key}")
-            return await super()._get_object(key)
-
-        async def _head(self, key):  # type: ignore[no-untyped-def]
-            calls.append(f"head {key}")
-            return await super()._head(key)
-
-        def _list(self, prefix):  # type: ignore[no-untyped-def]
-            calls.append(f"list {prefix}")
-            return super()._list(prefix)
-
-    counted = aic.storage_from_driver(Counting(tmp_path / "r"))
-    fresh = await aic.Repository.open(counted)
-    calls.clear()
+    counting = CountingDriver(LocalDriver(tmp_path / "r"))
+    fresh = await aic.Repository.open(aic.storage_from_driver(counting))
+    counting.reset()
     ro = await fresh.readonly_session(branch="main")
     chunk = await ro.get_chunk("/x", (2,))
     assert chunk is not None and len(chunk) == 2048
+    calls = [f"{method} {key}" for method, key in counting.calls]
     kinds = [c.split(" ")[1].split("/")[0] for c in calls]
     assert kinds == ["refs", "snapshots", "manifests", "chunks"], calls
+
+
+async def test_caches_are_bounded_by_caching_config(tmp_path: Path) -> None:
+    from aicechunk.config import CachingConfig
+    from aicechunk.drivers import LocalDriver
+    from aicechunk.testing import CountingDriver
+
+    storage = aic.local_filesystem_storage(tmp_path / "r")
+    repo = await aic.Repository.create(storage)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    for name in ("a", "b"):
+        arr = await group.create_array(name, shape=(8,), chunks=(2,), dtype="i8")
+        await arr.setitem(slice(None), np.arange(8))
+    await session.commit("two arrays")
+
+    async def manifest_reads(config: aic.RepositoryConfig) -> int:
+        counting = CountingDriver(LocalDriver(tmp_path / "r"))
+        reopened = await aic.Repository.open(aic.storage_from_driver(counting), config=config)
+        ro = await reopened.readonly_session(branch="main")
+        for _ in range(3):
+            for name in ("/a", "/b"):
+                for i in range(4):
+                    await ro.get_chunk_ref(name, (i,))
+        return sum(1 for method, key in counting.calls if key.startswith("manifests/"))
+
+    assert await manifest_reads(aic.RepositoryConfig.default()) == 2  # each manifest once
+    small = aic.RepositoryConfig.default()
+    small.caching = CachingConfig(num_chunk_refs=4)  # room for one 4-ref manifest
+    assert await manifest_reads(small) == 6  # a, b alternate and evict each other
