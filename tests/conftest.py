@@ -2,24 +2,70 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import aicechunk as aic
+from tests.servers import (
+    create_gcs_bucket,
+    create_s3_bucket,
+    fake_gcs_server,
+    moto_server,
+    next_bucket_name,
+)
 
 StorageFactory = Callable[[], "aic.Storage"]
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 for the whole test session."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """fake-gcs-server on 127.0.0.1 for the whole test session."""
+    with fake_gcs_server(tmp_path_factory.mktemp("gcs")) as endpoint:
+        yield endpoint
+
+
+def s3_test_storage(endpoint: str, bucket: str | None = None, prefix: str = "repo") -> aic.Storage:
+    """Storage in a fresh moto bucket."""
+    if bucket is None:
+        bucket = next_bucket_name()
+        create_s3_bucket(endpoint, bucket)
+    return aic.s3_storage(
+        bucket=bucket,
+        prefix=prefix,
+        region="us-east-1",
+        endpoint_url=endpoint,
+        allow_http=True,
+        force_path_style=True,
+        access_key_id="testing",
+        secret_access_key="testing",
+    )
+
+
+@pytest.fixture(params=["memory", "local", "s3", "gcs"])
 def make_storage(request: pytest.FixtureRequest, tmp_path: Path) -> StorageFactory:
-    """A factory of fresh, empty storage of each kind."""
+    """A factory of fresh, empty storage of each kind (S3 and GCS on local servers)."""
     counter = iter(range(1000))
+    kind = request.param
+    endpoint = request.getfixturevalue(f"{kind}_endpoint") if kind in ("s3", "gcs") else ""
 
     def make() -> aic.Storage:
-        if request.param == "memory":
+        if kind == "memory":
             return aic.in_memory_storage()
+        if kind == "s3":
+            return s3_test_storage(endpoint)
+        if kind == "gcs":
+            bucket = next_bucket_name()
+            create_gcs_bucket(endpoint, bucket)
+            return aic.gcs_storage(bucket=bucket, prefix="repo", endpoint_url=endpoint)
         return aic.local_filesystem_storage(tmp_path / f"repo{next(counter)}")
 
     return make

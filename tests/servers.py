@@ -134,3 +134,24 @@ def http_file_server(root: Path) -> Iterator[str]:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+_buckets = iter(range(10**9))
+
+
+def next_bucket_name() -> str:
+    """A bucket name not used before in this test session."""
+    return f"bucket-{next(_buckets)}"
+
+
+def create_s3_bucket(endpoint: str, bucket: str) -> None:
+    """Create a bucket on moto's server."""
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)

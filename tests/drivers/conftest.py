@@ -8,8 +8,7 @@ here; the suite in test_conformance.py runs unchanged over all of them.
 from __future__ import annotations
 
 import contextlib
-import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from aicechunk.drivers import Driver, LocalDriver, MemoryDriver
 from aicechunk.drivers.gcs import GCSDriver
 from aicechunk.drivers.http import HTTPDriver
 from aicechunk.drivers.s3 import S3Credentials, S3Driver
-from tests.servers import create_gcs_bucket, fake_gcs_server, http_file_server, moto_server
+from tests.servers import create_gcs_bucket, create_s3_bucket, http_file_server, next_bucket_name
 
 
 @dataclass
@@ -55,20 +54,9 @@ async def _local(tmp_path: Path) -> DriverUnderTest:
     return DriverUnderTest(driver, seed, root=root)
 
 
-_bucket_names = (f"bucket-{i}" for i in itertools.count())
-
-
 async def _s3(tmp_path: Path, endpoint: str) -> DriverUnderTest:
-    import boto3
-
-    bucket = next(_bucket_names)
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
+    bucket = next_bucket_name()
+    create_s3_bucket(endpoint, bucket)
     driver = S3Driver(
         bucket,
         "some/prefix",
@@ -86,7 +74,7 @@ async def _s3(tmp_path: Path, endpoint: str) -> DriverUnderTest:
 
 
 async def _gcs(tmp_path: Path, endpoint: str) -> DriverUnderTest:
-    bucket = next(_bucket_names)
+    bucket = next_bucket_name()
     create_gcs_bucket(endpoint, bucket)
     driver = GCSDriver(bucket, "some/prefix", endpoint_url=endpoint)
 
@@ -115,18 +103,6 @@ FACTORIES: dict[str, Callable[..., Awaitable[DriverUnderTest]]] = {
     "s3": _s3,
     "gcs": _gcs,
 }
-
-
-@pytest.fixture(scope="session")
-def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with fake_gcs_server(tmp_path_factory.mktemp("gcs")) as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with moto_server() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture(params=sorted(FACTORIES))
