@@ -192,10 +192,19 @@ class Repository:
 
     # -- branches ---------------------------------------------------------------------
 
+    async def _ref_keys(self, what: str) -> list[str]:
+        driver = self._storage.driver()
+        if not driver.supports_listing:
+            raise RepositoryError(
+                f"cannot list {what}: storage {driver.label} does not support listing; "
+                "open a branch or tag by name instead"
+            )
+        return await self._assets.list_ref_keys()
+
     async def list_branches(self) -> set[str]:
         """Names of all branches."""
         names = set()
-        for key in await self._assets.list_ref_keys():
+        for key in await self._ref_keys("branches"):
             parsed = ref_format.parse_ref_key(key)
             if parsed is not None and parsed[0] == "branch":
                 names.add(parsed[1])
@@ -243,7 +252,7 @@ class Repository:
     async def list_tags(self) -> set[str]:
         """Names of all tags that were not deleted."""
         tags, deleted = set(), set()
-        for key in await self._assets.list_ref_keys():
+        for key in await self._ref_keys("tags"):
             parsed = ref_format.parse_ref_key(key)
             if parsed is None:
                 continue

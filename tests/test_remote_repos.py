@@ -1,0 +1,96 @@
+"""Repositories on remote storage: published over HTTP, and interop with icechunk on S3."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import icechunk
+import numpy as np
+import pytest
+import zarr
+import zarr.api.asynchronous as zas
+
+import aicechunk as aic
+from tests.conftest import s3_test_storage
+from tests.servers import create_s3_bucket, http_file_server, next_bucket_name
+
+
+async def write_sample(repo: aic.Repository) -> str:
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    arr = await group.create_array("x", shape=(30,), chunks=(7,), dtype="i4")
+    await arr.setitem(slice(None), np.arange(30, dtype="i4"))
+    sid = await session.commit("sample")
+    await repo.create_tag("published", sid)
+    return str(sid)
+
+
+async def test_repository_published_over_http(tmp_path: Path) -> None:
+    local = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "repo"))
+    sid = await write_sample(local)
+    with http_file_server(tmp_path / "repo") as url:
+        storage = aic.http_storage(url)
+        assert await aic.Repository.exists(storage)
+        repo = await aic.Repository.open(storage)
+        assert await repo.lookup_branch("main") == sid
+        assert await repo.lookup_tag("published") == sid
+        for session in (
+            await repo.readonly_session(branch="main"),
+            await repo.readonly_session(tag="published"),
+        ):
+            arr = await zas.open_array(store=session.store, path="x", mode="r")
+            np.testing.assert_array_equal(await arr.getitem(slice(None)), np.arange(30))
+        history = [s.message async for s in repo.ancestry(branch="main")]
+        assert history == ["sample", "Repository initialized"]
+        with pytest.raises(aic.RepositoryError, match="cannot list branches.*by name"):
+            await repo.list_branches()
+        with pytest.raises(aic.RepositoryError, match="cannot list tags"):
+            await repo.list_tags()
+        with pytest.raises(aic.SessionStateError, match="read-only"):
+            await repo.writable_session("main")
+        with pytest.raises(aic.RefNotFoundError):
+            await repo.lookup_branch("nope")
+        await storage.driver().close()
+
+
+def icechunk_storage(endpoint: str, bucket: str, prefix: str) -> icechunk.Storage:
+    return icechunk.s3_storage(
+        bucket=bucket,
+        prefix=prefix,
+        region="us-east-1",
+        endpoint_url=endpoint,
+        allow_http=True,
+        force_path_style=True,
+        access_key_id="testing",
+        secret_access_key="testing",
+    )
+
+
+def icechunk_write_s3(endpoint: str, bucket: str) -> str:
+    repo = icechunk.Repository.create(icechunk_storage(endpoint, bucket, "theirs"))
+    s = repo.writable_session("main")
+    arr = zarr.create_array(store=s.store, name="y", shape=(12,), chunks=(5,), dtype="f8")
+    arr[:] = np.linspace(0, 1, 12)
+    return str(s.commit("icechunk on s3"))
+
+
+def icechunk_read_s3(endpoint: str, bucket: str) -> list[float]:
+    repo = icechunk.Repository.open(icechunk_storage(endpoint, bucket, "ours"))
+    s = repo.readonly_session("main")
+    return list(zarr.open_array(store=s.store, path="x", mode="r")[:])
+
+
+async def test_interop_on_s3(s3_endpoint: str) -> None:
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    ours = await aic.Repository.create(s3_test_storage(s3_endpoint, bucket, "ours"))
+    await write_sample(ours)
+    assert await asyncio.to_thread(icechunk_read_s3, s3_endpoint, bucket) == list(range(30))
+
+    sid = await asyncio.to_thread(icechunk_write_s3, s3_endpoint, bucket)
+    theirs = await aic.Repository.open(s3_test_storage(s3_endpoint, bucket, "theirs"))
+    assert await theirs.lookup_branch("main") == sid
+    session = await theirs.readonly_session(branch="main")
+    arr = await zas.open_array(store=session.store, path="y", mode="r")
+    np.testing.assert_allclose(await arr.getitem(slice(None)), np.linspace(0, 1, 12))
