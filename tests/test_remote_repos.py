@@ -43,7 +43,7 @@ async def test_repository_published_over_http(tmp_path: Path) -> None:
             np.testing.assert_array_equal(await arr.getitem(slice(None)), np.arange(30))
         history = [s.message async for s in repo.ancestry(branch="main")]
         assert history == ["sample", "Repository initialized"]
-        with pytest.raises(aic.RepositoryError, match="cannot list branches.*by name"):
+        with pytest.raises(aic.RepositoryError, match=r"cannot list branches.*by name"):
             await repo.list_branches()
         with pytest.raises(aic.RepositoryError, match="cannot list tags"):
             await repo.list_tags()
