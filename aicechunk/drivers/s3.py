@@ -171,7 +171,7 @@ class S3Driver(Driver):
 
             creds = self.credentials
             config = AioConfig(
-                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
                 max_pool_connections=self.max_concurrency,

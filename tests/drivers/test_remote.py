@@ -65,11 +65,29 @@ async def test_http_retries_transient_errors() -> None:
     assert seen == ["GET /refs/branch.main/ref.json"] * 3
 
 
-async def test_http_gives_up_after_max_attempts() -> None:
+@pytest.mark.parametrize("kind", ["http", "s3", "gcs"])
+async def test_gives_up_after_max_attempts_naming_the_key(kind: str) -> None:
     with flaky_server(failures=100) as (url, seen):
-        async with HTTPDriver(url, max_attempts=3) as driver:
-            with pytest.raises(StorageError, match="HTTP 503"):
-                await driver.get("x")
+        driver: HTTPDriver | S3Driver | GCSDriver
+        if kind == "http":
+            driver = HTTPDriver(url, max_attempts=3)
+        elif kind == "s3":
+            driver = S3Driver(
+                "bucket",
+                endpoint_url=url,
+                allow_http=True,
+                force_path_style=True,
+                region="us-east-1",
+                credentials=S3Credentials("k", "s"),
+                max_attempts=3,
+            )
+        else:
+            driver = GCSDriver("bucket", endpoint_url=url, max_attempts=3)
+        async with driver:
+            with pytest.raises(StorageError) as info:
+                await driver.get("refs/branch.main/ref.json")
+    assert info.value.key == "refs/branch.main/ref.json"
+    assert "refs/branch.main/ref.json" in str(info.value)
     assert len(seen) == 3
 
 
