@@ -27,7 +27,7 @@ from aicechunk.errors import (
     StorageError,
 )
 from aicechunk.repository import Repository, SnapshotInfo
-from aicechunk.session import Diff, Session
+from aicechunk.session import Diff, ForkPayloadError, ForkSession, Session
 from aicechunk.storage import (
     Storage,
     gcs_storage,
@@ -50,6 +50,8 @@ __all__ = [
     "ConflictError",
     "ConflictKind",
     "Diff",
+    "ForkPayloadError",
+    "ForkSession",
     "FormatError",
     "IcechunkStore",
     "InvalidKey",

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from aicechunk.format.ids import NodeId
-from aicechunk.format.manifest import ChunkRef
+from aicechunk.format.ids import ChunkId, NodeId
+from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
 from aicechunk.format.snapshot import DimensionShape
 
-__all__ = ["ArrayDefinition", "ChangeSet", "Coords"]
+__all__ = [
+    "ArrayDefinition",
+    "ChangeSet",
+    "Coords",
+    "changeset_from_plain",
+    "changeset_to_plain",
+]
 
 Coords = tuple[int, ...]
 
@@ -129,3 +136,75 @@ class ChangeSet:
             self.delete_array(path, nid)
         for nid, refs in other.chunks.items():
             self.chunks.setdefault(nid, {}).update(refs)
+
+
+# --- serialization -------------------------------------------------------------------
+# A compact, msgpack-friendly form: ids as raw bytes, refs as short tagged lists.
+
+_NATIVE, _INLINE, _VIRTUAL = 0, 1, 2
+
+
+def _ref_to_plain(ref: ChunkRef | None) -> list[Any] | None:
+    if ref is None:
+        return None
+    if isinstance(ref, NativeRef):
+        return [_NATIVE, ref.chunk_id.bytes, ref.offset, ref.length]
+    if isinstance(ref, InlineRef):
+        return [_INLINE, ref.data]
+    return [_VIRTUAL, ref.location, ref.offset, ref.length, ref.etag, ref.last_modified]
+
+
+def _ref_from_plain(item: list[Any] | None) -> ChunkRef | None:
+    if item is None:
+        return None
+    kind = item[0]
+    if kind == _NATIVE:
+        return NativeRef(ChunkId(item[1]), int(item[2]), int(item[3]))
+    if kind == _INLINE:
+        return InlineRef(bytes(item[1]))
+    if kind == _VIRTUAL:
+        return VirtualRef(str(item[1]), int(item[2]), int(item[3]), item[4], item[5])
+    raise ValueError(f"unknown chunk reference kind {kind!r}")
+
+
+def _def_to_plain(d: ArrayDefinition) -> list[Any]:
+    names = None if d.dimension_names is None else list(d.dimension_names)
+    return [[[s.array_length, s.chunk_length] for s in d.shape], names, d.user_data]
+
+
+def _def_from_plain(item: list[Any]) -> ArrayDefinition:
+    shape = tuple(DimensionShape(int(a), int(c)) for a, c in item[0])
+    names = None if item[1] is None else tuple(item[1])
+    return ArrayDefinition(shape, names, bytes(item[2]))
+
+
+def changeset_to_plain(cs: ChangeSet) -> dict[str, Any]:
+    """The change set as plain data (bytes, ints, strings, lists, dicts)."""
+    return {
+        "ng": [[p, n.bytes, d] for p, (n, d) in cs.new_groups.items()],
+        "na": [[p, n.bytes, _def_to_plain(d)] for p, (n, d) in cs.new_arrays.items()],
+        "ug": [[n.bytes, d] for n, d in cs.updated_groups.items()],
+        "ua": [[n.bytes, _def_to_plain(d)] for n, d in cs.updated_arrays.items()],
+        "dg": [[p, n.bytes] for p, n in cs.deleted_groups.items()],
+        "da": [[p, n.bytes] for p, n in cs.deleted_arrays.items()],
+        "c": [
+            [n.bytes, [[list(c), _ref_to_plain(r)] for c, r in refs.items()]]
+            for n, refs in cs.chunks.items()
+        ],
+    }
+
+
+def changeset_from_plain(data: dict[str, Any]) -> ChangeSet:
+    """Rebuild a change set from ``changeset_to_plain``'s output."""
+    return ChangeSet(
+        new_groups={p: (NodeId(n), bytes(d)) for p, n, d in data["ng"]},
+        new_arrays={p: (NodeId(n), _def_from_plain(d)) for p, n, d in data["na"]},
+        updated_groups={NodeId(n): bytes(d) for n, d in data["ug"]},
+        updated_arrays={NodeId(n): _def_from_plain(d) for n, d in data["ua"]},
+        deleted_groups={p: NodeId(n) for p, n in data["dg"]},
+        deleted_arrays={p: NodeId(n) for p, n in data["da"]},
+        chunks={
+            NodeId(n): {tuple(int(x) for x in c): _ref_from_plain(r) for c, r in refs}
+            for n, refs in data["c"]
+        },
+    )

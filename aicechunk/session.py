@@ -10,11 +10,16 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import struct
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+import msgpack
+import zstandard
 
 from aicechunk.assets import AssetManager
 from aicechunk.changeset import ArrayDefinition, ChangeSet, Coords
@@ -48,7 +53,7 @@ if TYPE_CHECKING:
     from aicechunk.conflicts import ConflictSolver
     from aicechunk.store import IcechunkStore
 
-__all__ = ["Diff", "NodeView", "Session", "SessionConfig"]
+__all__ = ["Diff", "ForkPayloadError", "ForkSession", "NodeView", "Session", "SessionConfig"]
 
 DEFAULT_INLINE_THRESHOLD = 512
 
@@ -59,6 +64,10 @@ class InvalidMetadataError(AicechunkError, ValueError):
     def __init__(self, path: str, why: str):
         self.path = path
         super().__init__(f"metadata for node {path!r}: {why}")
+
+
+class ForkPayloadError(AicechunkError, ValueError):
+    """A fork payload that is truncated, corrupted or of another format version."""
 
 
 class NodeNotFoundError(AicechunkError, KeyError):
@@ -514,6 +523,83 @@ class Session:
         self._check_writable()
         self._changes = ChangeSet()
 
+    # -- forks ------------------------------------------------------------------------
+
+    def fork(self) -> ForkSession:
+        """A session to hand to a worker (task, process, Dask worker) that writes in parallel.
+
+        Only a writable session without uncommitted changes can fork: commit first, so
+        that every fork starts from the same snapshot. Bring forks back with ``merge``.
+        """
+        if self._read_only:
+            raise SessionStateError("a read-only session cannot fork; use a writable session")
+        if self.has_uncommitted_changes:
+            raise SessionStateError(
+                "cannot fork a session with uncommitted changes: commit them first, so every "
+                "fork starts from the same snapshot"
+            )
+        return ForkSession(
+            self._assets,
+            self._snapshot_id,
+            branch=self._branch,
+            read_only=False,
+            config=self._config,
+            virtual_resolver=self._virtual,
+        )
+
+    def _check_mergeable(self, fork: Session) -> None:
+        if not isinstance(fork, ForkSession):
+            raise SessionStateError(
+                f"can only merge ForkSessions (from session.fork()), got {type(fork).__name__}"
+            )
+        if fork._assets.driver.label != self._assets.driver.label:
+            raise SessionStateError(
+                f"fork is from another repository ({fork._assets.driver.label}, "
+                f"not {self._assets.driver.label})"
+            )
+        if fork._branch != self._branch:
+            raise SessionStateError(
+                f"fork is from branch {fork._branch!r}, this session is on {self._branch!r}"
+            )
+        if fork._snapshot_id != self._snapshot_id:
+            raise SessionStateError(
+                f"fork starts at snapshot {fork._snapshot_id}, this session at "
+                f"{self._snapshot_id}: forks merge only into the session state they came from"
+            )
+
+    async def merge(self, *forks: ForkSession) -> None:
+        """Fold the changes of ``forks`` into this session.
+
+        Every fork must come from this repository, branch and base snapshot. Where two
+        forks wrote the same chunk or node, the later argument wins (Icechunk's rule).
+        Chunk data is already in storage, so merging moves only references: it costs
+        O(total changes) and no I/O.
+        """
+        self._check_writable()
+        for fork in forks:
+            self._check_mergeable(fork)
+        for fork in forks:
+            self._changes.merge(fork._changes)
+
+    def allow_pickling(self) -> None:
+        """Removed: pickling writable sessions was replaced by ``Session.fork()``."""
+        raise SessionStateError(
+            "Session.allow_pickling() was removed: use session.fork() to send a session to "
+            "workers and session.merge(*forks) to bring the changes back. Pickling a session "
+            "with changes could let the same changes be merged twice."
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        if not self._read_only:
+            raise SessionStateError(
+                "a writable Session cannot be pickled: use session.fork(), whose ForkSession "
+                "pickles (and serializes with to_bytes())"
+            )
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     # -- commit -----------------------------------------------------------------------
 
     async def _flush(self, message: str, metadata: Mapping[str, Any]) -> Snapshot:
@@ -684,3 +770,119 @@ class Session:
 
 
 __all__ += ["ChunkIndexError", "InvalidMetadataError", "NodeNotFoundError"]
+
+
+_FORK_MAGIC = b"AICFORK\x00"
+_FORK_VERSION = 1
+_FORK_HEADER = struct.Struct("<8sHHI")  # magic, version, flags, crc32 of the body
+
+
+class ForkSession(Session):
+    """A writable session for a worker: it writes, then goes back to be merged.
+
+    It serializes to a compact, versioned payload (``to_bytes``, also used by pickle)
+    holding the storage description, the base snapshot, the branch and the pending
+    changes; its size grows with the changes, not with the repository. A fork cannot
+    commit or rebase: merge it into the session it came from.
+    """
+
+    async def commit(
+        self,
+        message: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1000,
+    ) -> SnapshotId:
+        """Refused: a fork's changes are committed by the session it is merged into."""
+        raise SessionStateError(
+            "a ForkSession cannot commit: merge it into its parent session "
+            "(await session.merge(fork)) and commit there"
+        )
+
+    async def rebase(self, solver: ConflictSolver) -> None:
+        """Refused: rebase the parent session after merging."""
+        raise SessionStateError("a ForkSession cannot rebase: merge it, then rebase the parent")
+
+    async def merge(self, *forks: ForkSession) -> None:
+        """Fold other forks into this one (tree reductions); later arguments win."""
+        await super().merge(*forks)
+
+    def fork(self) -> ForkSession:
+        """Refused: fork the parent session instead."""
+        raise SessionStateError("a ForkSession cannot fork; fork the parent session")
+
+    def __repr__(self) -> str:
+        return f"<ForkSession branch={self._branch!r} snapshot={self._snapshot_id}>"
+
+    # -- serialization --------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The fork as a versioned, checksummed binary payload."""
+        from aicechunk.changeset import changeset_to_plain
+
+        body = {
+            "storage": dict(self._assets.driver.describe()),
+            "cache": list(astuple_cache(self._assets)),
+            "snapshot": self._snapshot_id.bytes,
+            "branch": self._branch,
+            "inline": self._config.inline_chunk_threshold_bytes,
+            "concurrency": self._config.read_concurrency,
+            "changes": changeset_to_plain(self._changes),
+        }
+        packed = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(body, use_bin_type=True))
+        header = _FORK_HEADER.pack(_FORK_MAGIC, _FORK_VERSION, 0, zlib.crc32(packed))
+        return header + packed
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> ForkSession:
+        """Rebuild a fork from ``to_bytes()``; ``ForkPayloadError`` on a bad payload."""
+        from aicechunk.assets import CacheSizes
+        from aicechunk.changeset import changeset_from_plain
+        from aicechunk.drivers.registry import driver_from_config
+
+        if len(payload) < _FORK_HEADER.size:
+            raise ForkPayloadError(f"fork payload truncated: {len(payload)} bytes")
+        magic, version, _flags, crc = _FORK_HEADER.unpack_from(payload)
+        if magic != _FORK_MAGIC:
+            raise ForkPayloadError("not a fork payload (bad magic bytes)")
+        if version != _FORK_VERSION:
+            raise ForkPayloadError(
+                f"fork payload format version {version}; this aicechunk reads {_FORK_VERSION}"
+            )
+        packed = payload[_FORK_HEADER.size :]
+        if zlib.crc32(packed) != crc:
+            raise ForkPayloadError("fork payload corrupted or truncated (checksum mismatch)")
+        try:
+            body = msgpack.unpackb(
+                zstandard.ZstdDecompressor().decompress(packed), raw=False, strict_map_key=False
+            )
+            changes = changeset_from_plain(body["changes"])
+            driver = driver_from_config(body["storage"])
+            sizes = CacheSizes(*body["cache"])
+            snapshot_id = SnapshotId(body["snapshot"])
+            config = SessionConfig(int(body["inline"]), int(body["concurrency"]))
+            branch = body["branch"]
+        except ForkPayloadError:
+            raise
+        except Exception as err:  # any decoding failure of a checksummed payload
+            raise ForkPayloadError(
+                f"fork payload unreadable: {type(err).__name__}: {err}"
+            ) from None
+        return cls(
+            AssetManager(driver, sizes),
+            snapshot_id,
+            branch=branch,
+            read_only=False,
+            config=config,
+            changes=changes,
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ForkSession.from_bytes, (self.to_bytes(),))
+
+
+def astuple_cache(assets: AssetManager) -> tuple[int, int, int]:
+    """The cache sizes of an asset manager, as plain numbers."""
+    c = assets.cache
+    return (c.snapshot_nodes, c.chunk_refs, c.transaction_changes)
