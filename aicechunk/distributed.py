@@ -43,6 +43,6 @@ async def merge_sessions(*forks: ForkSession | list[Any] | tuple[Any, ...]) -> F
                 f"merge_sessions takes ForkSessions, got {kind}: to merge into a session use "
                 "`await session.merge(*forks)` (Session.merge)"
             )
-    first, rest = flat[0], flat[1:]
-    await first.merge(*rest)
+    first: ForkSession = flat[0]
+    await first.merge(*flat[1:])
     return first

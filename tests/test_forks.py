@@ -151,7 +151,7 @@ async def test_merge_sessions_flattens_nested_lists() -> None:
         merged = await merge_sessions([forks[0], [forks[1], (forks[2],)]], forks[3])
     assert merged is forks[0]
     with (
-        pytest.raises(aic.SessionStateError, match="Session.merge"),
+        pytest.raises(aic.SessionStateError, match=r"Session\.merge"),
         pytest.warns(DeprecationWarning),
     ):
         await merge_sessions(forks[0], session)  # type: ignore[arg-type]
