@@ -547,6 +547,22 @@ class Session:
             virtual_resolver=self._virtual,
         )
 
+    def _fork_carrying_changes(self) -> ForkSession:
+        """A fork that also sees this session's pending changes (for integrations that
+        write metadata first and then fan chunk writes out, like ``to_icechunk``).
+
+        Merging it back re-applies those changes unchanged."""
+        self._check_writable()
+        return ForkSession(
+            self._assets,
+            self._snapshot_id,
+            branch=self._branch,
+            read_only=False,
+            config=self._config,
+            changes=copy.deepcopy(self._changes),
+            virtual_resolver=self._virtual,
+        )
+
     def _check_mergeable(self, fork: Session) -> None:
         if not isinstance(fork, ForkSession):
             raise SessionStateError(
