@@ -95,6 +95,21 @@ def icechunk_reads_and_commits(path: Path, expected: dict[str, np.ndarray]) -> s
         )
     messages = [a.message for a in repo.ancestry(branch="main")]
     assert messages == ["second", "first", "Repository initialized"], messages
+    # icechunk's diff reads our transaction logs
+    diff = repo.diff(from_tag="release", to_branch="main")
+    assert sorted(diff.updated_chunks["/grid"]) == [
+        [1, 0],
+        [1, 1],
+        [1, 2],
+        [2, 0],
+        [2, 1],
+        [2, 2],
+        [3, 0],
+        [3, 1],
+        [3, 2],
+    ]
+    full = repo.diff(from_snapshot_id="1CECHNKREP0F1RSTCMT0", to_tag="release")
+    assert full.new_arrays == {"/grid", "/nested/text", "/nested/big"}
     s = repo.writable_session("main")
     arr = zarr.open_array(store=s.store, path="grid")
     arr[0, :] = 99
@@ -113,6 +128,11 @@ async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -
     await grid.setitem(slice(None), values)
     text = await root.create_array("nested/text", shape=(3,), chunks=(2,), dtype="i2")
     await text.setitem(slice(None), np.array([7, 8, 9], dtype="i2"))
+    big = await root.create_array(
+        "nested/big", shape=(50, 40), chunks=(20, 20), dtype="f8", compressors=None
+    )  # 3.2 KB chunks: native chunk files
+    big_values = np.random.default_rng(1).random((50, 40))
+    await big.setitem(slice(None), big_values)
     first = await session.commit("first", metadata={"who": "us"})
     await repo.create_tag("release", first)
     await repo.create_branch("feature", first)
@@ -124,7 +144,7 @@ async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -
     new_id = await asyncio.to_thread(
         icechunk_reads_and_commits,
         tmp_path / "ours",
-        {"grid": values, "nested/text": np.array([7, 8, 9], dtype="i2")},
+        {"grid": values, "nested/text": np.array([7, 8, 9], dtype="i2"), "nested/big": big_values},
     )
     assert await repo.lookup_branch("main") == new_id
     ro = await repo.readonly_session(branch="main")

@@ -186,3 +186,83 @@ def inline_struct(builder: flatbuffers.Builder, packed: bytes, alignment: int) -
     builder.head = builder.head - len(packed)
     builder.Bytes[builder.head : builder.head + len(packed)] = packed
     return int(builder.Offset())
+
+
+class Forward:
+    """A flatbuffer written front to back, for bulk encoders.
+
+    Every offset in a flatbuffer may point anywhere later in the buffer, so writing a
+    parent before its children lets records of one shape be laid out with numpy in one
+    go instead of one builder call per field. Tables of one shape share one vtable.
+    """
+
+    def __init__(self) -> None:
+        # root offset (patched by ``finish``) and the file identifier
+        self.buf = bytearray(b"\x00\x00\x00\x00" + FILE_IDENTIFIER)
+        self._vtables: dict[tuple[int, tuple[int, ...]], int] = {}
+
+    @property
+    def pos(self) -> int:
+        return len(self.buf)
+
+    def align(self, n: int) -> int:
+        pad = -len(self.buf) % n
+        if pad:
+            self.buf += b"\x00" * pad
+        return len(self.buf)
+
+    def vtable(self, table_size: int, slots: tuple[int, ...]) -> int:
+        """Position of a vtable (made once per shape); ``slots`` are field offsets, 0 absent."""
+        key = (table_size, slots)
+        found = self._vtables.get(key)
+        if found is None:
+            self.align(2)
+            found = self.pos
+            self.buf += struct.pack(f"<HH{len(slots)}H", 4 + 2 * len(slots), table_size, *slots)
+            self._vtables[key] = found
+        return found
+
+    def reserve(self, size: int, alignment: int = 4) -> int:
+        start = self.align(alignment)
+        self.buf += b"\x00" * size
+        return start
+
+    def put(self, pos: int, fmt: str, *values: object) -> None:
+        struct.pack_into(fmt, self.buf, pos, *values)
+
+    def uoffset(self, at: int, target: int) -> None:
+        """Write at ``at`` the offset of ``target`` (which must lie after it)."""
+        struct.pack_into("<I", self.buf, at, target - at)
+
+    def table(self, vtable: int, size: int, alignment: int = 4) -> int:
+        """Reserve a table of ``size`` bytes (soffset included) pointing at ``vtable``."""
+        start = self.reserve(size, alignment)
+        struct.pack_into("<i", self.buf, start, start - vtable)
+        return start
+
+    def offset_vector(self, count: int) -> int:
+        """Reserve a vector of ``count`` offsets; returns the position of its length."""
+        start = self.reserve(4 + 4 * count)
+        struct.pack_into("<I", self.buf, start, count)
+        return start
+
+    def string(self, value: str | bytes) -> int:
+        data = value.encode() if isinstance(value, str) else value
+        start = self.align(4)
+        self.buf += struct.pack("<I", len(data)) + data + b"\x00"
+        return start
+
+    def byte_vector(self, data: bytes) -> int:
+        start = self.align(4)
+        self.buf += struct.pack("<I", len(data)) + data
+        return start
+
+    def struct_vector(self, items: list[bytes], alignment: int = 4) -> int:
+        start = self.align(max(4, alignment))
+        self.buf += struct.pack("<I", len(items)) + b"".join(items)
+        return start
+
+    def finish(self, root: int) -> bytes:
+        struct.pack_into("<I", self.buf, 0, root)
+        self.align(8)
+        return bytes(self.buf)

@@ -12,13 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from aicechunk.format.flatbuf import (
-    FILE_IDENTIFIER,
-    Reader,
-    guarded,
-    inline_struct,
-    new_builder,
-)
+import numpy as np
+
+from aicechunk.format.flatbuf import Forward, Reader, guarded
 from aicechunk.format.header import FileType, decode_file, encode_file
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId
 
@@ -179,37 +175,98 @@ def decode_manifest(data: bytes, name: str = "<manifest>") -> Manifest:
 
 
 # --- encoding --------------------------------------------------------------------------
+# Written front to back (see flatbuf.Forward): manifest table, arrays vector, then per
+# array its table, its refs vector and the ref records. Runs of native references of one
+# dimensionality, the bulk of large manifests, are laid out with numpy in one go.
+
+# ChunkRef field offsets inside each record shape (0: field absent)
+_NATIVE_SLOTS = (4, 0, 8, 16, 24)  # index, -, offset, length, chunk_id
+_NATIVE_TABLE = 36
+_INLINE_SLOTS = (4, 8)  # index, inline
+_INLINE_TABLE = 12
 
 
-def _ref_table(b: object, coords: Coords, ref: ChunkRef) -> int:
-    bld = b  # flatbuffers.Builder
-    inline_off = location_off = etag_off = None
-    if isinstance(ref, InlineRef):
-        inline_off = bld.CreateByteVector(ref.data)  # type: ignore[attr-defined]
-    elif isinstance(ref, VirtualRef):
-        location_off = bld.CreateString(ref.location)  # type: ignore[attr-defined]
-        if ref.etag is not None:
-            etag_off = bld.CreateString(ref.etag)  # type: ignore[attr-defined]
-    bld.StartVector(4, len(coords), 4)  # type: ignore[attr-defined]
-    for c in reversed(coords):
-        bld.PrependUint32(c)  # type: ignore[attr-defined]
-    index_off = bld.EndVector()  # type: ignore[attr-defined]
-    bld.StartObject(8)  # type: ignore[attr-defined]
-    if isinstance(ref, VirtualRef) and ref.last_modified:
-        bld.PrependUint32Slot(7, ref.last_modified, 0)  # type: ignore[attr-defined]
-    if etag_off is not None:
-        bld.PrependUOffsetTRelativeSlot(6, etag_off, 0)  # type: ignore[attr-defined]
-    if location_off is not None:
-        bld.PrependUOffsetTRelativeSlot(5, location_off, 0)  # type: ignore[attr-defined]
-    if not isinstance(ref, InlineRef):
-        bld.PrependUint64Slot(3, ref.length, 0)  # type: ignore[attr-defined]
-        bld.PrependUint64Slot(2, ref.offset, 0)  # type: ignore[attr-defined]
-    if inline_off is not None:
-        bld.PrependUOffsetTRelativeSlot(1, inline_off, 0)  # type: ignore[attr-defined]
-    bld.PrependUOffsetTRelativeSlot(0, index_off, 0)  # type: ignore[attr-defined]
+def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]) -> list[int]:
+    n, ndim = coords.shape
+    rec = (40 + 4 * ndim + 7) // 8 * 8
+    base = w.reserve(n * rec, 8)
+    dtype = np.dtype(
+        {
+            "names": ["soff", "idx", "off", "len", "cid", "vlen", "coords"],
+            "formats": ["<i4", "<u4", "<u8", "<u8", ("u1", 12), "<u4", ("<u4", (ndim,))],
+            "offsets": [0, 4, 8, 16, 24, 36, 40],
+            "itemsize": rec,
+        }
+    )
+    view = np.frombuffer(memoryview(w.buf)[base : base + n * rec], dtype=dtype)
+    positions = base + np.arange(n, dtype=np.int64) * rec
+    view["soff"] = positions - vt
+    view["idx"] = 32
+    view["off"] = np.fromiter((r.offset for r in refs), dtype=np.uint64, count=n)
+    view["len"] = np.fromiter((r.length for r in refs), dtype=np.uint64, count=n)
+    view["cid"] = np.frombuffer(b"".join(r.chunk_id.bytes for r in refs), dtype=np.uint8).reshape(
+        n, 12
+    )
+    view["vlen"] = ndim
+    if ndim:
+        view["coords"] = coords
+    return list(positions.tolist())
+
+
+def _ref_record(w: Forward, coords: Coords, ref: ChunkRef) -> int:
+    ndim = len(coords)
     if isinstance(ref, NativeRef):
-        bld.PrependStructSlot(4, inline_struct(bld, ref.chunk_id.bytes, 1), 0)  # type: ignore[attr-defined]
-    return int(bld.EndObject())  # type: ignore[attr-defined]
+        table = w.table(w.vtable(_NATIVE_TABLE, _NATIVE_SLOTS), _NATIVE_TABLE, 8)
+        w.put(table + 8, "<QQ12s", ref.offset, ref.length, ref.chunk_id.bytes)
+        index = w.reserve(4 + 4 * ndim)
+        w.put(index, f"<I{ndim}I", ndim, *coords)
+        w.uoffset(table + 4, index)
+        return table
+    if isinstance(ref, InlineRef):
+        table = w.table(w.vtable(_INLINE_TABLE, _INLINE_SLOTS), _INLINE_TABLE)
+        index = w.reserve(4 + 4 * ndim)
+        w.put(index, f"<I{ndim}I", ndim, *coords)
+        w.uoffset(table + 4, index)
+        w.uoffset(table + 8, w.byte_vector(ref.data))
+        return table
+    slots = [4, 0, 8, 16, 0, 24]
+    size = 28
+    if ref.etag is not None:
+        slots.append(size)
+        size += 4
+    if ref.last_modified:
+        slots.extend([0] * (7 - len(slots)) + [size])
+        size += 4
+    table = w.table(w.vtable(size, tuple(slots)), size, 8)
+    w.put(table + 8, "<QQ", ref.offset, ref.length)
+    if ref.last_modified:
+        w.put(table + slots[7], "<I", ref.last_modified)
+    index = w.reserve(4 + 4 * ndim)
+    w.put(index, f"<I{ndim}I", ndim, *coords)
+    w.uoffset(table + 4, index)
+    w.uoffset(table + 24, w.string(ref.location))
+    if ref.etag is not None:
+        w.uoffset(table + 28, w.string(ref.etag))
+    return table
+
+
+def _sorted_refs(items: Iterable[tuple[Coords, ChunkRef]]) -> tuple[np.ndarray, list[ChunkRef]]:
+    pairs = list(items)
+    if not pairs:
+        return np.zeros((0, 0), dtype=np.uint32), []
+    ndims = {len(c) for c, _ in pairs}
+    if len(ndims) == 1:
+        ndim = ndims.pop()
+        coords = np.array([c for c, _ in pairs], dtype=np.uint32).reshape(len(pairs), ndim)
+        if ndim:
+            order = np.lexsort(coords.T[::-1])
+            return coords[order], [pairs[i][1] for i in order.tolist()]
+        return coords, [r for _, r in pairs]
+    pairs.sort(key=lambda p: p[0])
+    # mixed dimensionality (never in a valid array): keep Python tuples in an object array
+    obj = np.empty(len(pairs), dtype=object)
+    obj[:] = [c for c, _ in pairs]
+    return obj, [r for _, r in pairs]
 
 
 def encode_manifest(
@@ -217,26 +274,38 @@ def encode_manifest(
     arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]],
 ) -> bytes:
     """The manifest file's bytes: arrays sorted by node id, references by coordinates."""
-    b = new_builder(1 << 16)
-    array_offs = []
-    for node_id in sorted(arrays):
-        refs = sorted(arrays[node_id], key=lambda item: item[0])
-        ref_offs = [_ref_table(b, tuple(c), r) for c, r in refs]
-        b.StartVector(4, len(ref_offs), 4)
-        for off in reversed(ref_offs):
-            b.PrependUOffsetTRelative(off)
-        refs_vec = b.EndVector()
-        b.StartObject(2)
-        b.PrependUOffsetTRelativeSlot(1, refs_vec, 0)
-        b.PrependStructSlot(0, inline_struct(b, node_id.bytes, 1), 0)
-        array_offs.append(b.EndObject())
-    b.StartVector(4, len(array_offs), 4)
-    for off in reversed(array_offs):
-        b.PrependUOffsetTRelative(off)
-    arrays_vec = b.EndVector()
-    b.StartObject(2)
-    b.PrependUOffsetTRelativeSlot(1, arrays_vec, 0)
-    b.PrependStructSlot(0, inline_struct(b, manifest_id.bytes, 1), 0)
-    root = b.EndObject()
-    b.Finish(root, file_identifier=FILE_IDENTIFIER)
-    return encode_file(FileType.MANIFEST, bytes(b.Output()))
+    return encode_file(FileType.MANIFEST, _manifest_payload(manifest_id, arrays))
+
+
+def _manifest_payload(
+    manifest_id: ManifestId, arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]]
+) -> bytes:
+    w = Forward()
+    vt_manifest = w.vtable(20, (4, 16))
+    vt_array = w.vtable(16, (4, 12))
+    vt_native = w.vtable(_NATIVE_TABLE, _NATIVE_SLOTS)
+    root = w.table(vt_manifest, 20)
+    w.put(root + 4, "12s", manifest_id.bytes)
+    node_ids = sorted(arrays)
+    arrays_vec = w.offset_vector(len(node_ids))
+    w.uoffset(root + 16, arrays_vec)
+    for i, node_id in enumerate(node_ids):
+        table = w.table(vt_array, 16)
+        w.put(table + 4, "8s", node_id.bytes)
+        w.uoffset(arrays_vec + 4 + 4 * i, table)
+        coords, refs = _sorted_refs(arrays[node_id])
+        refs_vec = w.offset_vector(len(refs))
+        w.uoffset(table + 12, refs_vec)
+        if coords.dtype != object and refs and all(type(r) is NativeRef for r in refs):
+            positions = _native_block(w, vt_native, coords, refs)  # type: ignore[arg-type]
+        else:
+            positions = [
+                _ref_record(w, tuple(int(x) for x in c), r)
+                for c, r in zip(coords, refs, strict=True)
+            ]
+        if positions:
+            slots = refs_vec + 4 + 4 * np.arange(len(positions), dtype=np.int64)
+            offsets = (np.asarray(positions, dtype=np.int64) - slots).astype("<u4")
+            start = refs_vec + 4
+            w.buf[start : start + 4 * len(positions)] = offsets.tobytes()
+    return w.finish(root)

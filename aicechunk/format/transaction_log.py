@@ -5,14 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aicechunk.format.flatbuf import (
-    FILE_IDENTIFIER,
-    Reader,
-    guarded,
-    inline_struct,
-    new_builder,
-    struct_vector,
-)
+import numpy as np
+
+from aicechunk.format.flatbuf import Forward, Reader, guarded
 from aicechunk.format.header import FileType, decode_file, encode_file
 from aicechunk.format.ids import NodeId, SnapshotId
 
@@ -43,51 +38,71 @@ _NEW_GROUPS, _NEW_ARRAYS, _DEL_GROUPS, _DEL_ARRAYS, _UPD_ARRAYS, _UPD_GROUPS, _C
 
 
 def encode_transaction_log(log: TransactionLog) -> bytes:
-    """The transaction log file's bytes; every list sorted as the spec requires."""
-    b = new_builder(1024)
-    chunk_offs = []
-    for nid in sorted(log.updated_chunks):
-        coord_offs = []
-        for coords in sorted(tuple(c) for c in log.updated_chunks[nid]):
-            b.StartVector(4, len(coords), 4)
-            for c in reversed(coords):
-                b.PrependUint32(c)
-            vec = b.EndVector()
-            b.StartObject(1)
-            b.PrependUOffsetTRelativeSlot(0, vec, 0)
-            coord_offs.append(b.EndObject())
-        b.StartVector(4, len(coord_offs), 4)
-        for off in reversed(coord_offs):
-            b.PrependUOffsetTRelative(off)
-        chunks_vec = b.EndVector()
-        b.StartObject(2)
-        b.PrependUOffsetTRelativeSlot(1, chunks_vec, 0)
-        b.PrependStructSlot(0, inline_struct(b, nid.bytes, 1), 0)
-        chunk_offs.append(b.EndObject())
-    b.StartVector(4, len(chunk_offs), 4)
-    for off in reversed(chunk_offs):
-        b.PrependUOffsetTRelative(off)
-    chunks = b.EndVector()
+    """The transaction log file's bytes; every list sorted as the spec requires.
 
-    def ids(values: Sequence[NodeId]) -> int:
-        return struct_vector(b, [v.bytes for v in sorted(values)], 8, 1)
-
-    vectors = {
-        _NEW_GROUPS: ids(log.new_groups),
-        _NEW_ARRAYS: ids(log.new_arrays),
-        _DEL_GROUPS: ids(log.deleted_groups),
-        _DEL_ARRAYS: ids(log.deleted_arrays),
-        _UPD_ARRAYS: ids(log.updated_arrays),
-        _UPD_GROUPS: ids(log.updated_groups),
-        _CHUNKS: chunks,
+    Written front to back (``flatbuf.Forward``); the chunk coordinates of each array,
+    possibly millions, are laid out with numpy.
+    """
+    w = Forward()
+    vt_root = w.vtable(44, (4, 16, 20, 24, 28, 32, 36, 40))
+    vt_array = w.vtable(16, (4, 12))
+    vt_indices = w.vtable(8, (4,))
+    root = w.table(vt_root, 44)
+    w.put(root + 4, "12s", log.id.bytes)
+    id_lists = {
+        _NEW_GROUPS: log.new_groups,
+        _NEW_ARRAYS: log.new_arrays,
+        _DEL_GROUPS: log.deleted_groups,
+        _DEL_ARRAYS: log.deleted_arrays,
+        _UPD_ARRAYS: log.updated_arrays,
+        _UPD_GROUPS: log.updated_groups,
     }
-    b.StartObject(8)
-    for slot in sorted(vectors, reverse=True):
-        b.PrependUOffsetTRelativeSlot(slot, vectors[slot], 0)
-    b.PrependStructSlot(0, inline_struct(b, log.id.bytes, 1), 0)
-    root = b.EndObject()
-    b.Finish(root, file_identifier=FILE_IDENTIFIER)
-    return encode_file(FileType.TRANSACTION_LOG, bytes(b.Output()))
+    for index, ids in id_lists.items():
+        vec = w.struct_vector([i.bytes for i in sorted(ids)])
+        w.uoffset(root + 4 + 4 * index + 8, vec)
+    node_ids = sorted(log.updated_chunks)
+    arrays_vec = w.offset_vector(len(node_ids))
+    w.uoffset(root + 40, arrays_vec)
+    for i, node_id in enumerate(node_ids):
+        table = w.table(vt_array, 16)
+        w.put(table + 4, "8s", node_id.bytes)
+        w.uoffset(arrays_vec + 4 + 4 * i, table)
+        chunk_list = sorted(set(tuple(c) for c in log.updated_chunks[node_id]))
+        vec = w.offset_vector(len(chunk_list))
+        w.uoffset(table + 12, vec)
+        _indices_block(w, vt_indices, vec, chunk_list)
+    return encode_file(FileType.TRANSACTION_LOG, w.finish(root))
+
+
+def _indices_block(w: Forward, vt: int, vec: int, chunk_list: list[Coords]) -> None:
+    # each ChunkIndices: [soffset][offset to coords = 4][len][coords...]
+    n = len(chunk_list)
+    if not n:
+        return
+    ndims = {len(c) for c in chunk_list}
+    if len(ndims) != 1:
+        positions = []
+        for c in chunk_list:
+            table = w.table(vt, 8)
+            coords = w.reserve(4 + 4 * len(c))
+            w.put(coords, f"<I{len(c)}I", len(c), *c)
+            w.uoffset(table + 4, coords)
+            positions.append(table)
+        pos = np.asarray(positions, dtype=np.int64)
+    else:
+        ndim = ndims.pop()
+        rec = 12 + 4 * ndim
+        base = w.reserve(n * rec)
+        records = np.zeros((n, 3 + ndim), dtype="<u4")
+        pos = base + np.arange(n, dtype=np.int64) * rec
+        records[:, 0] = (pos - vt).astype("<u4")
+        records[:, 1] = 4
+        records[:, 2] = ndim
+        if ndim:
+            records[:, 3:] = np.array(chunk_list, dtype=np.uint32).reshape(n, ndim)
+        w.buf[base : base + n * rec] = records.tobytes()
+    slots = vec + 4 + 4 * np.arange(n, dtype=np.int64)
+    w.buf[vec + 4 : vec + 4 + 4 * n] = (pos - slots).astype("<u4").tobytes()
 
 
 def decode_transaction_log(data: bytes, name: str = "<transaction log>") -> TransactionLog:
