@@ -1,4 +1,5 @@
-"""Fork/merge: 64 forks x 1,000 chunks each on local storage, merge + commit; payload bytes per chunk ref.
+"""Fork/merge: 64 forks x 1,000 chunks each on local storage, merge + commit, and the
+payload bytes per chunk ref.
 
 aicechunk and icechunk 1.1.21 run the same workload in the same process, alternating.
 Run: python benchmarks/bench_forks.py [--forks 64] [--chunks 1000] [--repeat 3]
