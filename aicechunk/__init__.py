@@ -38,6 +38,18 @@ from aicechunk.storage import (
     storage_from_driver,
 )
 from aicechunk.store import IcechunkStore
+from aicechunk.virtual import (
+    VirtualChunkContainer,
+    VirtualChunkError,
+    VirtualChunkSpec,
+    containers_credentials,
+    gcs_credentials,
+    gcs_store,
+    http_store,
+    local_filesystem_store,
+    s3_credentials,
+    s3_store,
+)
 
 __version__ = "0.1.0"
 
@@ -73,11 +85,21 @@ __all__ = [
     "Storage",
     "StorageError",
     "VersionSelection",
+    "VirtualChunkContainer",
+    "VirtualChunkError",
+    "VirtualChunkSpec",
     "__version__",
+    "containers_credentials",
+    "gcs_credentials",
     "gcs_storage",
+    "gcs_store",
     "http_storage",
+    "http_store",
     "in_memory_storage",
     "local_filesystem_storage",
+    "local_filesystem_store",
+    "s3_credentials",
     "s3_storage",
+    "s3_store",
     "storage_from_driver",
 ]

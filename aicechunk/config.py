@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
+
+if TYPE_CHECKING:
+    from aicechunk.virtual import VirtualChunkContainer
 
 __all__ = ["CachingConfig", "RepositoryConfig"]
 
@@ -115,6 +118,34 @@ class RepositoryConfig:
     @caching.setter
     def caching(self, value: CachingConfig | None) -> None:
         self._data["caching"] = None if value is None else asdict(value)
+
+    # -- virtual chunk containers --------------------------------------------------------
+
+    @property
+    def virtual_chunk_containers(self) -> dict[str, VirtualChunkContainer]:
+        """Declared containers by URL prefix."""
+        from aicechunk.virtual import VirtualChunkContainer
+
+        raw = self._data.get("virtual_chunk_containers") or {}
+        return {
+            prefix: VirtualChunkContainer.from_plain(value)
+            for prefix, value in raw.items()
+            if isinstance(value, dict)
+        }
+
+    def set_virtual_chunk_container(self, container: VirtualChunkContainer) -> None:
+        """Declare (or replace) the container for ``container.url_prefix``."""
+        raw = self._data.get("virtual_chunk_containers") or {}
+        raw[container.url_prefix] = container.to_plain()
+        self._data["virtual_chunk_containers"] = raw
+
+    def clear_virtual_chunk_containers(self) -> None:
+        """Remove every declared container."""
+        self._data["virtual_chunk_containers"] = {}
+
+    def get_virtual_chunk_container(self, url_prefix: str) -> VirtualChunkContainer | None:
+        """The container declared for exactly ``url_prefix``."""
+        return self.virtual_chunk_containers.get(url_prefix)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RepositoryConfig) and _merge({}, self._data) == _merge(

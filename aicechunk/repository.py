@@ -76,6 +76,7 @@ class Repository:
         self._storage = storage
         self._config = config
         self._credentials = dict(authorize_virtual_chunk_access or {})
+        self._resolver: Any = None
         caching = config.caching
         sizes = CacheSizes()
         if caching is not None:
@@ -375,11 +376,13 @@ class Repository:
         )
 
     def _virtual_resolver(self) -> Any:
-        try:
-            from aicechunk.virtual import VirtualResolver  # type: ignore[import-not-found]
-        except ImportError:  # the virtual-chunk layer is optional until it exists
-            return None
-        return VirtualResolver(self._config, self._credentials)
+        if self._resolver is None:
+            from aicechunk.virtual import VirtualResolver
+
+            self._resolver = VirtualResolver(
+                self._config.virtual_chunk_containers, self._credentials
+            )
+        return self._resolver
 
     async def writable_session(self, branch: str) -> Session:
         """A session that commits to ``branch``, starting at its tip."""

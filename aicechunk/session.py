@@ -36,6 +36,7 @@ from aicechunk.format.manifest import (
     ChunkRef,
     InlineRef,
     NativeRef,
+    VirtualRef,
     encode_manifest,
 )
 from aicechunk.format.snapshot import (
@@ -465,7 +466,34 @@ class Session:
         """Record an existing reference (e.g. a virtual one) for a chunk."""
         self._check_writable()
         node = await self._array(path)
+        assert node.array is not None
+        grid = chunk_grid(node.array)
+        if len(coords) != len(grid) or any(c >= g for c, g in zip(coords, grid, strict=True)):
+            raise ChunkIndexError(path, coords, grid)
         self._changes.set_chunk(node.id, coords, ref)
+
+    def has_virtual_container(self, location: str) -> bool:
+        """Whether a declared virtual chunk container serves ``location``."""
+        return self._virtual is not None and self._virtual.container_for(location) is not None
+
+    async def chunk_type(self, path: str, coords: Coords) -> str:
+        """``native``, ``inline``, ``virtual`` or ``uninitialized``."""
+        ref = await self.get_chunk_ref(path, coords)
+        if ref is None:
+            return "uninitialized"
+        return {NativeRef: "native", InlineRef: "inline"}.get(type(ref), "virtual")
+
+    async def all_virtual_chunk_locations(self) -> list[str]:
+        """Every distinct URL that virtual chunks of this snapshot point into."""
+        found: set[str] = set()
+        for node in await self.list_nodes():
+            if not node.is_array:
+                continue
+            async for coords in self.chunk_coords(node.path):
+                ref = await self.get_chunk_ref(node.path, coords)
+                if isinstance(ref, VirtualRef):
+                    found.add(ref.location)
+        return sorted(found)
 
     async def delete_chunk(self, path: str, coords: Coords) -> None:
         """Delete one chunk (reads then see the fill value)."""

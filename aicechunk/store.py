@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import (
@@ -23,9 +24,11 @@ from zarr.core.buffer import Buffer, BufferPrototype
 
 from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange
 from aicechunk.errors import AicechunkError, ReadOnlyError
+from aicechunk.format.manifest import VirtualRef
 
 if TYPE_CHECKING:
     from aicechunk.session import Session
+    from aicechunk.virtual import VirtualChunkSpec
 
 __all__ = ["IcechunkStore", "InvalidStoreKeyError", "parse_key"]
 
@@ -96,6 +99,17 @@ def chunk_key(path: str, coords: tuple[int, ...]) -> str:
 def metadata_key(path: str) -> str:
     """The zarr key of a node's metadata."""
     return _key_of_path(path, "zarr.json")
+
+
+def _virtual_ref(
+    location: str, offset: int, length: int, checksum: str | datetime | None
+) -> VirtualRef:
+    if offset < 0 or length < 0:
+        raise ValueError("virtual reference offset and length must be non-negative")
+    if isinstance(checksum, datetime):
+        when = checksum if checksum.tzinfo else checksum.replace(tzinfo=UTC)
+        return VirtualRef(location, offset, length, None, int(when.timestamp()))
+    return VirtualRef(location, offset, length, checksum, None)
 
 
 def to_byte_range(byte_range: ByteRequest | None) -> ByteRange | None:
@@ -247,6 +261,58 @@ class IcechunkStore(Store):
             await self._session.set_metadata(parsed.path, data)
         else:
             await self._session.set_chunk(parsed.path, parsed.coords, data)
+
+    async def set_virtual_ref(
+        self,
+        key: str,
+        location: str,
+        *,
+        offset: int,
+        length: int,
+        checksum: str | datetime | None = None,
+        validate_container: bool = True,
+    ) -> None:
+        """Point the chunk at ``key`` to ``length`` bytes at ``offset`` of ``location``.
+
+        ``checksum`` (an ETag, or the object's last-modified time) makes reads fail if the
+        object changes later. With ``validate_container``, a location no declared
+        virtual chunk container serves is refused now rather than at read time.
+        """
+        self._check_writable()
+        parsed = parse_key(key)
+        if not isinstance(parsed, ChunkKey):
+            raise InvalidStoreKeyError(key, "virtual references go to chunk keys")
+        if validate_container and not self._session.has_virtual_container(location):
+            raise InvalidStoreKeyError(
+                key, f"no virtual chunk container is declared for {location!r}"
+            )
+        await self._session.set_chunk_ref(
+            parsed.path, parsed.coords, _virtual_ref(location, offset, length, checksum)
+        )
+
+    async def set_virtual_refs(
+        self,
+        array_path: str,
+        chunks: Iterable[VirtualChunkSpec],
+        *,
+        validate_containers: bool = True,
+    ) -> list[tuple[int, ...]] | None:
+        """Set many virtual references of one array; returns the chunk indices whose
+        location no declared container serves (those are skipped), or ``None``."""
+        self._check_writable()
+        path = "/" + array_path.strip("/")
+        failed: list[tuple[int, ...]] = []
+        for spec in chunks:
+            if validate_containers and not self._session.has_virtual_container(spec.location):
+                failed.append(tuple(spec.index))
+                continue
+            checksum: str | datetime | None = spec.etag_checksum or spec.last_updated_at_checksum
+            await self._session.set_chunk_ref(
+                path,
+                tuple(spec.index),
+                _virtual_ref(spec.location, spec.offset, spec.length, checksum),
+            )
+        return failed or None
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         """Store the value only if nothing is stored at ``key``."""

@@ -1,0 +1,341 @@
+"""Virtual chunk containers: URL prefixes mapped to stores, and the resolver that reads
+virtual chunks only from containers the user authorized.
+
+A repository declares containers in its config (persisted in ``config.yaml`` as Icechunk
+1.x writes them); a reader authorizes containers with credentials when it opens the
+repository. A chunk under a declared and authorized prefix (the longest matching prefix
+wins) is read through a driver made once per container (per bucket or host); any other
+chunk is refused with an error naming the URL.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
+from aicechunk.errors import AicechunkError, StorageError
+from aicechunk.format.config import Tagged
+from aicechunk.format.manifest import VirtualRef
+
+__all__ = [
+    "GCSCredentials",
+    "S3StaticCredentials",
+    "VirtualChunkContainer",
+    "VirtualChunkError",
+    "VirtualChunkSpec",
+    "VirtualResolver",
+    "containers_credentials",
+    "gcs_credentials",
+    "gcs_store",
+    "http_store",
+    "local_filesystem_store",
+    "s3_credentials",
+    "s3_store",
+]
+
+# which URL schemes each store kind serves
+_SCHEMES = {
+    "s3": ("s3",),
+    "s3_compatible": ("s3",),
+    "tigris": ("s3", "tigris"),
+    "gcs": ("gs", "gcs"),
+    "http": ("http", "https"),
+    "local_file_system": ("file",),
+    "in_memory": ("memory",),
+}
+
+
+class VirtualChunkError(AicechunkError):
+    """A virtual chunk could not be read: no container, not authorized, changed, short."""
+
+
+# --- store configs -----------------------------------------------------------------------
+
+
+def s3_store(
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    allow_http: bool = False,
+    anonymous: bool = False,
+    s3_compatible: bool = False,
+    force_path_style: bool = False,
+    network_stream_timeout_seconds: int | None = 60,
+    requester_pays: bool = False,
+) -> Tagged:
+    """An S3 (or S3-compatible, with ``endpoint_url``) store for a container."""
+    kind = "s3_compatible" if (s3_compatible or endpoint_url) else "s3"
+    return Tagged(
+        kind,
+        {
+            "region": region,
+            "endpoint_url": endpoint_url,
+            "anonymous": anonymous,
+            "allow_http": allow_http,
+            "force_path_style": force_path_style,
+            "network_stream_timeout_seconds": network_stream_timeout_seconds,
+            "requester_pays": requester_pays,
+        },
+    )
+
+
+def gcs_store(options: Mapping[str, str] | None = None) -> Tagged:
+    """A GCS store (``options`` may hold ``endpoint_url`` for an emulator)."""
+    return Tagged("gcs", dict(options or {}))
+
+
+def http_store(options: Mapping[str, str] | None = None) -> Tagged:
+    """An HTTP(S) store."""
+    return Tagged("http", dict(options or {}))
+
+
+def local_filesystem_store(path: str) -> Tagged:
+    """A local directory store."""
+    return Tagged("local_file_system", str(path))
+
+
+@dataclass(frozen=True)
+class VirtualChunkContainer:
+    """A URL prefix whose chunks are read through ``store``."""
+
+    url_prefix: str
+    store: Tagged
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.store, Tagged) or self.store.tag not in _SCHEMES:
+            raise ValueError(
+                f"container {self.url_prefix!r}: store must come from s3_store, gcs_store, "
+                f"http_store or local_filesystem_store, got {self.store!r}"
+            )
+        scheme = urlparse(self.url_prefix).scheme
+        allowed = _SCHEMES[self.store.tag]
+        if scheme not in allowed:
+            raise ValueError(
+                f"container {self.url_prefix!r}: a {self.store.tag} store serves "
+                f"{' or '.join(s + '://' for s in allowed)} URLs, not {scheme or 'no scheme'}"
+            )
+        if not self.url_prefix.endswith("/"):
+            raise ValueError(f"container prefix {self.url_prefix!r} must end with '/'")
+
+    def to_plain(self) -> dict[str, Any]:
+        """The container as ``config.yaml`` holds it."""
+        return {"name": self.name, "url_prefix": self.url_prefix, "store": self.store}
+
+    @classmethod
+    def from_plain(cls, data: Mapping[str, Any]) -> VirtualChunkContainer:
+        """Rebuild from ``config.yaml`` data."""
+        return cls(str(data["url_prefix"]), data["store"], data.get("name"))
+
+
+@dataclass(frozen=True)
+class VirtualChunkSpec:
+    """One virtual reference for ``Session``/store ``set_virtual_refs``."""
+
+    index: tuple[int, ...]
+    location: str
+    offset: int
+    length: int
+    etag_checksum: str | None = None
+    last_updated_at_checksum: datetime | None = None
+
+
+# --- credentials -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3StaticCredentials:
+    """S3 credentials for a container: static keys, anonymous, the environment's chain,
+    or a callable returning fresh ``(access_key_id, secret_access_key, session_token)``."""
+
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    anonymous: bool = False
+    get_credentials: Callable[[], tuple[str, str, str | None]] | None = field(
+        default=None, repr=False
+    )
+
+
+@dataclass(frozen=True)
+class GCSCredentials:
+    """GCS credentials for a container."""
+
+    service_account_file: str | None = None
+    anonymous: bool = False
+
+
+def s3_credentials(
+    *,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    session_token: str | None = None,
+    anonymous: bool = False,
+    from_env: bool = False,
+    get_credentials: Callable[[], tuple[str, str, str | None]] | None = None,
+) -> S3StaticCredentials:
+    """S3 credentials for ``containers_credentials``."""
+    if from_env and (access_key_id or anonymous or get_credentials):
+        raise ValueError("from_env=True excludes every other kind of S3 credentials")
+    return S3StaticCredentials(
+        access_key_id, secret_access_key, session_token, anonymous, get_credentials
+    )
+
+
+def gcs_credentials(
+    *, service_account_file: str | None = None, anonymous: bool = False, from_env: bool = False
+) -> GCSCredentials:
+    """GCS credentials for ``containers_credentials``."""
+    if from_env and (service_account_file or anonymous):
+        raise ValueError("from_env=True excludes other kinds of GCS credentials")
+    return GCSCredentials(service_account_file, anonymous)
+
+
+def containers_credentials(
+    credentials: Mapping[str, S3StaticCredentials | GCSCredentials | None],
+) -> dict[str, S3StaticCredentials | GCSCredentials | None]:
+    """URL prefix -> credentials (``None``: the store's natural credentials)."""
+    return dict(credentials)
+
+
+# --- the resolver ------------------------------------------------------------------------
+
+
+class VirtualResolver:
+    """Reads virtual chunks through drivers made per authorized container."""
+
+    def __init__(
+        self,
+        containers: Mapping[str, VirtualChunkContainer],
+        authorized: Mapping[str, Any],
+    ) -> None:
+        # longest prefix first, so the most specific container wins
+        self._containers = sorted(containers.values(), key=lambda c: -len(c.url_prefix))
+        self._authorized = dict(authorized)
+        self._drivers: dict[tuple[str, str], Driver] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"containers": self._containers, "authorized": self._authorized}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            {c.url_prefix: c for c in state["containers"]}, state["authorized"]
+        )
+
+    def container_for(self, location: str) -> VirtualChunkContainer | None:
+        """The container serving ``location`` (longest matching prefix), if any."""
+        for container in self._containers:
+            if location.startswith(container.url_prefix):
+                return container
+        return None
+
+    def _driver(self, container: VirtualChunkContainer, location: str) -> tuple[Driver, str]:
+        if container.url_prefix not in self._authorized:
+            raise VirtualChunkError(
+                f"virtual chunk {location}: container {container.url_prefix!r} is not "
+                "authorized; pass it in authorize_virtual_chunk_access when opening"
+            )
+        url = urlparse(location)
+        store = container.store
+        if url.scheme == "file":
+            root, key = "/", unquote(url.path).lstrip("/")
+        elif url.scheme in ("http", "https"):
+            root, key = f"{url.scheme}://{url.netloc}", url.path.lstrip("/")
+        else:
+            root, key = url.netloc, unquote(url.path).lstrip("/")
+        cache_key = (container.url_prefix, root)
+        with self._lock:
+            driver = self._drivers.get(cache_key)
+            if driver is None:
+                driver = self._make_driver(store, root, self._authorized[container.url_prefix])
+                self._drivers[cache_key] = driver
+        return driver, key
+
+    @staticmethod
+    def _make_driver(store: Tagged, root: str, creds: Any) -> Driver:
+        options = store.value if isinstance(store.value, dict) else {}
+        if store.tag in ("s3", "s3_compatible", "tigris"):
+            from aicechunk.drivers.s3 import S3Credentials, S3Driver
+
+            s3_creds = S3Credentials()
+            if isinstance(creds, S3StaticCredentials):
+                if creds.get_credentials is not None:
+                    key_id, secret, token = creds.get_credentials()
+                    s3_creds = S3Credentials(key_id, secret, token)
+                else:
+                    s3_creds = S3Credentials(
+                        creds.access_key_id,
+                        creds.secret_access_key,
+                        creds.session_token,
+                        creds.anonymous,
+                    )
+            if options.get("anonymous"):
+                s3_creds = S3Credentials(anonymous=True)
+            return S3Driver(
+                root,
+                region=options.get("region"),
+                endpoint_url=options.get("endpoint_url"),
+                allow_http=bool(options.get("allow_http")),
+                force_path_style=bool(options.get("force_path_style")),
+                credentials=s3_creds,
+            )
+        if store.tag == "gcs":
+            from aicechunk.drivers.gcs import GCSDriver
+
+            gcs = creds if isinstance(creds, GCSCredentials) else GCSCredentials()
+            return GCSDriver(
+                root,
+                service_account_file=gcs.service_account_file,
+                anonymous=gcs.anonymous,
+                endpoint_url=options.get("endpoint_url"),
+            )
+        if store.tag == "http":
+            from aicechunk.drivers.http import HTTPDriver
+
+            return HTTPDriver(root)
+        if store.tag == "local_file_system":
+            from aicechunk.drivers.local import LocalDriver
+
+            return LocalDriver(root)
+        raise VirtualChunkError(f"store kind {store.tag!r} cannot serve virtual chunks here")
+
+    async def fetch(self, ref: VirtualRef, byte_range: ByteRange | None) -> bytes:
+        """The bytes of a virtual chunk (``byte_range`` is within the object)."""
+        container = self.container_for(ref.location)
+        if container is None:
+            raise VirtualChunkError(
+                f"virtual chunk {ref.location}: no virtual chunk container is declared for "
+                "this URL; add one with RepositoryConfig.set_virtual_chunk_container"
+            )
+        driver, key = self._driver(container, ref.location)
+        try:
+            if ref.etag is not None or ref.last_modified:
+                info = await driver.head(key)
+                if ref.etag is not None and info.version.strip('"') != ref.etag.strip('"'):
+                    raise VirtualChunkError(
+                        f"virtual chunk {ref.location}: the object changed (etag "
+                        f"{info.version} != {ref.etag}); refusing to return different bytes"
+                    )
+                if ref.last_modified and info.last_modified is not None:
+                    modified = int(info.last_modified.astimezone(UTC).timestamp())
+                    if modified > ref.last_modified:
+                        raise VirtualChunkError(
+                            f"virtual chunk {ref.location}: the object was modified after "
+                            "the reference was written; refusing to return different bytes"
+                        )
+            data = await driver.get(key, byte_range)
+        except StorageError as err:
+            raise VirtualChunkError(f"virtual chunk {ref.location}: {err}") from err
+        expected = byte_range.length if isinstance(byte_range, RangeRequest) else None
+        if expected is not None and len(data) != expected:
+            raise VirtualChunkError(
+                f"virtual chunk {ref.location}: expected {expected} bytes at offset "
+                f"{byte_range.offset if isinstance(byte_range, RangeRequest) else 0}, the "
+                f"object holds only {len(data)} there"
+            )
+        return data

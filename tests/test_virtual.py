@@ -1,0 +1,247 @@
+"""Virtual chunks: containers, authorization, checksums, every store kind, interop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import icechunk
+import numpy as np
+import pytest
+import zarr
+import zarr.api.asynchronous as zas
+
+import aicechunk as aic
+from tests.servers import create_gcs_bucket, create_s3_bucket, http_file_server, next_bucket_name
+
+VALUES = np.arange(64, dtype="<i4")
+BLOB = b"HEADER--" + VALUES.tobytes()  # chunk data at offset 8, like a small NetCDF
+
+
+async def virtual_repo(
+    tmp_path: Path, prefix: str, store: object, creds: dict[str, object] | None
+) -> aic.Repository:
+    config = aic.RepositoryConfig.default()
+    config.set_virtual_chunk_container(aic.VirtualChunkContainer(prefix, store))  # type: ignore[arg-type]
+    return await aic.Repository.create(
+        aic.local_filesystem_storage(tmp_path / "repo"),
+        config=config,
+        authorize_virtual_chunk_access=creds,
+    )
+
+
+async def write_refs(repo: aic.Repository, location: str, checksum: object = None) -> aic.Session:
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("v", shape=(64,), chunks=(32,), dtype="<i4", compressors=None)
+    for i in range(2):
+        await session.store.set_virtual_ref(
+            f"v/c/{i}",
+            location,
+            offset=8 + 128 * i,
+            length=128,
+            checksum=checksum,  # type: ignore[arg-type]
+        )
+    await session.commit("virtual")
+    return session
+
+
+async def read_v(session: aic.Session) -> np.ndarray:
+    arr = await zas.open_array(store=session.store, path="v", mode="r")
+    return np.asarray(await arr.getitem(slice(None)))
+
+
+async def test_local_files(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "file.nc").write_bytes(BLOB)
+    prefix = f"file://{data_dir}/"
+    repo = await virtual_repo(
+        tmp_path, prefix, aic.local_filesystem_store(str(data_dir)), {prefix: None}
+    )
+    session = await write_refs(repo, f"{prefix}file.nc")
+    np.testing.assert_array_equal(await read_v(session), VALUES)
+    assert await session.chunk_type("/v", (0,)) == "virtual"
+    assert await session.chunk_type("/v", (5,)) == "uninitialized"
+    assert await session.all_virtual_chunk_locations() == [f"{prefix}file.nc"]
+    # the containers persist in config.yaml
+    reopened = await aic.Repository.open(
+        aic.local_filesystem_storage(tmp_path / "repo"),
+        authorize_virtual_chunk_access=aic.containers_credentials({prefix: None}),
+    )
+    assert list(reopened.config.virtual_chunk_containers) == [prefix]
+    ro = await reopened.readonly_session(branch="main")
+    np.testing.assert_array_equal(await read_v(ro), VALUES)
+
+
+async def test_refusals(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "file.nc").write_bytes(BLOB)
+    prefix = f"file://{data_dir}/"
+    repo = await virtual_repo(tmp_path, prefix, aic.local_filesystem_store(str(data_dir)), None)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("v", shape=(64,), chunks=(32,), dtype="<i4", compressors=None)
+    with pytest.raises(aic.AicechunkError, match="no virtual chunk container"):
+        await session.store.set_virtual_ref("v/c/0", "s3://other/x", offset=0, length=4)
+    failed = await session.store.set_virtual_refs(
+        "v",
+        [
+            aic.VirtualChunkSpec((0,), f"{prefix}file.nc", 8, 128),
+            aic.VirtualChunkSpec((1,), "gs://nowhere/x", 0, 128),
+        ],
+    )
+    assert failed == [(1,)]
+    await session.store.set_virtual_ref(
+        "v/c/1", "s3://other/x", offset=0, length=4, validate_container=False
+    )
+    await session.commit("refs")
+    ro = await repo.readonly_session(branch="main")
+    # declared but not authorized
+    with pytest.raises(aic.VirtualChunkError, match="not authorized") as info:
+        await ro.get_chunk("/v", (0,))
+    assert str(data_dir) in str(info.value)
+    # undeclared prefix
+    with pytest.raises(aic.VirtualChunkError, match="no virtual chunk container"):
+        await ro.get_chunk("/v", (1,))
+    # a container's store must serve the prefix's scheme, and prefixes end with "/"
+    with pytest.raises(ValueError, match="serves"):
+        aic.VirtualChunkContainer("s3://bucket/", aic.local_filesystem_store("/x"))
+    with pytest.raises(ValueError, match="end with"):
+        aic.VirtualChunkContainer("s3://bucket", aic.s3_store())
+
+
+async def test_checksums_and_short_objects(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    target = data_dir / "file.nc"
+    target.write_bytes(BLOB)
+    prefix = f"file://{data_dir}/"
+    repo = await virtual_repo(
+        tmp_path, prefix, aic.local_filesystem_store(str(data_dir)), {prefix: None}
+    )
+    past = datetime.fromtimestamp(time.time() + 5, UTC)
+    session = await write_refs(repo, f"{prefix}file.nc", checksum=past)
+    np.testing.assert_array_equal(await read_v(session), VALUES)
+    # the object changes after the reference's time: refuse instead of wrong bytes
+    target.write_bytes(BLOB[::-1])
+    later = time.time() + 3600
+    os.utime(target, (later, later))
+    ro = await repo.readonly_session(branch="main")
+    with pytest.raises(aic.VirtualChunkError, match="modified"):
+        await ro.get_chunk("/v", (0,))
+    # an offset past the end of the object
+    target.write_bytes(BLOB[:100])
+    s2 = await repo.writable_session("main")
+    await s2.store.set_virtual_ref("v/c/0", f"{prefix}file.nc", offset=90, length=128)
+    with pytest.raises(aic.VirtualChunkError, match="expected 128 bytes"):
+        await s2.get_chunk("/v", (0,))
+
+
+async def test_s3_seed_example_and_etag(tmp_path: Path, s3_endpoint: str) -> None:
+    import boto3
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    etag = s3.put_object(Bucket=bucket, Key="f.nc", Body=BLOB)["ETag"]
+    prefix = f"s3://{bucket}/"
+    store_config = aic.s3_store(
+        region="us-east-1", endpoint_url=s3_endpoint, allow_http=True, force_path_style=True
+    )
+    credentials = aic.containers_credentials(
+        {prefix: aic.s3_credentials(access_key_id="testing", secret_access_key="testing")}
+    )
+    repo = await virtual_repo(tmp_path, prefix, store_config, credentials)
+    session = await write_refs(repo, f"{prefix}f.nc", checksum=etag)
+    np.testing.assert_array_equal(await read_v(session), VALUES)
+    s3.put_object(Bucket=bucket, Key="f.nc", Body=BLOB[::-1])  # the object changes
+    ro = await repo.readonly_session(branch="main")
+    with pytest.raises(aic.VirtualChunkError, match="changed"):
+        await read_v(ro)
+
+
+async def test_gcs_and_http(tmp_path: Path, gcs_endpoint: str) -> None:
+    bucket = next_bucket_name()
+    create_gcs_bucket(gcs_endpoint, bucket)
+    from aicechunk.drivers.gcs import GCSDriver
+
+    async with GCSDriver(bucket, endpoint_url=gcs_endpoint) as gcs:
+        await gcs.put("dir/f.nc", BLOB)
+    prefix = f"gs://{bucket}/"
+    repo = await virtual_repo(
+        tmp_path / "g", prefix, aic.gcs_store({"endpoint_url": gcs_endpoint}), {prefix: None}
+    )
+    session = await write_refs(repo, f"{prefix}dir/f.nc")
+    np.testing.assert_array_equal(await read_v(session), VALUES)
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "f.nc").write_bytes(BLOB)
+    with http_file_server(served) as url:
+        hprefix = f"{url}/"
+        hrepo = await virtual_repo(tmp_path / "h", hprefix, aic.http_store(), {hprefix: None})
+        hsession = await write_refs(hrepo, f"{hprefix}f.nc")
+        np.testing.assert_array_equal(await read_v(hsession), VALUES)
+
+
+def icechunk_virtual(root: Path, data_dir: Path, read_ours: bool) -> list[int]:
+    prefix = f"file://{data_dir}/"
+    creds = icechunk.containers_credentials({prefix: None})
+    if read_ours:
+        repo = icechunk.Repository.open(
+            icechunk.local_filesystem_storage(str(root)), authorize_virtual_chunk_access=creds
+        )
+        s = repo.readonly_session("main")
+        return list(zarr.open_array(store=s.store, path="v", mode="r")[:])
+    config = icechunk.RepositoryConfig.default()
+    config.set_virtual_chunk_container(
+        icechunk.VirtualChunkContainer(prefix, icechunk.local_filesystem_store(str(data_dir)))
+    )
+    repo = icechunk.Repository.create(
+        icechunk.local_filesystem_storage(str(root)),
+        config=config,
+        authorize_virtual_chunk_access=creds,
+    )
+    s = repo.writable_session("main")
+    zarr.create_array(
+        store=s.store, name="v", shape=(64,), chunks=(32,), dtype="<i4", compressors=None
+    )
+    for i in range(2):
+        s.store.set_virtual_ref(f"v/c/{i}", f"{prefix}file.nc", offset=8 + 128 * i, length=128)
+    s.commit("icechunk virtual")
+    return []
+
+
+async def test_interop_virtual_refs(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "file.nc").write_bytes(BLOB)
+    prefix = f"file://{data_dir}/"
+    # icechunk writes, we read
+    await asyncio.to_thread(icechunk_virtual, tmp_path / "theirs", data_dir, False)
+    theirs = await aic.Repository.open(
+        aic.local_filesystem_storage(tmp_path / "theirs"),
+        authorize_virtual_chunk_access={prefix: None},
+    )
+    assert list(theirs.config.virtual_chunk_containers) == [prefix]
+    np.testing.assert_array_equal(
+        await read_v(await theirs.readonly_session(branch="main")), VALUES
+    )
+    # we write, icechunk reads
+    ours = await virtual_repo(
+        tmp_path / "o", prefix, aic.local_filesystem_store(str(data_dir)), {prefix: None}
+    )
+    await write_refs(ours, f"{prefix}file.nc")
+    got = await asyncio.to_thread(icechunk_virtual, tmp_path / "o" / "repo", data_dir, True)
+    assert got == list(VALUES)
