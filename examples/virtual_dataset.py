@@ -32,17 +32,13 @@ def write_legacy_file(path: Path) -> dict[str, tuple[int, int]]:
     return layout
 
 
-async def main(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    data_dir = directory / "legacy"
-    data_dir.mkdir(exist_ok=True)
-    layout = write_legacy_file(data_dir / "obs.nc")
-    prefix = f"file://{data_dir.resolve()}/"
+async def main(directory: Path, data_dir: Path, layout: dict[str, tuple[int, int]]) -> None:
+    prefix = f"file://{data_dir}/"
 
     # the repository declares where virtual chunks may live...
     config = aic.RepositoryConfig.default()
     config.set_virtual_chunk_container(
-        aic.VirtualChunkContainer(prefix, aic.local_filesystem_store(str(data_dir.resolve())))
+        aic.VirtualChunkContainer(prefix, aic.local_filesystem_store(str(data_dir)))
     )
     # ...and a reader authorizes that container (None: the store's natural credentials)
     credentials = aic.containers_credentials({prefix: None})
@@ -71,15 +67,22 @@ async def main(directory: Path) -> None:
     for name in layout:
         arr = await zas.open_array(store=ro.store, path=name, mode="r")
         values = await arr.getitem(slice(None))
-        print(
-            f"{name:>12}: {values[:3]} ... {values[-1]:.1f}  ({await ro.chunk_type('/' + name, (0,))})"
-        )
+        kind = await ro.chunk_type("/" + name, (0,))
+        print(f"{name:>12}: {values[:3]} ... {values[-1]:.1f}  ({kind})")
     print("virtual locations:", await ro.all_virtual_chunk_locations())
+
+
+def run(directory: Path) -> None:
+    # plain file work happens before the event loop starts
+    data_dir = (directory / "legacy").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    layout = write_legacy_file(data_dir / "obs.nc")
+    asyncio.run(main(directory, data_dir, layout))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1:
-        asyncio.run(main(Path(sys.argv[1])))
+        run(Path(sys.argv[1]))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            asyncio.run(main(Path(tmp)))
+            run(Path(tmp))
