@@ -864,6 +864,7 @@ class ForkSession(Session):
     def to_bytes(self) -> bytes:
         """The fork as a versioned, checksummed binary payload."""
         from aicechunk.changeset import changeset_to_plain
+        from aicechunk.virtual import resolver_to_plain
 
         body = {
             "storage": dict(self._assets.driver.describe()),
@@ -873,6 +874,7 @@ class ForkSession(Session):
             "inline": self._config.inline_chunk_threshold_bytes,
             "concurrency": self._config.read_concurrency,
             "changes": changeset_to_plain(self._changes),
+            "virtual": resolver_to_plain(self._virtual),
         }
         packed = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(body, use_bin_type=True))
         header = _FORK_HEADER.pack(_FORK_MAGIC, _FORK_VERSION, 0, zlib.crc32(packed))
@@ -884,6 +886,7 @@ class ForkSession(Session):
         from aicechunk.assets import CacheSizes
         from aicechunk.changeset import changeset_from_plain
         from aicechunk.drivers.registry import driver_from_config
+        from aicechunk.virtual import resolver_from_plain
 
         if len(payload) < _FORK_HEADER.size:
             raise ForkPayloadError(f"fork payload truncated: {len(payload)} bytes")
@@ -907,6 +910,7 @@ class ForkSession(Session):
             snapshot_id = SnapshotId(body["snapshot"])
             config = SessionConfig(int(body["inline"]), int(body["concurrency"]))
             branch = body["branch"]
+            virtual = resolver_from_plain(body.get("virtual"))
         except ForkPayloadError:
             raise
         except Exception as err:  # any decoding failure of a checksummed payload
@@ -920,6 +924,7 @@ class ForkSession(Session):
             read_only=False,
             config=config,
             changes=changes,
+            virtual_resolver=virtual,
         )
 
     def __reduce__(self) -> tuple[object, ...]:

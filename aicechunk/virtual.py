@@ -339,3 +339,58 @@ class VirtualResolver:
                 f"object holds only {len(data)} there"
             )
         return data
+
+
+def resolver_to_plain(resolver: VirtualResolver | None) -> dict[str, Any] | None:
+    """Containers and credentials as plain data, for fork payloads.
+
+    Static credentials travel as configured, ``None`` (natural/from-env credentials) as
+    ``None``; a refreshable credentials callable cannot travel: that container arrives
+    unauthorized and reads under it fail with a clear error.
+    """
+    if resolver is None:
+        return None
+    containers = [[c.url_prefix, c.store.tag, c.store.value, c.name] for c in resolver._containers]
+    authorized: dict[str, Any] = {}
+    for prefix, creds in resolver._authorized.items():
+        if creds is None:
+            authorized[prefix] = None
+        elif isinstance(creds, S3StaticCredentials) and creds.get_credentials is None:
+            authorized[prefix] = {
+                "kind": "s3",
+                "access_key_id": creds.access_key_id,
+                "secret_access_key": creds.secret_access_key,
+                "session_token": creds.session_token,
+                "anonymous": creds.anonymous,
+            }
+        elif isinstance(creds, GCSCredentials):
+            authorized[prefix] = {
+                "kind": "gcs",
+                "service_account_file": creds.service_account_file,
+                "anonymous": creds.anonymous,
+            }
+    return {"containers": containers, "authorized": authorized}
+
+
+def resolver_from_plain(data: dict[str, Any] | None) -> VirtualResolver | None:
+    """Rebuild what ``resolver_to_plain`` produced."""
+    if data is None:
+        return None
+    containers = {
+        prefix: VirtualChunkContainer(prefix, Tagged(tag, value), name)
+        for prefix, tag, value, name in data["containers"]
+    }
+    authorized: dict[str, Any] = {}
+    for prefix, creds in data["authorized"].items():
+        if creds is None:
+            authorized[prefix] = None
+        elif creds["kind"] == "s3":
+            authorized[prefix] = S3StaticCredentials(
+                creds["access_key_id"],
+                creds["secret_access_key"],
+                creds["session_token"],
+                creds["anonymous"],
+            )
+        else:
+            authorized[prefix] = GCSCredentials(creds["service_account_file"], creds["anonymous"])
+    return VirtualResolver(containers, authorized)

@@ -245,3 +245,26 @@ async def test_interop_virtual_refs(tmp_path: Path) -> None:
     await write_refs(ours, f"{prefix}file.nc")
     got = await asyncio.to_thread(icechunk_virtual, tmp_path / "o" / "repo", data_dir, True)
     assert got == list(VALUES)
+
+
+async def test_forks_carry_containers_and_credentials(tmp_path: Path, s3_endpoint: str) -> None:
+    import boto3
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).put_object(Bucket=bucket, Key="f.nc", Body=BLOB)
+    prefix = f"s3://{bucket}/"
+    store_config = aic.s3_store(
+        region="us-east-1", endpoint_url=s3_endpoint, allow_http=True, force_path_style=True
+    )
+    creds = {prefix: aic.s3_credentials(access_key_id="testing", secret_access_key="testing")}
+    repo = await virtual_repo(tmp_path, prefix, store_config, creds)
+    session = await write_refs(repo, f"{prefix}f.nc")
+    fork = aic.ForkSession.from_bytes(session.fork().to_bytes())
+    np.testing.assert_array_equal(await read_v(fork), VALUES)
