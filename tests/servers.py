@@ -6,7 +6,7 @@ import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -29,7 +29,11 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """moto's S3 server; yields its endpoint URL."""
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -155,3 +159,70 @@ def create_s3_bucket(endpoint: str, bucket: str) -> None:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     ).create_bucket(Bucket=bucket)
+
+
+@contextlib.contextmanager
+def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
+    """An aiohttp reverse proxy on 127.0.0.1 that forwards to ``target`` and counts the
+    requests; yields (its URL, a function returning the count so far)."""
+    import asyncio
+    import threading
+
+    import aiohttp
+    from aiohttp import web
+
+    count = [0]
+    session_holder: list[aiohttp.ClientSession] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        count[0] += 1
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with session_holder[0].request(
+            request.method,
+            f"{target}{request.rel_url}",
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+        ) as upstream:
+            payload = await upstream.read()
+            out_headers = {
+                k: v
+                for k, v in upstream.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
+            }
+            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    port = free_port()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def start() -> None:
+            session_holder.append(aiohttp.ClientSession(auto_decompress=False))
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+
+        loop.run_until_complete(start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield f"http://127.0.0.1:{port}", lambda: count[0]
+    finally:
+
+        async def stop() -> None:
+            await runner.cleanup()
+            await session_holder[0].close()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -54,6 +54,17 @@ class S3Credentials:
         return "static" if self.access_key_id else "from_env"
 
 
+_SESSION: list[Any] = []
+
+
+def _shared_session(factory: Any) -> Any:
+    # One botocore session per process: it caches the service model that every client
+    # would otherwise load again (a few hundred milliseconds each time).
+    if not _SESSION:
+        _SESSION.append(factory())
+    return _SESSION[0]
+
+
 @dataclass
 class _LoopState:
     client: Any = None
@@ -189,7 +200,7 @@ class S3Driver(Driver):
                 kwargs["aws_access_key_id"] = creds.access_key_id
                 kwargs["aws_secret_access_key"] = creds.secret_access_key
                 kwargs["aws_session_token"] = creds.session_token
-            context = get_session().create_client("s3", **kwargs)
+            context = _shared_session(get_session).create_client("s3", **kwargs)
             state.client = await context.__aenter__()
             state.context = context
         return state.client, state.limit
