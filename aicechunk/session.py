@@ -30,6 +30,7 @@ from aicechunk.errors import (
     PreconditionFailed,
     ReadOnlyError,
     SessionStateError,
+    StorageError,
 )
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId, SnapshotId
 from aicechunk.format.manifest import (
@@ -775,9 +776,29 @@ class Session:
             await self._assets.update_branch(self._branch, new_id, tip.version)
         except PreconditionFailed:
             now = await self._assets.fetch_branch(self._branch)
+            if now.snapshot_id == new_id:  # an earlier, ambiguous attempt of ours landed
+                return
             raise ConflictError(
                 self._branch, str(self._snapshot_id), str(now.snapshot_id)
             ) from None
+        except StorageError as err:
+            # the write may have been applied even though its answer was lost: look, a few
+            # times if looking fails too, before reporting the commit as failed
+            for attempt in range(5):
+                try:
+                    now = await self._assets.fetch_branch(self._branch)
+                except StorageError:
+                    await asyncio.sleep(0.05 * 2**attempt)
+                    continue
+                if now.snapshot_id == new_id:
+                    return
+                raise
+            raise StorageError(
+                f"commit outcome unknown: moving branch {self._branch!r} to {new_id} failed "
+                f"({err}) and the branch could not be read back",
+                key=err.key,
+                driver=err.driver,
+            ) from err
 
     async def rebase(self, solver: ConflictSolver) -> None:
         """Move the pending changes onto the branch tip, resolving conflicts with ``solver``.

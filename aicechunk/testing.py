@@ -1,13 +1,17 @@
-"""Driver wrappers for tests and benchmarks: count requests (and, later, inject faults)."""
+"""Driver wrappers for tests and benchmarks: count requests, inject faults."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aicechunk.drivers.base import ByteRange, Driver, DriverConfig, ObjectInfo
+from aicechunk.errors import StorageError
 
-__all__ = ["CountingDriver"]
+__all__ = ["CountingDriver", "FaultyDriver", "InjectedFault"]
 
 
 class CountingDriver(Driver):
@@ -76,3 +80,110 @@ class CountingDriver(Driver):
     async def _delete_many(self, keys: list[str]) -> None:
         self._record("delete_many", ",".join(keys))
         await self.inner.delete_many(keys)
+
+
+class InjectedFault(StorageError):
+    """A failure injected by ``FaultyDriver``."""
+
+
+class FaultyDriver(CountingDriver):
+    """Wraps a driver and fails, delays or hangs chosen requests.
+
+    Choose requests by call number (``fail_calls``: 1-based numbers of matching calls),
+    by key prefix and method (``match``), or by probability with a seed. ``after=True``
+    performs the request and then fails it, as when a response is lost after the server
+    applied a write. ``delay`` sleeps before matching requests; ``hang`` never answers
+    them (callers' timeouts must cope).
+    """
+
+    type_name = "faulty"
+
+    def __init__(
+        self,
+        inner: Driver,
+        *,
+        methods: frozenset[str] | set[str] | None = None,
+        key_prefix: str = "",
+        fail_calls: set[int] | None = None,
+        probability: float = 0.0,
+        seed: int = 0,
+        after: bool = False,
+        delay: float = 0.0,
+        hang: bool = False,
+    ) -> None:
+        super().__init__(inner)
+        self.methods = frozenset(methods) if methods else None
+        self.key_prefix = key_prefix
+        self.fail_calls = set(fail_calls or ())
+        self.probability = probability
+        self.after = after
+        self.delay = delay
+        self.hang = hang
+        self.matching = 0
+        self.injected = 0
+        self._random = random.Random(seed)
+
+    def disarm(self) -> None:
+        """Stop injecting faults."""
+        self.fail_calls = set()
+        self.probability = 0.0
+        self.delay = 0.0
+        self.hang = False
+
+    def _matches(self, method: str, key: str) -> bool:
+        return (self.methods is None or method in self.methods) and key.startswith(self.key_prefix)
+
+    async def _around(self, method: str, key: str, call: Any) -> Any:
+        if not self._matches(method, key):
+            return await call()
+        self.matching += 1
+        fail = self.matching in self.fail_calls or (
+            self.probability > 0 and self._random.random() < self.probability
+        )
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.hang and fail:
+            await asyncio.Event().wait()
+        if fail and not self.after:
+            self.injected += 1
+            raise InjectedFault(f"injected failure of {method}", key=key, driver=self.label)
+        result = await call()
+        if fail:
+            self.injected += 1
+            raise InjectedFault(
+                f"injected failure of {method} after it was applied", key=key, driver=self.label
+            )
+        return result
+
+    async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
+        result: bytes = await self._around(
+            "get", key, lambda: super(FaultyDriver, self)._get(key, byte_range)
+        )
+        return result
+
+    async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        result: tuple[bytes, ObjectInfo] = await self._around(
+            "get", key, lambda: super(FaultyDriver, self)._get_object(key)
+        )
+        return result
+
+    async def _head(self, key: str) -> ObjectInfo:
+        result: ObjectInfo = await self._around(
+            "head", key, lambda: super(FaultyDriver, self)._head(key)
+        )
+        return result
+
+    async def _put(
+        self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
+    ) -> ObjectInfo:
+        result: ObjectInfo = await self._around(
+            "put",
+            key,
+            lambda: super(FaultyDriver, self)._put(
+                key, data, if_none_match=if_none_match, if_match=if_match
+            ),
+        )
+        return result
+
+    async def _delete(self, key: str) -> None:
+        await self._around("delete", key, lambda: super(FaultyDriver, self)._delete(key))

@@ -1,0 +1,377 @@
+"""Reliability: concurrent committers, injected faults, crashes, hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr.api.asynchronous as zas
+
+import aicechunk as aic
+from aicechunk.drivers import MemoryDriver, driver_from_config
+from aicechunk.testing import FaultyDriver, InjectedFault
+from tests.conftest import s3_test_storage
+from tests.servers import create_gcs_bucket, next_bucket_name
+
+WORKERS, COMMITS = 8, 25
+SEEDS = int(os.environ.get("AICECHUNK_FAULT_SEEDS", "40"))
+
+
+async def make_array(storage: aic.Storage, size: int) -> aic.Repository:
+    repo = await aic.Repository.create(storage)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("x", shape=(size,), chunks=(1,), dtype="i8", fill_value=-1)
+    await session.commit("setup")
+    return repo
+
+
+# --- concurrent committers -----------------------------------------------------------------
+
+
+def committer(config: dict[str, Any], worker: int, commits: int, rebase: bool) -> list[Any]:
+    """In a worker process: commit ``commits`` times, each writing its own chunk."""
+
+    async def main() -> list[Any]:
+        storage = aic.storage_from_driver(driver_from_config(config))
+        repo = await aic.Repository.open(storage)
+        outcomes: list[Any] = []
+        for j in range(commits):
+            session = await repo.writable_session("main")
+            arr = await zas.open_array(store=session.store, path="x")
+            index = worker * commits + j
+            await arr.setitem(index, index)
+            try:
+                sid = await session.commit(
+                    f"w{worker} c{j}",
+                    rebase_with=aic.BasicConflictSolver() if rebase else None,
+                )
+                outcomes.append(["ok", str(sid), index])
+            except aic.ConflictError:
+                outcomes.append(["conflict", None, index])
+        return outcomes
+
+    return asyncio.run(main())
+
+
+def storage_of(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> aic.Storage:
+    if kind == "local":
+        return aic.local_filesystem_storage(tmp_path / "repo")
+    if kind == "s3":
+        return s3_test_storage(request.getfixturevalue("s3_endpoint"))
+    endpoint = request.getfixturevalue("gcs_endpoint")
+    bucket = next_bucket_name()
+    create_gcs_bucket(endpoint, bucket)
+    return aic.gcs_storage(bucket=bucket, prefix="repo", endpoint_url=endpoint)
+
+
+@pytest.mark.parametrize("rebase", [False, True], ids=["no-rebase", "rebase"])
+@pytest.mark.parametrize("kind", ["local", "s3", "gcs"])
+async def test_concurrent_committers(
+    kind: str, rebase: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    storage = storage_of(kind, tmp_path, request)
+    repo = await make_array(storage, WORKERS * COMMITS)
+    config = storage.driver().describe()
+    loop = asyncio.get_running_loop()
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(WORKERS, mp_context=spawn) as pool:
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, committer, config, w, COMMITS, rebase)
+                for w in range(WORKERS)
+            )
+        )
+    outcomes = [o for worker in results for o in worker]
+    won = {sid: index for status, sid, index in outcomes if status == "ok"}
+    history = [info async for info in repo.ancestry(branch="main")]
+    # one linear chain: each entry's parent is the next entry
+    for child, parent in zip(history, history[1:], strict=False):
+        assert child.parent_id == parent.id
+    in_history = {info.id for info in history[:-2]}  # minus setup and the initial commit
+    assert in_history == set(won), "every successful commit, and only those, is on the branch"
+    ro = await repo.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="x", mode="r")
+    values = np.asarray(await arr.getitem(slice(None)))
+    expected = np.full(WORKERS * COMMITS, -1)
+    for index in won.values():
+        expected[index] = index
+    np.testing.assert_array_equal(values, expected)
+    if rebase:
+        assert len(won) == WORKERS * COMMITS
+    report(
+        f"concurrent committers [{kind}, {'rebase' if rebase else 'no rebase'}]",
+        runs=1,
+        faults=0,
+        attempted=len(outcomes),
+        succeeded=len(won),
+        lost=0,
+        corrupted=0,
+    )
+
+
+# --- fault injection -----------------------------------------------------------------------
+
+STEPS = ["chunks/", "manifests/", "transactions/", "snapshots/", "refs/branch.main"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("after", [False, True], ids=["before-apply", "after-apply"])
+async def test_fail_each_commit_step(step: str, after: bool) -> None:
+    inner = MemoryDriver()
+    faulty = FaultyDriver(inner, methods={"put"}, key_prefix=step, fail_calls={1}, after=after)
+    repo = await make_array(aic.storage_from_driver(inner), 8)
+    before = await repo.lookup_branch("main")
+    faulty_repo = await aic.Repository.open(aic.storage_from_driver(faulty))
+    session = await faulty_repo.writable_session("main")
+    arr = await zas.open_array(store=session.store, path="x")
+    big = step == "chunks/"
+    if big:  # a chunk big enough to go to a chunk file, so the chunk step is exercised
+        await zas.create_array(
+            session.store, name="big", shape=(1024,), chunks=(1024,), dtype="i8", compressors=None
+        )
+    try:
+        if big:
+            b = await zas.open_array(store=session.store, path="big")
+            await b.setitem(slice(None), np.arange(1024))
+        await arr.setitem(3, 33)
+        sid = await session.commit("faulty")
+        committed = True
+    except InjectedFault:
+        committed = False
+    tip = await repo.lookup_branch("main")
+    # the branch is at the old snapshot or the new one, and it reads
+    ro = await repo.readonly_session(branch="main")
+    value = await (await zas.open_array(store=ro.store, path="x", mode="r")).getitem(3)
+    if step == "refs/branch.main" and after:
+        assert committed and tip == str(sid) and value == 33  # the lost answer is recovered
+    elif not committed:
+        assert tip == before and value == -1
+        faulty.disarm()
+        if big and not after:
+            b = await zas.open_array(store=session.store, path="big")
+            await b.setitem(slice(None), np.arange(1024))
+        sid = await session.commit("retry")  # a retry succeeds
+        assert await repo.lookup_branch("main") == str(sid)
+    assert faulty.injected == 1
+    report(
+        f"fail {step.rstrip('/')} ({'after' if after else 'before'} apply)",
+        runs=1,
+        faults=1,
+        attempted=2 if not committed else 1,
+        succeeded=1,
+        lost=0,
+        corrupted=0,
+    )
+
+
+async def test_random_faults_never_corrupt() -> None:
+    inner = MemoryDriver()
+    repo = await make_array(aic.storage_from_driver(inner), SEEDS)
+    attempted = succeeded = 0
+    landed: set[int] = set()
+    for seed in range(SEEDS):
+        faulty = FaultyDriver(
+            inner, methods={"put", "get"}, probability=0.15, seed=seed, after=seed % 2 == 1
+        )
+        flaky = await aic.Repository.open(aic.storage_from_driver(inner))
+        flaky = aic.Repository(aic.storage_from_driver(faulty), flaky.config)
+        try:
+            session = await flaky.writable_session("main")
+            arr = await zas.open_array(store=session.store, path="x")
+            await arr.setitem(seed, seed)
+            attempted += 1
+            await session.commit(f"seed {seed}")
+            succeeded += 1
+            landed.add(seed)
+        except InjectedFault:
+            pass
+    # whatever happened, the branch is a readable snapshot and history is consistent
+    history = [info async for info in repo.ancestry(branch="main")]
+    ro = await repo.readonly_session(branch="main")
+    values = np.asarray(
+        await (await zas.open_array(store=ro.store, path="x", mode="r")).getitem(slice(None))
+    )
+    assert len(history) == 2 + succeeded  # setup + initial + one per successful commit
+    for seed in range(SEEDS):
+        assert values[seed] == (seed if seed in landed else -1)
+    report(
+        "random faults (15% of gets/puts)",
+        runs=20,
+        faults=-1,
+        attempted=attempted,
+        succeeded=succeeded,
+        lost=0,
+        corrupted=0,
+    )
+
+
+# --- crashes -------------------------------------------------------------------------------
+
+CRASH_CHILD = r"""
+import asyncio, json, os, sys
+import numpy as np
+import zarr.api.asynchronous as zas
+import aicechunk as aic
+
+async def main(root, log):
+    repo = await aic.Repository.open(aic.local_filesystem_storage(root))
+    i = 0
+    while True:
+        session = await repo.writable_session("main")
+        arr = await zas.open_array(store=session.store, path="x")
+        await arr.setitem(slice(None), np.full(256, i))
+        sid = await session.commit(f"c{i}")
+        with open(log, "a") as f:
+            f.write(json.dumps([str(sid), i]) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        i += 1
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_sigkill_during_writes_and_commits(tmp_path: Path) -> None:
+    runs = int(os.environ.get("AICECHUNK_CRASH_RUNS", "50"))
+    root = tmp_path / "repo"
+    log = tmp_path / "committed.jsonl"
+
+    async def setup() -> None:
+        repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+        session = await repo.writable_session("main")
+        group = await zas.open_group(store=session.store, mode="w")
+        await group.create_array("x", shape=(256,), chunks=(16,), dtype="i8", compressors=None)
+        await session.commit("setup")
+
+    asyncio.run(setup())
+    rng = random.Random(7)
+    script = tmp_path / "child.py"
+    script.write_text(CRASH_CHILD)
+    committed_total = 0
+    for _ in range(runs):
+        child = subprocess.Popen([sys.executable, str(script), str(root), str(log)])
+        time.sleep(rng.uniform(0.9, 1.6))  # imports take most of a second; then it writes
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        committed_total = verify_after_crash(root, log)
+    report(
+        "SIGKILL during writes and commits",
+        runs=runs,
+        faults=runs,
+        attempted=committed_total,
+        succeeded=committed_total,
+        lost=0,
+        corrupted=0,
+    )
+
+
+def verify_after_crash(root: Path, log: Path) -> int:
+    async def check() -> int:
+        repo = await aic.Repository.open(aic.local_filesystem_storage(root))
+        entries = (
+            [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        )
+        history = {info.id async for info in repo.ancestry(branch="main")}
+        for sid, value in entries:
+            assert sid in history, f"committed snapshot {sid} lost"
+            ro = await repo.readonly_session(snapshot_id=sid)
+            arr = await zas.open_array(store=ro.store, path="x", mode="r")
+            np.testing.assert_array_equal(await arr.getitem(slice(None)), np.full(256, value))
+        tip = await repo.readonly_session(branch="main")
+        await (await zas.open_array(store=tip.store, path="x", mode="r")).getitem(slice(None))
+        return len(entries)
+
+    return asyncio.run(check())
+
+
+# --- hostile input -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../escape", "a/b", "..", "x\x00y", "ctl\x07", "\\evil", "x" * 300, "", "new\nline"],
+)
+async def test_hostile_ref_names(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "repo"
+    repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+    sid = await repo.lookup_branch("main")
+    for call in (
+        lambda: repo.create_branch(name, sid),
+        lambda: repo.create_tag(name, sid),
+        lambda: repo.lookup_branch(name),
+        lambda: repo.writable_session(name),
+        lambda: repo.readonly_session(tag=name),
+    ):
+        with pytest.raises(aic.InvalidRefNameError):
+            await call()
+    outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(root)]
+    assert outside == []
+
+
+async def test_hostile_store_keys_write_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+    session = await repo.writable_session("main")
+    from zarr.core.buffer import cpu
+
+    for key in (
+        "../zarr.json",
+        "a/../../zarr.json",
+        "/abs/zarr.json",
+        "a//zarr.json",
+        "x/c/../../1",
+        "x/c/-1",
+        "x/c/1e3",
+    ):
+        with pytest.raises(aic.AicechunkError):
+            await session.store.set(key, cpu.Buffer.from_bytes(b"{}"))
+    assert not session.has_uncommitted_changes
+    outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(root)]
+    assert outside == []
+
+
+async def test_bad_fork_payload_leaves_parent_unchanged() -> None:
+    repo = await make_array(aic.in_memory_storage(), 4)
+    other = await make_array(aic.in_memory_storage(), 4)
+    session = await repo.writable_session("main")
+    foreign = (await other.writable_session("main")).fork()
+    arr = await zas.open_array(store=foreign.store, path="x")
+    await arr.setitem(0, 5)
+    with pytest.raises(aic.SessionStateError, match="repository"):
+        await session.merge(foreign)
+    assert not session.has_uncommitted_changes
+    payload = foreign.to_bytes()
+    for bad in (payload[:20], payload[:-1] + b"\x00", b"junk"):
+        with pytest.raises(aic.ForkPayloadError):
+            aic.ForkSession.from_bytes(bad)
+    assert not session.has_uncommitted_changes
+
+
+# --- the report ----------------------------------------------------------------------------
+
+REPORT = (
+    Path(os.environ.get("AICECHUNK_RELIABILITY_REPORT", ""))
+    if os.environ.get("AICECHUNK_RELIABILITY_REPORT")
+    else None
+)
+
+
+def report(scenario: str, **numbers: int) -> None:
+    """Append a row to the reliability report when AICECHUNK_RELIABILITY_REPORT is set."""
+    if REPORT is None:
+        return
+    with REPORT.open("a") as f:
+        f.write(json.dumps({"scenario": scenario, **numbers}) + "\n")
