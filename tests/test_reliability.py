@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
@@ -98,7 +99,7 @@ async def test_concurrent_committers(
     won = {sid: index for status, sid, index in outcomes if status == "ok"}
     history = [info async for info in repo.ancestry(branch="main")]
     # one linear chain: each entry's parent is the next entry
-    for child, parent in zip(history, history[1:], strict=False):
+    for child, parent in itertools.pairwise(history):
         assert child.parent_id == parent.id
     in_history = {info.id for info in history[:-2]}  # minus setup and the initial commit
     assert in_history == set(won), "every successful commit, and only those, is on the branch"
@@ -260,13 +261,14 @@ def test_sigkill_during_writes_and_commits(tmp_path: Path) -> None:
     rng = random.Random(7)
     script = tmp_path / "child.py"
     script.write_text(CRASH_CHILD)
-    committed_total = 0
+    committed_total = checked = 0
     for _ in range(runs):
         child = subprocess.Popen([sys.executable, str(script), str(root), str(log)])
-        time.sleep(rng.uniform(0.9, 1.6))  # imports take most of a second; then it writes
+        time.sleep(rng.uniform(0.9, 1.4))  # imports take most of a second; then it writes
         child.send_signal(signal.SIGKILL)
         child.wait()
-        committed_total = verify_after_crash(root, log)
+        committed_total = verify_after_crash(root, log, checked)
+        checked = committed_total
     report(
         "SIGKILL during writes and commits",
         runs=runs,
@@ -278,14 +280,23 @@ def test_sigkill_during_writes_and_commits(tmp_path: Path) -> None:
     )
 
 
-def verify_after_crash(root: Path, log: Path) -> int:
+def read_log(log: Path) -> list[Any]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def files_outside(tmp_path: Path, root: Path) -> list[Path]:
+    return [p for p in tmp_path.rglob("*") if not p.is_relative_to(root)]
+
+
+def verify_after_crash(root: Path, log: Path, already_checked: int) -> int:
+    """Open the repository; every commit logged since the last check must be in history
+    and read back exactly (older ones were checked after earlier crashes)."""
+
     async def check() -> int:
         repo = await aic.Repository.open(aic.local_filesystem_storage(root))
-        entries = (
-            [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        )
+        entries = await asyncio.to_thread(read_log, log)
         history = {info.id async for info in repo.ancestry(branch="main")}
-        for sid, value in entries:
+        for sid, value in entries[already_checked:]:
             assert sid in history, f"committed snapshot {sid} lost"
             ro = await repo.readonly_session(snapshot_id=sid)
             arr = await zas.open_array(store=ro.store, path="x", mode="r")
@@ -317,8 +328,7 @@ async def test_hostile_ref_names(tmp_path: Path, name: str) -> None:
     ):
         with pytest.raises(aic.InvalidRefNameError):
             await call()
-    outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(root)]
-    assert outside == []
+    assert await asyncio.to_thread(files_outside, tmp_path, root) == []
 
 
 async def test_hostile_store_keys_write_nothing(tmp_path: Path) -> None:
@@ -339,8 +349,7 @@ async def test_hostile_store_keys_write_nothing(tmp_path: Path) -> None:
         with pytest.raises(aic.AicechunkError):
             await session.store.set(key, cpu.Buffer.from_bytes(b"{}"))
     assert not session.has_uncommitted_changes
-    outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(root)]
-    assert outside == []
+    assert await asyncio.to_thread(files_outside, tmp_path, root) == []
 
 
 async def test_bad_fork_payload_leaves_parent_unchanged() -> None:
