@@ -38,7 +38,7 @@ from aicechunk.format.manifest import (
     InlineRef,
     NativeRef,
     VirtualRef,
-    encode_manifest,
+    encode_array_manifest,
 )
 from aicechunk.format.snapshot import (
     ArrayNodeData,
@@ -669,12 +669,8 @@ class Session:
                 manifests = ()
                 if refs:
                     manifest_id = ManifestId.random()
-                    data = await asyncio.to_thread(
-                        encode_manifest, manifest_id, {view.id: sorted(refs.items())}
-                    )
-                    ndim = len(view.array.shape)
-                    extents = tuple(
-                        (min(c[d] for c in refs), max(c[d] for c in refs) + 1) for d in range(ndim)
+                    data, extents = await asyncio.to_thread(
+                        encode_array_manifest, manifest_id, view.id, list(refs.items())
                     )
                     manifests = (ManifestRef(manifest_id, extents),)
                     new_files.append((ManifestFileInfo(manifest_id, len(data), len(refs)), data))
@@ -727,9 +723,7 @@ class Session:
             deleted_arrays=tuple(sorted(c.deleted_arrays.values())),
             updated_groups=tuple(sorted(c.updated_groups)),
             updated_arrays=tuple(sorted(c.updated_arrays)),
-            updated_chunks={
-                nid: tuple(sorted(refs)) for nid, refs in sorted(c.chunks.items()) if refs
-            },
+            updated_chunks={nid: tuple(refs) for nid, refs in c.chunks.items() if refs},
         )
 
     async def commit(

@@ -25,6 +25,7 @@ __all__ = [
     "NativeRef",
     "VirtualRef",
     "decode_manifest",
+    "encode_array_manifest",
     "encode_manifest",
 ]
 
@@ -213,6 +214,46 @@ def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]
     return list(positions.tolist())
 
 
+def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> list[int]:
+    """Checksum-less virtual refs of one dimensionality; each distinct location string is
+    written once, after the records, and shared by every ref that points into it."""
+    n, ndim = coords.shape
+    rec = (32 + 4 * ndim + 7) // 8 * 8
+    vt = w.vtable(28, (4, 0, 8, 16, 0, 24))
+    base = w.reserve(n * rec, 8)
+    dtype = np.dtype(
+        {
+            "names": ["soff", "idx", "off", "len", "loc", "vlen", "coords"],
+            "formats": ["<i4", "<u4", "<u8", "<u8", "<u4", "<u4", ("<u4", (ndim,))],
+            "offsets": [0, 4, 8, 16, 24, 28, 32],
+            "itemsize": rec,
+        }
+    )
+    view = np.frombuffer(memoryview(w.buf)[base : base + n * rec], dtype=dtype)
+    positions = base + np.arange(n, dtype=np.int64) * rec
+    view["soff"] = positions - vt
+    view["idx"] = 24
+    view["off"] = np.fromiter((r.offset for r in refs), dtype=np.uint64, count=n)
+    view["len"] = np.fromiter((r.length for r in refs), dtype=np.uint64, count=n)
+    view["vlen"] = ndim
+    if ndim:
+        view["coords"] = coords
+    table: dict[str, int] = {}
+    which = np.fromiter(
+        (table.setdefault(r.location, len(table)) for r in refs), dtype=np.int64, count=n
+    )
+    del view  # the buffer grows below
+    string_pos = np.array([w.string(loc) for loc in table], dtype=np.int64)
+    fields = positions + 24
+    loc_offsets = (string_pos[which] - fields).astype("<u4")
+    # scatter the location offsets into the records (strided writes through numpy)
+    records = np.frombuffer(memoryview(w.buf)[base : base + n * rec], dtype=np.uint8).reshape(
+        n, rec
+    )
+    records[:, 24:28] = loc_offsets.view(np.uint8).reshape(n, 4)
+    return list(positions.tolist())
+
+
 def _ref_record(w: Forward, coords: Coords, ref: ChunkRef) -> int:
     ndim = len(coords)
     if isinstance(ref, NativeRef):
@@ -274,7 +315,34 @@ def encode_manifest(
     arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]],
 ) -> bytes:
     """The manifest file's bytes: arrays sorted by node id, references by coordinates."""
-    return encode_file(FileType.MANIFEST, _manifest_payload(manifest_id, arrays))
+    payload = _manifest_payload(manifest_id, arrays)
+    # large manifests are read far more often than written: compress them harder
+    return encode_file(FileType.MANIFEST, payload, level=6 if len(payload) > 4 << 20 else 3)
+
+
+def encode_array_manifest(
+    manifest_id: ManifestId, node_id: NodeId, refs: Iterable[tuple[Coords, ChunkRef]]
+) -> tuple[bytes, tuple[tuple[int, int], ...]]:
+    """A manifest holding one array's references, and the chunk index range it covers
+    along each dimension (for the snapshot's ``ManifestRef``)."""
+    coords, ordered = _sorted_refs(refs)
+    data = encode_manifest(manifest_id, {node_id: _Presorted(coords, ordered)})  # type: ignore[dict-item]
+    if coords.dtype == object or coords.size == 0:
+        ndim = len(coords[0]) if len(coords) else 0
+        extents = tuple(
+            (min(c[d] for c in coords), max(c[d] for c in coords) + 1) for d in range(ndim)
+        )
+        return data, extents
+    low, high = coords.min(axis=0), coords.max(axis=0) + 1
+    return data, tuple(zip(low.tolist(), high.tolist(), strict=True))
+
+
+class _Presorted:
+    """References already sorted by ``_sorted_refs`` (so encoding does not sort again)."""
+
+    def __init__(self, coords: np.ndarray, refs: list[ChunkRef]) -> None:
+        self.coords = coords
+        self.refs = refs
 
 
 def _manifest_payload(
@@ -293,11 +361,22 @@ def _manifest_payload(
         table = w.table(vt_array, 16)
         w.put(table + 4, "8s", node_id.bytes)
         w.uoffset(arrays_vec + 4 + 4 * i, table)
-        coords, refs = _sorted_refs(arrays[node_id])
+        items = arrays[node_id]
+        if isinstance(items, _Presorted):
+            coords, refs = items.coords, items.refs
+        else:
+            coords, refs = _sorted_refs(items)
         refs_vec = w.offset_vector(len(refs))
         w.uoffset(table + 12, refs_vec)
-        if coords.dtype != object and refs and all(type(r) is NativeRef for r in refs):
+        kinds = {type(r) for r in refs}
+        if coords.dtype != object and kinds == {NativeRef}:
             positions = _native_block(w, vt_native, coords, refs)  # type: ignore[arg-type]
+        elif (
+            coords.dtype != object
+            and kinds == {VirtualRef}
+            and all(r.etag is None and not r.last_modified for r in refs)  # type: ignore[union-attr]
+        ):
+            positions = _virtual_block(w, coords, refs)  # type: ignore[arg-type]
         else:
             positions = [
                 _ref_record(w, tuple(int(x) for x in c), r)

@@ -67,20 +67,36 @@ def encode_transaction_log(log: TransactionLog) -> bytes:
         table = w.table(vt_array, 16)
         w.put(table + 4, "8s", node_id.bytes)
         w.uoffset(arrays_vec + 4 + 4 * i, table)
-        chunk_list = sorted(set(tuple(c) for c in log.updated_chunks[node_id]))
+        chunk_list = _sorted_unique(log.updated_chunks[node_id])
         vec = w.offset_vector(len(chunk_list))
         w.uoffset(table + 12, vec)
         _indices_block(w, vt_indices, vec, chunk_list)
     return encode_file(FileType.TRANSACTION_LOG, w.finish(root))
 
 
-def _indices_block(w: Forward, vt: int, vec: int, chunk_list: list[Coords]) -> None:
+def _sorted_unique(coords: Sequence[Coords]) -> list[Coords] | np.ndarray:
+    """Coordinates sorted lexicographically without duplicates (a 2-D array when they
+    all have one dimensionality, which is the case for a valid array)."""
+    if not coords:
+        return []
+    try:
+        grid = np.array(coords, dtype=np.int64)
+    except ValueError:  # ragged: mixed dimensionality
+        return sorted(set(tuple(c) for c in coords))
+    if grid.ndim != 2 or grid.shape[1] == 0:
+        return sorted(set(tuple(c) for c in coords))
+    grid = grid[np.lexsort(grid.T[::-1])]
+    keep = np.ones(len(grid), dtype=bool)
+    keep[1:] = (grid[1:] != grid[:-1]).any(axis=1)
+    return grid[keep]
+
+
+def _indices_block(w: Forward, vt: int, vec: int, chunk_list: list[Coords] | np.ndarray) -> None:
     # each ChunkIndices: [soffset][offset to coords = 4][len][coords...]
     n = len(chunk_list)
     if not n:
         return
-    ndims = {len(c) for c in chunk_list}
-    if len(ndims) != 1:
+    if not isinstance(chunk_list, np.ndarray):
         positions = []
         for c in chunk_list:
             table = w.table(vt, 8)
@@ -90,7 +106,7 @@ def _indices_block(w: Forward, vt: int, vec: int, chunk_list: list[Coords]) -> N
             positions.append(table)
         pos = np.asarray(positions, dtype=np.int64)
     else:
-        ndim = ndims.pop()
+        ndim = chunk_list.shape[1]
         rec = 12 + 4 * ndim
         base = w.reserve(n * rec)
         records = np.zeros((n, 3 + ndim), dtype="<u4")
@@ -98,8 +114,7 @@ def _indices_block(w: Forward, vt: int, vec: int, chunk_list: list[Coords]) -> N
         records[:, 0] = (pos - vt).astype("<u4")
         records[:, 1] = 4
         records[:, 2] = ndim
-        if ndim:
-            records[:, 3:] = np.array(chunk_list, dtype=np.uint32).reshape(n, ndim)
+        records[:, 3:] = chunk_list.astype(np.uint32)
         w.buf[base : base + n * rec] = records.tobytes()
     slots = vec + 4 + 4 * np.arange(n, dtype=np.int64)
     w.buf[vec + 4 : vec + 4 + 4 * n] = (pos - slots).astype("<u4").tobytes()
