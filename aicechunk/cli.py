@@ -1,61 +1,325 @@
-"""The ``aicechunk`` command line (``python -m aicechunk``)."""
+"""The ``aicechunk`` command line (also ``python -m aicechunk``).
+
+Every command takes a storage URL: a path or ``file://``, ``s3://bucket/prefix``,
+``gs://bucket/prefix``, ``https://...`` (read-only). S3 and GCS options come as flags or
+environment variables. Errors print one line and exit with status 1; ``--json`` prints
+machine-readable output.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
-from aicechunk.drivers import LocalDriver
-from aicechunk.errors import AicechunkError, PreconditionFailed
+import aicechunk as aic
+from aicechunk.errors import AicechunkError
 
 
-async def _demo(directory: Path) -> None:
-    """Exercise the local driver: atomic writes, conditional writes, sorted listing."""
-    async with LocalDriver(directory) as driver:
-        print(f"local driver at {driver.root}")
-        first = await driver.put(
-            "refs/branch.main/ref.json", b'{"snapshot":"A"}', if_none_match=True
+def storage_for(url: str, args: argparse.Namespace) -> aic.Storage:
+    """The storage a URL names, with S3/GCS options from flags or the environment."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file") or (len(scheme) == 1 and url[1:2] == ":"):
+        return aic.local_filesystem_storage(parsed.path if scheme == "file" else url)
+    if scheme == "s3":
+        endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        key = args.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        return aic.s3_storage(
+            bucket=parsed.netloc,
+            prefix=parsed.path.strip("/"),
+            region=args.region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION"),
+            endpoint_url=endpoint,
+            allow_http=args.allow_http or bool(endpoint and endpoint.startswith("http://")),
+            force_path_style=args.force_path_style,
+            access_key_id=key if secret else None,
+            secret_access_key=secret if key else None,
+            session_token=os.environ.get("AWS_SESSION_TOKEN") if key and secret else None,
+            anonymous=args.anonymous,
         )
-        print(f"created refs/branch.main/ref.json (version {first.version})")
-        try:
-            await driver.put("refs/branch.main/ref.json", b'{"snapshot":"X"}', if_none_match=True)
-        except PreconditionFailed as err:
-            print(f"second create refused, as it must be: {err}")
-        second = await driver.put(
-            "refs/branch.main/ref.json", b'{"snapshot":"B"}', if_match=first.version
+    if scheme in ("gs", "gcs"):
+        return aic.gcs_storage(
+            bucket=parsed.netloc,
+            prefix=parsed.path.strip("/"),
+            endpoint_url=args.endpoint_url,
+            anonymous=args.anonymous,
+            service_account_file=os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
         )
-        print(f"moved the ref conditionally (version {second.version})")
-        try:
-            await driver.put(
-                "refs/branch.main/ref.json", b'{"snapshot":"C"}', if_match=first.version
+    if scheme in ("http", "https"):
+        return aic.http_storage(url)
+    raise AicechunkError(f"unsupported storage URL {url!r}")
+
+
+def out(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=1, default=str) if args.json else text)
+
+
+async def resolve_session(repo: aic.Repository, args: argparse.Namespace) -> aic.Session:
+    if getattr(args, "snapshot", None):
+        return await repo.readonly_session(snapshot_id=args.snapshot)
+    if getattr(args, "tag", None):
+        return await repo.readonly_session(tag=args.tag)
+    return await repo.readonly_session(branch=getattr(args, "branch", None) or "main")
+
+
+async def cmd_info(repo: aic.Repository, args: argparse.Namespace) -> None:
+    try:
+        branches = {b: await repo.lookup_branch(b) for b in sorted(await repo.list_branches())}
+        tags = {t: await repo.lookup_tag(t) for t in sorted(await repo.list_tags())}
+    except aic.RepositoryError:  # storage that cannot list (HTTP)
+        branches, tags = {"main": await repo.lookup_branch("main")}, {}
+    config = repo.config
+    data: dict[str, Any] = {
+        "storage": repr(repo.storage),
+        "spec_version": 1,
+        "branches": branches,
+        "tags": tags,
+        "inline_chunk_threshold_bytes": config.inline_chunk_threshold_bytes or 512,
+        "virtual_chunk_containers": sorted(config.virtual_chunk_containers),
+    }
+    lines = [f"repository  {data['storage']}", "spec        Icechunk format v1"]
+    lines += [f"branch      {name:20} {sid}" for name, sid in branches.items()]
+    lines += [f"tag         {name:20} {sid}" for name, sid in tags.items()]
+    lines.append(f"inline      chunks <= {data['inline_chunk_threshold_bytes']} bytes")
+    for prefix in data["virtual_chunk_containers"]:
+        lines.append(f"virtual     {prefix}")
+    out(args, data, "\n".join(lines))
+
+
+async def cmd_log(repo: aic.Repository, args: argparse.Namespace) -> None:
+    kwargs = {"tag": args.tag} if args.tag else {"branch": args.branch or "main"}
+    entries = [info async for info in repo.ancestry(**kwargs)]
+    data = [
+        {
+            "id": e.id,
+            "parent_id": e.parent_id,
+            "written_at": e.written_at.isoformat(),
+            "message": e.message,
+            "metadata": e.metadata,
+        }
+        for e in entries
+    ]
+    text = "\n".join(f"{e.id} {e.written_at:%Y-%m-%d %H:%M:%S} {e.message}" for e in entries)
+    out(args, data, text)
+
+
+async def cmd_ls(repo: aic.Repository, args: argparse.Namespace) -> None:
+    session = await resolve_session(repo, args)
+    prefix = "/" + args.path.strip("/") if args.path else "/"
+    rows = []
+    for node in await session.list_nodes():
+        if not (prefix == "/" or node.path == prefix or node.path.startswith(prefix + "/")):
+            continue
+        row: dict[str, Any] = {"path": node.path, "kind": "array" if node.is_array else "group"}
+        if node.array is not None:
+            meta = json.loads(node.user_data)
+            row["shape"] = [d.array_length for d in node.array.shape]
+            row["chunks"] = [d.chunk_length for d in node.array.shape]
+            row["dtype"] = meta.get("data_type")
+            row["dimension_names"] = node.array.dimension_names
+            row["chunk_count"] = sum([1 async for _ in session.chunk_coords(node.path)])
+        rows.append(row)
+    lines = []
+    for r in rows:
+        if r["kind"] == "group":
+            lines.append(f"{r['path']:30} group")
+        else:
+            lines.append(
+                f"{r['path']:30} array  {tuple(r['shape'])} {r['dtype']} chunks "
+                f"{tuple(r['chunks'])}  {r['chunk_count']} written"
             )
-        except PreconditionFailed:
-            print("a stale writer lost the race and changed nothing")
-        for i in range(3):
-            await driver.put(f"chunks/{i:04}", bytes([i]) * 16)
-        keys = [info.key async for info in driver.list("")]
-        print("objects, in listing order:", ", ".join(keys))
+    out(args, rows, "\n".join(lines))
+
+
+async def cmd_diff(repo: aic.Repository, args: argparse.Namespace) -> None:
+    async def ref(name: str) -> str:
+        for lookup in (repo.lookup_branch, repo.lookup_tag):
+            try:
+                return await lookup(name)
+            except (aic.RefNotFoundError, aic.InvalidRefNameError):
+                continue
+        return name  # a snapshot id
+
+    diff = await repo.diff(
+        from_snapshot_id=await ref(args.from_ref), to_snapshot_id=await ref(args.to_ref)
+    )
+    data: dict[str, Any] = {
+        "new_groups": sorted(diff.new_groups),
+        "new_arrays": sorted(diff.new_arrays),
+        "deleted_groups": sorted(diff.deleted_groups),
+        "deleted_arrays": sorted(diff.deleted_arrays),
+        "updated_groups": sorted(diff.updated_groups),
+        "updated_arrays": sorted(diff.updated_arrays),
+        "updated_chunks": {p: len(c) for p, c in sorted(diff.updated_chunks.items())},
+    }
+    lines = []
+    for key, sign in (
+        ("new_groups", "+ group"),
+        ("new_arrays", "+ array"),
+        ("deleted_groups", "- group"),
+        ("deleted_arrays", "- array"),
+        ("updated_groups", "~ group"),
+        ("updated_arrays", "~ array"),
+    ):
+        lines += [f"{sign} {p}" for p in data[key]]
+    lines += [f"~ chunks {p}: {n} chunk(s)" for p, n in data["updated_chunks"].items()]
+    out(args, data, "\n".join(lines) or "no changes")
+
+
+async def cmd_refs(repo: aic.Repository, args: argparse.Namespace, kind: str) -> None:
+    create = getattr(repo, f"create_{kind}")
+    delete = getattr(repo, f"delete_{kind}")
+    listing = getattr(repo, f"list_{kind}es" if kind == "branch" else f"list_{kind}s")
+    lookup = getattr(repo, f"lookup_{kind}")
+    if args.action == "create":
+        target = args.snapshot or await repo.lookup_branch(args.source or "main")
+        await create(args.name, target)
+        message = f"created {kind} {args.name} at {target}"
+        out(args, {"created": args.name, "snapshot": target}, message)
+    elif args.action == "delete":
+        await delete(args.name)
+        out(args, {"deleted": args.name}, f"deleted {kind} {args.name}")
+    else:
+        names = sorted(await listing())
+        rows = {n: await lookup(n) for n in names}
+        out(args, rows, "\n".join(f"{n:20} {sid}" for n, sid in rows.items()))
+
+
+async def demo(directory: Path) -> None:
+    """Create a repository, write, commit, branch, fork and merge, and say what happened."""
+    import numpy as np
+    import zarr.api.asynchronous as zas
+
+    repo = await aic.Repository.create(aic.local_filesystem_storage(directory))
+    print(f"1. created a repository in {directory}")
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w", attributes={"title": "demo"})
+    arr = await group.create_array(
+        "temperature",
+        shape=(8, 100),
+        chunks=(1, 100),
+        dtype="f4",
+        dimension_names=("station", "time"),
+    )
+    await arr.setitem(slice(None), np.zeros((8, 100), dtype="f4"))
+    first = await session.commit("create temperature", metadata={"by": "demo"})
+    print(f"2. wrote an 8x100 array and committed {first}")
+    payloads = [session.fork().to_bytes() for _ in range(8)]
+
+    async def station(i: int) -> aic.ForkSession:
+        fork = aic.ForkSession.from_bytes(payloads[i])
+        a = await zas.open_array(store=fork.store, path="temperature")
+        await a.setitem(i, np.linspace(10 + i, 20 + i, 100, dtype="f4"))
+        return fork
+
+    forks = await asyncio.gather(*(station(i) for i in range(8)))
+    await session.merge(*forks)
+    second = await session.commit("8 stations written in parallel")
+    print(f"3. 8 forks wrote one station each, merged, committed {second}")
+    await repo.create_branch("experiment", first)
+    exp = await repo.writable_session("experiment")
+    a = await zas.open_array(store=exp.store, path="temperature")
+    await a.setitem(0, np.full(100, -99, dtype="f4"))
+    await exp.commit("an experiment on a branch")
+    await repo.create_tag("v1", second)
+    print("4. branch 'experiment' from the first commit; tag 'v1' on the second")
+    views: list[tuple[str, dict[str, str]]] = [
+        ("v1", {"tag": "v1"}),
+        ("experiment", {"branch": "experiment"}),
+    ]
+    for label, kwargs in views:
+        ro = await repo.readonly_session(**kwargs)
+        values: Any = await (
+            await zas.open_array(store=ro.store, path="temperature", mode="r")
+        ).getitem((0, slice(0, 3)))
+        print(f"   {label:>10}: station 0 starts {values}")
+    print("5. history of main:")
+    async for info in repo.ancestry(branch="main"):
+        print(f"   {info.id}  {info.message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aicechunk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("url", help="repository location: path, s3://, gs://, https://")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--region")
+    common.add_argument("--endpoint-url")
+    common.add_argument("--allow-http", action="store_true")
+    common.add_argument("--force-path-style", action="store_true")
+    common.add_argument("--anonymous", action="store_true")
+    common.add_argument("--access-key-id", help="or AWS_ACCESS_KEY_ID (secret: env only)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", parents=[common], help="spec version, branches, tags, config")
+    log = sub.add_parser("log", parents=[common], help="history, one line per snapshot")
+    log.add_argument("--branch")
+    log.add_argument("--tag")
+    ls = sub.add_parser("ls", parents=[common], help="groups and arrays")
+    ls.add_argument("path", nargs="?", default="")
+    ls.add_argument("--branch")
+    ls.add_argument("--tag")
+    ls.add_argument("--snapshot")
+    diff = sub.add_parser("diff", parents=[common], help="changes between two refs")
+    diff.add_argument("from_ref")
+    diff.add_argument("to_ref")
+    for kind in ("branch", "tag"):
+        p = sub.add_parser(kind, parents=[common], help=f"create, list, delete {kind}es")
+        p.add_argument("action", choices=["list", "create", "delete"])
+        p.add_argument("name", nargs="?")
+        p.add_argument("--snapshot", help="create at this snapshot id")
+        p.add_argument("--from", dest="source", help="create at this branch's tip")
+    d = sub.add_parser("demo", help="a guided tour on local disk")
+    d.add_argument("directory", nargs="?")
+    return parser
+
+
+async def run(args: argparse.Namespace) -> None:
+    if args.command == "demo":
+        if args.directory:
+            await demo(Path(args.directory))
+        else:
+            with tempfile.TemporaryDirectory(prefix="aicechunk-demo-") as tmp:
+                await demo(Path(tmp) / "repo")
+        return
+    if args.command in ("branch", "tag") and args.action != "list" and not args.name:
+        raise AicechunkError(f"{args.command} {args.action} needs a name")
+    storage = storage_for(args.url, args)
+    repo = await aic.Repository.open(storage)
+    try:
+        if args.command == "info":
+            await cmd_info(repo, args)
+        elif args.command == "log":
+            await cmd_log(repo, args)
+        elif args.command == "ls":
+            await cmd_ls(repo, args)
+        elif args.command == "diff":
+            await cmd_diff(repo, args)
+        else:
+            await cmd_refs(repo, args, args.command)
+    finally:
+        await storage.driver().close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aicechunk`` console script."""
-    parser = argparse.ArgumentParser(prog="aicechunk", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a short demonstration on local disk")
-    demo.add_argument("directory", nargs="?", help="where to write (default: a temp dir)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            if args.directory:
-                asyncio.run(_demo(Path(args.directory)))
-            else:
-                with tempfile.TemporaryDirectory(prefix="aicechunk-demo-") as tmp:
-                    asyncio.run(_demo(Path(tmp)))
-    except AicechunkError as err:
+        asyncio.run(run(args))
+    except (AicechunkError, ValueError) as err:
         print(f"aicechunk: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0

@@ -1,0 +1,112 @@
+"""The command line, on local storage and on S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aicechunk.cli import main
+from tests.servers import create_s3_bucket, next_bucket_name
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def demo_repo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    code, out, _ = run(capsys, "demo", str(tmp_path / "repo"))
+    assert code == 0 and "history of main" in out
+    return str(tmp_path / "repo")
+
+
+def test_every_command_on_local(demo_repo: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "info", demo_repo)
+    assert code == 0 and "Icechunk format v1" in out and "experiment" in out
+    info = json.loads(run(capsys, "info", demo_repo, "--json")[1])
+    assert set(info["branches"]) == {"main", "experiment"} and set(info["tags"]) == {"v1"}
+
+    log = json.loads(run(capsys, "log", demo_repo, "--json")[1])
+    assert [e["message"] for e in log] == [
+        "8 stations written in parallel",
+        "create temperature",
+        "Repository initialized",
+    ]
+    text = run(capsys, "log", demo_repo, "--branch", "experiment")[1]
+    assert text.splitlines()[0].endswith("an experiment on a branch")
+
+    rows = json.loads(run(capsys, "ls", demo_repo, "--json")[1])
+    array = next(r for r in rows if r["path"] == "/temperature")
+    assert array["shape"] == [8, 100] and array["chunk_count"] == 8
+    assert array["dtype"] == "float32" and array["dimension_names"] == ["station", "time"]
+    assert "array" in run(capsys, "ls", demo_repo, "temperature", "--tag", "v1")[1]
+
+    main_log = json.loads(run(capsys, "log", demo_repo, "--json")[1])
+    diff = json.loads(run(capsys, "diff", demo_repo, main_log[1]["id"], "v1", "--json")[1])
+    assert diff["updated_chunks"] == {"/temperature": 8}
+
+    assert run(capsys, "branch", demo_repo, "create", "dev", "--from", "main")[0] == 0
+    assert "dev" in run(capsys, "branch", demo_repo, "list")[1]
+    assert run(capsys, "branch", demo_repo, "delete", "dev")[0] == 0
+    assert run(capsys, "tag", demo_repo, "create", "v2")[0] == 0
+    assert json.loads(run(capsys, "tag", demo_repo, "list", "--json")[1]).keys() == {"v1", "v2"}
+    assert run(capsys, "tag", demo_repo, "delete", "v2")[0] == 0
+
+
+def test_errors_are_one_line(
+    tmp_path: Path, demo_repo: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (
+        ["info", str(tmp_path / "missing")],
+        ["tag", demo_repo, "create", "v1"],
+        ["branch", demo_repo, "delete", "main"],
+        ["branch", demo_repo, "create", "bad/name"],
+        ["log", demo_repo, "--branch", "nope"],
+        ["info", "ftp://example/x"],
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 1, argv
+        assert err.startswith("aicechunk: error: ") and err.count("\n") == 1, err
+
+
+def test_commands_on_s3(
+    s3_endpoint: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import aicechunk as aic
+    from tests.conftest import s3_test_storage
+    from tests.test_remote_repos import write_sample
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    repo = asyncio.run(aic.Repository.create(s3_test_storage(s3_endpoint, bucket, "cli")))
+    asyncio.run(write_sample(repo))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    url = f"s3://{bucket}/cli"
+    opts = ["--endpoint-url", s3_endpoint, "--region", "us-east-1", "--force-path-style"]
+    info = json.loads(run(capsys, "info", url, *opts, "--json")[1])
+    assert set(info["tags"]) == {"published"}
+    assert "sample" in run(capsys, "log", url, *opts)[1]
+    assert "/x" in run(capsys, "ls", url, *opts)[1]
+    assert run(capsys, "branch", url, "create", "b2", *opts)[0] == 0
+    assert "b2" in run(capsys, "branch", url, "list", *opts)[1]
+    diff = json.loads(run(capsys, "diff", url, "1CECHNKREP0F1RSTCMT0", "main", *opts, "--json")[1])
+    assert diff["new_arrays"] == ["/x"]
+
+
+def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "aicechunk", "demo", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "forks" in done.stdout
