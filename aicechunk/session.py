@@ -396,6 +396,15 @@ class Session:
             raise NodeNotFoundError(path, "array")
         return node
 
+    async def _array_for_chunk(self, path: str, coords: Coords) -> NodeView:
+        """The array at ``path``, checking ``coords`` lie on its chunk grid."""
+        node = await self._array(path)
+        assert node.array is not None
+        grid = chunk_grid(node.array)
+        if len(coords) != len(grid) or any(c >= g for c, g in zip(coords, grid, strict=True)):
+            raise ChunkIndexError(path, coords, grid)
+        return node
+
     async def _base_ref(self, node: NodeView, coords: Coords) -> ChunkRef | None:
         for mref in node.manifests:
             if all(lo <= c < hi for c, (lo, hi) in zip(coords, mref.extents, strict=False)):
@@ -447,11 +456,7 @@ class Session:
     async def set_chunk(self, path: str, coords: Coords, data: bytes) -> None:
         """Write a chunk: small ones inline in the manifest, others as chunk files."""
         self._check_writable()
-        node = await self._array(path)
-        assert node.array is not None
-        grid = chunk_grid(node.array)
-        if len(coords) != len(grid) or any(c >= g for c, g in zip(coords, grid, strict=True)):
-            raise ChunkIndexError(path, coords, grid)
+        await self._array_for_chunk(path, coords)
         ref: ChunkRef
         if len(data) <= self._config.inline_chunk_threshold_bytes:
             ref = InlineRef(bytes(data))
@@ -466,11 +471,7 @@ class Session:
     async def set_chunk_ref(self, path: str, coords: Coords, ref: ChunkRef) -> None:
         """Record an existing reference (e.g. a virtual one) for a chunk."""
         self._check_writable()
-        node = await self._array(path)
-        assert node.array is not None
-        grid = chunk_grid(node.array)
-        if len(coords) != len(grid) or any(c >= g for c, g in zip(coords, grid, strict=True)):
-            raise ChunkIndexError(path, coords, grid)
+        node = await self._array_for_chunk(path, coords)
         self._changes.set_chunk(node.id, coords, ref)
 
     def has_virtual_container(self, location: str) -> bool:

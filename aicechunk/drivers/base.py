@@ -29,6 +29,8 @@ __all__ = [
     "RangeRequest",
     "Secret",
     "SuffixRange",
+    "http_range_header",
+    "is_empty_range",
     "slice_bytes",
     "validate_key",
     "validate_prefix",
@@ -116,6 +118,25 @@ def range_bounds(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
     if isinstance(byte_range, OffsetRange):
         return min(byte_range.offset, size), size
     return max(0, size - byte_range.length), size
+
+
+def http_range_header(byte_range: ByteRange | None) -> str | None:
+    """The HTTP ``Range`` header value of a byte range (``None``: the whole object).
+
+    Empty ranges have no header form: check ``is_empty_range`` first.
+    """
+    if byte_range is None:
+        return None
+    if isinstance(byte_range, RangeRequest):
+        return f"bytes={byte_range.offset}-{byte_range.offset + byte_range.length - 1}"
+    if isinstance(byte_range, OffsetRange):
+        return f"bytes={byte_range.offset}-"
+    return f"bytes=-{byte_range.length}"
+
+
+def is_empty_range(byte_range: ByteRange | None) -> bool:
+    """Whether the range asks for no bytes at all (whatever the object's size)."""
+    return isinstance(byte_range, RangeRequest | SuffixRange) and byte_range.length == 0
 
 
 def slice_bytes(data: bytes, byte_range: ByteRange | None) -> bytes:
@@ -222,6 +243,14 @@ class LoopLocal(Generic[T]):
             value: T = self._factory()
             self._values[loop] = value
             return value
+
+    def pop_current(self) -> T | None:
+        """Remove and return the running loop's value, if it has one."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return self._values.pop(loop, None)
 
     def items(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
         """Every (loop, value) pair still alive."""

@@ -24,9 +24,9 @@ from aicechunk.drivers.base import (
     DriverConfig,
     LoopLocal,
     ObjectInfo,
-    OffsetRange,
     RangeRequest,
-    SuffixRange,
+    http_range_header,
+    is_empty_range,
 )
 from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
 
@@ -150,11 +150,9 @@ class GCSDriver(Driver):
 
     async def close(self) -> None:
         """Close the HTTP session made in the running loop."""
-        loop = asyncio.get_running_loop()
-        for owner, state in self._state.items():
-            if owner is loop and state.session is not None:
-                session, state.session, state.storage = state.session, None, None
-                await session.close()
+        state = self._state.pop_current()
+        if state is not None and state.session is not None:
+            await state.session.close()
 
     def _name(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -204,19 +202,10 @@ class GCSDriver(Driver):
     # -- reads ------------------------------------------------------------------------
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
-        header: str | None = None
-        if isinstance(byte_range, RangeRequest):
-            if byte_range.length == 0:
-                await self._head(key)
-                return b""
-            header = f"bytes={byte_range.offset}-{byte_range.offset + byte_range.length - 1}"
-        elif isinstance(byte_range, OffsetRange):
-            header = f"bytes={byte_range.offset}-"
-        elif isinstance(byte_range, SuffixRange):
-            if byte_range.length == 0:
-                await self._head(key)
-                return b""
-            header = f"bytes=-{byte_range.length}"
+        if is_empty_range(byte_range):
+            await self._head(key)  # still report a missing object
+            return b""
+        header = http_range_header(byte_range)
         headers = {"Range": header} if header else None
         name = self._name(key)
         try:
@@ -229,13 +218,8 @@ class GCSDriver(Driver):
                 await self._head(key)
                 return b""
             raise
-        if header and byte_range is not None:
-            # some servers ignore Range on small objects: never return more than asked
-            info_size = None
-            if isinstance(byte_range, RangeRequest) and len(data) > byte_range.length:
-                info_size = byte_range.length
-            if info_size is not None:
-                data = data[:info_size]
+        if isinstance(byte_range, RangeRequest) and len(data) > byte_range.length:
+            data = data[: byte_range.length]  # never more than asked, whatever the server did
         return data
 
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:

@@ -22,9 +22,8 @@ from aicechunk.drivers.base import (
     DriverConfig,
     LoopLocal,
     ObjectInfo,
-    OffsetRange,
-    RangeRequest,
-    SuffixRange,
+    http_range_header,
+    is_empty_range,
     range_bounds,
 )
 from aicechunk.errors import ObjectNotFound, ReadOnlyError, StorageError
@@ -114,11 +113,9 @@ class HTTPDriver(Driver):
 
     async def close(self) -> None:
         """Close the HTTP session made in the running loop."""
-        loop = asyncio.get_running_loop()
-        for owner, state in self._state.items():
-            if owner is loop and state.session is not None:
-                session, state.session = state.session, None
-                await session.close()
+        state = self._state.pop_current()
+        if state is not None and state.session is not None:
+            await state.session.close()
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{quote(key)}"
@@ -165,19 +162,10 @@ class HTTPDriver(Driver):
             raise StorageError(f"{method} failed: HTTP {status}", key=key, driver=self.label)
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
-        header: str | None = None
-        if isinstance(byte_range, RangeRequest):
-            if byte_range.length == 0:
-                await self._head(key)
-                return b""
-            header = f"bytes={byte_range.offset}-{byte_range.offset + byte_range.length - 1}"
-        elif isinstance(byte_range, OffsetRange):
-            header = f"bytes={byte_range.offset}-"
-        elif isinstance(byte_range, SuffixRange):
-            if byte_range.length == 0:
-                await self._head(key)
-                return b""
-            header = f"bytes=-{byte_range.length}"
+        if is_empty_range(byte_range):
+            await self._head(key)  # still report a missing object
+            return b""
+        header = http_range_header(byte_range)
         status, _headers, body = await self._request(
             "GET", key, {"Range": header} if header else None
         )

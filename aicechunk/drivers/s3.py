@@ -20,9 +20,8 @@ from aicechunk.drivers.base import (
     DriverConfig,
     LoopLocal,
     ObjectInfo,
-    OffsetRange,
-    RangeRequest,
-    SuffixRange,
+    http_range_header,
+    is_empty_range,
     secret,
 )
 from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
@@ -206,15 +205,10 @@ class S3Driver(Driver):
         return state.client, state.limit
 
     async def close(self) -> None:
-        """Close the clients made in the running loop (others close with their loop)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover
-            return
-        for owner, state in self._state.items():
-            if owner is loop and state.context is not None:
-                context, state.context, state.client = state.context, None, None
-                await context.__aexit__(None, None, None)
+        """Close the client made in the running loop (others close with their loop)."""
+        state = self._state.pop_current()
+        if state is not None and state.context is not None:
+            await state.context.__aexit__(None, None, None)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -251,24 +245,13 @@ class S3Driver(Driver):
 
     # -- reads ------------------------------------------------------------------------
 
-    @staticmethod
-    def _range_header(byte_range: ByteRange | None) -> str | None:
-        if byte_range is None:
-            return None
-        if isinstance(byte_range, RangeRequest):
-            return f"bytes={byte_range.offset}-{byte_range.offset + byte_range.length - 1}"
-        if isinstance(byte_range, OffsetRange):
-            return f"bytes={byte_range.offset}-"
-        assert isinstance(byte_range, SuffixRange)
-        return f"bytes=-{byte_range.length}"
-
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
-        if (isinstance(byte_range, RangeRequest | SuffixRange)) and byte_range.length == 0:
+        if is_empty_range(byte_range):
             await self._head(key)  # still report a missing object
             return b""
         client, limit = await self._client()
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
-        header = self._range_header(byte_range)
+        header = http_range_header(byte_range)
         if header:
             kwargs["Range"] = header
         async with limit:
