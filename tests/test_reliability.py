@@ -210,7 +210,7 @@ async def test_random_faults_never_corrupt() -> None:
         assert values[seed] == (seed if seed in landed else -1)
     report(
         "random faults (15% of gets/puts)",
-        runs=20,
+        runs=SEEDS,
         faults=-1,
         attempted=attempted,
         succeeded=succeeded,
