@@ -98,7 +98,12 @@ async def cmd_info(repo: aic.Repository, args: argparse.Namespace) -> None:
 
 async def cmd_log(repo: aic.Repository, args: argparse.Namespace) -> None:
     kwargs = {"tag": args.tag} if args.tag else {"branch": args.branch or "main"}
-    entries = [info async for info in repo.ancestry(**kwargs)]
+    progress = Progress()
+    entries = []
+    async for info in repo.ancestry(**kwargs):
+        entries.append(info)
+        progress.show(f"reading history: {len(entries)} snapshots")
+    progress.done()
     data = [
         {
             "id": e.id,
@@ -113,11 +118,31 @@ async def cmd_log(repo: aic.Repository, args: argparse.Namespace) -> None:
     out(args, data, text)
 
 
+class Progress:
+    """One self-rewriting status line on stderr, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[2K" + text[:100])
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+
 async def cmd_ls(repo: aic.Repository, args: argparse.Namespace) -> None:
     session = await resolve_session(repo, args)
     prefix = "/" + args.path.strip("/") if args.path else "/"
     rows = []
-    for node in await session.list_nodes():
+    progress = Progress()
+    nodes = await session.list_nodes()
+    for position, node in enumerate(nodes, 1):
+        progress.show(f"reading {position}/{len(nodes)}: {node.path}")
         if not (prefix == "/" or node.path == prefix or node.path.startswith(prefix + "/")):
             continue
         row: dict[str, Any] = {"path": node.path, "kind": "array" if node.is_array else "group"}
@@ -129,6 +154,7 @@ async def cmd_ls(repo: aic.Repository, args: argparse.Namespace) -> None:
             row["dimension_names"] = node.array.dimension_names
             row["chunk_count"] = sum([1 async for _ in session.chunk_coords(node.path)])
         rows.append(row)
+    progress.done()
     lines = []
     for r in rows:
         if r["kind"] == "group":

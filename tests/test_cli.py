@@ -110,3 +110,16 @@ def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0 and "forks" in done.stdout
+
+
+def test_progress_only_on_a_terminal(
+    demo_repo: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    code, out, err = run(capsys, "ls", demo_repo)
+    assert code == 0 and err == ""  # not a terminal: no progress
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code, out, err = run(capsys, "ls", demo_repo)
+    assert code == 0 and "reading 2/2: /temperature" in err
+    assert "/temperature" in out
