@@ -198,3 +198,25 @@ def test_fuzz_only_format_errors(
                 result.lookup(nid, (0,))
     except FormatError as err:
         assert str(err).startswith("fuzzed: ")
+
+
+def test_atheris_fuzzing_finds_nothing(tmp_path: Path) -> None:
+    """A bounded coverage-guided run of tests/fuzz/fuzz_decoders.py (if atheris installed)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("atheris")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    selector = {"snapshot": 0, "manifest": 1, "transaction log": 2}  # the script's first byte
+    for kind, (_, make, file_type) in DECODERS.items():
+        payload = decode_file(make(), file_type)
+        (corpus / kind.replace(" ", "_")).write_bytes(bytes([selector[kind]]) + payload)
+    script = Path(__file__).parent.parent / "fuzz" / "fuzz_decoders.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "-runs=20000", "-max_len=4096", str(corpus)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
