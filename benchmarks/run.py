@@ -483,7 +483,9 @@ def peak_memory(quick: bool) -> dict[str, float]:
                     + str(10_000 if quick else 1_000_000)
                     + ",10))"
                 )
-                + ";print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+                # VmHWM: this process's own peak (ru_maxrss would include the parent's)
+                + ";print([int(l.split()[1]) for l in open('/proc/self/status')"
+                " if l.startswith('VmHWM')][0]/1024)"
             )
             done = subprocess.run(
                 [sys.executable, "-c", code],

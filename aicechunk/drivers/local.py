@@ -287,7 +287,8 @@ class LocalDriver(Driver):
             tmp = self._write_temp(data)
             try:
                 if not conditional and not lock_path.exists():
-                    self._stamp(tmp, None)
+                    # a key never written conditionally (chunks, snapshots, manifests):
+                    # no lock, and the file's own mtime is a fine version token
                     return _info(key, self._install(tmp, path))
                 with _KeyLock(lock_path):
                     try:
