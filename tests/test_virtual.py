@@ -268,3 +268,49 @@ async def test_forks_carry_containers_and_credentials(tmp_path: Path, s3_endpoin
     session = await write_refs(repo, f"{prefix}f.nc")
     fork = aic.ForkSession.from_bytes(session.fork().to_bytes())
     np.testing.assert_array_equal(await read_v(fork), VALUES)
+
+
+async def test_refreshable_and_wrong_credentials(tmp_path: Path, s3_endpoint: str) -> None:
+    import boto3
+
+    from tests.drivers.test_remote import flaky_server
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).put_object(Bucket=bucket, Key="f.nc", Body=BLOB)
+    prefix = f"s3://{bucket}/"
+    calls: list[int] = []
+
+    def fetch_credentials() -> tuple[str, str, str | None]:
+        calls.append(1)
+        return "testing", "testing", None
+
+    store_config = aic.s3_store(
+        region="us-east-1", endpoint_url=s3_endpoint, allow_http=True, force_path_style=True
+    )
+    creds = {prefix: aic.s3_credentials(get_credentials=fetch_credentials)}
+    repo = await virtual_repo(tmp_path / "a", prefix, store_config, creds)
+    session = await write_refs(repo, f"{prefix}f.nc")
+    np.testing.assert_array_equal(await read_v(session), VALUES)
+    assert calls  # the callable supplied the keys
+
+    denial = (
+        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidAccessKeyId</Code>"
+        b"<Message>no such key</Message></Error>"
+    )
+    with flaky_server(failures=0, then=403, body=denial) as (url, _):
+        wrong_store = aic.s3_store(
+            region="us-east-1", endpoint_url=url, allow_http=True, force_path_style=True
+        )
+        wrong = {prefix: aic.s3_credentials(access_key_id="WRONG", secret_access_key="WRONG")}
+        repo2 = await virtual_repo(tmp_path / "b", prefix, wrong_store, wrong)
+        session2 = await write_refs(repo2, f"{prefix}f.nc")
+        with pytest.raises(aic.VirtualChunkError, match="access denied") as info:
+            await session2.get_chunk("/v", (0,))
+        assert f"{prefix}f.nc" in str(info.value) and "WRONG" not in str(info.value)
