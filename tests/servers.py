@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -102,9 +103,6 @@ def create_gcs_bucket(endpoint: str, bucket: str) -> None:
 def http_file_server(root: Path) -> Iterator[str]:
     """An aiohttp server publishing the files under ``root`` (Range, ETag, HEAD), in a
     thread of its own so that any event loop can use it; yields its base URL."""
-    import asyncio
-    import threading
-
     from aiohttp import web
 
     resolved_root = root.resolve()
@@ -117,27 +115,8 @@ def http_file_server(root: Path) -> Iterator[str]:
 
     app = web.Application()
     app.router.add_get("/{key:.+}", handle)  # HEAD too
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
-    port = free_port()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    started.wait(10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serve_app(app) as url:
+        yield url
 
 
 _buckets = iter(range(10**9))
@@ -165,9 +144,6 @@ def create_s3_bucket(endpoint: str, bucket: str) -> None:
 def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
     """An aiohttp reverse proxy on 127.0.0.1 that forwards to ``target`` and counts the
     requests; yields (its URL, a function returning the count so far)."""
-    import asyncio
-    import threading
-
     import aiohttp
     from aiohttp import web
 
@@ -195,6 +171,31 @@ def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
 
     app = web.Application(client_max_size=1024**3)
     app.router.add_route("*", "/{tail:.*}", handle)
+
+    async def open_session() -> None:
+        session_holder.append(aiohttp.ClientSession(auto_decompress=False))
+
+    async def close_session() -> None:
+        await session_holder[0].close()
+
+    with serve_app(app, open_session, close_session) as url:
+        yield url, lambda: count[0]
+
+
+@contextlib.contextmanager
+def serve_app(
+    app: Any,
+    on_start: Callable[[], Any] | None = None,
+    on_stop: Callable[[], Any] | None = None,
+) -> Iterator[str]:
+    """Run an aiohttp application on 127.0.0.1 in a thread with its own event loop (so any
+    test loop can use it); yields its base URL. ``on_start``/``on_stop`` are coroutine
+    functions run in that loop."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, access_log=None)
     port = free_port()
@@ -204,7 +205,8 @@ def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
         asyncio.set_event_loop(loop)
 
         async def start() -> None:
-            session_holder.append(aiohttp.ClientSession(auto_decompress=False))
+            if on_start is not None:
+                await on_start()
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
 
@@ -216,13 +218,29 @@ def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
     thread.start()
     started.wait(10)
     try:
-        yield f"http://127.0.0.1:{port}", lambda: count[0]
+        yield f"http://127.0.0.1:{port}"
     finally:
 
         async def stop() -> None:
             await runner.cleanup()
-            await session_holder[0].close()
+            if on_stop is not None:
+                await on_stop()
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def put_s3_object(endpoint: str, bucket: str, key: str, body: bytes) -> str:
+    """Store an object on moto's server; returns its ETag."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    etag: str = client.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
+    return etag

@@ -15,7 +15,13 @@ import zarr
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
-from tests.servers import create_gcs_bucket, create_s3_bucket, http_file_server, next_bucket_name
+from tests.servers import (
+    create_gcs_bucket,
+    create_s3_bucket,
+    http_file_server,
+    next_bucket_name,
+    put_s3_object,
+)
 
 VALUES = np.arange(64, dtype="<i4")
 BLOB = b"HEADER--" + VALUES.tobytes()  # chunk data at offset 8, like a small NetCDF
@@ -143,18 +149,9 @@ async def test_checksums_and_short_objects(tmp_path: Path) -> None:
 
 
 async def test_s3_seed_example_and_etag(tmp_path: Path, s3_endpoint: str) -> None:
-    import boto3
-
     bucket = next_bucket_name()
     create_s3_bucket(s3_endpoint, bucket)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    etag = s3.put_object(Bucket=bucket, Key="f.nc", Body=BLOB)["ETag"]
+    etag = put_s3_object(s3_endpoint, bucket, "f.nc", BLOB)
     prefix = f"s3://{bucket}/"
     store_config = aic.s3_store(
         region="us-east-1", endpoint_url=s3_endpoint, allow_http=True, force_path_style=True
@@ -165,7 +162,7 @@ async def test_s3_seed_example_and_etag(tmp_path: Path, s3_endpoint: str) -> Non
     repo = await virtual_repo(tmp_path, prefix, store_config, credentials)
     session = await write_refs(repo, f"{prefix}f.nc", checksum=etag)
     np.testing.assert_array_equal(await read_v(session), VALUES)
-    s3.put_object(Bucket=bucket, Key="f.nc", Body=BLOB[::-1])  # the object changes
+    put_s3_object(s3_endpoint, bucket, "f.nc", BLOB[::-1])  # the object changes
     ro = await repo.readonly_session(branch="main")
     with pytest.raises(aic.VirtualChunkError, match="changed"):
         await read_v(ro)
@@ -248,17 +245,9 @@ async def test_interop_virtual_refs(tmp_path: Path) -> None:
 
 
 async def test_forks_carry_containers_and_credentials(tmp_path: Path, s3_endpoint: str) -> None:
-    import boto3
-
     bucket = next_bucket_name()
     create_s3_bucket(s3_endpoint, bucket)
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).put_object(Bucket=bucket, Key="f.nc", Body=BLOB)
+    put_s3_object(s3_endpoint, bucket, "f.nc", BLOB)
     prefix = f"s3://{bucket}/"
     store_config = aic.s3_store(
         region="us-east-1", endpoint_url=s3_endpoint, allow_http=True, force_path_style=True
@@ -271,19 +260,11 @@ async def test_forks_carry_containers_and_credentials(tmp_path: Path, s3_endpoin
 
 
 async def test_refreshable_and_wrong_credentials(tmp_path: Path, s3_endpoint: str) -> None:
-    import boto3
-
     from tests.drivers.test_remote import flaky_server
 
     bucket = next_bucket_name()
     create_s3_bucket(s3_endpoint, bucket)
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).put_object(Bucket=bucket, Key="f.nc", Body=BLOB)
+    put_s3_object(s3_endpoint, bucket, "f.nc", BLOB)
     prefix = f"s3://{bucket}/"
     calls: list[int] = []
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +16,7 @@ from aicechunk.drivers.gcs import GCSDriver
 from aicechunk.drivers.http import HTTPDriver
 from aicechunk.drivers.s3 import S3Credentials, S3Driver
 from aicechunk.errors import ObjectNotFound, PreconditionFailed, ReadOnlyError, StorageError
-from tests.servers import create_gcs_bucket, free_port
+from tests.servers import create_gcs_bucket, free_port, serve_app
 
 
 @contextlib.contextmanager
@@ -35,26 +34,8 @@ def flaky_server(
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
-    port = free_port()
-    ready = threading.Event()
-
-    def serve() -> None:
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serve_app(app) as url:
+        yield url, seen
 
 
 async def test_http_retries_transient_errors() -> None:
