@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 Coords = tuple[int, ...]
+# arrays with at most this many refs in one manifest get a coords -> ref index on first
+# lookup; larger ones are binary-searched (building the index would cost more than it saves)
+_INDEX_LIMIT = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ class Manifest:
             assert nid is not None
             self._node_ids.append(reader.raw(nid, 8))
         self._refs_cache: dict[int, list[int]] = {}
+        self._index: dict[NodeId, dict[Coords, int]] = {}
 
     @property
     def name(self) -> str:
@@ -124,6 +128,14 @@ class Manifest:
         refs = self._array_refs(node_id)
         if not refs:
             return None
+        if len(refs) <= _INDEX_LIMIT:
+            # moderate arrays: index every ref once, then each lookup is a dict hit
+            index = self._index.get(node_id)
+            if index is None:
+                index = {self._coords(pos): pos for pos in refs}
+                self._index[node_id] = index
+            pos = index.get(coords)
+            return None if pos is None else self._ref(pos)
         lo, hi = 0, len(refs)
         while lo < hi:
             mid = (lo + hi) // 2
