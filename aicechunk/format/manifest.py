@@ -9,6 +9,8 @@ reference by two binary searches, decoding only what it touches.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -192,6 +194,15 @@ def decode_manifest(data: bytes, name: str = "<manifest>") -> Manifest:
 # array its table, its refs vector and the ref records. Runs of native references of one
 # dimensionality, the bulk of large manifests, are laid out with numpy in one go.
 
+_OFFSET = operator.attrgetter("offset")
+_LENGTH = operator.attrgetter("length")
+_LOCATION = operator.attrgetter("location")
+
+
+def _ETAG_OR_MODIFIED(ref: ChunkRef) -> bool:
+    return bool(getattr(ref, "etag", None) or getattr(ref, "last_modified", None))
+
+
 # ChunkRef field offsets inside each record shape (0: field absent)
 _NATIVE_SLOTS = (4, 0, 8, 16, 24)  # index, -, offset, length, chunk_id
 _NATIVE_TABLE = 36
@@ -215,8 +226,8 @@ def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]
     positions = base + np.arange(n, dtype=np.int64) * rec
     view["soff"] = positions - vt
     view["idx"] = 32
-    view["off"] = np.fromiter((r.offset for r in refs), dtype=np.uint64, count=n)
-    view["len"] = np.fromiter((r.length for r in refs), dtype=np.uint64, count=n)
+    view["off"] = np.fromiter(map(_OFFSET, refs), dtype=np.uint64, count=n)
+    view["len"] = np.fromiter(map(_LENGTH, refs), dtype=np.uint64, count=n)
     view["cid"] = np.frombuffer(b"".join(r.chunk_id.bytes for r in refs), dtype=np.uint8).reshape(
         n, 12
     )
@@ -245,15 +256,16 @@ def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> li
     positions = base + np.arange(n, dtype=np.int64) * rec
     view["soff"] = positions - vt
     view["idx"] = 24
-    view["off"] = np.fromiter((r.offset for r in refs), dtype=np.uint64, count=n)
-    view["len"] = np.fromiter((r.length for r in refs), dtype=np.uint64, count=n)
+    view["off"] = np.fromiter(map(_OFFSET, refs), dtype=np.uint64, count=n)
+    view["len"] = np.fromiter(map(_LENGTH, refs), dtype=np.uint64, count=n)
     view["vlen"] = ndim
     if ndim:
         view["coords"] = coords
     table: dict[str, int] = {}
-    which = np.fromiter(
-        (table.setdefault(r.location, len(table)) for r in refs), dtype=np.int64, count=n
-    )
+    locations = list(map(_LOCATION, refs))
+    for location in set(locations):
+        table[location] = len(table)
+    which = np.fromiter(map(table.__getitem__, locations), dtype=np.int64, count=n)
     del view  # the buffer grows below
     string_pos = np.array([w.string(loc) for loc in table], dtype=np.int64)
     fields = positions + 24
@@ -307,14 +319,17 @@ def _sorted_refs(items: Iterable[tuple[Coords, ChunkRef]]) -> tuple[np.ndarray, 
     pairs = list(items)
     if not pairs:
         return np.zeros((0, 0), dtype=np.uint32), []
-    ndims = {len(c) for c, _ in pairs}
+    keys, values = zip(*pairs, strict=True)
+    ndims = set(map(len, keys))
     if len(ndims) == 1:
         ndim = ndims.pop()
-        coords = np.array([c for c, _ in pairs], dtype=np.uint32).reshape(len(pairs), ndim)
+        n = len(keys)
+        flat = np.fromiter(itertools.chain.from_iterable(keys), dtype=np.uint32, count=n * ndim)
+        coords = flat.reshape(n, ndim)
         if ndim:
             order = np.lexsort(coords.T[::-1])
-            return coords[order], [pairs[i][1] for i in order.tolist()]
-        return coords, [r for _, r in pairs]
+            return coords[order], list(map(values.__getitem__, order.tolist()))
+        return coords, list(values)
     pairs.sort(key=lambda p: p[0])
     # mixed dimensionality (never in a valid array): keep Python tuples in an object array
     obj = np.empty(len(pairs), dtype=object)
@@ -380,13 +395,13 @@ def _manifest_payload(
             coords, refs = _sorted_refs(items)
         refs_vec = w.offset_vector(len(refs))
         w.uoffset(table + 12, refs_vec)
-        kinds = {type(r) for r in refs}
+        kinds = set(map(type, refs))
         if coords.dtype != object and kinds == {NativeRef}:
             positions = _native_block(w, vt_native, coords, refs)  # type: ignore[arg-type]
         elif (
             coords.dtype != object
             and kinds == {VirtualRef}
-            and all(r.etag is None and not r.last_modified for r in refs)  # type: ignore[union-attr]
+            and not any(map(_ETAG_OR_MODIFIED, refs))
         ):
             positions = _virtual_block(w, coords, refs)  # type: ignore[arg-type]
         else:
