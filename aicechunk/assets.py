@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aicechunk.drivers.base import ByteRange, Driver
 from aicechunk.errors import (
@@ -113,6 +113,16 @@ def _log_size(log: TransactionLog) -> int:
     )
 
 
+# encoding more than this many items (nodes, changes) goes to a worker thread
+_THREAD_ENCODE_ITEMS = 10_000
+
+
+async def _encode_off_loop(encode: Callable[[Any], bytes], value: Any, items: int) -> bytes:
+    if items >= _THREAD_ENCODE_ITEMS:
+        return await asyncio.to_thread(encode, value)
+    return encode(value)
+
+
 async def _decode_off_loop(decode: Callable[[], V], size: int) -> V:
     if size >= _THREAD_DECODE_BYTES:
         return await asyncio.to_thread(decode)
@@ -188,7 +198,7 @@ class AssetManager:
 
     async def write_snapshot(self, snapshot: Snapshot) -> None:
         """Write a new snapshot file (never overwrites)."""
-        data = encode_snapshot(snapshot)
+        data = await _encode_off_loop(encode_snapshot, snapshot, len(snapshot.nodes))
         await self.driver.put(SNAPSHOTS + str(snapshot.id), data)
         self._snapshots.put(snapshot.id, snapshot)
 
@@ -238,7 +248,8 @@ class AssetManager:
 
     async def write_transaction_log(self, log: TransactionLog) -> None:
         """Write the transaction log of a new snapshot."""
-        await self.driver.put(TRANSACTIONS + str(log.id), encode_transaction_log(log))
+        data = await _encode_off_loop(encode_transaction_log, log, _log_size(log))
+        await self.driver.put(TRANSACTIONS + str(log.id), data)
         self._txlogs.put(log.id, log)
 
     # -- chunks -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ the branch with a conditional write, so a commit is all or nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import struct
@@ -650,6 +651,26 @@ class Session:
 
     async def _flush(self, message: str, metadata: Mapping[str, Any]) -> Snapshot:
         """Write manifests, transaction log and snapshot for the pending changes."""
+        snapshot_id = SnapshotId.random()
+        # the transaction log does not depend on the manifests: write it meanwhile
+        log_written = asyncio.ensure_future(
+            self._assets.write_transaction_log(self._transaction_log(snapshot_id))
+        )
+        try:
+            return await self._flush_rest(snapshot_id, message, metadata, log_written)
+        except BaseException:
+            log_written.cancel()
+            with contextlib.suppress(BaseException):
+                await log_written
+            raise
+
+    async def _flush_rest(
+        self,
+        snapshot_id: SnapshotId,
+        message: str,
+        metadata: Mapping[str, Any],
+        log_written: asyncio.Future[None],
+    ) -> Snapshot:
         base = await self.snapshot()
         changes = self._changes
         known_files = {f.id: f for f in base.manifest_files}
@@ -661,12 +682,18 @@ class Session:
             manifests = view.manifests
             changed = changes.chunk_changes(view.id)
             if changed:
-                refs = await self._base_refs(view) if view.manifests else {}
-                for coords, ref in changed.items():
-                    if ref is None:
-                        refs.pop(coords, None)
-                    else:
-                        refs[coords] = ref
+                refs: dict[Coords, ChunkRef]
+                if view.manifests:
+                    refs = await self._base_refs(view)
+                    for coords, ref in changed.items():
+                        if ref is None:
+                            refs.pop(coords, None)
+                        else:
+                            refs[coords] = ref
+                elif None in changed.values():
+                    refs = {c: r for c, r in changed.items() if r is not None}
+                else:  # a new array: its changes are all its refs (the common bulk case)
+                    refs = changed  # type: ignore[assignment]
                 manifests = ()
                 if refs:
                     manifest_id = ManifestId.random()
@@ -700,7 +727,6 @@ class Session:
                     if mref.object_id not in files and mref.object_id in known_files:
                         files[mref.object_id] = known_files[mref.object_id]
 
-        snapshot_id = SnapshotId.random()
         snapshot = Snapshot(
             id=snapshot_id,
             parent_id=self._snapshot_id,
@@ -710,7 +736,7 @@ class Session:
             nodes=tuple(nodes),
             manifest_files=tuple(sorted(files.values(), key=lambda f: f.id)),
         )
-        await self._assets.write_transaction_log(self._transaction_log(snapshot_id))
+        await log_written
         await self._assets.write_snapshot(snapshot)
         return snapshot
 
