@@ -8,9 +8,13 @@ merge it back.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from aicechunk.format.ids import ChunkId, NodeId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
@@ -142,6 +146,8 @@ class ChangeSet:
 # A compact, msgpack-friendly form: ids as raw bytes, refs as short tagged lists.
 
 _NATIVE, _INLINE, _VIRTUAL = 0, 1, 2
+_OFFSET = operator.attrgetter("offset")
+_LENGTH = operator.attrgetter("length")
 
 
 def _ref_to_plain(ref: ChunkRef | None) -> list[Any] | None:
@@ -178,6 +184,111 @@ def _def_from_plain(item: list[Any]) -> ArrayDefinition:
     return ArrayDefinition(shape, names, bytes(item[2]))
 
 
+def _chunks_to_plain(refs: dict[Coords, ChunkRef | None]) -> dict[str, Any]:
+    """One array's chunk changes, column by column: coordinates as one int64 buffer per
+    kind of change, native and inline refs as flat buffers, virtual refs with their
+    locations listed once. Coordinates of mixed dimensionality (never valid in an array)
+    fall back to one entry per chunk."""
+    ndims = set(map(len, refs))
+    if len(ndims) > 1:
+        return {"L": [[list(c), _ref_to_plain(r)] for c, r in refs.items()]}
+    ndim = ndims.pop() if ndims else 0
+    groups: dict[type | None, list[tuple[Coords, Any]]] = {}
+    for item in refs.items():
+        groups.setdefault(type(item[1]) if item[1] is not None else None, []).append(item)
+
+    def coords_of(items: list[tuple[Coords, Any]]) -> bytes:
+        flat = itertools.chain.from_iterable(c for c, _ in items)
+        return np.fromiter(flat, dtype="<i8", count=len(items) * ndim).tobytes()
+
+    out: dict[str, Any] = {"d": ndim}
+    if None in groups:
+        out["D"] = [coords_of(groups[None]), len(groups[None])]
+    if NativeRef in groups:
+        items = groups[NativeRef]
+        natives: list[NativeRef] = [r for _, r in items]
+        out["N"] = [
+            coords_of(items),
+            b"".join(r.chunk_id.bytes for r in natives),
+            np.fromiter(map(_OFFSET, natives), dtype="<u8", count=len(natives)).tobytes(),
+            np.fromiter(map(_LENGTH, natives), dtype="<u8", count=len(natives)).tobytes(),
+        ]
+    if InlineRef in groups:
+        items = groups[InlineRef]
+        datas = [r.data for _, r in items]
+        out["I"] = [
+            coords_of(items),
+            np.fromiter(map(len, datas), dtype="<u8", count=len(datas)).tobytes(),
+            b"".join(datas),
+        ]
+    if VirtualRef in groups:
+        items = groups[VirtualRef]
+        virtuals: list[VirtualRef] = [r for _, r in items]
+        locations: dict[str, int] = {}
+        which = [locations.setdefault(r.location, len(locations)) for r in virtuals]
+        etags = [r.etag for r in virtuals]
+        modified = [r.last_modified for r in virtuals]
+        out["V"] = [
+            coords_of(items),
+            list(locations),
+            np.asarray(which, dtype="<u4").tobytes(),
+            np.fromiter(map(_OFFSET, virtuals), dtype="<u8", count=len(virtuals)).tobytes(),
+            np.fromiter(map(_LENGTH, virtuals), dtype="<u8", count=len(virtuals)).tobytes(),
+            None if not any(etags) else etags,
+            None if not any(modified) else modified,
+        ]
+    return out
+
+
+def _chunks_from_plain(data: dict[str, Any]) -> dict[Coords, ChunkRef | None]:
+    if "L" in data:
+        return {tuple(int(x) for x in c): _ref_from_plain(r) for c, r in data["L"]}
+    ndim = int(data["d"])
+    out: dict[Coords, ChunkRef | None] = {}
+
+    def coords(raw: bytes, count: int) -> list[Coords]:
+        if ndim == 0:
+            return [()] * count
+        flat = np.frombuffer(raw, dtype="<i8")
+        if len(flat) != count * ndim:
+            raise ValueError(f"{len(flat)} coordinates for {count} chunk changes of {ndim} dims")
+        # zip over the columns makes the tuples in C
+        return list(zip(*flat.reshape(count, ndim).T.tolist(), strict=True))
+
+    if "N" in data:
+        raw, ids, offsets, lengths = data["N"]
+        offs = np.frombuffer(offsets, dtype="<u8").tolist()
+        lens = np.frombuffer(lengths, dtype="<u8").tolist()
+        if len(ids) != 12 * len(offs) or len(lens) != len(offs):
+            raise ValueError("native chunk columns of different lengths")
+        cuts = map(slice, range(0, len(ids), 12), range(12, len(ids) + 12, 12))
+        chunk_ids = map(ChunkId, map(ids.__getitem__, cuts))
+        out.update(zip(coords(raw, len(offs)), map(NativeRef, chunk_ids, offs, lens), strict=True))
+    if "I" in data:
+        raw, lengths, blob = data["I"]
+        ends = np.cumsum(np.frombuffer(lengths, dtype="<u8").astype(np.int64)).tolist()
+        if (ends[-1] if ends else 0) != len(blob):
+            raise ValueError("inline chunk lengths do not add up to the inline bytes")
+        starts = [0, *ends[:-1]]
+        datas = list(map(blob.__getitem__, map(slice, starts, ends)))
+        out.update(zip(coords(raw, len(ends)), map(InlineRef, datas), strict=True))
+    if "V" in data:
+        raw, locations, which, offsets, lengths, etags, modified = data["V"]
+        idx = np.frombuffer(which, dtype="<u4").tolist()
+        count = len(idx)
+        locs = list(map(locations.__getitem__, idx))
+        offs = np.frombuffer(offsets, dtype="<u8").tolist()
+        lens = np.frombuffer(lengths, dtype="<u8").tolist()
+        etag_col = [None] * count if etags is None else etags
+        mod_col = [None] * count if modified is None else modified
+        refs = map(VirtualRef, locs, offs, lens, etag_col, mod_col)
+        out.update(zip(coords(raw, count), refs, strict=True))
+    if "D" in data:
+        raw, count = data["D"]
+        out.update(dict.fromkeys(coords(raw, int(count))))
+    return out
+
+
 def changeset_to_plain(cs: ChangeSet) -> dict[str, Any]:
     """The change set as plain data (bytes, ints, strings, lists, dicts)."""
     return {
@@ -187,10 +298,7 @@ def changeset_to_plain(cs: ChangeSet) -> dict[str, Any]:
         "ua": [[n.bytes, _def_to_plain(d)] for n, d in cs.updated_arrays.items()],
         "dg": [[p, n.bytes] for p, n in cs.deleted_groups.items()],
         "da": [[p, n.bytes] for p, n in cs.deleted_arrays.items()],
-        "c": [
-            [n.bytes, [[list(c), _ref_to_plain(r)] for c, r in refs.items()]]
-            for n, refs in cs.chunks.items()
-        ],
+        "c": [[n.bytes, _chunks_to_plain(refs)] for n, refs in cs.chunks.items() if refs],
     }
 
 
@@ -203,8 +311,5 @@ def changeset_from_plain(data: dict[str, Any]) -> ChangeSet:
         updated_arrays={NodeId(n): _def_from_plain(d) for n, d in data["ua"]},
         deleted_groups={p: NodeId(n) for p, n in data["dg"]},
         deleted_arrays={p: NodeId(n) for p, n in data["da"]},
-        chunks={
-            NodeId(n): {tuple(int(x) for x in c): _ref_from_plain(r) for c, r in refs}
-            for n, refs in data["c"]
-        },
+        chunks={NodeId(n): _chunks_from_plain(refs) for n, refs in data["c"]},
     )

@@ -690,7 +690,7 @@ class Session:
                             refs.pop(coords, None)
                         else:
                             refs[coords] = ref
-                elif None in changed.values():
+                elif type(None) in set(map(type, changed.values())):  # no per-ref __eq__
                     refs = {c: r for c, r in changed.items() if r is not None}
                 else:  # a new array: its changes are all its refs (the common bulk case)
                     refs = changed  # type: ignore[assignment]
@@ -859,7 +859,7 @@ __all__ += ["ChunkIndexError", "InvalidMetadataError", "NodeNotFoundError"]
 
 
 _FORK_MAGIC = b"AICFORK\x00"
-_FORK_VERSION = 1
+_FORK_VERSION = 2  # 2: chunk changes stored column by column
 _FORK_HEADER = struct.Struct("<8sHHI")  # magic, version, flags, crc32 of the body
 
 

@@ -109,7 +109,7 @@ def icechunk_reads_and_commits(path: Path, expected: dict[str, np.ndarray]) -> s
         [3, 2],
     ]
     full = repo.diff(from_snapshot_id="1CECHNKREP0F1RSTCMT0", to_tag="release")
-    assert full.new_arrays == {"/grid", "/nested/text", "/nested/big"}
+    assert full.new_arrays == {"/grid", "/nested/text", "/nested/big", "/nested/mixed"}
     s = repo.writable_session("main")
     arr = zarr.open_array(store=s.store, path="grid")
     arr[0, :] = 99
@@ -133,6 +133,10 @@ async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -
     )  # 3.2 KB chunks: native chunk files
     big_values = np.random.default_rng(1).random((50, 40))
     await big.setitem(slice(None), big_values)
+    # zeros compress to inline chunks, random values stay native: one manifest, both kinds
+    mixed = await root.create_array("nested/mixed", shape=(600,), chunks=(100,), dtype="f8")
+    mixed_values = np.concatenate([np.zeros(300), np.random.default_rng(2).random(300)])
+    await mixed.setitem(slice(None), mixed_values)
     first = await session.commit("first", metadata={"who": "us"})
     await repo.create_tag("release", first)
     await repo.create_branch("feature", first)
@@ -144,7 +148,12 @@ async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -
     new_id = await asyncio.to_thread(
         icechunk_reads_and_commits,
         tmp_path / "ours",
-        {"grid": values, "nested/text": np.array([7, 8, 9], dtype="i2"), "nested/big": big_values},
+        {
+            "grid": values,
+            "nested/text": np.array([7, 8, 9], dtype="i2"),
+            "nested/big": big_values,
+            "nested/mixed": mixed_values,
+        },
     )
     assert await repo.lookup_branch("main") == new_id
     ro = await repo.readonly_session(branch="main")

@@ -80,7 +80,8 @@ class RepositoryMachine(RuleBasedStateMachine):
     @rule()
     def discard(self) -> None:
         self.session.discard_changes()
-        self.pending = self.snapshots[self.branches[self.branch]].copy()
+        # the session stays on its own snapshot, even if its branch was reset meanwhile
+        self.pending = self.snapshots[str(self.session.snapshot_id)].copy()
 
     @rule(message=st.text(max_size=10))
     def commit(self, message: str) -> None:
@@ -122,7 +123,8 @@ class RepositoryMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def reset_branch(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(self.branches)))
-        target = data.draw(st.sampled_from(sorted(self.snapshots)))
+        # insertion order, not id order: ids are random, and replays must draw the same
+        target = data.draw(st.sampled_from(list(self.snapshots)))
         self.run(self.repo.reset_branch(name, target))
         self.branches[name] = target
 

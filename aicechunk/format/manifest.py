@@ -210,7 +210,7 @@ _INLINE_SLOTS = (4, 8)  # index, inline
 _INLINE_TABLE = 12
 
 
-def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]) -> list[int]:
+def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]) -> np.ndarray:
     n, ndim = coords.shape
     rec = (40 + 4 * ndim + 7) // 8 * 8
     base = w.reserve(n * rec, 8)
@@ -223,7 +223,7 @@ def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]
         }
     )
     view = np.frombuffer(memoryview(w.buf)[base : base + n * rec], dtype=dtype)
-    positions = base + np.arange(n, dtype=np.int64) * rec
+    positions: np.ndarray = base + np.arange(n, dtype=np.int64) * rec
     view["soff"] = positions - vt
     view["idx"] = 32
     view["off"] = np.fromiter(map(_OFFSET, refs), dtype=np.uint64, count=n)
@@ -234,10 +234,10 @@ def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]
     view["vlen"] = ndim
     if ndim:
         view["coords"] = coords
-    return list(positions.tolist())
+    return positions
 
 
-def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> list[int]:
+def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> np.ndarray:
     """Checksum-less virtual refs of one dimensionality; each distinct location string is
     written once, after the records, and shared by every ref that points into it."""
     n, ndim = coords.shape
@@ -253,7 +253,7 @@ def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> li
         }
     )
     view = np.frombuffer(memoryview(w.buf)[base : base + n * rec], dtype=dtype)
-    positions = base + np.arange(n, dtype=np.int64) * rec
+    positions: np.ndarray = base + np.arange(n, dtype=np.int64) * rec
     view["soff"] = positions - vt
     view["idx"] = 24
     view["off"] = np.fromiter(map(_OFFSET, refs), dtype=np.uint64, count=n)
@@ -275,7 +275,51 @@ def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> li
         n, rec
     )
     records[:, 24:28] = loc_offsets.view(np.uint8).reshape(n, 4)
-    return list(positions.tolist())
+    del records
+    return positions
+
+
+def _inline_block(w: Forward, vt: int, coords: np.ndarray, refs: list[InlineRef]) -> np.ndarray:
+    """Inline refs of one dimensionality, laid out with numpy: each record is its table,
+    its index vector and its byte vector, back to back (the per-ref layout a builder
+    writes, so the file compresses as well)."""
+    n, ndim = coords.shape
+    head = 5 + ndim  # u32 words: soffset, index offset, data offset, ndim, coords, data length
+    datas = [r.data for r in refs]
+    lengths = np.fromiter(map(len, datas), dtype=np.int64, count=n)
+    sizes = 4 * head + (lengths + 3) // 4 * 4
+    total = int(sizes.sum())
+    base = w.reserve(total, 4)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    positions = base + starts
+    header = np.empty((n, head), dtype="<u4")
+    header[:, 0] = (positions - vt).astype("<i4").view("<u4")
+    header[:, 1] = 8  # the index vector follows the 12-byte table
+    header[:, 2] = 4 * head - 12  # the byte vector follows the index vector
+    header[:, 3] = ndim
+    if ndim:
+        header[:, 4 : 4 + ndim] = coords
+    header[:, head - 1] = lengths
+    out = np.frombuffer(memoryview(w.buf)[base : base + total], dtype=np.uint8)
+    src = np.frombuffer(b"".join(datas), dtype=np.uint8)
+    if n and (sizes == sizes[0]).all() and (lengths == lengths[0]).all():
+        # one chunk size (the usual case): fixed-stride records
+        rows = out.reshape(n, int(sizes[0]))
+        rows[:, : 4 * head] = header.view(np.uint8).reshape(n, 4 * head)
+        if lengths[0]:
+            rows[:, 4 * head : 4 * head + int(lengths[0])] = src.reshape(n, int(lengths[0]))
+        del rows
+    elif n:
+        words = out.view("<u4")
+        words[(starts // 4)[:, None] + np.arange(head)] = header
+        del words
+        src_starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=src_starts[1:])
+        shift = np.repeat(starts + 4 * head - src_starts, lengths)
+        out[np.arange(len(src)) + shift] = src
+    del out  # release the buffer export: the buffer grows later
+    return positions
 
 
 def _ref_record(w: Forward, coords: Coords, ref: ChunkRef) -> int:
@@ -372,6 +416,65 @@ class _Presorted:
         self.refs = refs
 
 
+_KIND_OF = {NativeRef: 0, InlineRef: 1, VirtualRef: 2}
+_NATIVE, _INLINE, _VIRTUAL, _CHECKSUMMED = 0, 1, 2, 3
+
+
+def _records(w: Forward, vt_native: int, coords: np.ndarray, refs: list[ChunkRef]) -> np.ndarray:
+    """Write one array's ref records; their positions, in the order of ``refs``.
+
+    Records may lie in any order (the refs vector points at each), so refs are grouped
+    by kind and each group laid out in bulk; only virtual refs carrying a checksum, and
+    coordinates of mixed dimensionality, are written one by one."""
+    n = len(refs)
+    if coords.dtype == object:
+        return np.array(
+            [
+                _ref_record(w, tuple(int(x) for x in c), r)
+                for c, r in zip(coords, refs, strict=True)
+            ],
+            dtype=np.int64,
+        )
+    kinds = np.fromiter(map(_KIND_OF.__getitem__, map(type, refs)), dtype=np.uint8, count=n)
+    present = set(np.flatnonzero(np.bincount(kinds, minlength=4)).tolist())
+    if _VIRTUAL in present:
+        checked = np.fromiter(map(_ETAG_OR_MODIFIED, refs), dtype=bool, count=n)
+        kinds[checked] = _CHECKSUMMED
+        present = set(np.flatnonzero(np.bincount(kinds, minlength=4)).tolist())
+    groups: list[tuple[int, np.ndarray | None]]
+    if len(present) == 1:
+        groups = [(present.pop(), None)]
+    else:
+        groups = [(k, np.flatnonzero(kinds == k)) for k in sorted(present)]
+    positions = np.empty(n, dtype=np.int64)
+    for kind, where in groups:
+        if where is None:
+            sub_coords, sub_refs = coords, refs
+        else:
+            sub_coords = coords[where]
+            sub_refs = list(map(refs.__getitem__, where.tolist()))
+        if kind == _NATIVE:
+            found = _native_block(w, vt_native, sub_coords, sub_refs)  # type: ignore[arg-type]
+        elif kind == _INLINE:
+            vt_inline = w.vtable(_INLINE_TABLE, _INLINE_SLOTS)
+            found = _inline_block(w, vt_inline, sub_coords, sub_refs)  # type: ignore[arg-type]
+        elif kind == _VIRTUAL:
+            found = _virtual_block(w, sub_coords, sub_refs)  # type: ignore[arg-type]
+        else:
+            found = np.array(
+                [
+                    _ref_record(w, tuple(c), r)
+                    for c, r in zip(sub_coords.tolist(), sub_refs, strict=True)
+                ],
+                dtype=np.int64,
+            )
+        if where is None:
+            positions = found
+        else:
+            positions[where] = found
+    return positions
+
+
 def _manifest_payload(
     manifest_id: ManifestId, arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]]
 ) -> bytes:
@@ -395,23 +498,10 @@ def _manifest_payload(
             coords, refs = _sorted_refs(items)
         refs_vec = w.offset_vector(len(refs))
         w.uoffset(table + 12, refs_vec)
-        kinds = set(map(type, refs))
-        if coords.dtype != object and kinds == {NativeRef}:
-            positions = _native_block(w, vt_native, coords, refs)  # type: ignore[arg-type]
-        elif (
-            coords.dtype != object
-            and kinds == {VirtualRef}
-            and not any(map(_ETAG_OR_MODIFIED, refs))
-        ):
-            positions = _virtual_block(w, coords, refs)  # type: ignore[arg-type]
-        else:
-            positions = [
-                _ref_record(w, tuple(int(x) for x in c), r)
-                for c, r in zip(coords, refs, strict=True)
-            ]
-        if positions:
+        positions = _records(w, vt_native, coords, refs)
+        if len(positions):
             slots = refs_vec + 4 + 4 * np.arange(len(positions), dtype=np.int64)
-            offsets = (np.asarray(positions, dtype=np.int64) - slots).astype("<u4")
+            offsets = (positions - slots).astype("<u4")
             start = refs_vec + 4
             w.buf[start : start + 4 * len(positions)] = offsets.tobytes()
     return w.finish(root)
