@@ -8,14 +8,11 @@ merge it back.
 
 from __future__ import annotations
 
-import itertools
-import operator
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from aicechunk.chunktable import ChunkTable
 from aicechunk.format.ids import ChunkId, NodeId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
 from aicechunk.format.snapshot import DimensionShape
@@ -40,7 +37,6 @@ class ArrayDefinition:
     user_data: bytes
 
 
-@dataclass
 class ChangeSet:
     """Pending changes of one session.
 
@@ -48,15 +44,89 @@ class ChangeSet:
     node id; deletions record path -> node id of nodes that existed in the base snapshot
     (a node created and deleted in the same session simply disappears). ``chunks`` maps a
     node id to the chunk references set (a ``ChunkRef``) or deleted (``None``).
+
+    Chunk changes merged in from forks stay column by column (``ChunkTable``) until
+    something asks for them one by one: a commit encodes them without making objects.
     """
 
-    new_groups: dict[str, tuple[NodeId, bytes]] = field(default_factory=dict)
-    new_arrays: dict[str, tuple[NodeId, ArrayDefinition]] = field(default_factory=dict)
-    updated_groups: dict[NodeId, bytes] = field(default_factory=dict)
-    updated_arrays: dict[NodeId, ArrayDefinition] = field(default_factory=dict)
-    deleted_groups: dict[str, NodeId] = field(default_factory=dict)
-    deleted_arrays: dict[str, NodeId] = field(default_factory=dict)
-    chunks: dict[NodeId, dict[Coords, ChunkRef | None]] = field(default_factory=dict)
+    def __init__(
+        self,
+        new_groups: dict[str, tuple[NodeId, bytes]] | None = None,
+        new_arrays: dict[str, tuple[NodeId, ArrayDefinition]] | None = None,
+        updated_groups: dict[NodeId, bytes] | None = None,
+        updated_arrays: dict[NodeId, ArrayDefinition] | None = None,
+        deleted_groups: dict[str, NodeId] | None = None,
+        deleted_arrays: dict[str, NodeId] | None = None,
+        chunks: dict[NodeId, dict[Coords, ChunkRef | None]] | None = None,
+    ) -> None:
+        self.new_groups = {} if new_groups is None else new_groups
+        self.new_arrays = {} if new_arrays is None else new_arrays
+        self.updated_groups = {} if updated_groups is None else updated_groups
+        self.updated_arrays = {} if updated_arrays is None else updated_arrays
+        self.deleted_groups = {} if deleted_groups is None else deleted_groups
+        self.deleted_arrays = {} if deleted_arrays is None else deleted_arrays
+        # a node's chunk changes are its dict, then its tables applied in order
+        self._chunks: dict[NodeId, dict[Coords, ChunkRef | None]] = chunks or {}
+        self._tables: dict[NodeId, list[ChunkTable]] = {}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChangeSet):
+            return NotImplemented
+        fields = (
+            "new_groups",
+            "new_arrays",
+            "updated_groups",
+            "updated_arrays",
+            "deleted_groups",
+            "deleted_arrays",
+        )
+        if any(getattr(self, f) != getattr(other, f) for f in fields):
+            return False
+        mine = {n: refs for n, refs in self.chunks.items() if refs}
+        return mine == {n: refs for n, refs in other.chunks.items() if refs}
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        counts = {n: len(self.chunk_changes_coords(n)) for n in self.chunk_nodes()}
+        return f"<ChangeSet nodes={len(list(self.new_node_paths()))} chunks={counts}>"
+
+    # -- chunk storage ----------------------------------------------------------------
+
+    def chunk_nodes(self) -> list[NodeId]:
+        """Ids of the arrays with chunk changes."""
+        return list(dict.fromkeys([*self._chunks, *self._tables]))
+
+    def _materialize(self, node_id: NodeId) -> dict[Coords, ChunkRef | None]:
+        refs = self._chunks.setdefault(node_id, {})
+        for table in self._tables.pop(node_id, ()):
+            refs.update(table.to_refs())
+        return refs
+
+    @property
+    def chunks(self) -> dict[NodeId, dict[Coords, ChunkRef | None]]:
+        """Every array's chunk changes as reference objects (tables are turned into
+        objects on first access)."""
+        for node_id in list(self._tables):
+            self._materialize(node_id)
+        return self._chunks
+
+    def chunk_table(self, node_id: NodeId) -> ChunkTable | None:
+        """The node's chunk changes as one resolved table, when they are held as tables
+        only (the merged-forks case); ``None`` otherwise."""
+        tables = self._tables.get(node_id)
+        if not tables or self._chunks.get(node_id):
+            return None
+        combined = ChunkTable.combine(tables)
+        self._tables[node_id] = [combined]
+        return combined
+
+    def chunk_changes_coords(self, node_id: NodeId) -> Sequence[Coords]:
+        """Coordinates of every chunk changed (set or deleted) in one array."""
+        table = self.chunk_table(node_id)
+        if table is not None:
+            return table.coord_tuples()
+        return list(self.chunk_changes(node_id))
 
     # -- queries ----------------------------------------------------------------------
 
@@ -69,7 +139,8 @@ class ChangeSet:
             or self.updated_arrays
             or self.deleted_groups
             or self.deleted_arrays
-            or any(self.chunks.values())
+            or any(self._chunks.values())
+            or any(len(t) for tables in self._tables.values() for t in tables)
         )
 
     def is_deleted(self, path: str) -> bool:
@@ -78,7 +149,9 @@ class ChangeSet:
 
     def chunk_changes(self, node_id: NodeId) -> dict[Coords, ChunkRef | None]:
         """The chunk references set or deleted for one node (empty if none)."""
-        return self.chunks.get(node_id, {})
+        if node_id in self._tables:
+            return self._materialize(node_id)
+        return self._chunks.get(node_id, {})
 
     def new_node_paths(self) -> Iterator[str]:
         """Paths of nodes created in this session."""
@@ -117,14 +190,23 @@ class ChangeSet:
 
     def delete_array(self, path: str, node_id: NodeId) -> None:
         """Record the deletion of an array and forget its pending chunks."""
-        self.chunks.pop(node_id, None)
+        self._chunks.pop(node_id, None)
+        self._tables.pop(node_id, None)
         if self.new_arrays.pop(path, None) is None:
             self.updated_arrays.pop(node_id, None)
             self.deleted_arrays[path] = node_id
 
     def set_chunk(self, node_id: NodeId, coords: Coords, ref: ChunkRef | None) -> None:
         """Record a chunk reference (``None`` deletes the chunk)."""
-        self.chunks.setdefault(node_id, {})[coords] = ref
+        refs = self._materialize(node_id) if node_id in self._tables else None
+        if refs is None:
+            refs = self._chunks.setdefault(node_id, {})
+        refs[coords] = ref
+
+    def add_chunk_table(self, node_id: NodeId, table: ChunkTable) -> None:
+        """Record chunk changes held as a table (applied after the ones already here)."""
+        if len(table):
+            self._tables.setdefault(node_id, []).append(table)
 
     def merge(self, other: ChangeSet) -> None:
         """Fold ``other`` in; where both touch the same thing, ``other`` wins."""
@@ -138,16 +220,18 @@ class ChangeSet:
             self.delete_group(path, nid)
         for path, nid in other.deleted_arrays.items():
             self.delete_array(path, nid)
-        for nid, refs in other.chunks.items():
-            self.chunks.setdefault(nid, {}).update(refs)
+        for nid, refs in other._chunks.items():
+            if refs:
+                self._materialize(nid).update(refs)
+        for nid, tables in other._tables.items():
+            for table in tables:
+                self.add_chunk_table(nid, table)
 
 
 # --- serialization -------------------------------------------------------------------
 # A compact, msgpack-friendly form: ids as raw bytes, refs as short tagged lists.
 
 _NATIVE, _INLINE, _VIRTUAL = 0, 1, 2
-_OFFSET = operator.attrgetter("offset")
-_LENGTH = operator.attrgetter("length")
 
 
 def _ref_to_plain(ref: ChunkRef | None) -> list[Any] | None:
@@ -184,109 +268,30 @@ def _def_from_plain(item: list[Any]) -> ArrayDefinition:
     return ArrayDefinition(shape, names, bytes(item[2]))
 
 
-def _chunks_to_plain(refs: dict[Coords, ChunkRef | None]) -> dict[str, Any]:
-    """One array's chunk changes, column by column: coordinates as one int64 buffer per
-    kind of change, native and inline refs as flat buffers, virtual refs with their
-    locations listed once. Coordinates of mixed dimensionality (never valid in an array)
-    fall back to one entry per chunk."""
-    ndims = set(map(len, refs))
-    if len(ndims) > 1:
-        return {"L": [[list(c), _ref_to_plain(r)] for c, r in refs.items()]}
-    ndim = ndims.pop() if ndims else 0
-    groups: dict[type | None, list[tuple[Coords, Any]]] = {}
-    for item in refs.items():
-        groups.setdefault(type(item[1]) if item[1] is not None else None, []).append(item)
-
-    def coords_of(items: list[tuple[Coords, Any]]) -> bytes:
-        flat = itertools.chain.from_iterable(c for c, _ in items)
-        return np.fromiter(flat, dtype="<i8", count=len(items) * ndim).tobytes()
-
-    out: dict[str, Any] = {"d": ndim}
-    if None in groups:
-        out["D"] = [coords_of(groups[None]), len(groups[None])]
-    if NativeRef in groups:
-        items = groups[NativeRef]
-        natives: list[NativeRef] = [r for _, r in items]
-        out["N"] = [
-            coords_of(items),
-            b"".join(r.chunk_id.bytes for r in natives),
-            np.fromiter(map(_OFFSET, natives), dtype="<u8", count=len(natives)).tobytes(),
-            np.fromiter(map(_LENGTH, natives), dtype="<u8", count=len(natives)).tobytes(),
-        ]
-    if InlineRef in groups:
-        items = groups[InlineRef]
-        datas = [r.data for _, r in items]
-        out["I"] = [
-            coords_of(items),
-            np.fromiter(map(len, datas), dtype="<u8", count=len(datas)).tobytes(),
-            b"".join(datas),
-        ]
-    if VirtualRef in groups:
-        items = groups[VirtualRef]
-        virtuals: list[VirtualRef] = [r for _, r in items]
-        locations: dict[str, int] = {}
-        which = [locations.setdefault(r.location, len(locations)) for r in virtuals]
-        etags = [r.etag for r in virtuals]
-        modified = [r.last_modified for r in virtuals]
-        out["V"] = [
-            coords_of(items),
-            list(locations),
-            np.asarray(which, dtype="<u4").tobytes(),
-            np.fromiter(map(_OFFSET, virtuals), dtype="<u8", count=len(virtuals)).tobytes(),
-            np.fromiter(map(_LENGTH, virtuals), dtype="<u8", count=len(virtuals)).tobytes(),
-            None if not any(etags) else etags,
-            None if not any(modified) else modified,
-        ]
+def _node_chunks_to_plain(cs: ChangeSet, node_id: NodeId) -> list[dict[str, Any]]:
+    out = []
+    refs = cs._chunks.get(node_id)
+    if refs:
+        table = ChunkTable.from_refs(refs)
+        if table is None:  # mixed dimensionality (never valid in an array): entry by entry
+            out.append({"L": [[list(c), _ref_to_plain(r)] for c, r in refs.items()]})
+        else:
+            out.append(table.to_plain())
+    tables = cs._tables.get(node_id, [])
+    if len(tables) > 1:
+        tables = [ChunkTable.combine(tables)]
+    out.extend(t.to_plain() for t in tables)
     return out
 
 
-def _chunks_from_plain(data: dict[str, Any]) -> dict[Coords, ChunkRef | None]:
-    if "L" in data:
-        return {tuple(int(x) for x in c): _ref_from_plain(r) for c, r in data["L"]}
-    ndim = int(data["d"])
-    out: dict[Coords, ChunkRef | None] = {}
-
-    def coords(raw: bytes, count: int) -> list[Coords]:
-        if ndim == 0:
-            return [()] * count
-        flat = np.frombuffer(raw, dtype="<i8")
-        if len(flat) != count * ndim:
-            raise ValueError(f"{len(flat)} coordinates for {count} chunk changes of {ndim} dims")
-        # zip over the columns makes the tuples in C
-        return list(zip(*flat.reshape(count, ndim).T.tolist(), strict=True))
-
-    if "N" in data:
-        raw, ids, offsets, lengths = data["N"]
-        offs = np.frombuffer(offsets, dtype="<u8").tolist()
-        lens = np.frombuffer(lengths, dtype="<u8").tolist()
-        if len(ids) != 12 * len(offs) or len(lens) != len(offs):
-            raise ValueError("native chunk columns of different lengths")
-        cuts = map(slice, range(0, len(ids), 12), range(12, len(ids) + 12, 12))
-        chunk_ids = map(ChunkId, map(ids.__getitem__, cuts))
-        out.update(zip(coords(raw, len(offs)), map(NativeRef, chunk_ids, offs, lens), strict=True))
-    if "I" in data:
-        raw, lengths, blob = data["I"]
-        ends = np.cumsum(np.frombuffer(lengths, dtype="<u8").astype(np.int64)).tolist()
-        if (ends[-1] if ends else 0) != len(blob):
-            raise ValueError("inline chunk lengths do not add up to the inline bytes")
-        starts = [0, *ends[:-1]]
-        datas = list(map(blob.__getitem__, map(slice, starts, ends)))
-        out.update(zip(coords(raw, len(ends)), map(InlineRef, datas), strict=True))
-    if "V" in data:
-        raw, locations, which, offsets, lengths, etags, modified = data["V"]
-        idx = np.frombuffer(which, dtype="<u4").tolist()
-        count = len(idx)
-        locs = list(map(locations.__getitem__, idx))
-        offs = np.frombuffer(offsets, dtype="<u8").tolist()
-        lens = np.frombuffer(lengths, dtype="<u8").tolist()
-        etag_col = [None] * count if etags is None else etags
-        mod_col = [None] * count if modified is None else modified
-        refs = map(VirtualRef, locs, offs, lens, etag_col, mod_col)
-        out.update(zip(coords(raw, count), refs, strict=True))
-    if "D" in data:
-        raw, count = data["D"]
-        out.update(dict.fromkeys(coords(raw, int(count))))
-    return out
+def _node_chunks_from_plain(cs: ChangeSet, node_id: NodeId, items: list[dict[str, Any]]) -> None:
+    for item in items:
+        if "L" in item:
+            refs = {tuple(int(x) for x in c): _ref_from_plain(r) for c, r in item["L"]}
+            for coords, ref in refs.items():
+                cs.set_chunk(node_id, coords, ref)
+        else:
+            cs.add_chunk_table(node_id, ChunkTable.from_plain(item))
 
 
 def changeset_to_plain(cs: ChangeSet) -> dict[str, Any]:
@@ -298,18 +303,20 @@ def changeset_to_plain(cs: ChangeSet) -> dict[str, Any]:
         "ua": [[n.bytes, _def_to_plain(d)] for n, d in cs.updated_arrays.items()],
         "dg": [[p, n.bytes] for p, n in cs.deleted_groups.items()],
         "da": [[p, n.bytes] for p, n in cs.deleted_arrays.items()],
-        "c": [[n.bytes, _chunks_to_plain(refs)] for n, refs in cs.chunks.items() if refs],
+        "c": [[n.bytes, _node_chunks_to_plain(cs, n)] for n in cs.chunk_nodes()],
     }
 
 
 def changeset_from_plain(data: dict[str, Any]) -> ChangeSet:
     """Rebuild a change set from ``changeset_to_plain``'s output."""
-    return ChangeSet(
+    cs = ChangeSet(
         new_groups={p: (NodeId(n), bytes(d)) for p, n, d in data["ng"]},
         new_arrays={p: (NodeId(n), _def_from_plain(d)) for p, n, d in data["na"]},
         updated_groups={NodeId(n): bytes(d) for n, d in data["ug"]},
         updated_arrays={NodeId(n): _def_from_plain(d) for n, d in data["ua"]},
         deleted_groups={p: NodeId(n) for p, n in data["dg"]},
         deleted_arrays={p: NodeId(n) for p, n in data["da"]},
-        chunks={NodeId(n): _chunks_from_plain(refs) for n, refs in data["c"]},
     )
+    for n, items in data["c"]:
+        _node_chunks_from_plain(cs, NodeId(n), items)
+    return cs

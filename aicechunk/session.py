@@ -40,6 +40,7 @@ from aicechunk.format.manifest import (
     NativeRef,
     VirtualRef,
     encode_array_manifest,
+    encode_array_manifest_columns,
 )
 from aicechunk.format.snapshot import (
     ArrayNodeData,
@@ -680,7 +681,20 @@ class Session:
         async def array_node(view: NodeView) -> NodeSnapshot:
             assert view.array is not None
             manifests = view.manifests
-            changed = changes.chunk_changes(view.id)
+            table = None if view.manifests else changes.chunk_table(view.id)
+            if table is not None:  # merged forks' tables: encoded column by column
+                cols = table.ref_columns()
+                manifests = ()
+                if len(cols):
+                    manifest_id = ManifestId.random()
+                    data, extents = await asyncio.to_thread(
+                        encode_array_manifest_columns, manifest_id, view.id, cols
+                    )
+                    manifests = (ManifestRef(manifest_id, extents),)
+                    new_files.append((ManifestFileInfo(manifest_id, len(data), len(cols)), data))
+                changed = {}
+            else:
+                changed = changes.chunk_changes(view.id)
             if changed:
                 refs: dict[Coords, ChunkRef]
                 if view.manifests:
@@ -750,7 +764,11 @@ class Session:
             deleted_arrays=tuple(sorted(c.deleted_arrays.values())),
             updated_groups=tuple(sorted(c.updated_groups)),
             updated_arrays=tuple(sorted(c.updated_arrays)),
-            updated_chunks={nid: tuple(refs) for nid, refs in c.chunks.items() if refs},
+            updated_chunks={
+                nid: coords
+                for nid in c.chunk_nodes()
+                if (coords := tuple(c.chunk_changes_coords(nid)))
+            },
         )
 
     async def commit(

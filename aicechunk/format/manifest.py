@@ -25,9 +25,11 @@ __all__ = [
     "InlineRef",
     "Manifest",
     "NativeRef",
+    "RefColumns",
     "VirtualRef",
     "decode_manifest",
     "encode_array_manifest",
+    "encode_array_manifest_columns",
     "encode_manifest",
 ]
 
@@ -210,7 +212,15 @@ _INLINE_SLOTS = (4, 8)  # index, inline
 _INLINE_TABLE = 12
 
 
-def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]) -> np.ndarray:
+def _native_block(
+    w: Forward,
+    vt: int,
+    coords: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    chunk_ids: np.ndarray,
+) -> np.ndarray:
+    """Native refs of one dimensionality: fixed-size records (table, then index vector)."""
     n, ndim = coords.shape
     rec = (40 + 4 * ndim + 7) // 8 * 8
     base = w.reserve(n * rec, 8)
@@ -226,20 +236,26 @@ def _native_block(w: Forward, vt: int, coords: np.ndarray, refs: list[NativeRef]
     positions: np.ndarray = base + np.arange(n, dtype=np.int64) * rec
     view["soff"] = positions - vt
     view["idx"] = 32
-    view["off"] = np.fromiter(map(_OFFSET, refs), dtype=np.uint64, count=n)
-    view["len"] = np.fromiter(map(_LENGTH, refs), dtype=np.uint64, count=n)
-    view["cid"] = np.frombuffer(b"".join(r.chunk_id.bytes for r in refs), dtype=np.uint8).reshape(
-        n, 12
-    )
+    view["off"] = offsets
+    view["len"] = lengths
+    view["cid"] = chunk_ids.reshape(n, 12)
     view["vlen"] = ndim
     if ndim:
         view["coords"] = coords
+    del view  # release the buffer export: the buffer grows later
     return positions
 
 
-def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> np.ndarray:
-    """Checksum-less virtual refs of one dimensionality; each distinct location string is
-    written once, after the records, and shared by every ref that points into it."""
+def _virtual_block(
+    w: Forward,
+    coords: np.ndarray,
+    locations: list[str],
+    which: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+) -> np.ndarray:
+    """Checksum-less virtual refs of one dimensionality; ref ``i`` points into
+    ``locations[which[i]]``, each location string written once, after the records."""
     n, ndim = coords.shape
     rec = (32 + 4 * ndim + 7) // 8 * 8
     vt = w.vtable(28, (4, 0, 8, 16, 0, 24))
@@ -256,20 +272,14 @@ def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> np
     positions: np.ndarray = base + np.arange(n, dtype=np.int64) * rec
     view["soff"] = positions - vt
     view["idx"] = 24
-    view["off"] = np.fromiter(map(_OFFSET, refs), dtype=np.uint64, count=n)
-    view["len"] = np.fromiter(map(_LENGTH, refs), dtype=np.uint64, count=n)
+    view["off"] = offsets
+    view["len"] = lengths
     view["vlen"] = ndim
     if ndim:
         view["coords"] = coords
-    table: dict[str, int] = {}
-    locations = list(map(_LOCATION, refs))
-    for location in set(locations):
-        table[location] = len(table)
-    which = np.fromiter(map(table.__getitem__, locations), dtype=np.int64, count=n)
     del view  # the buffer grows below
-    string_pos = np.array([w.string(loc) for loc in table], dtype=np.int64)
-    fields = positions + 24
-    loc_offsets = (string_pos[which] - fields).astype("<u4")
+    string_pos = np.array([w.string(loc) for loc in locations], dtype=np.int64)
+    loc_offsets = (string_pos[which] - (positions + 24)).astype("<u4")
     # scatter the location offsets into the records (strided writes through numpy)
     records = np.frombuffer(memoryview(w.buf)[base : base + n * rec], dtype=np.uint8).reshape(
         n, rec
@@ -279,20 +289,21 @@ def _virtual_block(w: Forward, coords: np.ndarray, refs: list[VirtualRef]) -> np
     return positions
 
 
-def _inline_block(w: Forward, vt: int, coords: np.ndarray, refs: list[InlineRef]) -> np.ndarray:
+def _inline_block(
+    w: Forward, vt: int, coords: np.ndarray, lengths: np.ndarray, data: np.ndarray
+) -> np.ndarray:
     """Inline refs of one dimensionality, laid out with numpy: each record is its table,
     its index vector and its byte vector, back to back (the per-ref layout a builder
-    writes, so the file compresses as well)."""
+    writes, so the file compresses as well). ``data`` holds the chunks back to back."""
     n, ndim = coords.shape
     head = 5 + ndim  # u32 words: soffset, index offset, data offset, ndim, coords, data length
-    datas = [r.data for r in refs]
-    lengths = np.fromiter(map(len, datas), dtype=np.int64, count=n)
+    lengths = lengths.astype(np.int64)
     sizes = 4 * head + (lengths + 3) // 4 * 4
     total = int(sizes.sum())
     base = w.reserve(total, 4)
     starts = np.zeros(n, dtype=np.int64)
     np.cumsum(sizes[:-1], out=starts[1:])
-    positions = base + starts
+    positions: np.ndarray = base + starts
     header = np.empty((n, head), dtype="<u4")
     header[:, 0] = (positions - vt).astype("<i4").view("<u4")
     header[:, 1] = 8  # the index vector follows the 12-byte table
@@ -302,13 +313,12 @@ def _inline_block(w: Forward, vt: int, coords: np.ndarray, refs: list[InlineRef]
         header[:, 4 : 4 + ndim] = coords
     header[:, head - 1] = lengths
     out = np.frombuffer(memoryview(w.buf)[base : base + total], dtype=np.uint8)
-    src = np.frombuffer(b"".join(datas), dtype=np.uint8)
     if n and (sizes == sizes[0]).all() and (lengths == lengths[0]).all():
         # one chunk size (the usual case): fixed-stride records
         rows = out.reshape(n, int(sizes[0]))
         rows[:, : 4 * head] = header.view(np.uint8).reshape(n, 4 * head)
         if lengths[0]:
-            rows[:, 4 * head : 4 * head + int(lengths[0])] = src.reshape(n, int(lengths[0]))
+            rows[:, 4 * head : 4 * head + int(lengths[0])] = data.reshape(n, int(lengths[0]))
         del rows
     elif n:
         words = out.view("<u4")
@@ -317,7 +327,7 @@ def _inline_block(w: Forward, vt: int, coords: np.ndarray, refs: list[InlineRef]
         src_starts = np.zeros(n, dtype=np.int64)
         np.cumsum(lengths[:-1], out=src_starts[1:])
         shift = np.repeat(starts + 4 * head - src_starts, lengths)
-        out[np.arange(len(src)) + shift] = src
+        out[np.arange(len(data)) + shift] = data
     del out  # release the buffer export: the buffer grows later
     return positions
 
@@ -453,13 +463,36 @@ def _records(w: Forward, vt_native: int, coords: np.ndarray, refs: list[ChunkRef
         else:
             sub_coords = coords[where]
             sub_refs = list(map(refs.__getitem__, where.tolist()))
+        k = len(sub_refs)
         if kind == _NATIVE:
-            found = _native_block(w, vt_native, sub_coords, sub_refs)  # type: ignore[arg-type]
+            found = _native_block(
+                w,
+                vt_native,
+                sub_coords,
+                np.fromiter(map(_OFFSET, sub_refs), dtype=np.uint64, count=k),
+                np.fromiter(map(_LENGTH, sub_refs), dtype=np.uint64, count=k),
+                np.frombuffer(b"".join(r.chunk_id.bytes for r in sub_refs), dtype=np.uint8),  # type: ignore[union-attr]
+            )
         elif kind == _INLINE:
-            vt_inline = w.vtable(_INLINE_TABLE, _INLINE_SLOTS)
-            found = _inline_block(w, vt_inline, sub_coords, sub_refs)  # type: ignore[arg-type]
+            datas = [r.data for r in sub_refs]  # type: ignore[union-attr]
+            found = _inline_block(
+                w,
+                w.vtable(_INLINE_TABLE, _INLINE_SLOTS),
+                sub_coords,
+                np.fromiter(map(len, datas), dtype=np.int64, count=k),
+                np.frombuffer(b"".join(datas), dtype=np.uint8),
+            )
         elif kind == _VIRTUAL:
-            found = _virtual_block(w, sub_coords, sub_refs)  # type: ignore[arg-type]
+            table: dict[str, int] = {}
+            which = [table.setdefault(loc, len(table)) for loc in map(_LOCATION, sub_refs)]
+            found = _virtual_block(
+                w,
+                sub_coords,
+                list(table),
+                np.asarray(which, dtype=np.int64),
+                np.fromiter(map(_OFFSET, sub_refs), dtype=np.uint64, count=k),
+                np.fromiter(map(_LENGTH, sub_refs), dtype=np.uint64, count=k),
+            )
         else:
             found = np.array(
                 [
@@ -473,6 +506,93 @@ def _records(w: Forward, vt_native: int, coords: np.ndarray, refs: list[ChunkRef
         else:
             positions[where] = found
     return positions
+
+
+@dataclass(frozen=True)
+class RefColumns:
+    """One array's chunk references column by column, sorted by coordinates: the bulk
+    form a commit of merged forks encodes without making one object per reference.
+
+    ``kinds[i]`` says which columns row ``i`` draws from (0 native, 1 inline, 2 virtual);
+    each kind's columns hold its rows in row order. Virtual ref ``j`` points into
+    ``locations[which[j]]`` and may carry ``etags[j]`` or ``modified[j]``.
+    """
+
+    coords: np.ndarray  # (n, ndim) non-negative integers
+    kinds: np.ndarray  # (n,) uint8
+    chunk_ids: np.ndarray  # (native, 12) uint8
+    native_offsets: np.ndarray
+    native_lengths: np.ndarray
+    inline_lengths: np.ndarray
+    inline_data: np.ndarray  # uint8, the inline chunks back to back
+    locations: list[str]
+    which: np.ndarray
+    virtual_offsets: np.ndarray
+    virtual_lengths: np.ndarray
+    etags: list[str | None] | None = None
+    modified: list[int | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+
+def _column_records(w: Forward, vt_native: int, cols: RefColumns) -> np.ndarray:
+    coords = cols.coords.astype(np.uint32)
+    n = len(cols)
+    positions = np.empty(n, dtype=np.int64)
+    for kind in np.flatnonzero(np.bincount(cols.kinds, minlength=3)).tolist():
+        rows = np.flatnonzero(cols.kinds == kind)
+        sub = coords if len(rows) == n else coords[rows]
+        if kind == _NATIVE:
+            found = _native_block(
+                w, vt_native, sub, cols.native_offsets, cols.native_lengths, cols.chunk_ids
+            )
+        elif kind == _INLINE:
+            vt_inline = w.vtable(_INLINE_TABLE, _INLINE_SLOTS)
+            found = _inline_block(w, vt_inline, sub, cols.inline_lengths, cols.inline_data)
+        elif kind == _VIRTUAL:
+            checked = np.zeros(len(rows), dtype=bool)
+            if cols.etags is not None:
+                checked |= np.fromiter(map(bool, cols.etags), dtype=bool, count=len(rows))
+            if cols.modified is not None:
+                checked |= np.fromiter(map(bool, cols.modified), dtype=bool, count=len(rows))
+            plain = np.flatnonzero(~checked)
+            found = np.empty(len(rows), dtype=np.int64)
+            if len(plain):
+                found[plain] = _virtual_block(
+                    w,
+                    sub[plain],
+                    cols.locations,
+                    cols.which[plain],
+                    cols.virtual_offsets[plain],
+                    cols.virtual_lengths[plain],
+                )
+            for j in np.flatnonzero(checked).tolist():  # with a checksum: one by one
+                ref = VirtualRef(
+                    cols.locations[int(cols.which[j])],
+                    int(cols.virtual_offsets[j]),
+                    int(cols.virtual_lengths[j]),
+                    None if cols.etags is None else cols.etags[j],
+                    None if cols.modified is None else cols.modified[j],
+                )
+                found[j] = _ref_record(w, tuple(sub[j].tolist()), ref)
+        else:
+            raise ValueError(f"unknown chunk reference kind {kind}")
+        positions[rows] = found
+    return positions
+
+
+def encode_array_manifest_columns(
+    manifest_id: ManifestId, node_id: NodeId, cols: RefColumns
+) -> tuple[bytes, tuple[tuple[int, int], ...]]:
+    """``encode_array_manifest`` for references held column by column (sorted by
+    coordinates, without duplicates)."""
+    payload = _manifest_payload(manifest_id, {node_id: cols})  # type: ignore[dict-item]
+    data = encode_file(FileType.MANIFEST, payload, level=6 if len(payload) > 4 << 20 else 3)
+    if not len(cols) or cols.coords.shape[1] == 0:
+        return data, ()
+    low, high = cols.coords.min(axis=0), cols.coords.max(axis=0) + 1
+    return data, tuple(zip(low.tolist(), high.tolist(), strict=True))
 
 
 def _manifest_payload(
@@ -492,13 +612,18 @@ def _manifest_payload(
         w.put(table + 4, "8s", node_id.bytes)
         w.uoffset(arrays_vec + 4 + 4 * i, table)
         items = arrays[node_id]
-        if isinstance(items, _Presorted):
-            coords, refs = items.coords, items.refs
+        if isinstance(items, RefColumns):
+            refs_vec = w.offset_vector(len(items))
+            w.uoffset(table + 12, refs_vec)
+            positions = _column_records(w, vt_native, items)
         else:
-            coords, refs = _sorted_refs(items)
-        refs_vec = w.offset_vector(len(refs))
-        w.uoffset(table + 12, refs_vec)
-        positions = _records(w, vt_native, coords, refs)
+            if isinstance(items, _Presorted):
+                coords, refs = items.coords, items.refs
+            else:
+                coords, refs = _sorted_refs(items)
+            refs_vec = w.offset_vector(len(refs))
+            w.uoffset(table + 12, refs_vec)
+            positions = _records(w, vt_native, coords, refs)
         if len(positions):
             slots = refs_vec + 4 + 4 * np.arange(len(positions), dtype=np.int64)
             offsets = (positions - slots).astype("<u4")

@@ -1,0 +1,383 @@
+"""Chunk changes held column by column: how forks carry them, merge them and commit them.
+
+A fork that wrote a thousand chunks sends back a few flat buffers instead of a thousand
+objects. The session it merges into keeps those tables as they are; a commit combines
+them with numpy (the last write of a chunk wins) and hands the columns straight to the
+manifest encoder. Reference objects are made only when something asks for one chunk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from aicechunk.format.ids import ChunkId
+from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, RefColumns, VirtualRef
+
+__all__ = ["ChunkTable"]
+
+Coords = tuple[int, ...]
+
+NATIVE, INLINE, VIRTUAL, DELETED = 0, 1, 2, 3
+_KIND = {NativeRef: NATIVE, InlineRef: INLINE, VirtualRef: VIRTUAL, type(None): DELETED}
+_OFFSET = operator.attrgetter("offset")
+_LENGTH = operator.attrgetter("length")
+_U8 = np.dtype(np.uint8)
+_I64 = np.dtype("<i8")
+_U64 = np.dtype("<u8")
+
+
+def _empty(dtype: np.dtype[Any], *shape: int) -> np.ndarray:
+    return np.zeros((0, *shape), dtype=dtype)
+
+
+class ChunkTable:
+    """Chunk changes of one array: row ``i`` sets chunk ``coords[i]`` to a reference of
+    kind ``kinds[i]`` (native, inline, virtual) or deletes it; each kind's columns hold
+    its rows in row order. Rows later in the table win over earlier ones."""
+
+    __slots__ = (
+        "chunk_ids",
+        "coords",
+        "etags",
+        "inline_data",
+        "inline_lengths",
+        "kinds",
+        "locations",
+        "modified",
+        "native_lengths",
+        "native_offsets",
+        "resolved",
+        "virtual_lengths",
+        "virtual_offsets",
+        "which",
+    )
+
+    def __init__(
+        self,
+        coords: np.ndarray,
+        kinds: np.ndarray,
+        *,
+        chunk_ids: np.ndarray | None = None,
+        native_offsets: np.ndarray | None = None,
+        native_lengths: np.ndarray | None = None,
+        inline_lengths: np.ndarray | None = None,
+        inline_data: np.ndarray | None = None,
+        locations: list[str] | None = None,
+        which: np.ndarray | None = None,
+        virtual_offsets: np.ndarray | None = None,
+        virtual_lengths: np.ndarray | None = None,
+        etags: list[str | None] | None = None,
+        modified: list[int | None] | None = None,
+        resolved: bool = False,
+    ) -> None:
+        self.coords = coords
+        self.kinds = kinds
+        self.chunk_ids = _empty(_U8, 12) if chunk_ids is None else chunk_ids
+        self.native_offsets = _empty(_U64) if native_offsets is None else native_offsets
+        self.native_lengths = _empty(_U64) if native_lengths is None else native_lengths
+        self.inline_lengths = _empty(_I64) if inline_lengths is None else inline_lengths
+        self.inline_data = _empty(_U8) if inline_data is None else inline_data
+        self.locations = [] if locations is None else locations
+        self.which = _empty(_I64) if which is None else which
+        self.virtual_offsets = _empty(_U64) if virtual_offsets is None else virtual_offsets
+        self.virtual_lengths = _empty(_U64) if virtual_lengths is None else virtual_lengths
+        self.etags = etags
+        self.modified = modified
+        self.resolved = resolved  # sorted by coordinates, one row per chunk
+        self._check()
+
+    @property
+    def ndim(self) -> int:
+        """Dimensions of the coordinates."""
+        return int(self.coords.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def _check(self) -> None:
+        counts = np.bincount(self.kinds, minlength=4)
+        if len(counts) > 4:
+            raise ValueError(f"unknown chunk change kind {len(counts) - 1}")
+        n_native, n_inline, n_virtual = (int(c) for c in counts[:3])
+        problems = []
+        if self.coords.ndim != 2 or len(self.coords) != len(self.kinds):
+            problems.append(f"{self.coords.shape} coordinates for {len(self.kinds)} changes")
+        elif self.coords.size and self.coords.min() < 0:
+            problems.append("negative chunk coordinates")
+        if not (len(self.chunk_ids) == len(self.native_offsets) == len(self.native_lengths)):
+            problems.append("native columns of different lengths")
+        if len(self.native_offsets) != n_native:
+            problems.append(f"{len(self.native_offsets)} native refs for {n_native} rows")
+        if len(self.inline_lengths) != n_inline:
+            problems.append(f"{len(self.inline_lengths)} inline refs for {n_inline} rows")
+        if int(self.inline_lengths.sum()) != len(self.inline_data):
+            problems.append("inline chunk lengths do not add up to the inline bytes")
+        virtual = (self.which, self.virtual_offsets, self.virtual_lengths)
+        if any(len(col) != n_virtual for col in virtual):
+            problems.append(f"virtual columns do not hold {n_virtual} refs")
+        elif n_virtual and not 0 <= int(self.which.min()) <= int(self.which.max()) < len(
+            self.locations
+        ):
+            problems.append("virtual ref points past the location table")
+        for extra in (self.etags, self.modified):
+            if extra is not None and len(extra) != n_virtual:
+                problems.append(f"virtual checksums do not hold {n_virtual} refs")
+        if problems:
+            raise ValueError("inconsistent chunk table: " + "; ".join(problems))
+
+    # -- from and to references -------------------------------------------------------
+
+    @classmethod
+    def from_refs(cls, refs: Mapping[Coords, ChunkRef | None]) -> ChunkTable | None:
+        """A table of reference objects; ``None`` if the coordinates mix dimensions."""
+        ndims = set(map(len, refs))
+        if len(ndims) > 1:
+            return None
+        ndim = ndims.pop() if ndims else 0
+        n = len(refs)
+        flat = itertools.chain.from_iterable(refs)
+        coords = np.fromiter(flat, dtype=_I64, count=n * ndim).reshape(n, ndim)
+        values = list(refs.values())
+        kinds = np.fromiter(map(_KIND.__getitem__, map(type, values)), dtype=_U8, count=n)
+        present = np.bincount(kinds, minlength=4)
+        columns: dict[str, Any] = {}
+        if present[NATIVE]:
+            natives: list[NativeRef] = [r for r in values if type(r) is NativeRef]
+            k = len(natives)
+            ids = b"".join(r.chunk_id.bytes for r in natives)
+            columns["chunk_ids"] = np.frombuffer(ids, dtype=_U8).reshape(k, 12)
+            columns["native_offsets"] = np.fromiter(map(_OFFSET, natives), _U64, count=k)
+            columns["native_lengths"] = np.fromiter(map(_LENGTH, natives), _U64, count=k)
+        if present[INLINE]:
+            datas = [r.data for r in values if type(r) is InlineRef]
+            columns["inline_lengths"] = np.fromiter(map(len, datas), _I64, count=len(datas))
+            columns["inline_data"] = np.frombuffer(b"".join(datas), dtype=_U8)
+        if present[VIRTUAL]:
+            virtuals: list[VirtualRef] = [r for r in values if type(r) is VirtualRef]
+            k = len(virtuals)
+            table: dict[str, int] = {}
+            columns["which"] = np.fromiter(
+                (table.setdefault(r.location, len(table)) for r in virtuals), _I64, count=k
+            )
+            columns["locations"] = list(table)
+            columns["virtual_offsets"] = np.fromiter(map(_OFFSET, virtuals), _U64, count=k)
+            columns["virtual_lengths"] = np.fromiter(map(_LENGTH, virtuals), _U64, count=k)
+            etags = [r.etag for r in virtuals]
+            modified = [r.last_modified for r in virtuals]
+            columns["etags"] = etags if any(etags) else None
+            columns["modified"] = modified if any(modified) else None
+        return cls(coords, kinds, **columns)
+
+    def to_refs(self) -> dict[Coords, ChunkRef | None]:
+        """The changes as reference objects (rows later in the table win)."""
+        n = len(self)
+        values = np.empty(n, dtype=object)
+        kinds = self.kinds
+        if len(self.native_offsets):
+            ids = self.chunk_ids.tobytes()
+            chunk_ids = map(
+                ChunkId,
+                map(
+                    ids.__getitem__,
+                    map(slice, range(0, len(ids), 12), range(12, len(ids) + 12, 12)),
+                ),
+            )
+            values[kinds == NATIVE] = list(
+                map(
+                    NativeRef,
+                    chunk_ids,
+                    self.native_offsets.tolist(),
+                    self.native_lengths.tolist(),
+                )
+            )
+        if len(self.inline_lengths):
+            blob = self.inline_data.tobytes()
+            ends = np.cumsum(self.inline_lengths).tolist()
+            cuts = map(slice, [0, *ends[:-1]], ends)
+            values[kinds == INLINE] = list(map(InlineRef, map(blob.__getitem__, cuts)))
+        if len(self.which):
+            k = len(self.which)
+            values[kinds == VIRTUAL] = list(
+                map(
+                    VirtualRef,
+                    map(self.locations.__getitem__, self.which.tolist()),
+                    self.virtual_offsets.tolist(),
+                    self.virtual_lengths.tolist(),
+                    self.etags if self.etags is not None else itertools.repeat(None, k),
+                    self.modified if self.modified is not None else itertools.repeat(None, k),
+                )
+            )
+        return dict(zip(self.coord_tuples(), values.tolist(), strict=True))
+
+    def coord_tuples(self) -> list[Coords]:
+        """The coordinates as tuples, in row order."""
+        if self.ndim == 0:
+            return [()] * len(self)
+        return list(zip(*self.coords.T.tolist(), strict=True))
+
+    # -- combining ----------------------------------------------------------------------
+
+    @classmethod
+    def combine(cls, tables: Sequence[ChunkTable]) -> ChunkTable:
+        """One resolved table: sorted by coordinates, the last row of each chunk kept."""
+        if len(tables) == 1 and tables[0].resolved:
+            return tables[0]
+        nonempty = [t for t in tables if len(t)]
+        if not nonempty:
+            ndim = tables[0].ndim if tables else 0
+            return cls(np.zeros((0, ndim), _I64), np.zeros(0, _U8), resolved=True)
+        tables = nonempty
+        ndims = {t.ndim for t in tables}
+        if len(ndims) != 1:
+            raise ValueError(f"chunk tables of different dimensions {sorted(ndims)}")
+        ndim = ndims.pop()
+        coords = np.concatenate([t.coords for t in tables])
+        kinds = np.concatenate([t.kinds for t in tables])
+        # each row's index into its kind's (concatenated) columns
+        index = np.empty(len(kinds), dtype=np.int64)
+        for kind in (NATIVE, INLINE, VIRTUAL):
+            rows = np.flatnonzero(kinds == kind)
+            index[rows] = np.arange(len(rows))
+        if ndim == 0:
+            keep = np.arange(len(kinds))[-1:]
+        else:
+            # sort by coordinates, ties by row (stable), and keep each run's last row
+            order = np.lexsort(coords.T[::-1])
+            ordered = coords[order]
+            last = np.ones(len(order), dtype=bool)
+            last[:-1] = (ordered[1:] != ordered[:-1]).any(axis=1)
+            keep = order[last]
+        kept_kinds = kinds[keep]
+
+        def pick(kind: int) -> np.ndarray:
+            rows: np.ndarray = index[keep[kept_kinds == kind]]
+            return rows
+
+        columns: dict[str, Any] = {}
+        native = pick(NATIVE)
+        if len(native):
+            columns["chunk_ids"] = np.concatenate([t.chunk_ids for t in tables])[native]
+            columns["native_offsets"] = np.concatenate([t.native_offsets for t in tables])[native]
+            columns["native_lengths"] = np.concatenate([t.native_lengths for t in tables])[native]
+        inline = pick(INLINE)
+        if len(inline):
+            lengths = np.concatenate([t.inline_lengths for t in tables])
+            data = np.concatenate([t.inline_data for t in tables])
+            starts = np.zeros(len(lengths), dtype=np.int64)
+            np.cumsum(lengths[:-1], out=starts[1:])
+            chosen = lengths[inline]
+            out_starts = np.zeros(len(chosen), dtype=np.int64)
+            np.cumsum(chosen[:-1], out=out_starts[1:])
+            gather = np.repeat(starts[inline] - out_starts, chosen) + np.arange(int(chosen.sum()))
+            columns["inline_lengths"] = chosen
+            columns["inline_data"] = data[gather]
+        virtual = pick(VIRTUAL)
+        if len(virtual):
+            table: dict[str, int] = {}
+            remapped = []
+            for t in tables:
+                ids = np.array([table.setdefault(loc, len(table)) for loc in t.locations], np.int64)
+                remapped.append(ids[t.which] if len(t.which) else t.which)
+            columns["locations"] = list(table)
+            columns["which"] = np.concatenate(remapped)[virtual]
+            columns["virtual_offsets"] = np.concatenate([t.virtual_offsets for t in tables])[
+                virtual
+            ]
+            columns["virtual_lengths"] = np.concatenate([t.virtual_lengths for t in tables])[
+                virtual
+            ]
+            picks = virtual.tolist()
+            for name in ("etags", "modified"):
+                if any(getattr(t, name) is not None for t in tables):
+                    full: list[Any] = []
+                    for t in tables:
+                        got = getattr(t, name)
+                        full.extend([None] * len(t.which) if got is None else got)
+                    columns[name] = list(map(full.__getitem__, picks))
+        return cls(coords[keep], kept_kinds, resolved=True, **columns)
+
+    def ref_columns(self) -> RefColumns:
+        """The references (deletions dropped) for the manifest encoder; needs a resolved
+        table."""
+        assert self.resolved
+        live = self.kinds != DELETED
+        return RefColumns(
+            coords=self.coords[live] if not live.all() else self.coords,
+            kinds=self.kinds[live] if not live.all() else self.kinds,
+            chunk_ids=self.chunk_ids,
+            native_offsets=self.native_offsets,
+            native_lengths=self.native_lengths,
+            inline_lengths=self.inline_lengths,
+            inline_data=self.inline_data,
+            locations=self.locations,
+            which=self.which,
+            virtual_offsets=self.virtual_offsets,
+            virtual_lengths=self.virtual_lengths,
+            etags=self.etags,
+            modified=self.modified,
+        )
+
+    # -- plain data ---------------------------------------------------------------------
+
+    def to_plain(self) -> dict[str, Any]:
+        """Plain data for msgpack: flat little-endian buffers and short lists."""
+        out: dict[str, Any] = {
+            "d": self.ndim,
+            "c": self.coords.astype(_I64).tobytes(),
+            "k": self.kinds.astype(_U8).tobytes(),
+        }
+        if len(self.native_offsets):
+            out["N"] = [
+                self.chunk_ids.tobytes(),
+                self.native_offsets.astype(_U64).tobytes(),
+                self.native_lengths.astype(_U64).tobytes(),
+            ]
+        if len(self.inline_lengths):
+            out["I"] = [self.inline_lengths.astype(_U64).tobytes(), self.inline_data.tobytes()]
+        if len(self.which):
+            out["V"] = [
+                self.locations,
+                self.which.astype("<u4").tobytes(),
+                self.virtual_offsets.astype(_U64).tobytes(),
+                self.virtual_lengths.astype(_U64).tobytes(),
+                self.etags,
+                self.modified,
+            ]
+        return out
+
+    @classmethod
+    def from_plain(cls, data: Mapping[str, Any]) -> ChunkTable:
+        """Rebuild from ``to_plain``; ``ValueError`` if the columns disagree."""
+        ndim = int(data["d"])
+        kinds = np.frombuffer(data["k"], dtype=_U8)
+        flat = np.frombuffer(data["c"], dtype=_I64)
+        if ndim < 0 or len(flat) != len(kinds) * ndim:
+            raise ValueError(f"{len(flat)} coordinates for {len(kinds)} changes of {ndim} dims")
+        columns: dict[str, Any] = {}
+        if "N" in data:
+            ids, offsets, lengths = data["N"]
+            if len(ids) % 12:
+                raise ValueError("chunk ids column is not a multiple of 12 bytes")
+            columns["chunk_ids"] = np.frombuffer(ids, dtype=_U8).reshape(-1, 12)
+            columns["native_offsets"] = np.frombuffer(offsets, dtype=_U64)
+            columns["native_lengths"] = np.frombuffer(lengths, dtype=_U64)
+        if "I" in data:
+            lengths, blob = data["I"]
+            columns["inline_lengths"] = np.frombuffer(lengths, dtype=_U64).astype(_I64)
+            columns["inline_data"] = np.frombuffer(blob, dtype=_U8)
+        if "V" in data:
+            locations, which, offsets, lengths, etags, modified = data["V"]
+            if not all(isinstance(loc, str) for loc in locations):
+                raise ValueError("virtual locations must be strings")
+            columns["locations"] = list(locations)
+            columns["which"] = np.frombuffer(which, dtype="<u4").astype(_I64)
+            columns["virtual_offsets"] = np.frombuffer(offsets, dtype=_U64)
+            columns["virtual_lengths"] = np.frombuffer(lengths, dtype=_U64)
+            columns["etags"] = None if etags is None else list(etags)
+            columns["modified"] = None if modified is None else list(modified)
+        return cls(flat.reshape(len(kinds), ndim), kinds, **columns)
