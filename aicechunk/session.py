@@ -712,7 +712,10 @@ class Session:
                 if refs:
                     manifest_id = ManifestId.random()
                     data, extents = await asyncio.to_thread(
-                        encode_array_manifest, manifest_id, view.id, list(refs.items())
+                        encode_array_manifest,
+                        manifest_id,
+                        view.id,
+                        dict(refs) if refs is changed else refs,  # the live dict: a copy
                     )
                     manifests = (ManifestRef(manifest_id, extents),)
                     new_files.append((ManifestFileInfo(manifest_id, len(data), len(refs)), data))

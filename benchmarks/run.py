@@ -34,6 +34,7 @@ import zarr
 import zarr.api.asynchronous as zas
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aicechunk as aic
 from aicechunk.drivers import LocalDriver
@@ -433,6 +434,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             system.name,
                             await many_refs(system, where, n_refs, lookups),
                         )
+                if on("forks"):
+                    import bench_forks
+
+                    n_forks, per_fork = (8, 100) if args.quick else (64, 1_000)
+                    for system in order:
+                        gc.collect()
+                        where = str(base / f"{system.name}-forks")
+                        if isinstance(system, Ours):
+                            seconds, per_ref = await bench_forks.ours(n_forks, per_fork, where)
+                        else:
+                            seconds, per_ref = await asyncio.to_thread(
+                                bench_forks.theirs, n_forks, per_fork, where
+                            )
+                        record(
+                            f"fork merge {n_forks}x{per_fork} [local]",
+                            system.name,
+                            {"seconds": seconds, "payload_bytes_per_ref": per_ref},
+                        )
                 if on("virtual"):
                     for system in order:
                         where = location("local", base, system.name + "-virtual", s3)
@@ -505,7 +524,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="", help="write,read,open,refs,virtual")
+    parser.add_argument("--only", default="", help="write,read,open,refs,forks,virtual")
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     parser.add_argument("--no-memory", action="store_true")
     args = parser.parse_args()

@@ -50,10 +50,13 @@ class Compression(enum.IntEnum):
     ZSTD = 1
 
 
-def encode_file(file_type: FileType, payload: bytes, level: int = ZSTD_LEVEL) -> bytes:
-    """Header + zstd-compressed payload."""
+def encode_file(
+    file_type: FileType, payload: bytes, level: int = ZSTD_LEVEL, threads: int = 0
+) -> bytes:
+    """Header + zstd-compressed payload (``threads`` > 0 compresses on that many threads;
+    the output is an ordinary zstd frame)."""
     header = MAGIC + IMPLEMENTATION + bytes((SPEC_VERSION, file_type, Compression.ZSTD))
-    return header + zstandard.ZstdCompressor(level=level).compress(payload)
+    return header + zstandard.ZstdCompressor(level=level, threads=threads).compress(payload)
 
 
 def decode_file(data: bytes, expected: FileType, name: str = "<bytes>") -> bytes:

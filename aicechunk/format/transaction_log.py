@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -79,12 +80,12 @@ def _sorted_unique(coords: Sequence[Coords]) -> list[Coords] | np.ndarray:
     all have one dimensionality, which is the case for a valid array)."""
     if not coords:
         return []
-    try:
-        grid = np.array(coords, dtype=np.int64)
-    except ValueError:  # ragged: mixed dimensionality
+    ndims = set(map(len, coords))
+    if len(ndims) != 1 or 0 in ndims:  # mixed dimensionality, or 0-d arrays
         return sorted(set(tuple(c) for c in coords))
-    if grid.ndim != 2 or grid.shape[1] == 0:
-        return sorted(set(tuple(c) for c in coords))
+    ndim = ndims.pop()
+    flat = itertools.chain.from_iterable(coords)
+    grid = np.fromiter(flat, dtype=np.int64, count=len(coords) * ndim).reshape(-1, ndim)
     grid = grid[np.lexsort(grid.T[::-1])]
     keep = np.ones(len(grid), dtype=bool)
     keep[1:] = (grid[1:] != grid[:-1]).any(axis=1)
