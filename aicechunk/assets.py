@@ -199,7 +199,7 @@ class AssetManager:
     async def write_snapshot(self, snapshot: Snapshot) -> None:
         """Write a new snapshot file (never overwrites)."""
         data = await _encode_off_loop(encode_snapshot, snapshot, len(snapshot.nodes))
-        await self.driver.put(SNAPSHOTS + str(snapshot.id), data)
+        await self.driver.put(SNAPSHOTS + str(snapshot.id), data, write_once=True)
         self._snapshots.put(snapshot.id, snapshot)
 
     async def snapshot_exists(self, snapshot_id: SnapshotId) -> bool:
@@ -228,7 +228,7 @@ class AssetManager:
 
     async def write_manifest_bytes(self, manifest_id: ManifestId, data: bytes) -> None:
         """Write an encoded manifest file."""
-        await self.driver.put(MANIFESTS + str(manifest_id), data)
+        await self.driver.put(MANIFESTS + str(manifest_id), data, write_once=True)
 
     # -- transaction logs -------------------------------------------------------------
 
@@ -249,7 +249,7 @@ class AssetManager:
     async def write_transaction_log(self, log: TransactionLog) -> None:
         """Write the transaction log of a new snapshot."""
         data = await _encode_off_loop(encode_transaction_log, log, _log_size(log))
-        await self.driver.put(TRANSACTIONS + str(log.id), data)
+        await self.driver.put(TRANSACTIONS + str(log.id), data, write_once=True)
         self._txlogs.put(log.id, log)
 
     # -- chunks -----------------------------------------------------------------------
@@ -264,7 +264,7 @@ class AssetManager:
 
     async def write_chunk(self, chunk_id: ChunkId, data: bytes) -> None:
         """Write a native chunk file."""
-        await self.driver.put(CHUNKS + str(chunk_id), data)
+        await self.driver.put(CHUNKS + str(chunk_id), data, write_once=True)
 
     # -- refs -------------------------------------------------------------------------
 

@@ -73,6 +73,10 @@ class CountingDriver(Driver):
         self._record("put", key)
         return await self.inner.put(key, data, if_none_match=if_none_match, if_match=if_match)
 
+    async def _put_once(self, key: str, data: bytes) -> ObjectInfo:
+        self._record("put", key)
+        return await self.inner.put(key, data, write_once=True)
+
     async def _delete(self, key: str) -> None:
         self._record("delete", key)
         await self.inner.delete(key)
@@ -182,6 +186,12 @@ class FaultyDriver(CountingDriver):
             lambda: super(FaultyDriver, self)._put(
                 key, data, if_none_match=if_none_match, if_match=if_match
             ),
+        )
+        return result
+
+    async def _put_once(self, key: str, data: bytes) -> ObjectInfo:
+        result: ObjectInfo = await self._around(
+            "put", key, lambda: super(FaultyDriver, self)._put_once(key, data)
         )
         return result
 

@@ -350,17 +350,27 @@ class Driver(abc.ABC):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        write_once: bool = False,
     ) -> ObjectInfo:
         """Store ``data`` under ``key``, atomically: readers see the old or the new bytes.
 
         ``if_none_match=True`` creates only if no object exists; ``if_match=version``
         replaces only if the stored version is still ``version``. A failed condition
         raises ``PreconditionFailed`` and changes nothing.
+
+        ``write_once=True`` is the caller's promise that the key is new (named by a random
+        id) and read by nobody before ``put`` returns: a driver may then write the object
+        in place instead of staging and renaming it (local files: 5-8x fewer metadata
+        operations). It cannot be combined with a condition.
         """
         validate_key(key, self.label)
         self._check_writable(key)
         if if_none_match and if_match is not None:
             raise ValueError("pass at most one of if_none_match and if_match")
+        if write_once:
+            if if_none_match or if_match is not None:
+                raise ValueError("write_once cannot be combined with a condition")
+            return await self._put_once(key, bytes(data))
         return await self._put(key, bytes(data), if_none_match=if_none_match, if_match=if_match)
 
     async def delete(self, key: str) -> None:
@@ -416,6 +426,10 @@ class Driver(abc.ABC):
     async def _put(
         self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
     ) -> ObjectInfo: ...
+
+    async def _put_once(self, key: str, data: bytes) -> ObjectInfo:
+        """A ``write_once`` put; by default an ordinary atomic put."""
+        return await self._put(key, data, if_none_match=False, if_match=None)
 
     @abc.abstractmethod
     async def _delete(self, key: str) -> None: ...

@@ -206,6 +206,28 @@ async def test_if_match(dut: DriverUnderTest) -> None:
         await dut.driver.put("refs/m", b"x", if_none_match=True, if_match=v2.version)
 
 
+async def test_write_once(dut: DriverUnderTest) -> None:
+    writable(dut)
+    info = await dut.driver.put("chunks/new/abc", DATA, write_once=True)
+    assert (info.key, info.size) == ("chunks/new/abc", len(DATA))
+    assert info.version == (await dut.driver.head("chunks/new/abc")).version
+    assert await dut.driver.get("chunks/new/abc") == DATA
+    # a retried write of the same key replaces it whole
+    await dut.driver.put("chunks/new/abc", b"again", write_once=True)
+    assert await dut.driver.get("chunks/new/abc") == b"again"
+    await dut.driver.put("chunks/empty", b"", write_once=True)
+    assert await dut.driver.get("chunks/empty") == b""
+    with pytest.raises(ValueError):
+        await dut.driver.put("chunks/x", b"x", write_once=True, if_none_match=True)
+    with pytest.raises(ValueError):
+        await dut.driver.put("chunks/x", b"x", write_once=True, if_match=info.version)
+    assert not await dut.driver.exists("chunks/x")
+    if dut.driver.supports_listing:
+        assert await keys_of(dut) == ["chunks/empty", "chunks/new/abc"]
+    if dut.root is not None:  # nothing staged is left behind
+        assert not [p for p in (dut.root / ".aicechunk").rglob("*") if p.is_file()]
+
+
 async def test_delete(dut: DriverUnderTest) -> None:
     writable(dut)
     for name in ("d/1", "d/2", "d/3", "keep"):
@@ -226,6 +248,8 @@ async def test_read_only_drivers_refuse_writes(dut: DriverUnderTest) -> None:
         pytest.skip("writable driver")
     with pytest.raises(ReadOnlyError):
         await dut.driver.put("k", b"x")
+    with pytest.raises(ReadOnlyError):
+        await dut.driver.put("k", b"x", write_once=True)
     with pytest.raises(ReadOnlyError):
         await dut.driver.delete("k")
 
@@ -270,6 +294,8 @@ async def test_invalid_keys_rejected_and_nothing_written(dut: DriverUnderTest, k
         with pytest.raises(InvalidKey) as info:
             await dut.driver.put(key, b"evil")
         assert info.value.driver == dut.driver.label
+        with pytest.raises(InvalidKey):
+            await dut.driver.put(key, b"evil", write_once=True)
         with pytest.raises(InvalidKey):
             await dut.driver.delete(key)
         with pytest.raises(InvalidKey):
