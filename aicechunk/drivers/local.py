@@ -86,11 +86,32 @@ class _KeyLock:
         self._fd = -1
 
 
+# reads and writes up to this size run on the driver's small-op thread
+_SMALL = 1 << 20
+
+
+class _LargeRead:
+    """An open file whose requested range is too large for the small-op thread."""
+
+    def __init__(self, f: Any, start: int, stop: int) -> None:
+        self.f, self.start, self.stop = f, start, stop
+
+    def read(self) -> bytes:
+        with self.f:
+            if self.start:
+                self.f.seek(self.start)
+            data: bytes = self.f.read(self.stop - self.start)
+            return data
+
+
 class LocalDriver(Driver):
     """Objects as files under ``root`` (created on first write).
 
     ``max_workers`` bounds the threads doing file I/O (and so the requests in flight);
-    each operation is one hop to a worker thread, never blocking the event loop.
+    each operation is one hop to a worker thread, never blocking the event loop. Small
+    operations (reads and writes up to 1 MiB, stats, deletes) share one thread of their
+    own: many threads each taking the GIL back after every system call cost more than
+    the calls (a third less throughput on 4 KiB chunks); large ones use the pool.
     ``fsync=True`` flushes files and directories to disk before a write returns, for
     durability across power loss (a killed process loses nothing either way).
     """
@@ -102,6 +123,7 @@ class LocalDriver(Driver):
         self.max_workers = max_workers
         self.fsync = fsync
         self._pool: ThreadPoolExecutor | None = None
+        self._lane: ThreadPoolExecutor | None = None
 
     # -- description ------------------------------------------------------------------
 
@@ -142,11 +164,19 @@ class LocalDriver(Driver):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, partial(fn, *args))
 
+    async def _run_small(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._lane is None:
+            self._lane = ThreadPoolExecutor(1, thread_name_prefix="aicechunk-local-small")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._lane, partial(fn, *args))
+
     async def close(self) -> None:
         """Stop the worker threads (they restart on the next call)."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
+        lane, self._lane = self._lane, None
+        for executor in (pool, lane):
+            if executor is not None:
+                executor.shutdown(wait=False)
 
     def _path(self, key: str) -> Path:
         if key == _RESERVED or key.startswith(_RESERVED + "/"):
@@ -181,22 +211,35 @@ class LocalDriver(Driver):
             raise self._wrap_os_error(err, key, "read") from err
         return data, _info(key, st)
 
-    def _read_bytes_sync(self, key: str, byte_range: ByteRange | None) -> bytes:
+    def _read_small_sync(self, key: str, byte_range: ByteRange | None) -> bytes | _LargeRead:
         path = self._path(key)
         try:
-            with open(path, "rb", buffering=0) as f:
-                if byte_range is None:
-                    return f.read()
-                start, stop = range_bounds(byte_range, os.fstat(f.fileno()).st_size)
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below or by the pool
+        except OSError as err:
+            raise self._wrap_os_error(err, key, "read") from err
+        try:
+            start, stop = range_bounds(byte_range, os.fstat(f.fileno()).st_size)
+            if stop - start > _SMALL:
+                return _LargeRead(f, start, stop)  # the pool reads it
+            with f:
                 if start:
                     f.seek(start)
                 return f.read(stop - start)
-        except OSError as err:
-            raise self._wrap_os_error(err, key, "read") from err
+        except BaseException as err:
+            f.close()
+            if isinstance(err, OSError):
+                raise self._wrap_os_error(err, key, "read") from err
+            raise
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
-        # the hot path of chunk reads: no stat and no ObjectInfo unless a range needs it
-        return await self._run(self._read_bytes_sync, key, byte_range)
+        # the hot path of chunk reads: no ObjectInfo; small reads on the small-op thread
+        found = await self._run_small(self._read_small_sync, key, byte_range)
+        if isinstance(found, bytes):
+            return found
+        try:
+            return await self._run(found.read)
+        except OSError as err:
+            raise self._wrap_os_error(err, key, "read") from err
 
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         return await self._run(self._read_sync, key, None)
@@ -212,7 +255,7 @@ class LocalDriver(Driver):
         return _info(key, st)
 
     async def _head(self, key: str) -> ObjectInfo:
-        return await self._run(self._head_sync, key)
+        return await self._run_small(self._head_sync, key)
 
     def _list_sync(self, prefix: str) -> list[ObjectInfo]:
         base_rel = prefix if prefix.endswith("/") or not prefix else prefix.rpartition("/")[0]
@@ -340,7 +383,10 @@ class LocalDriver(Driver):
     async def _put(
         self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
     ) -> ObjectInfo:
-        return await self._run(self._put_sync, key, data, if_none_match, if_match)
+        # conditional writes may wait on a key lock: never on the small-op thread
+        small = len(data) <= _SMALL and not if_none_match and if_match is None
+        run = self._run_small if small else self._run
+        return await run(self._put_sync, key, data, if_none_match, if_match)
 
     def _put_once_sync(self, key: str, data: bytes) -> ObjectInfo:
         # Created in place (O_EXCL): no staging file and no rename, which cost most of a
@@ -382,7 +428,8 @@ class LocalDriver(Driver):
         return _info(key, st)
 
     async def _put_once(self, key: str, data: bytes) -> ObjectInfo:
-        return await self._run(self._put_once_sync, key, data)
+        run = self._run_small if len(data) <= _SMALL else self._run
+        return await run(self._put_once_sync, key, data)
 
     def _delete_sync(self, keys: list[str]) -> None:
         for key in keys:
@@ -400,7 +447,7 @@ class LocalDriver(Driver):
                 raise self._wrap_os_error(err, key, "delete") from err
 
     async def _delete(self, key: str) -> None:
-        await self._run(self._delete_sync, [key])
+        await self._run_small(self._delete_sync, [key])
 
     async def _delete_many(self, keys: list[str]) -> None:
         await self._run(self._delete_sync, keys)

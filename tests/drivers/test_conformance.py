@@ -228,6 +228,18 @@ async def test_write_once(dut: DriverUnderTest) -> None:
         assert not [p for p in (dut.root / ".aicechunk").rglob("*") if p.is_file()]
 
 
+async def test_large_objects_whole_and_in_ranges(dut: DriverUnderTest) -> None:
+    big = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: past the local small-op size
+    await dut.seed("big/object", big)
+    assert await dut.driver.get("big/object") == big
+    assert await dut.driver.get("big/object", RangeRequest(5, 2 << 20)) == big[5 : 5 + (2 << 20)]
+    assert await dut.driver.get("big/object", SuffixRange(1 << 20)) == big[-(1 << 20) :]
+    assert await dut.driver.get("big/object", OffsetRange(len(big) - 3)) == big[-3:]
+    if dut.driver.supports_writes:
+        await dut.driver.put("big/once", big, write_once=True)
+        assert await dut.driver.get("big/once") == big
+
+
 async def test_delete(dut: DriverUnderTest) -> None:
     writable(dut)
     for name in ("d/1", "d/2", "d/3", "keep"):
