@@ -3,13 +3,15 @@
 Conditional writes use ``If-None-Match: *`` and ``If-Match: <etag>``; listing is
 paginated (S3 lists in UTF-8 byte order, which is our key order); deletes go in batches
 of 1000. Retries with exponential backoff and jitter on throttling, 5xx and connection
-errors are botocore's "standard" mode, bounded by ``max_attempts``. One client per event
-loop, made lazily in the loop that uses it.
+errors are botocore's "standard" mode, bounded by ``max_attempts``. Clients are made
+lazily in the loop that uses them, one per loop and per set of settings, shared by the
+drivers with those settings (a repository opened again reuses warm connections).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,9 +67,26 @@ def _shared_session(factory: Any) -> Any:
 
 
 @dataclass
+class _Shared:
+    """One client (and its connection pool) shared by the drivers of one loop that
+    have the same settings: opening a repository again reuses warm connections."""
+
+    ready: asyncio.Future[tuple[Any, Any]]
+    limit: asyncio.Semaphore
+    users: int = 0
+
+
+# loop -> client settings -> shared client
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Shared]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass
 class _LoopState:
     client: Any = None
-    context: Any = None
+    shared: _Shared | None = None
+    shared_key: str = ""
     limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
 
@@ -172,43 +191,91 @@ class S3Driver(Driver):
 
     # -- client -----------------------------------------------------------------------
 
+    def _client_key(self) -> str:
+        # everything the client is made from (credentials included: never shared across)
+        c = self.credentials
+        return repr(
+            (
+                self.region,
+                self.endpoint_url,
+                self.force_path_style,
+                (c.access_key_id, c.secret_access_key, c.session_token, c.anonymous),
+                self.max_attempts,
+                self.connect_timeout,
+                self.read_timeout,
+                self.max_concurrency,
+            )
+        )
+
+    async def _make_client(self) -> tuple[Any, Any]:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+        from botocore import UNSIGNED
+
+        creds = self.credentials
+        config = AioConfig(
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_pool_connections=self.max_concurrency,
+            s3={"addressing_style": "path" if self.force_path_style else "auto"},
+            signature_version=UNSIGNED if creds.anonymous else None,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        if self.region:
+            kwargs["region_name"] = self.region
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        if creds.kind == "static":
+            kwargs["aws_access_key_id"] = creds.access_key_id
+            kwargs["aws_secret_access_key"] = creds.secret_access_key
+            kwargs["aws_session_token"] = creds.session_token
+        context = _shared_session(get_session).create_client("s3", **kwargs)
+        client = await context.__aenter__()
+        return client, context
+
     async def _client(self) -> tuple[Any, asyncio.Semaphore]:
         state = self._state.get()
         if state.client is None:
-            from aiobotocore.config import AioConfig
-            from aiobotocore.session import get_session
-            from botocore import UNSIGNED
-
-            creds = self.credentials
-            config = AioConfig(
-                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
-                max_pool_connections=self.max_concurrency,
-                s3={"addressing_style": "path" if self.force_path_style else "auto"},
-                signature_version=UNSIGNED if creds.anonymous else None,
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            )
-            kwargs: dict[str, Any] = {"config": config}
-            if self.region:
-                kwargs["region_name"] = self.region
-            if self.endpoint_url:
-                kwargs["endpoint_url"] = self.endpoint_url
-            if creds.kind == "static":
-                kwargs["aws_access_key_id"] = creds.access_key_id
-                kwargs["aws_secret_access_key"] = creds.secret_access_key
-                kwargs["aws_session_token"] = creds.session_token
-            context = _shared_session(get_session).create_client("s3", **kwargs)
-            state.client = await context.__aenter__()
-            state.context = context
+            loop = asyncio.get_running_loop()
+            key = self._client_key()
+            pool = _CLIENTS.setdefault(loop, {})
+            shared = pool.get(key)
+            if shared is None:
+                shared = _Shared(
+                    asyncio.ensure_future(self._make_client()),
+                    asyncio.Semaphore(self.max_concurrency),
+                )
+                pool[key] = shared
+            try:
+                client, _ = await asyncio.shield(shared.ready)
+            except BaseException:
+                if shared.ready.done() and pool.get(key) is shared:
+                    del pool[key]  # a failed creation is not cached
+                raise
+            if state.client is None:  # another task of this driver may have won
+                shared.users += 1
+                state.client, state.shared, state.shared_key = client, shared, key
+                state.limit = shared.limit
         return state.client, state.limit
 
     async def close(self) -> None:
-        """Close the client made in the running loop (others close with their loop)."""
+        """Release this driver's share of the running loop's client; the client closes
+        when no driver of the loop uses it any more."""
         state = self._state.pop_current()
-        if state is not None and state.context is not None:
-            await state.context.__aexit__(None, None, None)
+        if state is None or state.shared is None:
+            return
+        shared = state.shared
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        pool = _CLIENTS.get(asyncio.get_running_loop(), {})
+        if pool.get(state.shared_key) is shared:
+            del pool[state.shared_key]
+        _, context = shared.ready.result()
+        await context.__aexit__(None, None, None)
 
     # -- helpers ----------------------------------------------------------------------
 

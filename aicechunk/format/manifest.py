@@ -37,6 +37,9 @@ Coords = tuple[int, ...]
 # arrays with at most this many refs in one manifest get a coords -> ref index on first
 # lookup; larger ones are binary-searched (building the index would cost more than it saves)
 _INDEX_LIMIT = 65_536
+# ... once this many lookups went to one array (opening a repository to read one chunk
+# should not decode every coordinate of the manifest)
+_INDEX_AFTER = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,7 @@ class Manifest:
             self._node_ids.append(reader.raw(nid, 8))
         self._refs_cache: dict[int, list[int]] = {}
         self._index: dict[NodeId, dict[Coords, int]] = {}
+        self._lookups: dict[NodeId, int] = {}
 
     @property
     def name(self) -> str:
@@ -132,14 +136,20 @@ class Manifest:
         refs = self._array_refs(node_id)
         if not refs:
             return None
-        if len(refs) <= _INDEX_LIMIT:
-            # moderate arrays: index every ref once, then each lookup is a dict hit
-            index = self._index.get(node_id)
-            if index is None:
-                index = {self._coords(pos): pos for pos in refs}
-                self._index[node_id] = index
+        index = self._index.get(node_id)
+        if index is not None:
             pos = index.get(coords)
             return None if pos is None else self._ref(pos)
+        if len(refs) <= _INDEX_LIMIT:
+            # moderate arrays read chunk after chunk: once a few lookups went by binary
+            # search, index every ref and make each later lookup a dict hit
+            seen = self._lookups.get(node_id, 0) + 1
+            self._lookups[node_id] = seen
+            if seen > _INDEX_AFTER:
+                index = {self._coords(pos): pos for pos in refs}
+                self._index[node_id] = index
+                pos = index.get(coords)
+                return None if pos is None else self._ref(pos)
         lo, hi = 0, len(refs)
         while lo < hi:
             mid = (lo + hi) // 2
