@@ -353,7 +353,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     def on(name: str) -> bool:
         return wanted is None or name in wanted
 
-    with moto_server() as endpoint, counting_proxy(endpoint) as (proxy, proxy_count):
+    with (
+        moto_server(own_process=True) as endpoint,
+        counting_proxy(endpoint) as (proxy, proxy_count),
+    ):
         import boto3
 
         s3 = {"endpoint": endpoint}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,11 +29,28 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's S3 server; yields its endpoint URL."""
+def moto_server(own_process: bool = False) -> Iterator[str]:
+    """moto's S3 server; yields its endpoint URL. ``own_process=True`` runs it in a
+    process of its own, as a remote S3 would be (benchmarks: an in-process server would
+    share the GIL with a Python client, and not with a Rust one)."""
     import logging
 
     from moto.server import ThreadedMotoServer
+
+    if own_process:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port, timeout=60)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        return
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import flatbuffers
+import numpy as np
 
 from aicechunk.errors import FormatError
 
@@ -145,7 +146,12 @@ class Reader:
         """Positions of the tables in a vector-of-tables field."""
         start, length = self.vector(table, index, required)
         self._check(start, 4 * length)
-        return [start + 4 * i + self.u32(start + 4 * i) for i in range(length)]
+        if length < 32:
+            return [start + 4 * i + self.u32(start + 4 * i) for i in range(length)]
+        offsets = np.frombuffer(self.buf, dtype="<u4", count=length, offset=start)
+        positions = offsets.astype(np.int64) + (start + 4 * np.arange(length, dtype=np.int64))
+        found: list[int] = positions.tolist()
+        return found
 
     def u32_vector(self, table: int, index: int, required: str | None = None) -> tuple[int, ...]:
         start, length = self.vector(table, index, required)
