@@ -107,6 +107,20 @@ class Repository:
     def __repr__(self) -> str:
         return f"<Repository {self._storage!r}>"
 
+    async def close(self) -> None:
+        """Release the network clients this repository's storage (and its virtual chunk
+        containers) made in the running event loop. The repository and its sessions stay
+        usable: a later call connects again."""
+        await self._assets.driver.close()
+        if self._resolver is not None:
+            await self._resolver.close()
+
+    async def __aenter__(self) -> Repository:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     @classmethod
     async def exists(cls, storage: Storage) -> bool:
         """Whether a repository (its ``main`` branch) exists at ``storage``."""

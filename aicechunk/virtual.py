@@ -234,6 +234,13 @@ class VirtualResolver:
                 return container
         return None
 
+    async def close(self) -> None:
+        """Close the drivers made for virtual chunks in the running loop."""
+        with self._lock:
+            drivers = list(self._drivers.values())
+        for driver in drivers:
+            await driver.close()
+
     def _driver(self, container: VirtualChunkContainer, location: str) -> tuple[Driver, str]:
         if container.url_prefix not in self._authorized:
             raise VirtualChunkError(

@@ -94,3 +94,29 @@ async def test_interop_on_s3(s3_endpoint: str) -> None:
     session = await theirs.readonly_session(branch="main")
     arr = await zas.open_array(store=session.store, path="y", mode="r")
     np.testing.assert_allclose(await arr.getitem(slice(None)), np.linspace(0, 1, 12))
+
+
+async def test_s3_clients_are_shared_per_loop_and_released_on_close(s3_endpoint: str) -> None:
+    from aicechunk.drivers import s3 as s3_driver
+
+    storage = s3_test_storage(s3_endpoint)
+    async with await aic.Repository.create(storage) as repo:
+        session = await repo.writable_session("main")
+        group = await zas.open_group(store=session.store, mode="w")
+        await group.create_array("a", shape=(4,), chunks=(2,), dtype="i4")
+        await session.commit("one")
+        # another bucket, same settings: the same client and connections
+        again = await aic.Repository.create(s3_test_storage(s3_endpoint))
+        assert await again.lookup_branch("main") != await repo.lookup_branch("main")
+        pool = s3_driver._CLIENTS[asyncio.get_running_loop()]
+        assert len(pool) == 1
+        (shared,) = pool.values()
+        assert shared.users == 2
+        await again.close()
+        assert shared.users == 1 and len(pool) == 1
+    assert len(pool) == 0  # the last user closed it
+    # closed repositories reconnect when used again
+    messages = [s.message async for s in repo.ancestry(branch="main")]
+    assert messages[0] == "one" and await repo.lookup_branch("main")
+    assert len(pool) == 1
+    await repo.close()
