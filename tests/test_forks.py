@@ -141,6 +141,58 @@ async def test_later_forks_win_and_tree_merges() -> None:
     np.testing.assert_array_equal(await arr.getitem(slice(0, CHUNK)), np.full(CHUNK, 3))
 
 
+async def test_merged_payloads_read_rebase_and_commit() -> None:
+    """Fork payloads merged as column tables: readable before the commit, overridden by
+    the parent's own later writes, and rebased onto a branch that moved."""
+    repo, session = await setup_array(aic.in_memory_storage(), 8)
+    payloads = []
+    for i in range(4):
+        fork = session.fork()
+        arr = await zas.open_array(store=fork.store, path="data")
+        await arr.setitem(slice(i * CHUNK, (i + 1) * CHUNK), np.full(CHUNK, 10 + i, dtype="i8"))
+        payloads.append(fork.to_bytes())
+    other = await repo.writable_session("main")  # meanwhile, another writer commits
+    arr = await zas.open_array(store=other.store, path="data")
+    await arr.setitem(slice(6 * CHUNK, 8 * CHUNK), np.full(2 * CHUNK, 99, dtype="i8"))
+    await other.commit("other writer")
+
+    await session.merge(*[aic.ForkSession.from_bytes(p) for p in payloads])
+    arr = await zas.open_array(store=session.store, path="data")
+    np.testing.assert_array_equal(
+        await arr.getitem(slice(0, 4 * CHUNK)), np.repeat([10, 11, 12, 13], CHUNK)
+    )
+    await arr.setitem(slice(3 * CHUNK, 4 * CHUNK), np.full(CHUNK, 7, dtype="i8"))  # wins
+    before = session.changes.chunks
+    with pytest.raises(aic.ConflictError):
+        await session.commit("without rebase")
+    assert session.changes.chunks == before  # a refused commit keeps every change
+    await session.commit("rebased", rebase_with=aic.BasicConflictSolver())
+    ro = await repo.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="data", mode="r")
+    np.testing.assert_array_equal(
+        await arr.getitem(slice(None)), np.repeat([10, 11, 12, 7, 0, 0, 99, 99], CHUNK)
+    )
+
+
+async def test_merged_payloads_update_an_array_with_data() -> None:
+    repo, session = await setup_array(aic.in_memory_storage(), 4)
+    arr = await zas.open_array(store=session.store, path="data")
+    await arr.setitem(slice(None), np.full(4 * CHUNK, 5, dtype="i8"))
+    await session.commit("data")
+    first, second = session.fork(), session.fork()
+    arr = await zas.open_array(store=first.store, path="data")
+    await arr.setitem(slice(0, CHUNK), np.full(CHUNK, 1, dtype="i8"))
+    await first.store.delete("data/c/2")
+    arr = await zas.open_array(store=second.store, path="data")
+    await arr.setitem(slice(3 * CHUNK, 4 * CHUNK), np.full(CHUNK, 3, dtype="i8"))
+    forks = [aic.ForkSession.from_bytes(f.to_bytes()) for f in (first, second)]
+    await session.merge(*forks)
+    await session.commit("updates")
+    ro = await repo.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="data", mode="r")
+    np.testing.assert_array_equal(await arr.getitem(slice(None)), np.repeat([1, 5, 0, 3], CHUNK))
+
+
 async def test_merge_sessions_flattens_nested_lists() -> None:
     repo, session = await setup_array(aic.in_memory_storage(), 4)
     forks = [session.fork() for _ in range(4)]
