@@ -88,8 +88,10 @@ class ChangeSet:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        counts = {n: len(self.chunk_changes_coords(n)) for n in self.chunk_nodes()}
-        return f"<ChangeSet nodes={len(list(self.new_node_paths()))} chunks={counts}>"
+        return (
+            f"<ChangeSet new_nodes={len(list(self.new_node_paths()))} "
+            f"arrays_with_chunk_changes={len(self.chunk_nodes())}>"
+        )
 
     # -- chunk storage ----------------------------------------------------------------
 

@@ -428,13 +428,7 @@ class LocalDriver(Driver):
                 if tmp.exists():
                     tmp.unlink()
         except OSError as err:
-            if err.errno == errno.ENOTDIR or isinstance(err, IsADirectoryError):
-                raise StorageError(
-                    "cannot write: a path segment is an object, or the key is a directory",
-                    key=key,
-                    driver=self.label,
-                ) from err
-            raise self._wrap_os_error(err, key, "write") from err
+            raise self._write_error(err, key) from err
 
     async def _put(
         self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
@@ -443,6 +437,15 @@ class LocalDriver(Driver):
         small = len(data) <= _SMALL and not if_none_match and if_match is None
         run = self._run_small if small else self._run
         return await run(self._put_sync, key, data, if_none_match, if_match)
+
+    def _write_error(self, err: OSError, key: str) -> StorageError:
+        if err.errno == errno.ENOTDIR or isinstance(err, IsADirectoryError):
+            return StorageError(
+                "cannot write: a path segment is an object, or the key is a directory",
+                key=key,
+                driver=self.label,
+            )
+        return self._wrap_os_error(err, key, "write")
 
     def _put_once_sync(self, key: str, data: bytes) -> ObjectInfo:
         # Created in place (O_EXCL): no staging file and no rename, which cost most of a
@@ -459,13 +462,7 @@ class LocalDriver(Driver):
         except FileExistsError:  # a retried write: replace it the careful way
             return self._put_sync(key, data, False, None)
         except OSError as err:
-            if err.errno == errno.ENOTDIR or isinstance(err, IsADirectoryError):
-                raise StorageError(
-                    "cannot write: a path segment is an object, or the key is a directory",
-                    key=key,
-                    driver=self.label,
-                ) from err
-            raise self._wrap_os_error(err, key, "write") from err
+            raise self._write_error(err, key) from err
         try:
             view = memoryview(data)
             while view:
