@@ -10,6 +10,7 @@ chunk is refused with an error naming the URL.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
+from aicechunk.drivers.base import ByteRange, Driver, LoopLocal, RangeRequest
 from aicechunk.errors import AicechunkError, StorageError
 from aicechunk.format.config import Tagged
 from aicechunk.format.manifest import VirtualRef
@@ -204,6 +205,23 @@ def containers_credentials(
 
 # --- the resolver ------------------------------------------------------------------------
 
+# Ranges of one object requested in the same event-loop turn (zarr reads chunks
+# concurrently) are read with one request when they lie close together: virtual
+# datasets are often many small chunks packed in one file.
+_COALESCE_GAP = 1 << 16  # join ranges at most 64 KiB apart
+_COALESCE_SPAN = 16 << 20  # never read more than 16 MiB in one request
+
+_Waiter = tuple[int, int, "asyncio.Future[bytes]"]
+
+
+class _Pending:
+    """The range reads of one loop waiting for the end of the current turn."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple[int, str], tuple[Driver, list[_Waiter]]] = {}
+        self.scheduled = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
 
 class VirtualResolver:
     """Reads virtual chunks through drivers made per authorized container."""
@@ -218,6 +236,7 @@ class VirtualResolver:
         self._authorized = dict(authorized)
         self._drivers: dict[tuple[str, str], Driver] = {}
         self._lock = threading.Lock()
+        self._pending: LoopLocal[_Pending] = LoopLocal(_Pending)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"containers": self._containers, "authorized": self._authorized}
@@ -335,7 +354,10 @@ class VirtualResolver:
                             f"virtual chunk {ref.location}: the object was modified after "
                             "the reference was written; refusing to return different bytes"
                         )
-            data = await driver.get(key, byte_range)
+            if isinstance(byte_range, RangeRequest) and byte_range.length > 0:
+                data = await self._read_range(driver, key, byte_range)
+            else:
+                data = await driver.get(key, byte_range)
         except StorageError as err:
             raise VirtualChunkError(f"virtual chunk {ref.location}: {err}") from err
         expected = byte_range.length if isinstance(byte_range, RangeRequest) else None
@@ -346,6 +368,61 @@ class VirtualResolver:
                 f"object holds only {len(data)} there"
             )
         return data
+
+    async def _read_range(self, driver: Driver, key: str, wanted: RangeRequest) -> bytes:
+        loop = asyncio.get_running_loop()
+        pending = self._pending.get()
+        future: asyncio.Future[bytes] = loop.create_future()
+        _, waiters = pending.queues.setdefault((id(driver), key), (driver, []))
+        waiters.append((wanted.offset, wanted.offset + wanted.length, future))
+        if not pending.scheduled:
+            pending.scheduled = True
+            loop.call_soon(self._flush, pending)
+        return await future
+
+    def _flush(self, pending: _Pending) -> None:
+        queues, pending.queues, pending.scheduled = pending.queues, {}, False
+        for (_, key), (driver, waiters) in queues.items():
+            waiters.sort(key=lambda w: w[0])
+            group = [waiters[0]]
+            end = waiters[0][1]
+            for waiter in waiters[1:]:
+                if waiter[0] - end <= _COALESCE_GAP and max(end, waiter[1]) - group[0][0] <= (
+                    _COALESCE_SPAN
+                ):
+                    group.append(waiter)
+                    end = max(end, waiter[1])
+                    continue
+                self._start(pending, driver, key, group, end)
+                group, end = [waiter], waiter[1]
+            self._start(pending, driver, key, group, end)
+
+    def _start(
+        self, pending: _Pending, driver: Driver, key: str, group: list[_Waiter], end: int
+    ) -> None:
+        task = asyncio.ensure_future(self._read_group(driver, key, group, end))
+        pending.tasks.add(task)
+        task.add_done_callback(pending.tasks.discard)
+
+    @staticmethod
+    async def _read_group(driver: Driver, key: str, group: list[_Waiter], end: int) -> None:
+        start = group[0][0]
+        try:
+            data = await driver.get(key, RangeRequest(start, end - start))
+        except BaseException as err:
+            for _, _, future in group:
+                if future.done():
+                    continue
+                if isinstance(err, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
+            return
+        for lo, hi, future in group:
+            if not future.done():  # a short object gives short slices: the caller says so
+                future.set_result(data[lo - start : hi - start])
 
 
 def resolver_to_plain(resolver: VirtualResolver | None) -> dict[str, Any] | None:

@@ -295,3 +295,43 @@ async def test_refreshable_and_wrong_credentials(tmp_path: Path, s3_endpoint: st
         with pytest.raises(aic.VirtualChunkError, match="access denied") as info:
             await session2.get_chunk("/v", (0,))
         assert f"{prefix}f.nc" in str(info.value) and "WRONG" not in str(info.value)
+
+
+async def test_nearby_ranges_read_in_one_request(tmp_path: Path, s3_endpoint: str) -> None:
+    """Chunks packed in one object, read concurrently, cost a few GETs, not one each; a
+    chunk far away is read on its own; every chunk gets exactly its bytes."""
+    from tests.servers import counting_proxy
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    values = np.arange(64 * 4, dtype="<i4")
+    far = 1 << 20  # past the coalescing gap
+    blob = values.tobytes() + bytes(far) + values[:4].tobytes()
+    put_s3_object(s3_endpoint, bucket, "packed.bin", blob)
+    with counting_proxy(s3_endpoint) as (proxy, requests):
+        prefix = f"s3://{bucket}/"
+        store_config = aic.s3_store(
+            region="us-east-1", endpoint_url=proxy, allow_http=True, force_path_style=True
+        )
+        credentials = aic.containers_credentials(
+            {prefix: aic.s3_credentials(access_key_id="testing", secret_access_key="testing")}
+        )
+        repo = await virtual_repo(tmp_path, prefix, store_config, credentials)
+        session = await repo.writable_session("main")
+        group = await zas.open_group(store=session.store, mode="w")
+        await group.create_array("v", shape=(65 * 4,), chunks=(4,), dtype="<i4", compressors=None)
+        for i in range(64):
+            await session.store.set_virtual_ref(
+                f"v/c/{i}", f"{prefix}packed.bin", offset=16 * i, length=16
+            )
+        await session.store.set_virtual_ref(
+            "v/c/64", f"{prefix}packed.bin", offset=len(values) * 4 + far, length=16
+        )
+        await session.commit("packed")
+        ro = await repo.readonly_session(branch="main")
+        before = requests()
+        got = await read_v(ro)
+        reads = requests() - before
+        await repo.close()
+    np.testing.assert_array_equal(got, np.concatenate([values, values[:4]]))
+    assert 2 <= reads <= 20, reads  # 14 seen: zarr reads 10 chunks at a time, not 65 GETs
