@@ -120,3 +120,51 @@ async def test_s3_clients_are_shared_per_loop_and_released_on_close(s3_endpoint:
     assert messages[0] == "one" and await repo.lookup_branch("main")
     assert len(pool) == 1
     await repo.close()
+
+
+LEFT_OPEN = """
+import asyncio, sys
+import aicechunk as aic
+
+async def main(s3_endpoint, s3_bucket, gcs_endpoint, gcs_bucket, http_url):
+    s3 = aic.s3_storage(bucket=s3_bucket, prefix="r", region="us-east-1",
+                        endpoint_url=s3_endpoint, allow_http=True, force_path_style=True,
+                        access_key_id="testing", secret_access_key="testing")
+    for storage in (s3, aic.gcs_storage(bucket=gcs_bucket, prefix="r", endpoint_url=gcs_endpoint)):
+        repo = await aic.Repository.create(storage)
+        assert await repo.list_branches() == {"main"}
+    published = await aic.Repository.open(aic.http_storage(http_url))
+    assert await published.lookup_branch("main")
+    print("done")
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_clients_left_open_are_closed_when_the_loop_ends(
+    tmp_path: Path, s3_endpoint: str, gcs_endpoint: str
+) -> None:
+    """A script that never closes its repositories: its S3, GCS and HTTP sessions are
+    closed as asyncio.run ends, not reported unclosed by the garbage collector."""
+    import subprocess
+    import sys
+
+    from tests.servers import create_gcs_bucket
+
+    s3_bucket, gcs_bucket = next_bucket_name(), next_bucket_name()
+    create_s3_bucket(s3_endpoint, s3_bucket)
+    create_gcs_bucket(gcs_endpoint, gcs_bucket)
+    local = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "pub"))
+    await write_sample(local)
+    with http_file_server(tmp_path / "pub") as url:
+        args = [s3_endpoint, s3_bucket, gcs_endpoint, gcs_bucket, url]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", LEFT_OPEN, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "done"
+    assert "Unclosed" not in done.stderr, done.stderr

@@ -10,8 +10,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
+import contextlib
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -218,6 +219,56 @@ def validate_prefix(prefix: str, driver: str | None = None) -> str:
 
 
 T = TypeVar("T")
+
+
+class _LoopEnd:
+    """Closers to run when an event loop shuts down (see ``close_at_loop_end``)."""
+
+    def __init__(self) -> None:
+        self.closers: dict[int, Callable[[], Awaitable[object]]] = {}
+        self.runner: AsyncIterator[None] | None = None
+
+
+_LOOP_ENDS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEnd] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _run_at_loop_end(end: _LoopEnd) -> AsyncIterator[None]:
+    # A started async generator is finalized by the loop's shutdown_asyncgens(), which
+    # asyncio.run (and asyncio.Runner) await before closing the loop: its finally block
+    # is the one place a library can still await inside a loop that is ending.
+    try:
+        yield
+    finally:
+        closers, end.closers = list(end.closers.values()), {}
+        for close in closers:
+            with contextlib.suppress(Exception):
+                await close()
+
+
+async def close_at_loop_end(token: object, close: Callable[[], Awaitable[object]]) -> None:
+    """Run ``close()`` when the running loop shuts down (``asyncio.run`` returning), so
+    network sessions a user never closed are closed properly instead of being reported
+    as unclosed by the garbage collector. ``forget_at_loop_end(token)`` cancels it;
+    ``close`` should keep ``token`` alive (the registration is keyed by its identity)."""
+    loop = asyncio.get_running_loop()
+    end = _LOOP_ENDS.get(loop)
+    if end is None:
+        end = _LoopEnd()
+        _LOOP_ENDS[loop] = end
+        runner = _run_at_loop_end(end)
+        await runner.__anext__()
+        end.runner = runner
+    end.closers[id(token)] = close
+
+
+def forget_at_loop_end(token: object) -> None:
+    """Cancel a ``close_at_loop_end`` registration made in the running loop."""
+    with contextlib.suppress(RuntimeError):
+        end = _LOOP_ENDS.get(asyncio.get_running_loop())
+        if end is not None:
+            end.closers.pop(id(token), None)
 
 
 class LoopLocal(Generic[T]):

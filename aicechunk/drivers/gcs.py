@@ -25,6 +25,8 @@ from aicechunk.drivers.base import (
     LoopLocal,
     ObjectInfo,
     RangeRequest,
+    close_at_loop_end,
+    forget_at_loop_end,
     http_range_header,
     is_empty_range,
 )
@@ -146,12 +148,14 @@ class GCSDriver(Driver):
                 api_root=endpoint or ("https://storage.googleapis.com" if is_dev else None),
                 api_is_dev=is_dev,
             )
+            await close_at_loop_end(state.session, state.session.close)
         return state.storage, state.limit
 
     async def close(self) -> None:
         """Close the HTTP session made in the running loop."""
         state = self._state.pop_current()
         if state is not None and state.session is not None:
+            forget_at_loop_end(state.session)
             await state.session.close()
 
     def _name(self, key: str) -> str:

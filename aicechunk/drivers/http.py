@@ -22,6 +22,8 @@ from aicechunk.drivers.base import (
     DriverConfig,
     LoopLocal,
     ObjectInfo,
+    close_at_loop_end,
+    forget_at_loop_end,
     http_range_header,
     is_empty_range,
     range_bounds,
@@ -109,12 +111,14 @@ class HTTPDriver(Driver):
                 connector=aiohttp.TCPConnector(limit=self.max_concurrency),
                 auto_decompress=False,
             )
+            await close_at_loop_end(state.session, state.session.close)
         return state.session, state.limit
 
     async def close(self) -> None:
         """Close the HTTP session made in the running loop."""
         state = self._state.pop_current()
         if state is not None and state.session is not None:
+            forget_at_loop_end(state.session)
             await state.session.close()
 
     def _url(self, key: str) -> str:

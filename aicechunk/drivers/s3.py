@@ -14,6 +14,7 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aicechunk.drivers.base import (
@@ -22,6 +23,8 @@ from aicechunk.drivers.base import (
     DriverConfig,
     LoopLocal,
     ObjectInfo,
+    close_at_loop_end,
+    forget_at_loop_end,
     http_range_header,
     is_empty_range,
     secret,
@@ -80,6 +83,14 @@ class _Shared:
 _CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Shared]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+async def _close_shared(pool: dict[str, _Shared], key: str, shared: _Shared) -> None:
+    if pool.get(key) is shared:
+        del pool[key]
+    if shared.ready.done() and not shared.ready.cancelled() and not shared.ready.exception():
+        _, context = shared.ready.result()
+        await context.__aexit__(None, None, None)
 
 
 @dataclass
@@ -249,6 +260,7 @@ class S3Driver(Driver):
                     asyncio.Semaphore(self.max_concurrency),
                 )
                 pool[key] = shared
+                await close_at_loop_end(shared, partial(_close_shared, pool, key, shared))
             try:
                 client, _ = await asyncio.shield(shared.ready)
             except BaseException:
@@ -271,11 +283,8 @@ class S3Driver(Driver):
         shared.users -= 1
         if shared.users > 0:
             return
-        pool = _CLIENTS.get(asyncio.get_running_loop(), {})
-        if pool.get(state.shared_key) is shared:
-            del pool[state.shared_key]
-        _, context = shared.ready.result()
-        await context.__aexit__(None, None, None)
+        forget_at_loop_end(shared)
+        await _close_shared(_CLIENTS.get(asyncio.get_running_loop(), {}), state.shared_key, shared)
 
     # -- helpers ----------------------------------------------------------------------
 
