@@ -39,6 +39,19 @@ async def virtual_repo(
     )
 
 
+async def s3_virtual_repo(tmp_path: Path, bucket: str, endpoint: str) -> tuple[aic.Repository, str]:
+    """A repository with an authorized container for ``s3://bucket/`` served at
+    ``endpoint``; returns it and the container's prefix."""
+    prefix = f"s3://{bucket}/"
+    store_config = aic.s3_store(
+        region="us-east-1", endpoint_url=endpoint, allow_http=True, force_path_style=True
+    )
+    credentials = aic.containers_credentials(
+        {prefix: aic.s3_credentials(access_key_id="testing", secret_access_key="testing")}
+    )
+    return await virtual_repo(tmp_path, prefix, store_config, credentials), prefix
+
+
 async def write_refs(repo: aic.Repository, location: str, checksum: object = None) -> aic.Session:
     session = await repo.writable_session("main")
     group = await zas.open_group(store=session.store, mode="w")
@@ -152,14 +165,7 @@ async def test_s3_seed_example_and_etag(tmp_path: Path, s3_endpoint: str) -> Non
     bucket = next_bucket_name()
     create_s3_bucket(s3_endpoint, bucket)
     etag = put_s3_object(s3_endpoint, bucket, "f.nc", BLOB)
-    prefix = f"s3://{bucket}/"
-    store_config = aic.s3_store(
-        region="us-east-1", endpoint_url=s3_endpoint, allow_http=True, force_path_style=True
-    )
-    credentials = aic.containers_credentials(
-        {prefix: aic.s3_credentials(access_key_id="testing", secret_access_key="testing")}
-    )
-    repo = await virtual_repo(tmp_path, prefix, store_config, credentials)
+    repo, prefix = await s3_virtual_repo(tmp_path, bucket, s3_endpoint)
     session = await write_refs(repo, f"{prefix}f.nc", checksum=etag)
     np.testing.assert_array_equal(await read_v(session), VALUES)
     put_s3_object(s3_endpoint, bucket, "f.nc", BLOB[::-1])  # the object changes
@@ -309,14 +315,7 @@ async def test_nearby_ranges_read_in_one_request(tmp_path: Path, s3_endpoint: st
     blob = values.tobytes() + bytes(far) + values[:4].tobytes()
     put_s3_object(s3_endpoint, bucket, "packed.bin", blob)
     with counting_proxy(s3_endpoint) as (proxy, requests):
-        prefix = f"s3://{bucket}/"
-        store_config = aic.s3_store(
-            region="us-east-1", endpoint_url=proxy, allow_http=True, force_path_style=True
-        )
-        credentials = aic.containers_credentials(
-            {prefix: aic.s3_credentials(access_key_id="testing", secret_access_key="testing")}
-        )
-        repo = await virtual_repo(tmp_path, prefix, store_config, credentials)
+        repo, prefix = await s3_virtual_repo(tmp_path, bucket, proxy)
         session = await repo.writable_session("main")
         group = await zas.open_group(store=session.store, mode="w")
         await group.create_array("v", shape=(65 * 4,), chunks=(4,), dtype="<i4", compressors=None)
