@@ -9,7 +9,10 @@ the table shows medians and the aicechunk/icechunk ratio, and a JSON file keeps 
 
 Both libraries go through zarr's async API on their store, so the zarr code is identical.
 Request counts (workload 3) come from a counting driver for aicechunk and, for icechunk,
-from a counting HTTP proxy in front of moto.
+from a counting HTTP proxy in front of moto. moto runs in a process of its own, as a
+remote S3 would: in this process it would share the GIL with a Python client only.
+Workloads: write, read, open (+ one chunk), refs (1,000,000 chunk references), forks
+(64 forks x 1,000 chunks merged and committed), virtual (1,000 virtual chunks on moto).
 """
 
 from __future__ import annotations
