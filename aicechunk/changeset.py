@@ -200,10 +200,7 @@ class ChangeSet:
 
     def set_chunk(self, node_id: NodeId, coords: Coords, ref: ChunkRef | None) -> None:
         """Record a chunk reference (``None`` deletes the chunk)."""
-        refs = self._materialize(node_id) if node_id in self._tables else None
-        if refs is None:
-            refs = self._chunks.setdefault(node_id, {})
-        refs[coords] = ref
+        self._materialize(node_id)[coords] = ref
 
     def add_chunk_table(self, node_id: NodeId, table: ChunkTable) -> None:
         """Record chunk changes held as a table (applied after the ones already here)."""

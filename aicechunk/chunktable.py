@@ -8,6 +8,7 @@ manifest encoder. Reference objects are made only when something asks for one ch
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import operator
 from collections.abc import Mapping, Sequence
@@ -16,16 +17,28 @@ from typing import Any
 import numpy as np
 
 from aicechunk.format.ids import ChunkId
-from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, RefColumns, VirtualRef
+from aicechunk.format.manifest import (
+    KIND_INLINE,
+    KIND_NATIVE,
+    KIND_VIRTUAL,
+    ChunkRef,
+    InlineRef,
+    NativeRef,
+    RefColumns,
+    VirtualRef,
+)
+from aicechunk.format.manifest import (
+    ref_columns as columns_of_refs,
+)
 
 __all__ = ["ChunkTable"]
 
 Coords = tuple[int, ...]
 
-NATIVE, INLINE, VIRTUAL, DELETED = 0, 1, 2, 3
-_KIND = {NativeRef: NATIVE, InlineRef: INLINE, VirtualRef: VIRTUAL, type(None): DELETED}
-_OFFSET = operator.attrgetter("offset")
-_LENGTH = operator.attrgetter("length")
+# row kinds: the manifest's reference kinds, and deletions
+NATIVE, INLINE, VIRTUAL, DELETED = KIND_NATIVE, KIND_INLINE, KIND_VIRTUAL, 3
+# RefColumns' columns besides coords and kinds, which a table holds under the same names
+_COLUMNS = tuple(f.name for f in dataclasses.fields(RefColumns))[2:]
 _U8 = np.dtype(np.uint8)
 _I64 = np.dtype("<i8")
 _U64 = np.dtype("<u8")
@@ -143,35 +156,13 @@ class ChunkTable:
         flat = itertools.chain.from_iterable(refs)
         coords = np.fromiter(flat, dtype=_I64, count=n * ndim).reshape(n, ndim)
         values = list(refs.values())
-        kinds = np.fromiter(map(_KIND.__getitem__, map(type, values)), dtype=_U8, count=n)
-        present = np.bincount(kinds, minlength=4)
-        columns: dict[str, Any] = {}
-        if present[NATIVE]:
-            natives: list[NativeRef] = [r for r in values if type(r) is NativeRef]
-            k = len(natives)
-            ids = b"".join(r.chunk_id.bytes for r in natives)
-            columns["chunk_ids"] = np.frombuffer(ids, dtype=_U8).reshape(k, 12)
-            columns["native_offsets"] = np.fromiter(map(_OFFSET, natives), _U64, count=k)
-            columns["native_lengths"] = np.fromiter(map(_LENGTH, natives), _U64, count=k)
-        if present[INLINE]:
-            datas = [r.data for r in values if type(r) is InlineRef]
-            columns["inline_lengths"] = np.fromiter(map(len, datas), _I64, count=len(datas))
-            columns["inline_data"] = np.frombuffer(b"".join(datas), dtype=_U8)
-        if present[VIRTUAL]:
-            virtuals: list[VirtualRef] = [r for r in values if type(r) is VirtualRef]
-            k = len(virtuals)
-            table: dict[str, int] = {}
-            columns["which"] = np.fromiter(
-                (table.setdefault(r.location, len(table)) for r in virtuals), _I64, count=k
-            )
-            columns["locations"] = list(table)
-            columns["virtual_offsets"] = np.fromiter(map(_OFFSET, virtuals), _U64, count=k)
-            columns["virtual_lengths"] = np.fromiter(map(_LENGTH, virtuals), _U64, count=k)
-            etags = [r.etag for r in virtuals]
-            modified = [r.last_modified for r in virtuals]
-            columns["etags"] = etags if any(etags) else None
-            columns["modified"] = modified if any(modified) else None
-        return cls(coords, kinds, **columns)
+        live = np.fromiter(map(operator.is_not, values, itertools.repeat(None)), bool, count=n)
+        rows = np.flatnonzero(live)
+        present: list[ChunkRef] = [v for v in values if v is not None]
+        cols = columns_of_refs(coords if len(rows) == n else coords[rows], present)
+        kinds = np.full(n, DELETED, dtype=_U8)
+        kinds[rows] = cols.kinds
+        return cls(coords, kinds, **cols.columns())
 
     def to_refs(self) -> dict[Coords, ChunkRef | None]:
         """The changes as reference objects (rows later in the table win)."""
@@ -306,20 +297,11 @@ class ChunkTable:
         table."""
         assert self.resolved
         live = self.kinds != DELETED
+        everything = live.all()
         return RefColumns(
-            coords=self.coords[live] if not live.all() else self.coords,
-            kinds=self.kinds[live] if not live.all() else self.kinds,
-            chunk_ids=self.chunk_ids,
-            native_offsets=self.native_offsets,
-            native_lengths=self.native_lengths,
-            inline_lengths=self.inline_lengths,
-            inline_data=self.inline_data,
-            locations=self.locations,
-            which=self.which,
-            virtual_offsets=self.virtual_offsets,
-            virtual_lengths=self.virtual_lengths,
-            etags=self.etags,
-            modified=self.modified,
+            coords=self.coords if everything else self.coords[live],
+            kinds=self.kinds if everything else self.kinds[live],
+            **{name: getattr(self, name) for name in _COLUMNS},
         )
 
     # -- plain data ---------------------------------------------------------------------

@@ -387,14 +387,13 @@ class VirtualResolver:
             group = [waiters[0]]
             end = waiters[0][1]
             for waiter in waiters[1:]:
-                if waiter[0] - end <= _COALESCE_GAP and max(end, waiter[1]) - group[0][0] <= (
-                    _COALESCE_SPAN
-                ):
+                near = waiter[0] - end <= _COALESCE_GAP
+                if near and max(end, waiter[1]) - group[0][0] <= _COALESCE_SPAN:
                     group.append(waiter)
                     end = max(end, waiter[1])
-                    continue
-                self._start(pending, driver, key, group, end)
-                group, end = [waiter], waiter[1]
+                else:
+                    self._start(pending, driver, key, group, end)
+                    group, end = [waiter], waiter[1]
             self._start(pending, driver, key, group, end)
 
     def _start(

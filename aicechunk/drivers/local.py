@@ -94,9 +94,9 @@ class _Batches:
     batches: one wake-up and one call back into the loop for every operation queued
     meanwhile, instead of one each (the hand-offs cost more than the system calls)."""
 
-    def __init__(self) -> None:
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
         self.loop = asyncio.get_running_loop()
-        self.executor: ThreadPoolExecutor | None = None
+        self.executor = executor
         self._queue: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._lock = threading.Lock()
         self._scheduled = False
@@ -108,7 +108,6 @@ class _Batches:
             if self._scheduled:
                 return future
             self._scheduled = True
-        assert self.executor is not None
         self.executor.submit(self._drain)
         return future
 
@@ -177,7 +176,7 @@ class LocalDriver(Driver):
         self.fsync = fsync
         self._pool: ThreadPoolExecutor | None = None
         self._lane: ThreadPoolExecutor | None = None
-        self._batches: LoopLocal[_Batches] = LoopLocal(_Batches)
+        self._batches: LoopLocal[_Batches] = LoopLocal(lambda: _Batches(self._small_thread()))
 
     # -- description ------------------------------------------------------------------
 
@@ -218,18 +217,20 @@ class LocalDriver(Driver):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, partial(fn, *args))
 
-    async def _run_small(self, fn: Callable[..., _T], *args: Any) -> _T:
+    def _small_thread(self) -> ThreadPoolExecutor:
         if self._lane is None:
             self._lane = ThreadPoolExecutor(1, thread_name_prefix="aicechunk-local-small")
-        batches = self._batches.get()
-        batches.executor = self._lane
-        result: _T = await batches.submit(fn, args)
+        return self._lane
+
+    async def _run_small(self, fn: Callable[..., _T], *args: Any) -> _T:
+        result: _T = await self._batches.get().submit(fn, args)
         return result
 
     async def close(self) -> None:
         """Stop the worker threads (they restart on the next call)."""
         pool, self._pool = self._pool, None
         lane, self._lane = self._lane, None
+        self._batches.clear()  # their thread is gone: made again with the next one
         for executor in (pool, lane):
             if executor is not None:
                 executor.shutdown(wait=False)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from aicechunk.format.header import FileType, decode_file, encode_file
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId
 
 __all__ = [
+    "KIND_INLINE",
+    "KIND_NATIVE",
+    "KIND_VIRTUAL",
     "ChunkRef",
     "InlineRef",
     "Manifest",
@@ -31,6 +35,7 @@ __all__ = [
     "encode_array_manifest",
     "encode_array_manifest_columns",
     "encode_manifest",
+    "ref_columns",
 ]
 
 Coords = tuple[int, ...]
@@ -454,17 +459,14 @@ class _Presorted:
         self.refs = refs
 
 
-_KIND_OF = {NativeRef: 0, InlineRef: 1, VirtualRef: 2}
-_NATIVE, _INLINE, _VIRTUAL, _CHECKSUMMED = 0, 1, 2, 3
+# the kind codes of RefColumns.kinds
+KIND_NATIVE, KIND_INLINE, KIND_VIRTUAL = 0, 1, 2
+_KIND_OF = {NativeRef: KIND_NATIVE, InlineRef: KIND_INLINE, VirtualRef: KIND_VIRTUAL}
 
 
 def _records(w: Forward, vt_native: int, coords: np.ndarray, refs: list[ChunkRef]) -> np.ndarray:
     """Write one array's ref records; their positions, in the order of ``refs``.
-
-    Records may lie in any order (the refs vector points at each), so refs are grouped
-    by kind and each group laid out in bulk; only virtual refs carrying a checksum, and
-    coordinates of mixed dimensionality, are written one by one."""
-    n = len(refs)
+    Coordinates of mixed dimensionality (never valid in an array) go one by one."""
     if coords.dtype == object:
         return np.array(
             [
@@ -473,71 +475,7 @@ def _records(w: Forward, vt_native: int, coords: np.ndarray, refs: list[ChunkRef
             ],
             dtype=np.int64,
         )
-    kinds = np.fromiter(map(_KIND_OF.__getitem__, map(type, refs)), dtype=np.uint8, count=n)
-    present = set(np.flatnonzero(np.bincount(kinds, minlength=4)).tolist())
-    if _VIRTUAL in present:
-        rows = np.flatnonzero(kinds == _VIRTUAL)
-        virtual = refs if len(rows) == n else list(map(refs.__getitem__, rows.tolist()))
-        # bool(etag) or bool(last_modified), through C-level maps
-        checked = np.fromiter(map(bool, map(_ETAG, virtual)), dtype=bool, count=len(rows))
-        checked |= np.fromiter(map(bool, map(_MODIFIED, virtual)), dtype=bool, count=len(rows))
-        kinds[rows[checked]] = _CHECKSUMMED
-        present = set(np.flatnonzero(np.bincount(kinds, minlength=4)).tolist())
-    groups: list[tuple[int, np.ndarray | None]]
-    if len(present) == 1:
-        groups = [(present.pop(), None)]
-    else:
-        groups = [(k, np.flatnonzero(kinds == k)) for k in sorted(present)]
-    positions = np.empty(n, dtype=np.int64)
-    for kind, where in groups:
-        if where is None:
-            sub_coords, sub_refs = coords, refs
-        else:
-            sub_coords = coords[where]
-            sub_refs = list(map(refs.__getitem__, where.tolist()))
-        k = len(sub_refs)
-        if kind == _NATIVE:
-            found = _native_block(
-                w,
-                vt_native,
-                sub_coords,
-                np.fromiter(map(_OFFSET, sub_refs), dtype=np.uint64, count=k),
-                np.fromiter(map(_LENGTH, sub_refs), dtype=np.uint64, count=k),
-                np.frombuffer(b"".join(r.chunk_id.bytes for r in sub_refs), dtype=np.uint8),  # type: ignore[union-attr]
-            )
-        elif kind == _INLINE:
-            datas = [r.data for r in sub_refs]  # type: ignore[union-attr]
-            found = _inline_block(
-                w,
-                w.vtable(_INLINE_TABLE, _INLINE_SLOTS),
-                sub_coords,
-                np.fromiter(map(len, datas), dtype=np.int64, count=k),
-                np.frombuffer(b"".join(datas), dtype=np.uint8),
-            )
-        elif kind == _VIRTUAL:
-            locs = list(map(_LOCATION, sub_refs))
-            table = {loc: i for i, loc in enumerate(dict.fromkeys(locs))}
-            found = _virtual_block(
-                w,
-                sub_coords,
-                list(table),
-                np.fromiter(map(table.__getitem__, locs), dtype=np.int64, count=k),
-                np.fromiter(map(_OFFSET, sub_refs), dtype=np.uint64, count=k),
-                np.fromiter(map(_LENGTH, sub_refs), dtype=np.uint64, count=k),
-            )
-        else:
-            found = np.array(
-                [
-                    _ref_record(w, tuple(c), r)
-                    for c, r in zip(sub_coords.tolist(), sub_refs, strict=True)
-                ],
-                dtype=np.int64,
-            )
-        if where is None:
-            positions = found
-        else:
-            positions[where] = found
-    return positions
+    return _column_records(w, vt_native, ref_columns(coords, refs))
 
 
 @dataclass(frozen=True)
@@ -567,6 +505,47 @@ class RefColumns:
     def __len__(self) -> int:
         return len(self.kinds)
 
+    def columns(self) -> dict[str, Any]:
+        """Every column but ``coords`` and ``kinds``, by field name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)[2:]}
+
+
+def ref_columns(coords: np.ndarray, refs: Sequence[ChunkRef]) -> RefColumns:
+    """Reference objects (rows of ``coords``) as columns, through C-level maps."""
+    n = len(refs)
+    kinds = np.fromiter(map(_KIND_OF.__getitem__, map(type, refs)), dtype=np.uint8, count=n)
+    present = np.bincount(kinds, minlength=3)
+
+    def of_kind(kind: int, cls: type) -> list[Any]:
+        if present[kind] == n:
+            return list(refs)
+        return [r for r in refs if type(r) is cls]
+
+    natives: list[NativeRef] = of_kind(KIND_NATIVE, NativeRef) if present[KIND_NATIVE] else []
+    datas = [r.data for r in of_kind(KIND_INLINE, InlineRef)] if present[KIND_INLINE] else []
+    virtuals: list[VirtualRef] = of_kind(KIND_VIRTUAL, VirtualRef) if present[KIND_VIRTUAL] else []
+    locs = list(map(_LOCATION, virtuals))
+    table = {loc: i for i, loc in enumerate(dict.fromkeys(locs))}
+    etags = list(map(_ETAG, virtuals))
+    modified = list(map(_MODIFIED, virtuals))
+    return RefColumns(
+        coords=coords,
+        kinds=kinds,
+        chunk_ids=np.frombuffer(
+            b"".join(r.chunk_id.bytes for r in natives), dtype=np.uint8
+        ).reshape(-1, 12),
+        native_offsets=np.fromiter(map(_OFFSET, natives), np.uint64, count=len(natives)),
+        native_lengths=np.fromiter(map(_LENGTH, natives), np.uint64, count=len(natives)),
+        inline_lengths=np.fromiter(map(len, datas), np.int64, count=len(datas)),
+        inline_data=np.frombuffer(b"".join(datas), dtype=np.uint8),
+        locations=list(table),
+        which=np.fromiter(map(table.__getitem__, locs), np.int64, count=len(locs)),
+        virtual_offsets=np.fromiter(map(_OFFSET, virtuals), np.uint64, count=len(virtuals)),
+        virtual_lengths=np.fromiter(map(_LENGTH, virtuals), np.uint64, count=len(virtuals)),
+        etags=etags if any(etags) else None,
+        modified=modified if any(modified) else None,
+    )
+
 
 def _column_records(w: Forward, vt_native: int, cols: RefColumns) -> np.ndarray:
     coords = cols.coords.astype(np.uint32)
@@ -575,14 +554,14 @@ def _column_records(w: Forward, vt_native: int, cols: RefColumns) -> np.ndarray:
     for kind in np.flatnonzero(np.bincount(cols.kinds, minlength=3)).tolist():
         rows = np.flatnonzero(cols.kinds == kind)
         sub = coords if len(rows) == n else coords[rows]
-        if kind == _NATIVE:
+        if kind == KIND_NATIVE:
             found = _native_block(
                 w, vt_native, sub, cols.native_offsets, cols.native_lengths, cols.chunk_ids
             )
-        elif kind == _INLINE:
+        elif kind == KIND_INLINE:
             vt_inline = w.vtable(_INLINE_TABLE, _INLINE_SLOTS)
             found = _inline_block(w, vt_inline, sub, cols.inline_lengths, cols.inline_data)
-        elif kind == _VIRTUAL:
+        elif kind == KIND_VIRTUAL:
             checked = np.zeros(len(rows), dtype=bool)
             if cols.etags is not None:
                 checked |= np.fromiter(map(bool, cols.etags), dtype=bool, count=len(rows))
