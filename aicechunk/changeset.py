@@ -123,6 +123,11 @@ class ChangeSet:
         self._tables[node_id] = [combined]
         return combined
 
+    def chunk_change_rows(self) -> int:
+        """How many chunk changes are held (a chunk changed twice may count twice)."""
+        tables = sum(len(t) for ts in self._tables.values() for t in ts)
+        return tables + sum(map(len, self._chunks.values()))
+
     def chunk_changes_coords(self, node_id: NodeId) -> Sequence[Coords]:
         """Coordinates of every chunk changed (set or deleted) in one array."""
         table = self.chunk_table(node_id)
@@ -141,8 +146,7 @@ class ChangeSet:
             or self.updated_arrays
             or self.deleted_groups
             or self.deleted_arrays
-            or any(self._chunks.values())
-            or any(len(t) for tables in self._tables.values() for t in tables)
+            or self.chunk_change_rows() > 0
         )
 
     def is_deleted(self, path: str) -> bool:

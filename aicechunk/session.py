@@ -653,10 +653,13 @@ class Session:
     async def _flush(self, message: str, metadata: Mapping[str, Any]) -> Snapshot:
         """Write manifests, transaction log and snapshot for the pending changes."""
         snapshot_id = SnapshotId.random()
+        # listing (and, for merged forks, combining) many chunk changes: off the loop
+        if self._changes.chunk_change_rows() >= _THREAD_LOG_ROWS:
+            log = await asyncio.to_thread(self._transaction_log, snapshot_id)
+        else:
+            log = self._transaction_log(snapshot_id)
         # the transaction log does not depend on the manifests: write it meanwhile
-        log_written = asyncio.ensure_future(
-            self._assets.write_transaction_log(self._transaction_log(snapshot_id))
-        )
+        log_written = asyncio.ensure_future(self._assets.write_transaction_log(log))
         try:
             return await self._flush_rest(snapshot_id, message, metadata, log_written)
         except BaseException:
@@ -878,6 +881,9 @@ class Session:
 
 __all__ += ["ChunkIndexError", "InvalidMetadataError", "NodeNotFoundError"]
 
+
+# a transaction log of at least this many chunk changes is built in a worker thread
+_THREAD_LOG_ROWS = 10_000
 
 _FORK_MAGIC = b"AICFORK\x00"
 _FORK_VERSION = 2  # 2: chunk changes stored column by column
