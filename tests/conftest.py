@@ -1,7 +1,15 @@
-"""Shared fixtures: repositories on memory and local storage."""
+"""Shared fixtures: repositories on memory and local storage; the attack tally.
+
+Tests that attack the library (crafted inputs, faults, hostile servers) carry
+``@pytest.mark.attack("category")``. Every such test case is counted per category with its
+outcome; with ``AICECHUNK_ATTACK_REPORT=path`` set, the tally is written there as the
+``category | cases | failures`` table of ``docs/reliability.md``.
+"""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -77,3 +85,37 @@ async def repo(make_storage: StorageFactory) -> aic.Repository:
 
 
 RepoFactory = Callable[[], Awaitable["aic.Repository"]]
+
+
+_attack_cases: Counter[str] = Counter()
+_attack_failures: Counter[str] = Counter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "attack(category): a test that attacks the library, tallied by category"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    marker = item.get_closest_marker("attack")
+    if marker is None or report.skipped:
+        return
+    category = str(marker.args[0])
+    if report.when == "call":
+        _attack_cases[category] += 1
+    if report.failed:
+        _attack_failures[category] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    target = os.environ.get("AICECHUNK_ATTACK_REPORT")
+    if not target or not _attack_cases:
+        return
+    lines = ["| category | cases | failures |", "| --- | ---: | ---: |"]
+    for category in sorted(_attack_cases):
+        lines.append(f"| {category} | {_attack_cases[category]} | {_attack_failures[category]} |")
+    Path(target).write_text("\n".join(lines) + "\n")
