@@ -8,6 +8,7 @@ exist in an Icechunk repository: reading them finds nothing, writing them is ref
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,6 +102,27 @@ def metadata_key(path: str) -> str:
     return _key_of_path(path, "zarr.json")
 
 
+def without_consolidated_metadata(data: bytes) -> bytes:
+    """A group's ``zarr.json`` without its ``consolidated_metadata`` field.
+
+    The repository is the index of its nodes: a consolidated copy written by zarr or xarray
+    (or left in a repository by an older aicechunk) goes stale with the next commit that
+    adds a node, and readers that trust it miss that node. Arrays and documents without
+    the field come back unchanged.
+    """
+    if b'"consolidated_metadata"' not in data:
+        return data
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return data
+    if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        return data
+    if doc.pop("consolidated_metadata", None) is None:
+        return data
+    return json.dumps(doc, indent=2).encode()
+
+
 def _virtual_ref(
     location: str, offset: int, length: int, checksum: str | datetime | None
 ) -> VirtualRef:
@@ -140,6 +162,12 @@ class IcechunkStore(Store):
     def __init__(self, session: Session, *, read_only: bool | None = None) -> None:
         super().__init__(read_only=session.read_only if read_only is None else read_only)
         self._session = session
+
+    @property
+    def supports_consolidated_metadata(self) -> bool:
+        """No: the repository lists its nodes itself, and a consolidated copy would go
+        stale with the next commit (Icechunk's store says the same)."""
+        return False
 
     @property
     def session(self) -> Session:
@@ -199,7 +227,7 @@ class IcechunkStore(Store):
         if parsed is None:
             return None
         if isinstance(parsed, MetadataKey):
-            meta = await self._session.get_metadata(parsed.path)
+            meta = await self._metadata(parsed.path)
             if meta is None:
                 return None
             if byte_range is None:
@@ -208,6 +236,10 @@ class IcechunkStore(Store):
 
             return slice_bytes(meta, byte_range)
         return await self._session.get_chunk(parsed.path, parsed.coords, byte_range)
+
+    async def _metadata(self, path: str) -> bytes | None:
+        meta = await self._session.get_metadata(path)
+        return None if meta is None else without_consolidated_metadata(meta)
 
     async def get_partial_values(
         self,
@@ -240,7 +272,7 @@ class IcechunkStore(Store):
         parsed = parse_key(key)
         size: int | None = None
         if isinstance(parsed, MetadataKey):
-            meta = await self._session.get_metadata(parsed.path)
+            meta = await self._metadata(parsed.path)
             size = None if meta is None else len(meta)
         elif isinstance(parsed, ChunkKey):
             size = await self._session.chunk_size(parsed.path, parsed.coords)
@@ -258,7 +290,7 @@ class IcechunkStore(Store):
             raise InvalidStoreKeyError(key, "zarr v2 metadata cannot be stored in Icechunk")
         data = value.to_bytes()
         if isinstance(parsed, MetadataKey):
-            await self._session.set_metadata(parsed.path, data)
+            await self._session.set_metadata(parsed.path, without_consolidated_metadata(data))
         else:
             await self._session.set_chunk(parsed.path, parsed.coords, data)
 

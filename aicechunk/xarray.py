@@ -1,13 +1,51 @@
-"""Writing xarray Datasets into a session, with dask variables written through forks."""
+"""Writing xarray Datasets into a session, with dask variables written through forks.
+
+Everything goes through xarray's own zarr writer (``ZarrStore`` and ``dump_to_store``), so
+CF encoding (``scale_factor``, ``_FillValue``, ``dtype``, time units), ``append_dim`` and
+``region`` behave exactly as in ``Dataset.to_zarr``. The writes land on a fork that
+carries the session's changes; the session sees them only when everything succeeded, so
+a failure leaves it as it was.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import threading
+from collections.abc import Coroutine, Hashable, Mapping, MutableMapping
+from typing import Any, Literal, TypeVar
 
 from aicechunk.session import Session
 
 __all__ = ["to_icechunk", "to_icechunk_async"]
+
+T = TypeVar("T")
+
+Region = Mapping[str, slice | Literal["auto"]] | Literal["auto"] | None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code, with or without a running loop
+    in this thread (as in Jupyter), without blocking that loop's other work for longer
+    than the call itself."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as err:  # handed to the caller's thread
+            failure.append(err)
+
+    worker = threading.Thread(target=target, name="aicechunk-to-icechunk")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def to_icechunk(
@@ -15,42 +53,63 @@ def to_icechunk(
     session: Session,
     *,
     group: str | None = None,
-    mode: str = "w-",
-    split_every: int = 8,
-    **to_zarr_kwargs: Any,
+    mode: Literal["w", "w-", "a", "a-", "r+"] | None = None,
+    safe_chunks: bool = True,
+    align_chunks: bool = False,
+    append_dim: Hashable | None = None,
+    region: Region = None,
+    encoding: Mapping[Any, Any] | None = None,
+    chunkmanager_store_kwargs: MutableMapping[Any, Any] | None = None,
+    split_every: int | None = None,
 ) -> None:
-    """Write a Dataset (or DataArray) into ``session`` (commit afterwards).
+    """Write a Dataset (or DataArray) into ``session``; commit afterwards.
 
-    Metadata and in-memory variables are written directly; dask-backed variables are
-    written block by block on the Dask workers through forks, merged back into
-    ``session``. Blocking: from async code use ``to_icechunk_async``.
+    The arguments are those of ``icechunk.xarray.to_icechunk`` and mean what they mean for
+    ``Dataset.to_zarr``: ``mode`` defaults to ``"a"`` with ``append_dim``, ``"r+"`` with
+    ``region`` and ``"w-"`` otherwise. Dask-backed variables are written block by block on
+    the Dask workers through forks and merged back; in-memory ones directly. If anything
+    fails, the session keeps exactly the changes it had. Blocking, usable with or without
+    a running event loop; from async code prefer ``to_icechunk_async``.
     """
-    import zarr
+    from xarray.backends.common import ArrayWriter
+    from xarray.backends.writers import _validate_dataset_names, dump_to_store
+    from xarray.backends.zarr import ZarrStore, _choose_default_mode
 
     from aicechunk.dask import store_dask
 
-    dataset = (
-        obj.to_dataset() if hasattr(obj, "to_dataset") and not hasattr(obj, "data_vars") else obj
-    )
-    # metadata and eager variables; the dask part is written below instead of by xarray
-    dataset.to_zarr(
-        session.store,
+    dataset = obj.to_dataset() if not hasattr(obj, "data_vars") else obj
+    chosen = _choose_default_mode(mode=mode, append_dim=append_dim, region=region)
+    fork = session._fork_carrying_changes()
+    target = ZarrStore.open_group(
+        fork.store,
+        mode=chosen,
         group=group,
-        mode=mode,
-        compute=False,
         zarr_format=3,
         consolidated=False,
-        **to_zarr_kwargs,
+        consolidate_on_close=False,
+        append_dim=append_dim,
+        write_region=region,
+        safe_chunks=safe_chunks,
+        align_chunks=align_chunks,
     )
-    lazy = [name for name, var in dataset.variables.items() if var.chunks is not None]
-    if not lazy:
-        return
-    fork = session._fork_carrying_changes()
-    prefix = f"{group.strip('/')}/" if group else ""
-    sources = [dataset.variables[name].data for name in lazy]
-    targets = [zarr.open_array(store=fork.store, path=f"{prefix}{name}") for name in lazy]
-    merged = store_dask(sources=sources, targets=targets, split_every=split_every)
-    asyncio.run(session.merge(merged))
+    dataset = target._validate_and_autodetect_region(dataset)
+    _validate_dataset_names(dataset)
+    target._validate_encoding(encoding or {})
+    # metadata (resizing for appends) and in-memory variables go straight to the fork;
+    # the writer keeps the (encoded) dask variables with their target arrays and regions
+    writer = ArrayWriter()  # type: ignore[no-untyped-call]
+    dump_to_store(dataset, target, writer, encoding=dict(encoding or {}))  # type: ignore[no-untyped-call]
+    written = fork
+    if writer.sources:
+        # the merged fork carries the fork's changes too: it is everything this call wrote
+        written = store_dask(
+            sources=writer.sources,
+            targets=writer.targets,
+            regions=[tuple(r) if r else None for r in writer.regions],
+            split_every=split_every or 8,
+            **dict(chunkmanager_store_kwargs or {}),
+        )
+    _run(session.merge(written))
 
 
 async def to_icechunk_async(obj: Any, session: Session, **kwargs: Any) -> None:
