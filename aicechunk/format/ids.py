@@ -6,6 +6,7 @@ padding), as Icechunk does: 12 bytes give 20 characters, 8 bytes give 13.
 
 from __future__ import annotations
 
+import builtins
 import os
 from typing import ClassVar, Self
 
@@ -125,11 +126,45 @@ class ObjectId:
         return (type(self), (self._bytes,))
 
 
-class SnapshotId(ObjectId):
-    """Id of a snapshot (and of its transaction log)."""
+class SnapshotId(str):
+    """Id of a snapshot (and of its transaction log): a ``str``, its base32 form.
 
-    __slots__ = ()
-    KIND = "snapshot id"
+    Snapshot ids are what users see (``commit`` returns one, ``ancestry`` lists them), so
+    they are strings: equal to the same id as icechunk returns it, JSON-serializable, and
+    accepted wherever an id is. ``SnapshotId(raw_12_bytes)`` or ``SnapshotId(text)``;
+    ``.bytes`` is the raw id. Base32 keeps byte order, so ids sort as their bytes do.
+    """
+
+    SIZE: ClassVar[int] = 12
+    KIND: ClassVar[str] = "snapshot id"
+    bytes: builtins.bytes
+
+    def __new__(cls, data: builtins.bytes | str) -> SnapshotId:
+        if isinstance(data, str):
+            raw = decode_base32(data, cls.SIZE, cls.KIND)
+        else:
+            if len(data) != cls.SIZE:
+                raise InvalidIdError(cls.KIND, f"expected {cls.SIZE} bytes, got {len(data)}")
+            raw = builtins.bytes(data)
+        self = super().__new__(cls, encode_base32(raw))
+        self.bytes = raw
+        return self
+
+    @classmethod
+    def random(cls) -> SnapshotId:
+        """A new random id."""
+        return cls(os.urandom(cls.SIZE))
+
+    @classmethod
+    def from_str(cls, text: str) -> SnapshotId:
+        """Parse the base32 form; ``InvalidIdError`` says what is wrong."""
+        return cls(text) if type(text) is not cls else text
+
+    def __repr__(self) -> str:
+        return f"SnapshotId({str.__str__(self)!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (SnapshotId, (self.bytes,))
 
 
 class ManifestId(ObjectId):
