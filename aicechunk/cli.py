@@ -57,7 +57,10 @@ def storage_for(url: str, args: argparse.Namespace) -> aic.Storage:
         )
     if scheme in ("http", "https"):
         return aic.http_storage(url)
-    raise AicechunkError(f"unsupported storage URL {url!r}")
+    raise AicechunkError(
+        f"unsupported storage URL scheme {scheme + '://'!r}: use a path or file://, "
+        "s3://bucket/prefix, gs://bucket/prefix, http:// or https:// (read-only)"
+    )
 
 
 def out(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -155,6 +158,8 @@ async def cmd_ls(repo: aic.Repository, args: argparse.Namespace) -> None:
             row["chunk_count"] = sum([1 async for _ in session.chunk_coords(node.path)])
         rows.append(row)
     progress.done()
+    if not rows and prefix != "/":
+        raise AicechunkError(f"no group or array at {prefix} in this snapshot")
     lines = []
     for r in rows:
         if r["kind"] == "group":
@@ -174,7 +179,11 @@ async def cmd_diff(repo: aic.Repository, args: argparse.Namespace) -> None:
                 return await lookup(name)
             except (aic.RefNotFoundError, aic.InvalidRefNameError):
                 continue
-        return name  # a snapshot id
+        try:
+            return (await repo.readonly_session(snapshot_id=name)).snapshot_id
+        except aic.RefNotFoundError as err:
+            hint = f" ({err})" if len(name) == 20 else ""  # the length of an id
+            raise AicechunkError(f"no branch, tag or snapshot is called {name!r}{hint}") from None
 
     diff = await repo.diff(
         from_snapshot_id=await ref(args.from_ref), to_snapshot_id=await ref(args.to_ref)
@@ -288,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--anonymous", action="store_true")
     common.add_argument("--access-key-id", help="or AWS_ACCESS_KEY_ID (secret: env only)")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "create",
+        parents=[common],
+        aliases=["init"],
+        help="create an empty repository (the location must be empty)",
+    )
     sub.add_parser("info", parents=[common], help="spec version, branches, tags, config")
     log = sub.add_parser("log", parents=[common], help="history, one line per snapshot")
     log.add_argument("--branch")
@@ -300,13 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     diff = sub.add_parser("diff", parents=[common], help="changes between two refs")
     diff.add_argument("from_ref")
     diff.add_argument("to_ref")
-    for kind in ("branch", "tag"):
-        p = sub.add_parser(kind, parents=[common], help=f"create, list, delete {kind}es")
+    for kind, plural in (("branch", "branches"), ("tag", "tags")):
+        p = sub.add_parser(kind, parents=[common], help=f"create, list, delete {plural}")
         p.add_argument("action", choices=["list", "create", "delete"])
         p.add_argument("name", nargs="?")
         p.add_argument("--snapshot", help="create at this snapshot id")
         p.add_argument("--from", dest="source", help="create at this branch's tip")
-    d = sub.add_parser("demo", help="a guided tour on local disk")
+    demo_help = (
+        "a guided tour on local disk; the repository is kept in DIRECTORY if given, "
+        "else deleted at the end"
+    )
+    d = sub.add_parser("demo", help=demo_help, description=demo_help)
     d.add_argument("directory", nargs="?")
     return parser
 
@@ -322,6 +341,11 @@ async def run(args: argparse.Namespace) -> None:
     if args.command in ("branch", "tag") and args.action != "list" and not args.name:
         raise AicechunkError(f"{args.command} {args.action} needs a name")
     storage = storage_for(args.url, args)
+    if args.command in ("create", "init"):
+        created = await aic.Repository.create(storage)
+        await created.close()
+        out(args, {"created": args.url}, f"created an empty repository at {args.url}")
+        return
     repo = await aic.Repository.open(storage)
     try:
         if args.command == "info":
@@ -340,7 +364,13 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aicechunk`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes positionals only up to the first option: ``ls URL --branch b PATH``
+    if extra and args.command == "ls" and not args.path and len(extra) == 1:
+        args.path, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         asyncio.run(run(args))
     except (AicechunkError, ValueError) as err:

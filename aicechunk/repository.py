@@ -57,7 +57,7 @@ def _snapshot_id(value: str | SnapshotId) -> SnapshotId:
     try:
         return SnapshotId.from_str(value)
     except InvalidIdError as err:
-        raise RefNotFoundError(f"{value!r} is not a snapshot id: {err}") from None
+        raise RefNotFoundError(err.problem) from None
 
 
 class Repository:

@@ -123,3 +123,38 @@ def test_progress_only_on_a_terminal(
     code, out, err = run(capsys, "ls", demo_repo)
     assert code == 0 and "reading 2/2: /temperature" in err
     assert "/temperature" in out
+
+
+def test_what_new_users_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = str(tmp_path / "new")
+    code, out, _ = run(capsys, "init", repo)
+    assert code == 0 and "created an empty repository" in out
+    code, _, err = run(capsys, "create", repo)
+    assert code == 1 and "already exists" in err
+    assert "Repository initialized" in run(capsys, "log", repo)[1]
+
+    demo = str(tmp_path / "demo")
+    assert run(capsys, "demo", demo)[0] == 0
+    # options between the URL and the path
+    code, out, _ = run(capsys, "ls", demo, "--branch", "experiment", "temperature")
+    assert code == 0 and "/temperature" in out and "array" in out
+    code, out, err = run(capsys, "ls", demo, "nosuchpath")
+    assert code == 1 and out == "" and "no group or array at /nosuchpath" in err
+
+    code, _, err = run(capsys, "diff", demo, "nope", "main")
+    assert code == 1 and "no branch, tag or snapshot is called 'nope'" in err
+    code, _, err = run(capsys, "diff", demo, "1CECHNKREP0F1RSTCMT1", "main")
+    assert code == 1 and "last character must be one of" in err
+
+    code, _, err = run(capsys, "info", "ftp://host/repo")
+    assert code == 1 and "s3://" in err and "gs://" in err and "file://" in err
+
+
+def test_help_reads_well(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "tages" not in text and "delete tags" in text and "init" in text
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "kept in DIRECTORY" in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")

@@ -61,7 +61,13 @@ def decode_base32(text: str, size: int, what: str = "id") -> bytes:
         value = (value << 5) | digit
     extra = expected * 5 - size * 8
     if value & ((1 << extra) - 1):
-        raise InvalidIdError(what, f"{text!r} has non-zero padding bits")
+        # only some characters can end an id: the last one carries unused bits
+        enders = "".join(c for c in _ALPHABET if not _DECODE[c] & ((1 << extra) - 1))
+        raise InvalidIdError(
+            what,
+            f"{text!r} is not a valid {what}: its last character must be one of "
+            f"{enders} (is it mistyped?)",
+        )
     return (value >> extra).to_bytes(size, "big")
 
 
