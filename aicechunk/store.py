@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -123,6 +124,17 @@ def without_consolidated_metadata(data: bytes) -> bytes:
     return json.dumps(doc, indent=2).encode()
 
 
+def last_modified_checksum(when: datetime) -> int:
+    """A last-modified checksum as spec v1 stores it: whole seconds since the epoch in 32
+    bits, wrapped as Icechunk wraps them (so 9999-12-31 and dates before 1970 are stored,
+    and compared, exactly as icechunk stores them)."""
+    whole = math.floor((when - _EPOCH).total_seconds())
+    return whole % 2**32
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _virtual_ref(
     location: str, offset: int, length: int, checksum: str | datetime | None
 ) -> VirtualRef:
@@ -130,7 +142,7 @@ def _virtual_ref(
         raise ValueError("virtual reference offset and length must be non-negative")
     if isinstance(checksum, datetime):
         when = checksum if checksum.tzinfo else checksum.replace(tzinfo=UTC)
-        return VirtualRef(location, offset, length, None, int(when.timestamp()))
+        return VirtualRef(location, offset, length, None, last_modified_checksum(when))
     return VirtualRef(location, offset, length, checksum, None)
 
 

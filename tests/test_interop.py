@@ -181,3 +181,48 @@ async def test_we_read_split_manifests_and_inline_chunks(tmp_path: Path) -> None
     assert keys == sorted(["split_me/zarr.json", *(f"split_me/c/{i}" for i in range(10))])
     assert repo.config.inline_chunk_threshold_bytes == 64
     assert rich["second"] == await repo.lookup_branch("main")
+
+
+LAST_MODIFIED = [
+    (9999, 12, 31, 0, 0, 0),  # icechunk's own fixture
+    (1960, 1, 1, 0, 0, 0),  # before 1970
+    (1969, 12, 31, 23, 59, 59),
+    (2000, 1, 1, 0, 0, 0),
+]
+
+
+async def test_last_modified_checksums_are_stored_as_icechunk_stores_them(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from aicechunk.format.manifest import decode_manifest
+
+    dates = [datetime(*d, tzinfo=UTC) for d in LAST_MODIFIED]
+
+    def icechunk_side() -> None:
+        repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "ic")))
+        s = repo.writable_session("main")
+        zarr.create_array(s.store, name="a", shape=(len(dates),), chunks=(1,), dtype="u1")
+        for i, when in enumerate(dates):
+            s.store.set_virtual_ref(
+                f"a/c/{i}", "s3://b/x", offset=0, length=1, checksum=when, validate_container=False
+            )
+        s.commit("virtual")
+
+    await asyncio.to_thread(icechunk_side)
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "ours"))
+    s = await repo.writable_session("main")
+    await zas.create_array(s.store, name="a", shape=(len(dates),), chunks=(1,), dtype="u1")
+    for i, when in enumerate(dates):
+        await s.store.set_virtual_ref(
+            f"a/c/{i}", "s3://b/x", offset=0, length=1, checksum=when, validate_container=False
+        )
+    await s.commit("virtual")  # used to fail with struct.error
+
+    def stored(root: Path) -> list[int | None]:
+        (path,) = (root / "manifests").iterdir()
+        manifest = decode_manifest(path.read_bytes(), path.name)
+        (node,) = manifest.node_ids()
+        return [ref.last_modified for _, ref in sorted(manifest.iter_node(node))]
+
+    ours, theirs = stored(tmp_path / "ours"), stored(tmp_path / "ic")
+    assert ours == theirs and len(ours) == len(dates)
