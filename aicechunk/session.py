@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import numpy as np
 import zstandard
 
 from aicechunk.assets import AssetManager
@@ -192,6 +193,11 @@ def chunk_grid(definition: ArrayDefinition) -> tuple[int, ...]:
         (d.array_length + d.chunk_length - 1) // d.chunk_length if d.chunk_length else 0
         for d in definition.shape
     )
+
+
+def on_grid(coords: Coords, grid: tuple[int, ...]) -> bool:
+    """Whether chunk ``coords`` lie on a chunk grid of ``grid`` chunks per dimension."""
+    return len(coords) == len(grid) and all(0 <= c < g for c, g in zip(coords, grid, strict=True))
 
 
 def _is_under(path: str, prefix: str) -> bool:
@@ -403,7 +409,7 @@ class Session:
         node = await self._array(path)
         assert node.array is not None
         grid = chunk_grid(node.array)
-        if len(coords) != len(grid) or any(c >= g for c, g in zip(coords, grid, strict=True)):
+        if not on_grid(coords, grid):
             raise ChunkIndexError(path, coords, grid)
         return node
 
@@ -505,7 +511,11 @@ class Session:
         node = await self.get_node(path)
         if node is None or node.array is None:
             return
-        self._changes.set_chunk(node.id, coords, None)
+        # a chunk past the array's end cannot exist: deleting it deletes nothing and
+        # records nothing (icechunk raises; zarr's stores, and its state machine, expect
+        # deleting a missing key to succeed)
+        if on_grid(coords, chunk_grid(node.array)):
+            self._changes.set_chunk(node.id, coords, None)
 
     async def _base_refs(self, node: NodeView) -> dict[Coords, ChunkRef]:
         refs: dict[Coords, ChunkRef] = {}
@@ -526,8 +536,10 @@ class Session:
         base = await self._base_refs(node)
         coords = {c for c in base if c not in changed}
         coords.update(c for c, r in changed.items() if r is not None)
+        grid = chunk_grid(node.array)  # a shrunk array has no chunks past its end
         for c in sorted(coords):
-            yield c
+            if on_grid(c, grid):
+                yield c
 
     # -- status -----------------------------------------------------------------------
 
@@ -545,10 +557,16 @@ class Session:
             updated_groups={by_id[n] for n in changes.updated_groups if n in by_id},
             updated_arrays={by_id[n] for n in changes.updated_arrays if n in by_id},
         )
+        grids = await self._grids()
         for nid, refs in changes.chunks.items():
-            if refs and nid in paths:
-                diff.updated_chunks[paths[nid]] = set(refs)
+            kept = {c for c in refs if on_grid(c, grids.get(nid, ()))}
+            if kept and nid in paths:
+                diff.updated_chunks[paths[nid]] = kept
         return diff
+
+    async def _grids(self) -> dict[NodeId, tuple[int, ...]]:
+        """The chunk grid of every array as this session sees it."""
+        return {n.id: chunk_grid(n.array) for n in await self.list_nodes() if n.array}
 
     def discard_changes(self) -> None:
         """Forget every pending change (chunk files already written become garbage)."""
@@ -653,11 +671,12 @@ class Session:
     async def _flush(self, message: str, metadata: Mapping[str, Any]) -> Snapshot:
         """Write manifests, transaction log and snapshot for the pending changes."""
         snapshot_id = SnapshotId.random()
+        grids = await self._grids()
         # listing (and, for merged forks, combining) many chunk changes: off the loop
         if self._changes.chunk_change_rows() >= _THREAD_LOG_ROWS:
-            log = await asyncio.to_thread(self._transaction_log, snapshot_id)
+            log = await asyncio.to_thread(self._transaction_log, snapshot_id, grids)
         else:
-            log = self._transaction_log(snapshot_id)
+            log = self._transaction_log(snapshot_id, grids)
         # the transaction log does not depend on the manifests: write it meanwhile
         log_written = asyncio.ensure_future(self._assets.write_transaction_log(log))
         try:
@@ -684,7 +703,20 @@ class Session:
         async def array_node(view: NodeView) -> NodeSnapshot:
             assert view.array is not None
             manifests = view.manifests
+            grid = chunk_grid(view.array)
+            # a shrunk array drops the stored chunks past its new end (as icechunk does)
+            shrunk = any(
+                hi > g for m in manifests for (_, hi), g in zip(m.extents, grid, strict=False)
+            )
             table = None if view.manifests else changes.chunk_table(view.id)
+            past_end = (
+                table is not None
+                and len(table) > 0
+                and table.ndim > 0
+                and bool((table.coords >= np.asarray(grid, dtype=np.int64)).any())
+            )
+            if past_end:
+                table = None  # rows past the end: resolved one by one below
             if table is not None:  # merged forks' tables: encoded column by column
                 cols = table.ref_columns()
                 manifests = ()
@@ -698,7 +730,7 @@ class Session:
                 changed = {}
             else:
                 changed = changes.chunk_changes(view.id)
-            if changed:
+            if changed or shrunk:
                 refs: dict[Coords, ChunkRef]
                 if view.manifests:
                     refs = await self._base_refs(view)
@@ -707,6 +739,8 @@ class Session:
                             refs.pop(coords, None)
                         else:
                             refs[coords] = ref
+                    if shrunk:
+                        refs = {c: r for c, r in refs.items() if on_grid(c, grid)}
                 elif type(None) in set(map(type, changed.values())):  # no per-ref __eq__
                     refs = {c: r for c, r in changed.items() if r is not None}
                 else:  # a new array: its changes are all its refs (the common bulk case)
@@ -720,8 +754,17 @@ class Session:
                         view.id,
                         dict(refs) if refs is changed else refs,  # the live dict: a copy
                     )
-                    manifests = (ManifestRef(manifest_id, extents),)
-                    new_files.append((ManifestFileInfo(manifest_id, len(data), len(refs)), data))
+                    if any(hi > g for (_, hi), g in zip(extents, grid, strict=False)):
+                        # written, then the array shrank in this session: drop what is
+                        # past its end (the extents tell, at no cost in the usual case)
+                        refs = {c: r for c, r in refs.items() if on_grid(c, grid)}
+                        data, extents = await asyncio.to_thread(
+                            encode_array_manifest, manifest_id, view.id, refs
+                        )
+                    if refs:
+                        manifests = (ManifestRef(manifest_id, extents),)
+                        info = ManifestFileInfo(manifest_id, len(data), len(refs))
+                        new_files.append((info, data))
             return NodeSnapshot(
                 view.id,
                 view.path,
@@ -760,8 +803,20 @@ class Session:
         await self._assets.write_snapshot(snapshot)
         return snapshot
 
-    def _transaction_log(self, snapshot_id: SnapshotId) -> TransactionLog:
+    def _transaction_log(
+        self, snapshot_id: SnapshotId, grids: Mapping[NodeId, tuple[int, ...]]
+    ) -> TransactionLog:
+        """The log of the pending changes; chunk changes past a shrunk array's end are not
+        changes of the new snapshot (as in icechunk)."""
         c = self._changes
+
+        def changed_coords(nid: NodeId) -> tuple[Coords, ...]:
+            coords = c.chunk_changes_coords(nid)
+            grid = grids.get(nid)
+            if grid is None:
+                return ()
+            return tuple(x for x in coords if on_grid(x, grid))
+
         return TransactionLog(
             id=snapshot_id,
             new_groups=tuple(sorted(nid for nid, _ in c.new_groups.values())),
@@ -771,9 +826,7 @@ class Session:
             updated_groups=tuple(sorted(c.updated_groups)),
             updated_arrays=tuple(sorted(c.updated_arrays)),
             updated_chunks={
-                nid: coords
-                for nid in c.chunk_nodes()
-                if (coords := tuple(c.chunk_changes_coords(nid)))
+                nid: coords for nid in c.chunk_nodes() if (coords := changed_coords(nid))
             },
         )
 

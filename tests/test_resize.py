@@ -1,0 +1,135 @@
+"""Resizing arrays as zarr does it, compared with icechunk: shrinking drops the chunks past
+the new end from status, the transaction log, listings and the next snapshot; a delete
+past the end is refused; growing back shows the fill value, never stale data."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import icechunk
+import numpy as np
+import zarr
+
+import aicechunk as aic
+
+
+def scenario(store: Any, commit: Any, status: Any, coords: Any) -> dict[str, Any]:
+    """The same user steps on either library, through zarr's sync API."""
+    seen: dict[str, Any] = {}
+    a = zarr.create_array(store(), name="a", shape=(6,), chunks=(1,), dtype="i4", fill_value=-1)
+    a[:] = np.arange(6)
+    commit("six")
+
+    a = zarr.open_array(store(), path="a")
+    a[5] = 55
+    a.resize((3,))
+    seen["status_after_shrink"] = status()
+    seen["coords_after_shrink"] = coords()
+    commit("shrink")
+    seen["coords_committed"] = coords()
+
+    a = zarr.open_array(store(), path="a")
+    a.resize((6,))  # growing back shows the fill value, never the old chunks
+    seen["grown"] = a[:].tolist()
+    commit("grow")
+
+    a = zarr.open_array(store(), path="a")
+    a[1] = 11
+    a.resize((2,))
+    a.resize((6,))  # shrink and grow back in one session
+    seen["back"] = a[:].tolist()
+    seen["status_back"] = status()
+    commit("back")
+    seen["final"] = zarr.open_array(store(), path="a")[:].tolist()
+    return seen
+
+
+def ours(path: Path) -> dict[str, Any]:
+    async def open_repo() -> aic.Repository:
+        return await aic.Repository.create(aic.local_filesystem_storage(path))
+
+    repo = asyncio.run(open_repo())
+    state: dict[str, Any] = {}
+
+    def store() -> Any:
+        if "session" not in state:
+            state["session"] = asyncio.run(repo.writable_session("main"))
+        return state["session"].store
+
+    def commit(message: str) -> None:
+        asyncio.run(state.pop("session").commit(message))
+
+    def status() -> dict[str, list[tuple[int, ...]]]:
+        diff = asyncio.run(state["session"].status())
+        return {p: sorted(c) for p, c in diff.updated_chunks.items()}
+
+    def coords() -> list[tuple[int, ...]]:
+        async def listed() -> list[tuple[int, ...]]:
+            session = state.get("session") or await repo.readonly_session(branch="main")
+            return [c async for c in session.chunk_coords("/a")]
+
+        return asyncio.run(listed())
+
+    return scenario(store, commit, status, coords)
+
+
+def theirs(path: Path) -> dict[str, Any]:
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)))
+    state: dict[str, Any] = {}
+
+    def store() -> Any:
+        if "session" not in state:
+            state["session"] = repo.writable_session("main")
+        return state["session"].store
+
+    def commit(message: str) -> None:
+        state.pop("session").commit(message)
+
+    def status() -> dict[str, list[tuple[int, ...]]]:
+        diff = state["session"].status()
+        return {p: sorted(map(tuple, c)) for p, c in diff.updated_chunks.items() if c}
+
+    def coords() -> list[tuple[int, ...]]:
+        async def listed() -> list[tuple[int, ...]]:
+            session = state.get("session") or repo.readonly_session(branch="main")
+            return [tuple(c) async for c in session.chunk_coordinates("/a")]
+
+        return asyncio.run(listed())
+
+    return scenario(store, commit, status, coords)
+
+
+def test_resizing_matches_icechunk(tmp_path: Path) -> None:
+    mine = ours(tmp_path / "ours")
+    assert mine == theirs(tmp_path / "ic")
+    assert mine["grown"] == [0, 1, 2, -1, -1, -1]
+    assert mine["final"] == [0, 11, -1, -1, -1, -1]
+
+
+async def test_diff_after_shrinking(tmp_path: Path) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "r"))
+    session = await repo.writable_session("main")
+    a = zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype="i4")
+    a[:] = np.arange(4)
+    first = await session.commit("four")
+    session = await repo.writable_session("main")
+    zarr.open_array(session.store, path="a").resize((2,))
+    second = await session.commit("two")
+    diff = await repo.diff(from_snapshot_id=first, to_snapshot_id=second)
+    assert diff.updated_arrays == {"/a"} and diff.updated_chunks.get("/a", set()) == set()
+
+
+async def test_delete_past_the_end_records_nothing() -> None:
+    """Deleting a chunk that cannot exist is a no-op, as for any missing key of a zarr
+    store (icechunk raises instead); it is never recorded as a change."""
+    repo = await aic.Repository.create(aic.in_memory_storage())
+    session = await repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(2,), dtype="i4")
+    await session.commit("empty")
+    session = await repo.writable_session("main")
+    await session.store.delete("a/c/2")
+    await session.store.delete("a/c/0/0")  # wrong rank
+    assert not session.has_uncommitted_changes
+    assert (await session.status()).updated_chunks == {}
