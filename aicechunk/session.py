@@ -856,12 +856,8 @@ class Session:
         from aicechunk.conflicts import rebase_changes
 
         tip = (await self._assets.fetch_branch(self._branch)).snapshot_id
-        chain: list[SnapshotId] = []
-        cursor: SnapshotId | None = tip
-        while cursor is not None and cursor != self._snapshot_id:
-            chain.append(cursor)
-            cursor = (await self._assets.fetch_snapshot(cursor)).parent_id
-        if cursor is None:
+        chain = await self._assets.history_since(tip, self._snapshot_id)
+        if chain is None:
             raise SessionStateError(
                 f"branch {self._branch!r} no longer descends from snapshot {self._snapshot_id}"
             )

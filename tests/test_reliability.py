@@ -369,6 +369,169 @@ async def test_bad_fork_payload_leaves_parent_unchanged() -> None:
     assert not session.has_uncommitted_changes
 
 
+# --- swapped and crafted files ------------------------------------------------------------
+
+# a regression that loops forever fails the test after this long instead of hanging the run
+HANG_GUARD = float(os.environ.get("AICECHUNK_HANG_GUARD", "20"))
+
+
+async def guarded(aw: Any) -> Any:
+    """Await ``aw``, interrupted by SIGALRM after HANG_GUARD seconds: an endless loop over
+    cached snapshots never yields to the event loop, so an asyncio timeout would not fire."""
+
+    def fire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still running after {HANG_GUARD} s: an endless loop?")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, HANG_GUARD)
+    try:
+        return await aw
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+async def collect(history: Any) -> list[Any]:
+    return [info async for info in history]
+
+
+async def write_x(repo: aic.Repository, index: int, message: str) -> str:
+    session = await repo.writable_session("main")
+    arr = await zas.open_array(store=session.store, path="x")
+    await arr.setitem(index, index)
+    return str(await session.commit(message))
+
+
+def copy_file(root: Path, source: str, target: str) -> None:
+    (root / target).write_bytes((root / source).read_bytes())
+
+
+async def expect_format_error(aw: Any, file: str, problem: str) -> None:
+    with pytest.raises(aic.FormatError) as caught:
+        await guarded(aw)
+    assert caught.value.file == file and problem in caught.value.problem
+
+
+@pytest.mark.parametrize("damage", ["snapshot-copied-over-parent", "crafted-cycle"])
+async def test_history_cycle_is_a_format_error_not_a_hang(tmp_path: Path, damage: str) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await make_array(storage, 8)
+    setup = await repo.lookup_branch("main")
+    await write_x(repo, 0, "c0")
+    # a session on c0 with a change of its own, to rebase later
+    late = await repo.writable_session("main")
+    await (await zas.open_array(store=late.store, path="x")).setitem(5, 5)
+    writer = await aic.Repository.open(storage)  # its own caches
+    c1 = await write_x(writer, 1, "c1")
+    c2 = await write_x(writer, 2, "c2")
+    if damage == "snapshot-copied-over-parent":
+        copy_file(root, f"snapshots/{c2}", f"snapshots/{c1}")
+        problem = f"holds snapshot {c2}, not {c1}"
+    else:  # ids all consistent, but c1's parent is its own child
+        from dataclasses import replace
+
+        from aicechunk.format.ids import SnapshotId
+        from aicechunk.format.snapshot import decode_snapshot, encode_snapshot
+
+        snap = decode_snapshot((root / "snapshots" / c1).read_bytes())
+        crafted = replace(snap, parent_id=SnapshotId.from_str(c2))
+        (root / "snapshots" / c1).write_bytes(encode_snapshot(crafted))
+        problem = "history loops"
+    fresh = await aic.Repository.open(storage)
+    key = f"snapshots/{c1}"
+    await expect_format_error(collect(fresh.ancestry(branch="main")), key, problem)
+    fresh = await aic.Repository.open(storage)
+    await expect_format_error(fresh.diff(from_snapshot_id=setup, to_branch="main"), key, problem)
+    await expect_format_error(late.rebase(aic.BasicConflictSolver()), key, problem)
+    await expect_format_error(
+        late.commit("late", rebase_with=aic.BasicConflictSolver()), key, problem
+    )
+    assert late.has_uncommitted_changes  # a failed rebase leaves the session as it was
+    # the command line says which file, and exits
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "aicechunk", "log", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert done.returncode == 1 and key in done.stderr and problem in done.stderr
+
+
+async def test_parent_missing_names_the_child(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await make_array(storage, 8)
+    c0 = await write_x(repo, 0, "c0")
+    c1 = await write_x(repo, 1, "c1")
+    (root / "snapshots" / c0).unlink()
+    fresh = await aic.Repository.open(storage)
+    problem = f"the parent snapshot {c0} does not exist"
+    await expect_format_error(collect(fresh.ancestry(branch="main")), f"snapshots/{c1}", problem)
+
+
+@pytest.mark.parametrize("reached_by", ["branch", "tag", "snapshot_id"])
+async def test_snapshot_copied_over_another(tmp_path: Path, reached_by: str) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await make_array(storage, 8)
+    c0 = await write_x(repo, 0, "c0")
+    await repo.create_branch("dev", c0)
+    dev = await repo.writable_session("dev")
+    await (await zas.open_array(store=dev.store, path="x")).setitem(3, 3)
+    d1 = str(await dev.commit("d1"))
+    await repo.create_tag("t", d1)
+    c1 = await write_x(repo, 1, "c1")
+    copy_file(root, f"snapshots/{c1}", f"snapshots/{d1}")  # not d1's parent: c1 is on main
+    fresh = await aic.Repository.open(storage)
+    refs = {"branch": {"branch": "dev"}, "tag": {"tag": "t"}, "snapshot_id": {"snapshot_id": d1}}
+
+    async def read() -> Any:
+        session = await fresh.readonly_session(**refs[reached_by])
+        return await (await zas.open_array(store=session.store, path="x", mode="r")).getitem(3)
+
+    await expect_format_error(read(), f"snapshots/{d1}", f"holds snapshot {c1}, not {d1}")
+
+
+async def test_manifest_copied_over_another(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await aic.Repository.create(storage)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    for name, value in (("a", 1), ("b", 2)):
+        arr = await group.create_array(name, shape=(4,), chunks=(2,), dtype="i8", fill_value=0)
+        await arr.setitem(slice(None), np.full(4, value))
+    await session.commit("two arrays")
+    ro = await repo.readonly_session(branch="main")
+    a, b = [(await ro.get_node(f"/{n}")).manifests[0].object_id for n in "ab"]  # type: ignore[union-attr]
+    copy_file(root, f"manifests/{b}", f"manifests/{a}")
+    fresh = await aic.Repository.open(storage)
+    ro = await fresh.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="a", mode="r")
+    # before: the chunks of "a" were silently read as missing (the fill value)
+    await expect_format_error(arr.getitem(slice(None)), f"manifests/{a}", f"holds manifest {b}")
+
+
+async def test_transaction_log_copied_over_another(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await make_array(storage, 8)
+    c0 = await write_x(repo, 0, "c0")
+    late = await repo.writable_session("main")
+    await (await zas.open_array(store=late.store, path="x")).setitem(5, 5)
+    c1 = await write_x(await aic.Repository.open(storage), 1, "c1")
+    copy_file(root, f"transactions/{c0}", f"transactions/{c1}")
+    key, problem = f"transactions/{c1}", f"holds transaction log of snapshot {c0}, not {c1}"
+    fresh = await aic.Repository.open(storage)
+    # before: the diff said chunk 0 changed, not chunk 1
+    await expect_format_error(fresh.diff(from_snapshot_id=c0, to_snapshot_id=c1), key, problem)
+    await expect_format_error(late.rebase(aic.BasicConflictSolver()), key, problem)
+    assert late.snapshot_id != c1 and late.has_uncommitted_changes
+
+
 # --- the report ----------------------------------------------------------------------------
 
 REPORT = (
