@@ -462,7 +462,15 @@ async def test_lost_answer_while_another_writer_commits_on_top(answer: str, reba
         assert str(session.snapshot_id) == sid and not session.has_uncommitted_changes
     values = await x_values(repo)
     assert values[3] == (3 if sid else -1) and values[7] == 7
-    report(f"lost answer [{answer}, {'rebase' if rebase else 'plain'}]", runs=1, faults=1)
+    report(
+        f"lost ref answer, writer on top [{answer}, {'rebase' if rebase else 'plain'}]",
+        runs=1,
+        faults=1,
+        attempted=1,
+        succeeded=1 if sid else 0,
+        lost=0,
+        corrupted=0,
+    )
 
 
 @pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
@@ -548,7 +556,15 @@ async def test_commit_cancelled_after_its_ref_write_went_out(answer: str, retry:
     await (await zas.open_array(store=session.store, path="x")).setitem(4, 4)
     await session.commit("next", rebase_with=solver)
     assert (await messages(repo))[:3] == ["next", "mine", "setup"]
-    report(f"commit cancelled after its ref write [{answer}]", runs=1, faults=1)
+    report(
+        f"commit cancelled after its ref write [{answer}, retry {retry}]",
+        runs=1,
+        faults=1,
+        attempted=1,
+        succeeded=1,
+        lost=0,
+        corrupted=0,
+    )
 
 
 async def test_commit_timing_out_during_its_ref_write() -> None:
