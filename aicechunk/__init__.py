@@ -11,6 +11,7 @@ from aicechunk.conflicts import (
 )
 from aicechunk.errors import (
     AicechunkError,
+    CommitOutcomeUnknownError,
     ConflictError,
     FormatError,
     InvalidKey,
@@ -57,6 +58,7 @@ __all__ = [
     "AicechunkError",
     "BasicConflictSolver",
     "CachingConfig",
+    "CommitOutcomeUnknownError",
     "Conflict",
     "ConflictDetector",
     "ConflictError",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -129,6 +129,15 @@ async def _decode_off_loop(decode: Callable[[], V], size: int) -> V:
     return decode()
 
 
+def _check_id(key: str, what: str, found: object, expected: object) -> None:
+    # every file embeds the id it is stored under: a file copied over another (or a
+    # crafted one) would otherwise be read as the one asked for
+    if found != expected:
+        raise FormatError(
+            key, f"the file holds {what} {found}, not {expected} (copied over another file?)"
+        )
+
+
 class AssetManager:
     """Reads and writes a repository's files through one driver, with caching."""
 
@@ -191,6 +200,7 @@ class AssetManager:
             except ObjectNotFound:
                 raise RefNotFoundError(f"snapshot {snapshot_id} does not exist") from None
             snap = await _decode_off_loop(lambda: decode_snapshot(data, key), len(data))
+            _check_id(key, "snapshot", snap.id, snapshot_id)
             self._snapshots.put(snapshot_id, snap)
             return snap
 
@@ -201,6 +211,48 @@ class AssetManager:
         data = await _encode_off_loop(encode_snapshot, snapshot, len(snapshot.nodes))
         await self.driver.put(SNAPSHOTS + str(snapshot.id), data, write_once=True)
         self._snapshots.put(snapshot.id, snapshot)
+
+    # -- history ----------------------------------------------------------------------
+
+    async def history(self, snapshot_id: SnapshotId) -> AsyncIterator[Snapshot]:
+        """The snapshot, then its ancestors through their parents, newest first.
+
+        Every walk of history goes through here. A parent that does not exist, or a chain
+        that comes back to a snapshot already seen (a cycle, which a copied or crafted file
+        makes), is a ``FormatError`` naming the snapshot file with the bad parent: never an
+        endless walk. (Ids are remembered, 12 bytes each, so no length limit is needed: a
+        chain in finite storage that never repeats ends.)
+        """
+        seen: set[SnapshotId] = set()
+        child: SnapshotId | None = None
+        cursor: SnapshotId | None = snapshot_id
+        while cursor is not None:
+            if cursor in seen:
+                raise FormatError(
+                    SNAPSHOTS + str(child),
+                    f"history loops: the parent {cursor} is also a descendant of this snapshot",
+                )
+            seen.add(cursor)
+            try:
+                snapshot = await self.fetch_snapshot(cursor)
+            except RefNotFoundError:
+                if child is None:
+                    raise
+                raise FormatError(
+                    SNAPSHOTS + str(child), f"the parent snapshot {cursor} does not exist"
+                ) from None
+            yield snapshot
+            child, cursor = cursor, snapshot.parent_id
+
+    async def history_since(self, tip: SnapshotId, base: SnapshotId) -> list[SnapshotId] | None:
+        """The snapshots from ``tip`` back to ``base`` (excluded), newest first; empty if
+        they are the same, ``None`` if ``base`` is not an ancestor of ``tip``."""
+        chain: list[SnapshotId] = []
+        async for snapshot in self.history(tip):
+            if snapshot.id == base:
+                return chain
+            chain.append(snapshot.id)
+        return None
 
     async def snapshot_exists(self, snapshot_id: SnapshotId) -> bool:
         """Whether the snapshot file is stored."""
@@ -221,6 +273,7 @@ class AssetManager:
             except ObjectNotFound:
                 raise FormatError(key, "manifest file is missing") from None
             manifest = await _decode_off_loop(lambda: decode_manifest(data, key), len(data))
+            _check_id(key, "manifest", manifest.id, manifest_id)
             self._manifests.put(manifest_id, manifest)
             return manifest
 
@@ -243,6 +296,7 @@ class AssetManager:
         except ObjectNotFound:
             raise FormatError(key, "transaction log is missing") from None
         log = await _decode_off_loop(lambda: decode_transaction_log(data, key), len(data))
+        _check_id(key, "transaction log of snapshot", log.id, snapshot_id)
         self._txlogs.put(snapshot_id, log)
         return log
 

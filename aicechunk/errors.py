@@ -53,6 +53,13 @@ class PreconditionFailed(StorageError):
     """A conditional write lost: the object exists (create-only) or changed (if-match)."""
 
 
+class CommitOutcomeUnknownError(StorageError):
+    """A commit's branch update may or may not have landed, and reading the branch back
+    to find out failed too. The session keeps its changes and refuses new ones; calling
+    ``commit`` on it again finds out, and returns the snapshot if it had landed (so no
+    change is committed twice)."""
+
+
 class InvalidKey(StorageError):
     """A key is malformed or would reach outside the driver's root."""
 

@@ -334,11 +334,9 @@ class Repository:
         snapshot_id: str | SnapshotId | None = None,
     ) -> AsyncIterator[SnapshotInfo]:
         """The snapshot and its ancestors, newest first, back to the first commit."""
-        cursor: SnapshotId | None = await self._resolve(branch, tag, snapshot_id)
-        while cursor is not None:
-            snapshot = await self._assets.fetch_snapshot(cursor)
+        start = await self._resolve(branch, tag, snapshot_id)
+        async for snapshot in self._assets.history(start):
             yield _info(snapshot)
-            cursor = snapshot.parent_id
 
     async def diff(
         self,
@@ -353,12 +351,8 @@ class Repository:
         """What changed from one snapshot to a later one (``from`` must be an ancestor)."""
         start = await self._resolve(from_branch, from_tag, from_snapshot_id)
         end = await self._resolve(to_branch, to_tag, to_snapshot_id)
-        chain: list[SnapshotId] = []
-        cursor: SnapshotId | None = end
-        while cursor is not None and cursor != start:
-            chain.append(cursor)
-            cursor = (await self._assets.fetch_snapshot(cursor)).parent_id
-        if cursor is None:
+        chain = await self._assets.history_since(end, start)
+        if chain is None:
             raise RepositoryError(f"snapshot {start} is not an ancestor of {end}")
         old = {n.id: n for n in (await self._assets.fetch_snapshot(start)).nodes}
         new = {n.id: n for n in (await self._assets.fetch_snapshot(end)).nodes}

@@ -14,10 +14,10 @@ import json
 import struct
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -28,12 +28,14 @@ from aicechunk.changeset import ArrayDefinition, ChangeSet, Coords
 from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
 from aicechunk.errors import (
     AicechunkError,
+    CommitOutcomeUnknownError,
     ConflictError,
     PreconditionFailed,
     ReadOnlyError,
     SessionStateError,
     StorageError,
 )
+from aicechunk.format import refs as ref_format
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId, SnapshotId
 from aicechunk.format.manifest import (
     ChunkRef,
@@ -226,6 +228,8 @@ class Session:
         self._changes = changes or ChangeSet()
         self._virtual = virtual_resolver
         self._token = uuid.uuid4().hex
+        # a commit whose branch update may or may not have landed (see ``commit``)
+        self._unsettled: SnapshotId | None = None
 
     # -- properties -------------------------------------------------------------------
 
@@ -270,9 +274,14 @@ class Session:
         mode = "read-only" if self._read_only else "writable"
         return f"<Session {mode} branch={self._branch!r} snapshot={self._snapshot_id}>"
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, *, unsettled_ok: bool = False) -> None:
         if self._read_only:
             raise ReadOnlyError("this session is read-only; use repo.writable_session(branch)")
+        if self._unsettled is not None and not unsettled_ok:
+            raise SessionStateError(
+                f"whether this session's last commit (snapshot {self._unsettled}) landed is "
+                "unknown: commit again to find out before making more changes"
+            )
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -844,77 +853,122 @@ class Session:
         of this commit becomes visible), unless ``rebase_with`` resolves the conflicts,
         in which case the changes are rebased onto the new tip and the commit retried
         (at most ``rebase_tries`` times).
+
+        A commit reported as failed is not in the branch's history. When the answer to the
+        branch update is lost, the branch's history is searched for the new snapshot to
+        tell; if even that cannot be read, ``CommitOutcomeUnknownError`` is raised and the
+        next ``commit`` of this session finds out first. Cancelled while the branch update
+        is under way, the commit waits for its outcome (bounded by the driver's timeouts)
+        before the cancellation takes effect, so the session knows whether its changes were
+        committed: if they were, it is at the new snapshot with no pending changes.
         """
-        self._check_writable()
+        self._check_writable(unsettled_ok=True)
         if self._branch is None:
             raise SessionStateError("this session is not on a branch and cannot commit")
+        if self._unsettled is not None and await self._settle():
+            return self._snapshot_id  # the earlier commit of these changes had landed
         if not self.has_uncommitted_changes:
             raise SessionStateError("no changes to commit")
         tries = 0
         while True:
             snapshot = await self._flush(message, metadata or {})
-            try:
-                await self._move_branch(snapshot.id)
-            except ConflictError:
+            move, cancelled = await _finish_despite_cancellation(self._move_branch(snapshot.id))
+            error = None if move.cancelled() else move.exception()
+            if move.cancelled() or isinstance(error, CommitOutcomeUnknownError):
+                self._unsettled = snapshot.id
+            elif error is None:
+                self._snapshot_id = snapshot.id
+                self._changes = ChangeSet()
+            if cancelled or move.cancelled():
+                raise asyncio.CancelledError
+            if error is None:
+                return snapshot.id
+            if isinstance(error, ConflictError) and rebase_with is not None:
                 tries += 1
-                if rebase_with is None or tries > rebase_tries:
-                    raise
-                await self.rebase(rebase_with)
-                continue
-            self._snapshot_id = snapshot.id
-            self._changes = ChangeSet()
-            return snapshot.id
+                if tries <= rebase_tries:
+                    await self.rebase(rebase_with)
+                    continue
+            raise error
 
     async def _move_branch(self, new_id: SnapshotId) -> None:
+        """Move the branch from the session's snapshot to ``new_id``.
+
+        Returns if it moved; raises ``ConflictError`` (or the storage error) if it surely
+        did not, and ``CommitOutcomeUnknownError`` if that cannot be found out.
+        """
         assert self._branch is not None
         tip = await self._assets.fetch_branch(self._branch)
         if tip.snapshot_id != self._snapshot_id:
             raise ConflictError(self._branch, str(self._snapshot_id), str(tip.snapshot_id))
+        failure: StorageError
         try:
             await self._assets.update_branch(self._branch, new_id, tip.version)
-        except PreconditionFailed:
-            now = await self._assets.fetch_branch(self._branch)
-            if now.snapshot_id == new_id:  # an earlier, ambiguous attempt of ours landed
-                return
-            raise ConflictError(
-                self._branch, str(self._snapshot_id), str(now.snapshot_id)
-            ) from None
+            return
+        except PreconditionFailed as err:
+            failure = err  # another writer won, or a retried request of ours already landed
         except StorageError as err:
-            # the write may have been applied even though its answer was lost: look, a few
-            # times if looking fails too, before reporting the commit as failed
-            for attempt in range(5):
-                try:
-                    now = await self._assets.fetch_branch(self._branch)
-                except StorageError:
-                    await asyncio.sleep(0.05 * 2**attempt)
-                    continue
-                if now.snapshot_id == new_id:
-                    return
-                raise
-            raise StorageError(
-                f"commit outcome unknown: moving branch {self._branch!r} to {new_id} failed "
-                f"({err}) and the branch could not be read back",
-                key=err.key,
-                driver=err.driver,
-            ) from err
+            failure = err  # the answer was lost: the write may have been applied
+        landed, now = await self._landed(new_id, failure)
+        if landed:
+            return
+        if isinstance(failure, PreconditionFailed):
+            raise ConflictError(self._branch, str(self._snapshot_id), str(now)) from None
+        raise failure
+
+    async def _landed(
+        self, new_id: SnapshotId, cause: StorageError | None
+    ) -> tuple[bool, SnapshotId]:
+        """Whether ``new_id`` is in the branch's history (other writers may have committed
+        on top of it since), and the branch's tip. Looks a few times if looking fails."""
+        assert self._branch is not None
+        last: AicechunkError | None = None
+        for attempt in range(_SETTLE_ATTEMPTS):
+            try:
+                tip = (await self._assets.fetch_branch(self._branch)).snapshot_id
+                chain = await self._assets.history_since(tip, self._snapshot_id)
+            except StorageError as err:
+                last = err
+                await asyncio.sleep(_SETTLE_BACKOFF * 2**attempt)
+                continue
+            except AicechunkError as err:  # the branch is gone, or its history unreadable
+                last = err
+                break
+            return chain is not None and new_id in chain, tip
+        why = f" ({cause})" if cause is not None else ""
+        raise CommitOutcomeUnknownError(
+            f"commit outcome unknown: moving branch {self._branch!r} to snapshot {new_id} "
+            f"may have failed{why}, and the branch could not be read back ({last}); "
+            "commit this session again to find out",
+            key=ref_format.branch_key(self._branch),
+        ) from last
+
+    async def _settle(self) -> bool:
+        """Find out whether the commit whose outcome was unknown landed; if it did, the
+        session moves to it and drops the changes it committed. Returns whether it did."""
+        assert self._unsettled is not None
+        new_id = self._unsettled
+        landed, _ = await self._landed(new_id, None)
+        self._unsettled = None
+        if landed:
+            self._snapshot_id = new_id
+            self._changes = ChangeSet()
+        return landed
 
     async def rebase(self, solver: ConflictSolver) -> None:
         """Move the pending changes onto the branch tip, resolving conflicts with ``solver``.
 
         Raises ``RebaseFailedError`` listing conflicts the solver cannot resolve.
         """
-        self._check_writable()
+        self._check_writable(unsettled_ok=True)
         if self._branch is None:
             raise SessionStateError("this session is not on a branch")
+        if self._unsettled is not None:
+            await self._settle()
         from aicechunk.conflicts import rebase_changes
 
         tip = (await self._assets.fetch_branch(self._branch)).snapshot_id
-        chain: list[SnapshotId] = []
-        cursor: SnapshotId | None = tip
-        while cursor is not None and cursor != self._snapshot_id:
-            chain.append(cursor)
-            cursor = (await self._assets.fetch_snapshot(cursor)).parent_id
-        if cursor is None:
+        chain = await self._assets.history_since(tip, self._snapshot_id)
+        if chain is None:
             raise SessionStateError(
                 f"branch {self._branch!r} no longer descends from snapshot {self._snapshot_id}"
             )
@@ -933,6 +987,27 @@ class Session:
 
 
 __all__ += ["ChunkIndexError", "InvalidMetadataError", "NodeNotFoundError"]
+
+
+# how many times a commit reads the branch back when the answer to its update was lost,
+# and the first pause (doubling) between those reads
+_SETTLE_ATTEMPTS = 5
+_SETTLE_BACKOFF = 0.05
+
+T = TypeVar("T")
+
+
+async def _finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
+    """Run ``aw`` to its end even if the calling task is cancelled meanwhile (its outcome
+    must be known); return it, finished, and whether a cancellation was held back."""
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            cancelled = True
+    return task, cancelled
 
 
 # a transaction log of at least this many chunk changes is built in a worker thread

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aicechunk.drivers.base import ByteRange, Driver, DriverConfig, ObjectInfo
@@ -97,7 +97,11 @@ class FaultyDriver(CountingDriver):
     by key prefix and method (``match``), or by probability with a seed. ``after=True``
     performs the request and then fails it, as when a response is lost after the server
     applied a write. ``delay`` sleeps before matching requests; ``hang`` never answers
-    them (callers' timeouts must cope).
+    them (callers' timeouts must cope). ``on_fault(method, key)`` is awaited where a
+    fault is injected, just before it is raised (after the request was applied if
+    ``after``): a test can make another writer commit, or cancel the caller, right there.
+    ``interleave=n`` yields to the event loop 0 to n times (seeded) before and after every
+    request, matching or not, so that concurrent tasks interleave differently per seed.
     """
 
     type_name = "faulty"
@@ -114,6 +118,8 @@ class FaultyDriver(CountingDriver):
         after: bool = False,
         delay: float = 0.0,
         hang: bool = False,
+        on_fault: Callable[[str, str], Awaitable[None]] | None = None,
+        interleave: int = 0,
     ) -> None:
         super().__init__(inner)
         self.methods = frozenset(methods) if methods else None
@@ -123,6 +129,8 @@ class FaultyDriver(CountingDriver):
         self.after = after
         self.delay = delay
         self.hang = hang
+        self.on_fault = on_fault
+        self.interleave = interleave
         self.matching = 0
         self.injected = 0
         self._random = random.Random(seed)
@@ -137,7 +145,20 @@ class FaultyDriver(CountingDriver):
     def _matches(self, method: str, key: str) -> bool:
         return (self.methods is None or method in self.methods) and key.startswith(self.key_prefix)
 
+    async def _yield(self) -> None:
+        for _ in range(self._random.randint(0, self.interleave)):
+            await asyncio.sleep(0)
+
     async def _around(self, method: str, key: str, call: Any) -> Any:
+        if self.interleave:
+            await self._yield()
+            try:
+                return await self._faulty(method, key, call)
+            finally:
+                await self._yield()
+        return await self._faulty(method, key, call)
+
+    async def _faulty(self, method: str, key: str, call: Any) -> Any:
         if not self._matches(method, key):
             return await call()
         self.matching += 1
@@ -150,10 +171,14 @@ class FaultyDriver(CountingDriver):
             await asyncio.Event().wait()
         if fail and not self.after:
             self.injected += 1
+            if self.on_fault is not None:
+                await self.on_fault(method, key)
             raise InjectedFault(f"injected failure of {method}", key=key, driver=self.label)
         result = await call()
         if fail:
             self.injected += 1
+            if self.on_fault is not None:
+                await self.on_fault(method, key)
             raise InjectedFault(
                 f"injected failure of {method} after it was applied", key=key, driver=self.label
             )

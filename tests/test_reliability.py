@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,10 @@ import pytest
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
+import aicechunk.session
 from aicechunk.drivers import MemoryDriver, driver_from_config
-from aicechunk.testing import FaultyDriver, InjectedFault
+from aicechunk.drivers.base import Driver, ObjectInfo
+from aicechunk.testing import CountingDriver, FaultyDriver, InjectedFault
 from tests.conftest import s3_test_storage
 from tests.servers import create_gcs_bucket, next_bucket_name
 
@@ -367,6 +372,517 @@ async def test_bad_fork_payload_leaves_parent_unchanged() -> None:
         with pytest.raises(aic.ForkPayloadError):
             aic.ForkSession.from_bytes(bad)
     assert not session.has_uncommitted_changes
+
+
+# --- lost answers and cancelled commits -----------------------------------------------------
+
+
+class AfterWrite(CountingDriver):
+    """Calls ``hook`` once, right after a put under ``prefix`` was applied, then lets the
+    loop run a few times before the answer returns: a cancellation or a timeout set off by
+    the hook arrives while the answer is on its way."""
+
+    def __init__(self, inner: Driver, prefix: str, hook: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self.prefix = prefix
+        self.hook: Callable[[], None] | None = hook
+
+    async def _answer(self, key: str) -> None:
+        if key.startswith(self.prefix) and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+    async def _put(
+        self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
+    ) -> ObjectInfo:
+        info = await super()._put(key, data, if_none_match=if_none_match, if_match=if_match)
+        await self._answer(key)
+        return info
+
+    async def _put_once(self, key: str, data: bytes) -> ObjectInfo:
+        info = await super()._put_once(key, data)
+        await self._answer(key)
+        return info
+
+
+async def on(driver: Driver, repo: aic.Repository) -> aic.Session:
+    """A writable session on main through ``driver`` (over the storage of ``repo``) with
+    one change, chunk 3."""
+    session = await aic.Repository(aic.storage_from_driver(driver), repo.config).writable_session(
+        "main"
+    )
+    await (await zas.open_array(store=session.store, path="x")).setitem(3, 3)
+    return session
+
+
+async def messages(repo: aic.Repository) -> list[str]:
+    return [info.message async for info in repo.ancestry(branch="main")]
+
+
+async def x_values(repo: aic.Repository) -> Any:
+    ro = await repo.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="x", mode="r")
+    return np.asarray(await arr.getitem(slice(None)))
+
+
+@pytest.mark.parametrize("rebase", [False, True], ids=["plain", "rebase_with"])
+@pytest.mark.parametrize("answer", ["lost-after-apply", "lost-before-apply", "retried-after-apply"])
+async def test_lost_answer_while_another_writer_commits_on_top(answer: str, rebase: bool) -> None:
+    inner = MemoryDriver()
+    repo = await make_array(aic.storage_from_driver(inner), 8)
+
+    async def another_writer_commits(method: str, key: str) -> None:
+        await write_x(repo, 7, "theirs")
+        if answer == "retried-after-apply":  # what a driver that retried the request sees
+            raise aic.PreconditionFailed("the ref changed", key=key)
+
+    faulty = FaultyDriver(
+        inner,
+        methods={"put"},
+        key_prefix="refs/branch.main",
+        fail_calls={1},
+        after=answer != "lost-before-apply",
+        on_fault=another_writer_commits,
+    )
+    session = await on(faulty, repo)
+    sid: str | None = None
+    with contextlib.suppress(aic.ConflictError, InjectedFault):
+        sid = str(
+            await session.commit("mine", rebase_with=aic.BasicConflictSolver() if rebase else None)
+        )
+    history = await collect(repo.ancestry(branch="main"))
+    mine = [info.id for info in history if info.message == "mine"]
+    if answer == "lost-before-apply":
+        assert sid is None and mine == [] and session.has_uncommitted_changes
+    else:  # before: ConflictError (plain), or the change committed twice (rebase_with)
+        assert sid is not None and mine == [sid], "committed once, and reported so"
+        assert [info.message for info in history[:2]] == ["theirs", "mine"]
+        assert str(session.snapshot_id) == sid and not session.has_uncommitted_changes
+    values = await x_values(repo)
+    assert values[3] == (3 if sid else -1) and values[7] == 7
+    report(
+        f"lost ref answer, writer on top [{answer}, {'rebase' if rebase else 'plain'}]",
+        runs=1,
+        faults=1,
+        attempted=1,
+        succeeded=1 if sid else 0,
+        lost=0,
+        corrupted=0,
+    )
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+async def test_unknown_commit_outcome_is_settled_by_the_next_commit(
+    applied: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aic.session, "_SETTLE_BACKOFF", 0.0)
+    inner = MemoryDriver()
+    repo = await make_array(aic.storage_from_driver(inner), 8)
+
+    async def another_writer_commits(method: str, key: str) -> None:
+        if method == "put":
+            await write_x(repo, 7, "theirs")
+
+    faulty = FaultyDriver(
+        inner,
+        methods={"put", "get"},
+        key_prefix="refs/branch.main",
+        after=applied,
+        on_fault=another_writer_commits,
+    )
+    session = await on(faulty, repo)
+    # the branch read before the update works; the update and every read back fail
+    first = faulty.matching + 2
+    faulty.fail_calls = set(range(first, first + 1 + aic.session._SETTLE_ATTEMPTS))
+    with pytest.raises(aic.CommitOutcomeUnknownError, match="commit outcome unknown"):
+        await session.commit("mine")
+    assert session.has_uncommitted_changes
+    with pytest.raises(aic.SessionStateError, match="unknown"):  # no changes on top of it
+        await session.delete_node("/x")
+    faulty.disarm()
+    sid = str(await session.commit("mine, again", rebase_with=aic.BasicConflictSolver()))
+    history = await collect(repo.ancestry(branch="main"))
+    found = {info.message: info.id for info in history}
+    if applied:  # the first commit had landed: it is returned, not committed again
+        assert [info.message for info in history[:3]] == ["theirs", "mine", "setup"]
+        assert sid == found["mine"] and "mine, again" not in found
+    else:
+        assert [info.message for info in history[:3]] == ["mine, again", "theirs", "setup"]
+        assert sid == found["mine, again"] and "mine" not in found
+    assert str(session.snapshot_id) == sid and not session.has_uncommitted_changes
+    assert (await x_values(repo))[3] == 3
+
+
+@pytest.mark.parametrize("retry", ["plain", "rebase_with"])
+@pytest.mark.parametrize("answer", ["answered", "lost"])
+async def test_commit_cancelled_after_its_ref_write_went_out(answer: str, retry: str) -> None:
+    inner = MemoryDriver()
+    repo = await make_array(aic.storage_from_driver(inner), 8)
+    task: asyncio.Future[Any] | None = None
+
+    def cancel() -> None:
+        assert task is not None
+        task.cancel()
+
+    async def cancel_and_lose_the_answer(method: str, key: str) -> None:
+        cancel()
+        await asyncio.sleep(0)
+
+    driver: Driver
+    if answer == "answered":
+        driver = AfterWrite(inner, "refs/branch.main", cancel)
+    else:
+        driver = FaultyDriver(
+            inner,
+            methods={"put"},
+            key_prefix="refs/branch.main",
+            fail_calls={1},
+            after=True,
+            on_fault=cancel_and_lose_the_answer,
+        )
+    session = await on(driver, repo)
+    task = asyncio.ensure_future(session.commit("mine"))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    history = await collect(repo.ancestry(branch="main"))
+    assert [info.message for info in history].count("mine") == 1
+    # the session knows its change was committed: before, it kept it and committed it again
+    assert str(session.snapshot_id) == history[0].id and not session.has_uncommitted_changes
+    solver = aic.BasicConflictSolver() if retry == "rebase_with" else None
+    with pytest.raises(aic.SessionStateError, match="no changes"):
+        await session.commit("mine, again", rebase_with=solver)
+    await (await zas.open_array(store=session.store, path="x")).setitem(4, 4)
+    await session.commit("next", rebase_with=solver)
+    assert (await messages(repo))[:3] == ["next", "mine", "setup"]
+    report(
+        f"commit cancelled after its ref write [{answer}, retry {retry}]",
+        runs=1,
+        faults=1,
+        attempted=1,
+        succeeded=1,
+        lost=0,
+        corrupted=0,
+    )
+
+
+async def test_commit_timing_out_during_its_ref_write() -> None:
+    inner = MemoryDriver()
+    repo = await make_array(aic.storage_from_driver(inner), 8)
+    deadline = asyncio.timeout(None)
+    driver = AfterWrite(
+        inner,
+        "refs/branch.main",
+        lambda: deadline.reschedule(asyncio.get_running_loop().time()),
+    )
+    session = await on(driver, repo)
+    with pytest.raises(TimeoutError):
+        async with deadline:
+            await session.commit("mine")
+    assert (await messages(repo)).count("mine") == 1
+    assert not session.has_uncommitted_changes
+
+
+async def test_commit_cancelled_before_its_ref_write() -> None:
+    inner = MemoryDriver()
+    repo = await make_array(aic.storage_from_driver(inner), 8)
+    before = await repo.lookup_branch("main")
+    task: asyncio.Future[Any] | None = None
+    driver = AfterWrite(inner, "snapshots/", lambda: task.cancel())  # type: ignore[union-attr]
+    session = await on(driver, repo)
+    task = asyncio.ensure_future(session.commit("mine"))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await repo.lookup_branch("main") == before and session.has_uncommitted_changes
+    await session.commit("mine, again")
+    history = await messages(repo)
+    assert history[0] == "mine, again" and "mine" not in history
+
+
+BRANCH_KEY = "refs/branch.main/ref.json"
+
+
+async def commit_change(
+    repo: aic.Repository,
+    faulty: FaultyDriver,
+    index: int,
+    rng: random.Random,
+    seen: Counter[str],
+) -> str | None:
+    """Commit one change (chunk ``index``) through faults and cancellations, retrying on
+    the same session; the snapshot id it was committed as, or ``None`` if reported failed."""
+    while True:
+        try:
+            session = await repo.writable_session("main")
+            break
+        except InjectedFault:
+            seen["faults outside commit"] += 1
+    await (await zas.open_array(store=session.store, path="x")).setitem(index, index)
+    solver = aic.BasicConflictSolver() if rng.random() < 0.5 else None
+    probability = faulty.probability
+    for attempt in range(20):
+        last = attempt == 19
+        if last:  # no more faults: the session must come to a definite answer
+            faulty.probability = 0.0
+        calls = len(faulty.calls)
+        task = asyncio.ensure_future(session.commit(f"change {index}", rebase_with=solver))
+        if not last and rng.random() < 0.4:
+            if rng.random() < 0.5:  # once the branch update went out
+                # step the loop one turn at a time, to cancel at that point of the commit
+                while not task.done() and ("put", BRANCH_KEY) not in faulty.calls[calls:]:  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+            for _ in range(rng.randrange(6)):
+                await asyncio.sleep(0)
+            task.cancel()
+        try:
+            sid = str(await task)
+            seen["committed"] += 1
+            return sid
+        except asyncio.CancelledError:
+            seen["cancelled"] += 1
+            if not session.has_uncommitted_changes:  # it landed before the cancellation
+                seen["committed though cancelled"] += 1
+                return str(session.snapshot_id)
+        except aic.ConflictError:
+            seen["conflict"] += 1
+            return None
+        except aic.CommitOutcomeUnknownError:
+            seen["outcome unknown"] += 1
+        except InjectedFault:
+            seen["failed, retried"] += 1
+        finally:
+            faulty.probability = probability
+    raise AssertionError("unreachable: the last attempt runs without faults")
+
+
+async def test_random_interleavings_commit_each_change_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writers commit through lost answers, failed reads and cancellations, interleaved
+    differently per seed: every commit reported as failed is absent from history, every
+    change reported as committed is there exactly once, under the id reported."""
+    monkeypatch.setattr(aic.session, "_SETTLE_BACKOFF", 0.0)
+    rounds, writers, commits = max(SEEDS // 2, 1), 4, 3
+    seen: Counter[str] = Counter()
+    faults = 0
+    for seed in range(rounds):
+        inner = MemoryDriver()
+        repo = await make_array(aic.storage_from_driver(inner), writers * commits)
+        outcomes: dict[int, str | None] = {}
+
+        async def writer(
+            w: int,
+            seed: int = seed,
+            inner: MemoryDriver = inner,
+            repo: aic.Repository = repo,
+            outcomes: dict[int, str | None] = outcomes,
+        ) -> int:
+            rng = random.Random(seed * 1000 + w)
+            faulty = FaultyDriver(
+                inner,
+                methods={"put", "get"},
+                key_prefix="refs/",
+                probability=0.25,
+                seed=rng.randrange(2**32),
+                after=rng.random() < 0.7,
+                interleave=3,
+            )
+            flaky = aic.Repository(aic.storage_from_driver(faulty), repo.config)
+            for j in range(commits):
+                index = w * commits + j
+                outcomes[index] = await commit_change(flaky, faulty, index, rng, seen)
+            return faulty.injected
+
+        faults += sum(await asyncio.gather(*(writer(w) for w in range(writers))))
+        history = await collect(repo.ancestry(branch="main"))
+        for child, parent in itertools.pairwise(history):
+            assert child.parent_id == parent.id
+        count = Counter(info.message for info in history)
+        ids = {info.message: info.id for info in history}
+        values = await x_values(repo)
+        for index, sid in outcomes.items():
+            message = f"change {index}"
+            if sid is None:
+                assert count[message] == 0, f"seed {seed}: failed commit {index} is in history"
+                assert values[index] == -1
+            else:
+                assert count[message] == 1, f"seed {seed}: change {index} x{count[message]}"
+                assert ids[message] == sid and values[index] == index
+    assert seen["cancelled"] and seen["failed, retried"] and seen["committed"]
+    report(
+        "random interleavings (lost answers, failed reads, cancellations)",
+        runs=rounds,
+        faults=faults,
+        attempted=rounds * writers * commits,
+        succeeded=seen["committed"] + seen["committed though cancelled"],
+        lost=0,
+        corrupted=0,
+    )
+    print(dict(seen), "faults", faults)
+
+
+# --- swapped and crafted files ------------------------------------------------------------
+
+# a regression that loops forever fails the test after this long instead of hanging the run
+HANG_GUARD = float(os.environ.get("AICECHUNK_HANG_GUARD", "20"))
+
+
+async def guarded(aw: Any) -> Any:
+    """Await ``aw``, interrupted by SIGALRM after HANG_GUARD seconds: an endless loop over
+    cached snapshots never yields to the event loop, so an asyncio timeout would not fire."""
+
+    def fire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still running after {HANG_GUARD} s: an endless loop?")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, HANG_GUARD)
+    try:
+        return await aw
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+async def collect(history: Any) -> list[Any]:
+    return [info async for info in history]
+
+
+async def write_x(repo: aic.Repository, index: int, message: str) -> str:
+    session = await repo.writable_session("main")
+    arr = await zas.open_array(store=session.store, path="x")
+    await arr.setitem(index, index)
+    return str(await session.commit(message))
+
+
+def copy_file(root: Path, source: str, target: str) -> None:
+    (root / target).write_bytes((root / source).read_bytes())
+
+
+async def expect_format_error(aw: Any, file: str, problem: str) -> None:
+    with pytest.raises(aic.FormatError) as caught:
+        await guarded(aw)
+    assert caught.value.file == file and problem in caught.value.problem
+
+
+@pytest.mark.parametrize("damage", ["snapshot-copied-over-parent", "crafted-cycle"])
+async def test_history_cycle_is_a_format_error_not_a_hang(tmp_path: Path, damage: str) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await make_array(storage, 8)
+    setup = await repo.lookup_branch("main")
+    await write_x(repo, 0, "c0")
+    # a session on c0 with a change of its own, to rebase later
+    late = await repo.writable_session("main")
+    await (await zas.open_array(store=late.store, path="x")).setitem(5, 5)
+    writer = await aic.Repository.open(storage)  # its own caches
+    c1 = await write_x(writer, 1, "c1")
+    c2 = await write_x(writer, 2, "c2")
+    if damage == "snapshot-copied-over-parent":
+        copy_file(root, f"snapshots/{c2}", f"snapshots/{c1}")
+        problem = f"holds snapshot {c2}, not {c1}"
+    else:  # ids all consistent, but c1's parent is its own child
+        from dataclasses import replace
+
+        from aicechunk.format.ids import SnapshotId
+        from aicechunk.format.snapshot import decode_snapshot, encode_snapshot
+
+        snap = decode_snapshot((root / "snapshots" / c1).read_bytes())
+        crafted = replace(snap, parent_id=SnapshotId.from_str(c2))
+        (root / "snapshots" / c1).write_bytes(encode_snapshot(crafted))
+        problem = "history loops"
+    fresh = await aic.Repository.open(storage)
+    key = f"snapshots/{c1}"
+    await expect_format_error(collect(fresh.ancestry(branch="main")), key, problem)
+    fresh = await aic.Repository.open(storage)
+    await expect_format_error(fresh.diff(from_snapshot_id=setup, to_branch="main"), key, problem)
+    await expect_format_error(late.rebase(aic.BasicConflictSolver()), key, problem)
+    await expect_format_error(
+        late.commit("late", rebase_with=aic.BasicConflictSolver()), key, problem
+    )
+    assert late.has_uncommitted_changes  # a failed rebase leaves the session as it was
+    # the command line says which file, and exits
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "aicechunk", "log", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert done.returncode == 1 and key in done.stderr and problem in done.stderr
+
+
+async def test_parent_missing_names_the_child(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await make_array(storage, 8)
+    c0 = await write_x(repo, 0, "c0")
+    c1 = await write_x(repo, 1, "c1")
+    (root / "snapshots" / c0).unlink()
+    fresh = await aic.Repository.open(storage)
+    problem = f"the parent snapshot {c0} does not exist"
+    await expect_format_error(collect(fresh.ancestry(branch="main")), f"snapshots/{c1}", problem)
+
+
+@pytest.mark.parametrize("reached_by", ["branch", "tag", "snapshot_id"])
+async def test_snapshot_copied_over_another(tmp_path: Path, reached_by: str) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await make_array(storage, 8)
+    c0 = await write_x(repo, 0, "c0")
+    await repo.create_branch("dev", c0)
+    dev = await repo.writable_session("dev")
+    await (await zas.open_array(store=dev.store, path="x")).setitem(3, 3)
+    d1 = str(await dev.commit("d1"))
+    await repo.create_tag("t", d1)
+    c1 = await write_x(repo, 1, "c1")
+    copy_file(root, f"snapshots/{c1}", f"snapshots/{d1}")  # not d1's parent: c1 is on main
+    fresh = await aic.Repository.open(storage)
+    refs = {"branch": {"branch": "dev"}, "tag": {"tag": "t"}, "snapshot_id": {"snapshot_id": d1}}
+
+    async def read() -> Any:
+        session = await fresh.readonly_session(**refs[reached_by])
+        return await (await zas.open_array(store=session.store, path="x", mode="r")).getitem(3)
+
+    await expect_format_error(read(), f"snapshots/{d1}", f"holds snapshot {c1}, not {d1}")
+
+
+async def test_manifest_copied_over_another(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await aic.Repository.create(storage)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    for name, value in (("a", 1), ("b", 2)):
+        arr = await group.create_array(name, shape=(4,), chunks=(2,), dtype="i8", fill_value=0)
+        await arr.setitem(slice(None), np.full(4, value))
+    await session.commit("two arrays")
+    ro = await repo.readonly_session(branch="main")
+    a, b = [(await ro.get_node(f"/{n}")).manifests[0].object_id for n in "ab"]  # type: ignore[union-attr]
+    copy_file(root, f"manifests/{b}", f"manifests/{a}")
+    fresh = await aic.Repository.open(storage)
+    ro = await fresh.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="a", mode="r")
+    # before: the chunks of "a" were silently read as missing (the fill value)
+    await expect_format_error(arr.getitem(slice(None)), f"manifests/{a}", f"holds manifest {b}")
+
+
+async def test_transaction_log_copied_over_another(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    storage = aic.local_filesystem_storage(root)
+    repo = await make_array(storage, 8)
+    c0 = await write_x(repo, 0, "c0")
+    late = await repo.writable_session("main")
+    await (await zas.open_array(store=late.store, path="x")).setitem(5, 5)
+    c1 = await write_x(await aic.Repository.open(storage), 1, "c1")
+    copy_file(root, f"transactions/{c0}", f"transactions/{c1}")
+    key, problem = f"transactions/{c1}", f"holds transaction log of snapshot {c0}, not {c1}"
+    fresh = await aic.Repository.open(storage)
+    # before: the diff said chunk 0 changed, not chunk 1
+    await expect_format_error(fresh.diff(from_snapshot_id=c0, to_snapshot_id=c1), key, problem)
+    await expect_format_error(late.rebase(aic.BasicConflictSolver()), key, problem)
+    assert late.snapshot_id != c1 and late.has_uncommitted_changes
 
 
 # --- the report ----------------------------------------------------------------------------

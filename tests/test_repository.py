@@ -367,3 +367,41 @@ async def test_caches_are_bounded_by_caching_config(tmp_path: Path) -> None:
     small = aic.RepositoryConfig.default()
     small.caching = CachingConfig(num_chunk_refs=4)  # room for one 4-ref manifest
     assert await manifest_reads(small) == 6  # a, b alternate and evict each other
+
+
+async def test_one_history_walk_ends_on_cycles_and_missing_parents() -> None:
+    """``AssetManager.history`` serves ancestry, diff, rebase and the commit-outcome search."""
+    from datetime import UTC, datetime
+
+    from aicechunk.assets import AssetManager
+    from aicechunk.drivers import MemoryDriver
+    from aicechunk.format.ids import SnapshotId
+    from aicechunk.format.snapshot import Snapshot
+
+    assets = AssetManager(MemoryDriver())
+    a, b, c, d = (SnapshotId.random() for _ in range(4))
+
+    async def write(sid: SnapshotId, parent: SnapshotId | None) -> None:
+        snap = Snapshot(sid, parent, datetime.now(UTC), "", {}, (), ())
+        await assets.write_snapshot(snap)
+
+    await write(a, None)
+    await write(b, a)
+    await write(c, b)
+    assert [s.id async for s in assets.history(c)] == [c, b, a]
+    assert await assets.history_since(c, a) == [c, b]
+    assert await assets.history_since(c, c) == []
+    assert await assets.history_since(b, c) is None  # c is not an ancestor of b
+    await write(d, SnapshotId.random())  # a parent that was never written
+    with pytest.raises(aic.FormatError, match="does not exist") as missing:
+        await assets.history_since(d, a)
+    assert missing.value.file == f"snapshots/{d}"
+    # a two-snapshot cycle: e <-> f
+    e, f = SnapshotId.random(), SnapshotId.random()
+    await write(e, f)
+    await write(f, e)
+    with pytest.raises(aic.FormatError, match="history loops") as loop:
+        await assets.history_since(e, a)
+    assert loop.value.file == f"snapshots/{f}"
+    with pytest.raises(aic.RefNotFoundError):  # the start itself missing: not found
+        await assets.history_since(SnapshotId.random(), a)
