@@ -20,7 +20,7 @@ from aicechunk.errors import (
     SessionStateError,
 )
 from aicechunk.format import refs as ref_format
-from aicechunk.format.ids import FIRST_SNAPSHOT_ID, InvalidIdError, SnapshotId
+from aicechunk.format.ids import FIRST_SNAPSHOT_ID, InvalidIdError, NodeId, SnapshotId
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
@@ -348,29 +348,37 @@ class Repository:
         to_tag: str | None = None,
         to_snapshot_id: str | SnapshotId | None = None,
     ) -> Diff:
-        """What changed from one snapshot to a later one (``from`` must be an ancestor)."""
+        """What changed from one snapshot to a later one (``from`` must be an ancestor).
+
+        As in icechunk, the changes are those the transaction logs of the snapshots after
+        ``from`` up to ``to`` record, named by the paths the nodes have in either snapshot:
+        an array resized and resized back is "updated"; a node created and deleted in
+        between is not listed.
+        """
         start = await self._resolve(from_branch, from_tag, from_snapshot_id)
         end = await self._resolve(to_branch, to_tag, to_snapshot_id)
         chain = await self._assets.history_since(end, start)
         if chain is None:
             raise RepositoryError(f"snapshot {start} is not an ancestor of {end}")
-        old = {n.id: n for n in (await self._assets.fetch_snapshot(start)).nodes}
-        new = {n.id: n for n in (await self._assets.fetch_snapshot(end)).nodes}
-        diff = Diff()
-        for nid, node in new.items():
-            is_array = node.is_array
-            if nid not in old:
-                (diff.new_arrays if is_array else diff.new_groups).add(node.path)
-            elif old[nid].user_data != node.user_data:
-                (diff.updated_arrays if is_array else diff.updated_groups).add(node.path)
-        for nid, node in old.items():
-            if nid not in new:
-                (diff.deleted_arrays if node.is_array else diff.deleted_groups).add(node.path)
-        for sid in chain:
-            log = await self._assets.fetch_transaction_log(sid)
+        paths = {n.id: n.path for n in (await self._assets.fetch_snapshot(start)).nodes}
+        paths.update((n.id, n.path) for n in (await self._assets.fetch_snapshot(end)).nodes)
+        logs = [await self._assets.fetch_transaction_log(sid) for sid in chain]
+
+        def named(ids: set[NodeId]) -> set[str]:
+            return {paths[i] for i in ids if i in paths}
+
+        diff = Diff(
+            new_groups=named({i for log in logs for i in log.new_groups}),
+            new_arrays=named({i for log in logs for i in log.new_arrays}),
+            deleted_groups=named({i for log in logs for i in log.deleted_groups}),
+            deleted_arrays=named({i for log in logs for i in log.deleted_arrays}),
+            updated_groups=named({i for log in logs for i in log.updated_groups}),
+            updated_arrays=named({i for log in logs for i in log.updated_arrays}),
+        )
+        for log in logs:
             for nid, coords in log.updated_chunks.items():
-                if nid in new:
-                    diff.updated_chunks.setdefault(new[nid].path, set()).update(
+                if nid in paths:
+                    diff.updated_chunks.setdefault(paths[nid], set()).update(
                         tuple(c) for c in coords
                     )
         return diff

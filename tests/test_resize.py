@@ -46,6 +46,17 @@ def scenario(store: Any, commit: Any, status: Any, coords: Any) -> dict[str, Any
     return seen
 
 
+def plain_diff(diff: Any) -> dict[str, Any]:
+    fields = ("new_groups", "new_arrays", "deleted_groups", "deleted_arrays")
+    out: dict[str, Any] = {f: sorted(getattr(diff, f)) for f in fields}
+    out["updated_groups"] = sorted(diff.updated_groups)
+    out["updated_arrays"] = sorted(diff.updated_arrays)
+    out["updated_chunks"] = {
+        p: sorted(map(tuple, c)) for p, c in sorted(diff.updated_chunks.items()) if c
+    }
+    return out
+
+
 def ours(path: Path) -> dict[str, Any]:
     async def open_repo() -> aic.Repository:
         return await aic.Repository.create(aic.local_filesystem_storage(path))
@@ -72,7 +83,18 @@ def ours(path: Path) -> dict[str, Any]:
 
         return asyncio.run(listed())
 
-    return scenario(store, commit, status, coords)
+    seen = scenario(store, commit, status, coords)
+
+    async def diffs() -> list[dict[str, Any]]:
+        ids = [info.id async for info in repo.ancestry(branch="main")]
+        return [
+            plain_diff(await repo.diff(from_snapshot_id=ids[j], to_snapshot_id=ids[i]))
+            for i in range(len(ids))
+            for j in range(i + 1, len(ids))
+        ]
+
+    seen["diffs"] = asyncio.run(diffs())
+    return seen
 
 
 def theirs(path: Path) -> dict[str, Any]:
@@ -98,12 +120,21 @@ def theirs(path: Path) -> dict[str, Any]:
 
         return asyncio.run(listed())
 
-    return scenario(store, commit, status, coords)
+    seen = scenario(store, commit, status, coords)
+    ids = [info.id for info in repo.ancestry(branch="main")]
+    seen["diffs"] = [
+        plain_diff(repo.diff(from_snapshot_id=ids[j], to_snapshot_id=ids[i]))
+        for i in range(len(ids))
+        for j in range(i + 1, len(ids))
+    ]
+    return seen
 
 
 def test_resizing_matches_icechunk(tmp_path: Path) -> None:
     mine = ours(tmp_path / "ours")
-    assert mine == theirs(tmp_path / "ic")
+    other = theirs(tmp_path / "ic")
+    assert mine.pop("diffs") == other.pop("diffs")  # every pair of commits
+    assert mine == other
     assert mine["grown"] == [0, 1, 2, -1, -1, -1]
     assert mine["final"] == [0, 11, -1, -1, -1, -1]
 
