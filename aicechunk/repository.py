@@ -232,7 +232,7 @@ class Repository:
 
     async def create_branch(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create a branch at a snapshot; fails if the branch exists."""
-        ref_format.validate_ref_name(name)
+        ref_format.validate_new_ref_name(name)
         sid = _snapshot_id(snapshot_id)
         await self._assets.fetch_snapshot(sid)  # the snapshot must exist
         try:
@@ -285,7 +285,7 @@ class Repository:
 
     async def create_tag(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create an immutable tag; a name in use, or ever deleted, is refused."""
-        ref_format.validate_ref_name(name)
+        ref_format.validate_new_ref_name(name)
         sid = _snapshot_id(snapshot_id)
         await self._assets.fetch_snapshot(sid)
         try:

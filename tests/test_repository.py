@@ -367,3 +367,41 @@ async def test_caches_are_bounded_by_caching_config(tmp_path: Path) -> None:
     small = aic.RepositoryConfig.default()
     small.caching = CachingConfig(num_chunk_refs=4)  # room for one 4-ref manifest
     assert await manifest_reads(small) == 6  # a, b alternate and evict each other
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" * 249,  # "branch." + name no longer fits a 255-byte path segment
+        "a" * 255,
+        "\u00e9" * 125,  # 250 bytes of UTF-8 in 125 characters
+        "u\u0308ber",  # NFD spelling of "über"
+        "e\u0301",  # NFD spelling of "é"
+        "admin\u202egnp.exe",  # right-to-left override
+        "main\u200f",  # right-to-left mark
+        "x\u2066y\u2069",  # isolates
+    ],
+)
+async def test_ref_names_that_do_not_fit_or_look_alike(tmp_path: Path, name: str) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    sid = await repo.lookup_branch("main")
+    before = sorted(p.name for p in (tmp_path / "refs").iterdir())
+    with pytest.raises(aic.InvalidRefNameError, match="ref name"):
+        await repo.create_branch(name, sid)
+    with pytest.raises(aic.InvalidRefNameError, match="ref name"):
+        await repo.create_tag(name, sid)
+    assert sorted(p.name for p in (tmp_path / "refs").iterdir()) == before
+
+
+async def test_ref_names_at_the_limits_work(tmp_path: Path) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    sid = await repo.lookup_branch("main")
+    longest = "a" * 248
+    await repo.create_branch(longest, sid)
+    await repo.create_tag("t" * 248, sid)
+    await repo.create_branch("\u00fcber", sid)  # NFC non-ASCII names are fine
+    assert await repo.lookup_branch(longest) == sid
+    assert await repo.list_branches() == {"main", longest, "\u00fcber"}
+    # one spelling per name: the NFD twin of an existing branch cannot be made
+    with pytest.raises(aic.InvalidRefNameError, match="NFC"):
+        await repo.create_branch("u\u0308ber", sid)
