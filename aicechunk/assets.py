@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from aicechunk.drivers.base import ByteRange, Driver
+from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
 from aicechunk.errors import (
     FormatError,
     ObjectNotFound,
@@ -255,12 +255,24 @@ class AssetManager:
     # -- chunks -----------------------------------------------------------------------
 
     async def fetch_chunk(self, chunk_id: ChunkId, byte_range: ByteRange | None) -> bytes:
-        """Bytes of a native chunk file."""
+        """Bytes of a native chunk file.
+
+        A ``RangeRequest`` comes from the manifest's reference, which knows the length:
+        a chunk file that holds fewer bytes there is truncated, and is reported as such
+        rather than handed to a codec.
+        """
         key = CHUNKS + str(chunk_id)
         try:
-            return await self.driver.get(key, byte_range)
+            data = await self.driver.get(key, byte_range)
         except ObjectNotFound:
             raise FormatError(key, "chunk file referenced by a manifest is missing") from None
+        if isinstance(byte_range, RangeRequest) and len(data) != byte_range.length:
+            raise FormatError(
+                key,
+                f"truncated chunk file: the manifest expects {byte_range.length} bytes at "
+                f"offset {byte_range.offset}, the file holds {len(data)} there",
+            )
+        return data
 
     async def write_chunk(self, chunk_id: ChunkId, data: bytes) -> None:
         """Write a native chunk file."""

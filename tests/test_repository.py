@@ -405,3 +405,45 @@ async def test_ref_names_at_the_limits_work(tmp_path: Path) -> None:
     # one spelling per name: the NFD twin of an existing branch cannot be made
     with pytest.raises(aic.InvalidRefNameError, match="NFC"):
         await repo.create_branch("u\u0308ber", sid)
+
+
+async def test_truncated_native_chunk_is_a_format_error(tmp_path: Path) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    session = await repo.writable_session("main")
+    await write_array(session, "t", np.arange(1000, dtype="f8"), 500)  # 4000-byte chunks
+    await session.commit("native chunks")
+    chunk = sorted((tmp_path / "chunks").iterdir())[0]
+    chunk.write_bytes(chunk.read_bytes()[:-10])
+    reader = await repo.readonly_session("main")
+    with pytest.raises(aic.FormatError, match=f"chunks/{chunk.name}: truncated chunk file"):
+        await read_array(reader, "t")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"virtual_chunk_containers:\n  s3://b/:\n    store: !s3 {}\n",
+        b"virtual_chunk_containers:\n  s3://b/:\n    url_prefix: s3://b/\n    store: 5\n",
+        b"caching:\n  num_snapshot_nodes: abc\n",
+        b"caching: " + b"[" * 20_000 + b"]" * 20_000 + b"\n",
+    ],
+)
+async def test_malformed_config_yaml_fails_open(tmp_path: Path, text: bytes) -> None:
+    storage = aic.local_filesystem_storage(tmp_path)
+    await aic.Repository.create(storage)
+    (tmp_path / "config.yaml").write_bytes(text)
+    with pytest.raises(aic.FormatError, match=r"^config\.yaml: "):
+        await aic.Repository.open(storage)
+
+
+async def test_container_whose_store_serves_other_urls(tmp_path: Path) -> None:
+    storage = aic.local_filesystem_storage(tmp_path)
+    repo = await aic.Repository.create(storage)
+    (tmp_path / "config.yaml").write_bytes(
+        b"virtual_chunk_containers:\n  gs://b/:\n    url_prefix: gs://b/\n    store: !s3 {}\n"
+    )
+    repo = await aic.Repository.open(storage)
+    with pytest.raises(
+        aic.FormatError, match=r"config.yaml: virtual_chunk_containers\['gs://b/'\]"
+    ):
+        await repo.readonly_session("main")

@@ -11,6 +11,7 @@ import json
 import unicodedata
 
 from aicechunk.errors import FormatError, InvalidRefNameError
+from aicechunk.format.jsondoc import parse_json
 
 __all__ = [
     "TOMBSTONE_CONTENT",
@@ -123,8 +124,8 @@ def encode_ref(snapshot_id: str) -> bytes:
 def decode_ref(data: bytes, name: str = "<ref>") -> str:
     """The snapshot id (base32) a ref file points to."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+        doc = parse_json(data)
+    except ValueError as err:  # UnicodeDecodeError included
         raise FormatError(name, f"ref file is not JSON: {err}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("snapshot"), str):
         raise FormatError(name, 'ref file must be {"snapshot": "<id>"}')
