@@ -23,8 +23,10 @@ from aicechunk.errors import (
     RepositoryError,
     RepositoryExistsError,
     RepositoryNotFoundError,
+    RootNotEmptyError,
     SessionStateError,
     StorageError,
+    UnsupportedSpecVersionError,
 )
 from aicechunk.repository import Repository, SnapshotInfo
 from aicechunk.session import Diff, ForkPayloadError, ForkSession, Session
@@ -79,11 +81,13 @@ __all__ = [
     "RepositoryError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
+    "RootNotEmptyError",
     "Session",
     "SessionStateError",
     "SnapshotInfo",
     "Storage",
     "StorageError",
+    "UnsupportedSpecVersionError",
     "VersionSelection",
     "VirtualChunkContainer",
     "VirtualChunkError",
