@@ -470,7 +470,7 @@ class Repository:
         )
 
 
-#: The keys a repository creation writes, in order: what an unfinished creation leaves.
+#: The keys a repository creation writes: all that an unfinished creation can leave.
 _CREATION_KEYS = frozenset(
     ("snapshots/" + str(FIRST_SNAPSHOT_ID), CONFIG_KEY, ref_format.branch_key("main"))
 )

@@ -625,3 +625,18 @@ async def test_spec_v2_repository_is_recognised_and_never_written_over(
         with pytest.raises(aic.UnsupportedSpecVersionError, match="spec version 2 repository"):
             await call()
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+async def test_spec_v2_repository_is_recognised_on_every_driver(
+    make_storage: StorageFactory,
+) -> None:
+    from aicechunk.format.header import MAGIC
+
+    storage = make_storage()
+    driver = storage.driver()
+    await driver.put("repo", MAGIC + b"ic-2.1.2".ljust(24) + bytes((2, 6, 1)) + b"\x00" * 8)
+    assert await aic.Repository.exists(storage)
+    for call in (aic.Repository.open, aic.Repository.open_or_create, aic.Repository.create):
+        with pytest.raises(aic.UnsupportedSpecVersionError, match=r"Icechunk 2\.x"):
+            await call(storage)
+    assert [info.key async for info in driver.list("")] == ["repo"]
