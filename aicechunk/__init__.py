@@ -24,8 +24,10 @@ from aicechunk.errors import (
     RepositoryError,
     RepositoryExistsError,
     RepositoryNotFoundError,
+    RootNotEmptyError,
     SessionStateError,
     StorageError,
+    UnsupportedSpecVersionError,
 )
 from aicechunk.repository import Repository, SnapshotInfo
 from aicechunk.session import Diff, ForkPayloadError, ForkSession, Session
@@ -81,11 +83,13 @@ __all__ = [
     "RepositoryError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
+    "RootNotEmptyError",
     "Session",
     "SessionStateError",
     "SnapshotInfo",
     "Storage",
     "StorageError",
+    "UnsupportedSpecVersionError",
     "VersionSelection",
     "VirtualChunkContainer",
     "VirtualChunkError",

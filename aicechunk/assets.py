@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from aicechunk.drivers.base import ByteRange, Driver
+from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
 from aicechunk.errors import (
     FormatError,
     ObjectNotFound,
@@ -22,6 +22,7 @@ from aicechunk.errors import (
     RefNotFoundError,
 )
 from aicechunk.format import refs as ref_format
+from aicechunk.format.header import HEADER_SIZE, spec_version_of
 from aicechunk.format.ids import ChunkId, ManifestId, SnapshotId
 from aicechunk.format.manifest import Manifest, decode_manifest
 from aicechunk.format.snapshot import Snapshot, decode_snapshot, encode_snapshot
@@ -31,7 +32,7 @@ from aicechunk.format.transaction_log import (
     encode_transaction_log,
 )
 
-__all__ = ["AssetManager", "CacheSizes", "RefInfo"]
+__all__ = ["CONFIG_KEY", "REPO_INFO_KEY", "AssetManager", "CacheSizes", "RefInfo"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -99,6 +100,8 @@ MANIFESTS = "manifests/"
 TRANSACTIONS = "transactions/"
 CHUNKS = "chunks/"
 CONFIG_KEY = "config.yaml"
+#: the entry point of a spec version 2 repository (Icechunk 2.x), which has no ``refs/``
+REPO_INFO_KEY = "repo"
 
 
 def _log_size(log: TransactionLog) -> int:
@@ -206,10 +209,16 @@ class AssetManager:
 
         return await self._fetch_once(key, load)
 
-    async def write_snapshot(self, snapshot: Snapshot) -> None:
-        """Write a new snapshot file (never overwrites)."""
+    async def write_snapshot(self, snapshot: Snapshot, *, if_absent: bool = False) -> None:
+        """Write a new snapshot file (never overwrites). Its id is random, except for a
+        repository's initial snapshot: ``if_absent=True`` writes that one only if no file
+        has its name (``PreconditionFailed`` otherwise)."""
         data = await _encode_off_loop(encode_snapshot, snapshot, len(snapshot.nodes))
-        await self.driver.put(SNAPSHOTS + str(snapshot.id), data, write_once=True)
+        key = SNAPSHOTS + str(snapshot.id)
+        if if_absent:
+            await self.driver.put(key, data, if_none_match=True)
+        else:
+            await self.driver.put(key, data, write_once=True)
         self._snapshots.put(snapshot.id, snapshot)
 
     # -- history ----------------------------------------------------------------------
@@ -309,12 +318,24 @@ class AssetManager:
     # -- chunks -----------------------------------------------------------------------
 
     async def fetch_chunk(self, chunk_id: ChunkId, byte_range: ByteRange | None) -> bytes:
-        """Bytes of a native chunk file."""
+        """Bytes of a native chunk file.
+
+        A ``RangeRequest`` comes from the manifest's reference, which knows the length:
+        a chunk file that holds fewer bytes there is truncated, and is reported as such
+        rather than handed to a codec.
+        """
         key = CHUNKS + str(chunk_id)
         try:
-            return await self.driver.get(key, byte_range)
+            data = await self.driver.get(key, byte_range)
         except ObjectNotFound:
             raise FormatError(key, "chunk file referenced by a manifest is missing") from None
+        if isinstance(byte_range, RangeRequest) and len(data) != byte_range.length:
+            raise FormatError(
+                key,
+                f"truncated chunk file: the manifest expects {byte_range.length} bytes at "
+                f"offset {byte_range.offset}, the file holds {len(data)} there",
+            )
+        return data
 
     async def write_chunk(self, chunk_id: ChunkId, data: bytes) -> None:
         """Write a native chunk file."""
@@ -377,6 +398,45 @@ class AssetManager:
         await self.driver.put(
             ref_format.tag_tombstone_key(name), ref_format.TOMBSTONE_CONTENT, if_none_match=True
         )
+
+    # -- the repository as a whole ------------------------------------------------------
+
+    async def spec_version(self) -> int | None:
+        """The spec version of the repository stored here, ``None`` if there is none.
+
+        A ``repo`` object makes it spec version 2 or later (the version its header states;
+        2 if unreadable) even beside ``refs/``, as Icechunk 2 reads it (a repository in the
+        middle of migrating); otherwise a ``main`` branch makes it spec version 1.
+        """
+
+        async def repo_header() -> bytes | None:
+            try:
+                return await self.driver.get(REPO_INFO_KEY, RangeRequest(0, HEADER_SIZE))
+            except ObjectNotFound:
+                return None
+
+        header, has_main = await asyncio.gather(
+            repo_header(), self.driver.exists(ref_format.branch_key("main"))
+        )
+        if header is not None:
+            return max(2, spec_version_of(header) or 2)
+        return 1 if has_main else None
+
+    async def scan_root(self, known: frozenset[str]) -> tuple[list[str], str | None]:
+        """The stored keys that are among ``known``, up to the first that is not (in key
+        order), and that one (``None`` if every stored key is known)."""
+        seen: list[str] = []
+        listing = self.driver.list("")
+        try:
+            async for info in listing:
+                if info.key not in known:
+                    return seen, info.key
+                seen.append(info.key)
+        finally:
+            aclose = getattr(listing, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return seen, None
 
     async def list_ref_keys(self) -> list[str]:
         """Every key under ``refs/``."""

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import aicechunk as aic
 from aicechunk.errors import AicechunkError
+from aicechunk.session import metadata_document
 
 
 def storage_for(url: str, args: argparse.Namespace) -> aic.Storage:
@@ -150,7 +151,7 @@ async def cmd_ls(repo: aic.Repository, args: argparse.Namespace) -> None:
             continue
         row: dict[str, Any] = {"path": node.path, "kind": "array" if node.is_array else "group"}
         if node.array is not None:
-            meta = json.loads(node.user_data)
+            meta = metadata_document(node.path, node.user_data)
             row["shape"] = [d.array_length for d in node.array.shape]
             row["chunks"] = [d.chunk_length for d in node.array.shape]
             row["dtype"] = meta.get("data_type")

@@ -6,6 +6,7 @@ import copy
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from aicechunk.errors import FormatError
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
 
 if TYPE_CHECKING:
@@ -127,11 +128,18 @@ class RepositoryConfig:
         from aicechunk.virtual import VirtualChunkContainer
 
         raw = self._data.get("virtual_chunk_containers") or {}
-        return {
-            prefix: VirtualChunkContainer.from_plain(value)
-            for prefix, value in raw.items()
-            if isinstance(value, dict)
-        }
+        containers = {}
+        for prefix, value in raw.items():
+            if not isinstance(value, dict):
+                continue
+            try:
+                containers[prefix] = VirtualChunkContainer.from_plain(value)
+            except (KeyError, TypeError, ValueError) as err:
+                problem = f"missing {err}" if isinstance(err, KeyError) else str(err)
+                raise FormatError(
+                    "config.yaml", f"virtual_chunk_containers[{prefix!r}]: {problem}"
+                ) from None
+        return containers
 
     def set_virtual_chunk_container(self, container: VirtualChunkContainer) -> None:
         """Declare (or replace) the container for ``container.url_prefix``."""

@@ -106,7 +106,17 @@ class RepositoryNotFoundError(RepositoryError):
 
 
 class RepositoryExistsError(RepositoryError):
-    """A repository already exists where one was to be created."""
+    """A repository already exists where one was to be created (or another process is
+    creating one there)."""
+
+
+class RootNotEmptyError(RepositoryError):
+    """A repository was to be created where other objects are stored already."""
+
+
+class UnsupportedSpecVersionError(RepositoryError):
+    """The repository follows an Icechunk spec version this library cannot read or write
+    (spec version 2, made by Icechunk 2.x)."""
 
 
 class RefNotFoundError(RepositoryError):

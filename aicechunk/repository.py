@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aicechunk.assets import CONFIG_KEY, AssetManager, CacheSizes
+from aicechunk.assets import CONFIG_KEY, REPO_INFO_KEY, AssetManager, CacheSizes
 from aicechunk.config import RepositoryConfig
 from aicechunk.errors import (
     ObjectNotFound,
@@ -17,9 +18,12 @@ from aicechunk.errors import (
     RepositoryError,
     RepositoryExistsError,
     RepositoryNotFoundError,
+    RootNotEmptyError,
     SessionStateError,
+    UnsupportedSpecVersionError,
 )
 from aicechunk.format import refs as ref_format
+from aicechunk.format.header import SPEC_VERSION
 from aicechunk.format.ids import FIRST_SNAPSHOT_ID, InvalidIdError, NodeId, SnapshotId
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import Diff, Session, SessionConfig
@@ -123,8 +127,9 @@ class Repository:
 
     @classmethod
     async def exists(cls, storage: Storage) -> bool:
-        """Whether a repository (its ``main`` branch) exists at ``storage``."""
-        return await storage.driver().exists(ref_format.branch_key("main"))
+        """Whether a repository exists at ``storage``: a ``main`` branch (spec version 1)
+        or a spec version 2 repository, which this library refuses to open."""
+        return await AssetManager(storage.driver()).spec_version() is not None
 
     @classmethod
     async def create(
@@ -132,12 +137,26 @@ class Repository:
         storage: Storage,
         config: RepositoryConfig | None = None,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        check_clean_root: bool = True,
     ) -> Repository:
-        """Make a new, empty repository; fails if one exists there already."""
+        """Make a new, empty repository.
+
+        Refused where a repository exists (``RepositoryExistsError``;
+        ``UnsupportedSpecVersionError`` for one made by Icechunk 2.x) and, unless
+        ``check_clean_root=False``, where anything else is stored (``RootNotEmptyError``).
+
+        Creation is all or nothing, also between processes creating at once: the initial
+        snapshot, whose id is the same in every repository, is written first and only if
+        absent. That decides the one creator that goes on to write ``config.yaml`` and
+        then the ``main`` branch; every other creator raises ``RepositoryExistsError``
+        having written nothing.
+        """
         driver = storage.driver()
-        if await cls.exists(storage):
-            raise RepositoryExistsError(f"a repository already exists at {driver.label}")
         assets = AssetManager(driver)
+        await _refuse_existing(assets, driver.label)
+        if check_clean_root:
+            await _refuse_unclean_root(assets, driver.label)
         initial = Snapshot(
             id=FIRST_SNAPSHOT_ID,
             parent_id=None,
@@ -147,15 +166,22 @@ class Repository:
             nodes=(),
             manifest_files=(),
         )
-        await assets.write_snapshot(initial)
-        effective = config or RepositoryConfig.default()
-        if config is not None and not config.is_default():
-            await driver.put(CONFIG_KEY, config.to_yaml())
         try:
-            await assets.create_branch("main", FIRST_SNAPSHOT_ID)
+            await assets.write_snapshot(initial, if_absent=True)
         except PreconditionFailed:
+            raise RepositoryExistsError(_creation_in_progress(driver.label)) from None
+        # only the creator that wrote the initial snapshot gets here
+        effective = config or RepositoryConfig.default()
+        try:
+            if config is not None and not config.is_default():
+                # in a clean root nobody else writes config.yaml; past a dirty one it is ours
+                await driver.put(CONFIG_KEY, config.to_yaml(), if_none_match=check_clean_root)
+            await assets.create_branch("main", FIRST_SNAPSHOT_ID)
+        except PreconditionFailed as err:
+            # a writer that does not take the initial snapshot first (Icechunk 1.x does not)
             raise RepositoryExistsError(
-                f"a repository was created at {driver.label} concurrently"
+                f"another process wrote {err.key} at {driver.label} while this one was "
+                "creating a repository there"
             ) from None
         return cls(storage, effective, authorize_virtual_chunk_access)
 
@@ -167,10 +193,12 @@ class Repository:
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
     ) -> Repository:
         """Open an existing repository; ``config`` overrides what is persisted."""
-        if not await cls.exists(storage):
-            raise RepositoryNotFoundError(
-                f"no repository at {storage.driver().label} (no 'main' branch)"
-            )
+        driver = storage.driver()
+        version = await AssetManager(driver).spec_version()
+        if version is None:
+            raise RepositoryNotFoundError(f"no repository at {driver.label} (no 'main' branch)")
+        if version != SPEC_VERSION:
+            raise UnsupportedSpecVersionError(_unsupported(driver.label, version))
         persisted = await cls.fetch_config(storage)
         effective = persisted or RepositoryConfig.default()
         if config is not None:
@@ -183,13 +211,21 @@ class Repository:
         storage: Storage,
         config: RepositoryConfig | None = None,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        check_clean_root: bool = True,
     ) -> Repository:
-        """Open the repository at ``storage``, creating it if there is none."""
-        if await cls.exists(storage):
+        """Open the repository at ``storage``, creating it if there is none (``create``'s
+        rules apply: nothing is written beside other objects or over a repository of
+        another spec version). Racing another process that creates it, this one waits
+        for that creation to finish and opens the result."""
+        if await AssetManager(storage.driver()).spec_version() is not None:
             return await cls.open(storage, config, authorize_virtual_chunk_access)
         try:
-            return await cls.create(storage, config, authorize_virtual_chunk_access)
+            return await cls.create(
+                storage, config, authorize_virtual_chunk_access, check_clean_root=check_clean_root
+            )
         except RepositoryExistsError:
+            await _await_creation(storage)
             return await cls.open(storage, config, authorize_virtual_chunk_access)
 
     @staticmethod
@@ -232,7 +268,7 @@ class Repository:
 
     async def create_branch(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create a branch at a snapshot; fails if the branch exists."""
-        ref_format.validate_ref_name(name)
+        ref_format.validate_new_ref_name(name)
         sid = _snapshot_id(snapshot_id)
         await self._assets.fetch_snapshot(sid)  # the snapshot must exist
         try:
@@ -285,7 +321,7 @@ class Repository:
 
     async def create_tag(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create an immutable tag; a name in use, or ever deleted, is refused."""
-        ref_format.validate_ref_name(name)
+        ref_format.validate_new_ref_name(name)
         sid = _snapshot_id(snapshot_id)
         await self._assets.fetch_snapshot(sid)
         try:
@@ -434,3 +470,70 @@ class Repository:
             config=self._session_config(),
             virtual_resolver=self._virtual_resolver(),
         )
+
+
+#: The keys a repository creation writes: all that an unfinished creation can leave.
+_CREATION_KEYS = frozenset(
+    ("snapshots/" + str(FIRST_SNAPSHOT_ID), CONFIG_KEY, ref_format.branch_key("main"))
+)
+
+#: How long ``open_or_create`` waits for another process's creation to finish.
+CREATION_WAIT_SECONDS = 10.0
+
+
+def _unsupported(label: str, version: int) -> str:
+    return (
+        f"{label} holds a spec version {version} repository (made by Icechunk 2.x: a "
+        f"'{REPO_INFO_KEY}' object at its root); aicechunk reads and writes spec version "
+        f"{SPEC_VERSION} only for now, and never writes over it"
+    )
+
+
+def _creation_in_progress(label: str) -> str:
+    return (
+        f"a repository is being created at {label} by another process (its initial "
+        f"snapshot exists, its 'main' branch not yet); if no other process is at work, "
+        "an earlier creation was interrupted: empty the location and create again"
+    )
+
+
+async def _refuse_existing(assets: AssetManager, label: str) -> None:
+    version = await assets.spec_version()
+    if version is None:
+        return
+    if version != SPEC_VERSION:
+        raise UnsupportedSpecVersionError(_unsupported(label, version))
+    raise RepositoryExistsError(f"a repository already exists at {label}")
+
+
+async def _refuse_unclean_root(assets: AssetManager, label: str) -> None:
+    if not assets.driver.supports_listing:
+        raise RootNotEmptyError(
+            f"cannot check that {label} is empty (its storage cannot list objects); "
+            "pass check_clean_root=False to create a repository there anyway"
+        )
+    ours, foreign = await assets.scan_root(_CREATION_KEYS)
+    if foreign is None:
+        if ours:
+            # only what a creation writes: another process is creating a repository here
+            await _refuse_existing(assets, label)
+            raise RepositoryExistsError(_creation_in_progress(label))
+        return
+    await _refuse_existing(assets, label)  # made (and written to) since the first check
+    raise RootNotEmptyError(
+        f"cannot create a repository at {label}: it is not empty (it holds {foreign!r}, "
+        "and is no repository); pass check_clean_root=False to create one there anyway"
+    )
+
+
+async def _await_creation(storage: Storage) -> None:
+    """Wait until the repository another process is creating at ``storage`` exists."""
+    assets = AssetManager(storage.driver())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CREATION_WAIT_SECONDS
+    delay = 0.005
+    while await assets.spec_version() is None:
+        if loop.time() >= deadline:
+            raise RepositoryError(_creation_in_progress(storage.driver().label))
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import struct
 import uuid
 import zlib
@@ -37,6 +36,7 @@ from aicechunk.errors import (
 )
 from aicechunk.format import refs as ref_format
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId, SnapshotId
+from aicechunk.format.jsondoc import parse_json
 from aicechunk.format.manifest import (
     ChunkRef,
     InlineRef,
@@ -153,14 +153,20 @@ class SessionConfig:
     read_concurrency: int = 64
 
 
-def parse_metadata(path: str, data: bytes) -> ArrayDefinition | None:
-    """Parse zarr v3 ``zarr.json``: an ``ArrayDefinition`` for arrays, ``None`` for groups."""
+def metadata_document(path: str, data: bytes) -> dict[str, Any]:
+    """The JSON object of a node's ``zarr.json`` (as written, or as stored in a snapshot)."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+        doc = parse_json(data)
+    except ValueError as err:  # UnicodeDecodeError and too-deep nesting included
         raise InvalidMetadataError(path, f"not JSON ({err})") from None
     if not isinstance(doc, dict):
-        raise InvalidMetadataError(path, "expected a JSON object")
+        raise InvalidMetadataError(path, f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def parse_metadata(path: str, data: bytes) -> ArrayDefinition | None:
+    """Parse zarr v3 ``zarr.json``: an ``ArrayDefinition`` for arrays, ``None`` for groups."""
+    doc = metadata_document(path, data)
     node_type = doc.get("node_type")
     if node_type == "group":
         return None
@@ -986,7 +992,12 @@ class Session:
             raise
 
 
-__all__ += ["ChunkIndexError", "InvalidMetadataError", "NodeNotFoundError"]
+__all__ += [
+    "ChunkIndexError",
+    "InvalidMetadataError",
+    "NodeNotFoundError",
+    "metadata_document",
+]
 
 
 # how many times a commit reads the branch back when the answer to its update was lost,

@@ -158,3 +158,28 @@ def test_help_reads_well(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "kept in DIRECTORY" in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+
+
+@pytest.mark.parametrize("metadata", [b"[1, 2]", b"[" * 100_000 + b"]" * 100_000, b"\xff"])
+def test_ls_on_malformed_array_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], metadata: bytes
+) -> None:
+    """Array metadata written by another tool as a JSON list (or worse): one error line."""
+    import asyncio
+
+    import aicechunk as aic
+    from aicechunk.changeset import ArrayDefinition
+    from aicechunk.format.ids import NodeId
+    from aicechunk.format.snapshot import DimensionShape
+
+    async def write() -> None:
+        repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "r"))
+        session = await repo.writable_session("main")
+        definition = ArrayDefinition((DimensionShape(4, 2),), None, metadata)
+        session.changes.add_array("/odd", NodeId.random(), definition)
+        await session.commit("array metadata that is not a JSON object")
+
+    asyncio.run(write())
+    code, _, err = run(capsys, "ls", str(tmp_path / "r"))
+    assert code == 1
+    assert err.startswith("aicechunk: error: metadata for node '/odd'") and err.count("\n") == 1

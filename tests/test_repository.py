@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import zarr
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
-from tests.conftest import StorageFactory
+from tests.conftest import StorageFactory, s3_test_storage
 
 
 async def write_array(session: aic.Session, path: str, values: np.ndarray, chunks: int) -> None:
@@ -405,3 +407,274 @@ async def test_one_history_walk_ends_on_cycles_and_missing_parents() -> None:
     assert loop.value.file == f"snapshots/{f}"
     with pytest.raises(aic.RefNotFoundError):  # the start itself missing: not found
         await assets.history_since(SnapshotId.random(), a)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" * 249,  # "branch." + name no longer fits a 255-byte path segment
+        "a" * 255,
+        "\u00e9" * 125,  # 250 bytes of UTF-8 in 125 characters
+        "u\u0308ber",  # NFD spelling of "über"
+        "e\u0301",  # NFD spelling of "é"
+        "admin\u202egnp.exe",  # right-to-left override
+        "main\u200f",  # right-to-left mark
+        "x\u2066y\u2069",  # isolates
+    ],
+)
+async def test_ref_names_that_do_not_fit_or_look_alike(tmp_path: Path, name: str) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    sid = await repo.lookup_branch("main")
+    before = sorted(p.name for p in (tmp_path / "refs").iterdir())
+    with pytest.raises(aic.InvalidRefNameError, match="ref name"):
+        await repo.create_branch(name, sid)
+    with pytest.raises(aic.InvalidRefNameError, match="ref name"):
+        await repo.create_tag(name, sid)
+    assert sorted(p.name for p in (tmp_path / "refs").iterdir()) == before
+
+
+async def test_ref_names_at_the_limits_work(tmp_path: Path) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    sid = await repo.lookup_branch("main")
+    longest = "a" * 248
+    await repo.create_branch(longest, sid)
+    await repo.create_tag("t" * 248, sid)
+    await repo.create_branch("\u00fcber", sid)  # NFC non-ASCII names are fine
+    assert await repo.lookup_branch(longest) == sid
+    assert await repo.list_branches() == {"main", longest, "\u00fcber"}
+    # one spelling per name: the NFD twin of an existing branch cannot be made
+    with pytest.raises(aic.InvalidRefNameError, match="NFC"):
+        await repo.create_branch("u\u0308ber", sid)
+
+
+async def test_truncated_native_chunk_is_a_format_error(tmp_path: Path) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    session = await repo.writable_session("main")
+    await write_array(session, "t", np.arange(1000, dtype="f8"), 500)  # 4000-byte chunks
+    await session.commit("native chunks")
+    chunk = sorted((tmp_path / "chunks").iterdir())[0]
+    chunk.write_bytes(chunk.read_bytes()[:-10])
+    reader = await repo.readonly_session("main")
+    with pytest.raises(aic.FormatError, match=f"chunks/{chunk.name}: truncated chunk file"):
+        await read_array(reader, "t")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"virtual_chunk_containers:\n  s3://b/:\n    store: !s3 {}\n",
+        b"virtual_chunk_containers:\n  s3://b/:\n    url_prefix: s3://b/\n    store: 5\n",
+        b"caching:\n  num_snapshot_nodes: abc\n",
+        b"caching: " + b"[" * 20_000 + b"]" * 20_000 + b"\n",
+    ],
+)
+async def test_malformed_config_yaml_fails_open(tmp_path: Path, text: bytes) -> None:
+    storage = aic.local_filesystem_storage(tmp_path)
+    await aic.Repository.create(storage)
+    (tmp_path / "config.yaml").write_bytes(text)
+    with pytest.raises(aic.FormatError, match=r"^config\.yaml: "):
+        await aic.Repository.open(storage)
+
+
+async def test_container_whose_store_serves_other_urls(tmp_path: Path) -> None:
+    storage = aic.local_filesystem_storage(tmp_path)
+    repo = await aic.Repository.create(storage)
+    (tmp_path / "config.yaml").write_bytes(
+        b"virtual_chunk_containers:\n  gs://b/:\n    url_prefix: gs://b/\n    store: !s3 {}\n"
+    )
+    repo = await aic.Repository.open(storage)
+    with pytest.raises(
+        aic.FormatError, match=r"config.yaml: virtual_chunk_containers\['gs://b/'\]"
+    ):
+        await repo.readonly_session("main")
+
+
+# --- creation: races, unclean roots, spec version 2 ----------------------------------------
+
+
+def _threshold_config(threshold: int | None) -> aic.RepositoryConfig | None:
+    if threshold is None:
+        return None
+    config = aic.RepositoryConfig()
+    config.inline_chunk_threshold_bytes = threshold
+    return config
+
+
+def _race(storage: aic.Storage, threshold: int | None, how: str, start: Any, outcome: Any) -> None:
+    """One racing process: create (or open_or_create) with its own config."""
+
+    async def run() -> str:
+        config = _threshold_config(threshold)
+        start.wait()
+        try:
+            if how == "create":
+                await aic.Repository.create(storage, config)
+            else:
+                await aic.Repository.open_or_create(storage, config)
+        except aic.RepositoryExistsError:
+            return "exists"
+        except Exception as err:  # reported to the test, which fails on it
+            return f"{type(err).__name__}: {err}"
+        return "created" if how == "create" else "opened"
+
+    outcome.put((threshold, asyncio.run(run())))
+
+
+def _run_race(
+    storage: aic.Storage, thresholds: list[int | None], how: str
+) -> list[tuple[Any, str]]:
+    ctx = multiprocessing.get_context("fork")
+    start, outcome = ctx.Barrier(len(thresholds)), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(storage, t, how, start, outcome)) for t in thresholds]
+    for p in procs:
+        p.start()
+    results = [outcome.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
+async def _persisted_threshold(storage: aic.Storage) -> int | None:
+    config = await aic.Repository.fetch_config(storage)
+    return None if config is None else config.inline_chunk_threshold_bytes
+
+
+def _check_create_race(storage: aic.Storage, pair: list[int | None]) -> None:
+    results = _run_race(storage, pair, "create")
+    outcomes = sorted(r for _, r in results)
+    assert outcomes == ["created", "exists"], results
+    winner = next(t for t, r in results if r == "created")
+    # the loser wrote nothing: config.yaml is the winner's (none at all for a default one)
+    assert asyncio.run(_persisted_threshold(storage)) == winner
+
+    async def check_repo() -> None:
+        repo = await aic.Repository.open(storage)
+        assert await repo.list_branches() == {"main"}
+        assert await repo.lookup_branch("main") == "1CECHNKREP0F1RSTCMT0"
+
+    asyncio.run(check_repo())
+
+
+@pytest.mark.parametrize("run", range(20))
+def test_concurrent_creates_have_one_winner_local(tmp_path: Path, run: int) -> None:
+    """Two processes create at once with different configs (every other run one of them
+    with the default config, which writes no config.yaml): one succeeds, the other raises
+    RepositoryExistsError and leaves config.yaml and refs as the winner wrote them."""
+    pair: list[int | None] = [100 + run, 200 + run] if run % 2 else [None, 300 + run]
+    _check_create_race(aic.local_filesystem_storage(tmp_path / "repo"), pair)
+
+
+@pytest.mark.parametrize("run", range(5))
+def test_concurrent_creates_have_one_winner_s3(s3_endpoint: str, run: int) -> None:
+    pair: list[int | None] = [100 + run, 200 + run] if run % 2 else [None, 300 + run]
+    _check_create_race(s3_test_storage(s3_endpoint), pair)
+
+
+def test_concurrent_open_or_create_all_open_one_repository(tmp_path: Path) -> None:
+    storage = aic.local_filesystem_storage(tmp_path / "repo")
+    thresholds: list[int | None] = [11, 22, 33, None]
+    results = _run_race(storage, thresholds, "open_or_create")
+    assert [r for _, r in results] == ["opened"] * len(thresholds), results
+    assert asyncio.run(_persisted_threshold(storage)) in thresholds
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("how", ["create", "open_or_create"])
+async def test_create_refuses_a_non_empty_root(make_storage: StorageFactory, how: str) -> None:
+    storage = make_storage()
+    driver = storage.driver()
+    await driver.put("data/measurements.nc", b"not a repository")
+    call = aic.Repository.create if how == "create" else aic.Repository.open_or_create
+    with pytest.raises(aic.RootNotEmptyError, match=r"data/measurements\.nc"):
+        await call(storage)
+    assert [i.key async for i in driver.list("")] == ["data/measurements.nc"]
+    assert not await aic.Repository.exists(storage)
+    # the explicit opt-out, as in Icechunk 2.x
+    repo = await call(storage, check_clean_root=False)
+    assert await repo.list_branches() == {"main"}
+    assert await driver.get("data/measurements.nc") == b"not a repository"
+
+
+async def test_create_refuses_a_root_holding_only_a_config(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_bytes(b"inline_chunk_threshold_bytes: 7\n")
+    storage = aic.local_filesystem_storage(tmp_path)
+    with pytest.raises(aic.RepositoryExistsError, match="being created"):
+        await aic.Repository.create(storage)
+    assert _tree(tmp_path) == ["config.yaml"]
+
+
+async def test_an_interrupted_creation_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The initial snapshot without a main branch: a creation in progress, or one that was
+    interrupted; create says so at once, open_or_create after waiting for it."""
+    import aicechunk.repository as repository
+
+    storage = aic.local_filesystem_storage(tmp_path)
+    await aic.Repository.create(storage)
+    (tmp_path / "refs" / "branch.main" / "ref.json").unlink()
+    before = _tree(tmp_path)
+    for check_clean_root in (True, False):
+        with pytest.raises(aic.RepositoryExistsError, match="being created"):
+            await aic.Repository.create(storage, check_clean_root=check_clean_root)
+    monkeypatch.setattr(repository, "CREATION_WAIT_SECONDS", 0.2)
+    with pytest.raises(aic.RepositoryError, match="interrupted"):
+        await aic.Repository.open_or_create(storage)
+    assert _tree(tmp_path) == before
+
+
+def _write_spec_v2_repository(root: Path, with_v1_refs: bool) -> None:
+    """What Icechunk 2.x leaves: a ``repo`` object (binary header, spec version 2, file
+    type 6) at the root and no ``refs/`` (or, mid-migration, the v1 refs beside it)."""
+    from aicechunk.format.header import MAGIC
+
+    root.mkdir(parents=True, exist_ok=True)
+    header = MAGIC + b"ic-2.1.2".ljust(24) + bytes((2, 6, 1))
+    (root / "repo").write_bytes(header + b"\x28\xb5\x2f\xfd" + b"\x00" * 40)
+    (root / "snapshots").mkdir()
+    (root / "snapshots" / "1CECHNKREP0F1RSTCMT0").write_bytes(header[:36] + bytes((2, 1, 1)))
+    if with_v1_refs:
+        (root / "refs" / "branch.main").mkdir(parents=True)
+        (root / "refs" / "branch.main" / "ref.json").write_bytes(
+            b'{"snapshot":"1CECHNKREP0F1RSTCMT0"}'
+        )
+
+
+@pytest.mark.parametrize("with_v1_refs", [False, True])
+async def test_spec_v2_repository_is_recognised_and_never_written_over(
+    tmp_path: Path, with_v1_refs: bool
+) -> None:
+    root = tmp_path / "v2"
+    _write_spec_v2_repository(root, with_v1_refs)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    storage = aic.local_filesystem_storage(root)
+    assert await aic.Repository.exists(storage)
+    calls = [
+        lambda: aic.Repository.open(storage),
+        lambda: aic.Repository.open_or_create(storage),
+        lambda: aic.Repository.open_or_create(storage, check_clean_root=False),
+        lambda: aic.Repository.create(storage),
+        lambda: aic.Repository.create(storage, check_clean_root=False),
+    ]
+    for call in calls:
+        with pytest.raises(aic.UnsupportedSpecVersionError, match="spec version 2 repository"):
+            await call()
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+async def test_spec_v2_repository_is_recognised_on_every_driver(
+    make_storage: StorageFactory,
+) -> None:
+    from aicechunk.format.header import MAGIC
+
+    storage = make_storage()
+    driver = storage.driver()
+    await driver.put("repo", MAGIC + b"ic-2.1.2".ljust(24) + bytes((2, 6, 1)) + b"\x00" * 8)
+    assert await aic.Repository.exists(storage)
+    for call in (aic.Repository.open, aic.Repository.open_or_create, aic.Repository.create):
+        with pytest.raises(aic.UnsupportedSpecVersionError, match=r"Icechunk 2\.x"):
+            await call(storage)
+    assert [info.key async for info in driver.list("")] == ["repo"]

@@ -14,7 +14,14 @@ import yaml
 
 from aicechunk.errors import FormatError
 
-__all__ = ["TOP_LEVEL_KEYS", "Tagged", "decode_config_yaml", "encode_config_yaml"]
+__all__ = [
+    "MAX_NESTING",
+    "STORE_KINDS",
+    "TOP_LEVEL_KEYS",
+    "Tagged",
+    "decode_config_yaml",
+    "encode_config_yaml",
+]
 
 #: the keys of Icechunk 1.x's RepositoryConfig, written (null when unset) in this order
 TOP_LEVEL_KEYS = (
@@ -37,8 +44,39 @@ class Tagged:
     value: Any
 
 
+#: Deepest nesting of YAML collections accepted (Icechunk's configs nest four levels).
+MAX_NESTING = 64
+
+#: Icechunk's object store kinds, the YAML tags of a virtual chunk container's ``store``.
+STORE_KINDS = frozenset(
+    ("in_memory", "local_file_system", "http", "s3_compatible", "s3", "gcs", "azure", "tigris")
+)
+
+#: ``caching`` counts, non-negative integers when set.
+CACHING_KEYS = (
+    "num_snapshot_nodes",
+    "num_chunk_refs",
+    "num_transaction_changes",
+    "num_bytes_attributes",
+    "num_bytes_chunks",
+)
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    """The safe loader, with Icechunk's tags kept and nesting bounded (composing and
+    constructing recurse once per level)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.YAMLError(f"nested deeper than {MAX_NESTING} levels {mark}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
@@ -93,10 +131,44 @@ def decode_config_yaml(data: bytes, name: str = "config.yaml") -> dict[str, Any]
         return {}
     if not isinstance(doc, dict):
         raise FormatError(name, f"expected a mapping at the top level, got {type(doc).__name__}")
-    threshold = doc.get("inline_chunk_threshold_bytes")
-    if threshold is not None and (not isinstance(threshold, int) or threshold < 0):
-        raise FormatError(name, "inline_chunk_threshold_bytes: expected a non-negative integer")
     for key in ("caching", "storage", "manifest", "compression", "virtual_chunk_containers"):
         if doc.get(key) is not None and not isinstance(doc[key], dict):
             raise FormatError(name, f"{key}: expected a mapping, got {type(doc[key]).__name__}")
+    counts = [f"caching.{key}" for key in CACHING_KEYS]
+    for field in (
+        "inline_chunk_threshold_bytes",
+        "get_partial_values_concurrency",
+        "max_concurrent_requests",
+        "compression.level",
+        *counts,
+    ):
+        _check_count(name, doc, field)
+    containers = doc.get("virtual_chunk_containers") or {}
+    for prefix, container in containers.items():
+        _check_container(name, prefix, container)
     return doc
+
+
+def _check_count(name: str, doc: dict[str, Any], field: str) -> None:
+    section, _, key = field.rpartition(".")
+    value = (doc.get(section) or {}).get(key) if section else doc.get(key)
+    if value is not None and (type(value) is not int or value < 0):
+        raise FormatError(name, f"{field}: expected a non-negative integer, got {value!r}")
+
+
+def _check_container(name: str, prefix: Any, container: Any) -> None:
+    where = f"virtual_chunk_containers[{prefix!r}]"
+    if not isinstance(container, dict):
+        raise FormatError(name, f"{where}: expected a mapping, got {type(container).__name__}")
+    url_prefix = container.get("url_prefix")
+    if not isinstance(url_prefix, str):
+        raise FormatError(name, f"{where}.url_prefix: expected a URL string, got {url_prefix!r}")
+    store = container.get("store")
+    if not isinstance(store, Tagged) or store.tag not in STORE_KINDS:
+        raise FormatError(
+            name,
+            f"{where}.store: expected a tagged object store "
+            f"({', '.join('!' + k for k in sorted(STORE_KINDS))}), got {store!r}",
+        )
+    if container.get("name") is not None and not isinstance(container["name"], str):
+        raise FormatError(name, f"{where}.name: expected a string or null")

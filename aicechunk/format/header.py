@@ -22,6 +22,7 @@ __all__ = [
     "FileType",
     "decode_file",
     "encode_file",
+    "spec_version_of",
 ]
 
 MAGIC = "ICE🧊CHUNK".encode()
@@ -57,6 +58,13 @@ def encode_file(
     the output is an ordinary zstd frame)."""
     header = MAGIC + IMPLEMENTATION + bytes((SPEC_VERSION, file_type, Compression.ZSTD))
     return header + zstandard.ZstdCompressor(level=level, threads=threads).compress(payload)
+
+
+def spec_version_of(header: bytes) -> int | None:
+    """The spec version a file's header states, or ``None`` if it is no Icechunk header."""
+    if len(header) < HEADER_SIZE or header[: len(MAGIC)] != MAGIC:
+        return None
+    return header[len(MAGIC) + 24]
 
 
 def decode_file(data: bytes, expected: FileType, name: str = "<bytes>") -> bytes:

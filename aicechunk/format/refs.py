@@ -8,8 +8,10 @@ name can never be reused).
 from __future__ import annotations
 
 import json
+import unicodedata
 
 from aicechunk.errors import FormatError, InvalidRefNameError
+from aicechunk.format.jsondoc import parse_json
 
 __all__ = [
     "TOMBSTONE_CONTENT",
@@ -19,13 +21,25 @@ __all__ = [
     "parse_ref_key",
     "tag_key",
     "tag_tombstone_key",
+    "validate_new_ref_name",
     "validate_ref_name",
 ]
 
 REF_FILE = "ref.json"
 TOMBSTONE_FILE = "ref.json.deleted"
 TOMBSTONE_CONTENT = b""
-MAX_NAME_BYTES = 255
+#: A ref's folder (``branch.<name>``) is one path segment, and local file systems refuse
+#: segments over 255 bytes: names are at most 255 - len("branch.") bytes of UTF-8, branches
+#: and tags alike. (Icechunk writes ref folders percent-encoded on local storage; fitting
+#: that longer form is the local driver's check.)
+MAX_NAME_BYTES = 255 - len("branch.")
+
+#: Bidirectional formatting characters: they make one name display as another.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f"  # ALM, LRM, RLM
+    "\u202a\u202b\u202c\u202d\u202e"  # LRE, RLE, PDF, LRO, RLO
+    "\u2066\u2067\u2068\u2069"  # LRI, RLI, FSI, PDI
+)
 
 
 def validate_ref_name(name: str) -> str:
@@ -45,7 +59,29 @@ def validate_ref_name(name: str) -> str:
     except UnicodeEncodeError:
         raise InvalidRefNameError(f"ref name {name!r}: must be valid Unicode") from None
     if size > MAX_NAME_BYTES:
-        raise InvalidRefNameError(f"ref name {name[:20]!r}...: longer than {MAX_NAME_BYTES} bytes")
+        raise InvalidRefNameError(
+            f"ref name {name[:20]!r}...: {size} bytes of UTF-8, at most {MAX_NAME_BYTES} fit "
+            "a storage path segment"
+        )
+    return name
+
+
+def validate_new_ref_name(name: str) -> str:
+    """Check the name of a branch or tag to create: ``validate_ref_name``, and one spelling
+    per name (Unicode NFC) with no bidirectional formatting characters, so that no two refs
+    look alike. Existing refs (made by other tools) stay reachable by their exact name."""
+    validate_ref_name(name)
+    if unicodedata.normalize("NFC", name) != name:
+        raise InvalidRefNameError(
+            f"ref name {name!r}: not in Unicode normal form NFC; "
+            f"use {unicodedata.normalize('NFC', name)!r}"
+        )
+    bidi = sorted({f"U+{ord(c):04X}" for c in name if c in BIDI_CONTROLS})
+    if bidi:
+        raise InvalidRefNameError(
+            f"ref name {name!r}: must not contain bidirectional formatting characters "
+            f"({', '.join(bidi)})"
+        )
     return name
 
 
@@ -88,8 +124,8 @@ def encode_ref(snapshot_id: str) -> bytes:
 def decode_ref(data: bytes, name: str = "<ref>") -> str:
     """The snapshot id (base32) a ref file points to."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+        doc = parse_json(data)
+    except ValueError as err:  # UnicodeDecodeError included
         raise FormatError(name, f"ref file is not JSON: {err}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("snapshot"), str):
         raise FormatError(name, 'ref file must be {"snapshot": "<id>"}')

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aicechunk.errors import FormatError
+from aicechunk.format.config import Tagged, decode_config_yaml, encode_config_yaml
 from aicechunk.format.header import HEADER_SIZE, MAGIC, FileType, decode_file, encode_file
 from aicechunk.format.ids import FIRST_SNAPSHOT_ID, ChunkId, ManifestId, NodeId, SnapshotId
 from aicechunk.format.manifest import (
@@ -22,6 +23,7 @@ from aicechunk.format.manifest import (
     decode_manifest,
     encode_manifest,
 )
+from aicechunk.format.refs import decode_ref
 from aicechunk.format.snapshot import (
     ArrayNodeData,
     DimensionShape,
@@ -38,6 +40,7 @@ from aicechunk.format.transaction_log import (
     decode_transaction_log,
     encode_transaction_log,
 )
+from aicechunk.session import InvalidMetadataError, parse_metadata
 
 NID = NodeId(b"\x01" * 8)
 MID = ManifestId(b"\x02" * 12)
@@ -212,6 +215,16 @@ def test_atheris_fuzzing_finds_nothing(tmp_path: Path) -> None:
     for kind, (_, make, file_type) in DECODERS.items():
         payload = decode_file(make(), file_type)
         (corpus / kind.replace(" ", "_")).write_bytes(bytes([selector[kind]]) + payload)
+    config = {  # config.yaml: the script's selector 4
+        "inline_chunk_threshold_bytes": 64,
+        "caching": {"num_snapshot_nodes": 10, "num_chunk_refs": None},
+        "compression": {"algorithm": None, "level": 3},
+        "virtual_chunk_containers": {
+            "s3://b/": {"name": None, "url_prefix": "s3://b/", "store": Tagged("s3", {})},
+            "file:///d/": {"url_prefix": "file:///d/", "store": Tagged("local_file_system", "/d")},
+        },
+    }
+    (corpus / "config").write_bytes(bytes([4]) + encode_config_yaml(config))
     script = Path(__file__).parent.parent / "fuzz" / "fuzz_decoders.py"
     done = subprocess.run(
         [sys.executable, str(script), "-runs=20000", "-max_len=4096", str(corpus)],
@@ -220,3 +233,67 @@ def test_atheris_fuzzing_finds_nothing(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# --- config.yaml, ref.json and zarr.json: malformed documents ----------------------------
+
+DEEP = 100_000  # far past the interpreter's recursion limit
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (  # a container without url_prefix (was KeyError)
+            b"virtual_chunk_containers:\n  s3://b/:\n    store: !s3 {}\n",
+            "url_prefix",
+        ),
+        (  # a store that is no tagged object store (was ValueError)
+            b"virtual_chunk_containers:\n  s3://b/:\n    url_prefix: s3://b/\n    store: 5\n",
+            ".store",
+        ),
+        (
+            b"virtual_chunk_containers:\n  s3://b/:\n    url_prefix: s3://b/\n    store: !ftp x\n",
+            ".store",
+        ),
+        (b"virtual_chunk_containers:\n  s3://b/: [1]\n", "expected a mapping"),
+        (b"caching:\n  num_snapshot_nodes: abc\n", "num_snapshot_nodes"),  # was ValueError
+        (b"caching:\n  num_chunk_refs: -5\n", "num_chunk_refs"),
+        (b"caching:\n  num_bytes_chunks: true\n", "num_bytes_chunks"),
+        (b"compression:\n  level: high\n", "compression.level"),
+        (b"max_concurrent_requests: 1.5\n", "max_concurrent_requests"),
+        (b"a: " + b"[" * DEEP + b"]" * DEEP + b"\n", "nested deeper"),  # was RecursionError
+        (b"a: " + b"{b: " * 200 + b"1" + b"}" * 200 + b"\n", "nested deeper"),
+        (b"- " * 5_000 + b"x\n", "nested deeper"),
+    ],
+)
+def test_malformed_config_yaml(text: bytes, problem: str) -> None:
+    with pytest.raises(FormatError, match=problem) as info:
+        decode_config_yaml(text, "config.yaml")
+    assert str(info.value).startswith("config.yaml: ")
+
+
+def test_config_yaml_nesting_bound_leaves_real_configs_alone() -> None:
+    nested = {"a": {"b": {"c": {"d": [[[1]]]}}}}
+    assert decode_config_yaml(encode_config_yaml({"manifest": nested}))["manifest"] == nested
+
+
+@pytest.mark.parametrize(
+    "data", [b"[" * DEEP + b"]" * DEEP, b'{"snapshot":' * DEEP + b"1" + b"}" * DEEP]
+)
+def test_deeply_nested_ref_json(data: bytes) -> None:
+    with pytest.raises(FormatError, match="nested too deeply"):
+        decode_ref(data, "refs/branch.main/ref.json")
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"[" * DEEP + b"]" * DEEP, "nested too deeply"),
+        (b'{"attributes":' * DEEP + b"{}" + b"}" * DEEP, "nested too deeply"),
+        (b"[1, 2]", "expected a JSON object, got list"),
+        (b'"array"', "expected a JSON object, got str"),
+    ],
+)
+def test_malformed_zarr_json(data: bytes, problem: str) -> None:
+    with pytest.raises(InvalidMetadataError, match=problem):
+        parse_metadata("/a", data)

@@ -13,12 +13,33 @@ import atheris
 
 with atheris.instrument_imports():
     from aicechunk.errors import FormatError
-    from aicechunk.format.config import decode_config_yaml
     from aicechunk.format.header import FileType, encode_file
     from aicechunk.format.manifest import decode_manifest
     from aicechunk.format.refs import decode_ref
     from aicechunk.format.snapshot import decode_snapshot
     from aicechunk.format.transaction_log import decode_transaction_log
+
+with atheris.instrument_imports():
+    from aicechunk.config import RepositoryConfig
+    from aicechunk.errors import AicechunkError
+
+
+def fuzz_config_yaml(body: bytes) -> None:
+    """``config.yaml`` as a repository reads it: parsed, then every setting the library
+    uses taken out (caches, inline threshold, virtual chunk containers) and written back.
+    Any error but a library error (``FormatError`` naming the file) is a bug."""
+    try:
+        config = RepositoryConfig.from_yaml(body, "config.yaml")
+        caching = config.caching
+        if caching is not None:
+            for name in caching.DEFAULTS:
+                caching.resolved(name)
+        config.inline_chunk_threshold_bytes  # noqa: B018
+        config.virtual_chunk_containers  # noqa: B018
+        RepositoryConfig.from_yaml(config.to_yaml(), "config.yaml")
+    except AicechunkError as err:
+        assert str(err).startswith("config.yaml: "), err
+
 
 DECODERS = [decode_snapshot, decode_manifest, decode_transaction_log]
 TYPES = [FileType.SNAPSHOT, FileType.MANIFEST, FileType.TRANSACTION_LOG]
@@ -39,7 +60,7 @@ def one_input(data: bytes) -> None:
         elif which == 3:
             decode_ref(body, "fuzz")
         else:
-            decode_config_yaml(body, "fuzz")
+            fuzz_config_yaml(body)
     except FormatError:
         pass
 
