@@ -29,6 +29,7 @@ from aicechunk.drivers.base import (
     forget_at_loop_end,
     http_range_header,
     is_empty_range,
+    redacted_url,
 )
 from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
 
@@ -97,7 +98,7 @@ class GCSDriver(Driver):
             "prefix": self.prefix,
             "service_account_file": self.service_account_file,
             "anonymous": self.anonymous,
-            "endpoint_url": self.endpoint_url,
+            "endpoint_url": redacted_url(self.endpoint_url),
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
         }

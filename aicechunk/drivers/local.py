@@ -166,14 +166,27 @@ class LocalDriver(Driver):
     the calls (a third less throughput on 4 KiB chunks); large ones use the pool.
     ``fsync=True`` flushes files and directories to disk before a write returns, for
     durability across power loss (a killed process loses nothing either way).
+    ``confine=True`` refuses any object whose real path (symbolic links followed) lies
+    outside the root's real path, or inside one of the ``excluded`` subdirectories: for
+    directories whose contents others control.
     """
 
     type_name = "local"
 
-    def __init__(self, root: str | os.PathLike[str], *, max_workers: int = 16, fsync: bool = False):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        max_workers: int = 16,
+        fsync: bool = False,
+        confine: bool = False,
+        excluded: tuple[str, ...] = (),
+    ):
         self.root = Path(root).expanduser().absolute()
         self.max_workers = max_workers
         self.fsync = fsync
+        self.confine = confine
+        self.excluded = tuple(excluded)
         self._pool: ThreadPoolExecutor | None = None
         self._lane: ThreadPoolExecutor | None = None
         self._batches: LoopLocal[_Batches] = LoopLocal(lambda: _Batches(self._small_thread()))
@@ -181,12 +194,14 @@ class LocalDriver(Driver):
     # -- description ------------------------------------------------------------------
 
     def describe(self) -> DriverConfig:
-        """``{"type": "local", "root": ..., "max_workers": ..., "fsync": ...}``."""
+        """``{"type": "local", "root": ..., "max_workers": ..., "fsync": ..., "confine": ...}``."""
         return {
             "type": "local",
             "root": str(self.root),
             "max_workers": self.max_workers,
             "fsync": self.fsync,
+            "confine": self.confine,
+            "excluded": list(self.excluded),
         }
 
     @classmethod
@@ -196,6 +211,8 @@ class LocalDriver(Driver):
             config_value(config, "root", "local"),
             max_workers=int(config.get("max_workers", 16)),
             fsync=bool(config.get("fsync", False)),
+            confine=bool(config.get("confine", False)),
+            excluded=tuple(config.get("excluded") or ()),
         )
 
     @property
@@ -207,7 +224,13 @@ class LocalDriver(Driver):
         return self.describe()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], max_workers=state["max_workers"], fsync=state["fsync"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["root"],
+            max_workers=state["max_workers"],
+            fsync=state["fsync"],
+            confine=state.get("confine", False),
+            excluded=tuple(state.get("excluded") or ()),
+        )
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -238,7 +261,23 @@ class LocalDriver(Driver):
     def _path(self, key: str) -> Path:
         if key == _RESERVED or key.startswith(_RESERVED + "/"):
             raise InvalidKey(f"keys under {_RESERVED}/ are reserved", key=key, driver=self.label)
-        return self.root / key
+        path = self.root / key
+        if self.confine:  # runs on a worker thread, like the I/O that follows
+            real, root = os.path.realpath(path), os.path.realpath(self.root)
+            if os.path.commonpath([real, root]) != root:
+                raise InvalidKey(
+                    "a symbolic link leads outside the root", key=key, driver=self.label
+                )
+            for sub in self.excluded:
+                barred = os.path.realpath(self.root / sub)
+                if os.path.commonpath([real, barred]) == barred:
+                    raise InvalidKey(
+                        f"the path leads into the excluded directory {sub!r}",
+                        key=key,
+                        driver=self.label,
+                    )
+            return Path(real)
+        return path
 
     def _lock_path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
