@@ -235,6 +235,41 @@ def test_containers_and_authorizations_refuse_ambiguous_prefixes() -> None:
     assert resolver._credentials(container)[0]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://good.example\\@evil.example/public/x",  # backslash-then-@ authority tricks
+        "http://good.example\\evil.example/public/x",
+        "http://evil.example#@good.example/public/x",
+        "http://a%2eb/public/x",
+        "http://good example/public/x",
+        "http://user@good.example/public/x",
+        "http://good.example:99999/public/x",
+        "file://evil.example/etc/passwd",
+        "s3:/bkt/public/x",
+        "/public/x",
+        "http://good.example/public/%C0%AE%C0%AE/x",  # overlong UTF-8 dots
+        "http://good.example/public/x%",
+    ],
+)
+def test_locations_that_do_not_parse_are_refused(url: str) -> None:
+    with pytest.raises(InvalidLocation):
+        parse_location(url)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("HTTP://Good.Example:80/public/x", "http://good.example/public/x"),
+        ("https://good.example:443/p/%41", "https://good.example/p/A"),
+        ("file://localhost/data/x", "file:///data/x"),
+        ("s3://bkt/a%20b", "s3://bkt/a b"),
+    ],
+)
+def test_spellings_of_one_location_share_a_normal_form(a: str, b: str) -> None:
+    assert parse_location(a) == parse_location(b)
+
+
 # --- http(s): encoding and redirects ------------------------------------------------------
 
 
@@ -479,6 +514,13 @@ async def test_connection_errors_never_show_url_credentials() -> None:
     with pytest.raises(ValueError) as err:
         S3Driver("bkt", endpoint_url=f"http://alice:hunter2@127.0.0.1:{port}")
     assert "hunter2" not in str(err.value)
+
+
+def test_repository_config_never_shows_url_credentials() -> None:
+    config = aic.RepositoryConfig.default()
+    store = aic.s3_store(endpoint_url="https://minio:hunter2@127.0.0.1:9000")
+    config.set_virtual_chunk_container(aic.VirtualChunkContainer("s3://bkt/", store))
+    assert "hunter2" not in repr(config) and "127.0.0.1:9000" in repr(config)
 
 
 async def test_virtual_errors_never_show_url_credentials(

@@ -263,21 +263,36 @@ class LocalDriver(Driver):
             raise InvalidKey(f"keys under {_RESERVED}/ are reserved", key=key, driver=self.label)
         path = self.root / key
         if self.confine:  # runs on a worker thread, like the I/O that follows
-            real, root = os.path.realpath(path), os.path.realpath(self.root)
-            if os.path.commonpath([real, root]) != root:
-                raise InvalidKey(
-                    "a symbolic link leads outside the root", key=key, driver=self.label
-                )
-            for sub in self.excluded:
-                barred = os.path.realpath(self.root / sub)
-                if os.path.commonpath([real, barred]) == barred:
-                    raise InvalidKey(
-                        f"the path leads into the excluded directory {sub!r}",
-                        key=key,
-                        driver=self.label,
-                    )
-            return Path(real)
+            return self._confined(key, path)
         return path
+
+    def _confined(self, key: str, path: Path) -> Path:
+        """``path`` resolved, if it stays inside the root and out of every excluded
+        directory (compared by device and inode, so that neither another spelling nor
+        a case-insensitive file system leads into one)."""
+        real, root = os.path.realpath(path), os.path.realpath(self.root)
+        if os.path.commonpath([real, root]) != root:
+            raise InvalidKey("a symbolic link leads outside the root", key=key, driver=self.label)
+        barred: dict[tuple[int, int], str] = {}
+        for sub in self.excluded:
+            with contextlib.suppress(OSError):
+                st = os.stat(self.root / sub)
+                barred[st.st_dev, st.st_ino] = sub
+        directory = real
+        while barred and len(directory) > len(root):
+            directory = os.path.dirname(directory)
+            try:
+                st = os.stat(directory)
+            except OSError:
+                continue
+            sub = barred.get((st.st_dev, st.st_ino), "")
+            if sub:
+                raise InvalidKey(
+                    f"the path leads into the excluded directory {sub!r}",
+                    key=key,
+                    driver=self.label,
+                )
+        return Path(real)
 
     def _lock_path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()

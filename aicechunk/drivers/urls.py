@@ -21,6 +21,8 @@ __all__ = ["Location", "parse_location", "redact_url"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# what a host or bucket name may hold; no backslash, '%', space or control character
+_HOST = re.compile(r"[a-z0-9._~!$&'()*+,;=:\[\]-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ def parse_location(url: str, *, allow_query: bool = False) -> Location:
     if (parts.query or url.endswith("?")) and not allow_query:
         raise InvalidLocation(url, "a query string ('?') is not accepted here")
     host = (parts.hostname or "").lower()
+    if not _HOST.fullmatch(host):
+        raise InvalidLocation(url, "the host or bucket name has characters no name has")
     if scheme == "file":
         if host not in ("", "localhost") or port is not None:
             raise InvalidLocation(url, "a file:// URL names no host")
