@@ -248,6 +248,7 @@ class VirtualResolver:
     ) -> None:
         # longest prefix (most segments) first, so the most specific container wins
         self._containers = sorted(containers.values(), key=lambda c: -len(c.location.segments))
+        self._forms = {c.url_prefix: c.location for c in self._containers}  # parsed once
         self._authorized = dict(authorized)
         try:
             self._authorized_forms = {
@@ -279,13 +280,13 @@ class VirtualResolver:
         if where.directory:
             return None  # a chunk is an object, never a prefix
         for container in self._containers:
-            if where.within(container.location):
+            if where.within(self._forms[container.url_prefix]):
                 return container
         return None
 
     def _credentials(self, container: VirtualChunkContainer) -> tuple[bool, Any]:
         """Whether ``container`` is authorized, and its credentials."""
-        form = str(container.location)
+        form = str(self._forms[container.url_prefix])
         return form in self._authorized_forms, self._authorized_forms.get(form)
 
     def _may_redirect(self, target: Location) -> bool:
@@ -316,7 +317,7 @@ class VirtualResolver:
             )
         if where.scheme == "file":
             # rooted at the container's directory, which no symbolic link may leave
-            prefix = container.location.segments
+            prefix = self._forms[container.url_prefix].segments
             root, key = "/" + "/".join(prefix), "/".join(where.segments[len(prefix) :])
         elif where.scheme in ("http", "https"):
             root, key = where.origin, where.path
@@ -326,11 +327,12 @@ class VirtualResolver:
         with self._lock:
             driver = self._drivers.get(cache_key)
             if driver is None:
-                driver = self._make_driver(container.store, root, creds)
+                driver = self._make_driver(container, root, creds)
                 self._drivers[cache_key] = driver
         return driver, key
 
-    def _make_driver(self, store: Tagged, root: str, creds: Any) -> Driver:
+    def _make_driver(self, container: VirtualChunkContainer, root: str, creds: Any) -> Driver:
+        store = container.store
         options = store.value if isinstance(store.value, dict) else {}
         if store.tag in ("s3", "s3_compatible", "tigris"):
             from aicechunk.drivers.s3 import S3Credentials, S3Driver
@@ -375,11 +377,11 @@ class VirtualResolver:
             from aicechunk.drivers.local import LocalDriver
 
             # a nested container's directory is its own: no symbolic link may lead there
-            base = parse_location(f"file://{root.rstrip('/')}/")
+            base = self._forms[container.url_prefix]
             nested = tuple(
-                "/".join(c.location.segments[len(base.segments) :])
-                for c in self._containers
-                if c.location.within(base) and c.location != base
+                "/".join(form.segments[len(base.segments) :])
+                for form in self._forms.values()
+                if form.within(base) and form != base
             )
             return LocalDriver(root, confine=True, excluded=nested)
         raise VirtualChunkError(f"store kind {store.tag!r} cannot serve virtual chunks here")

@@ -184,6 +184,26 @@ async def test_file_container_follows_no_symlink_out(
     assert await fetch(file_resolver, f"file://{files}/public/ok.bin") == PUBLIC
 
 
+async def test_file_container_names_with_escaped_characters(tmp_path: Path) -> None:
+    odd = tmp_path / "50% a?b#c"
+    (odd / "inner").mkdir(parents=True)
+    (odd / "x y.bin").write_bytes(PUBLIC)
+    (odd / "inner" / "s.bin").write_bytes(SECRET)
+    (odd / "link.bin").symlink_to("inner/s.bin")
+    root = f"file://{tmp_path}/50%25%20a%3Fb%23c"
+    containers = {
+        p: aic.VirtualChunkContainer(p, aic.local_filesystem_store(str(odd)))
+        for p in (f"{root}/", f"{root}/inner/")
+    }
+    resolver = VirtualResolver(containers, {f"{root}/": None})
+    try:
+        assert await fetch(resolver, f"{root}/x%20y.bin") == PUBLIC
+        await refused(resolver, f"{root}/link.bin")
+        await refused(resolver, f"{root}/%69nner/s.bin")
+    finally:
+        await resolver.close()
+
+
 async def test_the_probe_through_a_repository(tmp_path: Path, files: Path) -> None:
     """The reported attack end to end: refs written into a repository, read back."""
     import zarr.api.asynchronous as zas

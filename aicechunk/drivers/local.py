@@ -128,6 +128,25 @@ class _Batches:
                 self.loop.call_soon_threadsafe(_deliver, done)
 
 
+_PROC_FD = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
+
+
+def _real_path(path: Path) -> str:
+    """``path`` with every symbolic link resolved. On Linux the kernel resolves it (an
+    ``O_PATH`` descriptor read back through ``/proc``): a tenth of ``os.path.realpath``."""
+    if _PROC_FD:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            pass  # missing: realpath resolves what exists, the read then reports it
+        else:
+            try:
+                return os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+    return os.path.realpath(path)
+
+
 def _deliver(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, value, err in done:
         if future.cancelled():
@@ -187,6 +206,8 @@ class LocalDriver(Driver):
         self.fsync = fsync
         self.confine = confine
         self.excluded = tuple(excluded)
+        self._real_root: str | None = None
+        self._barred: dict[tuple[int, int], str] = {}  # (device, inode) -> excluded dir
         self._pool: ThreadPoolExecutor | None = None
         self._lane: ThreadPoolExecutor | None = None
         self._batches: LoopLocal[_Batches] = LoopLocal(lambda: _Batches(self._small_thread()))
@@ -270,16 +291,19 @@ class LocalDriver(Driver):
         """``path`` resolved, if it stays inside the root and out of every excluded
         directory (compared by device and inode, so that neither another spelling nor
         a case-insensitive file system leads into one)."""
-        real, root = os.path.realpath(path), os.path.realpath(self.root)
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        real, root = _real_path(path), self._real_root
         if os.path.commonpath([real, root]) != root:
             raise InvalidKey("a symbolic link leads outside the root", key=key, driver=self.label)
-        barred: dict[tuple[int, int], str] = {}
+        barred = self._barred
         for sub in self.excluded:
-            with contextlib.suppress(OSError):
-                st = os.stat(self.root / sub)
-                barred[st.st_dev, st.st_ino] = sub
+            if sub not in barred.values():  # found once, an excluded directory stays barred
+                with contextlib.suppress(OSError):
+                    st = os.stat(self.root / sub)
+                    barred[st.st_dev, st.st_ino] = sub
         directory = real
-        while barred and len(directory) > len(root):
+        while self.excluded and len(directory) > len(root):
             directory = os.path.dirname(directory)
             try:
                 st = os.stat(directory)
