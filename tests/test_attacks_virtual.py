@@ -284,6 +284,7 @@ def test_locations_that_do_not_parse_are_refused(url: str) -> None:
         ("https://good.example:443/p/%41", "https://good.example/p/A"),
         ("file://localhost/data/x", "file:///data/x"),
         ("s3://bkt/a%20b", "s3://bkt/a b"),
+        ("gcs://bkt/a", "gs://bkt/a"),
     ],
 )
 def test_spellings_of_one_location_share_a_normal_form(a: str, b: str) -> None:
@@ -305,8 +306,8 @@ def scripted_server(
     async def handle(request: web.Request) -> web.Response:
         seen.append((request.raw_path, dict(request.headers)))
         status, body = routes.get(request.path, (404, b""))
-        if 300 <= status < 400:
-            return web.Response(status=status, headers={"Location": str(body)})
+        if 300 <= status < 400 and isinstance(body, str):
+            return web.Response(status=status, headers={"Location": body})
         data = body.encode() if isinstance(body, str) else body
         return web.Response(status=status, body=data)
 
@@ -353,6 +354,8 @@ def origin_a(
         "/repo/to-dots": (302, "/repo/%2e%2e/other/x"),
         "/repo/to-userinfo": (302, "//u:p@127.0.0.1/repo/real"),
         "/repo/to-inside": (302, "/repo/real"),
+        "/repo/no-location": (302, b"redirect body"),
+        "/repo/multiple-choices": (300, b"choices body"),
         "/repo/real": (200, PUBLIC),
         "/repo/loop": (302, "/repo/loop"),
         "/other/x": (200, SECRET),
@@ -447,6 +450,9 @@ async def test_http_storage_follows_redirects_inside_its_base(
         assert (await driver.head("to-inside")).size == len(PUBLIC)
         with pytest.raises(StorageError, match=f"more than {MAX_REDIRECTS} redirects"):
             await driver.get("loop")
+        for key in ("no-location", "multiple-choices"):  # a 3xx body is no object
+            with pytest.raises(StorageError, match="HTTP 30"):
+                await driver.get(key)
     assert seen[1][0] == "/repo/real" and seen[1][1]["X-Api-Key"] == "k3y"
 
 

@@ -241,7 +241,8 @@ class HTTPDriver(Driver):
         return where
 
     def _check(self, status: int, key: str, method: str) -> None:
-        if status >= 400:
+        # a 3xx here is one not followed (no Location): its body is no object's bytes
+        if status >= 300:
             raise StorageError(f"{method} failed: HTTP {status}", key=key, driver=self.label)
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:

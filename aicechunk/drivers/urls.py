@@ -20,6 +20,7 @@ from aicechunk.errors import InvalidLocation, redact_credentials
 __all__ = ["Location", "parse_location", "redact_url"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_ALIASES = {"gcs": "gs"}  # two spellings of one object space
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # what a host or bucket name may hold; no backslash, '%', space or control character
 _HOST = re.compile(r"[a-z0-9._~!$&'()*+,;=:\[\]-]*")
@@ -81,6 +82,7 @@ def parse_location(url: str, *, allow_query: bool = False) -> Location:
     scheme = parts.scheme.lower()
     if not scheme or not url[len(scheme) :].startswith("://"):
         raise InvalidLocation(url, "expected scheme://authority/path")
+    scheme = _ALIASES.get(scheme, scheme)
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise InvalidLocation(url, "credentials in a URL are not accepted here")
     if parts.fragment or url.endswith("#"):
