@@ -327,7 +327,13 @@ class VirtualResolver:
         with self._lock:
             driver = self._drivers.get(cache_key)
             if driver is None:
-                driver = self._make_driver(container, root, creds)
+                try:
+                    driver = self._make_driver(container, root, creds)
+                except ValueError as err:  # a store config no driver accepts
+                    raise VirtualChunkError(
+                        f"virtual chunk {location}: container {container.url_prefix!r} "
+                        f"cannot be read: {err}"
+                    ) from None
                 self._drivers[cache_key] = driver
         return driver, key
 

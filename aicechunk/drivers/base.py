@@ -79,6 +79,16 @@ class RedactedURL(str):
         return (RedactedURL, (str(self),))
 
 
+def check_endpoint(url: str | None, driver: str) -> None:
+    """Refuse an endpoint URL that carries ``user:password@``: S3 and GCS clients sign
+    requests with the credentials they are given, so such a URL could only leak them."""
+    if url is not None and redact_credentials(url) != url:
+        raise ValueError(
+            f"{driver} endpoint {redact_credentials(url)!r} carries credentials: pass them "
+            "as the driver's credentials, not in the URL"
+        )
+
+
 def redacted_url(value: str | None) -> RedactedURL | None:
     """Wrap a URL so that its credentials are hidden from ``repr``."""
     return None if value is None else RedactedURL(value)

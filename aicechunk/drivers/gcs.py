@@ -25,6 +25,7 @@ from aicechunk.drivers.base import (
     LoopLocal,
     ObjectInfo,
     RangeRequest,
+    check_endpoint,
     close_at_loop_end,
     forget_at_loop_end,
     http_range_header,
@@ -78,6 +79,7 @@ class GCSDriver(Driver):
     ) -> None:
         if not bucket or "/" in bucket:
             raise ValueError(f"GCS bucket must be a bare bucket name, got {bucket!r}")
+        check_endpoint(endpoint_url, "GCS")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.service_account_file = service_account_file

@@ -23,6 +23,7 @@ from aicechunk.drivers.base import (
     DriverConfig,
     LoopLocal,
     ObjectInfo,
+    check_endpoint,
     close_at_loop_end,
     forget_at_loop_end,
     http_range_header,
@@ -128,6 +129,7 @@ class S3Driver(Driver):
             raise ValueError(
                 f"endpoint {redact_credentials(endpoint_url)} is plain HTTP: pass allow_http=True"
             )
+        check_endpoint(endpoint_url, "S3")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.region = region
