@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import aicechunk as aic
-from aicechunk.errors import AicechunkError
+from aicechunk.drivers.urls import redact_url
+from aicechunk.errors import AicechunkError, redact_credentials
 from aicechunk.session import metadata_document
 
 
@@ -58,7 +59,7 @@ def storage_for(url: str, args: argparse.Namespace) -> aic.Storage:
         )
     if scheme in ("http", "https"):
         return aic.http_storage(url)
-    raise AicechunkError(f"unsupported storage URL {url!r}")
+    raise AicechunkError(f"unsupported storage URL {redact_url(url)!r}")
 
 
 def out(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -86,7 +87,9 @@ async def cmd_info(repo: aic.Repository, args: argparse.Namespace) -> None:
         "branches": branches,
         "tags": tags,
         "inline_chunk_threshold_bytes": config.inline_chunk_threshold_bytes or 512,
-        "virtual_chunk_containers": sorted(config.virtual_chunk_containers),
+        "virtual_chunk_containers": sorted(
+            redact_url(prefix) for prefix in config.virtual_chunk_containers
+        ),
     }
     lines = [f"repository  {data['storage']}", "spec        Icechunk format v1"]
     lines += [f"branch      {name:20} {sid}" for name, sid in branches.items()]
@@ -345,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(run(args))
     except (AicechunkError, ValueError) as err:
-        print(f"aicechunk: error: {err}", file=sys.stderr)
+        print(f"aicechunk: error: {redact_credentials(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
