@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import aicechunk as aic
-from aicechunk.errors import AicechunkError
+from aicechunk.drivers.urls import redact_url
+from aicechunk.errors import AicechunkError, redact_credentials
 from aicechunk.session import metadata_document
 
 
@@ -59,7 +60,7 @@ def storage_for(url: str, args: argparse.Namespace) -> aic.Storage:
     if scheme in ("http", "https"):
         return aic.http_storage(url)
     raise AicechunkError(
-        f"unsupported storage URL scheme {scheme + '://'!r}: use a path or file://, "
+        f"unsupported storage URL {redact_url(url)!r}: use a path or file://, "
         "s3://bucket/prefix, gs://bucket/prefix, http:// or https:// (read-only)"
     )
 
@@ -89,7 +90,9 @@ async def cmd_info(repo: aic.Repository, args: argparse.Namespace) -> None:
         "branches": branches,
         "tags": tags,
         "inline_chunk_threshold_bytes": config.inline_chunk_threshold_bytes or 512,
-        "virtual_chunk_containers": sorted(config.virtual_chunk_containers),
+        "virtual_chunk_containers": sorted(
+            redact_url(prefix) for prefix in config.virtual_chunk_containers
+        ),
     }
     lines = [f"repository  {data['storage']}", "spec        Icechunk format v1"]
     lines += [f"branch      {name:20} {sid}" for name, sid in branches.items()]
@@ -345,7 +348,8 @@ async def run(args: argparse.Namespace) -> None:
     if args.command in ("create", "init"):
         created = await aic.Repository.create(storage)
         await created.close()
-        out(args, {"created": args.url}, f"created an empty repository at {args.url}")
+        where = redact_url(args.url)
+        out(args, {"created": where}, f"created an empty repository at {where}")
         return
     repo = await aic.Repository.open(storage)
     try:
@@ -375,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(run(args))
     except (AicechunkError, ValueError) as err:
-        print(f"aicechunk: error: {err}", file=sys.stderr)
+        print(f"aicechunk: error: {redact_credentials(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -6,7 +6,7 @@ import copy
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aicechunk.errors import FormatError
+from aicechunk.errors import FormatError, redact_credentials
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
 
 if TYPE_CHECKING:
@@ -161,4 +161,4 @@ class RepositoryConfig:
         )
 
     def __repr__(self) -> str:
-        return f"RepositoryConfig({self._data!r})"
+        return f"RepositoryConfig({redact_credentials(repr(self._data))})"

@@ -7,9 +7,27 @@ package: they are wrapped in one of these, with the original kept as ``__cause__
 
 from __future__ import annotations
 
+import re
+
+# "scheme://user:password@" (or "scheme://token@"): the userinfo of a URL
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s'\"]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the userinfo of every URL in it (``user:password@``) replaced by
+    ``***@``: credentials written into URLs never reach a message, a repr or a log."""
+    return _USERINFO.sub(r"\1***@", text)
+
 
 class AicechunkError(Exception):
-    """Root of every error raised by aicechunk."""
+    """Root of every error raised by aicechunk.
+
+    String arguments pass through ``redact_credentials``: a message that quotes a URL
+    never shows the password written into it.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_credentials(a) if isinstance(a, str) else a for a in args))
 
 
 # --- storage -------------------------------------------------------------------------
@@ -25,15 +43,15 @@ class StorageError(AicechunkError):
 
     def __init__(self, message: str, *, key: str | None = None, driver: str | None = None):
         self.key = key
-        self.driver = driver
-        self.reason = message
+        self.driver = None if driver is None else redact_credentials(driver)
+        self.reason = redact_credentials(message)
         where = []
         if key is not None:
             where.append(f"key={key!r}")
-        if driver is not None:
-            where.append(f"driver={driver}")
+        if self.driver is not None:
+            where.append(f"driver={self.driver}")
         suffix = f" ({', '.join(where)})" if where else ""
-        super().__init__(f"{message}{suffix}")
+        super().__init__(f"{self.reason}{suffix}")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_storage_error, (type(self), self.reason, self.key, self.driver))
@@ -62,6 +80,24 @@ class CommitOutcomeUnknownError(StorageError):
 
 class InvalidKey(StorageError):
     """A key is malformed or would reach outside the driver's root."""
+
+
+class InvalidLocation(AicechunkError, ValueError):
+    """A URL is malformed, or could name something other than what it seems to.
+
+    Refused: userinfo, query strings and fragments where they have no meaning, malformed
+    percent-escapes, and path segments that are empty, ``.`` or ``..`` or that hold a
+    ``/`` or ``\\`` once decoded (``%2e%2e``, ``%2F``, ``%5C``). ``url`` is shown with its
+    credentials redacted.
+    """
+
+    def __init__(self, url: str, problem: str):
+        self.url = redact_credentials(url)
+        self.problem = problem
+        super().__init__(f"{self.url}: {problem}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.url, self.problem))
 
 
 class ReadOnlyError(StorageError, ValueError):

@@ -13,6 +13,7 @@ from typing import Any
 from aicechunk.drivers.base import Driver, DriverConfig
 from aicechunk.drivers.memory import MemoryDriver
 from aicechunk.drivers.registry import driver_from_config
+from aicechunk.drivers.urls import redact_url
 
 __all__ = [
     "Storage",
@@ -50,8 +51,13 @@ class Storage:
 
     def __repr__(self) -> str:
         kind = self.config.get("type", "?")
-        where = self.config.get("root") or self.config.get("bucket") or self.config.get("name")
-        return f"Storage({kind}: {where})"
+        where = (
+            self.config.get("root")
+            or self.config.get("bucket")
+            or self.config.get("base_url")
+            or self.config.get("name")
+        )
+        return f"Storage({kind}: {redact_url(where)})"
 
 
 def local_filesystem_storage(path: str | os.PathLike[str]) -> Storage:

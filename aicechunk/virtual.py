@@ -6,6 +6,13 @@ A repository declares containers in its config (persisted in ``config.yaml`` as 
 repository. A chunk under a declared and authorized prefix (the longest matching prefix
 wins) is read through a driver made once per container (per bucket or host); any other
 chunk is refused with an error naming the URL.
+
+Prefixes and chunk locations are compared in one normal form (``drivers.urls``:
+percent-escapes decoded once, dot segments and encoded slashes refused, scheme and host
+in lower case), and the object read is the one that normal form names, so no spelling
+of a URL reaches outside the container it matched. ``file://`` containers do not follow
+symbolic links out of their directory, and http(s) reads follow a redirect only to a
+URL inside an authorized http container.
 """
 
 from __future__ import annotations
@@ -16,10 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from aicechunk.drivers.base import ByteRange, Driver, LoopLocal, RangeRequest
-from aicechunk.errors import AicechunkError, StorageError
+from aicechunk.drivers.urls import Location, parse_location
+from aicechunk.errors import AicechunkError, InvalidLocation, StorageError
 from aicechunk.format.config import Tagged
 from aicechunk.format.manifest import VirtualRef
 
@@ -113,15 +120,23 @@ class VirtualChunkContainer:
                 f"container {self.url_prefix!r}: store must come from s3_store, gcs_store, "
                 f"http_store or local_filesystem_store, got {self.store!r}"
             )
-        scheme = urlparse(self.url_prefix).scheme
+        if not isinstance(self.url_prefix, str) or not self.url_prefix.endswith("/"):
+            raise ValueError(f"container prefix {self.url_prefix!r} must end with '/'")
+        try:
+            scheme = self.location.scheme
+        except InvalidLocation as err:
+            raise ValueError(f"container prefix {err}") from None
         allowed = _SCHEMES[self.store.tag]
         if scheme not in allowed:
             raise ValueError(
                 f"container {self.url_prefix!r}: a {self.store.tag} store serves "
                 f"{' or '.join(s + '://' for s in allowed)} URLs, not {scheme or 'no scheme'}"
             )
-        if not self.url_prefix.endswith("/"):
-            raise ValueError(f"container prefix {self.url_prefix!r} must end with '/'")
+
+    @property
+    def location(self) -> Location:
+        """The prefix in normal form (what locations are matched against)."""
+        return parse_location(self.url_prefix)
 
     def to_plain(self) -> dict[str, Any]:
         """The container as ``config.yaml`` holds it."""
@@ -231,9 +246,16 @@ class VirtualResolver:
         containers: Mapping[str, VirtualChunkContainer],
         authorized: Mapping[str, Any],
     ) -> None:
-        # longest prefix first, so the most specific container wins
-        self._containers = sorted(containers.values(), key=lambda c: -len(c.url_prefix))
+        # longest prefix (most segments) first, so the most specific container wins
+        self._containers = sorted(containers.values(), key=lambda c: -len(c.location.segments))
+        self._forms = {c.url_prefix: c.location for c in self._containers}  # parsed once
         self._authorized = dict(authorized)
+        try:
+            self._authorized_forms = {
+                str(parse_location(prefix)): creds for prefix, creds in authorized.items()
+            }
+        except InvalidLocation as err:
+            raise ValueError(f"authorized container prefix {err}") from None
         self._drivers: dict[tuple[str, str], Driver] = {}
         self._lock = threading.Lock()
         self._pending: LoopLocal[_Pending] = LoopLocal(_Pending)
@@ -247,11 +269,35 @@ class VirtualResolver:
         )
 
     def container_for(self, location: str) -> VirtualChunkContainer | None:
-        """The container serving ``location`` (longest matching prefix), if any."""
+        """The container serving ``location`` (longest matching prefix), if any; none
+        for a location that does not parse (see ``drivers.urls``)."""
+        try:
+            return self._container_at(parse_location(location))
+        except InvalidLocation:
+            return None
+
+    def _container_at(self, where: Location) -> VirtualChunkContainer | None:
+        if where.directory:
+            return None  # a chunk is an object, never a prefix
         for container in self._containers:
-            if location.startswith(container.url_prefix):
+            if where.within(self._forms[container.url_prefix]):
                 return container
         return None
+
+    def _credentials(self, container: VirtualChunkContainer) -> tuple[bool, Any]:
+        """Whether ``container`` is authorized, and its credentials."""
+        form = str(self._forms[container.url_prefix])
+        return form in self._authorized_forms, self._authorized_forms.get(form)
+
+    def _may_redirect(self, target: Location) -> bool:
+        """Whether an http(s) virtual read may follow a redirect to ``target``: only into
+        an authorized http container."""
+        container = self._container_at(target)
+        return (
+            container is not None
+            and container.store.tag == "http"
+            and self._credentials(container)[0]
+        )
 
     async def close(self) -> None:
         """Close the drivers made for virtual chunks in the running loop."""
@@ -260,30 +306,39 @@ class VirtualResolver:
         for driver in drivers:
             await driver.close()
 
-    def _driver(self, container: VirtualChunkContainer, location: str) -> tuple[Driver, str]:
-        if container.url_prefix not in self._authorized:
+    def _driver(
+        self, container: VirtualChunkContainer, location: str, where: Location
+    ) -> tuple[Driver, str]:
+        authorized, creds = self._credentials(container)
+        if not authorized:
             raise VirtualChunkError(
                 f"virtual chunk {location}: container {container.url_prefix!r} is not "
                 "authorized; pass it in authorize_virtual_chunk_access when opening"
             )
-        url = urlparse(location)
-        store = container.store
-        if url.scheme == "file":
-            root, key = "/", unquote(url.path).lstrip("/")
-        elif url.scheme in ("http", "https"):
-            root, key = f"{url.scheme}://{url.netloc}", url.path.lstrip("/")
+        if where.scheme == "file":
+            # rooted at the container's directory, which no symbolic link may leave
+            prefix = self._forms[container.url_prefix].segments
+            root, key = "/" + "/".join(prefix), "/".join(where.segments[len(prefix) :])
+        elif where.scheme in ("http", "https"):
+            root, key = where.origin, where.path
         else:
-            root, key = url.netloc, unquote(url.path).lstrip("/")
+            root, key = where.authority, where.path
         cache_key = (container.url_prefix, root)
         with self._lock:
             driver = self._drivers.get(cache_key)
             if driver is None:
-                driver = self._make_driver(store, root, self._authorized[container.url_prefix])
+                try:
+                    driver = self._make_driver(container, root, creds)
+                except ValueError as err:  # a store config no driver accepts
+                    raise VirtualChunkError(
+                        f"virtual chunk {location}: container {container.url_prefix!r} "
+                        f"cannot be read: {err}"
+                    ) from None
                 self._drivers[cache_key] = driver
         return driver, key
 
-    @staticmethod
-    def _make_driver(store: Tagged, root: str, creds: Any) -> Driver:
+    def _make_driver(self, container: VirtualChunkContainer, root: str, creds: Any) -> Driver:
+        store = container.store
         options = store.value if isinstance(store.value, dict) else {}
         if store.tag in ("s3", "s3_compatible", "tigris"):
             from aicechunk.drivers.s3 import S3Credentials, S3Driver
@@ -323,22 +378,33 @@ class VirtualResolver:
         if store.tag == "http":
             from aicechunk.drivers.http import HTTPDriver
 
-            return HTTPDriver(root)
+            return HTTPDriver(root, follow_redirect=self._may_redirect)
         if store.tag == "local_file_system":
             from aicechunk.drivers.local import LocalDriver
 
-            return LocalDriver(root)
+            # a nested container's directory is its own: no symbolic link may lead there
+            base = self._forms[container.url_prefix]
+            nested = tuple(
+                "/".join(form.segments[len(base.segments) :])
+                for form in self._forms.values()
+                if form.within(base) and form != base
+            )
+            return LocalDriver(root, confine=True, excluded=nested)
         raise VirtualChunkError(f"store kind {store.tag!r} cannot serve virtual chunks here")
 
     async def fetch(self, ref: VirtualRef, byte_range: ByteRange | None) -> bytes:
         """The bytes of a virtual chunk (``byte_range`` is within the object)."""
-        container = self.container_for(ref.location)
+        try:
+            where = parse_location(ref.location)
+        except InvalidLocation as err:
+            raise VirtualChunkError(f"virtual chunk {err}") from None
+        container = self._container_at(where)
         if container is None:
             raise VirtualChunkError(
                 f"virtual chunk {ref.location}: no virtual chunk container is declared for "
                 "this URL; add one with RepositoryConfig.set_virtual_chunk_container"
             )
-        driver, key = self._driver(container, ref.location)
+        driver, key = self._driver(container, ref.location, where)
         try:
             if ref.etag is not None or ref.last_modified:
                 info = await driver.head(key)

@@ -18,7 +18,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from aicechunk.errors import InvalidKey, ReadOnlyError
+from aicechunk.errors import InvalidKey, ReadOnlyError, redact_credentials
 
 __all__ = [
     "ByteRange",
@@ -28,6 +28,7 @@ __all__ = [
     "ObjectInfo",
     "OffsetRange",
     "RangeRequest",
+    "RedactedURL",
     "Secret",
     "SuffixRange",
     "http_range_header",
@@ -64,6 +65,33 @@ class Secret(str):
 def secret(value: str | None) -> Secret | None:
     """Wrap a credential so that it is hidden from ``repr``."""
     return None if value is None else Secret(value)
+
+
+class RedactedURL(str):
+    """A URL (an endpoint) whose ``repr`` hides any ``user:password@`` written into it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(redact_credentials(str(self)))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (RedactedURL, (str(self),))
+
+
+def check_endpoint(url: str | None, driver: str) -> None:
+    """Refuse an endpoint URL that carries ``user:password@``: S3 and GCS clients sign
+    requests with the credentials they are given, so such a URL could only leak them."""
+    if url is not None and redact_credentials(url) != url:
+        raise ValueError(
+            f"{driver} endpoint {redact_credentials(url)!r} carries credentials: pass them "
+            "as the driver's credentials, not in the URL"
+        )
+
+
+def redacted_url(value: str | None) -> RedactedURL | None:
+    """Wrap a URL so that its credentials are hidden from ``repr``."""
+    return None if value is None else RedactedURL(value)
 
 
 # --- byte ranges -----------------------------------------------------------------------

@@ -25,10 +25,12 @@ from aicechunk.drivers.base import (
     LoopLocal,
     ObjectInfo,
     RangeRequest,
+    check_endpoint,
     close_at_loop_end,
     forget_at_loop_end,
     http_range_header,
     is_empty_range,
+    redacted_url,
 )
 from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
 
@@ -77,6 +79,7 @@ class GCSDriver(Driver):
     ) -> None:
         if not bucket or "/" in bucket:
             raise ValueError(f"GCS bucket must be a bare bucket name, got {bucket!r}")
+        check_endpoint(endpoint_url, "GCS")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.service_account_file = service_account_file
@@ -97,7 +100,7 @@ class GCSDriver(Driver):
             "prefix": self.prefix,
             "service_account_file": self.service_account_file,
             "anonymous": self.anonymous,
-            "endpoint_url": self.endpoint_url,
+            "endpoint_url": redacted_url(self.endpoint_url),
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
         }

@@ -3,18 +3,26 @@
 ``GET`` with ``Range`` and ``HEAD``; no writes (``ReadOnlyError``) and no listing (the
 protocol has none). The object version is the ``ETag``, or ``Last-Modified`` if the
 server sends no ETag. Transient failures are retried with backoff and jitter.
+
+Redirects are followed here, not by aiohttp, at most ``MAX_REDIRECTS`` hops, and only
+to URLs the driver may read: by default those under ``base_url`` (same scheme, host and
+port, path under the base path); any other target is refused with a ``StorageError``.
+Configured headers, and credentials written in the URL (sent as basic auth), go to the
+base URL's origin only: aiohttp itself would carry every header but ``Authorization``
+to another host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from aicechunk.drivers.base import (
     ByteRange,
@@ -27,12 +35,18 @@ from aicechunk.drivers.base import (
     http_range_header,
     is_empty_range,
     range_bounds,
+    secret,
 )
-from aicechunk.errors import ObjectNotFound, ReadOnlyError, StorageError
+from aicechunk.drivers.urls import Location, parse_location, redact_url
+from aicechunk.errors import InvalidLocation, ObjectNotFound, ReadOnlyError, StorageError
 
-__all__ = ["HTTPDriver"]
+__all__ = ["MAX_REDIRECTS", "HTTPDriver"]
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_REDIRECT_STATUS = {301, 302, 303, 307, 308}
+
+#: The most redirects one request follows.
+MAX_REDIRECTS = 5
 
 
 @dataclass
@@ -42,7 +56,14 @@ class _LoopState:
 
 
 class HTTPDriver(Driver):
-    """Objects at ``base_url/<key>``, read-only."""
+    """Objects at ``base_url/<key>``, read-only.
+
+    ``headers`` are sent with every request to the base URL's origin; a
+    ``user:password@`` in ``base_url`` becomes an ``Authorization: Basic`` header (and
+    leaves the URL, so it is never shown). ``follow_redirect`` decides which redirect
+    targets may be followed (default: those under ``base_url``); it is a live policy,
+    not part of ``describe()``.
+    """
 
     type_name = "http"
     supports_writes = False
@@ -57,11 +78,18 @@ class HTTPDriver(Driver):
         max_concurrency: int = 32,
         max_attempts: int = 5,
         timeout: float = 60.0,
+        follow_redirect: Callable[[Location], bool] | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"HTTP storage needs an http(s):// URL, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.headers = dict(headers or {})
+        if not isinstance(base_url, str) or not base_url.lower().startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"HTTP storage needs an http(s):// URL, got {redact_url(base_url)!r}")
+        self.headers = _with_userinfo_auth(base_url, dict(headers or {}))
+        parts = urlsplit(base_url)
+        netloc = parts.netloc.rpartition("@")[2]
+        self.base_url = urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
+        self._base = parse_location(self.base_url)  # InvalidLocation is a ValueError
+        self.follow_redirect = follow_redirect
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.timeout = timeout
@@ -74,7 +102,7 @@ class HTTPDriver(Driver):
         return {
             "type": "http",
             "base_url": self.base_url,
-            "headers": self.headers,
+            "headers": {name: secret(value) for name, value in self.headers.items()},
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
         }
@@ -91,7 +119,7 @@ class HTTPDriver(Driver):
 
     @property
     def label(self) -> str:
-        """The base URL (headers, which may carry tokens, are never shown)."""
+        """The base URL (headers and credentials, which are tokens, are never shown)."""
         return self.base_url
 
     def __getstate__(self) -> dict[str, Any]:
@@ -105,8 +133,8 @@ class HTTPDriver(Driver):
         if state.session is None:
             import aiohttp
 
+            # no session-wide headers: they would follow any URL (see _send)
             state.session = aiohttp.ClientSession(
-                headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 connector=aiohttp.TCPConnector(limit=self.max_concurrency),
                 auto_decompress=False,
@@ -144,9 +172,9 @@ class HTTPDriver(Driver):
         delay = 0.05
         for attempt in range(1, self.max_attempts + 1):
             try:
-                async with limit, session.request(method, self._url(key), headers=headers) as r:
-                    body = await r.read() if method == "GET" else b""
-                    status, response_headers = r.status, r.headers
+                status, response_headers, body = await self._send(
+                    session, limit, method, key, headers or {}
+                )
             except (TimeoutError, aiohttp.ClientConnectionError) as err:
                 if attempt == self.max_attempts:
                     raise StorageError(
@@ -161,8 +189,60 @@ class HTTPDriver(Driver):
             delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _send(
+        self,
+        session: Any,
+        limit: asyncio.Semaphore,
+        method: str,
+        key: str,
+        headers: Mapping[str, str],
+    ) -> tuple[int, Any, bytes]:
+        """One request, following the redirects the policy allows."""
+        from yarl import URL
+
+        url, where = self._url(key), self._base
+        for _ in range(MAX_REDIRECTS + 1):
+            send = dict(headers)
+            if where.origin == self._base.origin:
+                send.update(self.headers)
+            async with (
+                limit,
+                session.request(
+                    method, URL(url, encoded=True), headers=send, allow_redirects=False
+                ) as r,
+            ):
+                target = r.headers.get("Location") if r.status in _REDIRECT_STATUS else None
+                if target is None:
+                    body = await r.read() if method == "GET" else b""
+                    return r.status, r.headers, body
+            url = urljoin(url, target)
+            where = self._redirect_target(method, key, url)
+        raise StorageError(
+            f"{method} failed: more than {MAX_REDIRECTS} redirects", key=key, driver=self.label
+        )
+
+    def _redirect_target(self, method: str, key: str, url: str) -> Location:
+        try:
+            where = parse_location(url, allow_query=True)
+        except InvalidLocation as err:
+            raise StorageError(
+                f"{method} redirected to {redact_url(url)}: {err.problem}; not followed",
+                key=key,
+                driver=self.label,
+            ) from None
+        allowed = self.follow_redirect or (lambda target: target.within(self._base))
+        if where.scheme not in ("http", "https") or not allowed(where):
+            raise StorageError(
+                f"{method} redirected to {redact_url(url)}, outside what this driver may "
+                "read; not followed",
+                key=key,
+                driver=self.label,
+            )
+        return where
+
     def _check(self, status: int, key: str, method: str) -> None:
-        if status >= 400:
+        # a 3xx here is one not followed (no Location): its body is no object's bytes
+        if status >= 300:
             raise StorageError(f"{method} failed: HTTP {status}", key=key, driver=self.label)
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
@@ -202,3 +282,15 @@ class HTTPDriver(Driver):
 
     async def _delete(self, key: str) -> None:  # pragma: no cover - guarded
         raise ReadOnlyError("HTTP storage is read-only", key=key, driver=self.label)
+
+
+def _with_userinfo_auth(base_url: str, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus basic auth for a ``user:password@`` written in ``base_url``."""
+    parts = urlsplit(base_url)
+    if parts.username is None:
+        return headers
+    if any(name.lower() == "authorization" for name in headers):
+        raise ValueError("credentials are both in the URL and in an Authorization header: pass one")
+    user, password = unquote(parts.username), unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {**headers, "Authorization": f"Basic {token}"}

@@ -23,13 +23,15 @@ from aicechunk.drivers.base import (
     DriverConfig,
     LoopLocal,
     ObjectInfo,
+    check_endpoint,
     close_at_loop_end,
     forget_at_loop_end,
     http_range_header,
     is_empty_range,
+    redacted_url,
     secret,
 )
-from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
+from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError, redact_credentials
 
 __all__ = ["S3Credentials", "S3Driver"]
 
@@ -124,7 +126,10 @@ class S3Driver(Driver):
         if not bucket or "/" in bucket:
             raise ValueError(f"S3 bucket must be a bare bucket name, got {bucket!r}")
         if endpoint_url and endpoint_url.startswith("http://") and not allow_http:
-            raise ValueError(f"endpoint {endpoint_url} is plain HTTP: pass allow_http=True")
+            raise ValueError(
+                f"endpoint {redact_credentials(endpoint_url)} is plain HTTP: pass allow_http=True"
+            )
+        check_endpoint(endpoint_url, "S3")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.region = region
@@ -150,7 +155,7 @@ class S3Driver(Driver):
             "bucket": self.bucket,
             "prefix": self.prefix,
             "region": self.region,
-            "endpoint_url": self.endpoint_url,
+            "endpoint_url": redacted_url(self.endpoint_url),
             "allow_http": self.allow_http,
             "force_path_style": self.force_path_style,
             "credentials": {
@@ -337,7 +342,8 @@ class S3Driver(Driver):
                     data: bytes = await body.read()
                     return data
             except Exception as err:
-                code = getattr(err, "response", {}).get("Error", {}).get("Code")
+                response = getattr(err, "response", None)  # None on some connection errors
+                code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
                 if code == "InvalidRange":  # a range starting at or past the end
                     await self._head(key)
                     return b""

@@ -1,0 +1,591 @@
+"""Attacks on what a reader authorized: URL spellings that reach outside a virtual chunk
+container, redirects to other places, and credentials written into URLs.
+
+Layout everywhere: ``<root>/public/`` is declared and authorized, ``<root>/public/private/``
+is declared but not authorized; ``private/secret.bin`` holds ``SECRET``. No spelling of a
+location, no symbolic link and no redirect may return those bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import pickle
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+import aicechunk as aic
+from aicechunk.cli import main
+from aicechunk.drivers.base import RangeRequest
+from aicechunk.drivers.gcs import GCSDriver
+from aicechunk.drivers.http import MAX_REDIRECTS, HTTPDriver
+from aicechunk.drivers.s3 import S3Driver
+from aicechunk.drivers.urls import parse_location, redact_url
+from aicechunk.errors import InvalidLocation, StorageError, redact_credentials
+from aicechunk.format.manifest import VirtualRef
+from aicechunk.virtual import VirtualResolver
+from tests.servers import create_s3_bucket, free_port, next_bucket_name, put_s3_object, serve_app
+
+SECRET = b"SECRET-BYTES-0123"
+PUBLIC = b"public-bytes-0123"
+EVIL = b"evil!-bytes-01234"
+assert len(SECRET) == len(PUBLIC) == len(EVIL)
+
+# Spellings of a path that reach the unauthorized private/secret.bin, or try to. Every
+# one must be refused: as not authorized (it is under private/), as an invalid URL, or as
+# not found (a name decoded once is read literally).
+BYPASSES = [
+    "{root}/public/%70rivate/secret.bin",  # the probe: an encoded letter
+    "{root}/public/private%2Fsecret.bin",  # the probe: an encoded slash
+    "{root}/public/private%2fsecret.bin",
+    "{root}/public/%70rivate%2Fsecret.bin",
+    "{root}/public/priv%61te/secret.bin",
+    "{root}/public/%2e%2e/public/private/secret.bin",
+    "{root}/public/%2E%2E/public/private/secret.bin",
+    "{root}/public/.%2e/public/private/secret.bin",
+    "{root}/public/%2e/private/secret.bin",
+    "{root}/public/../public/private/secret.bin",
+    "{root}/public/./private/secret.bin",
+    "{root}/public/private%5Csecret.bin",
+    "{root}/public/private\\secret.bin",
+    "{root}/public//private/secret.bin",
+    "{root}/public/private/secret.bin?x=1",
+    "{root}/public/data.bin?/../private/secret.bin",
+    "{root}/public/data.bin#/../private/secret.bin",
+    "{root}/public/private%252Fsecret.bin",  # double encoding: a literal '%2F' name
+    "{root}/public/%252e%252e/public/private/secret.bin",
+    "{root}/public/%ZZ/private/secret.bin",
+    "{root}/public/private%00/secret.bin",
+    "{root}/public/private/secret.bin",  # plainly under the unauthorized container
+    "{ROOT}/public/private/secret.bin",  # scheme and host in upper case
+    "{ROOT}/public/%70rivate/secret.bin",
+]
+
+# Other spellings of public/data.bin: they must read it.
+SAME_OBJECT = [
+    "{root}/public/data.bin",
+    "{root}/public/data%2Ebin",
+    "{root}/public/%64ata.bin",
+    "{ROOT}/public/data.bin",
+]
+
+
+async def fetch(resolver: VirtualResolver, location: str) -> bytes:
+    return await resolver.fetch(VirtualRef(location, 0, len(SECRET)), RangeRequest(0, 17))
+
+
+def make_resolver(root: str, store: Any, creds: Any = None) -> VirtualResolver:
+    public, private = f"{root}/public/", f"{root}/public/private/"
+    containers = {p: aic.VirtualChunkContainer(p, store) for p in (public, private)}
+    return VirtualResolver(containers, {public: creds})
+
+
+async def refused(resolver: VirtualResolver, location: str) -> aic.VirtualChunkError:
+    with pytest.raises(aic.VirtualChunkError) as info:
+        data = await fetch(resolver, location)
+        assert data != SECRET, f"{location} read the unauthorized object"
+    return info.value
+
+
+def upper_root(root: str) -> str:
+    scheme, _, rest = root.partition("://")
+    host, _, path = rest.partition("/")
+    return f"{scheme.upper()}://{host.upper()}/{path}".rstrip("/")
+
+
+# --- authorization bypasses: s3 and file ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(s3_endpoint: str) -> str:
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    put_s3_object(s3_endpoint, bucket, "public/data.bin", PUBLIC)
+    put_s3_object(s3_endpoint, bucket, "public/private/secret.bin", SECRET)
+    return bucket
+
+
+@pytest.fixture
+async def s3_resolver(s3_endpoint: str, s3_bucket: str) -> AsyncIterator[VirtualResolver]:
+    store = aic.s3_store(
+        region="us-east-1", endpoint_url=s3_endpoint, allow_http=True, force_path_style=True
+    )
+    creds = aic.s3_credentials(access_key_id="testing", secret_access_key="testing")
+    resolver = make_resolver(f"s3://{s3_bucket}", store, creds)
+    yield resolver
+    await resolver.close()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    (data / "public" / "private").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (data / "public" / "data.bin").write_bytes(PUBLIC)
+    (data / "public" / "private" / "secret.bin").write_bytes(SECRET)
+    (tmp_path / "outside" / "secret.bin").write_bytes(SECRET)
+    public = data / "public"
+    (public / "ok.bin").symlink_to("data.bin")  # stays inside: allowed
+    (public / "link.bin").symlink_to("private/secret.bin")  # into the private container
+    (public / "out.bin").symlink_to(tmp_path / "outside" / "secret.bin")
+    (public / "dirlink").symlink_to("private", target_is_directory=True)
+    (public / "outdir").symlink_to(tmp_path / "outside", target_is_directory=True)
+    return data
+
+
+@pytest.fixture
+async def file_resolver(files: Path) -> AsyncIterator[VirtualResolver]:
+    resolver = make_resolver(f"file://{files}", aic.local_filesystem_store(str(files)))
+    yield resolver
+    await resolver.close()
+
+
+@pytest.mark.parametrize("template", BYPASSES)
+async def test_s3_spellings_stay_in_their_container(
+    s3_resolver: VirtualResolver, s3_bucket: str, template: str
+) -> None:
+    root = f"s3://{s3_bucket}"
+    await refused(s3_resolver, template.format(root=root, ROOT=upper_root(root)))
+
+
+@pytest.mark.parametrize("template", BYPASSES)
+async def test_file_spellings_stay_in_their_container(
+    file_resolver: VirtualResolver, files: Path, template: str
+) -> None:
+    root = f"file://{files}"
+    await refused(file_resolver, template.format(root=root, ROOT=upper_root(root)))
+
+
+@pytest.mark.parametrize("template", SAME_OBJECT)
+async def test_other_spellings_of_an_authorized_object_read_it(
+    s3_resolver: VirtualResolver,
+    s3_bucket: str,
+    file_resolver: VirtualResolver,
+    files: Path,
+    template: str,
+) -> None:
+    for resolver, root in ((s3_resolver, f"s3://{s3_bucket}"), (file_resolver, f"file://{files}")):
+        location = template.format(root=root, ROOT=upper_root(root))
+        assert await fetch(resolver, location) == PUBLIC
+    assert await fetch(file_resolver, f"file://localhost{files}/public/data.bin") == PUBLIC
+
+
+@pytest.mark.parametrize("name", ["link.bin", "out.bin", "dirlink/secret.bin", "outdir/secret.bin"])
+async def test_file_container_follows_no_symlink_out(
+    file_resolver: VirtualResolver, files: Path, name: str
+) -> None:
+    error = await refused(file_resolver, f"file://{files}/public/{name}")
+    assert "symbolic link" in str(error) or "excluded" in str(error)
+    # a link that stays inside the container is fine
+    assert await fetch(file_resolver, f"file://{files}/public/ok.bin") == PUBLIC
+
+
+async def test_file_container_names_with_escaped_characters(tmp_path: Path) -> None:
+    odd = tmp_path / "50% a?b#c"
+    (odd / "inner").mkdir(parents=True)
+    (odd / "x y.bin").write_bytes(PUBLIC)
+    (odd / "inner" / "s.bin").write_bytes(SECRET)
+    (odd / "link.bin").symlink_to("inner/s.bin")
+    root = f"file://{tmp_path}/50%25%20a%3Fb%23c"
+    containers = {
+        p: aic.VirtualChunkContainer(p, aic.local_filesystem_store(str(odd)))
+        for p in (f"{root}/", f"{root}/inner/")
+    }
+    resolver = VirtualResolver(containers, {f"{root}/": None})
+    try:
+        assert await fetch(resolver, f"{root}/x%20y.bin") == PUBLIC
+        await refused(resolver, f"{root}/link.bin")
+        await refused(resolver, f"{root}/%69nner/s.bin")
+    finally:
+        await resolver.close()
+
+
+async def test_the_probe_through_a_repository(tmp_path: Path, files: Path) -> None:
+    """The reported attack end to end: refs written into a repository, read back."""
+    import zarr.api.asynchronous as zas
+
+    public, private = f"file://{files}/public/", f"file://{files}/public/private/"
+    config = aic.RepositoryConfig.default()
+    for prefix in (public, private):
+        store = aic.local_filesystem_store(str(files))
+        config.set_virtual_chunk_container(aic.VirtualChunkContainer(prefix, store))
+    repo = await aic.Repository.create(
+        aic.local_filesystem_storage(tmp_path / "repo"),
+        config=config,
+        authorize_virtual_chunk_access={public: None},
+    )
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("v", shape=(3,), chunks=(1,), dtype="S17", compressors=None)
+    locations = [f"{public}%70rivate/secret.bin", f"{public}private%2Fsecret.bin"]
+    for i, location in enumerate(locations):
+        await session.store.set_virtual_ref(
+            f"v/c/{i}", location, offset=0, length=17, validate_container=False
+        )
+    await session.store.set_virtual_ref("v/c/2", f"{public}data.bin", offset=0, length=17)
+    await session.commit("refs")
+    ro = await repo.readonly_session(branch="main")
+    for i in range(2):
+        with pytest.raises(aic.VirtualChunkError):
+            await ro.get_chunk("/v", (i,))
+    assert await ro.get_chunk("/v", (2,)) == PUBLIC
+
+
+def test_containers_and_authorizations_refuse_ambiguous_prefixes() -> None:
+    store = aic.s3_store()
+    for prefix in (
+        "s3://bkt/a/%2e%2e/",
+        "s3://bkt/a%2Fb/",
+        "s3://bkt/a//",
+        "s3://user:pw@bkt/a/",
+        "s3://bkt/a/?x/",
+    ):
+        with pytest.raises(ValueError, match="container prefix") as info:
+            aic.VirtualChunkContainer(prefix, store)
+        assert "pw" not in str(info.value)
+    container = aic.VirtualChunkContainer("s3://bkt/a/", store)
+    with pytest.raises(ValueError, match="authorized container prefix"):
+        VirtualResolver({"s3://bkt/a/": container}, {"s3://bkt/a/%2e%2e/": None})
+    # an authorization spelled differently names the same container
+    resolver = VirtualResolver({"s3://bkt/a/": container}, {"S3://BKT/%61/": None})
+    assert resolver._credentials(container)[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://good.example\\@evil.example/public/x",  # backslash-then-@ authority tricks
+        "http://good.example\\evil.example/public/x",
+        "http://evil.example#@good.example/public/x",
+        "http://a%2eb/public/x",
+        "http://good example/public/x",
+        "http://user@good.example/public/x",
+        "http://good.example:99999/public/x",
+        "file://evil.example/etc/passwd",
+        "s3:/bkt/public/x",
+        "/public/x",
+        "http://good.example/public/%C0%AE%C0%AE/x",  # overlong UTF-8 dots
+        "http://good.example/public/x%",
+    ],
+)
+def test_locations_that_do_not_parse_are_refused(url: str) -> None:
+    with pytest.raises(InvalidLocation):
+        parse_location(url)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("HTTP://Good.Example:80/public/x", "http://good.example/public/x"),
+        ("https://good.example:443/p/%41", "https://good.example/p/A"),
+        ("file://localhost/data/x", "file:///data/x"),
+        ("s3://bkt/a%20b", "s3://bkt/a b"),
+        ("gcs://bkt/a", "gs://bkt/a"),
+    ],
+)
+def test_spellings_of_one_location_share_a_normal_form(a: str, b: str) -> None:
+    assert parse_location(a) == parse_location(b)
+
+
+# --- http(s): encoding and redirects ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scripted_server(
+    routes: dict[str, tuple[int, str | bytes]],
+) -> Iterator[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """An aiohttp server answering each (decoded) path with ``(status, body)``, where a
+    3xx status's body is the ``Location``; yields its URL and the log of (raw path,
+    headers) it received."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.raw_path, dict(request.headers)))
+        status, body = routes.get(request.path, (404, b""))
+        if 300 <= status < 400 and isinstance(body, str):
+            return web.Response(status=status, headers={"Location": body})
+        data = body.encode() if isinstance(body, str) else body
+        return web.Response(status=status, body=data)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    with serve_app(app) as url:
+        yield url, seen
+
+
+@pytest.fixture
+def origin_b() -> Iterator[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    routes: dict[str, tuple[int, str | bytes]] = {
+        "/evil.bin": (200, EVIL),
+        "/steal": (200, EVIL),
+        "/trusted/data.bin": (200, PUBLIC),
+        "/untrusted/data.bin": (200, EVIL),
+    }
+    with scripted_server(routes) as server:
+        yield server
+
+
+@pytest.fixture
+def origin_a(
+    origin_b: tuple[str, list[Any]],
+) -> Iterator[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    b = origin_b[0]
+    routes: dict[str, tuple[int, str | bytes]] = {
+        "/public/data.bin": (200, PUBLIC),
+        "/public/a b.bin": (200, PUBLIC),
+        "/public/private/secret.bin": (200, SECRET),
+        "/public/to-b.bin": (302, f"{b}/evil.bin"),
+        "/public/to-private.bin": (302, "/public/private/secret.bin"),
+        "/public/to-dots.bin": (307, "/public/%2e%2e/public/private/secret.bin"),
+        "/public/to-relative.bin": (302, "private/secret.bin"),
+        "/public/to-file.bin": (302, "file:///etc/passwd"),
+        "/public/to-trusted.bin": (302, f"{b}/trusted/data.bin"),
+        "/public/to-untrusted.bin": (301, f"{b}/untrusted/data.bin"),
+        "/public/same.bin": (302, "/public/data.bin"),
+        "/public/loop.bin": (302, "/public/loop.bin"),
+        "/repo/to-b": (302, f"{b}/steal"),
+        "/repo/to-other-path": (302, "/other/x"),
+        "/repo/to-sibling": (302, "/repository/x"),
+        "/repo/to-relative-up": (302, "../other/x"),
+        "/repo/to-dots": (302, "/repo/%2e%2e/other/x"),
+        "/repo/to-userinfo": (302, "//u:p@127.0.0.1/repo/real"),
+        "/repo/to-inside": (302, "/repo/real"),
+        "/repo/no-location": (302, b"redirect body"),
+        "/repo/multiple-choices": (300, b"choices body"),
+        "/repo/real": (200, PUBLIC),
+        "/repo/loop": (302, "/repo/loop"),
+        "/other/x": (200, SECRET),
+        "/repository/x": (200, SECRET),
+    }
+    with scripted_server(routes) as server:
+        yield server
+
+
+@pytest.fixture
+async def http_resolver(
+    origin_a: tuple[str, list[Any]], origin_b: tuple[str, list[Any]]
+) -> AsyncIterator[VirtualResolver]:
+    a, b = origin_a[0], origin_b[0]
+    prefixes = [f"{a}/public/", f"{a}/public/private/", f"{b}/trusted/", f"{b}/untrusted/"]
+    containers = {p: aic.VirtualChunkContainer(p, aic.http_store()) for p in prefixes}
+    resolver = VirtualResolver(containers, {f"{a}/public/": None, f"{b}/trusted/": None})
+    yield resolver
+    await resolver.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "to-b.bin",
+        "to-private.bin",
+        "to-dots.bin",
+        "to-relative.bin",
+        "to-file.bin",
+        "to-untrusted.bin",
+        "loop.bin",
+    ],
+)
+async def test_virtual_http_redirects_stay_in_authorized_containers(
+    http_resolver: VirtualResolver,
+    origin_a: tuple[str, list[Any]],
+    origin_b: tuple[str, list[Any]],
+    name: str,
+) -> None:
+    error = await refused(http_resolver, f"{origin_a[0]}/public/{name}")
+    assert "redirect" in str(error)
+    assert origin_b[1] == []  # nothing was even asked of the other origin
+    assert all(not raw.startswith("/public/private") for raw, _ in origin_a[1])
+
+
+async def test_virtual_http_redirects_into_authorized_containers_are_followed(
+    http_resolver: VirtualResolver, origin_a: tuple[str, list[Any]]
+) -> None:
+    assert await fetch(http_resolver, f"{origin_a[0]}/public/same.bin") == PUBLIC
+    assert await fetch(http_resolver, f"{origin_a[0]}/public/to-trusted.bin") == PUBLIC
+
+
+@pytest.mark.parametrize("template", BYPASSES)
+async def test_http_spellings_stay_in_their_container(
+    http_resolver: VirtualResolver, origin_a: tuple[str, list[Any]], template: str
+) -> None:
+    root = origin_a[0]
+    await refused(http_resolver, template.format(root=root, ROOT=upper_root(root)))
+
+
+async def test_percent_encoded_http_locations_are_encoded_once(
+    http_resolver: VirtualResolver, origin_a: tuple[str, list[Any]]
+) -> None:
+    assert await fetch(http_resolver, f"{origin_a[0]}/public/a%20b.bin") == PUBLIC
+    assert origin_a[1][-1][0] == "/public/a%20b.bin"
+    assert await fetch(http_resolver, f"{origin_a[0]}/public/%64ata.bin") == PUBLIC
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["to-b", "to-other-path", "to-sibling", "to-relative-up", "to-dots", "to-userinfo"],
+)
+async def test_http_storage_follows_no_redirect_out_of_its_base(
+    origin_a: tuple[str, list[Any]], origin_b: tuple[str, list[Any]], key: str
+) -> None:
+    a, seen = origin_a
+    async with HTTPDriver(f"{a}/repo", headers={"X-Api-Key": "k3y-s3cret"}) as driver:
+        for method in (driver.get, driver.head):
+            with pytest.raises(StorageError, match="redirected") as info:
+                await method(key)
+            assert "k3y-s3cret" not in str(info.value)
+    assert origin_b[1] == []  # the key never left for another origin
+    assert [raw for raw, _ in seen] == [f"/repo/{key}"] * 2
+
+
+async def test_http_storage_follows_redirects_inside_its_base(
+    origin_a: tuple[str, list[Any]],
+) -> None:
+    a, seen = origin_a
+    async with HTTPDriver(f"{a}/repo", headers={"X-Api-Key": "k3y"}) as driver:
+        assert await driver.get("to-inside") == PUBLIC
+        assert (await driver.head("to-inside")).size == len(PUBLIC)
+        with pytest.raises(StorageError, match=f"more than {MAX_REDIRECTS} redirects"):
+            await driver.get("loop")
+        for key in ("no-location", "multiple-choices"):  # a 3xx body is no object
+            with pytest.raises(StorageError, match="HTTP 30"):
+                await driver.get(key)
+    assert seen[1][0] == "/repo/real" and seen[1][1]["X-Api-Key"] == "k3y"
+
+
+async def test_http_storage_redirect_to_another_host_name_is_another_origin() -> None:
+    routes: dict[str, tuple[int, str | bytes]] = {}
+    with scripted_server(routes) as (url, seen):
+        port = url.rsplit(":", 1)[1]
+        routes["/repo/x"] = (302, f"http://localhost:{port}/repo/y")
+        routes["/repo/y"] = (200, PUBLIC)
+        async with HTTPDriver(f"{url}/repo", headers={"X-Api-Key": "k3y"}) as driver:
+            with pytest.raises(StorageError, match="redirected"):
+                await driver.get("x")
+    assert [raw for raw, _ in seen] == ["/repo/x"]
+
+
+# --- credentials in URLs ---------------------------------------------------------------
+
+
+def test_redaction_of_userinfo() -> None:
+    text = "GET http://alice:hunter2@h/r, https://tok@h:1/a@b, https://u:p@ss@h/x s3://b/k@v"
+    assert redact_credentials(text) == (
+        "GET http://***@h/r, https://***@h:1/a@b, https://***@h/x s3://b/k@v"
+    )
+    assert redact_url("https://u:pw@h/x?X-Amz-Signature=abc") == "https://***@h/x?…"
+    with pytest.raises(InvalidLocation) as info:
+        parse_location("http://alice:hunter2@h/x")
+    assert "hunter2" not in str(info.value) and "hunter2" not in repr(info.value)
+    assert "hunter2" not in str(pickle.loads(pickle.dumps(info.value)))
+
+
+async def test_http_storage_userinfo_is_basic_auth_and_never_shown(tmp_path: Path) -> None:
+    routes: dict[str, tuple[int, str | bytes]] = {"/repo/x": (200, PUBLIC)}
+    with scripted_server(routes) as (url, seen):
+        base = url.replace("http://", "http://alice:hunter2@") + "/repo"
+        storage = aic.http_storage(base, headers={"X-Api-Key": "k3y-s3cret"})
+        driver = storage.driver()
+        assert await driver.get("x") == PUBLIC
+        with pytest.raises(aic.ObjectNotFound) as info:
+            await driver.get("missing")
+        await driver.close()
+        rebuilt = pickle.loads(pickle.dumps(storage)).driver()
+        assert await rebuilt.get("x") == PUBLIC
+        await rebuilt.close()
+    expected = "Basic " + base64.b64encode(b"alice:hunter2").decode()
+    assert {headers["Authorization"] for _, headers in seen} == {expected}
+    shown = [
+        str(info.value),
+        repr(info.value),
+        repr(storage),
+        repr(storage.config),
+        repr(driver),
+        driver.label,
+        repr(driver.describe()),
+    ]
+    for text in shown:
+        assert "hunter2" not in text and "k3y-s3cret" not in text, text
+    assert "127.0.0.1" in repr(storage) and "127.0.0.1" in driver.label
+    with pytest.raises(ValueError, match="both") as err:
+        HTTPDriver(base, headers={"authorization": "Bearer x"})
+    assert "hunter2" not in str(err.value)
+    with pytest.raises(ValueError) as err:
+        HTTPDriver("ftp://alice:hunter2@h/x")
+    assert "hunter2" not in str(err.value)
+
+
+async def test_connection_errors_never_show_url_credentials() -> None:
+    port = free_port()  # nothing listens there
+    http = HTTPDriver(f"http://alice:hunter2@127.0.0.1:{port}/repo", max_attempts=1)
+    async with http:
+        with pytest.raises(StorageError) as info:
+            await http.get("x")
+    for text in (str(info.value), repr(info.value), repr(http), repr(http.describe())):
+        assert "hunter2" not in text, text
+    assert "hunter2" not in str(info.value.__cause__)  # not even in the traceback
+
+
+async def test_endpoints_carrying_credentials_are_refused(tmp_path: Path) -> None:
+    endpoint = "http://alice:hunter2@127.0.0.1:9000"
+    for make in (
+        lambda: S3Driver("bkt", endpoint_url=endpoint, allow_http=True),
+        lambda: S3Driver("bkt", endpoint_url=endpoint),
+        lambda: GCSDriver("bkt", endpoint_url=endpoint),
+        lambda: aic.s3_storage(bucket="bkt", endpoint_url=endpoint, allow_http=True),
+        lambda: aic.gcs_storage(bucket="bkt", endpoint_url=endpoint),
+    ):
+        with pytest.raises(ValueError) as err:
+            make()
+        assert "hunter2" not in str(err.value) and "127.0.0.1:9000" in str(err.value)
+    # a virtual container's store config with one: a VirtualChunkError, not a ValueError
+    store = aic.s3_store(endpoint_url=endpoint, allow_http=True)
+    resolver = VirtualResolver(
+        {"s3://bkt/": aic.VirtualChunkContainer("s3://bkt/", store)}, {"s3://bkt/": None}
+    )
+    error = await refused(resolver, "s3://bkt/x")
+    assert "hunter2" not in str(error) and "credentials" in str(error)
+
+
+def test_repository_config_never_shows_url_credentials() -> None:
+    config = aic.RepositoryConfig.default()
+    store = aic.s3_store(endpoint_url="https://minio:hunter2@127.0.0.1:9000")
+    config.set_virtual_chunk_container(aic.VirtualChunkContainer("s3://bkt/", store))
+    assert "hunter2" not in repr(config) and "127.0.0.1:9000" in repr(config)
+
+
+async def test_virtual_errors_never_show_url_credentials(
+    http_resolver: VirtualResolver, origin_a: tuple[str, list[Any]]
+) -> None:
+    location = origin_a[0].replace("http://", "http://alice:hunter2@") + "/public/data.bin"
+    error = await refused(http_resolver, location)
+    assert "hunter2" not in str(error) and "credentials" in str(error)
+
+
+def test_cli_never_shows_url_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.servers import http_file_server
+
+    assert main(["demo", str(tmp_path / "repo")]) == 0
+    capsys.readouterr()
+    with http_file_server(tmp_path / "repo") as url:
+        authed = url.replace("http://", "http://alice:hunter2@")
+        for argv in (["info", authed], ["info", authed, "--json"], ["log", authed]):
+            code = main(argv)
+            out, err = capsys.readouterr()
+            assert code == 0, err
+            assert "hunter2" not in out + err
+        assert "127.0.0.1" in main_output(capsys, ["info", authed])
+    port = free_port()
+    code = main(["info", f"http://alice:hunter2@127.0.0.1:{port}/repo"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "hunter2" not in out + err and "127.0.0.1" in err
+
+
+def main_output(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 0
+    return capsys.readouterr().out
