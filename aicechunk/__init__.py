@@ -11,6 +11,7 @@ from aicechunk.conflicts import (
 )
 from aicechunk.errors import (
     AicechunkError,
+    AicechunkWarning,
     CommitOutcomeUnknownError,
     ConflictError,
     FormatError,
@@ -59,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AicechunkError",
+    "AicechunkWarning",
     "BasicConflictSolver",
     "CachingConfig",
     "CommitOutcomeUnknownError",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aicechunk.errors import FormatError, redact_credentials
+from aicechunk.errors import AicechunkWarning, FormatError, redact_credentials
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class RepositoryConfig:
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         self._data: dict[str, Any] = copy.deepcopy(data) if data else {}
+        self._ignored: set[str] = set()  # containers already warned about
 
     @classmethod
     def default(cls) -> RepositoryConfig:
@@ -129,16 +131,36 @@ class RepositoryConfig:
 
         raw = self._data.get("virtual_chunk_containers") or {}
         containers = {}
-        for prefix, value in raw.items():
+        for key, value in raw.items():
             if not isinstance(value, dict):
                 continue
-            try:
-                containers[prefix] = VirtualChunkContainer.from_plain(value)
-            except (KeyError, TypeError, ValueError) as err:
-                problem = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            url_prefix = value.get("url_prefix")
+            if not isinstance(url_prefix, str):
                 raise FormatError(
-                    "config.yaml", f"virtual_chunk_containers[{prefix!r}]: {problem}"
-                ) from None
+                    "config.yaml",
+                    f"virtual_chunk_containers[{key!r}]: url_prefix must be a string, "
+                    f"got {url_prefix!r}",
+                )
+            # as icechunk: a prefix is completed with "/", and a container whose prefix is
+            # not a URL its store serves (icechunk's old default containers "s3", "gcs",
+            # "az", "tigris", "file") is ignored with a warning, never an error
+            if not url_prefix.endswith("/"):
+                url_prefix += "/"
+            try:
+                container = VirtualChunkContainer.from_plain({**value, "url_prefix": url_prefix})
+            except (KeyError, TypeError, ValueError) as err:
+                if key in self._ignored:
+                    continue
+                self._ignored.add(key)
+                warnings.warn(
+                    redact_credentials(
+                        f"config.yaml: virtual chunk container {key!r} is ignored: {err}"
+                    ),
+                    AicechunkWarning,
+                    stacklevel=2,
+                )
+                continue
+            containers[url_prefix] = container
         return containers
 
     def set_virtual_chunk_container(self, container: VirtualChunkContainer) -> None:

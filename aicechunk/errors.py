@@ -185,3 +185,11 @@ class ConflictError(AicechunkError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.branch, self.expected, self.actual))
+
+
+# --- warnings ------------------------------------------------------------------------
+
+
+class AicechunkWarning(UserWarning):
+    """Something was accepted but deserves attention: a virtual chunk container in
+    ``config.yaml`` that is ignored, an authorization for a prefix no container declares."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,13 @@ from typing import Any
 
 from aicechunk.drivers.base import ByteRange, Driver, LoopLocal, RangeRequest
 from aicechunk.drivers.urls import Location, parse_location
-from aicechunk.errors import AicechunkError, InvalidLocation, StorageError
+from aicechunk.errors import (
+    AicechunkError,
+    AicechunkWarning,
+    InvalidLocation,
+    StorageError,
+    redact_credentials,
+)
 from aicechunk.format.config import Tagged
 from aicechunk.format.manifest import VirtualRef
 
@@ -55,6 +62,8 @@ _SCHEMES = {
     "http": ("http", "https"),
     "local_file_system": ("file",),
     "in_memory": ("memory",),
+    # declared and kept (icechunk accepts them); reading through one is refused
+    "azure": ("az", "azure", "abfs"),
 }
 
 
@@ -256,6 +265,17 @@ class VirtualResolver:
             }
         except InvalidLocation as err:
             raise ValueError(f"authorized container prefix {err}") from None
+        declared = {str(form) for form in self._forms.values()}
+        for prefix in authorized:
+            if str(parse_location(prefix)) not in declared:
+                warnings.warn(
+                    redact_credentials(
+                        f"virtual chunk access authorized for {prefix!r}, but the "
+                        "repository declares no container with that prefix: it has no effect"
+                    ),
+                    AicechunkWarning,
+                    stacklevel=3,
+                )
         self._drivers: dict[tuple[str, str], Driver] = {}
         self._lock = threading.Lock()
         self._pending: LoopLocal[_Pending] = LoopLocal(_Pending)

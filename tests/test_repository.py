@@ -483,10 +483,10 @@ async def test_container_whose_store_serves_other_urls(tmp_path: Path) -> None:
         b"virtual_chunk_containers:\n  gs://b/:\n    url_prefix: gs://b/\n    store: !s3 {}\n"
     )
     repo = await aic.Repository.open(storage)
-    with pytest.raises(
-        aic.FormatError, match=r"config.yaml: virtual_chunk_containers\['gs://b/'\]"
-    ):
-        await repo.readonly_session("main")
+    # as icechunk: ignored with a warning, the repository stays readable
+    with pytest.warns(aic.AicechunkWarning, match=r"container 'gs://b/' is ignored"):
+        session = await repo.readonly_session("main")
+    assert await session.list_nodes() is not None
 
 
 # --- creation: races, unclean roots, spec version 2 ----------------------------------------

@@ -85,29 +85,57 @@ def _construct_tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> 
         value = loader.construct_mapping(node, deep=True)
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
+    elif isinstance(node, yaml.ScalarNode) and node.style is None:
+        # a plain scalar keeps its implicit type: `!Axis 0` is the integer 0, as serde reads it
+        implicit = loader.resolve(yaml.ScalarNode, node.value, (True, False))  # type: ignore[no-untyped-call]
+        value = loader.construct_object(yaml.ScalarNode(implicit, node.value))
     else:
         value = loader.construct_scalar(node)  # type: ignore[arg-type]
-        if isinstance(node, yaml.ScalarNode) and node.value == "" and node.style is None:
-            value = None
     return Tagged(suffix, value)
 
 
 _Loader.add_multi_constructor("!", _construct_tagged)
 
 
+_PLAIN = "plain"  # our marker: write this tagged scalar unquoted
+
+
 class _Dumper(yaml.SafeDumper):
-    pass
+    """Writes tagged scalars as Icechunk (serde) writes them: ``!Axis 0`` and
+    ``!DimensionName time`` unquoted, so that numbers stay numbers. (PyYAML quotes every
+    explicitly tagged scalar, and serde then reads ``!Axis '0'`` as a string.)"""
+
+    def choose_scalar_style(self) -> str:
+        event = self.event
+        if isinstance(event, yaml.ScalarEvent) and event.style == _PLAIN:
+            if self.analysis is None:
+                self.analysis = self.analyze_scalar(event.value)
+            plain = (
+                self.analysis.allow_flow_plain
+                if self.flow_level
+                else (self.analysis.allow_block_plain)
+            )
+            return "" if plain and not self.analysis.empty else "'"
+        return str(super().choose_scalar_style())
 
 
 def _represent_tagged(dumper: yaml.SafeDumper, data: Tagged) -> yaml.Node:
     tag = "!" + data.tag
-    if isinstance(data.value, dict):
-        return dumper.represent_mapping(tag, data.value)
-    if isinstance(data.value, list | tuple):
-        return dumper.represent_sequence(tag, list(data.value))
-    if data.value is None:
+    value = data.value
+    if isinstance(value, dict):
+        return dumper.represent_mapping(tag, value)
+    if isinstance(value, list | tuple):
+        return dumper.represent_sequence(tag, list(value))
+    if value is None:
         return dumper.represent_scalar(tag, "")
-    return dumper.represent_scalar(tag, str(data.value))
+    if isinstance(value, bool | int | float):
+        text = dumper.represent_data(value).value  # YAML's spelling: true, 1.5, 7
+        return dumper.represent_scalar(tag, text, style=_PLAIN)
+    text = str(value)
+    # a string stays plain only where reading it back gives a string again
+    as_read = dumper.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    style = _PLAIN if as_read == "tag:yaml.org,2002:str" else None
+    return dumper.represent_scalar(tag, text, style=style)
 
 
 _Dumper.add_representer(Tagged, _represent_tagged)
