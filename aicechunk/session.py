@@ -586,7 +586,7 @@ class Session:
                     try:
                         check_changes(fork._changes, base)
                     except (AicechunkError, ValueError) as err:
-                        raise ForkPayloadError(f"fork payload cannot be merged: {err}") from err
+                        raise ForkPayloadError(f"fork payload refused: {err}") from err
         for fork in forks:
             self._changes.merge(fork._changes)
 
@@ -956,19 +956,23 @@ class ForkSession(Session):
             snapshot_id = SnapshotId(body["snapshot"])
             inline, concurrency = body["inline"], body["concurrency"]
             if not (_count(inline) and _count(concurrency) and concurrency > 0):
-                raise ValueError("inline threshold and read concurrency must be integers")
+                raise ValueError(
+                    "the inline threshold must be a non-negative integer and the read "
+                    "concurrency a positive one"
+                )
             config = SessionConfig(inline, concurrency)
             branch = body["branch"]
             if branch is not None and not isinstance(branch, str):
                 raise ValueError("the branch must be a string")
             virtual = resolver_from_plain(body.get("virtual"))
-            check_changes(changes)
-        except ForkPayloadError:
-            raise
         except Exception as err:  # any decoding failure of a checksummed payload
             raise ForkPayloadError(
                 f"fork payload unreadable: {type(err).__name__}: {err}"
             ) from None
+        try:
+            check_changes(changes)
+        except (AicechunkError, ValueError) as err:
+            raise ForkPayloadError(f"fork payload refused: {err}") from err
         fork = cls(
             AssetManager(driver, sizes, limits),
             snapshot_id,
