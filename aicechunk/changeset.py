@@ -219,10 +219,20 @@ class ChangeSet:
             self._tables.setdefault(node_id, []).append(table)
 
     def merge(self, other: ChangeSet) -> None:
-        """Fold ``other`` in; where both touch the same thing, ``other`` wins."""
+        """Fold ``other`` in; where both touch the same thing, ``other`` wins (a node
+        ``other`` adds replaces one this change set added at the same path)."""
         for path, (nid, data) in other.new_groups.items():
+            replaced = self.new_arrays.pop(path, None)
+            if replaced is not None:
+                self._chunks.pop(replaced[0], None)
+                self._tables.pop(replaced[0], None)
             self.new_groups[path] = (nid, data)
         for path, (nid, definition) in other.new_arrays.items():
+            self.new_groups.pop(path, None)
+            replaced = self.new_arrays.get(path)
+            if replaced is not None and replaced[0] != nid:
+                self._chunks.pop(replaced[0], None)
+                self._tables.pop(replaced[0], None)
             self.new_arrays[path] = (nid, definition)
         self.updated_groups.update(other.updated_groups)
         self.updated_arrays.update(other.updated_arrays)

@@ -6,6 +6,7 @@ import copy
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from aicechunk.errors import FormatError
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
 from aicechunk.format.header import MAX_PAYLOAD
 
@@ -74,6 +75,8 @@ class DecompressionLimits:
         """The most bytes ``stored_size`` compressed bytes may decompress to."""
         return min(self.max_bytes, max(self.min_bytes, stored_size * self.max_ratio))
 
+
+CONFIG_FILE = "config.yaml"
 
 #: The limits used where no repository configuration is at hand (fork payloads).
 DEFAULT_DECOMPRESSION_LIMITS = DecompressionLimits()
@@ -162,7 +165,11 @@ class RepositoryConfig:
         (``None``: ``DecompressionLimits.max_bytes``, 1 GiB). An aicechunk setting:
         Icechunk ignores it."""
         value = self._data.get("aicechunk_max_decompressed_bytes")
-        return None if value is None else int(value)
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise FormatError(
+            CONFIG_FILE, f"aicechunk_max_decompressed_bytes is not an integer: {value!r}"
+        )
 
     @max_decompressed_bytes.setter
     def max_decompressed_bytes(self, value: int | None) -> None:
@@ -175,7 +182,10 @@ class RepositoryConfig:
         value = self.max_decompressed_bytes
         if value is None:
             return DEFAULT_DECOMPRESSION_LIMITS
-        return DecompressionLimits(max_bytes=value)
+        try:
+            return DecompressionLimits(max_bytes=value)
+        except ValueError as err:
+            raise FormatError(CONFIG_FILE, str(err)) from None
 
     # -- virtual chunk containers --------------------------------------------------------
 

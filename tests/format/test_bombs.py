@@ -214,3 +214,14 @@ def test_fork_payload_bomb(frame: str) -> None:
     assert peak < PEAK_LIMIT, peak
     with pytest.raises(aic.ForkPayloadError, match="fork payload"):
         aic.ForkSession.from_bytes(payload)
+
+
+async def test_a_bad_persisted_maximum_is_a_format_error() -> None:
+    storage = aic.in_memory_storage()
+    await aic.Repository.create(storage)
+    for bad in ("'lots'", "-1", str(4 * GIB), "true"):
+        await storage.driver().put(
+            "config.yaml", f"aicechunk_max_decompressed_bytes: {bad}\n".encode()
+        )
+        with pytest.raises(FormatError, match=r"config\.yaml: "):
+            await aic.Repository.open(storage)
