@@ -100,15 +100,21 @@ def decode_file(
 def decompress_bounded(data: bytes | memoryview, max_size: int, name: str = "<bytes>") -> bytes:
     """Decompress one zstd frame to at most ``max_size`` bytes, else ``FormatError``.
 
-    The frame's declared content size is never trusted: input is fed in slices small
-    enough that no step can produce much more than what is still allowed, so a crafted
-    frame costs at most about ``max_size`` bytes of memory however far it would expand.
+    A declared content size is believed only as far as the bound: one within it is
+    allocated at once (zstd fails a frame whose output differs from it), one beyond it is
+    refused. Without one, input is fed in slices small enough that no step can produce
+    much more than what is still allowed. Either way a crafted frame costs at most about
+    ``max_size`` bytes of memory, however far it would expand.
     """
     body = memoryview(data).cast("B")
     try:
         declared = zstandard.get_frame_parameters(body).content_size
     except zstandard.ZstdError as err:
         raise FormatError(name, f"bad zstd frame: {err}") from None
+    if max_size < declared < zstandard.CONTENTSIZE_ERROR:
+        raise FormatError(
+            name, f"declares {declared} bytes, more than the {max_size} bytes allowed (a bomb?)"
+        )
     if 0 < declared <= max_size:
         # a declared size within bounds is only an allocation: zstd fails the frame
         # if the output does not match it exactly
