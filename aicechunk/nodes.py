@@ -33,6 +33,7 @@ from aicechunk.format.manifest import (
 from aicechunk.format.snapshot import ArrayNodeData, DimensionShape, Snapshot
 
 __all__ = [
+    "BaseNodes",
     "InvalidChangesError",
     "check_changes",
     "check_chunk_coords",
@@ -234,11 +235,28 @@ def _check_table(path: str, table: ChunkTable, definition: ArrayDefinition) -> N
             raise UnrepresentableValueError(f"array {path!r}", problem)
 
 
-def check_changes(changes: ChangeSet, base: Snapshot | None = None) -> None:
+class BaseNodes:
+    """The nodes of a base snapshot, indexed once for checking many change sets."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.by_id = {n.id: n for n in snapshot.nodes}
+        self.by_path = {n.path: n for n in snapshot.nodes}
+
+    def array(self, node_id: NodeId) -> tuple[str, ArrayDefinition] | None:
+        """The path and definition of the array ``node_id``, if the snapshot has it."""
+        node = self.by_id.get(node_id)
+        if node is None or not isinstance(node.node_data, ArrayNodeData):
+            return None
+        data = node.node_data
+        return node.path, ArrayDefinition(data.shape, data.dimension_names, node.user_data)
+
+
+def check_changes(changes: ChangeSet, base: BaseNodes | None = None) -> None:
     """Refuse a change set that the session API could not have produced: invalid paths,
     metadata that is not zarr's, duplicate nodes, chunks off an array's grid or beyond the
-    format. With ``base`` (the snapshot the changes start from), also check that updates
-    and deletions name its nodes and that chunks of its arrays lie on their grids.
+    format. With ``base`` (the nodes of the snapshot the changes start from), also check
+    that updates and deletions name its nodes and that chunks of its arrays lie on their
+    grids.
 
     Raises ``InvalidChangesError``, or the error the session API would raise for the
     same value (``InvalidNodePathError``, ``InvalidMetadataError``, ``ChunkIndexError``,
@@ -281,38 +299,28 @@ def check_changes(changes: ChangeSet, base: Snapshot | None = None) -> None:
     if updated & (new_ids | set(deleted)):
         raise InvalidChangesError("a node is updated and also added or deleted")
 
-    base_nodes = {} if base is None else {n.id: n for n in base.nodes}
     if base is not None:
-        by_path = {n.path: n for n in base.nodes}
         for nid, kind in [
             *((n, "group") for n in changes.updated_groups),
             *((n, "array") for n in changes.updated_arrays),
         ]:
-            node = base_nodes.get(nid)
+            node = base.by_id.get(nid)
             if node is None or node.is_array != (kind == "array"):
                 raise InvalidChangesError(f"updated {kind} {nid} is not in the base snapshot")
         for kind, gone in (("group", changes.deleted_groups), ("array", changes.deleted_arrays)):
             for path, nid in gone.items():
-                node = by_path.get(path)
+                node = base.by_path.get(path)
                 if node is None or node.id != nid or node.is_array != (kind == "array"):
                     raise InvalidChangesError(
                         f"deleted {kind} {path!r} is not that node of the base snapshot"
                     )
         for path in new_paths:
-            if path in by_path and by_path[path].id not in deleted:
+            if path in base.by_path and base.by_path[path].id not in deleted:
                 raise InvalidChangesError(f"new node {path!r} exists in the base snapshot")
-        if new_ids & set(base_nodes):
+        if any(nid in base.by_id for nid in new_ids):
             raise InvalidChangesError("a new node reuses the id of a base snapshot node")
-        for node in base.nodes:
-            if isinstance(node.node_data, ArrayNodeData) and node.id not in deleted:
-                definition = ArrayDefinition(
-                    node.node_data.shape, node.node_data.dimension_names, node.user_data
-                )
-                arrays.setdefault(node.id, (node.path, definition))
-    for nid, definition in changes.updated_arrays.items():
-        if nid in arrays or nid in base_nodes:
-            path = arrays[nid][0] if nid in arrays else base_nodes[nid].path
-            arrays[nid] = (path, definition)
+        for nid, definition in changes.updated_arrays.items():
+            arrays[nid] = (base.by_id[nid].path, definition)
 
     for nid in changes.chunk_nodes():
         if nid in deleted:
@@ -320,7 +328,10 @@ def check_changes(changes: ChangeSet, base: Snapshot | None = None) -> None:
         if nid not in arrays:
             if base is None:
                 continue  # an array of the base snapshot: checked at merge
-            raise InvalidChangesError(f"chunk changes for node {nid}, which is not an array")
+            found = base.array(nid)
+            if found is None:
+                raise InvalidChangesError(f"chunk changes for node {nid}, which is not an array")
+            arrays[nid] = found
         path, definition = arrays[nid]
         refs, tables = changes.chunk_parts(nid)
         for table in tables:

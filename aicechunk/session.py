@@ -58,6 +58,7 @@ from aicechunk.format.snapshot import (
 )
 from aicechunk.format.transaction_log import TransactionLog
 from aicechunk.nodes import (
+    BaseNodes,
     check_changes,
     check_chunk_coords,
     check_chunk_ref,
@@ -574,13 +575,14 @@ class Session:
         Every fork must come from this repository, branch and base snapshot. Where two
         forks wrote the same chunk or node, the later argument wins (Icechunk's rule).
         Chunk data is already in storage, so merging moves only references: it costs
-        O(total changes) and no I/O.
+        O(total changes) and no I/O. Forks rebuilt from payloads are first checked
+        against the base snapshot (``ForkPayloadError``; nothing is merged then).
         """
         self._check_writable()
         for fork in forks:
             self._check_mergeable(fork)
         if any(fork._from_payload for fork in forks):
-            base = await self.snapshot()
+            base = BaseNodes(await self.snapshot())
             for fork in forks:
                 if fork._from_payload:
                     try:
