@@ -104,8 +104,7 @@ def metadata_key(path: str) -> str:
 def _virtual_ref(
     location: str, offset: int, length: int, checksum: str | datetime | None
 ) -> VirtualRef:
-    if offset < 0 or length < 0:
-        raise ValueError("virtual reference offset and length must be non-negative")
+    # offsets, lengths and checksums the format cannot hold are refused by the session
     if isinstance(checksum, datetime):
         when = checksum if checksum.tzinfo else checksum.replace(tzinfo=UTC)
         return VirtualRef(location, offset, length, None, int(when.timestamp()))
