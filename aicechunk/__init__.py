@@ -1,6 +1,6 @@
 """aicechunk: an async-first, pure-Python implementation of Icechunk."""
 
-from aicechunk.config import CachingConfig, RepositoryConfig
+from aicechunk.config import CachingConfig, DecompressionLimits, RepositoryConfig
 from aicechunk.conflicts import (
     BasicConflictSolver,
     Conflict,
@@ -68,6 +68,7 @@ __all__ = [
     "ConflictDetector",
     "ConflictError",
     "ConflictKind",
+    "DecompressionLimits",
     "Diff",
     "ForkPayloadError",
     "ForkSession",

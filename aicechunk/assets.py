@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
 from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
 from aicechunk.errors import (
     FormatError,
@@ -142,11 +143,20 @@ def _check_id(key: str, what: str, found: object, expected: object) -> None:
 
 
 class AssetManager:
-    """Reads and writes a repository's files through one driver, with caching."""
+    """Reads and writes a repository's files through one driver, with caching.
 
-    def __init__(self, driver: Driver, cache: CacheSizes | None = None) -> None:
+    Every file read is decompressed within ``limits`` of its stored size.
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        cache: CacheSizes | None = None,
+        limits: DecompressionLimits = DEFAULT_DECOMPRESSION_LIMITS,
+    ) -> None:
         self.driver = driver
         self.cache = cache or CacheSizes()
+        self.limits = limits
         self._snapshots: _LRU[SnapshotId, Snapshot] = _LRU(
             self.cache.snapshot_nodes, lambda s: len(s.nodes)
         )
@@ -160,10 +170,10 @@ class AssetManager:
         self._inflight: dict[str, asyncio.Future[object]] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        return {"driver": self.driver, "cache": self.cache}
+        return {"driver": self.driver, "cache": self.cache, "limits": self.limits}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["driver"], state["cache"])  # type: ignore[misc]
+        self.__init__(state["driver"], state["cache"], state["limits"])  # type: ignore[misc]
 
     async def _fetch_once(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
         # Requests for the same file made concurrently (in one loop) share one read.
@@ -202,7 +212,8 @@ class AssetManager:
                 data = await self.driver.get(key)
             except ObjectNotFound:
                 raise RefNotFoundError(f"snapshot {snapshot_id} does not exist") from None
-            snap = await _decode_off_loop(lambda: decode_snapshot(data, key), len(data))
+            bound = self.limits.bound(len(data))
+            snap = await _decode_off_loop(lambda: decode_snapshot(data, key, bound), len(data))
             _check_id(key, "snapshot", snap.id, snapshot_id)
             self._snapshots.put(snapshot_id, snap)
             return snap
@@ -281,7 +292,8 @@ class AssetManager:
                 data = await self.driver.get(key)
             except ObjectNotFound:
                 raise FormatError(key, "manifest file is missing") from None
-            manifest = await _decode_off_loop(lambda: decode_manifest(data, key), len(data))
+            bound = self.limits.bound(len(data))
+            manifest = await _decode_off_loop(lambda: decode_manifest(data, key, bound), len(data))
             _check_id(key, "manifest", manifest.id, manifest_id)
             self._manifests.put(manifest_id, manifest)
             return manifest
@@ -304,7 +316,9 @@ class AssetManager:
             data = await self.driver.get(key)
         except ObjectNotFound:
             raise FormatError(key, "transaction log is missing") from None
-        log = await _decode_off_loop(lambda: decode_transaction_log(data, key), len(data))
+        log = await _decode_off_loop(
+            lambda: decode_transaction_log(data, key, self.limits.bound(len(data))), len(data)
+        )
         _check_id(key, "transaction log of snapshot", log.id, snapshot_id)
         self._txlogs.put(snapshot_id, log)
         return log

@@ -8,7 +8,7 @@ merge it back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,13 @@ class ChangeSet:
         self._tables[node_id] = [combined]
         return combined
 
+    def chunk_parts(
+        self, node_id: NodeId
+    ) -> tuple[Mapping[Coords, ChunkRef | None], Sequence[ChunkTable]]:
+        """The node's chunk changes as held: references set one by one, and tables
+        (applied after them), without turning tables into objects."""
+        return self._chunks.get(node_id, {}), self._tables.get(node_id, [])
+
     def chunk_change_rows(self) -> int:
         """How many chunk changes are held (a chunk changed twice may count twice)."""
         tables = sum(len(t) for ts in self._tables.values() for t in ts)
@@ -212,10 +219,20 @@ class ChangeSet:
             self._tables.setdefault(node_id, []).append(table)
 
     def merge(self, other: ChangeSet) -> None:
-        """Fold ``other`` in; where both touch the same thing, ``other`` wins."""
+        """Fold ``other`` in; where both touch the same thing, ``other`` wins (a node
+        ``other`` adds replaces one this change set added at the same path)."""
         for path, (nid, data) in other.new_groups.items():
+            replaced = self.new_arrays.pop(path, None)
+            if replaced is not None:
+                self._chunks.pop(replaced[0], None)
+                self._tables.pop(replaced[0], None)
             self.new_groups[path] = (nid, data)
         for path, (nid, definition) in other.new_arrays.items():
+            self.new_groups.pop(path, None)
+            replaced = self.new_arrays.get(path)
+            if replaced is not None and replaced[0] != nid:
+                self._chunks.pop(replaced[0], None)
+                self._tables.pop(replaced[0], None)
             self.new_arrays[path] = (nid, definition)
         self.updated_groups.update(other.updated_groups)
         self.updated_arrays.update(other.updated_arrays)
@@ -247,16 +264,51 @@ def _ref_to_plain(ref: ChunkRef | None) -> list[Any] | None:
     return [_VIRTUAL, ref.location, ref.offset, ref.length, ref.etag, ref.last_modified]
 
 
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def _int(value: Any, what: str) -> int:
+    _need(isinstance(value, int) and not isinstance(value, bool), f"{what} must be an integer")
+    return int(value)
+
+
+def _bytes(value: Any, what: str) -> bytes:
+    _need(isinstance(value, bytes), f"{what} must be bytes")
+    return bytes(value)
+
+
+def _list(value: Any, what: str, size: int | None = None) -> list[Any]:
+    _need(isinstance(value, list), f"{what} must be a list")
+    _need(size is None or len(value) == size, f"{what} must have {size} items")
+    return list(value)
+
+
 def _ref_from_plain(item: list[Any] | None) -> ChunkRef | None:
     if item is None:
         return None
+    item = _list(item, "a chunk reference")
+    _need(len(item) > 0, "a chunk reference cannot be empty")
     kind = item[0]
     if kind == _NATIVE:
-        return NativeRef(ChunkId(item[1]), int(item[2]), int(item[3]))
+        _need(len(item) == 4, "a native reference has 4 fields")
+        return NativeRef(
+            ChunkId(_bytes(item[1], "chunk id")),
+            _int(item[2], "offset"),
+            _int(item[3], "length"),
+        )
     if kind == _INLINE:
-        return InlineRef(bytes(item[1]))
+        _need(len(item) == 2, "an inline reference has 2 fields")
+        return InlineRef(_bytes(item[1], "inline data"))
     if kind == _VIRTUAL:
-        return VirtualRef(str(item[1]), int(item[2]), int(item[3]), item[4], item[5])
+        _need(len(item) == 6, "a virtual reference has 6 fields")
+        _need(isinstance(item[1], str), "a virtual location must be a string")
+        _need(item[4] is None or isinstance(item[4], str), "an ETag must be a string")
+        modified = None if item[5] is None else _int(item[5], "last-modified")
+        return VirtualRef(
+            item[1], _int(item[2], "offset"), _int(item[3], "length"), item[4], modified
+        )
     raise ValueError(f"unknown chunk reference kind {kind!r}")
 
 
@@ -265,10 +317,16 @@ def _def_to_plain(d: ArrayDefinition) -> list[Any]:
     return [[[s.array_length, s.chunk_length] for s in d.shape], names, d.user_data]
 
 
-def _def_from_plain(item: list[Any]) -> ArrayDefinition:
-    shape = tuple(DimensionShape(int(a), int(c)) for a, c in item[0])
-    names = None if item[1] is None else tuple(item[1])
-    return ArrayDefinition(shape, names, bytes(item[2]))
+def _def_from_plain(item: Any) -> ArrayDefinition:
+    shape_items, names, user_data = _list(item, "an array definition", 3)
+    shape = tuple(
+        DimensionShape(_int(a, "array length"), _int(c, "chunk length"))
+        for a, c in (_list(d, "a dimension", 2) for d in _list(shape_items, "shape"))
+    )
+    if names is not None:
+        names = tuple(_list(names, "dimension names"))
+        _need(all(n is None or isinstance(n, str) for n in names), "bad dimension names")
+    return ArrayDefinition(shape, names, _bytes(user_data, "array metadata"))
 
 
 def _node_chunks_to_plain(cs: ChangeSet, node_id: NodeId) -> list[dict[str, Any]]:
@@ -287,12 +345,14 @@ def _node_chunks_to_plain(cs: ChangeSet, node_id: NodeId) -> list[dict[str, Any]
     return out
 
 
-def _node_chunks_from_plain(cs: ChangeSet, node_id: NodeId, items: list[dict[str, Any]]) -> None:
-    for item in items:
+def _node_chunks_from_plain(cs: ChangeSet, node_id: NodeId, items: Any) -> None:
+    for item in _list(items, "chunk changes"):
+        _need(isinstance(item, dict), "chunk changes must be tables")
         if "L" in item:
-            refs = {tuple(int(x) for x in c): _ref_from_plain(r) for c, r in item["L"]}
-            for coords, ref in refs.items():
-                cs.set_chunk(node_id, coords, ref)
+            for entry in _list(item["L"], "chunk changes"):
+                coords, ref = _list(entry, "a chunk change", 2)
+                key = tuple(_int(x, "a chunk index") for x in _list(coords, "coordinates"))
+                cs.set_chunk(node_id, key, _ref_from_plain(ref))
         else:
             cs.add_chunk_table(node_id, ChunkTable.from_plain(item))
 
@@ -310,16 +370,51 @@ def changeset_to_plain(cs: ChangeSet) -> dict[str, Any]:
     }
 
 
-def changeset_from_plain(data: dict[str, Any]) -> ChangeSet:
-    """Rebuild a change set from ``changeset_to_plain``'s output."""
+def _unique(rows: list[tuple[Any, Any]], what: str) -> dict[Any, Any]:
+    out = dict(rows)
+    _need(len(out) == len(rows), f"duplicate {what}")
+    return out
+
+
+def changeset_from_plain(data: Any) -> ChangeSet:
+    """Rebuild a change set from ``changeset_to_plain``'s output; ``ValueError`` (or
+    ``InvalidIdError``) for anything of the wrong type, shape or size, or duplicated."""
+    _need(isinstance(data, dict), "a change set must be a mapping")
+
+    def rows(key: str, size: int) -> list[list[Any]]:
+        return [_list(r, f"a {key!r} entry", size) for r in _list(data[key], key)]
+
     cs = ChangeSet(
-        new_groups={p: (NodeId(n), bytes(d)) for p, n, d in data["ng"]},
-        new_arrays={p: (NodeId(n), _def_from_plain(d)) for p, n, d in data["na"]},
-        updated_groups={NodeId(n): bytes(d) for n, d in data["ug"]},
-        updated_arrays={NodeId(n): _def_from_plain(d) for n, d in data["ua"]},
-        deleted_groups={p: NodeId(n) for p, n in data["dg"]},
-        deleted_arrays={p: NodeId(n) for p, n in data["da"]},
+        new_groups=_unique(
+            [
+                (p, (NodeId(_bytes(n, "node id")), _bytes(d, "metadata")))
+                for p, n, d in rows("ng", 3)
+            ],
+            "new group paths",
+        ),
+        new_arrays=_unique(
+            [(p, (NodeId(_bytes(n, "node id")), _def_from_plain(d))) for p, n, d in rows("na", 3)],
+            "new array paths",
+        ),
+        updated_groups=_unique(
+            [(NodeId(_bytes(n, "node id")), _bytes(d, "metadata")) for n, d in rows("ug", 2)],
+            "updated groups",
+        ),
+        updated_arrays=_unique(
+            [(NodeId(_bytes(n, "node id")), _def_from_plain(d)) for n, d in rows("ua", 2)],
+            "updated arrays",
+        ),
+        deleted_groups=_unique(
+            [(p, NodeId(_bytes(n, "node id"))) for p, n in rows("dg", 2)], "deleted groups"
+        ),
+        deleted_arrays=_unique(
+            [(p, NodeId(_bytes(n, "node id"))) for p, n in rows("da", 2)], "deleted arrays"
+        ),
     )
-    for n, items in data["c"]:
-        _node_chunks_from_plain(cs, NodeId(n), items)
+    seen: set[NodeId] = set()
+    for n, items in rows("c", 2):
+        node_id = NodeId(_bytes(n, "node id"))
+        _need(node_id not in seen, "duplicate chunk changes of one node")
+        seen.add(node_id)
+        _node_chunks_from_plain(cs, node_id, items)
     return cs

@@ -21,6 +21,7 @@ from aicechunk.format.manifest import (
     KIND_INLINE,
     KIND_NATIVE,
     KIND_VIRTUAL,
+    MAX_CHUNK_INDEX,
     ChunkRef,
     InlineRef,
     NativeRef,
@@ -120,8 +121,8 @@ class ChunkTable:
         problems = []
         if self.coords.ndim != 2 or len(self.coords) != len(self.kinds):
             problems.append(f"{self.coords.shape} coordinates for {len(self.kinds)} changes")
-        elif self.coords.size and (self.coords.min() < 0 or self.coords.max() >= 1 << 32):
-            problems.append("chunk coordinates outside the format's 0..2**32-1")
+        elif self.coords.size and (self.coords.min() < 0 or self.coords.max() > MAX_CHUNK_INDEX):
+            problems.append(f"chunk coordinates outside the format's 0..{MAX_CHUNK_INDEX}")
         if not (len(self.chunk_ids) == len(self.native_offsets) == len(self.native_lengths)):
             problems.append("native columns of different lengths")
         if len(self.native_offsets) != n_native:

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from aicechunk.errors import AicechunkWarning, FormatError, redact_credentials
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
+from aicechunk.format.header import MAX_PAYLOAD
 
 if TYPE_CHECKING:
     from aicechunk.virtual import VirtualChunkContainer
 
-__all__ = ["CachingConfig", "RepositoryConfig"]
+__all__ = ["CachingConfig", "DecompressionLimits", "RepositoryConfig"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,44 @@ class CachingConfig:
         """The value in effect for ``name`` (the default when unset)."""
         value = getattr(self, name)
         return self.DEFAULTS[name] if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class DecompressionLimits:
+    """How far a compressed file (snapshot, manifest, transaction log) or fork payload may
+    expand: a guard against decompression bombs.
+
+    A file of ``n`` stored bytes may decompress to at most
+    ``min(max_bytes, max(min_bytes, n * max_ratio))`` bytes; beyond that decoding stops
+    with ``FormatError`` (``ForkPayloadError`` for fork payloads) before more memory is
+    taken. Real files expand 5-70x (measured on manifests of a million references), so
+    the ratio leaves a wide margin while bounding a crafted 32 KB file to ``min_bytes``.
+    ``max_bytes`` cannot exceed ``MAX_PAYLOAD`` (2 GiB, the largest flatbuffer).
+    """
+
+    max_bytes: int = 1 << 30
+    max_ratio: int = 1024
+    min_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_ratio", "min_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DecompressionLimits.{name} must be a positive integer")
+        if self.max_bytes > MAX_PAYLOAD:
+            raise ValueError(
+                f"DecompressionLimits.max_bytes cannot exceed {MAX_PAYLOAD} (the format's limit)"
+            )
+
+    def bound(self, stored_size: int) -> int:
+        """The most bytes ``stored_size`` compressed bytes may decompress to."""
+        return min(self.max_bytes, max(self.min_bytes, stored_size * self.max_ratio))
+
+
+CONFIG_FILE = "config.yaml"
+
+#: The limits used where no repository configuration is at hand (fork payloads).
+DEFAULT_DECOMPRESSION_LIMITS = DecompressionLimits()
 
 
 def _merge(base: Any, override: Any) -> Any:
@@ -121,6 +160,34 @@ class RepositoryConfig:
     @caching.setter
     def caching(self, value: CachingConfig | None) -> None:
         self._data["caching"] = None if value is None else asdict(value)
+
+    @property
+    def max_decompressed_bytes(self) -> int | None:
+        """The most bytes one snapshot, manifest or transaction log may decompress to
+        (``None``: ``DecompressionLimits.max_bytes``, 1 GiB). An aicechunk setting:
+        Icechunk ignores it."""
+        value = self._data.get("aicechunk_max_decompressed_bytes")
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise FormatError(
+            CONFIG_FILE, f"aicechunk_max_decompressed_bytes is not an integer: {value!r}"
+        )
+
+    @max_decompressed_bytes.setter
+    def max_decompressed_bytes(self, value: int | None) -> None:
+        if value is not None:
+            DecompressionLimits(max_bytes=value)  # the one place the bounds are checked
+        self._data["aicechunk_max_decompressed_bytes"] = value
+
+    def decompression_limits(self) -> DecompressionLimits:
+        """The decompression limits in effect."""
+        value = self.max_decompressed_bytes
+        if value is None:
+            return DEFAULT_DECOMPRESSION_LIMITS
+        try:
+            return DecompressionLimits(max_bytes=value)
+        except ValueError as err:
+            raise FormatError(CONFIG_FILE, str(err)) from None
 
     # -- virtual chunk containers --------------------------------------------------------
 

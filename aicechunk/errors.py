@@ -187,6 +187,49 @@ class ConflictError(AicechunkError):
         return (type(self), (self.branch, self.expected, self.actual))
 
 
+# --- values and payloads ---------------------------------------------------------------
+
+
+class InvalidNodePathError(AicechunkError, ValueError):
+    """A node path that is not an absolute, normalized zarr path (``/`` or ``/a/b``)."""
+
+    def __init__(self, path: object, why: str):
+        self.path = path
+        super().__init__(f"invalid node path {path!r}: {why}")
+
+
+class InvalidMetadataError(AicechunkError, ValueError):
+    """Zarr metadata that is not a valid v3 group or array document."""
+
+    def __init__(self, path: str, why: str):
+        self.path = path
+        super().__init__(f"metadata for node {path!r}: {why}")
+
+
+class ChunkIndexError(AicechunkError, IndexError):
+    """Chunk coordinates outside an array's chunk grid, or of another rank."""
+
+    def __init__(self, path: str, coords: tuple[int, ...], grid: tuple[int, ...]):
+        self.path = path
+        super().__init__(
+            f"chunk {list(coords)} is outside the chunk grid {list(grid)} of array {path!r}"
+        )
+
+
+class UnrepresentableValueError(AicechunkError, ValueError):
+    """A value the on-disk format cannot hold (a chunk index beyond uint32, a shape
+    beyond uint64, ...): refused when written, so that every commit can succeed."""
+
+    def __init__(self, where: str, why: str):
+        self.where = where
+        super().__init__(f"{where}: {why}")
+
+
+class ForkPayloadError(AicechunkError, ValueError):
+    """A fork payload that is truncated, corrupted, of another format version, too large
+    when decompressed, or holding changes no session could have made."""
+
+
 # --- warnings ------------------------------------------------------------------------
 
 

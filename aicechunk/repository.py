@@ -89,7 +89,7 @@ class Repository:
                 chunk_refs=caching.resolved("num_chunk_refs"),
                 transaction_changes=caching.resolved("num_transaction_changes"),
             )
-        self._assets = AssetManager(storage.driver(), sizes)
+        self._assets = AssetManager(storage.driver(), sizes, config.decompression_limits())
 
     # -- lifecycle --------------------------------------------------------------------
 

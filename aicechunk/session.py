@@ -24,19 +24,25 @@ import zstandard
 
 from aicechunk.assets import AssetManager
 from aicechunk.changeset import ArrayDefinition, ChangeSet, Coords
+from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
 from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
 from aicechunk.errors import (
     AicechunkError,
+    ChunkIndexError,
     CommitOutcomeUnknownError,
     ConflictError,
+    ForkPayloadError,
+    FormatError,
+    InvalidMetadataError,
     PreconditionFailed,
     ReadOnlyError,
     SessionStateError,
     StorageError,
+    UnrepresentableValueError,
 )
 from aicechunk.format import refs as ref_format
+from aicechunk.format.header import decompress_bounded
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId, SnapshotId
-from aicechunk.format.jsondoc import parse_json
 from aicechunk.format.manifest import (
     ChunkRef,
     InlineRef,
@@ -47,7 +53,6 @@ from aicechunk.format.manifest import (
 )
 from aicechunk.format.snapshot import (
     ArrayNodeData,
-    DimensionShape,
     GroupNodeData,
     ManifestFileInfo,
     ManifestRef,
@@ -55,6 +60,16 @@ from aicechunk.format.snapshot import (
     Snapshot,
 )
 from aicechunk.format.transaction_log import TransactionLog
+from aicechunk.nodes import (
+    BaseNodes,
+    check_changes,
+    check_chunk_coords,
+    check_chunk_ref,
+    check_node_path,
+    chunk_grid,
+    on_grid,
+    parse_metadata,
+)
 
 if TYPE_CHECKING:
     from aicechunk.conflicts import ConflictSolver
@@ -63,18 +78,6 @@ if TYPE_CHECKING:
 __all__ = ["Diff", "ForkPayloadError", "ForkSession", "NodeView", "Session", "SessionConfig"]
 
 DEFAULT_INLINE_THRESHOLD = 512
-
-
-class InvalidMetadataError(AicechunkError, ValueError):
-    """Zarr metadata that is not a valid v3 group or array document."""
-
-    def __init__(self, path: str, why: str):
-        self.path = path
-        super().__init__(f"metadata for node {path!r}: {why}")
-
-
-class ForkPayloadError(AicechunkError, ValueError):
-    """A fork payload that is truncated, corrupted or of another format version."""
 
 
 class NodeNotFoundError(AicechunkError, KeyError):
@@ -86,15 +89,6 @@ class NodeNotFoundError(AicechunkError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-class ChunkIndexError(AicechunkError, IndexError):
-    """Chunk coordinates outside an array's chunk grid."""
-
-    def __init__(self, path: str, coords: Coords, grid: tuple[int, ...]):
-        super().__init__(
-            f"chunk {list(coords)} is outside the chunk grid {list(grid)} of array {path!r}"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,61 +147,6 @@ class SessionConfig:
     read_concurrency: int = 64
 
 
-def metadata_document(path: str, data: bytes) -> dict[str, Any]:
-    """The JSON object of a node's ``zarr.json`` (as written, or as stored in a snapshot)."""
-    try:
-        doc = parse_json(data)
-    except ValueError as err:  # UnicodeDecodeError and too-deep nesting included
-        raise InvalidMetadataError(path, f"not JSON ({err})") from None
-    if not isinstance(doc, dict):
-        raise InvalidMetadataError(path, f"expected a JSON object, got {type(doc).__name__}")
-    return doc
-
-
-def parse_metadata(path: str, data: bytes) -> ArrayDefinition | None:
-    """Parse zarr v3 ``zarr.json``: an ``ArrayDefinition`` for arrays, ``None`` for groups."""
-    doc = metadata_document(path, data)
-    node_type = doc.get("node_type")
-    if node_type == "group":
-        return None
-    if node_type != "array":
-        raise InvalidMetadataError(path, f"node_type must be 'group' or 'array', got {node_type!r}")
-    shape = doc.get("shape")
-    grid = doc.get("chunk_grid")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise InvalidMetadataError(path, "shape must be a list of non-negative integers")
-    chunk_shape: Any = None
-    if isinstance(grid, dict) and grid.get("name") == "regular":
-        chunk_shape = (grid.get("configuration") or {}).get("chunk_shape")
-    if not isinstance(chunk_shape, list) or len(chunk_shape) != len(shape):
-        raise InvalidMetadataError(
-            path, "chunk_grid must be a regular grid with one chunk length per dimension"
-        )
-    if not all(isinstance(c, int) and c >= 0 for c in chunk_shape):
-        raise InvalidMetadataError(path, "chunk lengths must be non-negative integers")
-    names = doc.get("dimension_names")
-    dimension_names: tuple[str | None, ...] | None = None
-    if names is not None:
-        if not isinstance(names, list) or not all(n is None or isinstance(n, str) for n in names):
-            raise InvalidMetadataError(path, "dimension_names must be a list of strings or nulls")
-        dimension_names = tuple(names)
-    dims = tuple(DimensionShape(int(a), int(c)) for a, c in zip(shape, chunk_shape, strict=True))
-    return ArrayDefinition(dims, dimension_names, bytes(data))
-
-
-def chunk_grid(definition: ArrayDefinition) -> tuple[int, ...]:
-    """Number of chunks along each dimension."""
-    return tuple(
-        (d.array_length + d.chunk_length - 1) // d.chunk_length if d.chunk_length else 0
-        for d in definition.shape
-    )
-
-
-def on_grid(coords: Coords, grid: tuple[int, ...]) -> bool:
-    """Whether chunk ``coords`` lie on a chunk grid of ``grid`` chunks per dimension."""
-    return len(coords) == len(grid) and all(0 <= c < g for c, g in zip(coords, grid, strict=True))
-
-
 def _is_under(path: str, prefix: str) -> bool:
     return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
@@ -236,6 +175,8 @@ class Session:
         self._token = uuid.uuid4().hex
         # a commit whose branch update may or may not have landed (see ``commit``)
         self._unsettled: SnapshotId | None = None
+        # changes that came in a fork payload are checked against the base when merged
+        self._from_payload = False
 
     # -- properties -------------------------------------------------------------------
 
@@ -350,6 +291,7 @@ class Session:
     async def set_metadata(self, path: str, data: bytes) -> None:
         """Create or update the node at ``path`` from its zarr metadata document."""
         self._check_writable()
+        check_node_path(path)
         definition = parse_metadata(path, data)
         existing = await self.get_node(path)
         if existing is not None and existing.is_array != (definition is not None):
@@ -419,14 +361,12 @@ class Session:
             raise NodeNotFoundError(path, "array")
         return node
 
-    async def _array_for_chunk(self, path: str, coords: Coords) -> NodeView:
-        """The array at ``path``, checking ``coords`` lie on its chunk grid."""
+    async def _array_for_chunk(self, path: str, coords: Coords) -> tuple[NodeView, Coords]:
+        """The array at ``path`` and ``coords`` as ints, checking they lie on its chunk
+        grid and the format can hold them."""
         node = await self._array(path)
         assert node.array is not None
-        grid = chunk_grid(node.array)
-        if not on_grid(coords, grid):
-            raise ChunkIndexError(path, coords, grid)
-        return node
+        return node, check_chunk_coords(path, coords, node.array)
 
     async def _base_ref(self, node: NodeView, coords: Coords) -> ChunkRef | None:
         for mref in node.manifests:
@@ -479,7 +419,7 @@ class Session:
     async def set_chunk(self, path: str, coords: Coords, data: bytes) -> None:
         """Write a chunk: small ones inline in the manifest, others as chunk files."""
         self._check_writable()
-        await self._array_for_chunk(path, coords)
+        _, coords = await self._array_for_chunk(path, coords)
         ref: ChunkRef
         if len(data) <= self._config.inline_chunk_threshold_bytes:
             ref = InlineRef(bytes(data))
@@ -494,7 +434,8 @@ class Session:
     async def set_chunk_ref(self, path: str, coords: Coords, ref: ChunkRef) -> None:
         """Record an existing reference (e.g. a virtual one) for a chunk."""
         self._check_writable()
-        node = await self._array_for_chunk(path, coords)
+        node, coords = await self._array_for_chunk(path, coords)
+        check_chunk_ref(f"chunk {list(coords)} of array {path!r}", ref)
         self._changes.set_chunk(node.id, coords, ref)
 
     def has_virtual_container(self, location: str) -> bool:
@@ -526,11 +467,11 @@ class Session:
         node = await self.get_node(path)
         if node is None or node.array is None:
             return
-        # a chunk past the array's end cannot exist: deleting it deletes nothing and
-        # records nothing (icechunk raises; zarr's stores, and its state machine, expect
-        # deleting a missing key to succeed)
-        if on_grid(coords, chunk_grid(node.array)):
-            self._changes.set_chunk(node.id, coords, None)
+        try:
+            coords = check_chunk_coords(path, coords, node.array)
+        except (ChunkIndexError, UnrepresentableValueError):
+            return  # no chunk can be there
+        self._changes.set_chunk(node.id, coords, None)
 
     async def _base_refs(self, node: NodeView) -> dict[Coords, ChunkRef]:
         refs: dict[Coords, ChunkRef] = {}
@@ -654,11 +595,20 @@ class Session:
         Every fork must come from this repository, branch and base snapshot. Where two
         forks wrote the same chunk or node, the later argument wins (Icechunk's rule).
         Chunk data is already in storage, so merging moves only references: it costs
-        O(total changes) and no I/O.
+        O(total changes) and no I/O. Forks rebuilt from payloads are first checked
+        against the base snapshot (``ForkPayloadError``; nothing is merged then).
         """
         self._check_writable()
         for fork in forks:
             self._check_mergeable(fork)
+        if any(fork._from_payload for fork in forks):
+            base = BaseNodes(await self.snapshot())
+            for fork in forks:
+                if fork._from_payload:
+                    try:
+                        check_changes(fork._changes, base)
+                    except (AicechunkError, ValueError) as err:
+                        raise ForkPayloadError(f"fork payload refused: {err}") from err
         for fork in forks:
             self._changes.merge(fork._changes)
 
@@ -996,7 +946,6 @@ __all__ += [
     "ChunkIndexError",
     "InvalidMetadataError",
     "NodeNotFoundError",
-    "metadata_document",
 ]
 
 
@@ -1089,13 +1038,22 @@ class ForkSession(Session):
         return header + packed
 
     @classmethod
-    def from_bytes(cls, payload: bytes) -> ForkSession:
-        """Rebuild a fork from ``to_bytes()``; ``ForkPayloadError`` on a bad payload."""
+    def from_bytes(
+        cls, payload: bytes, limits: DecompressionLimits = DEFAULT_DECOMPRESSION_LIMITS
+    ) -> ForkSession:
+        """Rebuild a fork from ``to_bytes()``; ``ForkPayloadError`` on a bad payload.
+
+        The payload decompresses within ``limits`` of its size, and every change in it
+        is checked as the session API checks it (paths, zarr metadata, chunk grids,
+        values the format can hold); ``merge`` checks the rest against the base snapshot.
+        """
         from aicechunk.assets import CacheSizes
         from aicechunk.changeset import changeset_from_plain
         from aicechunk.drivers.registry import driver_from_config
         from aicechunk.virtual import resolver_from_plain
 
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise ForkPayloadError(f"a fork payload is bytes, not {type(payload).__name__}")
         if len(payload) < _FORK_HEADER.size:
             raise ForkPayloadError(f"fork payload truncated: {len(payload)} bytes")
         magic, version, _flags, crc = _FORK_HEADER.unpack_from(payload)
@@ -1109,24 +1067,41 @@ class ForkSession(Session):
         if zlib.crc32(packed) != crc:
             raise ForkPayloadError("fork payload corrupted or truncated (checksum mismatch)")
         try:
-            body = msgpack.unpackb(
-                zstandard.ZstdDecompressor().decompress(packed), raw=False, strict_map_key=False
-            )
+            raw = decompress_bounded(packed, limits.bound(len(packed)), "fork payload")
+        except FormatError as err:
+            raise ForkPayloadError(str(err)) from None
+        try:
+            body = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            if not isinstance(body, dict):
+                raise ValueError("the body is not a mapping")
             changes = changeset_from_plain(body["changes"])
             driver = driver_from_config(body["storage"])
-            sizes = CacheSizes(*body["cache"])
+            cache = body["cache"]
+            if not (isinstance(cache, list) and len(cache) == 3 and all(map(_count, cache))):
+                raise ValueError("cache sizes must be 3 non-negative integers")
+            sizes = CacheSizes(*cache)
             snapshot_id = SnapshotId(body["snapshot"])
-            config = SessionConfig(int(body["inline"]), int(body["concurrency"]))
+            inline, concurrency = body["inline"], body["concurrency"]
+            if not (_count(inline) and _count(concurrency) and concurrency > 0):
+                raise ValueError(
+                    "the inline threshold must be a non-negative integer and the read "
+                    "concurrency a positive one"
+                )
+            config = SessionConfig(inline, concurrency)
             branch = body["branch"]
+            if branch is not None and not isinstance(branch, str):
+                raise ValueError("the branch must be a string")
             virtual = resolver_from_plain(body.get("virtual"))
-        except ForkPayloadError:
-            raise
         except Exception as err:  # any decoding failure of a checksummed payload
             raise ForkPayloadError(
                 f"fork payload unreadable: {type(err).__name__}: {err}"
             ) from None
-        return cls(
-            AssetManager(driver, sizes),
+        try:
+            check_changes(changes)
+        except (AicechunkError, ValueError) as err:
+            raise ForkPayloadError(f"fork payload refused: {err}") from err
+        fork = cls(
+            AssetManager(driver, sizes, limits),
             snapshot_id,
             branch=branch,
             read_only=False,
@@ -1134,9 +1109,15 @@ class ForkSession(Session):
             changes=changes,
             virtual_resolver=virtual,
         )
+        fork._from_payload = True
+        return fork
 
     def __reduce__(self) -> tuple[object, ...]:
         return (ForkSession.from_bytes, (self.to_bytes(),))
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def astuple_cache(assets: AssetManager) -> tuple[int, int, int]:

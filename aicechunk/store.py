@@ -138,8 +138,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _virtual_ref(
     location: str, offset: int, length: int, checksum: str | datetime | None
 ) -> VirtualRef:
-    if offset < 0 or length < 0:
-        raise ValueError("virtual reference offset and length must be non-negative")
+    # offsets, lengths and checksums the format cannot hold are refused by the session
     if isinstance(checksum, datetime):
         when = checksum if checksum.tzinfo else checksum.replace(tzinfo=UTC)
         return VirtualRef(location, offset, length, None, last_modified_checksum(when))

@@ -45,7 +45,7 @@ def changes_of(ndim: int, max_size: int = 40) -> st.SearchStrategy[dict[Any, Chu
         node_ids,
         st.integers(0, 4).flatmap(
             lambda ndim: st.dictionaries(
-                st.tuples(*[st.integers(0, 2**32 - 1)] * ndim), refs_or_deletes, max_size=60
+                st.tuples(*[st.integers(0, 2**32 - 2)] * ndim), refs_or_deletes, max_size=60
             )
         ),
         max_size=4,

@@ -248,3 +248,31 @@ async def test_payload_grows_with_changes_not_repository() -> None:
     assert len(fork.to_bytes()) < empty + 400
     assert empty < 400
     del repo
+
+
+async def test_a_fork_replacing_a_node_the_parent_added_leaves_one_node() -> None:
+    """The parent adds group /x after forking, the fork adds array /x: after the merge
+    (the fork wins) one node /x, an array, and the parent's chunks of a replaced array
+    are gone with it."""
+    repo = await aic.Repository.create(aic.in_memory_storage())
+    session = await repo.writable_session("main")
+    await zas.open_group(store=session.store, mode="w")
+    await session.commit("root")
+    for parent_kind in ("group", "array"):
+        fork = session.fork()
+        if parent_kind == "group":
+            await zas.open_group(store=session.store, path="x", mode="w")
+        else:
+            parent_arr = await zas.create_array(session.store, name="x", shape=(4,), dtype="u1")
+            await parent_arr.setitem(slice(None), 1)
+        arr = await zas.create_array(fork.store, name="x", shape=(4,), chunks=(2,), dtype="u1")
+        await arr.setitem(slice(0, 2), 7)
+        await session.merge(aic.ForkSession.from_bytes(fork.to_bytes()))
+        assert [n.path for n in await session.list_nodes()] == ["/", "/x"]
+        await session.commit(f"fork's array over the parent's {parent_kind}")
+        ro = await repo.readonly_session(branch="main")
+        assert [n.path for n in await ro.list_nodes()] == ["/", "/x"]
+        assert [k async for k in ro.store.list_prefix("x/")] == ["x/zarr.json", "x/c/0"]
+        session = await repo.writable_session("main")
+        await session.delete_node("/x")
+        await session.commit("clean")

@@ -21,6 +21,7 @@ __all__ = [
     "Compression",
     "FileType",
     "decode_file",
+    "decompress_bounded",
     "encode_file",
     "spec_version_of",
 ]
@@ -30,8 +31,13 @@ IMPLEMENTATION = f"aicechunk-{_dist_version('aicechunk')}".ljust(24)[:24].encode
 SPEC_VERSION = 1
 HEADER_SIZE = len(MAGIC) + 24 + 3
 ZSTD_LEVEL = 3
-# the largest decompressed payload we accept: a guard against decompression bombs
-MAX_PAYLOAD = 8 * 1024**3
+# the largest payload the format can hold: a flatbuffer's offsets reach 2 GiB
+MAX_PAYLOAD = 2**31 - 1
+# zstd turns one input byte into at most ~43,700 output bytes (a 3-byte RLE block header
+# and 1 byte expand to a 128 KiB block); feeding input in slices of at most
+# ``remaining // _EXPANSION`` bytes keeps every step's output within the bound
+_EXPANSION = 1 << 16
+_MIN_SLICE = 64
 
 
 class FileType(enum.IntEnum):
@@ -67,8 +73,11 @@ def spec_version_of(header: bytes) -> int | None:
     return header[len(MAGIC) + 24]
 
 
-def decode_file(data: bytes, expected: FileType, name: str = "<bytes>") -> bytes:
-    """Check every header field and return the decompressed payload."""
+def decode_file(
+    data: bytes, expected: FileType, name: str = "<bytes>", max_size: int | None = None
+) -> bytes:
+    """Check every header field and return the decompressed payload, of at most
+    ``max_size`` bytes (``None``: ``MAX_PAYLOAD``, the format's own limit)."""
     if len(data) < HEADER_SIZE:
         raise FormatError(name, f"truncated: {len(data)} bytes, the header alone is {HEADER_SIZE}")
     if data[: len(MAGIC)] != MAGIC:
@@ -85,18 +94,60 @@ def decode_file(data: bytes, expected: FileType, name: str = "<bytes>") -> bytes
         except ValueError:
             got = f"unknown type {file_type}"
         raise FormatError(name, f"expected a {expected.name.lower()} file, got {got}")
-    body = data[HEADER_SIZE:]
+    body = memoryview(data)[HEADER_SIZE:]
+    limit = MAX_PAYLOAD if max_size is None else min(max_size, MAX_PAYLOAD)
     if compression == Compression.NONE:
+        if len(body) > limit:
+            raise FormatError(name, f"payload of {len(body)} bytes exceeds the {limit} allowed")
         return bytes(body)
     if compression != Compression.ZSTD:
         raise FormatError(name, f"unknown compression algorithm {compression}")
+    return decompress_bounded(body, limit, name)
+
+
+def decompress_bounded(data: bytes | memoryview, max_size: int, name: str = "<bytes>") -> bytes:
+    """Decompress one zstd frame to at most ``max_size`` bytes, else ``FormatError``.
+
+    A declared content size is believed only as far as the bound: one within it is
+    allocated at once (zstd fails a frame whose output differs from it), one beyond it is
+    refused. Without one, input is fed in slices small enough that no step can produce
+    much more than what is still allowed. Either way a crafted frame costs at most about
+    ``max_size`` bytes of memory, however far it would expand.
+    """
+    body = memoryview(data).cast("B")
     try:
-        reader = zstandard.ZstdDecompressor().decompressobj()
-        out = reader.decompress(body)
-        if not reader.eof:
-            raise FormatError(name, "truncated zstd frame")
+        declared = zstandard.get_frame_parameters(body).content_size
     except zstandard.ZstdError as err:
         raise FormatError(name, f"bad zstd frame: {err}") from None
-    if len(out) > MAX_PAYLOAD:
-        raise FormatError(name, "payload too large")
-    return out
+    if max_size < declared < zstandard.CONTENTSIZE_ERROR:
+        raise FormatError(
+            name, f"declares {declared} bytes, more than the {max_size} bytes allowed (a bomb?)"
+        )
+    if 0 < declared <= max_size:
+        # a declared size within bounds is only an allocation: zstd fails the frame
+        # if the output does not match it exactly
+        try:
+            return zstandard.ZstdDecompressor().decompress(body)
+        except zstandard.ZstdError as err:
+            if "did not decompress full frame" in str(err):
+                raise FormatError(name, "truncated zstd frame") from None
+            raise FormatError(name, f"bad zstd frame: {err}") from None
+    reader = zstandard.ZstdDecompressor().decompressobj()
+    parts: list[bytes] = []
+    produced = at = 0
+    try:
+        while at < len(body) and not reader.eof:
+            step = max(_MIN_SLICE, (max_size - produced) // _EXPANSION)
+            out = reader.decompress(body[at : at + step])
+            at += step
+            produced += len(out)
+            if produced > max_size:
+                raise FormatError(
+                    name, f"decompresses to more than the {max_size} bytes allowed (a bomb?)"
+                )
+            parts.append(out)
+    except zstandard.ZstdError as err:
+        raise FormatError(name, f"bad zstd frame: {err}") from None
+    if not reader.eof:
+        raise FormatError(name, "truncated zstd frame")
+    return b"".join(parts)

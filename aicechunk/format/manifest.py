@@ -25,6 +25,9 @@ __all__ = [
     "KIND_INLINE",
     "KIND_NATIVE",
     "KIND_VIRTUAL",
+    "MAX_CHUNK_INDEX",
+    "MAX_U32",
+    "MAX_U64",
     "ChunkRef",
     "InlineRef",
     "Manifest",
@@ -39,6 +42,11 @@ __all__ = [
 ]
 
 Coords = tuple[int, ...]
+MAX_U32 = 2**32 - 1
+MAX_U64 = 2**64 - 1
+# chunk indices are uint32, and a manifest's extents store one past the largest index
+# (also a uint32), so the largest index a repository can hold is one less
+MAX_CHUNK_INDEX = MAX_U32 - 1
 # arrays with at most this many refs in one manifest get a coords -> ref index on first
 # lookup; larger ones are binary-searched (building the index would cost more than it saves)
 _INDEX_LIMIT = 65_536
@@ -200,9 +208,10 @@ class Manifest:
         raise r.fail("a chunk reference is neither inline, native nor virtual")
 
 
-def decode_manifest(data: bytes, name: str = "<manifest>") -> Manifest:
-    """Open a manifest file for lookups; ``FormatError`` names the file and the problem."""
-    payload = decode_file(data, FileType.MANIFEST, name)
+def decode_manifest(data: bytes, name: str = "<manifest>", max_size: int | None = None) -> Manifest:
+    """Open a manifest file for lookups; ``FormatError`` names the file and the problem
+    (also when it would decompress to more than ``max_size`` bytes)."""
+    payload = decode_file(data, FileType.MANIFEST, name, max_size)
     return guarded(name, lambda: Manifest(Reader(payload, name)))
 
 

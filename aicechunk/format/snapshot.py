@@ -226,9 +226,10 @@ def _encode_node(b: Any, node: NodeSnapshot) -> int:
 # --- decoding --------------------------------------------------------------------------
 
 
-def decode_snapshot(data: bytes, name: str = "<snapshot>") -> Snapshot:
-    """Decode a snapshot file; ``FormatError`` names the file and the problem."""
-    payload = decode_file(data, FileType.SNAPSHOT, name)
+def decode_snapshot(data: bytes, name: str = "<snapshot>", max_size: int | None = None) -> Snapshot:
+    """Decode a snapshot file; ``FormatError`` names the file and the problem (also when it
+    would decompress to more than ``max_size`` bytes)."""
+    payload = decode_file(data, FileType.SNAPSHOT, name, max_size)
     return guarded(name, lambda: _decode(Reader(payload, name)))
 
 

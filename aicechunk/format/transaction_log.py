@@ -121,9 +121,12 @@ def _indices_block(w: Forward, vt: int, vec: int, chunk_list: list[Coords] | np.
     w.buf[vec + 4 : vec + 4 + 4 * n] = (pos - slots).astype("<u4").tobytes()
 
 
-def decode_transaction_log(data: bytes, name: str = "<transaction log>") -> TransactionLog:
-    """Decode a transaction log file; ``FormatError`` names the file and the problem."""
-    payload = decode_file(data, FileType.TRANSACTION_LOG, name)
+def decode_transaction_log(
+    data: bytes, name: str = "<transaction log>", max_size: int | None = None
+) -> TransactionLog:
+    """Decode a transaction log file; ``FormatError`` names the file and the problem (also when it
+    would decompress to more than ``max_size`` bytes)."""
+    payload = decode_file(data, FileType.TRANSACTION_LOG, name, max_size)
     return guarded(name, lambda: _decode(Reader(payload, name)))
 
 

@@ -204,7 +204,8 @@ def test_fuzz_only_format_errors(
 
 
 def test_atheris_fuzzing_finds_nothing(tmp_path: Path) -> None:
-    """A bounded coverage-guided run of tests/fuzz/fuzz_decoders.py (if atheris installed)."""
+    """A bounded coverage-guided run of tests/fuzz/fuzz_decoders.py (if atheris installed):
+    the file decoders and fork payloads (from_bytes, then merge and listings)."""
     import subprocess
     import sys
 
@@ -233,6 +234,7 @@ def test_atheris_fuzzing_finds_nothing(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (corpus / "fork_payload").exists()  # fork payloads were fuzzed from a real seed
 
 
 # --- config.yaml, ref.json and zarr.json: malformed documents ----------------------------
