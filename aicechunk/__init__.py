@@ -42,7 +42,7 @@ from aicechunk.storage import (
     s3_storage,
     storage_from_driver,
 )
-from aicechunk.store import IcechunkStore
+from aicechunk.store import IcechunkStore, InvalidStoreKeyError
 from aicechunk.virtual import (
     VirtualChunkContainer,
     VirtualChunkError,
@@ -77,6 +77,7 @@ __all__ = [
     "InvalidKey",
     "InvalidLocation",
     "InvalidRefNameError",
+    "InvalidStoreKeyError",
     "ObjectNotFound",
     "PreconditionFailed",
     "ReadOnlyError",

@@ -230,6 +230,11 @@ class ForkPayloadError(AicechunkError, ValueError):
     when decompressed, or holding changes no session could have made."""
 
 
+class VirtualChunkError(AicechunkError):
+    """A virtual chunk cannot be set or read: no declared container serves its URL, the
+    container is not authorized, the object changed or is too short."""
+
+
 # --- warnings ------------------------------------------------------------------------
 
 

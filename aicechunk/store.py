@@ -25,7 +25,8 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange
-from aicechunk.errors import AicechunkError, ReadOnlyError
+from aicechunk.drivers.urls import parse_location
+from aicechunk.errors import AicechunkError, ReadOnlyError, VirtualChunkError
 from aicechunk.format.manifest import VirtualRef
 
 if TYPE_CHECKING:
@@ -326,8 +327,12 @@ class IcechunkStore(Store):
         if not isinstance(parsed, ChunkKey):
             raise InvalidStoreKeyError(key, "virtual references go to chunk keys")
         if validate_container and not self._session.has_virtual_container(location):
-            raise InvalidStoreKeyError(
-                key, f"no virtual chunk container is declared for {location!r}"
+            parse_location(location)  # a URL that does not parse says why (InvalidLocation)
+            # the error a read of it would raise: one error for one problem
+            raise VirtualChunkError(
+                f"virtual chunk {location}: no virtual chunk container is declared for this "
+                "URL; add one with RepositoryConfig.set_virtual_chunk_container "
+                "(or pass validate_container=False)"
             )
         await self._session.set_chunk_ref(
             parsed.path, parsed.coords, _virtual_ref(location, offset, length, checksum)

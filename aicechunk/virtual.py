@@ -28,10 +28,10 @@ from typing import Any
 from aicechunk.drivers.base import ByteRange, Driver, LoopLocal, RangeRequest
 from aicechunk.drivers.urls import Location, parse_location
 from aicechunk.errors import (
-    AicechunkError,
     AicechunkWarning,
     InvalidLocation,
     StorageError,
+    VirtualChunkError,
     redact_credentials,
 )
 from aicechunk.format.config import Tagged
@@ -65,10 +65,6 @@ _SCHEMES = {
     # declared and kept (icechunk accepts them); reading through one is refused
     "azure": ("az", "azure", "abfs"),
 }
-
-
-class VirtualChunkError(AicechunkError):
-    """A virtual chunk could not be read: no container, not authorized, changed, short."""
 
 
 # --- store configs -----------------------------------------------------------------------

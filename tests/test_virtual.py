@@ -334,3 +334,23 @@ async def test_nearby_ranges_read_in_one_request(tmp_path: Path, s3_endpoint: st
         await repo.close()
     np.testing.assert_array_equal(got, np.concatenate([values, values[:4]]))
     assert 2 <= reads <= 20, reads  # 14 seen: zarr reads 10 chunks at a time, not 65 GETs
+
+
+async def test_an_undeclared_url_is_one_error_when_set_and_when_read() -> None:
+    repo = await aic.Repository.create(aic.in_memory_storage())
+    session = await repo.writable_session("main")
+    await zas.create_array(session.store, name="a", shape=(2,), chunks=(1,), dtype="u1")
+    url = "s3://nobody-declared/x.bin"
+    with pytest.raises(aic.VirtualChunkError, match="no virtual chunk container") as when_set:
+        await session.store.set_virtual_ref("a/c/0", url, offset=0, length=1)
+    await session.store.set_virtual_ref("a/c/0", url, offset=0, length=1, validate_container=False)
+    await session.commit("undeclared")
+    ro = await repo.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="a", mode="r")
+    with pytest.raises(aic.VirtualChunkError, match="no virtual chunk container") as when_read:
+        await arr.getitem(0)
+    assert type(when_set.value) is type(when_read.value)
+    # a URL that does not parse says why, not that no container is declared
+    with pytest.raises(aic.InvalidLocation, match=r"\.\."):
+        await session.store.set_virtual_ref("a/c/1", "s3://b/../x", offset=0, length=1)
+    assert issubclass(aic.InvalidStoreKeyError, aic.AicechunkError)  # exported
