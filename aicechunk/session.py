@@ -22,7 +22,7 @@ import msgpack
 import numpy as np
 import zstandard
 
-from aicechunk.assets import AssetManager
+from aicechunk.assets import AssetManager, RefInfo
 from aicechunk.changeset import ArrayDefinition, ChangeSet, Coords
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
 from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
@@ -827,8 +827,19 @@ class Session:
             raise SessionStateError("no changes to commit")
         tries = 0
         while True:
+            # the tip first, as icechunk does: a commit that already lost writes nothing
+            tip = await self._assets.fetch_branch(self._branch)
+            if tip.snapshot_id != self._snapshot_id:
+                conflict = ConflictError(self._branch, str(self._snapshot_id), str(tip.snapshot_id))
+                tries += 1
+                if rebase_with is None or tries > rebase_tries:
+                    raise conflict
+                await self.rebase(rebase_with)
+                continue
             snapshot = await self._flush(message, metadata or {})
-            move, cancelled = await _finish_despite_cancellation(self._move_branch(snapshot.id))
+            move, cancelled = await _finish_despite_cancellation(
+                self._move_branch(snapshot.id, tip)
+            )
             error = None if move.cancelled() else move.exception()
             if move.cancelled() or isinstance(error, CommitOutcomeUnknownError):
                 self._unsettled = snapshot.id
@@ -846,16 +857,14 @@ class Session:
                     continue
             raise error
 
-    async def _move_branch(self, new_id: SnapshotId) -> None:
-        """Move the branch from the session's snapshot to ``new_id``.
+    async def _move_branch(self, new_id: SnapshotId, tip: RefInfo) -> None:
+        """Move the branch from ``tip`` (read before the flush, at the session's snapshot)
+        to ``new_id``, only if its ref is still at ``tip``'s version.
 
         Returns if it moved; raises ``ConflictError`` (or the storage error) if it surely
         did not, and ``CommitOutcomeUnknownError`` if that cannot be found out.
         """
         assert self._branch is not None
-        tip = await self._assets.fetch_branch(self._branch)
-        if tip.snapshot_id != self._snapshot_id:
-            raise ConflictError(self._branch, str(self._snapshot_id), str(tip.snapshot_id))
         failure: StorageError
         try:
             await self._assets.update_branch(self._branch, new_id, tip.version)

@@ -678,3 +678,32 @@ async def test_spec_v2_repository_is_recognised_on_every_driver(
         with pytest.raises(aic.UnsupportedSpecVersionError, match=r"Icechunk 2\.x"):
             await call(storage)
     assert [info.key async for info in driver.list("")] == ["repo"]
+
+
+async def test_a_commit_that_already_lost_writes_nothing(tmp_path: Path) -> None:
+    """As icechunk: the tip is checked before anything is written, so a loser leaves no
+    snapshot, manifest or transaction log behind."""
+    root = tmp_path / "r"
+    repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+    first = await repo.writable_session("main")
+    zarr.open_group(first.store, mode="w")
+    await first.commit("root")
+    loser = await repo.writable_session("main")
+    winner = await repo.writable_session("main")
+    for session, value in ((loser, 1), (winner, 2)):
+        zarr.create_array(session.store, name=f"a{value}", shape=(4,), chunks=(1,), dtype="i4")
+    await winner.commit("wins")
+
+    def metadata_files() -> set[str]:
+        return {
+            str(p.relative_to(root))
+            for d in ("snapshots", "manifests", "transactions")
+            for p in (root / d).glob("*")
+        }
+
+    before = metadata_files()
+    with pytest.raises(aic.ConflictError):
+        await loser.commit("loses")
+    assert metadata_files() == before
+    await loser.commit("rebased", rebase_with=aic.BasicConflictSolver())
+    assert len(metadata_files() - before) >= 2  # the rebased commit wrote its files
