@@ -28,21 +28,89 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+class AtomicWrites:
+    """A WSGI layer in front of moto that keeps S3's promise of atomic conditional writes.
+
+    S3 checks ``If-Match`` / ``If-None-Match`` and stores the object as one step: of two
+    PUTs conditional on the same ETag, exactly one succeeds. moto's server checks the
+    header and then writes, with no lock in between, so under load two conditional PUTs
+    can both succeed (a lost update S3 would never allow). This layer, owned by the
+    tests' server helper, serializes every write request (PUT, POST, DELETE) to one key
+    with a per-key lock, so moto's check-then-write runs as one step, as S3's does.
+    Reads and writes to different keys are not held back.
+    """
+
+    WRITES = frozenset({"PUT", "POST", "DELETE"})
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        self.app = app
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def _lock(self, key: tuple[str, str]) -> Any:
+        import threading
+
+        with self._guard:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = threading.Lock()
+            return lock
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") not in self.WRITES:
+            return self.app(environ, start_response)
+        key = (str(environ.get("HTTP_HOST", "")), str(environ.get("PATH_INFO", "")))
+        with self._lock(key):
+            # the whole response is produced under the lock
+            response = self.app(environ, start_response)
+            try:
+                return list(response)
+            finally:
+                if hasattr(response, "close"):
+                    response.close()
+
+
+def _make_moto_server(port: int) -> Any:
+    """moto's S3 application behind ``AtomicWrites``, as a threaded werkzeug server."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = AtomicWrites(DomainDispatcherApplication(create_backend_app))
+    return make_server("127.0.0.1", port, app, True, request_handler=MotoRequestHandler)
+
+
+def serve_moto_forever(port: int) -> None:
+    """The entry point of ``moto_server(own_process=True)``'s process."""
+    _make_moto_server(port).serve_forever()
+
+
 @contextlib.contextmanager
 def moto_server(own_process: bool = False) -> Iterator[str]:
-    """moto's S3 server; yields its endpoint URL. ``own_process=True`` runs it in a
-    process of its own, as a remote S3 would be (benchmarks: an in-process server would
-    share the GIL with a Python client, and not with a Rust one)."""
+    """moto's S3 server behind ``AtomicWrites`` (S3's atomic conditional writes); yields
+    its endpoint URL. ``own_process=True`` runs it in a process of its own, as a remote
+    S3 would be (benchmarks: an in-process server would share the GIL with a Python
+    client, and not with a Rust one)."""
     import logging
+    import os
+    import threading
 
-    from moto.server import ThreadedMotoServer
-
+    port = free_port()
     if own_process:
-        port = free_port()
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-c", f"from tests.servers import serve_moto_forever as s; s({port})"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=root,
         )
         try:
             wait_for_port(port, timeout=60)
@@ -53,15 +121,15 @@ def moto_server(own_process: bool = False) -> Iterator[str]:
         return
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = _make_moto_server(port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     wait_for_port(port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join(10)
 
 
 @contextlib.contextmanager
