@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class AtomicWrites:
     tests' server helper, serializes every write request (PUT, POST, DELETE) to one key
     with a per-key lock, so moto's check-then-write runs as one step, as S3's does.
     Reads and writes to different keys are not held back.
+
+    It also drops moto's own ``server`` header: werkzeug sends one already, and a
+    duplicate makes aiohttp's strict parser (``PYTHONASYNCIODEBUG=1``) refuse the answer.
     """
 
     WRITES = frozenset({"PUT", "POST", "DELETE"})
@@ -59,12 +63,16 @@ class AtomicWrites:
             return lock
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            headers = [(k, v) for k, v in headers if k.lower() != "server"]
+            return start_response(status, headers, *exc_info)
+
         if environ.get("REQUEST_METHOD") not in self.WRITES:
-            return self.app(environ, start_response)
+            return self.app(environ, respond)
         key = (str(environ.get("HTTP_HOST", "")), str(environ.get("PATH_INFO", "")))
         with self._lock(key):
             # the whole response is produced under the lock
-            response = self.app(environ, start_response)
+            response = self.app(environ, respond)
             try:
                 return list(response)
             finally:
@@ -230,14 +238,48 @@ def create_s3_bucket(endpoint: str, bucket: str) -> None:
 def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
     """An aiohttp reverse proxy on 127.0.0.1 that forwards to ``target`` and counts the
     requests; yields (its URL, a function returning the count so far)."""
+    with fault_proxy(target) as (url, proxy):
+        yield url, lambda: proxy.requests
+
+
+#: What ``fault_proxy`` can do to a request instead of answering it properly.
+FAULTS = ("reset", "truncate", "stall", "hang", "503", "malformed")
+
+
+@dataclass
+class FaultProxy:
+    """The state of a ``fault_proxy``: faults still to inject, requests seen."""
+
+    url: str = ""
+    faults: list[str] = field(default_factory=list)
+    methods: tuple[str, ...] = ("GET",)
+    hang_seconds: float = 1.0
+    requests: int = 0
+    faulted: int = 0
+
+
+@contextlib.contextmanager
+def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
+    """An aiohttp reverse proxy on 127.0.0.1 in front of ``target`` that can break
+    requests the way networks and servers do. Requests whose method is in
+    ``proxy.methods`` take the next fault of ``proxy.faults`` (others, and all once the
+    list is empty, are forwarded faithfully):
+
+    ``reset`` closes the connection without an answer; ``truncate`` sends half the body
+    under a Content-Length of all of it and closes; ``stall`` sends half the body and
+    then nothing for ``hang_seconds``; ``hang`` answers nothing for ``hang_seconds``;
+    ``503`` answers Service Unavailable; ``malformed`` answers bytes that are not HTTP.
+    Yields (its URL, the ``FaultProxy`` to arm and read counts from).
+    """
+    import asyncio
+
     import aiohttp
     from aiohttp import web
 
-    count = [0]
+    state = FaultProxy()
     session_holder: list[aiohttp.ClientSession] = []
 
-    async def handle(request: web.Request) -> web.Response:
-        count[0] += 1
+    async def forward(request: web.Request) -> tuple[int, dict[str, str], bytes]:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with session_holder[0].request(
@@ -253,7 +295,36 @@ def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
                 for k, v in upstream.headers.items()
                 if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
             }
-            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+            return upstream.status, out_headers, payload
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state.requests += 1
+        fault = state.faults.pop(0) if state.faults and request.method in state.methods else ""
+        state.faulted += bool(fault)
+        transport = request.transport
+        assert transport is not None
+        if fault == "reset":
+            transport.abort()
+            return web.Response()
+        if fault == "malformed":
+            transport.write(b"this is not HTTP\r\n\r\n")
+            transport.close()
+            return web.Response()
+        if fault == "503":
+            return web.Response(status=503, text="slow down")
+        if fault == "hang":
+            await asyncio.sleep(state.hang_seconds)
+        status, headers, payload = await forward(request)
+        if fault not in ("truncate", "stall"):
+            return web.Response(status=status, body=payload, headers=headers)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(payload)
+        await response.prepare(request)
+        await response.write(payload[: len(payload) // 2])
+        if fault == "stall":
+            await asyncio.sleep(state.hang_seconds)
+        transport.abort()
+        return response
 
     app = web.Application(client_max_size=1024**3)
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -265,7 +336,8 @@ def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
         await session_holder[0].close()
 
     with serve_app(app, open_session, close_session) as url:
-        yield url, lambda: count[0]
+        state.url = url
+        yield url, state
 
 
 @contextlib.contextmanager

@@ -2,13 +2,14 @@
 
 ``GET`` with ``Range`` and ``HEAD``; no writes (``ReadOnlyError``) and no listing (the
 protocol has none). The object version is the ``ETag``, or ``Last-Modified`` if the
-server sends no ETag. Transient failures are retried with backoff and jitter.
+server sends no ETag. Transient failures (timeouts, dropped connections, truncated
+bodies, 408/429/5xx) are retried with backoff and jitter; every failure is a
+``StorageError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
+from aicechunk.drivers._retry import RETRY_STATUS, TransientStatus, retrying
 from aicechunk.drivers.base import (
     ByteRange,
     Driver,
@@ -31,8 +33,6 @@ from aicechunk.drivers.base import (
 from aicechunk.errors import ObjectNotFound, ReadOnlyError, StorageError
 
 __all__ = ["HTTPDriver"]
-
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 @dataclass
@@ -77,6 +77,7 @@ class HTTPDriver(Driver):
             "headers": self.headers,
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
         }
 
     @classmethod
@@ -87,6 +88,7 @@ class HTTPDriver(Driver):
             headers=config.get("headers"),
             max_concurrency=int(config.get("max_concurrency", 32)),
             max_attempts=int(config.get("max_attempts", 5)),
+            timeout=float(config.get("timeout", 60.0)),
         )
 
     @property
@@ -141,25 +143,25 @@ class HTTPDriver(Driver):
         import aiohttp
 
         session, limit = await self._session()
-        delay = 0.05
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                async with limit, session.request(method, self._url(key), headers=headers) as r:
-                    body = await r.read() if method == "GET" else b""
-                    status, response_headers = r.status, r.headers
-            except (TimeoutError, aiohttp.ClientConnectionError) as err:
-                if attempt == self.max_attempts:
-                    raise StorageError(
-                        f"{method} failed: {type(err).__name__}", key=key, driver=self.label
-                    ) from err
-            else:
-                if status == 404 or status == 410:
-                    raise ObjectNotFound("no such object", key=key, driver=self.label)
-                if status not in _RETRY_STATUS or attempt == self.max_attempts:
-                    return status, response_headers, body
-            await asyncio.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def send() -> tuple[int, Any, bytes]:
+            async with limit, session.request(method, self._url(key), headers=headers) as r:
+                body = await r.read() if method == "GET" else b""
+                if r.status in RETRY_STATUS:
+                    raise TransientStatus(r.status)
+                return r.status, r.headers, body
+
+        try:
+            status, response_headers, body = await retrying(send, attempts=self.max_attempts)
+        except TransientStatus as err:
+            raise StorageError(f"{method} failed: {err}", key=key, driver=self.label) from err
+        except (TimeoutError, aiohttp.ClientError) as err:
+            raise StorageError(
+                f"{method} failed: {type(err).__name__}", key=key, driver=self.label
+            ) from err
+        if status == 404 or status == 410:
+            raise ObjectNotFound("no such object", key=key, driver=self.label)
+        return status, response_headers, body
 
     def _check(self, status: int, key: str, method: str) -> None:
         if status >= 400:
