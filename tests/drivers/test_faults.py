@@ -24,6 +24,7 @@ from aicechunk.drivers.s3 import S3Credentials, S3Driver
 from aicechunk.errors import ObjectNotFound, StorageError
 from tests.servers import (
     FaultProxy,
+    bare_moto_server,
     create_gcs_bucket,
     create_s3_bucket,
     fault_proxy,
@@ -192,19 +193,8 @@ async def test_malformed_answer_in_asyncio_debug_mode_is_a_storage_error() -> No
     """Bare moto sends two Server headers, which aiohttp's strict parser refuses: the
     driver reports a StorageError (it raised AttributeError: botocore's error for an
     answer it could not parse has ``response=None``)."""
-    from moto.server import ThreadedMotoServer
-
-    from tests.servers import free_port, wait_for_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    wait_for_port(port)
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
+    with bare_moto_server() as endpoint:
         bucket = await _repository_without_config(endpoint)
         out = _open_in_debug_mode(endpoint, bucket)
-    finally:
-        server.stop()
     assert out.startswith("StorageError get failed"), out
     assert "config.yaml" in out
