@@ -33,7 +33,8 @@ from tests.servers import (
 )
 
 DATA = os.urandom(64 * 1024)
-TIMEOUT = 0.3  # the drivers' read timeout; "hang" and "stall" last longer
+# the drivers' read timeout, ample on a loaded machine; "hang" and "stall" last longer
+TIMEOUT = 1.0
 TRANSIENT = ["reset", "truncate", "stall", "hang", "503"]
 
 #: a driver reading through the given endpoint, with the given max_attempts
@@ -90,7 +91,7 @@ async def faulty(
         async with make(endpoint, 3) as direct:
             await direct.put("obj", DATA)
     _, proxy = stack.enter_context(fault_proxy(endpoint))
-    proxy.hang_seconds = 3 * TIMEOUT
+    proxy.hang_seconds = 2 * TIMEOUT
     yield proxy, make
 
 
