@@ -678,3 +678,32 @@ async def test_spec_v2_repository_is_recognised_on_every_driver(
         with pytest.raises(aic.UnsupportedSpecVersionError, match=r"Icechunk 2\.x"):
             await call(storage)
     assert [info.key async for info in driver.list("")] == ["repo"]
+
+
+async def test_close_in_one_loop_leaves_reads_in_other_loops_working(tmp_path: Path) -> None:
+    """``repo.close()`` releases what the calling loop holds; reads running in other
+    loops at the same time (120 in all) are not broken by it."""
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "repo"))
+    session = await repo.writable_session("main")
+    await write_array(session, "x", np.arange(64), chunks=4)
+    await session.commit("data")
+    readers, reads = 4, 30
+
+    def read_in_new_loop() -> int:
+        async def main() -> int:
+            failed = 0
+            for _ in range(reads):
+                try:
+                    ro = await repo.readonly_session(branch="main")
+                    np.testing.assert_array_equal(await read_array(ro, "x"), np.arange(64))
+                except Exception:
+                    failed += 1
+            return failed
+
+        return asyncio.run(main())
+
+    tasks = [asyncio.ensure_future(asyncio.to_thread(read_in_new_loop)) for _ in range(readers)]
+    while not all(task.done() for task in tasks):
+        await repo.close()
+        await asyncio.sleep(0.001)
+    assert sum(task.result() for task in tasks) == 0
