@@ -125,6 +125,7 @@ def test_progress_only_on_a_terminal(
     assert "/temperature" in out
 
 
+@pytest.mark.attack("malformed config and metadata")
 @pytest.mark.parametrize("metadata", [b"[1, 2]", b"[" * 100_000 + b"]" * 100_000, b"\xff"])
 def test_ls_on_malformed_array_metadata(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], metadata: bytes

@@ -117,6 +117,7 @@ def test_bare_moto_lets_racing_conditional_puts_all_win(
     assert max(winners) > 1, winners
 
 
+@pytest.mark.attack("conditional-write races (test servers)")
 @pytest.mark.parametrize("own_process", [False, True], ids=["thread", "process"])
 @pytest.mark.parametrize("condition", ["if-match", "if-none-match"])
 def test_moto_server_keeps_conditional_writes_atomic(
@@ -127,6 +128,7 @@ def test_moto_server_keeps_conditional_writes_atomic(
         assert _conditional_put_winners(endpoint, condition) == [1] * ROUNDS
 
 
+@pytest.mark.attack("conditional-write races (test servers)")
 @pytest.mark.parametrize("condition", ["if-match", "if-none-match"])
 async def test_fake_gcs_server_keeps_if_generation_match_atomic(
     gcs_endpoint: str, condition: str
@@ -191,6 +193,7 @@ def test_increments_lose_updates_on_bare_moto(bare_moto: str, slow_moto_writes: 
     assert won != list(range(1, final + 1))
 
 
+@pytest.mark.attack("conditional-write races (test servers)")
 def test_increments_lose_nothing_behind_the_layer(slow_moto_writes: None) -> None:
     """Behind the layer, every increment reported as won is counted, once."""
     with moto_server() as endpoint:

@@ -370,6 +370,7 @@ async def test_works_from_other_event_loops(dut: DriverUnderTest) -> None:
 # --- the race --------------------------------------------------------------------------
 
 
+@pytest.mark.attack("conditional-write races (test servers)")
 async def test_conditional_increment_race_loses_nothing(dut: DriverUnderTest) -> None:
     """Workers race conditional read-modify-writes on one key: 200 rounds in all."""
     writable(dut)
@@ -401,6 +402,7 @@ async def test_conditional_increment_race_loses_nothing(dut: DriverUnderTest) ->
     assert final >= rounds  # at least one worker's worth of progress
 
 
+@pytest.mark.attack("close across event loops")
 async def test_close_in_one_loop_leaves_other_loops_reading(dut: DriverUnderTest) -> None:
     """``close()`` releases what the calling loop owns: 120 reads running meanwhile in
     other loops (threads of their own) all succeed."""

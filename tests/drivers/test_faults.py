@@ -95,6 +95,7 @@ async def faulty(
     yield proxy, make
 
 
+@pytest.mark.attack("transport faults")
 @pytest.mark.parametrize("fault", TRANSIENT)
 async def test_transient_faults_are_retried(faulty: tuple[FaultProxy, Make], fault: str) -> None:
     proxy, make = faulty
@@ -105,6 +106,7 @@ async def test_transient_faults_are_retried(faulty: tuple[FaultProxy, Make], fau
     assert proxy.faulted == 2
 
 
+@pytest.mark.attack("transport faults")
 @pytest.mark.parametrize("fault", TRANSIENT)
 async def test_persistent_faults_are_a_storage_error(
     faulty: tuple[FaultProxy, Make], fault: str
@@ -121,6 +123,7 @@ async def test_persistent_faults_are_a_storage_error(
     assert 3 <= proxy.requests <= (6 if fault == "reset" else 3)
 
 
+@pytest.mark.attack("transport faults")
 async def test_malformed_answer_is_a_storage_error(faulty: tuple[FaultProxy, Make]) -> None:
     proxy, make = faulty
     proxy.faults = ["malformed"] * 10
@@ -130,6 +133,7 @@ async def test_malformed_answer_is_a_storage_error(faulty: tuple[FaultProxy, Mak
     assert type(caught.value) is StorageError
 
 
+@pytest.mark.attack("transport faults")
 async def test_missing_object_is_not_retried(faulty: tuple[FaultProxy, Make]) -> None:
     proxy, make = faulty
     async with make(proxy.url, 5) as driver:
@@ -186,6 +190,7 @@ async def _repository_without_config(endpoint: str) -> str:
     return bucket
 
 
+@pytest.mark.attack("transport faults")
 async def test_open_without_config_in_asyncio_debug_mode(s3_endpoint: str) -> None:
     """No config.yaml means a 404 for it; under PYTHONASYNCIODEBUG=1 the test server's
     answer reads fine (its layer sends one Server header) and the repository opens."""
@@ -193,6 +198,7 @@ async def test_open_without_config_in_asyncio_debug_mode(s3_endpoint: str) -> No
     assert _open_in_debug_mode(s3_endpoint, bucket).strip() == "opened"
 
 
+@pytest.mark.attack("transport faults")
 async def test_malformed_answer_in_asyncio_debug_mode_is_a_storage_error() -> None:
     """Bare moto sends two Server headers, which aiohttp's strict parser refuses: the
     driver reports a StorageError (it raised AttributeError: botocore's error for an
