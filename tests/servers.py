@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +29,96 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+class AtomicWrites:
+    """A WSGI layer in front of moto that keeps S3's promise of atomic conditional writes.
+
+    S3 checks ``If-Match`` / ``If-None-Match`` and stores the object as one step: of two
+    PUTs conditional on the same ETag, exactly one succeeds. moto's server checks the
+    header and then writes, with no lock in between, so under load two conditional PUTs
+    can both succeed (a lost update S3 would never allow). This layer, owned by the
+    tests' server helper, serializes every write request (PUT, POST, DELETE) to one key
+    with a per-key lock, so moto's check-then-write runs as one step, as S3's does.
+    Reads and writes to different keys are not held back.
+
+    It also drops moto's own ``server`` header: werkzeug sends one already, and a
+    duplicate makes aiohttp's strict parser (``PYTHONASYNCIODEBUG=1``) refuse the answer.
+    """
+
+    WRITES = frozenset({"PUT", "POST", "DELETE"})
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        self.app = app
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def _lock(self, key: tuple[str, str]) -> Any:
+        import threading
+
+        with self._guard:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = threading.Lock()
+            return lock
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            headers = [(k, v) for k, v in headers if k.lower() != "server"]
+            return start_response(status, headers, *exc_info)
+
+        if environ.get("REQUEST_METHOD") not in self.WRITES:
+            return self.app(environ, respond)
+        key = (str(environ.get("HTTP_HOST", "")), str(environ.get("PATH_INFO", "")))
+        with self._lock(key):
+            # the whole response is produced under the lock
+            response = self.app(environ, respond)
+            try:
+                return list(response)
+            finally:
+                if hasattr(response, "close"):
+                    response.close()
+
+
+def _make_moto_server(port: int) -> Any:
+    """moto's S3 application behind ``AtomicWrites``, as a threaded werkzeug server."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = AtomicWrites(DomainDispatcherApplication(create_backend_app))
+    return make_server("127.0.0.1", port, app, True, request_handler=MotoRequestHandler)
+
+
+def serve_moto_forever(port: int) -> None:
+    """The entry point of ``moto_server(own_process=True)``'s process."""
+    _make_moto_server(port).serve_forever()
+
+
 @contextlib.contextmanager
 def moto_server(own_process: bool = False) -> Iterator[str]:
-    """moto's S3 server; yields its endpoint URL. ``own_process=True`` runs it in a
-    process of its own, as a remote S3 would be (benchmarks: an in-process server would
-    share the GIL with a Python client, and not with a Rust one)."""
+    """moto's S3 server behind ``AtomicWrites`` (S3's atomic conditional writes); yields
+    its endpoint URL. ``own_process=True`` runs it in a process of its own, as a remote
+    S3 would be (benchmarks: an in-process server would share the GIL with a Python
+    client, and not with a Rust one)."""
     import logging
+    import os
+    import threading
 
-    from moto.server import ThreadedMotoServer
-
+    port = free_port()
     if own_process:
-        port = free_port()
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-c", f"from tests.servers import serve_moto_forever as s; s({port})"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=root,
         )
         try:
             wait_for_port(port, timeout=60)
@@ -53,6 +129,22 @@ def moto_server(own_process: bool = False) -> Iterator[str]:
         return
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = _make_moto_server(port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def bare_moto_server() -> Iterator[str]:
+    """moto's own threaded server, without ``AtomicWrites``: only for the tests that show
+    what that layer fixes. Every other S3 test uses ``moto_server``."""
+    from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -162,14 +254,48 @@ def create_s3_bucket(endpoint: str, bucket: str) -> None:
 def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
     """An aiohttp reverse proxy on 127.0.0.1 that forwards to ``target`` and counts the
     requests; yields (its URL, a function returning the count so far)."""
+    with fault_proxy(target) as (url, proxy):
+        yield url, lambda: proxy.requests
+
+
+#: What ``fault_proxy`` can do to a request instead of answering it properly.
+FAULTS = ("reset", "truncate", "stall", "hang", "503", "malformed")
+
+
+@dataclass
+class FaultProxy:
+    """The state of a ``fault_proxy``: faults still to inject, requests seen."""
+
+    url: str = ""
+    faults: list[str] = field(default_factory=list)
+    methods: tuple[str, ...] = ("GET",)
+    hang_seconds: float = 1.0
+    requests: int = 0
+    faulted: int = 0
+
+
+@contextlib.contextmanager
+def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
+    """An aiohttp reverse proxy on 127.0.0.1 in front of ``target`` that can break
+    requests the way networks and servers do. Requests whose method is in
+    ``proxy.methods`` take the next fault of ``proxy.faults`` (others, and all once the
+    list is empty, are forwarded faithfully):
+
+    ``reset`` closes the connection without an answer; ``truncate`` sends half the body
+    under a Content-Length of all of it and closes; ``stall`` sends half the body and
+    then nothing for ``hang_seconds``; ``hang`` answers nothing for ``hang_seconds``;
+    ``503`` answers Service Unavailable; ``malformed`` answers bytes that are not HTTP.
+    Yields (its URL, the ``FaultProxy`` to arm and read counts from).
+    """
+    import asyncio
+
     import aiohttp
     from aiohttp import web
 
-    count = [0]
+    state = FaultProxy()
     session_holder: list[aiohttp.ClientSession] = []
 
-    async def handle(request: web.Request) -> web.Response:
-        count[0] += 1
+    async def forward(request: web.Request) -> tuple[int, dict[str, str], bytes]:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with session_holder[0].request(
@@ -185,7 +311,36 @@ def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
                 for k, v in upstream.headers.items()
                 if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
             }
-            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+            return upstream.status, out_headers, payload
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state.requests += 1
+        fault = state.faults.pop(0) if state.faults and request.method in state.methods else ""
+        state.faulted += bool(fault)
+        transport = request.transport
+        assert transport is not None
+        if fault == "reset":
+            transport.abort()
+            return web.Response()
+        if fault == "malformed":
+            transport.write(b"this is not HTTP\r\n\r\n")
+            transport.close()
+            return web.Response()
+        if fault == "503":
+            return web.Response(status=503, text="slow down")
+        if fault == "hang":
+            await asyncio.sleep(state.hang_seconds)
+        status, headers, payload = await forward(request)
+        if fault not in ("truncate", "stall"):
+            return web.Response(status=status, body=payload, headers=headers)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(payload)
+        await response.prepare(request)
+        await response.write(payload[: len(payload) // 2])
+        if fault == "stall":
+            await asyncio.sleep(state.hang_seconds)
+        transport.abort()
+        return response
 
     app = web.Application(client_max_size=1024**3)
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -197,7 +352,8 @@ def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
         await session_holder[0].close()
 
     with serve_app(app, open_session, close_session) as url:
-        yield url, lambda: count[0]
+        state.url = url
+        yield url, state
 
 
 @contextlib.contextmanager

@@ -144,6 +144,7 @@ async def file_resolver(files: Path) -> AsyncIterator[VirtualResolver]:
     await resolver.close()
 
 
+@pytest.mark.attack("authorization bypasses")
 @pytest.mark.parametrize("template", BYPASSES)
 async def test_s3_spellings_stay_in_their_container(
     s3_resolver: VirtualResolver, s3_bucket: str, template: str
@@ -152,6 +153,7 @@ async def test_s3_spellings_stay_in_their_container(
     await refused(s3_resolver, template.format(root=root, ROOT=upper_root(root)))
 
 
+@pytest.mark.attack("authorization bypasses")
 @pytest.mark.parametrize("template", BYPASSES)
 async def test_file_spellings_stay_in_their_container(
     file_resolver: VirtualResolver, files: Path, template: str
@@ -160,6 +162,7 @@ async def test_file_spellings_stay_in_their_container(
     await refused(file_resolver, template.format(root=root, ROOT=upper_root(root)))
 
 
+@pytest.mark.attack("authorization bypasses")
 @pytest.mark.parametrize("template", SAME_OBJECT)
 async def test_other_spellings_of_an_authorized_object_read_it(
     s3_resolver: VirtualResolver,
@@ -174,6 +177,7 @@ async def test_other_spellings_of_an_authorized_object_read_it(
     assert await fetch(file_resolver, f"file://localhost{files}/public/data.bin") == PUBLIC
 
 
+@pytest.mark.attack("authorization bypasses")
 @pytest.mark.parametrize("name", ["link.bin", "out.bin", "dirlink/secret.bin", "outdir/secret.bin"])
 async def test_file_container_follows_no_symlink_out(
     file_resolver: VirtualResolver, files: Path, name: str
@@ -184,6 +188,7 @@ async def test_file_container_follows_no_symlink_out(
     assert await fetch(file_resolver, f"file://{files}/public/ok.bin") == PUBLIC
 
 
+@pytest.mark.attack("authorization bypasses")
 async def test_file_container_names_with_escaped_characters(tmp_path: Path) -> None:
     odd = tmp_path / "50% a?b#c"
     (odd / "inner").mkdir(parents=True)
@@ -204,6 +209,7 @@ async def test_file_container_names_with_escaped_characters(tmp_path: Path) -> N
         await resolver.close()
 
 
+@pytest.mark.attack("authorization bypasses")
 async def test_the_probe_through_a_repository(tmp_path: Path, files: Path) -> None:
     """The reported attack end to end: refs written into a repository, read back."""
     import zarr.api.asynchronous as zas
@@ -235,6 +241,7 @@ async def test_the_probe_through_a_repository(tmp_path: Path, files: Path) -> No
     assert await ro.get_chunk("/v", (2,)) == PUBLIC
 
 
+@pytest.mark.attack("authorization bypasses")
 def test_containers_and_authorizations_refuse_ambiguous_prefixes() -> None:
     store = aic.s3_store()
     for prefix in (
@@ -255,6 +262,7 @@ def test_containers_and_authorizations_refuse_ambiguous_prefixes() -> None:
     assert resolver._credentials(container)[0]
 
 
+@pytest.mark.attack("authorization bypasses")
 @pytest.mark.parametrize(
     "url",
     [
@@ -277,6 +285,7 @@ def test_locations_that_do_not_parse_are_refused(url: str) -> None:
         parse_location(url)
 
 
+@pytest.mark.attack("authorization bypasses")
 @pytest.mark.parametrize(
     ("a", "b"),
     [
@@ -377,6 +386,7 @@ async def http_resolver(
     await resolver.close()
 
 
+@pytest.mark.attack("redirects")
 @pytest.mark.parametrize(
     "name",
     [
@@ -401,6 +411,7 @@ async def test_virtual_http_redirects_stay_in_authorized_containers(
     assert all(not raw.startswith("/public/private") for raw, _ in origin_a[1])
 
 
+@pytest.mark.attack("redirects")
 async def test_virtual_http_redirects_into_authorized_containers_are_followed(
     http_resolver: VirtualResolver, origin_a: tuple[str, list[Any]]
 ) -> None:
@@ -408,6 +419,7 @@ async def test_virtual_http_redirects_into_authorized_containers_are_followed(
     assert await fetch(http_resolver, f"{origin_a[0]}/public/to-trusted.bin") == PUBLIC
 
 
+@pytest.mark.attack("authorization bypasses")
 @pytest.mark.parametrize("template", BYPASSES)
 async def test_http_spellings_stay_in_their_container(
     http_resolver: VirtualResolver, origin_a: tuple[str, list[Any]], template: str
@@ -416,6 +428,7 @@ async def test_http_spellings_stay_in_their_container(
     await refused(http_resolver, template.format(root=root, ROOT=upper_root(root)))
 
 
+@pytest.mark.attack("authorization bypasses")
 async def test_percent_encoded_http_locations_are_encoded_once(
     http_resolver: VirtualResolver, origin_a: tuple[str, list[Any]]
 ) -> None:
@@ -424,6 +437,7 @@ async def test_percent_encoded_http_locations_are_encoded_once(
     assert await fetch(http_resolver, f"{origin_a[0]}/public/%64ata.bin") == PUBLIC
 
 
+@pytest.mark.attack("redirects")
 @pytest.mark.parametrize(
     "key",
     ["to-b", "to-other-path", "to-sibling", "to-relative-up", "to-dots", "to-userinfo"],
@@ -441,6 +455,7 @@ async def test_http_storage_follows_no_redirect_out_of_its_base(
     assert [raw for raw, _ in seen] == [f"/repo/{key}"] * 2
 
 
+@pytest.mark.attack("redirects")
 async def test_http_storage_follows_redirects_inside_its_base(
     origin_a: tuple[str, list[Any]],
 ) -> None:
@@ -456,6 +471,7 @@ async def test_http_storage_follows_redirects_inside_its_base(
     assert seen[1][0] == "/repo/real" and seen[1][1]["X-Api-Key"] == "k3y"
 
 
+@pytest.mark.attack("redirects")
 async def test_http_storage_redirect_to_another_host_name_is_another_origin() -> None:
     routes: dict[str, tuple[int, str | bytes]] = {}
     with scripted_server(routes) as (url, seen):
@@ -471,6 +487,7 @@ async def test_http_storage_redirect_to_another_host_name_is_another_origin() ->
 # --- credentials in URLs ---------------------------------------------------------------
 
 
+@pytest.mark.attack("credentials in URLs")
 def test_redaction_of_userinfo() -> None:
     text = "GET http://alice:hunter2@h/r, https://tok@h:1/a@b, https://u:p@ss@h/x s3://b/k@v"
     assert redact_credentials(text) == (
@@ -483,6 +500,7 @@ def test_redaction_of_userinfo() -> None:
     assert "hunter2" not in str(pickle.loads(pickle.dumps(info.value)))
 
 
+@pytest.mark.attack("credentials in URLs")
 async def test_http_storage_userinfo_is_basic_auth_and_never_shown(tmp_path: Path) -> None:
     routes: dict[str, tuple[int, str | bytes]] = {"/repo/x": (200, PUBLIC)}
     with scripted_server(routes) as (url, seen):
@@ -518,6 +536,7 @@ async def test_http_storage_userinfo_is_basic_auth_and_never_shown(tmp_path: Pat
     assert "hunter2" not in str(err.value)
 
 
+@pytest.mark.attack("credentials in URLs")
 async def test_connection_errors_never_show_url_credentials() -> None:
     port = free_port()  # nothing listens there
     http = HTTPDriver(f"http://alice:hunter2@127.0.0.1:{port}/repo", max_attempts=1)
@@ -529,6 +548,7 @@ async def test_connection_errors_never_show_url_credentials() -> None:
     assert "hunter2" not in str(info.value.__cause__)  # not even in the traceback
 
 
+@pytest.mark.attack("credentials in URLs")
 async def test_endpoints_carrying_credentials_are_refused(tmp_path: Path) -> None:
     endpoint = "http://alice:hunter2@127.0.0.1:9000"
     for make in (
@@ -550,6 +570,7 @@ async def test_endpoints_carrying_credentials_are_refused(tmp_path: Path) -> Non
     assert "hunter2" not in str(error) and "credentials" in str(error)
 
 
+@pytest.mark.attack("credentials in URLs")
 def test_repository_config_never_shows_url_credentials() -> None:
     config = aic.RepositoryConfig.default()
     store = aic.s3_store(endpoint_url="https://minio:hunter2@127.0.0.1:9000")
@@ -557,6 +578,7 @@ def test_repository_config_never_shows_url_credentials() -> None:
     assert "hunter2" not in repr(config) and "127.0.0.1:9000" in repr(config)
 
 
+@pytest.mark.attack("credentials in URLs")
 async def test_virtual_errors_never_show_url_credentials(
     http_resolver: VirtualResolver, origin_a: tuple[str, list[Any]]
 ) -> None:
@@ -565,6 +587,7 @@ async def test_virtual_errors_never_show_url_credentials(
     assert "hunter2" not in str(error) and "credentials" in str(error)
 
 
+@pytest.mark.attack("credentials in URLs")
 def test_cli_never_shows_url_credentials(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

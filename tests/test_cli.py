@@ -160,6 +160,7 @@ def test_help_reads_well(capsys: pytest.CaptureFixture[str]) -> None:
     assert "kept in DIRECTORY" in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
 
 
+@pytest.mark.attack("malformed config and metadata")
 @pytest.mark.parametrize("metadata", [b"[1, 2]", b"[" * 100_000 + b"]" * 100_000, b"\xff"])
 def test_ls_on_malformed_array_metadata(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], metadata: bytes

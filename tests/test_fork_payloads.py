@@ -263,6 +263,7 @@ async def test_the_legitimate_payload_merges() -> None:
     assert [n.path for n in await ro.list_nodes()] == ["/", "/data", "/g", "/grp", "/new"]
 
 
+@pytest.mark.attack("crafted payloads")
 @pytest.mark.parametrize("case", sorted(CASES))
 async def test_crafted_payload_is_refused(case: str) -> None:
     repo, session, _, body = await setup()
@@ -281,6 +282,7 @@ async def test_crafted_payload_is_refused(case: str) -> None:
     assert "data/c/0" in keys and "new/c/1" in keys and "g/zarr.json" in keys
 
 
+@pytest.mark.attack("crafted payloads")
 async def test_refused_fork_among_good_ones_merges_none() -> None:
     """merge(good, bad): the bad payload is found before the good one is merged."""
     _, session, payload, body = await setup()
@@ -293,6 +295,7 @@ async def test_refused_fork_among_good_ones_merges_none() -> None:
     assert session.changes.is_empty()
 
 
+@pytest.mark.attack("crafted payloads")
 async def test_payload_errors_say_what() -> None:
     _, session, _, body = await setup()
     messages = {}

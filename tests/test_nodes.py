@@ -174,6 +174,7 @@ CASES: dict[str, tuple[list[int], type[Exception], Attempt]] = {
 }
 
 
+@pytest.mark.attack("unrepresentable values")
 @pytest.mark.parametrize("case", sorted(CASES))
 async def test_refused_when_written_and_the_session_commits(case: str) -> None:
     shape, error, attempt = CASES[case]
@@ -239,6 +240,7 @@ async def test_fill_values_and_many_dimensions_commit() -> None:
     assert json.loads(await ro.get_metadata("/big") or b"")["fill_value"] == 2**70
 
 
+@pytest.mark.attack("unrepresentable values")
 def test_crafted_manifest_lengths_beyond_their_data() -> None:
     """A manifest whose inline-data length, or reference vector length, points past the
     end of the file: FormatError when the reference is read, never a raw error."""

@@ -316,6 +316,7 @@ def verify_after_crash(root: Path, log: Path, already_checked: int) -> int:
 # --- hostile input -------------------------------------------------------------------------
 
 
+@pytest.mark.attack("hostile names and keys")
 @pytest.mark.parametrize(
     "name",
     ["../escape", "a/b", "..", "x\x00y", "ctl\x07", "\\evil", "x" * 300, "", "new\nline"],
@@ -336,6 +337,7 @@ async def test_hostile_ref_names(tmp_path: Path, name: str) -> None:
     assert await asyncio.to_thread(files_outside, tmp_path, root) == []
 
 
+@pytest.mark.attack("hostile names and keys")
 async def test_hostile_store_keys_write_nothing(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     repo = await aic.Repository.create(aic.local_filesystem_storage(root))
@@ -357,6 +359,7 @@ async def test_hostile_store_keys_write_nothing(tmp_path: Path) -> None:
     assert await asyncio.to_thread(files_outside, tmp_path, root) == []
 
 
+@pytest.mark.attack("crafted payloads")
 async def test_bad_fork_payload_leaves_parent_unchanged() -> None:
     repo = await make_array(aic.in_memory_storage(), 4)
     other = await make_array(aic.in_memory_storage(), 4)
@@ -427,6 +430,7 @@ async def x_values(repo: aic.Repository) -> Any:
     return np.asarray(await arr.getitem(slice(None)))
 
 
+@pytest.mark.attack("lost answers")
 @pytest.mark.parametrize("rebase", [False, True], ids=["plain", "rebase_with"])
 @pytest.mark.parametrize("answer", ["lost-after-apply", "lost-before-apply", "retried-after-apply"])
 async def test_lost_answer_while_another_writer_commits_on_top(answer: str, rebase: bool) -> None:
@@ -473,6 +477,7 @@ async def test_lost_answer_while_another_writer_commits_on_top(answer: str, reba
     )
 
 
+@pytest.mark.attack("lost answers")
 @pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
 async def test_unknown_commit_outcome_is_settled_by_the_next_commit(
     applied: bool, monkeypatch: pytest.MonkeyPatch
@@ -515,6 +520,7 @@ async def test_unknown_commit_outcome_is_settled_by_the_next_commit(
     assert (await x_values(repo))[3] == 3
 
 
+@pytest.mark.attack("cancelled commits")
 @pytest.mark.parametrize("retry", ["plain", "rebase_with"])
 @pytest.mark.parametrize("answer", ["answered", "lost"])
 async def test_commit_cancelled_after_its_ref_write_went_out(answer: str, retry: str) -> None:
@@ -567,6 +573,7 @@ async def test_commit_cancelled_after_its_ref_write_went_out(answer: str, retry:
     )
 
 
+@pytest.mark.attack("cancelled commits")
 async def test_commit_timing_out_during_its_ref_write() -> None:
     inner = MemoryDriver()
     repo = await make_array(aic.storage_from_driver(inner), 8)
@@ -584,6 +591,7 @@ async def test_commit_timing_out_during_its_ref_write() -> None:
     assert not session.has_uncommitted_changes
 
 
+@pytest.mark.attack("cancelled commits")
 async def test_commit_cancelled_before_its_ref_write() -> None:
     inner = MemoryDriver()
     repo = await make_array(aic.storage_from_driver(inner), 8)
@@ -656,6 +664,7 @@ async def commit_change(
     raise AssertionError("unreachable: the last attempt runs without faults")
 
 
+@pytest.mark.attack("lost answers")
 async def test_random_interleavings_commit_each_change_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -765,6 +774,7 @@ async def expect_format_error(aw: Any, file: str, problem: str) -> None:
     assert caught.value.file == file and problem in caught.value.problem
 
 
+@pytest.mark.attack("swapped files")
 @pytest.mark.parametrize("damage", ["snapshot-copied-over-parent", "crafted-cycle"])
 async def test_history_cycle_is_a_format_error_not_a_hang(tmp_path: Path, damage: str) -> None:
     root = tmp_path / "repo"
@@ -813,6 +823,7 @@ async def test_history_cycle_is_a_format_error_not_a_hang(tmp_path: Path, damage
     assert done.returncode == 1 and key in done.stderr and problem in done.stderr
 
 
+@pytest.mark.attack("swapped files")
 async def test_parent_missing_names_the_child(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     storage = aic.local_filesystem_storage(root)
@@ -825,6 +836,7 @@ async def test_parent_missing_names_the_child(tmp_path: Path) -> None:
     await expect_format_error(collect(fresh.ancestry(branch="main")), f"snapshots/{c1}", problem)
 
 
+@pytest.mark.attack("swapped files")
 @pytest.mark.parametrize("reached_by", ["branch", "tag", "snapshot_id"])
 async def test_snapshot_copied_over_another(tmp_path: Path, reached_by: str) -> None:
     root = tmp_path / "repo"
@@ -848,6 +860,7 @@ async def test_snapshot_copied_over_another(tmp_path: Path, reached_by: str) -> 
     await expect_format_error(read(), f"snapshots/{d1}", f"holds snapshot {c1}, not {d1}")
 
 
+@pytest.mark.attack("swapped files")
 async def test_manifest_copied_over_another(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     storage = aic.local_filesystem_storage(root)
@@ -868,6 +881,7 @@ async def test_manifest_copied_over_another(tmp_path: Path) -> None:
     await expect_format_error(arr.getitem(slice(None)), f"manifests/{a}", f"holds manifest {b}")
 
 
+@pytest.mark.attack("swapped files")
 async def test_transaction_log_copied_over_another(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     storage = aic.local_filesystem_storage(root)

@@ -409,6 +409,7 @@ async def test_one_history_walk_ends_on_cycles_and_missing_parents() -> None:
         await assets.history_since(SnapshotId.random(), a)
 
 
+@pytest.mark.attack("hostile names and keys")
 @pytest.mark.parametrize(
     "name",
     [
@@ -447,6 +448,7 @@ async def test_ref_names_at_the_limits_work(tmp_path: Path) -> None:
         await repo.create_branch("u\u0308ber", sid)
 
 
+@pytest.mark.attack("malformed config and metadata")
 async def test_truncated_native_chunk_is_a_format_error(tmp_path: Path) -> None:
     repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
     session = await repo.writable_session("main")
@@ -459,6 +461,7 @@ async def test_truncated_native_chunk_is_a_format_error(tmp_path: Path) -> None:
         await read_array(reader, "t")
 
 
+@pytest.mark.attack("malformed config and metadata")
 @pytest.mark.parametrize(
     "text",
     [
@@ -555,6 +558,7 @@ def _check_create_race(storage: aic.Storage, pair: list[int | None]) -> None:
     asyncio.run(check_repo())
 
 
+@pytest.mark.attack("creation races and unclean roots")
 @pytest.mark.parametrize("run", range(20))
 def test_concurrent_creates_have_one_winner_local(tmp_path: Path, run: int) -> None:
     """Two processes create at once with different configs (every other run one of them
@@ -564,12 +568,14 @@ def test_concurrent_creates_have_one_winner_local(tmp_path: Path, run: int) -> N
     _check_create_race(aic.local_filesystem_storage(tmp_path / "repo"), pair)
 
 
+@pytest.mark.attack("creation races and unclean roots")
 @pytest.mark.parametrize("run", range(5))
 def test_concurrent_creates_have_one_winner_s3(s3_endpoint: str, run: int) -> None:
     pair: list[int | None] = [100 + run, 200 + run] if run % 2 else [None, 300 + run]
     _check_create_race(s3_test_storage(s3_endpoint), pair)
 
 
+@pytest.mark.attack("creation races and unclean roots")
 def test_concurrent_open_or_create_all_open_one_repository(tmp_path: Path) -> None:
     storage = aic.local_filesystem_storage(tmp_path / "repo")
     thresholds: list[int | None] = [11, 22, 33, None]
@@ -582,6 +588,7 @@ def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+@pytest.mark.attack("creation races and unclean roots")
 @pytest.mark.parametrize("how", ["create", "open_or_create"])
 async def test_create_refuses_a_non_empty_root(make_storage: StorageFactory, how: str) -> None:
     storage = make_storage()
@@ -598,6 +605,7 @@ async def test_create_refuses_a_non_empty_root(make_storage: StorageFactory, how
     assert await driver.get("data/measurements.nc") == b"not a repository"
 
 
+@pytest.mark.attack("creation races and unclean roots")
 async def test_create_refuses_a_root_holding_only_a_config(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_bytes(b"inline_chunk_threshold_bytes: 7\n")
     storage = aic.local_filesystem_storage(tmp_path)
@@ -606,6 +614,7 @@ async def test_create_refuses_a_root_holding_only_a_config(tmp_path: Path) -> No
     assert _tree(tmp_path) == ["config.yaml"]
 
 
+@pytest.mark.attack("creation races and unclean roots")
 async def test_an_interrupted_creation_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -643,6 +652,7 @@ def _write_spec_v2_repository(root: Path, with_v1_refs: bool) -> None:
         )
 
 
+@pytest.mark.attack("creation races and unclean roots")
 @pytest.mark.parametrize("with_v1_refs", [False, True])
 async def test_spec_v2_repository_is_recognised_and_never_written_over(
     tmp_path: Path, with_v1_refs: bool
@@ -665,6 +675,7 @@ async def test_spec_v2_repository_is_recognised_and_never_written_over(
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.attack("creation races and unclean roots")
 async def test_spec_v2_repository_is_recognised_on_every_driver(
     make_storage: StorageFactory,
 ) -> None:
@@ -707,3 +718,33 @@ async def test_a_commit_that_already_lost_writes_nothing(tmp_path: Path) -> None
     assert metadata_files() == before
     await loser.commit("rebased", rebase_with=aic.BasicConflictSolver())
     assert len(metadata_files() - before) >= 2  # the rebased commit wrote its files
+
+
+@pytest.mark.attack("close across event loops")
+async def test_close_in_one_loop_leaves_reads_in_other_loops_working(tmp_path: Path) -> None:
+    """``repo.close()`` releases what the calling loop holds; reads running in other
+    loops at the same time (120 in all) are not broken by it."""
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "repo"))
+    session = await repo.writable_session("main")
+    await write_array(session, "x", np.arange(64), chunks=4)
+    await session.commit("data")
+    readers, reads = 4, 30
+
+    def read_in_new_loop() -> int:
+        async def main() -> int:
+            failed = 0
+            for _ in range(reads):
+                try:
+                    ro = await repo.readonly_session(branch="main")
+                    np.testing.assert_array_equal(await read_array(ro, "x"), np.arange(64))
+                except Exception:
+                    failed += 1
+            return failed
+
+        return asyncio.run(main())
+
+    tasks = [asyncio.ensure_future(asyncio.to_thread(read_in_new_loop)) for _ in range(readers)]
+    while not all(task.done() for task in tasks):
+        await repo.close()
+        await asyncio.sleep(0.001)
+    assert sum(task.result() for task in tasks) == 0

@@ -474,7 +474,8 @@ class Driver(abc.ABC):
     # -- lifecycle --------------------------------------------------------------------
 
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
-        """Release clients and connections. The driver may be used again afterwards."""
+        """Release the clients and connections the running event loop holds; operations
+        running in other loops are not disturbed. The driver may be used again afterwards."""
 
     async def __aenter__(self) -> Self:
         return self

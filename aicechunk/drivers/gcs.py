@@ -3,21 +3,22 @@
 Versions are object generations; conditional writes use ``ifGenerationMatch`` (``0``
 means "create only"). Conditional uploads always go as multipart uploads: GCS honours
 preconditions on every upload type, but fake-gcs-server ignores them on
-``uploadType=media``, and multipart is correct on both. Transient failures (429, 5xx,
-connection errors) are retried with exponential backoff and full jitter, bounded by
-``max_attempts``. One HTTP session per event loop, made lazily.
+``uploadType=media``, and multipart is correct on both. Transient failures (timeouts,
+dropped connections, truncated bodies, 408/429/5xx) are retried with exponential backoff
+and full jitter, bounded by ``max_attempts``; every failure is a ``StorageError``.
+One HTTP session per event loop, made lazily.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from aicechunk.drivers._retry import retrying
 from aicechunk.drivers.base import (
     ByteRange,
     Driver,
@@ -32,12 +33,11 @@ from aicechunk.drivers.base import (
     is_empty_range,
     redacted_url,
 )
-from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
+from aicechunk.errors import AicechunkError, ObjectNotFound, PreconditionFailed, StorageError
 
 __all__ = ["GCSDriver"]
 
 _T = TypeVar("_T")
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 @dataclass
@@ -103,6 +103,7 @@ class GCSDriver(Driver):
             "endpoint_url": redacted_url(self.endpoint_url),
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
         }
 
     @classmethod
@@ -116,6 +117,7 @@ class GCSDriver(Driver):
             endpoint_url=config.get("endpoint_url"),
             max_concurrency=int(config.get("max_concurrency", 64)),
             max_attempts=int(config.get("max_attempts", 6)),
+            timeout=float(config.get("timeout", 60.0)),
         )
 
     @property
@@ -180,23 +182,18 @@ class GCSDriver(Driver):
         return StorageError(f"{action} failed: {detail}", key=key, driver=self.label)
 
     async def _call(self, key: str | None, action: str, fn: Callable[[Any], Awaitable[_T]]) -> _T:
-        import aiohttp
-
         storage, limit = await self._client()
-        delay = 0.05
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                async with limit:
-                    return await fn(storage)
-            except aiohttp.ClientResponseError as err:
-                if err.status not in _RETRY_STATUS or attempt == self.max_attempts:
-                    raise self._error(err, key, action) from err
-            except (TimeoutError, aiohttp.ClientConnectionError) as err:
-                if attempt == self.max_attempts:
-                    raise self._error(err, key, action) from err
-            await asyncio.sleep(random.uniform(0, delay))  # full jitter
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def send() -> _T:
+            async with limit:
+                return await fn(storage)
+
+        try:
+            return await retrying(send, attempts=self.max_attempts)
+        except AicechunkError:
+            raise
+        except Exception as err:  # the client's errors, whatever their type
+            raise self._error(err, key, action) from err
 
     def _info(self, key: str, meta: dict[str, Any]) -> ObjectInfo:
         return ObjectInfo(
@@ -217,7 +214,9 @@ class GCSDriver(Driver):
         name = self._name(key)
         try:
             data: bytes = await self._call(
-                key, "get", lambda s: s.download(self.bucket, name, headers=headers)
+                key,
+                "get",
+                lambda s: s.download(self.bucket, name, headers=headers, timeout=self.timeout),
             )
         except StorageError as err:
             cause = err.__cause__
@@ -231,12 +230,17 @@ class GCSDriver(Driver):
 
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         name = self._name(key)
-        meta = await self._call(key, "head", lambda s: s.download_metadata(self.bucket, name))
+        meta = await self._call(
+            key, "head", lambda s: s.download_metadata(self.bucket, name, timeout=self.timeout)
+        )
         generation = str(meta.get("generation", ""))
 
         async def download(s: Any) -> bytes:
             result: bytes = await s._download(
-                self.bucket, name, params={"alt": "media", "ifGenerationMatch": generation}
+                self.bucket,
+                name,
+                params={"alt": "media", "ifGenerationMatch": generation},
+                timeout=self.timeout,
             )
             return result
 
@@ -249,7 +253,9 @@ class GCSDriver(Driver):
 
     async def _head(self, key: str) -> ObjectInfo:
         name = self._name(key)
-        meta = await self._call(key, "head", lambda s: s.download_metadata(self.bucket, name))
+        meta = await self._call(
+            key, "head", lambda s: s.download_metadata(self.bucket, name, timeout=self.timeout)
+        )
         return self._info(key, meta)
 
     async def _list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
@@ -263,7 +269,7 @@ class GCSDriver(Driver):
             page: dict[str, Any] = await self._call(
                 prefix or None,
                 "list",
-                lambda s, p=params: s.list_objects(self.bucket, params=p),  # type: ignore[misc]
+                lambda s, p=params: s.list_objects(self.bucket, params=p, timeout=self.timeout),  # type: ignore[misc]
             )
             for item in page.get("items", []):
                 yield self._info(item["name"][strip:], item)
@@ -297,6 +303,7 @@ class GCSDriver(Driver):
                 parameters=dict(params),
                 metadata=metadata,
                 force_resumable_upload=False,
+                timeout=self.timeout,
             )
             return result
 
@@ -306,7 +313,9 @@ class GCSDriver(Driver):
     async def _delete(self, key: str) -> None:
         name = self._name(key)
         try:
-            await self._call(key, "delete", lambda s: s.delete(self.bucket, name))
+            await self._call(
+                key, "delete", lambda s: s.delete(self.bucket, name, timeout=self.timeout)
+            )
         except ObjectNotFound:
             return
 

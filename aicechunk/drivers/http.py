@@ -2,7 +2,9 @@
 
 ``GET`` with ``Range`` and ``HEAD``; no writes (``ReadOnlyError``) and no listing (the
 protocol has none). The object version is the ``ETag``, or ``Last-Modified`` if the
-server sends no ETag. Transient failures are retried with backoff and jitter.
+server sends no ETag. Transient failures (timeouts, dropped connections, truncated
+bodies, 408/429/5xx) are retried with backoff and jitter; every failure is a
+``StorageError``.
 
 Redirects are followed here, not by aiohttp, at most ``MAX_REDIRECTS`` hops, and only
 to URLs the driver may read: by default those under ``base_url`` (same scheme, host and
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
+from aicechunk.drivers._retry import RETRY_STATUS, TransientStatus, retrying
 from aicechunk.drivers.base import (
     ByteRange,
     Driver,
@@ -42,7 +44,6 @@ from aicechunk.errors import InvalidLocation, ObjectNotFound, ReadOnlyError, Sto
 
 __all__ = ["MAX_REDIRECTS", "HTTPDriver"]
 
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
 
 #: The most redirects one request follows.
@@ -105,6 +106,7 @@ class HTTPDriver(Driver):
             "headers": {name: secret(value) for name, value in self.headers.items()},
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
         }
 
     @classmethod
@@ -115,6 +117,7 @@ class HTTPDriver(Driver):
             headers=config.get("headers"),
             max_concurrency=int(config.get("max_concurrency", 32)),
             max_attempts=int(config.get("max_attempts", 5)),
+            timeout=float(config.get("timeout", 60.0)),
         )
 
     @property
@@ -169,25 +172,26 @@ class HTTPDriver(Driver):
         import aiohttp
 
         session, limit = await self._session()
-        delay = 0.05
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                status, response_headers, body = await self._send(
-                    session, limit, method, key, headers or {}
-                )
-            except (TimeoutError, aiohttp.ClientConnectionError) as err:
-                if attempt == self.max_attempts:
-                    raise StorageError(
-                        f"{method} failed: {type(err).__name__}", key=key, driver=self.label
-                    ) from err
-            else:
-                if status == 404 or status == 410:
-                    raise ObjectNotFound("no such object", key=key, driver=self.label)
-                if status not in _RETRY_STATUS or attempt == self.max_attempts:
-                    return status, response_headers, body
-            await asyncio.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def send() -> tuple[int, Any, bytes]:
+            status, response_headers, body = await self._send(
+                session, limit, method, key, headers or {}
+            )
+            if status in RETRY_STATUS:
+                raise TransientStatus(status)
+            return status, response_headers, body
+
+        try:
+            status, response_headers, body = await retrying(send, attempts=self.max_attempts)
+        except TransientStatus as err:
+            raise StorageError(f"{method} failed: {err}", key=key, driver=self.label) from err
+        except (TimeoutError, aiohttp.ClientError) as err:
+            raise StorageError(
+                f"{method} failed: {type(err).__name__}", key=key, driver=self.label
+            ) from err
+        if status == 404 or status == 410:
+            raise ObjectNotFound("no such object", key=key, driver=self.label)
+        return status, response_headers, body
 
     async def _send(
         self,

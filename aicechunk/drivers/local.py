@@ -208,6 +208,9 @@ class LocalDriver(Driver):
         self.excluded = tuple(excluded)
         self._real_root: str | None = None
         self._barred: dict[tuple[int, int], str] = {}  # (device, inode) -> excluded dir
+        # The worker threads serve every loop that uses the driver; each loop owns only
+        # its batches (which also mark it as a user). ``_threads`` guards both.
+        self._threads = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._lane: ThreadPoolExecutor | None = None
         self._batches: LoopLocal[_Batches] = LoopLocal(lambda: _Batches(self._small_thread()))
@@ -256,10 +259,15 @@ class LocalDriver(Driver):
     # -- plumbing ---------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="aicechunk-local")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, partial(fn, *args))
+        with self._threads:
+            self._batches.get()  # the running loop is a user of the threads
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.max_workers, thread_name_prefix="aicechunk-local"
+                )
+            future = loop.run_in_executor(self._pool, partial(fn, *args))
+        return await future
 
     def _small_thread(self) -> ThreadPoolExecutor:
         if self._lane is None:
@@ -267,14 +275,21 @@ class LocalDriver(Driver):
         return self._lane
 
     async def _run_small(self, fn: Callable[..., _T], *args: Any) -> _T:
-        result: _T = await self._batches.get().submit(fn, args)
+        with self._threads:
+            future = self._batches.get().submit(fn, args)
+        result: _T = await future
         return result
 
     async def close(self) -> None:
-        """Stop the worker threads (they restart on the next call)."""
-        pool, self._pool = self._pool, None
-        lane, self._lane = self._lane, None
-        self._batches.clear()  # their thread is gone: made again with the next one
+        """Release what the running loop holds. The worker threads, shared by every loop
+        using the driver, stop when no other open loop uses them (they restart on the
+        next call): closing in one loop never breaks operations running in another."""
+        with self._threads:
+            self._batches.pop_current()
+            if any(not loop.is_closed() for loop, _ in self._batches.items()):
+                return
+            pool, self._pool = self._pool, None
+            lane, self._lane = self._lane, None
         for executor in (pool, lane):
             if executor is not None:
                 executor.shutdown(wait=False)

@@ -3,7 +3,9 @@
 Conditional writes use ``If-None-Match: *`` and ``If-Match: <etag>``; listing is
 paginated (S3 lists in UTF-8 byte order, which is our key order); deletes go in batches
 of 1000. Retries with exponential backoff and jitter on throttling, 5xx and connection
-errors are botocore's "standard" mode, bounded by ``max_attempts``. Clients are made
+errors are botocore's "standard" mode, bounded by ``max_attempts``; a body cut or stalled
+while it is read (which botocore does not retry) is requested again here, with the same
+bound. Every failure is a ``StorageError``. Clients are made
 lazily in the loop that uses them, one per loop and per set of settings, shared by the
 drivers with those settings (a repository opened again reuses warm connections).
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from aicechunk.drivers._retry import retrying
 from aicechunk.drivers.base import (
     ByteRange,
     Driver,
@@ -69,6 +72,34 @@ def _shared_session(factory: Any) -> Any:
     if not _SESSION:
         _SESSION.append(factory())
     return _SESSION[0]
+
+
+def _error_code(err: BaseException) -> str:
+    """The S3 error code of a failed call, or its HTTP status, or ``""``: connection
+    errors (timeouts, dropped connections, cut bodies) carry no response at all."""
+    response = getattr(err, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    error = response.get("Error")
+    code = str(error.get("Code", "")) if isinstance(error, dict) else ""
+    if not code:
+        meta = response.get("ResponseMetadata")
+        status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
+        code = str(status) if status else ""
+    return code
+
+
+def _body_cut(err: BaseException) -> bool:
+    """Whether reading a response body failed in a way worth a new request: the
+    connection dropped or stalled mid-body. (botocore retries the requests themselves,
+    but not the reading of a streamed body.)"""
+    import aiohttp
+    from aiobotocore.response import AioReadTimeoutError
+    from botocore.exceptions import ResponseStreamingError
+
+    # botocore wraps what goes wrong during the request; a body read lets aiohttp's through
+    cut = aiohttp.ClientPayloadError | aiohttp.ClientConnectionError
+    return isinstance(err, ResponseStreamingError | AioReadTimeoutError | cut)
 
 
 @dataclass
@@ -297,13 +328,7 @@ class S3Driver(Driver):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, err: Exception, key: str | None, action: str) -> StorageError:
-        code = ""
-        response = getattr(err, "response", None)
-        if isinstance(response, dict):
-            code = str(response.get("Error", {}).get("Code", ""))
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if not code and status:
-                code = str(status)
+        code = _error_code(err)
         if code in _NOT_FOUND:
             return ObjectNotFound("no such object", key=key, driver=self.label)
         if code in _PRECONDITION:
@@ -335,29 +360,37 @@ class S3Driver(Driver):
         header = http_range_header(byte_range)
         if header:
             kwargs["Range"] = header
-        async with limit:
-            try:
+
+        async def read() -> bytes:
+            async with limit:
                 response = await client.get_object(**kwargs)
                 async with response["Body"] as body:
                     data: bytes = await body.read()
                     return data
-            except Exception as err:
-                response = getattr(err, "response", None)  # None on some connection errors
-                code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-                if code == "InvalidRange":  # a range starting at or past the end
-                    await self._head(key)
-                    return b""
-                raise self._error(err, key, "get") from err
+
+        try:
+            return await retrying(read, attempts=self.max_attempts, transient=_body_cut)
+        except Exception as err:
+            if _error_code(err) == "InvalidRange":  # a range starting at or past the end
+                await self._head(key)
+                return b""
+            raise self._error(err, key, "get") from err
 
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         client, limit = await self._client()
-        async with limit:
-            try:
-                response = await client.get_object(Bucket=self.bucket, Key=self._key(key))
+
+        async def read() -> tuple[bytes, dict[str, Any]]:
+            async with limit:
+                response: dict[str, Any] = await client.get_object(
+                    Bucket=self.bucket, Key=self._key(key)
+                )
                 async with response["Body"] as body:
-                    data = await body.read()
-            except Exception as err:
-                raise self._error(err, key, "get") from err
+                    return await body.read(), response
+
+        try:
+            data, response = await retrying(read, attempts=self.max_attempts, transient=_body_cut)
+        except Exception as err:
+            raise self._error(err, key, "get") from err
         return data, self._info(key, response, len(data))
 
     async def _head(self, key: str) -> ObjectInfo:

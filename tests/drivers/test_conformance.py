@@ -6,6 +6,7 @@ import asyncio
 import json
 import multiprocessing
 import pickle
+import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
@@ -369,6 +370,7 @@ async def test_works_from_other_event_loops(dut: DriverUnderTest) -> None:
 # --- the race --------------------------------------------------------------------------
 
 
+@pytest.mark.attack("conditional-write races (test servers)")
 async def test_conditional_increment_race_loses_nothing(dut: DriverUnderTest) -> None:
     """Workers race conditional read-modify-writes on one key: 200 rounds in all."""
     writable(dut)
@@ -398,3 +400,38 @@ async def test_conditional_increment_race_loses_nothing(dut: DriverUnderTest) ->
     # each successful update wrote a distinct next value: nobody overwrote a winner
     assert sorted(won) == list(range(1, final + 1))
     assert final >= rounds  # at least one worker's worth of progress
+
+
+@pytest.mark.attack("close across event loops")
+async def test_close_in_one_loop_leaves_other_loops_reading(dut: DriverUnderTest) -> None:
+    """``close()`` releases what the calling loop owns: 120 reads running meanwhile in
+    other loops (threads of their own) all succeed."""
+    await dut.seed("busy", DATA)
+    readers, reads = 4, 30
+    started = threading.Barrier(readers + 1)
+
+    def read_in_new_loop() -> list[str]:
+        async def main() -> list[str]:
+            failures = []
+            started.wait()
+            for i in range(reads):
+                try:
+                    if i % 2:
+                        assert await dut.driver.get("busy") == DATA
+                    else:
+                        assert (await dut.driver.get_object("busy"))[0] == DATA
+                except Exception as err:
+                    failures.append(repr(err))
+            return failures
+
+        return asyncio.run(main())
+
+    tasks = [asyncio.ensure_future(asyncio.to_thread(read_in_new_loop)) for _ in range(readers)]
+    await asyncio.to_thread(started.wait)
+    while not all(task.done() for task in tasks):
+        await dut.driver.get("busy")  # this loop uses the driver too, then lets go
+        await dut.driver.close()
+        await asyncio.sleep(0.001)
+    failures = [f for task in tasks for f in task.result()]
+    assert failures == [], f"{len(failures)} of {readers * reads} reads failed: {failures[:3]}"
+    assert await dut.driver.get("busy") == DATA

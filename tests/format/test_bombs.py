@@ -89,6 +89,7 @@ FRAMES = {
 }
 
 
+@pytest.mark.attack("bombs")
 @pytest.mark.parametrize("frame", sorted(FRAMES))
 @pytest.mark.parametrize("file_type", list(DECODERS), ids=lambda t: t.name.lower())
 def test_bomb_file_is_refused_within_bounded_memory(file_type: FileType, frame: str) -> None:
@@ -102,6 +103,7 @@ def test_bomb_file_is_refused_within_bounded_memory(file_type: FileType, frame: 
         DECODERS[file_type](data, "some/file", bound)
 
 
+@pytest.mark.attack("bombs")
 def test_bound_counts_output_not_the_declared_size() -> None:
     frame = zstandard.ZstdCompressor().compress(b"x" * 10_000)
     assert decompress_bounded(frame, 10_000) == b"x" * 10_000
@@ -115,6 +117,7 @@ def test_bound_counts_output_not_the_declared_size() -> None:
         decompress_bounded(unsized[:-4], 10_000, "f")
 
 
+@pytest.mark.attack("bombs")
 def test_uncompressed_payload_is_bounded_too() -> None:
     data = MAGIC + b" " * 24 + bytes((1, FileType.SNAPSHOT, 0)) + b"p" * 1000
     assert decode_file(data, FileType.SNAPSHOT, "f", 1000) == b"p" * 1000
@@ -150,6 +153,7 @@ async def first_key(driver: Any, prefix: str) -> str:
     return keys[0]
 
 
+@pytest.mark.attack("bombs")
 async def test_bomb_in_a_repository_is_a_format_error() -> None:
     """A manifest, snapshot and transaction log replaced by 32 KB bombs: reading each
     is a FormatError naming the file, without a gigabyte of memory."""
@@ -207,6 +211,7 @@ def fork_payload(packed: bytes) -> bytes:
     return struct.pack("<8sHHI", b"AICFORK\x00", 2, 0, zlib.crc32(packed)) + packed
 
 
+@pytest.mark.attack("bombs")
 @pytest.mark.parametrize("frame", sorted(FRAMES))
 def test_fork_payload_bomb(frame: str) -> None:
     payload = fork_payload(FRAMES[frame]())
@@ -216,6 +221,7 @@ def test_fork_payload_bomb(frame: str) -> None:
         aic.ForkSession.from_bytes(payload)
 
 
+@pytest.mark.attack("bombs")
 async def test_a_bad_persisted_maximum_is_a_format_error() -> None:
     storage = aic.in_memory_storage()
     await aic.Repository.create(storage)

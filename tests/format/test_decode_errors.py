@@ -203,6 +203,7 @@ def test_fuzz_only_format_errors(
         assert str(err).startswith("fuzzed: ")
 
 
+@pytest.mark.attack("fuzzed decoders and payloads")
 def test_atheris_fuzzing_finds_nothing(tmp_path: Path) -> None:
     """A bounded coverage-guided run of tests/fuzz/fuzz_decoders.py (if atheris installed):
     the file decoders and fork payloads (from_bytes, then merge and listings)."""
@@ -242,6 +243,7 @@ def test_atheris_fuzzing_finds_nothing(tmp_path: Path) -> None:
 DEEP = 100_000  # far past the interpreter's recursion limit
 
 
+@pytest.mark.attack("malformed config and metadata")
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -279,6 +281,7 @@ def test_config_yaml_nesting_bound_leaves_real_configs_alone() -> None:
     assert decode_config_yaml(encode_config_yaml({"manifest": nested}))["manifest"] == nested
 
 
+@pytest.mark.attack("malformed config and metadata")
 @pytest.mark.parametrize(
     "data", [b"[" * DEEP + b"]" * DEEP, b'{"snapshot":' * DEEP + b"1" + b"}" * DEEP]
 )
@@ -287,6 +290,7 @@ def test_deeply_nested_ref_json(data: bytes) -> None:
         decode_ref(data, "refs/branch.main/ref.json")
 
 
+@pytest.mark.attack("malformed config and metadata")
 @pytest.mark.parametrize(
     ("data", "problem"),
     [

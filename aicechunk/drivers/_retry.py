@@ -1,0 +1,64 @@
+"""Retries of transient failures, shared by the network drivers.
+
+A request that timed out, lost its connection, got a truncated body or a throttling or
+5xx answer may succeed if sent again; anything else (a 404, a failed precondition, a
+malformed answer) will not. ``retrying`` sends a request again with exponential backoff
+and full jitter, at most ``attempts`` times, and lets the last failure through for the
+driver to wrap in a ``StorageError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+
+__all__ = ["RETRY_STATUS", "TransientStatus", "is_transient", "retrying"]
+
+_T = TypeVar("_T")
+
+#: HTTP answers worth another try: request timeout, throttling, server errors
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class TransientStatus(Exception):
+    """A driver's signal that a response had a status in ``RETRY_STATUS``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether an aiohttp request that failed with ``err`` may succeed if sent again:
+    timeouts, dropped or refused connections, truncated bodies, 408/429/5xx answers."""
+    if isinstance(err, TimeoutError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return True
+    if isinstance(err, aiohttp.ClientResponseError | TransientStatus):
+        return err.status in RETRY_STATUS
+    return False
+
+
+async def retrying(
+    call: Callable[[], Awaitable[_T]],
+    *,
+    attempts: int,
+    transient: Callable[[BaseException], bool] = is_transient,
+    first_delay: float = 0.05,
+    max_delay: float = 5.0,
+) -> _T:
+    """``await call()``, again after a transient failure, at most ``attempts`` times in
+    all; the last failure (or the first that is not transient) is raised."""
+    delay = first_delay
+    for attempt in range(1, max(attempts, 1) + 1):
+        try:
+            return await call()
+        except Exception as err:
+            if attempt >= attempts or not transient(err):
+                raise
+        await asyncio.sleep(random.uniform(0, delay))  # full jitter
+        delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")  # pragma: no cover
