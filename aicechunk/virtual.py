@@ -405,7 +405,7 @@ class VirtualResolver:
                 for form in self._forms.values()
                 if form.within(base) and form != base
             )
-            return LocalDriver(root, confine=True, excluded=nested)
+            return LocalDriver(root, confine=True, excluded=nested, encode_names=False)
         raise VirtualChunkError(f"store kind {store.tag!r} cannot serve virtual chunks here")
 
     async def fetch(self, ref: VirtualRef, byte_range: ByteRange | None) -> bytes:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from aicechunk.drivers.base import (
     ByteRange,
@@ -175,6 +176,31 @@ class _LargeRead:
             return data
 
 
+# Characters a file name never holds raw, as Icechunk's local storage (Rust's
+# ``object_store``) writes them: ASCII controls, and what S3 and GCS advise against in keys.
+_ESCAPED = frozenset('\\{}^%`]"><[~#|*?') | frozenset(map(chr, [*range(0x20), 0x7F]))
+
+
+_NAME_MAX = 255  # bytes in one file name on the file systems we meet
+
+
+def encode_name(segment: str) -> str:
+    """A key segment as a file name, percent-encoded as Icechunk's local storage writes it:
+    ``branch.ü`` is ``branch.%C3%BC``; ASCII letters, digits and ``.-_ &@:,$=!()+';``
+    stay as they are."""
+    if segment.isascii() and not _ESCAPED.intersection(segment):
+        return segment
+    return "".join(
+        "".join(f"%{b:02X}" for b in ch.encode()) if ch in _ESCAPED or not ch.isascii() else ch
+        for ch in segment
+    )
+
+
+def decode_name(name: str) -> str:
+    """The key segment a file name stands for (the inverse of ``encode_name``)."""
+    return unquote(name, errors="strict") if "%" in name else name
+
+
 class LocalDriver(Driver):
     """Objects as files under ``root`` (created on first write).
 
@@ -188,6 +214,11 @@ class LocalDriver(Driver):
     ``confine=True`` refuses any object whose real path (symbolic links followed) lies
     outside the root's real path, or inside one of the ``excluded`` subdirectories: for
     directories whose contents others control.
+
+    Key segments become file names as Icechunk's local storage names them (non-ASCII and
+    a few special characters percent-encoded, see ``encode_name``), so both libraries
+    find each other's refs; ``encode_names=False`` (for virtual chunk files, which are
+    named by their URLs' decoded paths) uses keys as they are.
     """
 
     type_name = "local"
@@ -200,8 +231,10 @@ class LocalDriver(Driver):
         fsync: bool = False,
         confine: bool = False,
         excluded: tuple[str, ...] = (),
+        encode_names: bool = True,
     ):
         self.root = Path(root).expanduser().absolute()
+        self.encode_names = encode_names
         self.max_workers = max_workers
         self.fsync = fsync
         self.confine = confine
@@ -226,6 +259,7 @@ class LocalDriver(Driver):
             "fsync": self.fsync,
             "confine": self.confine,
             "excluded": list(self.excluded),
+            "encode_names": self.encode_names,
         }
 
     @classmethod
@@ -237,6 +271,7 @@ class LocalDriver(Driver):
             fsync=bool(config.get("fsync", False)),
             confine=bool(config.get("confine", False)),
             excluded=tuple(config.get("excluded") or ()),
+            encode_names=bool(config.get("encode_names", True)),
         )
 
     @property
@@ -254,6 +289,7 @@ class LocalDriver(Driver):
             fsync=state["fsync"],
             confine=state.get("confine", False),
             excluded=tuple(state.get("excluded") or ()),
+            encode_names=state.get("encode_names", True),
         )
 
     # -- plumbing ---------------------------------------------------------------------
@@ -297,10 +333,23 @@ class LocalDriver(Driver):
     def _path(self, key: str) -> Path:
         if key == _RESERVED or key.startswith(_RESERVED + "/"):
             raise InvalidKey(f"keys under {_RESERVED}/ are reserved", key=key, driver=self.label)
-        path = self.root / key
+        path = self.root / self._file_key(key)
         if self.confine:  # runs on a worker thread, like the I/O that follows
             return self._confined(key, path)
         return path
+
+    def _file_key(self, key: str) -> str:
+        if not self.encode_names:
+            return key
+        names = [encode_name(segment) for segment in key.split("/")]
+        if any(len(name) > _NAME_MAX for name in names):
+            raise InvalidKey(
+                f"a key segment is longer than a file name may be ({_NAME_MAX} bytes, "
+                "non-ASCII characters counting 6 to 12 once percent-encoded)",
+                key=key,
+                driver=self.label,
+            )
+        return "/".join(names)
 
     def _confined(self, key: str, path: Path) -> Path:
         """``path`` resolved, if it stays inside the root and out of every excluded
@@ -410,7 +459,8 @@ class LocalDriver(Driver):
     def _list_sync(self, prefix: str) -> list[ObjectInfo]:
         base_rel = prefix if prefix.endswith("/") or not prefix else prefix.rpartition("/")[0]
         base_rel = base_rel.rstrip("/")
-        start = self.root / base_rel if base_rel else self.root
+        start = self.root / self._file_key(base_rel) if base_rel else self.root
+        name_of = decode_name if self.encode_names else str
         found: list[ObjectInfo] = []
         stack = [(start, base_rel)]
         while stack:
@@ -422,7 +472,11 @@ class LocalDriver(Driver):
             except OSError as err:
                 raise self._wrap_os_error(err, rel or prefix, "list") from err
             for entry in entries:
-                key = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    name = name_of(entry.name)
+                except UnicodeDecodeError:  # no key of ours: not listed
+                    continue
+                key = f"{rel}/{name}" if rel else name
                 if not rel and entry.name == _RESERVED:
                     continue
                 try:
