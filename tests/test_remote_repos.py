@@ -168,3 +168,56 @@ async def test_clients_left_open_are_closed_when_the_loop_ends(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "done"
     assert "Unclosed" not in done.stderr, done.stderr
+
+
+SYNC_AND_SPAWNED = """
+import asyncio, multiprocessing, sys
+from concurrent.futures import ProcessPoolExecutor
+import numpy as np, zarr
+import aicechunk as aic
+
+def write(fork, i):  # in a spawned worker, through zarr's synchronous API
+    zarr.open_array(store=fork.store, path="a")[2 * i : 2 * i + 2] = i
+    return fork
+
+if __name__ == "__main__":
+    endpoint, bucket = sys.argv[1:]
+    storage = aic.s3_storage(bucket=bucket, prefix="r", region="us-east-1",
+                             endpoint_url=endpoint, allow_http=True, force_path_style=True,
+                             access_key_id="testing", secret_access_key="testing")
+    repo = asyncio.run(aic.Repository.create(storage))
+    session = asyncio.run(repo.writable_session("main"))
+    zarr.create_array(session.store, name="a", shape=(8,), chunks=(2,), dtype="i4")  # sync API
+    asyncio.run(session.commit("array"))
+    fork = session.fork()
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        forks = list(pool.map(write, [fork] * 4, range(4)))
+    asyncio.run(session.merge(*forks))
+    asyncio.run(session.commit("from workers"))
+    ro = asyncio.run(repo.readonly_session(branch="main"))
+    print(zarr.open_array(store=ro.store, path="a", mode="r")[:].tolist())
+"""
+
+
+async def test_clients_of_sync_api_and_spawned_workers_are_closed_quietly(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """S3 used from zarr's synchronous API (its own loop, on a thread that never ends)
+    and from spawned pool workers: nothing is reported unclosed at exit."""
+    import subprocess
+    import sys
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    script = tmp_path / "script.py"
+    script.write_text(SYNC_AND_SPAWNED)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(script), s3_endpoint, bucket],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 0, 1, 1, 2, 2, 3, 3]"
+    assert "Unclosed" not in done.stderr, done.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import atexit
 import builtins
 import contextlib
 import weakref
@@ -269,10 +270,25 @@ async def _run_at_loop_end(end: _LoopEnd) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        closers, end.closers = list(end.closers.values()), {}
-        for close in closers:
+        await _close_now(end)
+
+
+async def _close_now(end: _LoopEnd) -> None:
+    closers, end.closers = list(end.closers.values()), {}
+    for close in closers:
+        with contextlib.suppress(Exception):
+            await close()
+
+
+@atexit.register
+def _close_in_loops_still_running() -> None:
+    # Loops that never end before the interpreter does (zarr's synchronous API runs one
+    # on a daemon thread; spawned pool workers exit that way) get their closers run here,
+    # in their own thread, instead of the garbage collector reporting unclosed sessions.
+    for loop, end in list(_LOOP_ENDS.items()):
+        if end.closers and loop.is_running() and not loop.is_closed():
             with contextlib.suppress(Exception):
-                await close()
+                asyncio.run_coroutine_threadsafe(_close_now(end), loop).result(timeout=5)
 
 
 async def close_at_loop_end(token: object, close: Callable[[], Awaitable[object]]) -> None:
