@@ -343,6 +343,15 @@ class S3Driver(Driver):
             return StorageError(
                 f"bucket {self.bucket!r} does not exist", key=key, driver=self.label
             )
+        if type(err).__name__ == "NoCredentialsError":
+            return StorageError(
+                f"{action} failed: no AWS credentials found: pass access_key_id and "
+                "secret_access_key to s3_storage(), set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or a profile), or use anonymous=True for a public "
+                "bucket",
+                key=key,
+                driver=self.label,
+            )
         detail = code or type(err).__name__
         return StorageError(f"{action} failed: {detail}", key=key, driver=self.label)
 

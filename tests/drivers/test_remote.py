@@ -215,3 +215,30 @@ async def test_stopped_server_is_a_clear_error_not_a_hang(kind: str) -> None:
         with pytest.raises(StorageError) as info:
             await asyncio.wait_for(driver.get("some/key"), 30)
     assert info.value.key == "some/key"
+
+
+async def test_s3_without_credentials_says_how_to_give_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask the network
+    with flaky_server(failures=0, then=200, body=b"") as (url, seen):
+        driver = S3Driver(
+            "bucket", endpoint_url=url, allow_http=True, force_path_style=True, region="us-east-1"
+        )
+        async with driver:
+            with pytest.raises(StorageError, match="no AWS credentials found") as info:
+                await driver.get("refs/branch.main/ref.json")
+    assert "anonymous=True" in str(info.value) and "access_key_id" in str(info.value)
+    assert seen == []  # refused before any request
