@@ -18,6 +18,7 @@ import zarr.api.asynchronous as zas
 import zstandard
 
 import aicechunk as aic
+from tests.test_store import array_meta as store_array_meta
 
 CHUNK = 4
 Body = dict[str, Any]
@@ -25,18 +26,12 @@ GROUP = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).e
 
 
 def array_meta(shape: list[int], chunks: list[int]) -> bytes:
-    return json.dumps(
-        {
-            "zarr_format": 3,
-            "node_type": "array",
-            "shape": shape,
-            "data_type": "int64",
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": 0,
-            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-        }
-    ).encode()
+    return store_array_meta(
+        shape,
+        chunks,
+        data_type="int64",
+        codecs=[{"name": "bytes", "configuration": {"endian": "little"}}],
+    )
 
 
 def unpack(payload: bytes) -> Body:

@@ -31,23 +31,9 @@ from aicechunk.format.manifest import (
     decode_manifest,
     encode_array_manifest,
 )
+from tests.test_store import array_meta
 
 U64 = 2**64 - 1
-
-
-def meta(shape: list[Any], chunks: list[Any], **extra: Any) -> bytes:
-    doc = {
-        "zarr_format": 3,
-        "node_type": "array",
-        "shape": shape,
-        "data_type": "uint8",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": 0,
-        "codecs": [{"name": "bytes"}],
-        **extra,
-    }
-    return json.dumps(doc).encode()
 
 
 def buf(data: bytes) -> Any:
@@ -57,7 +43,7 @@ def buf(data: bytes) -> Any:
 async def session_with(shape: list[int], chunks: list[int]) -> tuple[aic.Repository, Any]:
     repo = await aic.Repository.create(aic.in_memory_storage())
     session = await repo.writable_session("main")
-    await session.set_metadata("/a", meta(shape, chunks))
+    await session.set_metadata("/a", array_meta(shape, chunks))
     return repo, session
 
 
@@ -119,19 +105,19 @@ CASES: dict[str, tuple[list[int], type[Exception], Attempt]] = {
     "negative chunk index": (BIG, ChunkIndexError, chunk_ref((-1,), InlineRef(b"x"))),
     "chunk index of wrong rank": (BIG, ChunkIndexError, chunk_ref((0, 0), InlineRef(b"x"))),
     "chunk index not an integer": (BIG, ChunkIndexError, chunk_ref(("0",), InlineRef(b"x"))),
-    "shape 2**64": ([1], UnrepresentableValueError, set_meta("/b", meta([2**64], [1]))),
-    "chunk shape 2**64": ([1], UnrepresentableValueError, set_meta("/b", meta([1], [2**64]))),
+    "shape 2**64": ([1], UnrepresentableValueError, set_meta("/b", array_meta([2**64], [1]))),
+    "chunk shape 2**64": ([1], UnrepresentableValueError, set_meta("/b", array_meta([1], [2**64]))),
     "shape 2**64 through the store": (
         [1],
         UnrepresentableValueError,
-        store_set("b/zarr.json", meta([2**70, 1], [1, 1])),
+        store_set("b/zarr.json", array_meta([2**70, 1], [1, 1])),
     ),
-    "negative shape": ([1], InvalidMetadataError, set_meta("/b", meta([-1], [1]))),
-    "boolean shape": ([1], InvalidMetadataError, set_meta("/b", meta([True], [1]))),
+    "negative shape": ([1], InvalidMetadataError, set_meta("/b", array_meta([-1], [1]))),
+    "boolean shape": ([1], InvalidMetadataError, set_meta("/b", array_meta([True], [1]))),
     "dimension name with a lone surrogate": (
         [1],
         InvalidMetadataError,
-        set_meta("/b", meta([1], [1], dimension_names=["\ud800"])),
+        set_meta("/b", array_meta([1], [1], dimension_names=["\ud800"])),
     ),
     "virtual offset 2**64": ([4], UnrepresentableValueError, virtual(2**64, 1)),
     "virtual length 2**64": ([4], UnrepresentableValueError, virtual(0, 2**64)),
@@ -158,18 +144,18 @@ CASES: dict[str, tuple[list[int], type[Exception], Attempt]] = {
         UnrepresentableValueError,
         chunk_ref((0,), NativeRef(ChunkId.random(), 0, -5)),
     ),
-    "node path with NUL": ([1], InvalidNodePathError, set_meta("/b\x00", meta([1], [1]))),
+    "node path with NUL": ([1], InvalidNodePathError, set_meta("/b\x00", array_meta([1], [1]))),
     "node path with a lone surrogate": (
         [1],
         InvalidNodePathError,
-        set_meta("/\ud800", meta([1], [1])),
+        set_meta("/\ud800", array_meta([1], [1])),
     ),
-    "relative node path": ([1], InvalidNodePathError, set_meta("b", meta([1], [1]))),
-    "node path with ..": ([1], InvalidNodePathError, set_meta("/x/../b", meta([1], [1]))),
+    "relative node path": ([1], InvalidNodePathError, set_meta("b", array_meta([1], [1]))),
+    "node path with ..": ([1], InvalidNodePathError, set_meta("/x/../b", array_meta([1], [1]))),
     "store key with a control character": (
         [1],
         InvalidNodePathError,
-        store_set("b\n/zarr.json", meta([1], [1])),
+        store_set("b\n/zarr.json", array_meta([1], [1])),
     ),
 }
 
@@ -194,7 +180,7 @@ async def test_refused_when_written_and_the_session_commits(case: str) -> None:
 async def test_the_largest_values_the_format_holds_commit() -> None:
     repo, session = await session_with([U64], [1])
     await session.store.set(f"a/c/{MAX_CHUNK_INDEX}", buf(b"\x01"))
-    await session.set_metadata("/b", meta([U64, 3], [U64, 1]))
+    await session.set_metadata("/b", array_meta([U64, 3], [U64, 1]))
     await session.store.set_virtual_ref(
         "a/c/5",
         "s3://bucket/key",
@@ -230,7 +216,7 @@ async def test_fill_values_and_many_dimensions_commit() -> None:
     repo = await aic.Repository.create(aic.in_memory_storage())
     session = await repo.writable_session("main")
     for name, fill in (("big", 2**70), ("nan", "NaN"), ("neg", -(2**70))):
-        await session.set_metadata(f"/{name}", meta([2], [1], fill_value=fill))
+        await session.set_metadata(f"/{name}", array_meta([2], [1], fill_value=fill))
     arr = await zas.create_array(session.store, name="r32", shape=(1,) * 32, dtype="i1")
     await arr.setitem((0,) * 32, 5)
     await session.commit("fills and rank 32")

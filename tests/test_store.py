@@ -28,7 +28,8 @@ from aicechunk.store import IcechunkStore
 GROUP = b'{"zarr_format":3,"node_type":"group","attributes":{}}'
 
 
-def array_meta(shape: list[int], chunks: list[int], **extra: Any) -> bytes:
+def array_meta(shape: list[Any], chunks: list[Any], **extra: Any) -> bytes:
+    """A zarr v3 array document (uint8, regular grid); ``extra`` overrides fields."""
     doc = {
         "zarr_format": 3,
         "node_type": "array",
