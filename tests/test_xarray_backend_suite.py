@@ -1,13 +1,19 @@
 """xarray's own zarr backend tests, run against ``IcechunkStore`` through a repository.
 
-The classes below subclass xarray's ``ZarrBase`` (via ``TestZarrWriteEmpty``, which adds the
-fill-value and write-empty tests) and ``TestZarrRegionAuto`` from
-``xarray.tests.test_backends``; their ``create_zarr_target`` hook hands every test the store
-of a fresh writable session of a fresh in-memory repository, and a path a test makes for
-itself (``create_tmp_file()``) is mapped to such a store in ``save``/``open``, so every test
-that runs writes through our store and reads back through it.  Tests asking for consolidated
-metadata run too: xarray turns it off for a store whose ``supports_consolidated_metadata`` is
-False, which is what those tests then check.
+From ``xarray.tests.test_backends``:
+
+- ``TestIcechunkZarrBackend``: ``ZarrBase`` (via ``TestZarrWriteEmpty``, which adds the
+  fill-value and write-empty tests); ``create_zarr_target`` hands every test the store of a
+  fresh writable session of a fresh in-memory repository, and a path a test makes for itself
+  (``create_tmp_file()``) is mapped to such a store in ``save``/``open``, so every test that
+  runs writes through our store and reads back through it.
+- ``TestIcechunkZarrBackendCommitted``: the same tests with a commit after every ``save`` and
+  ``roundtrip`` reading from a read-only session at the commit (manifests, snapshots).
+- ``TestIcechunkRegionAuto`` and ``TestIcechunkRegionAutoCommitted``: ``TestZarrRegionAuto``.
+- ``TestIcechunkDictStoreExtras``: the tests ``TestZarrDictStore`` adds (``load_async``).
+
+Tests asking for consolidated metadata run too: xarray turns it off for a store whose
+``supports_consolidated_metadata`` is False, which is what those tests then check.
 
 Tests that cannot apply to an Icechunk store are listed in ``SKIPS`` (test name -> reason) and
 skipped by an autouse fixture, so the reason shows in the report; nothing is deselected.
@@ -40,6 +46,7 @@ from xarray.tests import test_backends as xtb
 from xarray.tests.conftest import time_unit, use_dask  # noqa: F401
 from xarray.tests.test_backends import default_zarr_format, tmp_store  # noqa: F401
 from zarr.core.sync import sync
+from zarr.storage import WrapperStore
 
 import aicechunk as aic
 
@@ -117,8 +124,11 @@ class _PathsToStores:
         stores = self.__dict__.setdefault("_stores", {})
         key = os.fspath(target)
         if key not in stores:
-            stores[key] = fresh_store()
+            stores[key] = self._new_target()
         return stores[key]
+
+    def _new_target(self) -> Any:
+        return fresh_store()
 
     def save(self, dataset: Any, store_target: Any, **kwargs: Any) -> Any:
         return super().save(dataset, self._target(store_target), **kwargs)  # type: ignore[misc]
@@ -193,10 +203,81 @@ async def test_write_empty_chunks(write_empty: bool | None) -> None:
         xr.testing.assert_identical(back.load(), xr.concat([ds, ds], dim="Z"))
 
 
-class TestIcechunkZarrBackendCommitted(TestIcechunkZarrBackend):
-    """The same tests, with ``roundtrip`` committing between the write and the read and reading
-    from a read-only session at that commit: the data then goes through manifests and a
-    snapshot rather than the session's pending changes."""
+class TestIcechunkDictStoreExtras:
+    """The tests ``TestZarrDictStore`` adds to ``ZarrBase``: chunk-key encoding and
+    ``load_async`` (concurrent and indexed), which reads our store from pytest's event loop
+    after zarr's own loop wrote it."""
+
+    @contextlib.contextmanager
+    def create_zarr_target(self) -> Iterator[aic.IcechunkStore]:
+        yield fresh_store()
+
+    _base = xtb.TestZarrDictStore
+    test_chunk_key_encoding_v2 = _base.test_chunk_key_encoding_v2
+    test_async_load_multiple_variables = _base.test_async_load_multiple_variables
+    test_concurrent_load_multiple_objects = _base.test_concurrent_load_multiple_objects
+    test_indexing = _base.test_indexing
+    test_raise_on_older_zarr_version = _base.test_raise_on_older_zarr_version
+
+
+class CommitEachWrite(WrapperStore):  # type: ignore[misc]
+    """A store over a repository's ``main`` that commits after every ``to_zarr`` and goes on
+    in a new writable session: later writes (appends, regions) and reads then start from a
+    committed snapshot instead of the pending changes of one session."""
+
+    supports_consolidated_metadata = False
+
+    def __init__(self, store: aic.IcechunkStore, repo: aic.Repository) -> None:
+        super().__init__(store)
+        self.repo = repo
+
+    @classmethod
+    def fresh(cls) -> CommitEachWrite:
+        repo = sync(aic.Repository.create(aic.in_memory_storage()))
+        return cls(sync(repo.writable_session("main")).store, repo)
+
+    def _with_store(self, store: aic.IcechunkStore) -> CommitEachWrite:
+        return type(self)(store, self.repo)
+
+    def commit_and_continue(self) -> None:
+        session = self._store.session
+        if session.has_uncommitted_changes:
+            sync(session.commit("to_zarr"))
+        self._store = sync(self.repo.writable_session("main")).store
+
+
+class _CommitAfterSave:
+    """``save`` commits and continues in a new session (see ``CommitEachWrite``)."""
+
+    def save(self, *args: Any, **kwargs: Any) -> Any:
+        resolve = getattr(self, "_target", lambda target: target)  # paths -> their stores
+        args = tuple(resolve(arg) for arg in args)
+        result = super().save(*args, **kwargs)  # type: ignore[misc]
+        for target in args[:2]:
+            if isinstance(target, CommitEachWrite):
+                target.commit_and_continue()
+        return result
+
+
+class TestIcechunkRegionAutoCommitted(_CommitAfterSave, xtb.TestZarrRegionAuto):  # type: ignore[misc]
+    """The region tests with a commit after every write."""
+
+    @contextlib.contextmanager
+    def create_zarr_target(self) -> Iterator[CommitEachWrite]:
+        yield CommitEachWrite.fresh()
+
+
+class TestIcechunkZarrBackendCommitted(_CommitAfterSave, TestIcechunkZarrBackend):
+    """The same tests with a commit after every ``save`` (appends and regions then change a
+    committed snapshot), and ``roundtrip`` reading from a read-only session at the commit:
+    the data goes through manifests and a snapshot rather than pending changes."""
+
+    @contextlib.contextmanager
+    def create_zarr_target(self) -> Iterator[CommitEachWrite]:
+        yield CommitEachWrite.fresh()
+
+    def _new_target(self) -> Any:
+        return CommitEachWrite.fresh()
 
     @contextlib.contextmanager
     def roundtrip(
@@ -213,20 +294,3 @@ class TestIcechunkZarrBackendCommitted(TestIcechunkZarrBackend):
         readonly = sync(repo.readonly_session(branch="main"))
         with self.open(readonly.store, **(open_kwargs or {})) as ds:
             yield ds
-
-
-class TestIcechunkDictStoreExtras:
-    """The tests ``TestZarrDictStore`` adds to ``ZarrBase``: chunk-key encoding and
-    ``load_async`` (concurrent and indexed), which reads our store from pytest's event loop
-    after zarr's own loop wrote it."""
-
-    @contextlib.contextmanager
-    def create_zarr_target(self) -> Iterator[aic.IcechunkStore]:
-        yield fresh_store()
-
-    _base = xtb.TestZarrDictStore
-    test_chunk_key_encoding_v2 = _base.test_chunk_key_encoding_v2
-    test_async_load_multiple_variables = _base.test_async_load_multiple_variables
-    test_concurrent_load_multiple_objects = _base.test_concurrent_load_multiple_objects
-    test_indexing = _base.test_indexing
-    test_raise_on_older_zarr_version = _base.test_raise_on_older_zarr_version
