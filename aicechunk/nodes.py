@@ -86,11 +86,32 @@ def metadata_document(path: str, data: bytes) -> dict[str, Any]:
     return doc
 
 
+def _check_chunk_key_encoding(path: str, encoding: Any) -> None:
+    """Refuse a chunk key encoding other than ``default`` with the ``/`` separator.
+
+    An Icechunk store addresses chunks only as ``<path>/c/<i>/<j>`` (icechunk refuses
+    other chunk keys too); an array declaring ``v2`` keys (``<path>/0/0``) or ``.``
+    separators would be created but could never take a chunk.
+    """
+    if encoding is None or encoding == "default":  # absent, or the name alone: the default
+        return
+    if isinstance(encoding, dict) and encoding.get("name") == "default":
+        config = encoding.get("configuration")
+        if config is None or (isinstance(config, dict) and config.get("separator", "/") == "/"):
+            return
+    raise UnrepresentableValueError(
+        f"metadata for node {path!r}",
+        f"chunk_key_encoding {encoding!r}: an Icechunk store names chunks '<path>/c/<i>/<j>' "
+        "only (the 'default' encoding with separator '/')",
+    )
+
+
 def parse_metadata(path: str, data: bytes) -> ArrayDefinition | None:
     """Parse zarr v3 ``zarr.json``: an ``ArrayDefinition`` for arrays, ``None`` for groups.
 
     ``InvalidMetadataError`` for a document zarr could not read,
-    ``UnrepresentableValueError`` for a shape the format cannot hold (beyond uint64).
+    ``UnrepresentableValueError`` for a shape the format cannot hold (beyond uint64) or
+    chunk keys an Icechunk store cannot address (a chunk key encoding other than the default).
     """
     doc = metadata_document(path, data)
     node_type = doc.get("node_type")
@@ -116,6 +137,7 @@ def parse_metadata(path: str, data: bytes) -> ArrayDefinition | None:
             f"metadata for node {path!r}",
             f"shape {shape} / chunk shape {chunk_shape}: lengths are uint64, at most {MAX_U64}",
         )
+    _check_chunk_key_encoding(path, doc.get("chunk_key_encoding"))
     names = doc.get("dimension_names")
     dimension_names: tuple[str | None, ...] | None = None
     if names is not None:

@@ -95,6 +95,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "attack(category): a test that attacks the library, tallied by category"
     )
+    # Marks of xarray's backend tests (tests/test_xarray_backend_suite.py), which xarray's own
+    # repository conftest registers; the suite module implements skip_if_param itself.
+    for mark in (
+        "skip_if_param(reason, condition, **params): skip the case with these parameters",
+        "flaky: a test xarray marks as flaky",
+        "skip_with_dask_array: a test xarray skips for dask-array backed data",
+        "network: a test of xarray's that needs the network",
+    ):
+        config.addinivalue_line("markers", mark)
 
 
 @pytest.hookimpl(hookwrapper=True)

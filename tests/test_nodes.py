@@ -119,6 +119,31 @@ CASES: dict[str, tuple[list[int], type[Exception], Attempt]] = {
         InvalidMetadataError,
         set_meta("/b", array_meta([1], [1], dimension_names=["\ud800"])),
     ),
+    "chunk_key_encoding v2": (
+        [1],
+        UnrepresentableValueError,
+        set_meta("/b", meta([4], [1], chunk_key_encoding={"name": "v2"})),
+    ),
+    "chunk_key_encoding v2 with '/' through the store": (
+        [1],
+        UnrepresentableValueError,
+        store_set(
+            "b/zarr.json",
+            meta([4], [1], chunk_key_encoding={"name": "v2", "configuration": {"separator": "/"}}),
+        ),
+    ),
+    "chunk_key_encoding default with '.'": (
+        [1],
+        UnrepresentableValueError,
+        set_meta(
+            "/b",
+            meta(
+                [4],
+                [1],
+                chunk_key_encoding={"name": "default", "configuration": {"separator": "."}},
+            ),
+        ),
+    ),
     "virtual offset 2**64": ([4], UnrepresentableValueError, virtual(2**64, 1)),
     "virtual length 2**64": ([4], UnrepresentableValueError, virtual(0, 2**64)),
     "virtual negative offset": ([4], UnrepresentableValueError, virtual(-1, 1)),
