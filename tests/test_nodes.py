@@ -122,14 +122,16 @@ CASES: dict[str, tuple[list[int], type[Exception], Attempt]] = {
     "chunk_key_encoding v2": (
         [1],
         UnrepresentableValueError,
-        set_meta("/b", meta([4], [1], chunk_key_encoding={"name": "v2"})),
+        set_meta("/b", array_meta([4], [1], chunk_key_encoding={"name": "v2"})),
     ),
     "chunk_key_encoding v2 with '/' through the store": (
         [1],
         UnrepresentableValueError,
         store_set(
             "b/zarr.json",
-            meta([4], [1], chunk_key_encoding={"name": "v2", "configuration": {"separator": "/"}}),
+            array_meta(
+                [4], [1], chunk_key_encoding={"name": "v2", "configuration": {"separator": "/"}}
+            ),
         ),
     ),
     "chunk_key_encoding default with '.'": (
@@ -137,7 +139,7 @@ CASES: dict[str, tuple[list[int], type[Exception], Attempt]] = {
         UnrepresentableValueError,
         set_meta(
             "/b",
-            meta(
+            array_meta(
                 [4],
                 [1],
                 chunk_key_encoding={"name": "default", "configuration": {"separator": "."}},
