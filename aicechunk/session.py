@@ -67,6 +67,7 @@ from aicechunk.nodes import (
     check_chunk_ref,
     check_node_path,
     chunk_grid,
+    in_logged_extent,
     on_grid,
     parse_metadata,
 )
@@ -772,15 +773,10 @@ class Session:
         self, snapshot_id: SnapshotId, grids: Mapping[NodeId, tuple[int, ...]]
     ) -> TransactionLog:
         """The log of the pending changes; chunk changes past a shrunk array's end are not
-        changes of the new snapshot (as in icechunk)."""
+        changes of the new snapshot. As icechunk does, an array that still exists and had
+        chunk changes keeps its entry even when none of them is left."""
         c = self._changes
-
-        def changed_coords(nid: NodeId) -> tuple[Coords, ...]:
-            coords = c.chunk_changes_coords(nid)
-            grid = grids.get(nid)
-            if grid is None:
-                return ()
-            return tuple(x for x in coords if on_grid(x, grid))
+        changed = {nid: c.chunk_changes_coords(nid) for nid in c.chunk_nodes()}
 
         return TransactionLog(
             id=snapshot_id,
@@ -791,7 +787,9 @@ class Session:
             updated_groups=tuple(sorted(c.updated_groups)),
             updated_arrays=tuple(sorted(c.updated_arrays)),
             updated_chunks={
-                nid: coords for nid in c.chunk_nodes() if (coords := changed_coords(nid))
+                nid: tuple(x for x in coords if in_logged_extent(x, grids[nid]))
+                for nid, coords in changed.items()
+                if coords and nid in grids
             },
         )
 
