@@ -514,12 +514,24 @@ class Session:
             updated_groups={by_id[n] for n in changes.updated_groups if n in by_id},
             updated_arrays={by_id[n] for n in changes.updated_arrays if n in by_id},
         )
-        grids = await self._grids()
-        for nid, refs in changes.chunks.items():
-            kept = {c for c in refs if on_grid(c, grids.get(nid, ()))}
-            if kept and nid in paths:
-                diff.updated_chunks[paths[nid]] = kept
+        for nid, coords in self._logged_chunk_changes(await self._grids()).items():
+            if nid in paths:
+                diff.updated_chunks[paths[nid]] = set(coords)
         return diff
+
+    def _logged_chunk_changes(
+        self, grids: Mapping[NodeId, tuple[int, ...]]
+    ) -> dict[NodeId, tuple[Coords, ...]]:
+        """The chunk changes a commit logs, per array (``grids``: the arrays that exist):
+        those past a shrunk array's end are not changes of the new snapshot, but, as in
+        icechunk, an array with chunk changes keeps its entry even when none is left."""
+        c = self._changes
+        changed = {nid: c.chunk_changes_coords(nid) for nid in c.chunk_nodes()}
+        return {
+            nid: tuple(x for x in coords if in_logged_extent(x, grids[nid]))
+            for nid, coords in changed.items()
+            if coords and nid in grids
+        }
 
     async def _grids(self) -> dict[NodeId, tuple[int, ...]]:
         """The chunk grid of every array as this session sees it."""
@@ -772,11 +784,8 @@ class Session:
     def _transaction_log(
         self, snapshot_id: SnapshotId, grids: Mapping[NodeId, tuple[int, ...]]
     ) -> TransactionLog:
-        """The log of the pending changes; chunk changes past a shrunk array's end are not
-        changes of the new snapshot. As icechunk does, an array that still exists and had
-        chunk changes keeps its entry even when none of them is left."""
+        """The log of the pending changes."""
         c = self._changes
-        changed = {nid: c.chunk_changes_coords(nid) for nid in c.chunk_nodes()}
 
         return TransactionLog(
             id=snapshot_id,
@@ -786,11 +795,7 @@ class Session:
             deleted_arrays=tuple(sorted(c.deleted_arrays.values())),
             updated_groups=tuple(sorted(c.updated_groups)),
             updated_arrays=tuple(sorted(c.updated_arrays)),
-            updated_chunks={
-                nid: tuple(x for x in coords if in_logged_extent(x, grids[nid]))
-                for nid, coords in changed.items()
-                if coords and nid in grids
-            },
+            updated_chunks=self._logged_chunk_changes(grids),
         )
 
     async def commit(
