@@ -108,7 +108,7 @@ class AicLib:
 
     def commit(self, message: str) -> str:
         assert self.session is not None
-        return str(run(self.session.commit(message)))
+        return str(run(self.session.commit(message, {"msg": message, "n": [1, None]})))
 
     def create_branch(self, name: str, sid: str) -> None:
         run(self.repo.create_branch(name, sid))
@@ -125,9 +125,9 @@ class AicLib:
     def lookup_branch(self, name: str) -> str:
         return str(run(self.repo.lookup_branch(name)))
 
-    def ancestry(self, sid: str) -> list[tuple[str, str]]:
+    def ancestry(self, sid: str) -> list[tuple[str, str, dict[str, Any]]]:
         infos = run(_collect(self.repo.ancestry(snapshot_id=sid)))
-        return [(str(i.id), i.message) for i in infos]
+        return [(str(i.id), i.message, i.metadata) for i in infos]
 
     def diff(self, from_sid: str, to_sid: str) -> dict[str, Any]:
         return _norm_diff(run(self.repo.diff(from_snapshot_id=from_sid, to_snapshot_id=to_sid)))
@@ -175,7 +175,7 @@ class IcLib:
 
     def commit(self, message: str) -> str:
         assert self.session is not None
-        return self.session.commit(message)
+        return self.session.commit(message, metadata={"msg": message, "n": [1, None]})
 
     def create_branch(self, name: str, sid: str) -> None:
         self.repo.create_branch(name, sid)
@@ -192,8 +192,8 @@ class IcLib:
     def lookup_branch(self, name: str) -> str:
         return self.repo.lookup_branch(name)
 
-    def ancestry(self, sid: str) -> list[tuple[str, str]]:
-        return [(i.id, i.message) for i in self.repo.ancestry(snapshot_id=sid)]
+    def ancestry(self, sid: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(i.id, i.message, i.metadata) for i in self.repo.ancestry(snapshot_id=sid)]
 
     def diff(self, from_sid: str, to_sid: str) -> dict[str, Any]:
         return _norm_diff(self.repo.diff(from_snapshot_id=from_sid, to_snapshot_id=to_sid))
@@ -260,7 +260,7 @@ def describe_store(store: Store, coords: Callable[[str], list[tuple[int, ...]]])
 
 
 def messages(lib: Lib, sid: str) -> list[str]:
-    return [m for _, m in lib.ancestry(sid)]
+    return [m for _, m, _ in lib.ancestry(sid)]
 
 
 def describe_refs(lib: Lib) -> dict[str, Any]:
@@ -281,7 +281,8 @@ def describe_repo(lib: Lib) -> dict[str, Any]:
     snapshots: dict[str, Any] = {}
     for tip in tips:
         history = lib.ancestry(tip)
-        for (sid, message), (parent, _) in zip(history, [*history[1:], ("", "")], strict=True):
+        parents = [sid for sid, _, _ in history[1:]] + [""]
+        for (sid, message, _), parent in zip(history, parents, strict=True):
             if message in snapshots:
                 continue
             store, coords = lib.readonly_store(sid)
@@ -404,7 +405,7 @@ class Twin:
     def check_commit(self) -> None:
         ic_tip, aic_tip = self.ic.lookup_branch(self.branch), self.aic.lookup_branch(self.branch)
         ic_hist, aic_hist = self.ic.ancestry(ic_tip), self.aic.ancestry(aic_tip)
-        assert [m for _, m in aic_hist] == [m for _, m in ic_hist]
+        assert [h[1:] for h in aic_hist] == [h[1:] for h in ic_hist]  # messages, metadata
         assert describe_refs(self.aic) == describe_refs(self.ic)
         ours = describe_store(*self.aic.readonly_store(aic_tip))
         theirs = describe_store(*self.ic.readonly_store(ic_tip))
