@@ -260,7 +260,12 @@ class Session:
         return NodeView(node.path, node.id, user_data, None)
 
     async def get_node(self, path: str) -> NodeView | None:
-        """The group or array at ``path`` (``/`` is the root), or ``None``."""
+        """The group or array at ``path`` (``/`` is the root), or ``None``.
+
+        ``InvalidNodePathError`` if ``path`` is not an absolute node path: a relative
+        ``a/b`` names no node and would otherwise read as "absent" (icechunk refuses it).
+        """
+        check_node_path(path)
         changes = self._changes
         if path in changes.new_groups:
             nid, data = changes.new_groups[path]
