@@ -269,15 +269,21 @@ def describe_refs(lib: Lib) -> dict[str, Any]:
     for b in sorted(lib.branches()):
         out["branches"][b] = messages(lib, lib.lookup_branch(b))
     for t in sorted(lib.tags()):
-        sid = lib.repo.lookup_tag(t) if isinstance(lib, IcLib) else str(run(lib.repo.lookup_tag(t)))
-        out["tags"][t] = messages(lib, sid)
+        out["tags"][t] = messages(lib, lookup_tag(lib, t))
     return out
+
+
+def lookup_tag(lib: Lib, name: str) -> str:
+    return (
+        lib.repo.lookup_tag(name) if isinstance(lib, IcLib) else str(run(lib.repo.lookup_tag(name)))
+    )
 
 
 def describe_repo(lib: Lib) -> dict[str, Any]:
     """Refs, and for every snapshot reachable from a ref: its tree and its diff."""
     refs = describe_refs(lib)
     tips = [lib.lookup_branch(b) for b in sorted(lib.branches())]
+    tips += [lookup_tag(lib, t) for t in sorted(lib.tags())]  # a tag may outlive its branch
     snapshots: dict[str, Any] = {}
     for tip in tips:
         history = lib.ancestry(tip)
