@@ -67,6 +67,7 @@ from aicechunk.nodes import (
     check_chunk_ref,
     check_node_path,
     chunk_grid,
+    in_logged_extent,
     on_grid,
     parse_metadata,
 )
@@ -259,7 +260,12 @@ class Session:
         return NodeView(node.path, node.id, user_data, None)
 
     async def get_node(self, path: str) -> NodeView | None:
-        """The group or array at ``path`` (``/`` is the root), or ``None``."""
+        """The group or array at ``path`` (``/`` is the root), or ``None``.
+
+        ``InvalidNodePathError`` if ``path`` is not an absolute node path: a relative
+        ``a/b`` names no node and would otherwise read as "absent" (icechunk refuses it).
+        """
+        check_node_path(path)
         changes = self._changes
         if path in changes.new_groups:
             nid, data = changes.new_groups[path]
@@ -513,12 +519,24 @@ class Session:
             updated_groups={by_id[n] for n in changes.updated_groups if n in by_id},
             updated_arrays={by_id[n] for n in changes.updated_arrays if n in by_id},
         )
-        grids = await self._grids()
-        for nid, refs in changes.chunks.items():
-            kept = {c for c in refs if on_grid(c, grids.get(nid, ()))}
-            if kept and nid in paths:
-                diff.updated_chunks[paths[nid]] = kept
+        for nid, coords in self._logged_chunk_changes(await self._grids()).items():
+            if nid in paths:
+                diff.updated_chunks[paths[nid]] = set(coords)
         return diff
+
+    def _logged_chunk_changes(
+        self, grids: Mapping[NodeId, tuple[int, ...]]
+    ) -> dict[NodeId, tuple[Coords, ...]]:
+        """The chunk changes a commit logs, per array (``grids``: the arrays that exist):
+        those past a shrunk array's end are not changes of the new snapshot, but, as in
+        icechunk, an array with chunk changes keeps its entry even when none is left."""
+        c = self._changes
+        changed = {nid: c.chunk_changes_coords(nid) for nid in c.chunk_nodes()}
+        return {
+            nid: tuple(x for x in coords if in_logged_extent(x, grids[nid]))
+            for nid, coords in changed.items()
+            if coords and nid in grids
+        }
 
     async def _grids(self) -> dict[NodeId, tuple[int, ...]]:
         """The chunk grid of every array as this session sees it."""
@@ -771,16 +789,8 @@ class Session:
     def _transaction_log(
         self, snapshot_id: SnapshotId, grids: Mapping[NodeId, tuple[int, ...]]
     ) -> TransactionLog:
-        """The log of the pending changes; chunk changes past a shrunk array's end are not
-        changes of the new snapshot (as in icechunk)."""
+        """The log of the pending changes."""
         c = self._changes
-
-        def changed_coords(nid: NodeId) -> tuple[Coords, ...]:
-            coords = c.chunk_changes_coords(nid)
-            grid = grids.get(nid)
-            if grid is None:
-                return ()
-            return tuple(x for x in coords if on_grid(x, grid))
 
         return TransactionLog(
             id=snapshot_id,
@@ -790,9 +800,7 @@ class Session:
             deleted_arrays=tuple(sorted(c.deleted_arrays.values())),
             updated_groups=tuple(sorted(c.updated_groups)),
             updated_arrays=tuple(sorted(c.updated_arrays)),
-            updated_chunks={
-                nid: coords for nid in c.chunk_nodes() if (coords := changed_coords(nid))
-            },
+            updated_chunks=self._logged_chunk_changes(grids),
         )
 
     async def commit(

@@ -17,6 +17,7 @@ import zarr
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
+from aicechunk.errors import InvalidNodePathError
 
 
 def icechunk_writes(path: Path) -> dict[str, Any]:
@@ -226,3 +227,33 @@ async def test_last_modified_checksums_are_stored_as_icechunk_stores_them(tmp_pa
 
     ours, theirs = stored(tmp_path / "ours"), stored(tmp_path / "ic")
     assert ours == theirs and len(ours) == len(dates)
+
+
+async def test_relative_node_paths_are_refused_as_by_icechunk(tmp_path: Path) -> None:
+    """Found while writing tests/test_differential.py: ``chunk_coords("a")`` listed nothing
+    (no node is named ``a``; nodes are ``/a``) where icechunk raises; a relative path is a
+    caller's mistake and gets a clear error from every session query."""
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "ours"))
+    session = await repo.writable_session("main")
+    a = await zas.create_array(session.store, name="a", shape=(2,), chunks=(1,), dtype="i4")
+    await a.setitem(slice(None), 1)
+    assert [c async for c in session.chunk_coords("/a")] == [(0,), (1,)]
+    with pytest.raises(InvalidNodePathError, match="absolute"):
+        [c async for c in session.chunk_coords("a")]
+    with pytest.raises(InvalidNodePathError):
+        await session.get_chunk_ref("a", (0,))
+
+    def theirs() -> None:
+        ic_repo = icechunk.Repository.create(
+            icechunk.local_filesystem_storage(str(tmp_path / "ic"))
+        )
+        ic_session = ic_repo.writable_session("main")
+        zarr.create_array(ic_session.store, name="a", shape=(2,), chunks=(1,), dtype="i4")
+
+        async def listed() -> list[tuple[int, ...]]:
+            return [c async for c in ic_session.chunk_coordinates("a")]
+
+        with pytest.raises(ValueError, match="must start with a `/`"):
+            asyncio.run(listed())
+
+    await asyncio.to_thread(theirs)

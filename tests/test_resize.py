@@ -52,7 +52,7 @@ def plain_diff(diff: Any) -> dict[str, Any]:
     out["updated_groups"] = sorted(diff.updated_groups)
     out["updated_arrays"] = sorted(diff.updated_arrays)
     out["updated_chunks"] = {
-        p: sorted(map(tuple, c)) for p, c in sorted(diff.updated_chunks.items()) if c
+        p: sorted(map(tuple, c)) for p, c in sorted(diff.updated_chunks.items())
     }
     return out
 
@@ -111,7 +111,7 @@ def theirs(path: Path) -> dict[str, Any]:
 
     def status() -> dict[str, list[tuple[int, ...]]]:
         diff = state["session"].status()
-        return {p: sorted(map(tuple, c)) for p, c in diff.updated_chunks.items() if c}
+        return {p: sorted(map(tuple, c)) for p, c in diff.updated_chunks.items()}
 
     def coords() -> list[tuple[int, ...]]:
         async def listed() -> list[tuple[int, ...]]:
@@ -164,3 +164,46 @@ async def test_delete_past_the_end_records_nothing() -> None:
     await session.store.delete("a/c/0/0")  # wrong rank
     assert not session.has_uncommitted_changes
     assert (await session.status()).updated_chunks == {}
+
+
+def shrink_diffs(lib: str, path: Path) -> list[dict[str, list[tuple[int, ...]]]]:
+    """``updated_chunks`` of the status and then of the commit when a never-written array
+    is shrunk, with either library: to (2,) (every deleted chunk lies past the end) and to
+    (0,) (a zero-length dimension)."""
+    out = []
+    for i, new_shape in enumerate([(2,), (0,)]):
+        where = path / f"{lib}{i}"
+        if lib == "ic":
+            ic_repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(where)))
+            ic_session = ic_repo.writable_session("main")
+            zarr.create_array(ic_session.store, name="a", shape=(4,), chunks=(1,), dtype="i4")
+            zarr.open_array(ic_session.store, path="a").resize(new_shape)
+            status: Any = ic_session.status()
+            sid = ic_session.commit("shrunk")
+            first = [x.id for x in ic_repo.ancestry(branch="main")][-1]
+            diff: Any = ic_repo.diff(from_snapshot_id=first, to_snapshot_id=sid)
+        else:
+
+            async def run(where: Path = where, new_shape: tuple[int] = new_shape) -> Any:
+                repo = await aic.Repository.create(aic.local_filesystem_storage(where))
+                first = await repo.lookup_branch("main")
+                session = await repo.writable_session("main")
+                zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype="i4")
+                zarr.open_array(session.store, path="a").resize(new_shape)
+                status = await session.status()
+                sid = await session.commit("shrunk")
+                return status, await repo.diff(from_snapshot_id=first, to_snapshot_id=sid)
+
+            status, diff = asyncio.run(run())
+        for d in (status, diff):
+            out.append({p: sorted(map(tuple, c)) for p, c in d.updated_chunks.items()})
+    return out
+
+
+def test_shrink_logs_chunks_as_icechunk_does(tmp_path: Path) -> None:
+    """Found by tests/test_differential.py: zarr's resize deletes the chunks past the new
+    end; icechunk's status and transaction log keep the array's entry even when all of
+    them are dropped, and a zero-length dimension admits chunk index 0."""
+    ours = shrink_diffs("aic", tmp_path)
+    assert ours == shrink_diffs("ic", tmp_path)
+    assert ours == [{"/a": []}, {"/a": []}, {"/a": [(0,)]}, {"/a": [(0,)]}]
