@@ -288,6 +288,8 @@ class LocalDriver(Driver):
         self.fsync = fsync
         self.confine = confine
         self.excluded = tuple(excluded)
+        # where each excluded directory is named (what is there is looked up per read)
+        self._excluded_at = tuple((os.path.join(self.root, sub), sub) for sub in self.excluded)
         self._real_root: str | None = None
         # The worker threads serve every loop that uses the driver; each loop owns only
         # its batches (which also mark it as a user). ``_threads`` guards both.
@@ -463,12 +465,12 @@ class LocalDriver(Driver):
         inside = root.rstrip("/") + "/"
         if not real.startswith(inside):
             raise InvalidKey("a symbolic link leads outside the root", key=key, driver=self.label)
-        if not self.excluded:
+        if not self._excluded_at:
             return
         barred: dict[tuple[int, int], str] = {}
-        for sub in self.excluded:  # relative to the root, or absolute
+        for at, sub in self._excluded_at:
             try:
-                st = os.stat(self.root / sub)
+                st = os.stat(at)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # not there now: nothing to keep out
             barred[st.st_dev, st.st_ino] = sub
