@@ -164,9 +164,9 @@ _SMALL = 1 << 20
 
 # Objects are opened once and read from that descriptor (never opened again by name):
 # non-blocking, so that a FIFO planted where an object should be cannot hang the reader.
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)) | getattr(
-    os, "O_BINARY", 0
-)
+_OPEN_FLAGS = os.O_RDONLY
+for _flag in ("O_CLOEXEC", "O_NONBLOCK", "O_BINARY"):  # those this system has
+    _OPEN_FLAGS |= getattr(os, _flag, 0)
 
 # where the kernel names the file behind a descriptor (Linux)
 _FD_NAMES = "/proc/self/fd"
