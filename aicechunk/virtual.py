@@ -398,14 +398,17 @@ class VirtualResolver:
         if store.tag == "local_file_system":
             from aicechunk.drivers.local import LocalDriver
 
-            # a nested container's directory is its own: no symbolic link may lead there
+            # Every other file container's directory is its own: no path (no symbolic
+            # link, no other spelling of a directory) may lead there from this one. The
+            # driver finds them by identity on each read; one at or above this root
+            # bars nothing.
             base = self._forms[container.url_prefix]
-            nested = tuple(
-                "/".join(form.segments[len(base.segments) :])
+            others = tuple(
+                "/" + "/".join(form.segments)
                 for form in self._forms.values()
-                if form.within(base) and form != base
+                if form.scheme == "file" and form != base
             )
-            return LocalDriver(root, confine=True, excluded=nested, encode_names=False)
+            return LocalDriver(root, confine=True, excluded=others, encode_names=False)
         raise VirtualChunkError(f"store kind {store.tag!r} cannot serve virtual chunks here")
 
     async def fetch(self, ref: VirtualRef, byte_range: ByteRange | None) -> bytes:

@@ -8,9 +8,14 @@ location, no symbolic link and no redirect may return those bytes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import errno
+import os
 import pickle
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +25,14 @@ from aiohttp import web
 
 import aicechunk as aic
 from aicechunk.cli import main
+from aicechunk.drivers import local as local_driver
 from aicechunk.drivers.base import RangeRequest
 from aicechunk.drivers.gcs import GCSDriver
 from aicechunk.drivers.http import MAX_REDIRECTS, HTTPDriver
+from aicechunk.drivers.local import LocalDriver
 from aicechunk.drivers.s3 import S3Driver
 from aicechunk.drivers.urls import parse_location, redact_url
-from aicechunk.errors import InvalidLocation, StorageError, redact_credentials
+from aicechunk.errors import InvalidLocation, ObjectNotFound, StorageError, redact_credentials
 from aicechunk.format.manifest import VirtualRef
 from aicechunk.virtual import VirtualResolver
 from tests.servers import create_s3_bucket, free_port, next_bucket_name, put_s3_object, serve_app
@@ -239,6 +246,222 @@ async def test_the_probe_through_a_repository(tmp_path: Path, files: Path) -> No
         with pytest.raises(aic.VirtualChunkError):
             await ro.get_chunk("/v", (i,))
     assert await ro.get_chunk("/v", (2,)) == PUBLIC
+
+
+# --- file containers: races, replaced and aliased directories ----------------------------
+
+
+@pytest.fixture
+def swap_tree(tmp_path: Path) -> Path:
+    """``outer/real/f.bin`` holds PUBLIC; ``secret/f.bin`` (outside) holds SECRET."""
+    (tmp_path / "outer" / "real").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "outer" / "real" / "f.bin").write_bytes(PUBLIC)
+    (tmp_path / "secret" / "f.bin").write_bytes(SECRET)
+    return tmp_path
+
+
+def swap_in(tree: Path) -> None:
+    """Replace ``outer/real`` by a symbolic link to the outside ``secret`` directory."""
+    os.rename(tree / "outer" / "real", tree / "parked")
+    os.symlink(tree / "secret", tree / "outer" / "real")
+
+
+def swap_back(tree: Path) -> None:
+    os.unlink(tree / "outer" / "real")
+    os.rename(tree / "parked", tree / "outer" / "real")
+
+
+def once(action: Any) -> Any:
+    """``action`` on the first call only."""
+    done: list[bool] = []
+
+    def run(*args: Any) -> None:
+        if not done:
+            done.append(True)
+            action(*args)
+
+    return run
+
+
+@pytest.mark.attack("authorization bypasses")
+@pytest.mark.parametrize("when", ["after the path is resolved", "while the file is opened"])
+@pytest.mark.parametrize("kernel_names", [True, False], ids=["proc", "portable"])
+async def test_file_container_symlink_swap_between_check_and_read(
+    swap_tree: Path, monkeypatch: pytest.MonkeyPatch, when: str, kernel_names: bool
+) -> None:
+    """The probe's race, made deterministic: a directory on the path becomes a symbolic
+    link out of the root at the worst moment for the reader. The read returns the bytes
+    of the file it checked, or is refused; never the outside file's."""
+    if not kernel_names:  # no /proc: the portable check
+        monkeypatch.setattr(local_driver, "_HAS_FD_NAMES", False, raising=False)
+    swap = once(lambda: swap_in(swap_tree))
+    if when == "after the path is resolved":  # the reader has looked at the name
+        real_readlink, real_realpath = os.readlink, os.path.realpath
+
+        def readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
+            target = real_readlink(path, *args, **kwargs)
+            swap()
+            return target
+
+        def realpath(path: Any, *args: Any, **kwargs: Any) -> Any:
+            target = real_realpath(path, *args, **kwargs)
+            if str(path).endswith("f.bin"):
+                swap()
+            return target
+
+        monkeypatch.setattr(os, "readlink", readlink)
+        monkeypatch.setattr(os.path, "realpath", realpath)
+    else:  # the link is there only while the reader opens the file
+        real_open = os.open
+
+        def open_(path: Any, *args: Any, **kwargs: Any) -> int:
+            if not str(path).endswith("f.bin"):
+                return real_open(path, *args, **kwargs)
+            swap_in(swap_tree)
+            try:
+                return real_open(path, *args, **kwargs)
+            finally:
+                swap_back(swap_tree)
+
+        monkeypatch.setattr(os, "open", open_)
+    driver = LocalDriver(swap_tree / "outer", confine=True, encode_names=False)
+    try:
+        data = await driver.get("real/f.bin", RangeRequest(0, 17))
+    except StorageError as err:  # refused: fine, as long as nothing else escapes
+        assert "outside the root" in str(err) or "changed" in str(err), err
+    else:
+        assert data == PUBLIC
+    finally:
+        await driver.close()
+
+
+@pytest.mark.attack("authorization bypasses")
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (FileNotFoundError(errno.ENOENT, "gone"), ObjectNotFound),
+        (OSError(errno.EIO, "i/o error"), StorageError),
+    ],
+)
+async def test_file_container_check_errors_are_storage_errors(
+    swap_tree: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, expected: type
+) -> None:
+    """The race's other outcome: the path vanishes while the reader resolves it. What
+    the system says then is a StorageError (ObjectNotFound for a missing file), never a
+    raw OSError."""
+
+    def readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(os, "readlink", readlink)
+    driver = LocalDriver(swap_tree / "outer", confine=True, encode_names=False)
+    try:
+        for read in (
+            driver.get("real/f.bin"),
+            driver.get("real/f.bin", RangeRequest(0, 3)),
+            driver.head("real/f.bin"),
+        ):
+            with pytest.raises(expected) as info:
+                await read
+            assert info.value.key == "real/f.bin"
+    finally:
+        await driver.close()
+
+
+@pytest.mark.attack("authorization bypasses")
+async def test_file_container_symlink_swap_race(swap_tree: Path) -> None:
+    """The probe's race for real, bounded: a thread swaps a directory for a symbolic link
+    out of the root as fast as it can while reads go on for a second."""
+    stop = threading.Event()
+
+    def swapper() -> None:
+        while not stop.is_set():
+            swap_in(swap_tree)
+            swap_back(swap_tree)
+
+    driver = LocalDriver(swap_tree / "outer", confine=True, encode_names=False)
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    outcomes: dict[object, int] = {}
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                found: object = await driver.get("real/f.bin", RangeRequest(0, 17))
+            except StorageError as err:
+                found = type(err)
+            outcomes[found] = outcomes.get(found, 0) + 1
+    finally:
+        stop.set()
+        thread.join()
+        await driver.close()
+    assert SECRET not in outcomes, outcomes
+    assert sum(outcomes.values()) > 0
+
+
+def nested_resolver(outer: str, others: list[str], root: Path) -> VirtualResolver:
+    store = aic.local_filesystem_store(str(root))
+    containers = {p: aic.VirtualChunkContainer(p, store) for p in [outer, *others]}
+    return VirtualResolver(containers, {outer: None})
+
+
+@pytest.mark.attack("authorization bypasses")
+async def test_file_container_nested_directory_replaced(tmp_path: Path) -> None:
+    """A nested container's directory renamed away and made anew is still the nested
+    container's: a link from the outer one into it stays refused."""
+    outer, inner = tmp_path / "outer", tmp_path / "outer" / "inner"
+    inner.mkdir(parents=True)
+    (outer / "pub.bin").write_bytes(PUBLIC)
+    (inner / "secret.bin").write_bytes(SECRET)
+    (outer / "link").symlink_to(inner, target_is_directory=True)
+    resolver = nested_resolver(f"file://{outer}/", [f"file://{inner}/"], tmp_path)
+    try:
+        assert await fetch(resolver, f"file://{outer}/pub.bin") == PUBLIC
+        assert "excluded" in str(await refused(resolver, f"file://{outer}/link/secret.bin"))
+        inner.rename(outer / "inner_old")
+        inner.mkdir()
+        (inner / "secret.bin").write_bytes(SECRET)
+        assert "excluded" in str(await refused(resolver, f"file://{outer}/link/secret.bin"))
+        await refused(resolver, f"file://{outer}/inner/secret.bin")  # the inner container
+        assert await fetch(resolver, f"file://{outer}/pub.bin") == PUBLIC
+    finally:
+        await resolver.close()
+
+
+@pytest.mark.attack("authorization bypasses")
+async def test_file_container_nested_under_another_spelling(tmp_path: Path) -> None:
+    """A container declared through a symbolic link alias of the outer directory
+    (``alias -> data``, inner = ``alias/inner/``) is excluded from ``data/`` all the same;
+    containers at or above the outer directory exclude nothing."""
+    data = tmp_path / "data"
+    (data / "inner").mkdir(parents=True)
+    (data / "pub.bin").write_bytes(PUBLIC)
+    (data / "inner" / "secret.bin").write_bytes(SECRET)
+    (tmp_path / "alias").symlink_to(data, target_is_directory=True)
+    outer = f"file://{data}/"
+    others = [f"file://{tmp_path}/alias/inner/", f"file://{tmp_path}/alias/", f"file://{tmp_path}/"]
+    resolver = nested_resolver(outer, others, tmp_path)
+    try:
+        error = await refused(resolver, f"{outer}inner/secret.bin")
+        assert "excluded" in str(error)
+        assert await fetch(resolver, f"{outer}pub.bin") == PUBLIC
+    finally:
+        await resolver.close()
+
+
+@pytest.mark.attack("hostile names and keys")
+async def test_file_container_fifo_does_not_hang_the_reader(tmp_path: Path) -> None:
+    """A FIFO planted where a chunk file should be: refused at once, not read forever."""
+    os.mkfifo(tmp_path / "chunk.bin")
+    driver = LocalDriver(tmp_path, confine=True, encode_names=False)
+    try:
+        with pytest.raises(ObjectNotFound, match="no regular file"):
+            await asyncio.wait_for(driver.get("chunk.bin", RangeRequest(0, 4)), 5)
+    finally:
+        with contextlib.suppress(OSError):  # release a reader stuck on it, if any
+            os.close(os.open(tmp_path / "chunk.bin", os.O_WRONLY | os.O_NONBLOCK))
+        await driver.close()
 
 
 @pytest.mark.attack("authorization bypasses")

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 import uuid
@@ -161,19 +162,62 @@ def _deliver(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
 # reads and writes up to this size run on the driver's small-op thread
 _SMALL = 1 << 20
 
+# Objects are opened once and read from that descriptor (never opened again by name):
+# non-blocking, so that a FIFO planted where an object should be cannot hang the reader.
+_OPEN_FLAGS = os.O_RDONLY
+for _flag in ("O_CLOEXEC", "O_NONBLOCK", "O_BINARY"):  # those this system has
+    _OPEN_FLAGS |= getattr(os, _flag, 0)
+
+# where the kernel names the file behind a descriptor (Linux)
+_FD_NAMES = "/proc/self/fd"
+_HAS_FD_NAMES = os.path.isdir(_FD_NAMES)
+
+
+def _pread(fd: int, start: int, stop: int) -> bytes:
+    """Bytes ``start:stop`` of the open file ``fd`` (fewer at its end)."""
+    if not hasattr(os, "pread"):  # pragma: no cover - Windows
+        os.lseek(fd, start, os.SEEK_SET)
+        return os.read(fd, stop - start)
+    data = os.pread(fd, stop - start, start)
+    if len(data) == stop - start or not data:
+        return data
+    parts, pos = [data], start + len(data)  # a short read before the end: go on
+    while pos < stop:
+        more = os.pread(fd, stop - pos, pos)
+        if not more:
+            break
+        parts.append(more)
+        pos += len(more)
+    return b"".join(parts)
+
 
 class _LargeRead:
-    """An open file whose requested range is too large for the small-op thread."""
+    """An open file whose requested range is too large for the small-op thread: read
+    (and closed) on the pool, or closed unread if the reader gave up first."""
 
-    def __init__(self, f: Any, start: int, stop: int) -> None:
-        self.f, self.start, self.stop = f, start, stop
+    def __init__(self, fd: int, start: int, stop: int) -> None:
+        self.fd, self.start, self.stop = fd, start, stop
+        self._lock = threading.Lock()
 
     def read(self) -> bytes:
-        with self.f:
-            if self.start:
-                self.f.seek(self.start)
-            data: bytes = self.f.read(self.stop - self.start)
-            return data
+        with self._lock:
+            if self.fd < 0:
+                raise OSError(errno.EBADF, "the read was abandoned")
+            try:
+                return _pread(self.fd, self.start, self.stop)
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+    def close(self) -> None:
+        """Close the file unless a read holds it (that read closes it)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                if self.fd >= 0:
+                    os.close(self.fd)
+                    self.fd = -1
+            finally:
+                self._lock.release()
 
 
 # Characters a file name never holds raw, as Icechunk's local storage (Rust's
@@ -212,8 +256,13 @@ class LocalDriver(Driver):
     ``fsync=True`` flushes files and directories to disk before a write returns, for
     durability across power loss (a killed process loses nothing either way).
     ``confine=True`` refuses any object whose real path (symbolic links followed) lies
-    outside the root's real path, or inside one of the ``excluded`` subdirectories: for
-    directories whose contents others control.
+    outside the root's real path, or inside one of the ``excluded`` directories (paths
+    relative to the root, or absolute; each found afresh on every read and compared by
+    identity, so another spelling of one is excluded too; one at or above the root
+    excludes nothing): for directories whose contents others control. A read checks the
+    file it opened and reads that same descriptor, so swapping a directory for a
+    symbolic link meanwhile leads nowhere (on Linux, where ``/proc`` names an open file;
+    elsewhere the name must still lead to the opened file after the check).
 
     Key segments become file names as Icechunk's local storage names them (non-ASCII and
     a few special characters percent-encoded, see ``encode_name``), so both libraries
@@ -239,8 +288,9 @@ class LocalDriver(Driver):
         self.fsync = fsync
         self.confine = confine
         self.excluded = tuple(excluded)
+        # where each excluded directory is named (what is there is looked up per read)
+        self._excluded_at = tuple((os.path.join(self.root, sub), sub) for sub in self.excluded)
         self._real_root: str | None = None
-        self._barred: dict[tuple[int, int], str] = {}  # (device, inode) -> excluded dir
         # The worker threads serve every loop that uses the driver; each loop owns only
         # its batches (which also mark it as a user). ``_threads`` guards both.
         self._threads = threading.Lock()
@@ -331,12 +381,22 @@ class LocalDriver(Driver):
                 executor.shutdown(wait=False)
 
     def _path(self, key: str) -> Path:
+        """The file of ``key`` for writing or deleting, resolved and checked by name when
+        confined. Reads never use it: they check the file they opened (``_open``)."""
+        path = self._named(key)
+        if not self.confine:  # runs on a worker thread, like the I/O that follows
+            return path
+        try:
+            real = _real_path(path)
+            self._check_real(key, real, opened=False)
+        except OSError as err:
+            raise self._wrap_os_error(err, key, "check") from err
+        return Path(real)
+
+    def _named(self, key: str) -> Path:
         if key == _RESERVED or key.startswith(_RESERVED + "/"):
             raise InvalidKey(f"keys under {_RESERVED}/ are reserved", key=key, driver=self.label)
-        path = self.root / self._file_key(key)
-        if self.confine:  # runs on a worker thread, like the I/O that follows
-            return self._confined(key, path)
-        return path
+        return self.root / self._file_key(key)
 
     def _file_key(self, key: str) -> str:
         if not self.encode_names:
@@ -351,36 +411,92 @@ class LocalDriver(Driver):
             )
         return "/".join(names)
 
-    def _confined(self, key: str, path: Path) -> Path:
-        """``path`` resolved, if it stays inside the root and out of every excluded
-        directory (compared by device and inode, so that neither another spelling nor
-        a case-insensitive file system leads into one)."""
+    def _open(self, key: str) -> tuple[int, os.stat_result]:
+        """A descriptor open on ``key``'s regular file, and its status; the caller closes it.
+
+        Confined, it is the file opened that is checked (where the kernel says it lies),
+        never the name again: replacing a directory on the way with a symbolic link
+        between the check and the read cannot lead the read elsewhere.
+        """
+        path = self._named(key)
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as err:
+            raise self._wrap_os_error(err, key, "read") from err
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                what = "a directory" if stat.S_ISDIR(st.st_mode) else "no regular file"
+                raise ObjectNotFound(f"key names {what}, not an object", key=key, driver=self.label)
+            if self.confine:
+                self._check_real(key, self._opened_path(key, fd, path, st), opened=True)
+        except BaseException as err:
+            os.close(fd)
+            if isinstance(err, OSError):
+                raise self._wrap_os_error(err, key, "read") from err
+            raise
+        return fd, st
+
+    def _opened_path(self, key: str, fd: int, path: Path, st: os.stat_result) -> str:
+        """The real path of the file open as ``fd``: named by the kernel on Linux;
+        elsewhere resolved by name, and refused unless that name leads to the same file."""
+        if _HAS_FD_NAMES:
+            return os.readlink(f"{_FD_NAMES}/{fd}")
+        real = os.path.realpath(path)
+        now = os.stat(real)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise InvalidKey(
+                "the path changed while it was opened (a link replaced?)",
+                key=key,
+                driver=self.label,
+            )
+        return real
+
+    def _check_real(self, key: str, real: str, *, opened: bool) -> None:
+        """Refuse ``real`` (a real path, no symbolic link in it) outside the root's real
+        path, or inside an excluded directory. Excluded directories are found afresh by
+        every check and compared by device and inode with each directory between the
+        file and the root: neither another spelling, a case-insensitive file system, nor
+        a directory replaced since the last read leads into one. ``opened``: ``real`` is
+        an open file, so each directory above it must be there (else it is moving)."""
         if self._real_root is None:
             self._real_root = os.path.realpath(self.root)
-        real, root = _real_path(path), self._real_root
-        if os.path.commonpath([real, root]) != root:
+        root = self._real_root
+        inside = root.rstrip("/") + "/"
+        if not real.startswith(inside):
             raise InvalidKey("a symbolic link leads outside the root", key=key, driver=self.label)
-        barred = self._barred
-        for sub in self.excluded:
-            if sub not in barred.values():  # found once, an excluded directory stays barred
-                with contextlib.suppress(OSError):
-                    st = os.stat(self.root / sub)
-                    barred[st.st_dev, st.st_ino] = sub
-        directory = real
-        while self.excluded and len(directory) > len(root):
-            directory = os.path.dirname(directory)
+        if not self._excluded_at:
+            return
+        barred: dict[tuple[int, int], str] = {}
+        for at, sub in self._excluded_at:
             try:
-                st = os.stat(directory)
-            except OSError:
-                continue
-            sub = barred.get((st.st_dev, st.st_ino), "")
+                st = os.stat(at)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # not there now: nothing to keep out
+            barred[st.st_dev, st.st_ino] = sub
+        directory = os.path.dirname(real)
+        while barred and len(directory) > len(root):
+            try:
+                here = os.lstat(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                if opened:
+                    raise
+                directory = os.path.dirname(directory)
+                continue  # a directory a write is yet to make
+            if not stat.S_ISDIR(here.st_mode):
+                raise InvalidKey(
+                    "the path changed while it was checked (a link replaced?)",
+                    key=key,
+                    driver=self.label,
+                )
+            sub = barred.get((here.st_dev, here.st_ino), "")
             if sub:
                 raise InvalidKey(
                     f"the path leads into the excluded directory {sub!r}",
                     key=key,
                     driver=self.label,
                 )
-        return Path(real)
+            directory = os.path.dirname(directory)
 
     def _lock_path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -398,37 +514,29 @@ class LocalDriver(Driver):
     # -- reads ------------------------------------------------------------------------
 
     def _read_sync(self, key: str, byte_range: ByteRange | None) -> tuple[bytes, ObjectInfo]:
-        path = self._path(key)
+        fd, st = self._open(key)
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                start, stop = range_bounds(byte_range, st.st_size)
-                if start:
-                    f.seek(start)
-                data = f.read(stop - start)
+            start, stop = range_bounds(byte_range, st.st_size)
+            data = _pread(fd, start, stop)
         except OSError as err:
             raise self._wrap_os_error(err, key, "read") from err
+        finally:
+            os.close(fd)
         return data, _info(key, st)
 
     def _read_small_sync(self, key: str, byte_range: ByteRange | None) -> bytes | _LargeRead:
-        path = self._path(key)
+        fd, st = self._open(key)
         try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below or by the pool
+            start, stop = range_bounds(byte_range, st.st_size)
+            if stop - start > _SMALL:
+                large, fd = _LargeRead(fd, start, stop), -1  # the pool reads and closes it
+                return large
+            return _pread(fd, start, stop)
         except OSError as err:
             raise self._wrap_os_error(err, key, "read") from err
-        try:
-            start, stop = range_bounds(byte_range, os.fstat(f.fileno()).st_size)
-            if stop - start > _SMALL:
-                return _LargeRead(f, start, stop)  # the pool reads it
-            with f:
-                if start:
-                    f.seek(start)
-                return f.read(stop - start)
-        except BaseException as err:
-            f.close()
-            if isinstance(err, OSError):
-                raise self._wrap_os_error(err, key, "read") from err
-            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
         # the hot path of chunk reads: no ObjectInfo; small reads on the small-op thread
@@ -439,12 +547,18 @@ class LocalDriver(Driver):
             return await self._run(found.read)
         except OSError as err:
             raise self._wrap_os_error(err, key, "read") from err
+        finally:
+            found.close()  # a cancelled read leaves no descriptor open
 
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         return await self._run(self._read_sync, key, None)
 
     def _head_sync(self, key: str) -> ObjectInfo:
-        path = self._path(key)
+        if self.confine:  # what a read would open, checked the same way
+            fd, st = self._open(key)
+            os.close(fd)
+            return _info(key, st)
+        path = self._named(key)
         try:
             st = path.stat()
         except OSError as err:
