@@ -156,11 +156,11 @@ class S3Driver(Driver):
     ) -> None:
         if not bucket or "/" in bucket:
             raise ValueError(f"S3 bucket must be a bare bucket name, got {bucket!r}")
-        if endpoint_url and endpoint_url.startswith("http://") and not allow_http:
+        check_endpoint(endpoint_url, "S3")
+        if endpoint_url and endpoint_url.lower().startswith("http://") and not allow_http:
             raise ValueError(
                 f"endpoint {redact_credentials(endpoint_url)} is plain HTTP: pass allow_http=True"
             )
-        check_endpoint(endpoint_url, "S3")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.region = region
