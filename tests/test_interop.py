@@ -226,3 +226,26 @@ async def test_last_modified_checksums_are_stored_as_icechunk_stores_them(tmp_pa
 
     ours, theirs = stored(tmp_path / "ours"), stored(tmp_path / "ic")
     assert ours == theirs and len(ours) == len(dates)
+
+
+async def test_icechunk_reads_the_commit_metadata_we_accept(tmp_path: Path) -> None:
+    metadata = {
+        "big": 2**64 - 1,
+        "small": -(2**63),
+        "f": 1e308,
+        "": None,
+        "list": [1, "a", True, None, {"k": [0.5]}],
+        "deep": {"a": {"b": {"c": [[[]]]}}},
+        "u": "\u00fc\U0001f600",
+    }
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    session = await repo.writable_session("main")
+    await zas.open_group(store=session.store, mode="w")
+    sid = await session.commit("\u00fcber \U0001f600", metadata=metadata)
+
+    def icechunk_ancestry() -> list[tuple[str, str, dict[str, Any]]]:
+        ic = icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path)))
+        return [(a.id, a.message, a.metadata) for a in ic.ancestry(branch="main")]
+
+    history = await asyncio.to_thread(icechunk_ancestry)
+    assert history[0] == (sid, "\u00fcber \U0001f600", metadata)

@@ -13,6 +13,7 @@ import zarr
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
+from aicechunk.errors import UnrepresentableValueError
 from tests.conftest import StorageFactory, s3_test_storage
 
 
@@ -748,3 +749,66 @@ async def test_close_in_one_loop_leaves_reads_in_other_loops_working(tmp_path: P
         await repo.close()
         await asyncio.sleep(0.001)
     assert sum(task.result() for task in tasks) == 0
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+UNREPRESENTABLE_COMMITS = [
+    ("m", {"x": b"1"}, r"metadata\['x'\]: bytes"),
+    ("m", {"x": {1: 2}}, r"metadata\['x'\]\[1\]: keys must be str"),
+    ("m", {"x": [1, {"y": float("nan")}]}, r"metadata\['x'\]\[1\]\['y'\]: nan"),
+    ("m", {"x": float("-inf")}, r"metadata\['x'\]: -inf"),
+    ("m", {1: 2}, r"metadata\[1\]: keys must be str"),
+    ("m", {"x": 2**64}, r"metadata\['x'\]: integer"),
+    ("m", {"x": -(2**63) - 1}, r"metadata\['x'\]: integer"),
+    ("m", {"x": "\ud800"}, r"metadata\['x'\]: not encodable as UTF-8"),
+    ("m", {"\udc80": 1}, "not encodable as UTF-8"),
+    ("m", {"x": {1, 2}}, r"metadata\['x'\]: set is not JSON"),
+    ("m", {"x": _nested(600)}, "nested deeper than"),
+    ("\ud800", {}, "message: not encodable as UTF-8"),
+    (b"m", {}, "message: a commit message must be a str"),
+    ("m", [("x", 1)], "metadata: commit metadata must be a dict"),
+]
+
+
+@pytest.mark.attack("unrepresentable values")
+@pytest.mark.parametrize(("message", "metadata", "match"), UNREPRESENTABLE_COMMITS)
+async def test_commit_refuses_what_the_format_cannot_hold(
+    tmp_path: Path, message: Any, metadata: Any, match: str
+) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    session = await repo.writable_session("main")
+    await write_array(session, "t", np.arange(4, dtype="i4"), 2)
+    before = _tree(tmp_path)
+    with pytest.raises(UnrepresentableValueError, match=match):
+        await session.commit(message, metadata=metadata)
+    # nothing was written, and the session can still commit
+    assert _tree(tmp_path) == before
+    assert session.has_uncommitted_changes
+    await session.commit("m", metadata={"x": 1})
+
+
+async def test_commit_metadata_at_the_limits_roundtrips(tmp_path: Path) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    session = await repo.writable_session("main")
+    await write_array(session, "t", np.arange(4, dtype="i4"), 2)
+    metadata = {
+        "big": 2**64 - 1,
+        "small": -(2**63),
+        "f": 1e308,
+        "": None,
+        "t": (1, "a"),
+        "deep": _nested(400),
+        "u": "\u00fc\U0001f600",
+    }
+    await session.commit("\u00fcber \U0001f600", metadata=metadata)
+    reopened = await aic.Repository.open(aic.local_filesystem_storage(tmp_path))
+    history = [s async for s in reopened.ancestry(branch="main")]
+    info = history[0]
+    assert info.message == "\u00fcber \U0001f600"
+    assert info.metadata == {**metadata, "t": [1, "a"]}
