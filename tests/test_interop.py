@@ -249,3 +249,36 @@ async def test_icechunk_reads_the_commit_metadata_we_accept(tmp_path: Path) -> N
 
     history = await asyncio.to_thread(icechunk_ancestry)
     assert history[0] == (sid, "\u00fcber \U0001f600", metadata)
+
+
+@pytest.mark.parametrize(
+    ("data", "accepted"),
+    [
+        (b'{"snapshot":"1cechnkrep0f1rstcmt0"}', True),  # lower case
+        (b'{"snapshot":"ICECHNKREPOF1RSTCMTO"}', True),  # Crockford aliases
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT0","snapshot":"1CECHNKREP0F1RSTCMT0"}', False),
+        (b'\xef\xbb\xbf{"snapshot":"1CECHNKREP0F1RSTCMT0"}', False),
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT0","x":NaN}', False),
+    ],
+)
+async def test_ref_files_as_icechunk_reads_them(
+    tmp_path: Path, data: bytes, accepted: bool
+) -> None:
+    await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    (tmp_path / "refs" / "branch.main" / "ref.json").write_bytes(data)
+
+    def icechunk_main() -> str | None:
+        try:
+            ic = icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path)))
+            return str(ic.lookup_branch("main"))
+        except icechunk.IcechunkError:
+            return None
+
+    theirs = await asyncio.to_thread(icechunk_main)
+    try:
+        repo = await aic.Repository.open(aic.local_filesystem_storage(tmp_path))
+        ours: str | None = await repo.lookup_branch("main")
+    except aic.FormatError as err:
+        assert "refs/branch.main/ref.json" in str(err)
+        ours = None
+    assert ours == theirs == ("1CECHNKREP0F1RSTCMT0" if accepted else None)

@@ -11,6 +11,7 @@ import json
 import unicodedata
 
 from aicechunk.errors import FormatError, InvalidRefNameError
+from aicechunk.format.ids import InvalidIdError, SnapshotId
 from aicechunk.format.jsondoc import parse_json
 
 __all__ = [
@@ -156,15 +157,22 @@ def encode_ref(snapshot_id: str) -> bytes:
     return json.dumps({"snapshot": str(snapshot_id)}, separators=(",", ":")).encode()
 
 
-def decode_ref(data: bytes, name: str = "<ref>") -> str:
-    """The snapshot id (base32) a ref file points to."""
+def decode_ref(data: bytes, name: str = "<ref>") -> SnapshotId:
+    """The snapshot id a ref file points to; ``FormatError`` naming the file otherwise.
+
+    Parsed as Icechunk parses it: strict JSON (no duplicate keys, byte order mark or
+    ``NaN``), other keys ignored, the id in Crockford base32 with its aliases (lower case,
+    ``O`` for ``0``, ``I``/``L`` for ``1``) accepted."""
     try:
-        doc = parse_json(data)
+        doc = parse_json(data, strict=True)
     except ValueError as err:  # UnicodeDecodeError included
-        raise FormatError(name, f"ref file is not JSON: {err}") from None
+        raise FormatError(name, f"ref file is not valid JSON: {err}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("snapshot"), str):
         raise FormatError(name, 'ref file must be {"snapshot": "<id>"}')
     snapshot: str = doc["snapshot"]
     if len(snapshot) != 20:
         raise FormatError(name, f"snapshot id {snapshot!r} is not 20 base32 characters")
-    return snapshot
+    try:
+        return SnapshotId.from_str(snapshot)
+    except InvalidIdError as err:
+        raise FormatError(name, f"ref file holds no snapshot id: {err}") from None
