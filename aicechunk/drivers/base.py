@@ -99,7 +99,12 @@ def check_endpoint(url: str | None, driver: str) -> None:
             f"the {driver} endpoint carries credentials (user:password and an at sign): "
             "pass them as the driver's credentials, not in the URL",
         )
-    location = parse_location(url)
+    try:
+        location = parse_location(url)
+    except InvalidLocation as err:
+        raise InvalidLocation(
+            url, f"a {driver} endpoint must be an http:// or https:// URL: {err.problem}"
+        ) from None
     if location.scheme not in ("http", "https"):
         raise InvalidLocation(url, f"a {driver} endpoint must be an http:// or https:// URL")
 
