@@ -364,7 +364,7 @@ class AssetManager:
             data, info = await self.driver.get_object(key)
         except ObjectNotFound:
             raise RefNotFoundError(f"branch {name!r} does not exist") from None
-        return RefInfo(SnapshotId.from_str(ref_format.decode_ref(data, key)), info.version)
+        return RefInfo(ref_format.decode_ref(data, key), info.version)
 
     async def fetch_tag(self, name: str) -> SnapshotId:
         """Where a tag points; deleted tags are not found."""
@@ -375,7 +375,7 @@ class AssetManager:
             raise RefNotFoundError(f"tag {name!r} does not exist") from None
         if await self.driver.exists(ref_format.tag_tombstone_key(name)):
             raise RefNotFoundError(f"tag {name!r} was deleted")
-        return SnapshotId.from_str(ref_format.decode_ref(data, key))
+        return ref_format.decode_ref(data, key)
 
     async def create_branch(self, name: str, snapshot_id: SnapshotId) -> None:
         """Create a branch ref; fails if the branch exists."""

@@ -65,8 +65,20 @@ def storage_for(url: str, args: argparse.Namespace) -> aic.Storage:
     )
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (controls such as the terminal
+    escape U+009B, format characters, separators, tabs and line breaks; not the space)
+    escaped as Python escapes it (``\\x9b``): names and messages from a repository never
+    reach the terminal raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def out(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=1, default=str) if args.json else text)
+    """Print ``data`` as JSON (ASCII, escaped) or ``text`` line by line, escaped."""
+    if args.json:
+        print(json.dumps(data, indent=1, default=str))
+    else:
+        print("\n".join(printable(line) for line in text.split("\n")))
 
 
 async def resolve_session(repo: aic.Repository, args: argparse.Namespace) -> aic.Session:
@@ -95,8 +107,8 @@ async def cmd_info(repo: aic.Repository, args: argparse.Namespace) -> None:
         ),
     }
     lines = [f"repository  {data['storage']}", "spec        Icechunk format v1"]
-    lines += [f"branch      {name:20} {sid}" for name, sid in branches.items()]
-    lines += [f"tag         {name:20} {sid}" for name, sid in tags.items()]
+    lines += [f"branch      {printable(name):20} {sid}" for name, sid in branches.items()]
+    lines += [f"tag         {printable(name):20} {sid}" for name, sid in tags.items()]
     lines.append(f"inline      chunks <= {data['inline_chunk_threshold_bytes']} bytes")
     for prefix in data["virtual_chunk_containers"]:
         lines.append(f"virtual     {prefix}")
@@ -121,7 +133,9 @@ async def cmd_log(repo: aic.Repository, args: argparse.Namespace) -> None:
         }
         for e in entries
     ]
-    text = "\n".join(f"{e.id} {e.written_at:%Y-%m-%d %H:%M:%S} {e.message}" for e in entries)
+    text = "\n".join(
+        f"{e.id} {e.written_at:%Y-%m-%d %H:%M:%S} {printable(e.message)}" for e in entries
+    )
     out(args, data, text)
 
 
@@ -133,7 +147,7 @@ class Progress:
 
     def show(self, text: str) -> None:
         if self.enabled:
-            sys.stderr.write("\r\x1b[2K" + text[:100])
+            sys.stderr.write("\r\x1b[2K" + printable(text)[:100])
             sys.stderr.flush()
 
     def done(self) -> None:
@@ -223,15 +237,15 @@ async def cmd_refs(repo: aic.Repository, args: argparse.Namespace, kind: str) ->
     if args.action == "create":
         target = args.snapshot or await repo.lookup_branch(args.source or "main")
         await create(args.name, target)
-        message = f"created {kind} {args.name} at {target}"
+        message = f"created {kind} {printable(args.name)} at {target}"
         out(args, {"created": args.name, "snapshot": target}, message)
     elif args.action == "delete":
         await delete(args.name)
-        out(args, {"deleted": args.name}, f"deleted {kind} {args.name}")
+        out(args, {"deleted": args.name}, f"deleted {kind} {printable(args.name)}")
     else:
         names = sorted(await listing())
         rows = {n: await lookup(n) for n in names}
-        out(args, rows, "\n".join(f"{n:20} {sid}" for n, sid in rows.items()))
+        out(args, rows, "\n".join(f"{printable(n):20} {sid}" for n, sid in rows.items()))
 
 
 async def demo(directory: Path) -> None:
@@ -379,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(run(args))
     except (AicechunkError, ValueError) as err:
-        print(f"aicechunk: error: {redact_credentials(str(err))}", file=sys.stderr)
+        print(f"aicechunk: error: {printable(redact_credentials(str(err)))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

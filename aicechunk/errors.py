@@ -9,14 +9,32 @@ from __future__ import annotations
 
 import re
 
-# "scheme://user:password@" (or "scheme://token@"): the userinfo of a URL
-_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s'\"]*@")
+# "scheme://" and everything up to the last "@" on its line. Userinfo written unencoded may
+# hold quotes, spaces, "/", "?", "#" and "@" itself, so no character but a line break can be
+# trusted to end it: this hides too much rather than too little ("http://h/a b@c" loses
+# "h/a b"), and a second URL on the line is hidden with the first.
+_USERINFO = re.compile(r"([A-Za-z0-9+.-]*://)[^\n]*@")
 
 
 def redact_credentials(text: str) -> str:
     """``text`` with the userinfo of every URL in it (``user:password@``) replaced by
-    ``***@``: credentials written into URLs never reach a message, a repr or a log."""
+    ``***@``: credentials written into URLs never reach a message, a repr or a log.
+
+    Errs on the side of hiding: from each ``scheme://`` to the last ``@`` on its line."""
     return _USERINFO.sub(r"\1***@", text)
+
+
+def shown_url(url: str) -> str:
+    """One URL fit for a message: control characters escaped (so that a line break cannot
+    split it from its ``@``), and everything before its last ``@`` after the scheme
+    hidden, with or without a ``scheme://``."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in url)
+    head, sep, rest = text.partition("://")
+    if not sep:
+        head, rest = "", head
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return head + sep + rest
 
 
 class AicechunkError(Exception):
@@ -92,7 +110,7 @@ class InvalidLocation(AicechunkError, ValueError):
     """
 
     def __init__(self, url: str, problem: str):
-        self.url = redact_credentials(url)
+        self.url = shown_url(url)
         self.problem = problem
         super().__init__(f"{self.url}: {problem}")
 

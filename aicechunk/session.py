@@ -51,6 +51,7 @@ from aicechunk.format.manifest import (
     encode_array_manifest,
     encode_array_manifest_columns,
 )
+from aicechunk.format.metadata import check_commit_properties
 from aicechunk.format.snapshot import (
     ArrayNodeData,
     GroupNodeData,
@@ -813,6 +814,10 @@ class Session:
     ) -> SnapshotId:
         """Save the pending changes as a new snapshot and move the branch to it.
 
+        ``message`` must be a str (valid UTF-8) and ``metadata`` JSON with str keys, ints
+        within -2**63..2**64-1 and finite floats, as Icechunk reads it back; anything else
+        is ``UnrepresentableValueError`` naming it, before anything is written.
+
         Raises ``ConflictError`` if the branch moved since the session's snapshot (nothing
         of this commit becomes visible), unless ``rebase_with`` resolves the conflicts,
         in which case the changes are rebased onto the new tip and the commit retried
@@ -829,6 +834,8 @@ class Session:
         self._check_writable(unsettled_ok=True)
         if self._branch is None:
             raise SessionStateError("this session is not on a branch and cannot commit")
+        # what the format cannot hold is refused before anything is written
+        check_commit_properties(message, {} if metadata is None else metadata)
         if self._unsettled is not None and await self._settle():
             return self._snapshot_id  # the earlier commit of these changes had landed
         if not self.has_uncommitted_changes:
@@ -844,7 +851,7 @@ class Session:
                     raise conflict
                 await self.rebase(rebase_with)
                 continue
-            snapshot = await self._flush(message, metadata or {})
+            snapshot = await self._flush(message, {} if metadata is None else metadata)
             move, cancelled = await _finish_despite_cancellation(
                 self._move_branch(snapshot.id, tip)
             )

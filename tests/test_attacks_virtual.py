@@ -712,10 +712,12 @@ async def test_http_storage_redirect_to_another_host_name_is_another_origin() ->
 
 @pytest.mark.attack("credentials in URLs")
 def test_redaction_of_userinfo() -> None:
-    text = "GET http://alice:hunter2@h/r, https://tok@h:1/a@b, https://u:p@ss@h/x s3://b/k@v"
+    text = "GET http://alice:hunter2@h/r\nhttps://tok@h:1/a\nhttps://u:p@ss@h/x\ns3://b/k"
     assert redact_credentials(text) == (
-        "GET http://***@h/r, https://***@h:1/a@b, https://***@h/x s3://b/k@v"
+        "GET http://***@h/r\nhttps://***@h:1/a\nhttps://***@h/x\ns3://b/k"
     )
+    # one line: everything from the first scheme to the last at sign is hidden
+    assert redact_credentials("a http://u:p@h/r, s3://b/k@v") == "a http://***@v"
     assert redact_url("https://u:pw@h/x?X-Amz-Signature=abc") == "https://***@h/x?…"
     with pytest.raises(InvalidLocation) as info:
         parse_location("http://alice:hunter2@h/x")
@@ -830,6 +832,75 @@ def test_cli_never_shows_url_credentials(
     code = main(["info", f"http://alice:hunter2@127.0.0.1:{port}/repo"])
     out, err = capsys.readouterr()
     assert code == 1 and "hunter2" not in out + err and "127.0.0.1" in err
+
+
+# Passwords written unencoded: each holds a character that ends userinfo for a naive
+# parser. SECRET_HEAD and SECRET_TAIL surround it; neither may be shown.
+UNENCODED = ["'", " ", "/", "?", "#", "%40", "@", "@x@", '"', "a://b", "\t"]
+
+
+def unencoded_secrets() -> list[str]:
+    return [f"S3CR{c}ZZ9" for c in UNENCODED]
+
+
+def assert_hidden(text: str) -> None:
+    assert "S3CR" not in text and "ZZ9" not in text, text
+
+
+@pytest.mark.attack("credentials in URLs")
+@pytest.mark.parametrize("password", unencoded_secrets())
+def test_unencoded_userinfo_is_never_shown(password: str) -> None:
+    url = f"http://user:{password}@127.0.0.1:1/repo"
+    shown = redact_credentials(f"failed '{url}': refused")
+    assert_hidden(shown)
+    assert "127.0.0.1:1/repo" in shown
+    assert_hidden(redact_url(url))
+    for make in (lambda: parse_location(url), lambda: aic.http_storage(url)):
+        try:
+            made = make()
+        except InvalidLocation as err:
+            assert_hidden(str(err))
+            assert_hidden(repr(err))
+            assert_hidden(str(pickle.loads(pickle.dumps(err))))
+        else:  # userinfo that parses: basic auth, never shown
+            assert_hidden(repr(made))
+
+
+@pytest.mark.attack("credentials in URLs")
+@pytest.mark.parametrize("password", unencoded_secrets())
+def test_endpoints_with_unencoded_credentials_are_refused(password: str) -> None:
+    for endpoint in (
+        f"http://user:{password}@127.0.0.1:9000",
+        f"http://{password}@127.0.0.1:9000",
+        f"http://127.0.0.1:9000/{password}@x",  # an at sign anywhere
+    ):
+        for make in (
+            lambda e: aic.s3_storage(bucket="bkt", endpoint_url=e, allow_http=True),
+            lambda e: aic.gcs_storage(bucket="bkt", endpoint_url=e, anonymous=True),
+            lambda e: S3Driver("bkt", endpoint_url=e, allow_http=True),
+            lambda e: GCSDriver("bkt", endpoint_url=e),
+        ):
+            with pytest.raises(InvalidLocation) as err:
+                make(endpoint)
+            assert isinstance(err.value, ValueError)
+            assert_hidden(str(err.value))
+            assert "credentials" in str(err.value)
+
+
+@pytest.mark.attack("credentials in URLs")
+@pytest.mark.parametrize("password", unencoded_secrets())
+def test_cli_never_shows_unencoded_credentials(
+    password: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    for argv in (
+        ["info", f"http://user:{password}@127.0.0.1:{port}/repo"],
+        ["info", "s3://bkt/p", "--endpoint-url", f"http://u:{password}@127.0.0.1:{port}"],
+        ["info", "gs://bkt/p", "--endpoint-url", f"http://u:{password}@127.0.0.1:{port}"],
+    ):
+        assert main(argv) == 1
+        out, err = capsys.readouterr()
+        assert_hidden(out + err)
 
 
 def main_output(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

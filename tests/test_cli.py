@@ -184,3 +184,60 @@ def test_ls_on_malformed_array_metadata(
     code, _, err = run(capsys, "ls", str(tmp_path / "r"))
     assert code == 1
     assert err.startswith("aicechunk: error: metadata for node '/odd'") and err.count("\n") == 1
+
+
+# Names and messages that would move the cursor, recolour or rewrite the terminal if
+# printed raw: C1 CSI (U+009B), NEL, line separator, zero-width and bidi characters (no
+# ref holds C0 controls: those are refused even when looking a name up); the message holds
+# an escape and a carriage return too.
+HOSTILE_NAMES = ["x\u009b31mred", "x\u0085y", "x\u2028y", "x\u200by", "x\u202ey"]
+
+
+def _made_by_another_tool(root: Path, names: list[str], message: str) -> None:
+    """Refs with names aicechunk refuses to create, and a commit message with escapes,
+    written as another tool could write them (the driver, under the ref layout)."""
+    import asyncio
+
+    import zarr.api.asynchronous as zas
+
+    import aicechunk as aic
+    from aicechunk.format.refs import branch_key, encode_ref, tag_key
+
+    async def go() -> None:
+        repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+        session = await repo.writable_session("main")
+        await zas.open_group(store=session.store, mode="w")
+        sid = await session.commit(message)
+        driver = aic.local_filesystem_storage(root).driver()
+        for name in names:
+            await driver.put(branch_key(name), encode_ref(sid))
+            await driver.put(tag_key(name), encode_ref(sid))
+        await driver.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.attack("hostile names and keys")
+def test_cli_never_prints_control_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "repo"
+    _made_by_another_tool(root, HOSTILE_NAMES, "msg \x1b[31mred\u009b0m\rgone\nnext")
+    outputs = []
+    for argv in (
+        ["info", str(root)],
+        ["branch", str(root), "list"],
+        ["tag", str(root), "list"],
+        ["log", str(root)],
+        ["branch", str(root), "create", "new\u009bname"],  # refused: an error line
+    ):
+        _, out, err = run(capsys, *argv)
+        outputs.append(out + err)
+    for text in outputs:
+        shown = text.replace("\n", "")
+        assert shown.isprintable(), repr(text)
+    assert "x\\x9b31mred" in outputs[0] and "x\\x9b31mred" in outputs[1]
+    assert "msg \\x1b[31mred\\x9b0m\\rgone\\nnext" in outputs[3]
+    # --json stays exact (and ASCII): names round-trip
+    info = json.loads(run(capsys, "info", str(root), "--json")[1])
+    assert set(info["branches"]) == {"main", *HOSTILE_NAMES}

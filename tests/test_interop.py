@@ -257,3 +257,59 @@ async def test_relative_node_paths_are_refused_as_by_icechunk(tmp_path: Path) ->
             asyncio.run(listed())
 
     await asyncio.to_thread(theirs)
+
+
+async def test_icechunk_reads_the_commit_metadata_we_accept(tmp_path: Path) -> None:
+    metadata = {
+        "big": 2**64 - 1,
+        "small": -(2**63),
+        "f": 1e308,
+        "": None,
+        "list": [1, "a", True, None, {"k": [0.5]}],
+        "deep": {"a": {"b": {"c": [[[]]]}}},
+        "u": "\u00fc\U0001f600",
+    }
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    session = await repo.writable_session("main")
+    await zas.open_group(store=session.store, mode="w")
+    sid = await session.commit("\u00fcber \U0001f600", metadata=metadata)
+
+    def icechunk_ancestry() -> list[tuple[str, str, dict[str, Any]]]:
+        ic = icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path)))
+        return [(a.id, a.message, a.metadata) for a in ic.ancestry(branch="main")]
+
+    history = await asyncio.to_thread(icechunk_ancestry)
+    assert history[0] == (sid, "\u00fcber \U0001f600", metadata)
+
+
+@pytest.mark.parametrize(
+    ("data", "accepted"),
+    [
+        (b'{"snapshot":"1cechnkrep0f1rstcmt0"}', True),  # lower case
+        (b'{"snapshot":"ICECHNKREPOF1RSTCMTO"}', True),  # Crockford aliases
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT0","snapshot":"1CECHNKREP0F1RSTCMT0"}', False),
+        (b'\xef\xbb\xbf{"snapshot":"1CECHNKREP0F1RSTCMT0"}', False),
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT0","x":NaN}', False),
+    ],
+)
+async def test_ref_files_as_icechunk_reads_them(
+    tmp_path: Path, data: bytes, accepted: bool
+) -> None:
+    await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    (tmp_path / "refs" / "branch.main" / "ref.json").write_bytes(data)
+
+    def icechunk_main() -> str | None:
+        try:
+            ic = icechunk.Repository.open(icechunk.local_filesystem_storage(str(tmp_path)))
+            return str(ic.lookup_branch("main"))
+        except icechunk.IcechunkError:
+            return None
+
+    theirs = await asyncio.to_thread(icechunk_main)
+    try:
+        repo = await aic.Repository.open(aic.local_filesystem_storage(tmp_path))
+        ours: str | None = await repo.lookup_branch("main")
+    except aic.FormatError as err:
+        assert "refs/branch.main/ref.json" in str(err)
+        ours = None
+    assert ours == theirs == ("1CECHNKREP0F1RSTCMT0" if accepted else None)

@@ -13,6 +13,7 @@ import zarr
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
+from aicechunk.errors import UnrepresentableValueError
 from tests.conftest import StorageFactory, s3_test_storage
 
 
@@ -421,6 +422,20 @@ async def test_one_history_walk_ends_on_cycles_and_missing_parents() -> None:
         "admin\u202egnp.exe",  # right-to-left override
         "main\u200f",  # right-to-left mark
         "x\u2066y\u2069",  # isolates
+        "main ",  # trailing space
+        " main",  # leading space
+        "main\u200b",  # zero-width space (Cf)
+        "\ufeffmain",  # byte order mark (Cf)
+        "main\xa0",  # no-break space (whitespace other than U+0020)
+        "ma\u3000in",  # ideographic space
+        "x\ty",  # tab (C0)
+        "\uff4d\uff41\uff49\uff4e",  # fullwidth "main" (NFKC: main)
+        "\ufb01le",  # ligature "fi"
+        "x\u0085y",  # next line (C1)
+        "x\u2028y",  # line separator (Zl)
+        "x\u2029y",  # paragraph separator (Zp)
+        "x\u009b31mred",  # C1 CSI: a terminal escape
+        "x\u00adhy",  # soft hyphen (Cf)
     ],
 )
 async def test_ref_names_that_do_not_fit_or_look_alike(tmp_path: Path, name: str) -> None:
@@ -441,8 +456,10 @@ async def test_ref_names_at_the_limits_work(tmp_path: Path) -> None:
     await repo.create_branch(longest, sid)
     await repo.create_tag("t" * 248, sid)
     await repo.create_branch("\u00fcber", sid)  # NFC non-ASCII names are fine
+    await repo.create_tag("a b", sid)  # and inner spaces
     assert await repo.lookup_branch(longest) == sid
     assert await repo.list_branches() == {"main", longest, "\u00fcber"}
+    assert await repo.lookup_tag("a b") == sid
     # one spelling per name: the NFD twin of an existing branch cannot be made
     with pytest.raises(aic.InvalidRefNameError, match="NFC"):
         await repo.create_branch("u\u0308ber", sid)
@@ -748,3 +765,84 @@ async def test_close_in_one_loop_leaves_reads_in_other_loops_working(tmp_path: P
         await repo.close()
         await asyncio.sleep(0.001)
     assert sum(task.result() for task in tasks) == 0
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+UNREPRESENTABLE_COMMITS = [
+    ("m", {"x": b"1"}, r"metadata\['x'\]: bytes"),
+    ("m", {"x": {1: 2}}, r"metadata\['x'\]\[1\]: keys must be str"),
+    ("m", {"x": [1, {"y": float("nan")}]}, r"metadata\['x'\]\[1\]\['y'\]: nan"),
+    ("m", {"x": float("-inf")}, r"metadata\['x'\]: -inf"),
+    ("m", {1: 2}, r"metadata\[1\]: keys must be str"),
+    ("m", {"x": 2**64}, r"metadata\['x'\]: integer"),
+    ("m", {"x": -(2**63) - 1}, r"metadata\['x'\]: integer"),
+    ("m", {"x": "\ud800"}, r"metadata\['x'\]: not encodable as UTF-8"),
+    ("m", {"\udc80": 1}, "not encodable as UTF-8"),
+    ("m", {"x": {1, 2}}, r"metadata\['x'\]: set is not JSON"),
+    ("m", {"x": _nested(600)}, "nested deeper than"),
+    ("\ud800", {}, "message: not encodable as UTF-8"),
+    (b"m", {}, "message: a commit message must be a str"),
+    ("m", [("x", 1)], "metadata: commit metadata must be a dict"),
+]
+
+
+@pytest.mark.attack("unrepresentable values")
+@pytest.mark.parametrize(("message", "metadata", "match"), UNREPRESENTABLE_COMMITS)
+async def test_commit_refuses_what_the_format_cannot_hold(
+    tmp_path: Path, message: Any, metadata: Any, match: str
+) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    session = await repo.writable_session("main")
+    await write_array(session, "t", np.arange(4, dtype="i4"), 2)
+    before = _tree(tmp_path)
+    with pytest.raises(UnrepresentableValueError, match=match):
+        await session.commit(message, metadata=metadata)
+    # nothing was written, and the session can still commit
+    assert _tree(tmp_path) == before
+    assert session.has_uncommitted_changes
+    await session.commit("m", metadata={"x": 1})
+
+
+async def test_commit_metadata_at_the_limits_roundtrips(tmp_path: Path) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    session = await repo.writable_session("main")
+    await write_array(session, "t", np.arange(4, dtype="i4"), 2)
+    metadata = {
+        "big": 2**64 - 1,
+        "small": -(2**63),
+        "f": 1e308,
+        "": None,
+        "t": (1, "a"),
+        "deep": _nested(400),
+        "u": "\u00fc\U0001f600",
+    }
+    await session.commit("\u00fcber \U0001f600", metadata=metadata)
+    reopened = await aic.Repository.open(aic.local_filesystem_storage(tmp_path))
+    history = [s async for s in reopened.ancestry(branch="main")]
+    info = history[0]
+    assert info.message == "\u00fcber \U0001f600"
+    assert info.metadata == {**metadata, "t": [1, "a"]}
+
+
+@pytest.mark.attack("hostile names and keys")
+async def test_look_alike_refs_made_by_other_tools_stay_reachable(tmp_path: Path) -> None:
+    from aicechunk.format.refs import branch_key, encode_ref
+
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    sid = await repo.lookup_branch("main")
+    names = ["main ", "\uff4d\uff41\uff49\uff4e", "x\u009by", "x\u00adhy"]
+    driver = aic.local_filesystem_storage(tmp_path).driver()
+    for name in names:
+        await driver.put(branch_key(name), encode_ref(sid))
+    await driver.close()
+    assert await repo.list_branches() == {"main", *names}
+    for name in names:  # looked up by their exact names, and deleted
+        assert await repo.lookup_branch(name) == sid
+        await repo.delete_branch(name)
+    assert await repo.list_branches() == {"main"}

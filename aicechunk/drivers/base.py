@@ -19,7 +19,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from aicechunk.errors import InvalidKey, ReadOnlyError, redact_credentials
+from aicechunk.drivers.urls import parse_location
+from aicechunk.errors import InvalidKey, InvalidLocation, ReadOnlyError, redact_credentials
 
 __all__ = [
     "ByteRange",
@@ -81,13 +82,31 @@ class RedactedURL(str):
 
 
 def check_endpoint(url: str | None, driver: str) -> None:
-    """Refuse an endpoint URL that carries ``user:password@``: S3 and GCS clients sign
-    requests with the credentials they are given, so such a URL could only leak them."""
-    if url is not None and redact_credentials(url) != url:
-        raise ValueError(
-            f"{driver} endpoint {redact_credentials(url)!r} carries credentials: pass them "
-            "as the driver's credentials, not in the URL"
+    """Check an endpoint URL: ``http(s)://host[:port][/path]``, else ``InvalidLocation``
+    (also a ``ValueError``).
+
+    An ``@`` anywhere is refused: S3 and GCS clients sign requests with the credentials
+    they are given, so ``user:password@`` in an endpoint could only leak them, and written
+    unencoded a password may hold ``/``, ``?``, ``#``, quotes or spaces that no parser can
+    tell from the rest of the URL."""
+    if url is None:
+        return
+    if not isinstance(url, str):
+        raise InvalidLocation(repr(url), f"a {driver} endpoint must be a str URL")
+    if "@" in url:
+        raise InvalidLocation(
+            url,
+            f"the {driver} endpoint carries credentials (user:password and an at sign): "
+            "pass them as the driver's credentials, not in the URL",
         )
+    try:
+        location = parse_location(url)
+    except InvalidLocation as err:
+        raise InvalidLocation(
+            url, f"a {driver} endpoint must be an http:// or https:// URL: {err.problem}"
+        ) from None
+    if location.scheme not in ("http", "https"):
+        raise InvalidLocation(url, f"a {driver} endpoint must be an http:// or https:// URL")
 
 
 def redacted_url(value: str | None) -> RedactedURL | None:

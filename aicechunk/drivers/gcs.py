@@ -33,7 +33,13 @@ from aicechunk.drivers.base import (
     is_empty_range,
     redacted_url,
 )
-from aicechunk.errors import AicechunkError, ObjectNotFound, PreconditionFailed, StorageError
+from aicechunk.errors import (
+    AicechunkError,
+    InvalidLocation,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+)
 
 __all__ = ["GCSDriver"]
 
@@ -78,7 +84,9 @@ class GCSDriver(Driver):
         timeout: float = 60.0,
     ) -> None:
         if not bucket or "/" in bucket:
-            raise ValueError(f"GCS bucket must be a bare bucket name, got {bucket!r}")
+            raise InvalidLocation(
+                f"gs://{bucket}", f"GCS bucket must be a bare bucket name, got {bucket!r}"
+            )
         check_endpoint(endpoint_url, "GCS")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -142,17 +150,25 @@ class GCSDriver(Driver):
             endpoint = self.endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST")
             if endpoint and not endpoint.startswith("http"):
                 endpoint = f"http://{endpoint}"
-            state.session = aiohttp.ClientSession(
+            session: Any = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_concurrency),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             )
             is_dev = bool(endpoint) or self.anonymous
-            state.storage = Storage(
-                service_file=self.service_account_file,
-                session=state.session,
-                api_root=endpoint or ("https://storage.googleapis.com" if is_dev else None),
-                api_is_dev=is_dev,
-            )
+            try:
+                storage = Storage(
+                    service_file=self.service_account_file,
+                    session=session,
+                    api_root=endpoint or ("https://storage.googleapis.com" if is_dev else None),
+                    api_is_dev=is_dev,
+                )
+            except Exception as err:  # an unreadable service account file, a bad endpoint
+                await session.close()
+                raise StorageError(
+                    f"cannot create the GCS client: {type(err).__name__}: {err}",
+                    driver=self.label,
+                ) from err
+            state.session, state.storage = session, storage
             await close_at_loop_end(state.session, state.session.close)
         return state.storage, state.limit
 

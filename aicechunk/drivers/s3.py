@@ -34,7 +34,13 @@ from aicechunk.drivers.base import (
     redacted_url,
     secret,
 )
-from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError, redact_credentials
+from aicechunk.errors import (
+    InvalidLocation,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    redact_credentials,
+)
 
 __all__ = ["S3Credentials", "S3Driver"]
 
@@ -155,12 +161,14 @@ class S3Driver(Driver):
         read_timeout: float = 60.0,
     ) -> None:
         if not bucket or "/" in bucket:
-            raise ValueError(f"S3 bucket must be a bare bucket name, got {bucket!r}")
-        if endpoint_url and endpoint_url.startswith("http://") and not allow_http:
+            raise InvalidLocation(
+                f"s3://{bucket}", f"S3 bucket must be a bare bucket name, got {bucket!r}"
+            )
+        check_endpoint(endpoint_url, "S3")
+        if endpoint_url and endpoint_url.lower().startswith("http://") and not allow_http:
             raise ValueError(
                 f"endpoint {redact_credentials(endpoint_url)} is plain HTTP: pass allow_http=True"
             )
-        check_endpoint(endpoint_url, "S3")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.region = region
@@ -279,8 +287,13 @@ class S3Driver(Driver):
             kwargs["aws_access_key_id"] = creds.access_key_id
             kwargs["aws_secret_access_key"] = creds.secret_access_key
             kwargs["aws_session_token"] = creds.session_token
-        context = _shared_session(get_session).create_client("s3", **kwargs)
-        client = await context.__aenter__()
+        try:
+            context = _shared_session(get_session).create_client("s3", **kwargs)
+            client = await context.__aenter__()
+        except Exception as err:  # botocore's checks of region, endpoint, configuration
+            raise StorageError(
+                f"cannot create the S3 client: {type(err).__name__}: {err}", driver=self.label
+            ) from err
         return client, context
 
     async def _client(self) -> tuple[Any, asyncio.Semaphore]:

@@ -78,7 +78,11 @@ def parse_location(url: str, *, allow_query: bool = False) -> Location:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as err:
-        raise InvalidLocation(url, f"not a valid URL ({err})") from None
+        # never urlsplit's words: they quote the authority, where a password can be
+        problem = "the port is not a number from 0 to 65535" if "Port" in str(err) else None
+        raise InvalidLocation(
+            url, f"not a valid URL ({problem or 'malformed authority'})"
+        ) from None
     scheme = parts.scheme.lower()
     if not scheme or not url[len(scheme) :].startswith("://"):
         raise InvalidLocation(url, "expected scheme://authority/path")

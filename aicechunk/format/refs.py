@@ -11,6 +11,7 @@ import json
 import unicodedata
 
 from aicechunk.errors import FormatError, InvalidRefNameError
+from aicechunk.format.ids import InvalidIdError, SnapshotId
 from aicechunk.format.jsondoc import parse_json
 
 __all__ = [
@@ -41,6 +42,10 @@ BIDI_CONTROLS = frozenset(
     "\u2066\u2067\u2068\u2069"  # LRI, RLI, FSI, PDI
 )
 
+#: Characters that show as nothing, or as something else: controls (Cc), format
+#: characters (Cf), line and paragraph separators (Zl, Zp).
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
 
 def validate_ref_name(name: str) -> str:
     """Check a branch or tag name: non-empty, no ``/``, nothing unsafe as a storage key."""
@@ -67,9 +72,18 @@ def validate_ref_name(name: str) -> str:
 
 
 def validate_new_ref_name(name: str) -> str:
-    """Check the name of a branch or tag to create: ``validate_ref_name``, and one spelling
-    per name (Unicode NFC) with no bidirectional formatting characters, so that no two refs
-    look alike. Existing refs (made by other tools) stay reachable by their exact name."""
+    """Check the name of a branch or tag to create: ``validate_ref_name``, and no two names
+    that look alike or hide characters. Refused: control and format characters (Unicode
+    categories Cc, Cf: C1 controls such as the terminal escape U+009B, zero-width spaces,
+    soft hyphens, byte order marks, bidirectional controls), line and paragraph separators
+    (Zl, Zp), whitespace other than U+0020, leading or trailing spaces, and names that
+    Unicode compatibility normalization (NFKC) changes (fullwidth
+    ``\uff4d\uff41\uff49\uff4e``, ligatures, NFD spellings): one spelling per name.
+
+    Not caught: letters of other scripts that look like Latin ones (Cyrillic ``\u0430`` in
+    ``m\u0430in``); telling those apart needs Unicode's confusables table, which this library
+    does not carry. Existing refs (made by other tools) stay reachable by their exact
+    name: only creation is checked here."""
     validate_ref_name(name)
     if unicodedata.normalize("NFC", name) != name:
         raise InvalidRefNameError(
@@ -81,6 +95,28 @@ def validate_new_ref_name(name: str) -> str:
         raise InvalidRefNameError(
             f"ref name {name!r}: must not contain bidirectional formatting characters "
             f"({', '.join(bidi)})"
+        )
+    hidden = sorted(
+        {
+            f"U+{ord(c):04X}"
+            for c in name
+            if unicodedata.category(c) in _HIDDEN_CATEGORIES
+            or (c.isspace() and c != " ")
+            or (unicodedata.category(c) == "Zs" and c != " ")
+        }
+    )
+    if hidden:
+        raise InvalidRefNameError(
+            f"ref name {name!r}: must not contain control, format, separator or "
+            f"whitespace characters other than a space ({', '.join(hidden)})"
+        )
+    if name != name.strip(" "):
+        raise InvalidRefNameError(f"ref name {name!r}: must not start or end with a space")
+    compatible = unicodedata.normalize("NFKC", name)
+    if compatible != name:
+        raise InvalidRefNameError(
+            f"ref name {name!r}: has compatibility characters that look like others "
+            f"(Unicode NFKC changes it to {compatible!r}); use {compatible!r}"
         )
     return name
 
@@ -121,15 +157,22 @@ def encode_ref(snapshot_id: str) -> bytes:
     return json.dumps({"snapshot": str(snapshot_id)}, separators=(",", ":")).encode()
 
 
-def decode_ref(data: bytes, name: str = "<ref>") -> str:
-    """The snapshot id (base32) a ref file points to."""
+def decode_ref(data: bytes, name: str = "<ref>") -> SnapshotId:
+    """The snapshot id a ref file points to; ``FormatError`` naming the file otherwise.
+
+    Parsed as Icechunk parses it: strict JSON (no duplicate keys, byte order mark or
+    ``NaN``), other keys ignored, the id in Crockford base32 with its aliases (lower case,
+    ``O`` for ``0``, ``I``/``L`` for ``1``) accepted."""
     try:
-        doc = parse_json(data)
+        doc = parse_json(data, strict=True)
     except ValueError as err:  # UnicodeDecodeError included
-        raise FormatError(name, f"ref file is not JSON: {err}") from None
+        raise FormatError(name, f"ref file is not valid JSON: {err}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("snapshot"), str):
         raise FormatError(name, 'ref file must be {"snapshot": "<id>"}')
     snapshot: str = doc["snapshot"]
     if len(snapshot) != 20:
         raise FormatError(name, f"snapshot id {snapshot!r} is not 20 base32 characters")
-    return snapshot
+    try:
+        return SnapshotId.from_str(snapshot)
+    except InvalidIdError as err:
+        raise FormatError(name, f"ref file holds no snapshot id: {err}") from None

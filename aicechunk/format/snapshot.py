@@ -22,7 +22,7 @@ from aicechunk.format.flatbuf import (
 )
 from aicechunk.format.header import FileType, decode_file, encode_file
 from aicechunk.format.ids import ManifestId, NodeId, SnapshotId
-from aicechunk.format.metadata import decode_value, encode_value
+from aicechunk.format.metadata import check_commit_properties, decode_value, encode_value
 
 __all__ = [
     "ArrayNodeData",
@@ -136,7 +136,9 @@ def _micros(when: datetime) -> int:
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
-    """The snapshot file's bytes (header + compressed flatbuffer)."""
+    """The snapshot file's bytes (header + compressed flatbuffer); a message or metadata
+    the format cannot hold is ``UnrepresentableValueError``."""
+    check_commit_properties(snapshot.message, snapshot.metadata)
     b = new_builder(4096 + 256 * len(snapshot.nodes))
 
     files = sorted(snapshot.manifest_files, key=lambda f: f.id)
@@ -147,7 +149,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     items = []
     for name in sorted(snapshot.metadata):
         name_off = b.CreateString(name)
-        value_off = b.CreateByteVector(encode_value(snapshot.metadata[name], f"metadata {name!r}"))
+        value_off = b.CreateByteVector(encode_value(snapshot.metadata[name], f"metadata[{name!r}]"))
         b.StartObject(2)
         b.PrependUOffsetTRelativeSlot(0, name_off, 0)
         b.PrependUOffsetTRelativeSlot(1, value_off, 0)

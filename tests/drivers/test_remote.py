@@ -15,7 +15,13 @@ import aicechunk as aic
 from aicechunk.drivers.gcs import GCSDriver
 from aicechunk.drivers.http import HTTPDriver
 from aicechunk.drivers.s3 import S3Credentials, S3Driver
-from aicechunk.errors import ObjectNotFound, PreconditionFailed, ReadOnlyError, StorageError
+from aicechunk.errors import (
+    InvalidLocation,
+    ObjectNotFound,
+    PreconditionFailed,
+    ReadOnlyError,
+    StorageError,
+)
 from tests.servers import create_gcs_bucket, free_port, serve_app
 
 
@@ -242,3 +248,48 @@ async def test_s3_without_credentials_says_how_to_give_them(
                 await driver.get("refs/branch.main/ref.json")
     assert "anonymous=True" in str(info.value) and "access_key_id" in str(info.value)
     assert seen == []  # refused before any request
+
+
+@pytest.mark.attack("malformed config and metadata")
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "notaurl",
+        "127.0.0.1:9000",
+        "ftp://127.0.0.1:9000",
+        "http://",
+        "http:///x",
+        "https://h:99999",
+    ],
+)
+def test_endpoints_that_are_not_http_urls_are_refused_at_construction(endpoint: str) -> None:
+    for make in (
+        lambda: aic.s3_storage(bucket="b", endpoint_url=endpoint, allow_http=True),
+        lambda: aic.gcs_storage(bucket="b", endpoint_url=endpoint, anonymous=True),
+    ):
+        with pytest.raises(InvalidLocation) as info:
+            make()
+        assert isinstance(info.value, ValueError)
+        assert "endpoint" in str(info.value) or "URL" in str(info.value)
+    for make_bucket in (
+        lambda: aic.s3_storage(bucket="B_/..", endpoint_url="http://127.0.0.1:9", allow_http=True),
+        lambda: aic.gcs_storage(bucket="a/b", anonymous=True),
+    ):
+        with pytest.raises(InvalidLocation, match="bare bucket name"):
+            make_bucket()
+
+
+@pytest.mark.attack("transport faults")
+async def test_client_construction_errors_are_storage_errors(tmp_path: object) -> None:
+    s3 = S3Driver(
+        "b",
+        region="not a region!",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        allow_http=True,
+        max_attempts=1,
+    )
+    gcs = GCSDriver("b", service_account_file="/nonexistent/sa.json", max_attempts=1)
+    for driver, match in ((s3, "cannot create the S3 client"), (gcs, "cannot create the GCS")):
+        async with driver:
+            with pytest.raises(StorageError, match=match):
+                await driver.get("x")

@@ -303,3 +303,50 @@ def test_deeply_nested_ref_json(data: bytes) -> None:
 def test_malformed_zarr_json(data: bytes, problem: str) -> None:
     with pytest.raises(InvalidMetadataError, match=problem):
         parse_metadata("/a", data)
+
+
+@pytest.mark.attack("malformed config and metadata")
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        # two readers, two branches: Python's json keeps the last, icechunk refuses
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT0","snapshot":"AAAAAAAAAAAAAAAAAAA0"}', "twice"),
+        (b'{"x":{"a":1,"a":2},"snapshot":"1CECHNKREP0F1RSTCMT0"}', "twice"),
+        (b'\xef\xbb\xbf{"snapshot":"1CECHNKREP0F1RSTCMT0"}', "byte order mark"),
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT0","x":NaN}', "NaN is not JSON"),
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT0","x":Infinity}', "Infinity is not JSON"),
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT0","x":-Infinity}', "-Infinity is not JSON"),
+        (b'{"snapshot":"AAAAAAAAAAAAAAAAAAAA"}', "no snapshot id.*last character"),
+        (b'{"snapshot":"1CECHNKREP0F1RSTCMT!"}', "no snapshot id.*Crockford"),
+    ],
+)
+def test_ref_json_is_read_as_strictly_as_icechunk_reads_it(data: bytes, problem: str) -> None:
+    with pytest.raises(FormatError, match=problem) as info:
+        decode_ref(data, "refs/branch.main/ref.json")
+    assert info.value.file == "refs/branch.main/ref.json"
+    assert str(info.value).startswith("refs/branch.main/ref.json: ")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"snapshot":"1cechnkrep0f1rstcmt0"}',  # Crockford base32: case and aliases
+        b'{"snapshot":"ICECHNKREPOF1RSTCMTO"}',
+        b' {"snapshot":"\\u0031CECHNKREP0F1RSTCMT0","other":1e999}\n',
+    ],
+)
+def test_ref_json_that_icechunk_accepts(data: bytes) -> None:
+    assert decode_ref(data, "refs/branch.main/ref.json") == "1CECHNKREP0F1RSTCMT0"
+
+
+@pytest.mark.attack("malformed config and metadata")
+def test_zarr_json_with_a_key_given_twice_is_refused() -> None:
+    from aicechunk.errors import InvalidMetadataError
+    from aicechunk.nodes import metadata_document
+
+    doc = b'{"zarr_format":3,"node_type":"group","node_type":"array"}'
+    with pytest.raises(InvalidMetadataError, match="'node_type' is given twice"):
+        metadata_document("/g", doc)
+    # zarr writes NaN and Infinity into zarr.json: those stay readable there
+    nan = b'{"zarr_format":3,"node_type":"group","attributes":{"x":NaN,"y":-Infinity}}'
+    assert metadata_document("/g", nan)["attributes"]["y"] == float("-inf")
