@@ -539,9 +539,11 @@ class Session:
             if coords and nid in grids
         }
 
-    async def _grids(self) -> dict[NodeId, tuple[int, ...]]:
-        """The chunk grid of every array as this session sees it."""
-        return {n.id: chunk_grid(n.array) for n in await self.list_nodes() if n.array}
+    async def _grids(self, views: list[NodeView] | None = None) -> dict[NodeId, tuple[int, ...]]:
+        """The chunk grid of every array as this session sees it (of ``views``, if given)."""
+        if views is None:
+            views = await self.list_nodes()
+        return {n.id: chunk_grid(n.array) for n in views if n.array}
 
     def discard_changes(self) -> None:
         """Forget every pending change (chunk files already written become garbage)."""
@@ -655,7 +657,8 @@ class Session:
     async def _flush(self, message: str, metadata: Mapping[str, Any]) -> Snapshot:
         """Write manifests, transaction log and snapshot for the pending changes."""
         snapshot_id = SnapshotId.random()
-        grids = await self._grids()
+        views = await self.list_nodes()  # listed once: the log and the manifests use them
+        grids = await self._grids(views)
         # listing (and, for merged forks, combining) many chunk changes: off the loop
         if self._changes.chunk_change_rows() >= _THREAD_LOG_ROWS:
             log = await asyncio.to_thread(self._transaction_log, snapshot_id, grids)
@@ -664,7 +667,7 @@ class Session:
         # the transaction log does not depend on the manifests: write it meanwhile
         log_written = asyncio.ensure_future(self._assets.write_transaction_log(log))
         try:
-            return await self._flush_rest(snapshot_id, message, metadata, log_written)
+            return await self._flush_rest(snapshot_id, message, metadata, views, log_written)
         except BaseException:
             log_written.cancel()
             with contextlib.suppress(BaseException):
@@ -676,6 +679,7 @@ class Session:
         snapshot_id: SnapshotId,
         message: str,
         metadata: Mapping[str, Any],
+        views: list[NodeView],
         log_written: asyncio.Future[None],
     ) -> Snapshot:
         base = await self.snapshot()
@@ -756,7 +760,7 @@ class Session:
                 ArrayNodeData(view.array.shape, view.array.dimension_names, manifests),
             )
 
-        for view in await self.list_nodes():
+        for view in views:
             if view.array is None:
                 nodes.append(NodeSnapshot(view.id, view.path, view.user_data, GroupNodeData()))
             else:
@@ -792,7 +796,6 @@ class Session:
     ) -> TransactionLog:
         """The log of the pending changes."""
         c = self._changes
-
         return TransactionLog(
             id=snapshot_id,
             new_groups=tuple(sorted(nid for nid, _ in c.new_groups.values())),
