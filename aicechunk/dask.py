@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,7 +26,9 @@ from aicechunk.errors import SessionStateError
 from aicechunk.session import ForkSession
 from aicechunk.store import IcechunkStore
 
-__all__ = ["store_dask", "store_dask_async"]
+__all__ = ["run_sync", "store_dask", "store_dask_async"]
+
+T = TypeVar("T")
 
 
 def _write_block(payload: bytes, path: str, region: tuple[slice, ...], block: Any) -> bytes:
@@ -37,10 +40,22 @@ def _write_block(payload: bytes, path: str, region: tuple[slice, ...], block: An
     return fork.to_bytes()
 
 
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code, also where this thread already
+    runs an event loop (a notebook, or Dask's synchronous scheduler called from one): then
+    on a thread of its own, so that loop is never re-entered."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="aicechunk-sync") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def _merge_payloads(*payloads: bytes) -> bytes:
     forks = [ForkSession.from_bytes(p) for p in payloads]
     first = forks[0]
-    asyncio.run(first.merge(*forks[1:]))
+    run_sync(first.merge(*forks[1:]))
     return first.to_bytes()
 
 

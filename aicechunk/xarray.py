@@ -10,42 +10,14 @@ a failure leaves it as it was.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Coroutine, Hashable, Mapping, MutableMapping
-from typing import Any, Literal, TypeVar
+from collections.abc import Hashable, Mapping, MutableMapping
+from typing import Any, Literal
 
 from aicechunk.session import Session
 
 __all__ = ["to_icechunk", "to_icechunk_async"]
 
-T = TypeVar("T")
-
 Region = Mapping[str, slice | Literal["auto"]] | Literal["auto"] | None
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from synchronous code, with or without a running loop
-    in this thread (as in Jupyter), without blocking that loop's other work for longer
-    than the call itself."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(coro))
-        except BaseException as err:  # handed to the caller's thread
-            failure.append(err)
-
-    worker = threading.Thread(target=target, name="aicechunk-to-icechunk")
-    worker.start()
-    worker.join()
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 def to_icechunk(
@@ -75,7 +47,7 @@ def to_icechunk(
     from xarray.backends.writers import _validate_dataset_names, dump_to_store
     from xarray.backends.zarr import ZarrStore, _choose_default_mode
 
-    from aicechunk.dask import store_dask
+    from aicechunk.dask import run_sync, store_dask
 
     dataset = obj.to_dataset() if not hasattr(obj, "data_vars") else obj
     chosen = _choose_default_mode(mode=mode, append_dim=append_dim, region=region)
@@ -109,7 +81,7 @@ def to_icechunk(
             split_every=split_every or 8,
             **dict(chunkmanager_store_kwargs or {}),
         )
-    _run(session.merge(written))
+    run_sync(session.merge(written))
 
 
 async def to_icechunk_async(obj: Any, session: Session, **kwargs: Any) -> None:

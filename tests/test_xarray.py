@@ -162,3 +162,21 @@ async def test_stale_consolidated_metadata_already_stored_is_ignored() -> None:
     assert stored is not None
     doc = json.loads(stored.to_bytes())
     assert "consolidated_metadata" not in doc
+
+
+def test_dask_synchronous_scheduler_inside_a_running_loop() -> None:
+    """Dask's synchronous scheduler runs the merges in the caller's thread, which in a
+    notebook already runs an event loop: merging must not re-enter it."""
+    import dask
+
+    async def notebook_cell() -> aic.Repository:
+        repo = await aic.Repository.create(aic.in_memory_storage())
+        session = await repo.writable_session("main")
+        with dask.config.set(scheduler="synchronous"):
+            to_icechunk(dataset(VALUES, dask=True), session, encoding=ENCODING, split_every=2)
+        await session.commit("synchronous scheduler")
+        return repo
+
+    repo = asyncio.run(notebook_cell())
+    back = asyncio.run(read_back(repo))
+    np.testing.assert_array_equal(back.tair.values, VALUES)
