@@ -194,12 +194,19 @@ class Repository:
     ) -> Repository:
         """Open an existing repository; ``config`` overrides what is persisted."""
         driver = storage.driver()
-        version = await AssetManager(driver).spec_version()
-        if version is None:
+        # one round trip: the spec version and the config are asked for together, and the
+        # config counts only once the version says it is a repository this library reads
+        found, persisted = await asyncio.gather(
+            AssetManager(driver).spec_version(), cls.fetch_config(storage), return_exceptions=True
+        )
+        if isinstance(found, BaseException):
+            raise found
+        if found is None:
             raise RepositoryNotFoundError(f"no repository at {driver.label} (no 'main' branch)")
-        if version != SPEC_VERSION:
-            raise UnsupportedSpecVersionError(_unsupported(driver.label, version))
-        persisted = await cls.fetch_config(storage)
+        if found != SPEC_VERSION:
+            raise UnsupportedSpecVersionError(_unsupported(driver.label, found))
+        if isinstance(persisted, BaseException):
+            raise persisted
         effective = persisted or RepositoryConfig.default()
         if config is not None:
             effective = effective.merge(config)
