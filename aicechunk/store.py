@@ -27,6 +27,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange
 from aicechunk.drivers.urls import parse_location
 from aicechunk.errors import AicechunkError, ReadOnlyError, VirtualChunkError
+from aicechunk.format.jsondoc import parse_json
 from aicechunk.format.manifest import VirtualRef
 
 if TYPE_CHECKING:
@@ -115,8 +116,8 @@ def without_consolidated_metadata(data: bytes) -> bytes:
     if b'"consolidated_metadata"' not in data:
         return data
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = parse_json(data)
+    except ValueError:  # not JSON: the session refuses it (or it was never ours to fix)
         return data
     if not isinstance(doc, dict) or doc.get("node_type") != "group":
         return data
