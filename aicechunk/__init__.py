@@ -1,29 +1,31 @@
 """aicechunk: an async-first, pure-Python implementation of Icechunk."""
 
-from aicechunk.config import CachingConfig, DecompressionLimits, RepositoryConfig
-from aicechunk.conflicts import (
+from aicechunk.changes.conflicts import (
     BasicConflictSolver,
     Conflict,
     ConflictDetector,
     ConflictKind,
-    RebaseFailedError,
     VersionSelection,
 )
+from aicechunk.config import CachingConfig, DecompressionLimits, RepositoryConfig
 from aicechunk.errors import (
     AicechunkError,
     AicechunkWarning,
     ChunkIndexError,
     CommitOutcomeUnknownError,
     ConflictError,
+    ForkPayloadError,
     FormatError,
     InvalidKey,
     InvalidLocation,
     InvalidMetadataError,
     InvalidNodePathError,
     InvalidRefNameError,
+    InvalidStoreKeyError,
     ObjectNotFound,
     PreconditionFailed,
     ReadOnlyError,
+    RebaseFailedError,
     RefExistsError,
     RefNotFoundError,
     RepositoryError,
@@ -36,7 +38,7 @@ from aicechunk.errors import (
     UnsupportedSpecVersionError,
 )
 from aicechunk.repository import Repository, SnapshotInfo
-from aicechunk.session import Diff, ForkPayloadError, ForkSession, Session
+from aicechunk.session import Diff, ForkSession, Session
 from aicechunk.storage import (
     Storage,
     gcs_storage,
@@ -46,7 +48,7 @@ from aicechunk.storage import (
     s3_storage,
     storage_from_driver,
 )
-from aicechunk.store import IcechunkStore, InvalidStoreKeyError
+from aicechunk.store import IcechunkStore
 from aicechunk.virtual import (
     VirtualChunkContainer,
     VirtualChunkError,

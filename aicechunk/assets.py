@@ -12,15 +12,19 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
+from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, CachingConfig, DecompressionLimits
 from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
 from aicechunk.errors import (
+    AicechunkError,
+    CommitOutcomeUnknownError,
+    ConflictError,
     FormatError,
     ObjectNotFound,
     PreconditionFailed,
     RefNotFoundError,
+    StorageError,
 )
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import HEADER_SIZE, spec_version_of
@@ -32,14 +36,19 @@ from aicechunk.format.transaction_log import (
     decode_transaction_log,
     encode_transaction_log,
 )
+from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
 
-__all__ = ["CONFIG_KEY", "REPO_INFO_KEY", "AssetManager", "CacheSizes", "RefInfo"]
+__all__ = ["CONFIG_KEY", "REPO_INFO_KEY", "AssetManager", "RefInfo"]
+
+# how many times a branch is read back when the answer to its update was lost, and the
+# first pause (doubling) between those reads
+SETTLE_ATTEMPTS = 5
+SETTLE_BACKOFF_SECONDS = 0.05
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 # files larger than this are decoded in a worker thread
-_THREAD_DECODE_BYTES = 256 * 1024
 
 
 class _LRU(Generic[K, V]):
@@ -79,16 +88,6 @@ class _LRU(Generic[K, V]):
 
 
 @dataclass(frozen=True, slots=True)
-class CacheSizes:
-    """How much decoded data an ``AssetManager`` keeps: snapshot nodes, manifest chunk
-    references and transaction log changes (Icechunk's defaults and units)."""
-
-    snapshot_nodes: int = 500_000
-    chunk_refs: int = 15_000_000
-    transaction_changes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class RefInfo:
     """A branch or tag: the snapshot it points to and the ref file's version."""
 
@@ -117,20 +116,8 @@ def _log_size(log: TransactionLog) -> int:
     )
 
 
-# encoding more than this many items (nodes, changes) goes to a worker thread
-_THREAD_ENCODE_ITEMS = 10_000
-
-
-async def _encode_off_loop(encode: Callable[[Any], bytes], value: Any, items: int) -> bytes:
-    if items >= _THREAD_ENCODE_ITEMS:
-        return await asyncio.to_thread(encode, value)
-    return encode(value)
-
-
-async def _decode_off_loop(decode: Callable[[], V], size: int) -> V:
-    if size >= _THREAD_DECODE_BYTES:
-        return await asyncio.to_thread(decode)
-    return decode()
+def _big(data: bytes) -> bool:
+    return len(data) >= DECODE_BYTES_OFF_LOOP
 
 
 def _check_id(key: str, what: str, found: object, expected: object) -> None:
@@ -151,29 +138,29 @@ class AssetManager:
     def __init__(
         self,
         driver: Driver,
-        cache: CacheSizes | None = None,
+        caching: CachingConfig | None = None,
         limits: DecompressionLimits = DEFAULT_DECOMPRESSION_LIMITS,
     ) -> None:
         self.driver = driver
-        self.cache = cache or CacheSizes()
+        self.caching = caching or CachingConfig()
         self.limits = limits
         self._snapshots: _LRU[SnapshotId, Snapshot] = _LRU(
-            self.cache.snapshot_nodes, lambda s: len(s.nodes)
+            self.caching.resolved("num_snapshot_nodes"), lambda s: len(s.nodes)
         )
         self._manifests: _LRU[ManifestId, Manifest] = _LRU(
-            self.cache.chunk_refs, lambda m: m.num_chunk_refs
+            self.caching.resolved("num_chunk_refs"), lambda m: m.num_chunk_refs
         )
         self._txlogs: _LRU[SnapshotId, TransactionLog] = _LRU(
-            self.cache.transaction_changes, _log_size
+            self.caching.resolved("num_transaction_changes"), _log_size
         )
         # one fetch in flight per file, shared by every task that wants it
         self._inflight: dict[str, asyncio.Future[object]] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        return {"driver": self.driver, "cache": self.cache, "limits": self.limits}
+        return {"driver": self.driver, "caching": self.caching, "limits": self.limits}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["driver"], state["cache"], state["limits"])  # type: ignore[misc]
+        self.__init__(state["driver"], state["caching"], state["limits"])  # type: ignore[misc]
 
     async def _fetch_once(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
         # Requests for the same file made concurrently (in one loop) share one read.
@@ -213,7 +200,7 @@ class AssetManager:
             except ObjectNotFound:
                 raise RefNotFoundError(f"snapshot {snapshot_id} does not exist") from None
             bound = self.limits.bound(len(data))
-            snap = await _decode_off_loop(lambda: decode_snapshot(data, key, bound), len(data))
+            snap = await off_loop(_big(data), decode_snapshot, data, key, bound)
             _check_id(key, "snapshot", snap.id, snapshot_id)
             self._snapshots.put(snapshot_id, snap)
             return snap
@@ -224,7 +211,8 @@ class AssetManager:
         """Write a new snapshot file (never overwrites). Its id is random, except for a
         repository's initial snapshot: ``if_absent=True`` writes that one only if no file
         has its name (``PreconditionFailed`` otherwise)."""
-        data = await _encode_off_loop(encode_snapshot, snapshot, len(snapshot.nodes))
+        big = len(snapshot.nodes) >= ENCODE_ITEMS_OFF_LOOP
+        data = await off_loop(big, encode_snapshot, snapshot)
         key = SNAPSHOTS + str(snapshot.id)
         if if_absent:
             await self.driver.put(key, data, if_none_match=True)
@@ -293,7 +281,7 @@ class AssetManager:
             except ObjectNotFound:
                 raise FormatError(key, "manifest file is missing") from None
             bound = self.limits.bound(len(data))
-            manifest = await _decode_off_loop(lambda: decode_manifest(data, key, bound), len(data))
+            manifest = await off_loop(_big(data), decode_manifest, data, key, bound)
             _check_id(key, "manifest", manifest.id, manifest_id)
             self._manifests.put(manifest_id, manifest)
             return manifest
@@ -316,16 +304,16 @@ class AssetManager:
             data = await self.driver.get(key)
         except ObjectNotFound:
             raise FormatError(key, "transaction log is missing") from None
-        log = await _decode_off_loop(
-            lambda: decode_transaction_log(data, key, self.limits.bound(len(data))), len(data)
-        )
+        bound = self.limits.bound(len(data))
+        log = await off_loop(_big(data), decode_transaction_log, data, key, bound)
         _check_id(key, "transaction log of snapshot", log.id, snapshot_id)
         self._txlogs.put(snapshot_id, log)
         return log
 
     async def write_transaction_log(self, log: TransactionLog) -> None:
         """Write the transaction log of a new snapshot."""
-        data = await _encode_off_loop(encode_transaction_log, log, _log_size(log))
+        big = _log_size(log) >= ENCODE_ITEMS_OFF_LOOP
+        data = await off_loop(big, encode_transaction_log, log)
         await self.driver.put(TRANSACTIONS + str(log.id), data, write_once=True)
         self._txlogs.put(log.id, log)
 
@@ -392,6 +380,63 @@ class AssetManager:
             ref_format.encode_ref(str(snapshot_id)),
             if_match=version,
         )
+
+    async def move_branch(
+        self, name: str, new_id: SnapshotId, tip: RefInfo, *, uncertain_ok: bool = False
+    ) -> None:
+        """Move branch ``name`` from ``tip`` (read by the caller) to ``new_id``, only if
+        its ref file is still at ``tip.version``: the one compare-and-swap of a branch.
+
+        Returns if the branch moved. Raises ``ConflictError`` if another writer moved it
+        first (or the storage error) when it surely did not; when the answer is lost (a
+        dropped connection, or ``PreconditionFailed`` from a retried request whose first
+        try was applied), the branch is read back to tell: ``new_id`` on the branch since
+        ``tip`` means it moved. If even that cannot be read, ``CommitOutcomeUnknownError``.
+        """
+        failure: StorageError
+        try:
+            await self.update_branch(name, new_id, tip.version)
+            return
+        except PreconditionFailed as err:
+            failure = err  # another writer won, or a retried request of ours landed
+        except StorageError as err:
+            failure = err  # the answer was lost: the write may have been applied
+        landed, now = await self.branch_reached(name, new_id, tip.snapshot_id, failure)
+        if landed:
+            return
+        if isinstance(failure, PreconditionFailed):
+            raise ConflictError(name, str(tip.snapshot_id), str(now)) from None
+        raise failure
+
+    async def branch_reached(
+        self,
+        name: str,
+        new_id: SnapshotId,
+        since: SnapshotId,
+        cause: StorageError | None = None,
+    ) -> tuple[bool, SnapshotId]:
+        """Whether branch ``name`` is at ``new_id``, or went through it after ``since``
+        (other writers may have committed on top meanwhile), and where it is now. Reads
+        a few times if reading fails; ``CommitOutcomeUnknownError`` if it never succeeds."""
+        last: AicechunkError | None = None
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                now = (await self.fetch_branch(name)).snapshot_id
+                chain = [] if now == new_id else await self.history_since(now, since)
+            except StorageError as err:
+                last = err
+                await asyncio.sleep(SETTLE_BACKOFF_SECONDS * 2**attempt)
+                continue
+            except AicechunkError as err:  # the branch is gone, or its history unreadable
+                last = err
+                break
+            return now == new_id or (chain is not None and new_id in chain), now
+        why = f" ({cause})" if cause is not None else ""
+        raise CommitOutcomeUnknownError(
+            f"outcome unknown: moving branch {name!r} to snapshot {new_id} may have "
+            f"failed{why}, and the branch could not be read back ({last})",
+            key=ref_format.branch_key(name),
+        ) from last
 
     async def delete_branch(self, name: str) -> None:
         """Remove a branch ref file."""

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import aicechunk as aic
 from aicechunk.drivers.urls import redact_url
 from aicechunk.errors import AicechunkError, redact_credentials
-from aicechunk.nodes import metadata_document
+from aicechunk.store.metadata import metadata_document
 
 
 def storage_for(url: str, args: argparse.Namespace) -> aic.Storage:

@@ -14,7 +14,18 @@ from aicechunk.format.header import MAX_PAYLOAD
 if TYPE_CHECKING:
     from aicechunk.virtual import VirtualChunkContainer
 
-__all__ = ["CachingConfig", "DecompressionLimits", "RepositoryConfig"]
+__all__ = [
+    "INLINE_CHUNK_THRESHOLD_BYTES",
+    "READ_CONCURRENCY",
+    "CachingConfig",
+    "DecompressionLimits",
+    "RepositoryConfig",
+]
+
+#: Chunks of at most this many bytes are stored inside manifests (Icechunk's default).
+INLINE_CHUNK_THRESHOLD_BYTES = 512
+#: How many chunk reads one ``get_partial_values`` call runs at once.
+READ_CONCURRENCY = 64
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,6 @@ class RepositoryConfig:
     survive a load and save unchanged.
     """
 
-    DEFAULT_INLINE_THRESHOLD = 512
-
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         self._data: dict[str, Any] = copy.deepcopy(data) if data else {}
         self._ignored: set[str] = set()  # containers already warned about
@@ -138,7 +147,8 @@ class RepositoryConfig:
 
     @property
     def inline_chunk_threshold_bytes(self) -> int | None:
-        """Chunks of at most this many bytes are stored inside manifests (default 512)."""
+        """Chunks of at most this many bytes are stored inside manifests (``None``:
+        ``INLINE_CHUNK_THRESHOLD_BYTES``, 512)."""
         value = self._data.get("inline_chunk_threshold_bytes")
         return None if value is None else int(value)
 

@@ -8,6 +8,11 @@ package: they are wrapped in one of these, with the original kept as ``__cause__
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aicechunk.changes.conflicts import Conflict
 
 # "scheme://" and everything up to the last "@" on its line. Userinfo written unencoded may
 # hold quotes, spaces, "/", "?", "#" and "@" itself, so no character but a line break can be
@@ -96,6 +101,10 @@ class CommitOutcomeUnknownError(StorageError):
     change is committed twice)."""
 
 
+class InjectedFault(StorageError):
+    """A failure injected on purpose by ``aicechunk.testing.FaultyDriver``."""
+
+
 class InvalidKey(StorageError):
     """A key is malformed or would reach outside the driver's root."""
 
@@ -149,6 +158,10 @@ class FormatError(AicechunkError):
 
 
 # --- repository and sessions ---------------------------------------------------------
+
+
+class InvalidIdError(FormatError, ValueError):
+    """A string or byte string that is not a valid object id."""
 
 
 class RepositoryError(AicechunkError):
@@ -205,6 +218,16 @@ class ConflictError(AicechunkError):
         return (type(self), (self.branch, self.expected, self.actual))
 
 
+class RebaseFailedError(AicechunkError):
+    """Rebasing met conflicts the solver would not resolve; nothing was changed."""
+
+    def __init__(self, snapshot_id: str, conflicts: Sequence[Conflict]):
+        self.snapshot_id = snapshot_id
+        self.conflicts = list(conflicts)
+        listed = "; ".join(str(c) for c in conflicts)
+        super().__init__(f"rebase onto snapshot {snapshot_id} failed: {listed}")
+
+
 # --- values and payloads ---------------------------------------------------------------
 
 
@@ -214,6 +237,25 @@ class InvalidNodePathError(AicechunkError, ValueError):
     def __init__(self, path: object, why: str):
         self.path = path
         super().__init__(f"invalid node path {path!r}: {why}")
+
+
+class NodeNotFoundError(AicechunkError, KeyError):
+    """No group or array at a path."""
+
+    def __init__(self, path: str, what: str = "node"):
+        self.path = path
+        super().__init__(f"no {what} at {path!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidStoreKeyError(AicechunkError, ValueError):
+    """A zarr key that no Icechunk repository can hold (neither metadata nor chunk)."""
+
+    def __init__(self, key: str, why: str):
+        self.key = key
+        super().__init__(f"invalid store key {key!r}: {why}")
 
 
 class InvalidMetadataError(AicechunkError, ValueError):
@@ -246,6 +288,10 @@ class UnrepresentableValueError(AicechunkError, ValueError):
 class ForkPayloadError(AicechunkError, ValueError):
     """A fork payload that is truncated, corrupted, of another format version, too large
     when decompressed, or holding changes no session could have made."""
+
+
+class InvalidChangesError(AicechunkError, ValueError):
+    """A change set no session could have made (the caller says where it came from)."""
 
 
 class VirtualChunkError(AicechunkError):

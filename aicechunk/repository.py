@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aicechunk.assets import CONFIG_KEY, REPO_INFO_KEY, AssetManager, CacheSizes
+from aicechunk.assets import CONFIG_KEY, REPO_INFO_KEY, AssetManager
 from aicechunk.config import RepositoryConfig
 from aicechunk.errors import (
+    InvalidIdError,
     ObjectNotFound,
     PreconditionFailed,
     RefExistsError,
@@ -24,7 +25,7 @@ from aicechunk.errors import (
 )
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import SPEC_VERSION
-from aicechunk.format.ids import FIRST_SNAPSHOT_ID, InvalidIdError, NodeId, SnapshotId
+from aicechunk.format.ids import FIRST_SNAPSHOT_ID, NodeId, SnapshotId
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
@@ -81,15 +82,7 @@ class Repository:
         self._config = config
         self._credentials = dict(authorize_virtual_chunk_access or {})
         self._resolver: Any = None
-        caching = config.caching
-        sizes = CacheSizes()
-        if caching is not None:
-            sizes = CacheSizes(
-                snapshot_nodes=caching.resolved("num_snapshot_nodes"),
-                chunk_refs=caching.resolved("num_chunk_refs"),
-                transaction_changes=caching.resolved("num_transaction_changes"),
-            )
-        self._assets = AssetManager(storage.driver(), sizes, config.decompression_limits())
+        self._assets = AssetManager(storage.driver(), config.caching, config.decompression_limits())
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -289,13 +282,7 @@ class Repository:
         sid = _snapshot_id(snapshot_id)
         await self._assets.fetch_snapshot(sid)
         tip = await self._assets.fetch_branch(name)
-        try:
-            await self._assets.update_branch(name, sid, tip.version)
-        except PreconditionFailed:
-            from aicechunk.errors import ConflictError
-
-            now = await self._assets.fetch_branch(name)
-            raise ConflictError(name, str(tip.snapshot_id), str(now.snapshot_id)) from None
+        await self._assets.move_branch(name, sid, tip)
 
     async def delete_branch(self, name: str) -> None:
         """Delete a branch (not ``main``); its snapshots stay until garbage collection."""
@@ -430,9 +417,9 @@ class Repository:
 
     def _session_config(self) -> SessionConfig:
         threshold = self._config.inline_chunk_threshold_bytes
-        return SessionConfig(
-            inline_chunk_threshold_bytes=512 if threshold is None else threshold,
-        )
+        if threshold is None:
+            return SessionConfig()
+        return SessionConfig(inline_chunk_threshold_bytes=threshold)
 
     def _virtual_resolver(self) -> Any:
         if self._resolver is None:

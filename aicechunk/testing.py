@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aicechunk.drivers.base import ByteRange, Driver, DriverConfig, ObjectInfo
-from aicechunk.errors import StorageError
+from aicechunk.errors import InjectedFault
 
 __all__ = ["CountingDriver", "FaultyDriver", "InjectedFault"]
 
@@ -84,10 +84,6 @@ class CountingDriver(Driver):
     async def _delete_many(self, keys: list[str]) -> None:
         self._record("delete_many", ",".join(keys))
         await self.inner.delete_many(keys)
-
-
-class InjectedFault(StorageError):
-    """A failure injected by ``FaultyDriver``."""
 
 
 class FaultyDriver(CountingDriver):

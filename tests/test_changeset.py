@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aicechunk.changeset import ChangeSet, changeset_from_plain, changeset_to_plain
-from aicechunk.chunktable import ChunkTable
+from aicechunk.changes.changeset import ChangeSet
+from aicechunk.changes.chunktable import ChunkTable
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId
 from aicechunk.format.manifest import (
     ChunkRef,
@@ -25,8 +25,8 @@ from tests.format.strategies import chunk_refs, node_ids
 
 
 def travel(cs: ChangeSet) -> ChangeSet:
-    packed = msgpack.packb(changeset_to_plain(cs), use_bin_type=True)
-    return changeset_from_plain(msgpack.unpackb(packed, raw=False, strict_map_key=False))
+    packed = msgpack.packb(cs.to_plain(), use_bin_type=True)
+    return ChangeSet.from_plain(msgpack.unpackb(packed, raw=False, strict_map_key=False))
 
 
 refs_or_deletes = st.one_of(st.none(), chunk_refs)
@@ -133,22 +133,18 @@ def test_mixed_dimensionality_falls_back_to_entries() -> None:
 
 def test_inconsistent_columns_are_refused() -> None:
     cs = ChangeSet(chunks={NID: {(i,): InlineRef(b"xy") for i in range(3)}})
-    plain = changeset_to_plain(cs)
+    plain = cs.to_plain()
     plain["c"][0][1][0]["I"][1] = b"xyxy"  # fewer inline bytes than the lengths say
     with pytest.raises(ValueError, match="inline chunk lengths"):
-        changeset_from_plain(plain)
-    plain = changeset_to_plain(
-        ChangeSet(chunks={NID: {(0,): NativeRef(ChunkId(b"\x01" * 12), 0, 4)}})
-    )
+        ChangeSet.from_plain(plain)
+    plain = ChangeSet(chunks={NID: {(0,): NativeRef(ChunkId(b"\x01" * 12), 0, 4)}}).to_plain()
     plain["c"][0][1][0]["c"] += b"\x00" * 8  # one coordinate too many
     with pytest.raises(ValueError, match="coordinates"):
-        changeset_from_plain(plain)
-    plain = changeset_to_plain(
-        ChangeSet(chunks={NID: {(0,): NativeRef(ChunkId(b"\x01" * 12), 0, 4)}})
-    )
+        ChangeSet.from_plain(plain)
+    plain = ChangeSet(chunks={NID: {(0,): NativeRef(ChunkId(b"\x01" * 12), 0, 4)}}).to_plain()
     plain["c"][0][1][0]["k"] = b"\x07"
     with pytest.raises(ValueError, match="kind"):
-        changeset_from_plain(plain)
+        ChangeSet.from_plain(plain)
 
 
 def test_tables_stay_tables_until_one_chunk_is_asked_for() -> None:
@@ -165,10 +161,10 @@ def test_tables_stay_tables_until_one_chunk_is_asked_for() -> None:
 
 
 def test_coordinates_outside_the_format_are_refused() -> None:
-    plain = changeset_to_plain(ChangeSet(chunks={NID: {(0,): InlineRef(b"a")}}))
+    plain = ChangeSet(chunks={NID: {(0,): InlineRef(b"a")}}).to_plain()
     plain["c"][0][1][0]["c"] = np.array([1 << 32], dtype="<i8").tobytes()
     with pytest.raises(ValueError, match="outside the format"):
-        changeset_from_plain(plain)
+        ChangeSet.from_plain(plain)
     plain["c"][0][1][0]["c"] = np.array([-1], dtype="<i8").tobytes()
     with pytest.raises(ValueError, match="outside the format"):
-        changeset_from_plain(plain)
+        ChangeSet.from_plain(plain)

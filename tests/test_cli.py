@@ -169,7 +169,7 @@ def test_ls_on_malformed_array_metadata(
     import asyncio
 
     import aicechunk as aic
-    from aicechunk.changeset import ArrayDefinition
+    from aicechunk.changes.changeset import ArrayDefinition
     from aicechunk.format.ids import NodeId
     from aicechunk.format.snapshot import DimensionShape
 

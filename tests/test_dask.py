@@ -101,7 +101,7 @@ async def test_xarray_dataset_with_dask_chunks(tmp_path: Path, client: object) -
 
 
 def test_aligned_blocks() -> None:
-    from aicechunk.dask import _aligned, _is_aligned
+    from aicechunk.integrations.dask import _aligned, _is_aligned
 
     assert _aligned(25, 0, 10) == (10, 10, 5)
     assert _aligned(25, 3, 10) == (7, 10, 8)

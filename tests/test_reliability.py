@@ -24,7 +24,7 @@ import pytest
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
-import aicechunk.session
+import aicechunk.assets
 from aicechunk.drivers import MemoryDriver, driver_from_config
 from aicechunk.drivers.base import Driver, ObjectInfo
 from aicechunk.testing import CountingDriver, FaultyDriver, InjectedFault
@@ -482,7 +482,7 @@ async def test_lost_answer_while_another_writer_commits_on_top(answer: str, reba
 async def test_unknown_commit_outcome_is_settled_by_the_next_commit(
     applied: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(aic.session, "_SETTLE_BACKOFF", 0.0)
+    monkeypatch.setattr(aic.assets, "SETTLE_BACKOFF_SECONDS", 0.0)
     inner = MemoryDriver()
     repo = await make_array(aic.storage_from_driver(inner), 8)
 
@@ -500,7 +500,7 @@ async def test_unknown_commit_outcome_is_settled_by_the_next_commit(
     session = await on(faulty, repo)
     # the branch read before the update works; the update and every read back fail
     first = faulty.matching + 2
-    faulty.fail_calls = set(range(first, first + 1 + aic.session._SETTLE_ATTEMPTS))
+    faulty.fail_calls = set(range(first, first + 1 + aic.assets.SETTLE_ATTEMPTS))
     with pytest.raises(aic.CommitOutcomeUnknownError, match="commit outcome unknown"):
         await session.commit("mine")
     assert session.has_uncommitted_changes
@@ -671,7 +671,7 @@ async def test_random_interleavings_commit_each_change_once(
     """Writers commit through lost answers, failed reads and cancellations, interleaved
     differently per seed: every commit reported as failed is absent from history, every
     change reported as committed is there exactly once, under the id reported."""
-    monkeypatch.setattr(aic.session, "_SETTLE_BACKOFF", 0.0)
+    monkeypatch.setattr(aic.assets, "SETTLE_BACKOFF_SECONDS", 0.0)
     rounds, writers, commits = max(SEEDS // 2, 1), 4, 3
     seen: Counter[str] = Counter()
     faults = 0

@@ -70,7 +70,7 @@ class TestIcechunkStore(StoreTests[IcechunkStore, cpu.Buffer]):
 
     async def set(self, store: IcechunkStore, key: str, value: Buffer) -> None:
         # bypasses the store: straight to the session
-        from aicechunk.store import ChunkKey, MetadataKey, parse_key
+        from aicechunk.store.keys import ChunkKey, MetadataKey, parse_key
 
         parsed = parse_key(key)
         if isinstance(parsed, MetadataKey):
@@ -81,7 +81,7 @@ class TestIcechunkStore(StoreTests[IcechunkStore, cpu.Buffer]):
             raise AssertionError(f"test used a key we cannot hold: {key}")
 
     async def get(self, store: IcechunkStore, key: str) -> Buffer | None:
-        from aicechunk.store import ChunkKey, MetadataKey, parse_key
+        from aicechunk.store.keys import ChunkKey, MetadataKey, parse_key
 
         parsed = parse_key(key)
         data: bytes | None = None
@@ -391,8 +391,8 @@ class TestIcechunkStore(StoreTests[IcechunkStore, cpu.Buffer]):
     # -- beyond zarr's suite ----------------------------------------------------------------
 
     async def test_invalid_keys_and_metadata_are_refused(self, store: IcechunkStore) -> None:
-        from aicechunk.session import InvalidMetadataError
-        from aicechunk.store import InvalidStoreKeyError
+        from aicechunk.errors import InvalidMetadataError
+        from aicechunk.errors import InvalidStoreKeyError
 
         for key in ("foo/0/0", "foo/c/0.0", "foo/c/x", "a//b/zarr.json", "../zarr.json"):
             with pytest.raises(InvalidStoreKeyError):

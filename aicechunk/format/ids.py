@@ -10,12 +10,11 @@ import builtins
 import os
 from typing import ClassVar, Self
 
-from aicechunk.errors import FormatError
+from aicechunk.errors import InvalidIdError
 
 __all__ = [
     "FIRST_SNAPSHOT_ID",
     "ChunkId",
-    "InvalidIdError",
     "ManifestId",
     "NodeId",
     "ObjectId",
@@ -29,10 +28,6 @@ _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
 # Crockford's decoding is forgiving: lower case, and I/L for 1, O for 0
 _DECODE.update({c.lower(): i for c, i in list(_DECODE.items())})
 _DECODE.update({"I": 1, "i": 1, "L": 1, "l": 1, "O": 0, "o": 0})
-
-
-class InvalidIdError(FormatError, ValueError):
-    """A string or byte string that is not a valid object id."""
 
 
 def encode_base32(data: bytes) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from aicechunk.format import Coords
 from aicechunk.format.flatbuf import Forward, Reader, guarded
 from aicechunk.format.header import FileType, decode_file, encode_file
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId
@@ -41,7 +42,6 @@ __all__ = [
     "ref_columns",
 ]
 
-Coords = tuple[int, ...]
 MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
 # chunk indices are uint32, and a manifest's extents store one past the largest index

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import unicodedata
 
-from aicechunk.errors import FormatError, InvalidRefNameError
-from aicechunk.format.ids import InvalidIdError, SnapshotId
+from aicechunk.errors import FormatError, InvalidIdError, InvalidRefNameError
+from aicechunk.format.ids import SnapshotId
 from aicechunk.format.jsondoc import parse_json
 
 __all__ = [

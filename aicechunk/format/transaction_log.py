@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aicechunk.format import Coords
 from aicechunk.format.flatbuf import Forward, Reader, guarded
 from aicechunk.format.header import FileType, decode_file, encode_file
 from aicechunk.format.ids import NodeId, SnapshotId
 
 __all__ = ["TransactionLog", "decode_transaction_log", "encode_transaction_log"]
-
-Coords = tuple[int, ...]
 
 
 @dataclass(frozen=True)

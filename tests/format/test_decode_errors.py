@@ -12,7 +12,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aicechunk.errors import FormatError
+from aicechunk.errors import FormatError, InvalidMetadataError
 from aicechunk.format.config import Tagged, decode_config_yaml, encode_config_yaml
 from aicechunk.format.header import HEADER_SIZE, MAGIC, FileType, decode_file, encode_file
 from aicechunk.format.ids import FIRST_SNAPSHOT_ID, ChunkId, ManifestId, NodeId, SnapshotId
@@ -40,7 +40,7 @@ from aicechunk.format.transaction_log import (
     decode_transaction_log,
     encode_transaction_log,
 )
-from aicechunk.session import InvalidMetadataError, parse_metadata
+from aicechunk.store.metadata import parse_metadata
 
 NID = NodeId(b"\x01" * 8)
 MID = ManifestId(b"\x02" * 12)
@@ -342,7 +342,7 @@ def test_ref_json_that_icechunk_accepts(data: bytes) -> None:
 @pytest.mark.attack("malformed config and metadata")
 def test_zarr_json_with_a_key_given_twice_is_refused() -> None:
     from aicechunk.errors import InvalidMetadataError
-    from aicechunk.nodes import metadata_document
+    from aicechunk.store.metadata import metadata_document
 
     doc = b'{"zarr_format":3,"node_type":"group","node_type":"array"}'
     with pytest.raises(InvalidMetadataError, match="'node_type' is given twice"):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from aicechunk.format import Coords
 from aicechunk.format.ids import ChunkId
 from aicechunk.format.manifest import (
     KIND_INLINE,
@@ -34,7 +35,6 @@ from aicechunk.format.manifest import (
 
 __all__ = ["ChunkTable"]
 
-Coords = tuple[int, ...]
 
 # row kinds: the manifest's reference kinds, and deletions
 NATIVE, INLINE, VIRTUAL, DELETED = KIND_NATIVE, KIND_INLINE, KIND_VIRTUAL, 3

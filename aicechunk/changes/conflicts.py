@@ -9,17 +9,16 @@ let deletions of updated nodes through.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from aicechunk.changeset import ChangeSet, Coords
-from aicechunk.errors import AicechunkError
+from aicechunk.changes.changeset import ChangeSet
+from aicechunk.errors import RebaseFailedError
+from aicechunk.format import Coords
 from aicechunk.format.ids import NodeId
 from aicechunk.format.snapshot import ArrayNodeData, Snapshot
 from aicechunk.format.transaction_log import TransactionLog
-
-if TYPE_CHECKING:
-    from aicechunk.session import Session
 
 __all__ = [
     "BasicConflictSolver",
@@ -59,16 +58,6 @@ class Conflict:
     def __str__(self) -> str:
         extra = f" {sorted(self.chunk_coords)}" if self.chunk_coords else ""
         return f"{self.kind.value}: {self.path}{extra}"
-
-
-class RebaseFailedError(AicechunkError):
-    """Rebasing met conflicts the solver would not resolve; nothing was changed."""
-
-    def __init__(self, snapshot_id: str, conflicts: list[Conflict]):
-        self.snapshot_id = snapshot_id
-        self.conflicts = conflicts
-        listed = "; ".join(str(c) for c in conflicts)
-        super().__init__(f"rebase onto snapshot {snapshot_id} failed: {listed}")
 
 
 class VersionSelection(enum.Enum):
@@ -226,18 +215,20 @@ class BasicConflictSolver:
         return changes
 
 
-async def rebase_changes(
-    session: Session,
+def rebase_changes(
     changes: ChangeSet,
     log: TransactionLog,
     theirs: Snapshot,
     solver: ConflictSolver,
+    ours_paths: Mapping[NodeId, str],
 ) -> ChangeSet:
-    """Our changes moved on top of ``theirs`` (described by ``log``), or RebaseFailedError."""
-    ours_paths = {view.id: view.path for view in await session.list_nodes()}
-    ours_paths.update({nid: p for p, nid in changes.deleted_groups.items()})
-    ours_paths.update({nid: p for p, nid in changes.deleted_arrays.items()})
-    conflicts = detect_conflicts(changes, log, theirs, ours_paths)
+    """Our ``changes`` moved on top of ``theirs`` (described by ``log``), or
+    ``RebaseFailedError``. ``ours_paths``: the path of every node our side knows (those
+    of the session's view, and those it deleted), to name nodes in conflicts."""
+    paths = dict(ours_paths)
+    paths.update({nid: p for p, nid in changes.deleted_groups.items()})
+    paths.update({nid: p for p, nid in changes.deleted_arrays.items()})
+    conflicts = detect_conflicts(changes, log, theirs, paths)
     patched = solver.resolve(conflicts, changes)
     if patched is None:
         raise RebaseFailedError(str(theirs.id), conflicts)

@@ -8,10 +8,8 @@ exist in an Icechunk repository: reading them finds nothing, writing them is ref
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,106 +22,22 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer, BufferPrototype
 
-from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange
+from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange, slice_bytes
 from aicechunk.drivers.urls import parse_location
-from aicechunk.errors import AicechunkError, ReadOnlyError, VirtualChunkError
-from aicechunk.format.jsondoc import parse_json
+from aicechunk.errors import (
+    InvalidStoreKeyError,
+    ReadOnlyError,
+    VirtualChunkError,
+)
 from aicechunk.format.manifest import VirtualRef
+from aicechunk.store.keys import ChunkKey, MetadataKey, chunk_key, metadata_key, parse_key
+from aicechunk.store.metadata import parse_metadata, without_consolidated_metadata
 
 if TYPE_CHECKING:
     from aicechunk.session import Session
     from aicechunk.virtual import VirtualChunkSpec
 
-__all__ = ["IcechunkStore", "InvalidStoreKeyError", "parse_key"]
-
-_V2_NAMES = frozenset({".zgroup", ".zarray", ".zattrs", ".zmetadata"})
-
-
-class InvalidStoreKeyError(AicechunkError, ValueError):
-    """A zarr key that no Icechunk repository can hold (neither metadata nor chunk)."""
-
-    def __init__(self, key: str, why: str):
-        self.key = key
-        super().__init__(f"invalid store key {key!r}: {why}")
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataKey:
-    """``<path>/zarr.json``."""
-
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkKey:
-    """``<path>/c/<i>/<j>...`` (``<path>/c`` for a zero-dimensional array)."""
-
-    path: str
-    coords: tuple[int, ...]
-
-
-def _node_path(parts: list[str]) -> str:
-    return "/" + "/".join(parts)
-
-
-def parse_key(key: str) -> MetadataKey | ChunkKey | None:
-    """Classify a zarr key; ``None`` for zarr v2 keys, which we never store.
-
-    Raises ``InvalidStoreKeyError`` for anything else that is not a metadata or chunk key.
-    """
-    parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise InvalidStoreKeyError(key, "empty, '.' or '..' path segment")
-    if parts[-1] in _V2_NAMES:
-        return None
-    if parts[-1] == "zarr.json":
-        return MetadataKey(_node_path(parts[:-1]))
-    # the chunk prefix is the last "c" segment followed only by integers
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i] == "c":
-            tail = parts[i + 1 :]
-            if all(t.isdigit() and t.isascii() for t in tail):
-                return ChunkKey(_node_path(parts[:i]), tuple(int(t) for t in tail))
-            break
-        if not (parts[i].isdigit() and parts[i].isascii()):
-            break
-    raise InvalidStoreKeyError(key, "expected '<path>/zarr.json' or '<path>/c/<coords>'")
-
-
-def _key_of_path(path: str, leaf: str) -> str:
-    return f"{path[1:]}/{leaf}" if path != "/" else leaf
-
-
-def chunk_key(path: str, coords: tuple[int, ...]) -> str:
-    """The zarr key of a chunk (default chunk key encoding, ``/`` separator)."""
-    leaf = "/".join(["c", *map(str, coords)])
-    return _key_of_path(path, leaf)
-
-
-def metadata_key(path: str) -> str:
-    """The zarr key of a node's metadata."""
-    return _key_of_path(path, "zarr.json")
-
-
-def without_consolidated_metadata(data: bytes) -> bytes:
-    """A group's ``zarr.json`` without its ``consolidated_metadata`` field.
-
-    The repository is the index of its nodes: a consolidated copy written by zarr or xarray
-    (or left in a repository by an older aicechunk) goes stale with the next commit that
-    adds a node, and readers that trust it miss that node. Arrays and documents without
-    the field come back unchanged.
-    """
-    if b'"consolidated_metadata"' not in data:
-        return data
-    try:
-        doc = parse_json(data)
-    except ValueError:  # not JSON: the session refuses it (or it was never ours to fix)
-        return data
-    if not isinstance(doc, dict) or doc.get("node_type") != "group":
-        return data
-    if doc.pop("consolidated_metadata", None) is None:
-        return data
-    return json.dumps(doc, indent=2).encode()
+__all__ = ["IcechunkStore"]
 
 
 def last_modified_checksum(when: datetime) -> int:
@@ -245,8 +159,6 @@ class IcechunkStore(Store):
                 return None
             if byte_range is None:
                 return meta
-            from aicechunk.drivers.base import slice_bytes
-
             return slice_bytes(meta, byte_range)
         return await self._session.get_chunk(parsed.path, parsed.coords, byte_range)
 
@@ -303,7 +215,8 @@ class IcechunkStore(Store):
             raise InvalidStoreKeyError(key, "zarr v2 metadata cannot be stored in Icechunk")
         data = value.to_bytes()
         if isinstance(parsed, MetadataKey):
-            await self._session.set_metadata(parsed.path, without_consolidated_metadata(data))
+            data = without_consolidated_metadata(data)
+            await self._session.set_node(parsed.path, data, parse_metadata(parsed.path, data))
         else:
             await self._session.set_chunk(parsed.path, parsed.coords, data)
 
@@ -388,7 +301,21 @@ class IcechunkStore(Store):
         if not prefix:
             await self.clear()
             return
-        await self._session.delete_prefix("/" + prefix)
+        path = "/" + prefix
+        await self._session.delete_prefix(path)
+        # a prefix inside an array's chunk space ("arr/c", "arr/c/1"): those chunks go
+        parts = path.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            if parts[i] == "c":
+                array_path = "/".join(parts[:i]) or "/"
+                node = await self._session.get_node(array_path)
+                if node is not None and node.is_array:
+                    head = tuple(int(p) for p in parts[i + 1 :] if p.isdigit())
+                    doomed = [c async for c in self._session.chunk_coords(array_path)]
+                    for coords in doomed:
+                        if coords[: len(head)] == head:
+                            await self._session.delete_chunk(array_path, coords)
+                break
 
     async def clear(self) -> None:
         """Remove every node and chunk."""

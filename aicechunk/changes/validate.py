@@ -1,26 +1,28 @@
-"""What a node may be: its path, its zarr metadata, its chunk coordinates and references.
+"""What a node may be: its path, its definition, its chunk coordinates and references.
 
 One set of checks serves every way changes enter a session: the store's keys, the
-session API, and fork payloads from other processes. Everything accepted here can be
-committed: values the on-disk format cannot hold are refused when written, never at
-commit.
+session API, and fork payloads from other processes (which also pass the store's
+metadata parser, so their zarr documents are checked as the store checks them).
+Everything accepted here can be committed: values the on-disk format cannot hold are
+refused when written, never at commit.
 """
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
-from aicechunk.changeset import ArrayDefinition, ChangeSet, Coords
-from aicechunk.chunktable import ChunkTable
+from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
+from aicechunk.changes.chunktable import ChunkTable
 from aicechunk.errors import (
     ChunkIndexError,
-    InvalidMetadataError,
+    InvalidChangesError,
     InvalidNodePathError,
     UnrepresentableValueError,
 )
+from aicechunk.format import Coords
 from aicechunk.format.ids import NodeId
-from aicechunk.format.jsondoc import parse_json
 from aicechunk.format.manifest import (
     MAX_CHUNK_INDEX,
     MAX_U32,
@@ -34,17 +36,21 @@ from aicechunk.format.snapshot import ArrayNodeData, DimensionShape, Snapshot
 
 __all__ = [
     "BaseNodes",
-    "InvalidChangesError",
+    "InvalidChangesError",  # re-exported from errors
+    "MetadataParser",
     "check_changes",
     "check_chunk_coords",
     "check_chunk_ref",
+    "check_definition",
     "check_node_path",
     "chunk_grid",
-    "parse_metadata",
+    "encodable",
+    "is_length",
 ]
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
+    """Whether ``text`` is valid UTF-8 (no lone surrogates)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800" escape
@@ -66,88 +72,14 @@ def check_node_path(path: object) -> str:
             raise InvalidNodePathError(path, "empty, '.' or '..' segment")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
         raise InvalidNodePathError(path, "control character (NUL, newline, ...)")
-    if not _encodable(path):
+    if not encodable(path):
         raise InvalidNodePathError(path, "not encodable as UTF-8")
     return path
 
 
-def _length(value: Any) -> bool:
+def is_length(value: Any) -> bool:
+    """Whether ``value`` is a non-negative int (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def metadata_document(path: str, data: bytes) -> dict[str, Any]:
-    """The JSON object of a node's ``zarr.json`` (as written, or as stored in a snapshot)."""
-    try:
-        doc = parse_json(data)
-    except ValueError as err:  # UnicodeDecodeError and too-deep nesting included
-        raise InvalidMetadataError(path, f"not JSON ({err})") from None
-    if not isinstance(doc, dict):
-        raise InvalidMetadataError(path, f"expected a JSON object, got {type(doc).__name__}")
-    return doc
-
-
-def _check_chunk_key_encoding(path: str, encoding: Any) -> None:
-    """Refuse a chunk key encoding other than ``default`` with the ``/`` separator.
-
-    An Icechunk store addresses chunks only as ``<path>/c/<i>/<j>`` (icechunk refuses
-    other chunk keys too); an array declaring ``v2`` keys (``<path>/0/0``) or ``.``
-    separators would be created but could never take a chunk.
-    """
-    if encoding is None or encoding == "default":  # absent, or the name alone: the default
-        return
-    if isinstance(encoding, dict) and encoding.get("name") == "default":
-        config = encoding.get("configuration")
-        if config is None or (isinstance(config, dict) and config.get("separator", "/") == "/"):
-            return
-    raise UnrepresentableValueError(
-        f"metadata for node {path!r}",
-        f"chunk_key_encoding {encoding!r}: an Icechunk store names chunks '<path>/c/<i>/<j>' "
-        "only (the 'default' encoding with separator '/')",
-    )
-
-
-def parse_metadata(path: str, data: bytes) -> ArrayDefinition | None:
-    """Parse zarr v3 ``zarr.json``: an ``ArrayDefinition`` for arrays, ``None`` for groups.
-
-    ``InvalidMetadataError`` for a document zarr could not read,
-    ``UnrepresentableValueError`` for a shape the format cannot hold (beyond uint64) or
-    chunk keys an Icechunk store cannot address (a chunk key encoding other than the default).
-    """
-    doc = metadata_document(path, data)
-    node_type = doc.get("node_type")
-    if node_type == "group":
-        return None
-    if node_type != "array":
-        raise InvalidMetadataError(path, f"node_type must be 'group' or 'array', got {node_type!r}")
-    shape = doc.get("shape")
-    grid = doc.get("chunk_grid")
-    if not isinstance(shape, list) or not all(map(_length, shape)):
-        raise InvalidMetadataError(path, "shape must be a list of non-negative integers")
-    chunk_shape: Any = None
-    if isinstance(grid, dict) and grid.get("name") == "regular":
-        chunk_shape = (grid.get("configuration") or {}).get("chunk_shape")
-    if not isinstance(chunk_shape, list) or len(chunk_shape) != len(shape):
-        raise InvalidMetadataError(
-            path, "chunk_grid must be a regular grid with one chunk length per dimension"
-        )
-    if not all(map(_length, chunk_shape)):
-        raise InvalidMetadataError(path, "chunk lengths must be non-negative integers")
-    if any(n > MAX_U64 for n in (*shape, *chunk_shape)):
-        raise UnrepresentableValueError(
-            f"metadata for node {path!r}",
-            f"shape {shape} / chunk shape {chunk_shape}: lengths are uint64, at most {MAX_U64}",
-        )
-    _check_chunk_key_encoding(path, doc.get("chunk_key_encoding"))
-    names = doc.get("dimension_names")
-    dimension_names: tuple[str | None, ...] | None = None
-    if names is not None:
-        if not isinstance(names, list) or not all(n is None or isinstance(n, str) for n in names):
-            raise InvalidMetadataError(path, "dimension_names must be a list of strings or nulls")
-        if not all(n is None or _encodable(n) for n in names):
-            raise InvalidMetadataError(path, "dimension_names must be valid UTF-8")
-        dimension_names = tuple(names)
-    dims = tuple(DimensionShape(a, c) for a, c in zip(shape, chunk_shape, strict=True))
-    return ArrayDefinition(dims, dimension_names, bytes(data))
 
 
 def chunk_grid(definition: ArrayDefinition) -> tuple[int, ...]:
@@ -194,17 +126,17 @@ def check_chunk_coords(path: str, coords: Any, definition: ArrayDefinition) -> C
 
 
 def _u64(value: Any) -> bool:
-    return _length(value) and value <= MAX_U64
+    return is_length(value) and value <= MAX_U64
 
 
 def _virtual_problem(location: Any, etag: Any, last_modified: Any) -> str | None:
     if not isinstance(location, str) or not location:
         return "the location must be a non-empty string"
-    if not _encodable(location):
+    if not encodable(location):
         return "the location must be valid UTF-8"
-    if etag is not None and (not isinstance(etag, str) or not _encodable(etag)):
+    if etag is not None and (not isinstance(etag, str) or not encodable(etag)):
         return "the ETag checksum must be a string"
-    if last_modified is not None and not (_length(last_modified) and last_modified <= MAX_U32):
+    if last_modified is not None and not (is_length(last_modified) and last_modified <= MAX_U32):
         return "the last-modified checksum is uint32 seconds since 1970 (until 2106)"
     return None
 
@@ -228,25 +160,51 @@ def check_chunk_ref(where: str, ref: ChunkRef) -> None:
 # --- whole change sets (fork payloads) -------------------------------------------------
 
 
-class InvalidChangesError(ValueError):
-    """A change set no session could have made (the caller says where it came from)."""
+#: How a change set's metadata documents are read (the store's ``parse_metadata``): an
+#: ``ArrayDefinition`` for array metadata, ``None`` for a group's. The session layer
+#: treats metadata as opaque bytes; a caller that can read it passes one in.
+MetadataParser = Callable[[str, bytes], ArrayDefinition | None]
 
 
-def _definition_of(path: str, data: Any, kind: str) -> ArrayDefinition | None:
+def check_definition(path: str, definition: Any) -> ArrayDefinition:
+    """``definition`` if it is an ``ArrayDefinition`` the format can hold: lengths within
+    uint64, one dimension name (a UTF-8 string or ``None``) per dimension, bytes of
+    metadata."""
+    if not isinstance(definition, ArrayDefinition):
+        raise InvalidChangesError(f"array {path!r} has no array definition")
+    shape, names = definition.shape, definition.dimension_names
+    if not isinstance(shape, tuple) or not all(
+        isinstance(d, DimensionShape) and _u64(d.array_length) and _u64(d.chunk_length)
+        for d in shape
+    ):
+        raise UnrepresentableValueError(
+            f"array {path!r}", "shape and chunk lengths must be integers within uint64"
+        )
+    if names is not None and not (
+        isinstance(names, tuple)
+        and len(names) == len(shape)
+        and all(n is None or (isinstance(n, str) and encodable(n)) for n in names)
+    ):
+        raise InvalidChangesError(
+            f"array {path!r}: dimension names must be one UTF-8 string or None per dimension"
+        )
+    if not isinstance(definition.user_data, bytes):
+        raise InvalidChangesError(f"metadata of array {path!r} is not bytes")
+    return definition
+
+
+def _check_group(path: str, data: Any, parse: MetadataParser | None) -> None:
     if not isinstance(data, bytes):
-        raise InvalidChangesError(f"metadata of {kind} {path!r} is not bytes")
-    return parse_metadata(path, data)
-
-
-def _check_group(path: str, data: Any) -> None:
-    if _definition_of(path, data, "group") is not None:
+        raise InvalidChangesError(f"metadata of group {path!r} is not bytes")
+    if parse is not None and parse(path, data) is not None:
         raise InvalidChangesError(f"group {path!r} has array metadata")
 
 
-def _check_array(path: str, definition: Any) -> None:
-    if not isinstance(definition, ArrayDefinition):
-        raise InvalidChangesError(f"array {path!r} has no array definition")
-    parsed = _definition_of(path, definition.user_data, "array")
+def _check_array(path: str, definition: Any, parse: MetadataParser | None) -> None:
+    check_definition(path, definition)
+    if parse is None:
+        return
+    parsed = parse(path, definition.user_data)
     if parsed is None:
         raise InvalidChangesError(f"array {path!r} has group metadata")
     if parsed != definition:
@@ -294,9 +252,12 @@ class BaseNodes:
         return node.path, ArrayDefinition(data.shape, data.dimension_names, node.user_data)
 
 
-def check_changes(changes: ChangeSet, base: BaseNodes | None = None) -> None:
+def check_changes(
+    changes: ChangeSet, base: BaseNodes | None = None, parse: MetadataParser | None = None
+) -> None:
     """Refuse a change set that the session API could not have produced: invalid paths,
-    metadata that is not zarr's, duplicate nodes, chunks off an array's grid or beyond the
+    metadata that ``parse`` refuses or that disagrees with the node's definition,
+    duplicate nodes, chunks off an array's grid or beyond the
     format. With ``base`` (the nodes of the snapshot the changes start from), also check
     that updates and deletions name its nodes and that chunks of its arrays lie on their
     grids.
@@ -310,14 +271,14 @@ def check_changes(changes: ChangeSet, base: BaseNodes | None = None) -> None:
     new_paths: set[str] = set()
     for path, (nid, data) in changes.new_groups.items():
         check_node_path(path)
-        _check_group(path, data)
+        _check_group(path, data, parse)
         new_ids.add(nid)
         new_paths.add(path)
     for path, (nid, definition) in changes.new_arrays.items():
         check_node_path(path)
         if path in new_paths:
             raise InvalidChangesError(f"node {path!r} is added twice (as group and array)")
-        _check_array(path, definition)
+        _check_array(path, definition, parse)
         if nid in new_ids:
             raise InvalidChangesError(f"node id {nid} is used by two new nodes")
         new_ids.add(nid)
@@ -326,9 +287,9 @@ def check_changes(changes: ChangeSet, base: BaseNodes | None = None) -> None:
     if len(new_ids) != len(changes.new_groups) + len(changes.new_arrays):
         raise InvalidChangesError("two new nodes share a node id")
     for nid, data in changes.updated_groups.items():
-        _check_group(f"<node {nid}>", data)
+        _check_group(f"<node {nid}>", data, parse)
     for nid, definition in changes.updated_arrays.items():
-        _check_array(f"<node {nid}>", definition)
+        _check_array(f"<node {nid}>", definition, parse)
     deleted: dict[NodeId, str] = {}
     for kind, gone in (("group", changes.deleted_groups), ("array", changes.deleted_arrays)):
         for path, nid in gone.items():

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aicechunk.chunktable import ChunkTable
+from aicechunk.changes.chunktable import ChunkTable
+from aicechunk.format import Coords
 from aicechunk.format.ids import ChunkId, NodeId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
 from aicechunk.format.snapshot import DimensionShape
@@ -20,12 +21,7 @@ from aicechunk.format.snapshot import DimensionShape
 __all__ = [
     "ArrayDefinition",
     "ChangeSet",
-    "Coords",
-    "changeset_from_plain",
-    "changeset_to_plain",
 ]
-
-Coords = tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +243,82 @@ class ChangeSet:
             for table in tables:
                 self.add_chunk_table(nid, table)
 
+    # -- plain data (fork payloads) -----------------------------------------------------
+
+    def to_plain(self) -> dict[str, Any]:
+        """The change set as plain data (bytes, ints, strings, lists, dicts)."""
+        return {
+            "ng": [[p, n.bytes, d] for p, (n, d) in self.new_groups.items()],
+            "na": [[p, n.bytes, _def_to_plain(d)] for p, (n, d) in self.new_arrays.items()],
+            "ug": [[n.bytes, d] for n, d in self.updated_groups.items()],
+            "ua": [[n.bytes, _def_to_plain(d)] for n, d in self.updated_arrays.items()],
+            "dg": [[p, n.bytes] for p, n in self.deleted_groups.items()],
+            "da": [[p, n.bytes] for p, n in self.deleted_arrays.items()],
+            "c": [[n.bytes, self._node_chunks_to_plain(n)] for n in self.chunk_nodes()],
+        }
+
+    def _node_chunks_to_plain(self, node_id: NodeId) -> list[dict[str, Any]]:
+        out = []
+        refs = self._chunks.get(node_id)
+        if refs:
+            table = ChunkTable.from_refs(refs)
+            if table is None:  # mixed dimensionality (never valid in an array): one by one
+                out.append({"L": [[list(c), _ref_to_plain(r)] for c, r in refs.items()]})
+            else:
+                out.append(table.to_plain())
+        tables = self._tables.get(node_id, [])
+        if len(tables) > 1:
+            tables = [ChunkTable.combine(tables)]
+        out.extend(t.to_plain() for t in tables)
+        return out
+
+    @classmethod
+    def from_plain(cls, data: Any) -> ChangeSet:
+        """Rebuild a change set from ``to_plain``'s output; ``ValueError`` (or
+        ``InvalidIdError``) for anything of the wrong type, shape or size, or duplicated."""
+        _need(isinstance(data, dict), "a change set must be a mapping")
+
+        def rows(key: str, size: int) -> list[list[Any]]:
+            return [_list(r, f"a {key!r} entry", size) for r in _list(data[key], key)]
+
+        def node_id(value: Any) -> NodeId:
+            return NodeId(_bytes(value, "node id"))
+
+        cs = cls(
+            new_groups=_unique(
+                [(p, (node_id(n), _bytes(d, "metadata"))) for p, n, d in rows("ng", 3)],
+                "new group paths",
+            ),
+            new_arrays=_unique(
+                [(p, (node_id(n), _def_from_plain(d))) for p, n, d in rows("na", 3)],
+                "new array paths",
+            ),
+            updated_groups=_unique(
+                [(node_id(n), _bytes(d, "metadata")) for n, d in rows("ug", 2)],
+                "updated groups",
+            ),
+            updated_arrays=_unique(
+                [(node_id(n), _def_from_plain(d)) for n, d in rows("ua", 2)], "updated arrays"
+            ),
+            deleted_groups=_unique([(p, node_id(n)) for p, n in rows("dg", 2)], "deleted groups"),
+            deleted_arrays=_unique([(p, node_id(n)) for p, n in rows("da", 2)], "deleted arrays"),
+        )
+        seen: set[NodeId] = set()
+        for n, items in rows("c", 2):
+            nid = node_id(n)
+            _need(nid not in seen, "duplicate chunk changes of one node")
+            seen.add(nid)
+            for item in _list(items, "chunk changes"):
+                _need(isinstance(item, dict), "chunk changes must be tables")
+                if "L" not in item:
+                    cs.add_chunk_table(nid, ChunkTable.from_plain(item))
+                    continue
+                for entry in _list(item["L"], "chunk changes"):
+                    coords, ref = _list(entry, "a chunk change", 2)
+                    key = tuple(_int(x, "a chunk index") for x in _list(coords, "coordinates"))
+                    cs.set_chunk(nid, key, _ref_from_plain(ref))
+        return cs
+
 
 # --- serialization -------------------------------------------------------------------
 # A compact, msgpack-friendly form: ids as raw bytes, refs as short tagged lists.
@@ -329,92 +401,7 @@ def _def_from_plain(item: Any) -> ArrayDefinition:
     return ArrayDefinition(shape, names, _bytes(user_data, "array metadata"))
 
 
-def _node_chunks_to_plain(cs: ChangeSet, node_id: NodeId) -> list[dict[str, Any]]:
-    out = []
-    refs = cs._chunks.get(node_id)
-    if refs:
-        table = ChunkTable.from_refs(refs)
-        if table is None:  # mixed dimensionality (never valid in an array): entry by entry
-            out.append({"L": [[list(c), _ref_to_plain(r)] for c, r in refs.items()]})
-        else:
-            out.append(table.to_plain())
-    tables = cs._tables.get(node_id, [])
-    if len(tables) > 1:
-        tables = [ChunkTable.combine(tables)]
-    out.extend(t.to_plain() for t in tables)
-    return out
-
-
-def _node_chunks_from_plain(cs: ChangeSet, node_id: NodeId, items: Any) -> None:
-    for item in _list(items, "chunk changes"):
-        _need(isinstance(item, dict), "chunk changes must be tables")
-        if "L" in item:
-            for entry in _list(item["L"], "chunk changes"):
-                coords, ref = _list(entry, "a chunk change", 2)
-                key = tuple(_int(x, "a chunk index") for x in _list(coords, "coordinates"))
-                cs.set_chunk(node_id, key, _ref_from_plain(ref))
-        else:
-            cs.add_chunk_table(node_id, ChunkTable.from_plain(item))
-
-
-def changeset_to_plain(cs: ChangeSet) -> dict[str, Any]:
-    """The change set as plain data (bytes, ints, strings, lists, dicts)."""
-    return {
-        "ng": [[p, n.bytes, d] for p, (n, d) in cs.new_groups.items()],
-        "na": [[p, n.bytes, _def_to_plain(d)] for p, (n, d) in cs.new_arrays.items()],
-        "ug": [[n.bytes, d] for n, d in cs.updated_groups.items()],
-        "ua": [[n.bytes, _def_to_plain(d)] for n, d in cs.updated_arrays.items()],
-        "dg": [[p, n.bytes] for p, n in cs.deleted_groups.items()],
-        "da": [[p, n.bytes] for p, n in cs.deleted_arrays.items()],
-        "c": [[n.bytes, _node_chunks_to_plain(cs, n)] for n in cs.chunk_nodes()],
-    }
-
-
 def _unique(rows: list[tuple[Any, Any]], what: str) -> dict[Any, Any]:
     out = dict(rows)
     _need(len(out) == len(rows), f"duplicate {what}")
     return out
-
-
-def changeset_from_plain(data: Any) -> ChangeSet:
-    """Rebuild a change set from ``changeset_to_plain``'s output; ``ValueError`` (or
-    ``InvalidIdError``) for anything of the wrong type, shape or size, or duplicated."""
-    _need(isinstance(data, dict), "a change set must be a mapping")
-
-    def rows(key: str, size: int) -> list[list[Any]]:
-        return [_list(r, f"a {key!r} entry", size) for r in _list(data[key], key)]
-
-    cs = ChangeSet(
-        new_groups=_unique(
-            [
-                (p, (NodeId(_bytes(n, "node id")), _bytes(d, "metadata")))
-                for p, n, d in rows("ng", 3)
-            ],
-            "new group paths",
-        ),
-        new_arrays=_unique(
-            [(p, (NodeId(_bytes(n, "node id")), _def_from_plain(d))) for p, n, d in rows("na", 3)],
-            "new array paths",
-        ),
-        updated_groups=_unique(
-            [(NodeId(_bytes(n, "node id")), _bytes(d, "metadata")) for n, d in rows("ug", 2)],
-            "updated groups",
-        ),
-        updated_arrays=_unique(
-            [(NodeId(_bytes(n, "node id")), _def_from_plain(d)) for n, d in rows("ua", 2)],
-            "updated arrays",
-        ),
-        deleted_groups=_unique(
-            [(p, NodeId(_bytes(n, "node id"))) for p, n in rows("dg", 2)], "deleted groups"
-        ),
-        deleted_arrays=_unique(
-            [(p, NodeId(_bytes(n, "node id"))) for p, n in rows("da", 2)], "deleted arrays"
-        ),
-    )
-    seen: set[NodeId] = set()
-    for n, items in rows("c", 2):
-        node_id = NodeId(_bytes(n, "node id"))
-        _need(node_id not in seen, "duplicate chunk changes of one node")
-        seen.add(node_id)
-        _node_chunks_from_plain(cs, node_id, items)
-    return cs

@@ -1,0 +1,1 @@
+"""Pending changes: change sets, chunk tables, the rules changes obey, and conflicts."""

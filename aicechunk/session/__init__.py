@@ -1,0 +1,11 @@
+"""Sessions: the ``Session``/``ForkSession`` facade and the parts it is made of.
+
+``state`` (what a session is), ``reads`` (nodes, chunks, status), ``flush`` (changes to
+files), ``commit`` (commit and rebase) and ``payload`` (forks as bytes).
+"""
+
+from aicechunk.session.reads import Diff, NodeView
+from aicechunk.session.session import ForkSession, Session
+from aicechunk.session.state import SessionConfig
+
+__all__ = ["Diff", "ForkSession", "NodeView", "Session", "SessionConfig"]

@@ -1,0 +1,136 @@
+"""Commit and rebase: a flush, then one compare-and-swap of the branch.
+
+A commit checks the branch tip first (a commit that already lost writes nothing), flushes
+the changes, and moves the branch with ``AssetManager.move_branch``. When the answer to
+that move is lost, the outcome is settled by reading the branch back; a rebase replays
+the changes on each snapshot committed meanwhile, through a conflict solver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+from aicechunk.changes.conflicts import ConflictSolver, rebase_changes
+from aicechunk.errors import CommitOutcomeUnknownError, ConflictError, SessionStateError
+from aicechunk.format.ids import SnapshotId
+from aicechunk.format.metadata import check_commit_properties
+from aicechunk.session.flush import Flush
+from aicechunk.session.reads import base_snapshot, list_nodes
+from aicechunk.session.state import SessionState
+
+__all__ = ["commit", "rebase"]
+
+T = TypeVar("T")
+
+
+async def commit(
+    state: SessionState,
+    message: str,
+    metadata: Mapping[str, Any] | None,
+    rebase_with: ConflictSolver | None,
+    rebase_tries: int,
+) -> SnapshotId:
+    """Save ``state``'s changes as a new snapshot and move its branch there (see
+    ``Session.commit`` for the guarantees)."""
+    state.check_writable(unsettled_ok=True)
+    branch = state.branch
+    if branch is None:
+        raise SessionStateError("this session is not on a branch and cannot commit")
+    metadata = {} if metadata is None else metadata
+    # what the format cannot hold is refused before anything is written
+    check_commit_properties(message, metadata)
+    if state.unsettled is not None and await settle(state):
+        return state.snapshot_id  # the earlier commit of these changes had landed
+    if state.changes.is_empty():
+        raise SessionStateError("no changes to commit")
+    tries = 0
+    while True:
+        # the tip first, as icechunk does: a commit that already lost writes nothing
+        tip = await state.assets.fetch_branch(branch)
+        error: BaseException | None
+        if tip.snapshot_id != state.snapshot_id:
+            error = ConflictError(branch, str(state.snapshot_id), str(tip.snapshot_id))
+        else:
+            base = await base_snapshot(state)
+            snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
+            move, cancelled = await _finish_despite_cancellation(
+                state.assets.move_branch(branch, snapshot.id, tip)
+            )
+            error = None if move.cancelled() else move.exception()
+            if move.cancelled() or isinstance(error, CommitOutcomeUnknownError):
+                state.unsettled = snapshot.id
+            elif error is None:
+                state.committed(snapshot.id)
+            if cancelled or move.cancelled():
+                raise asyncio.CancelledError
+            if error is None:
+                return snapshot.id
+            if isinstance(error, CommitOutcomeUnknownError):
+                raise CommitOutcomeUnknownError(
+                    f"commit {error.reason}; commit this session again to find out", key=error.key
+                ) from error.__cause__
+        if isinstance(error, ConflictError) and rebase_with is not None:
+            tries += 1
+            if tries <= rebase_tries:
+                await rebase(state, rebase_with)
+                continue
+        raise error
+
+
+async def settle(state: SessionState) -> bool:
+    """Find out whether the commit whose outcome was unknown landed; if it did, the
+    session moves to it and drops the changes it committed. Returns whether it did."""
+    assert state.unsettled is not None and state.branch is not None
+    new_id = state.unsettled
+    landed, _ = await state.assets.branch_reached(state.branch, new_id, state.snapshot_id)
+    state.unsettled = None
+    if landed:
+        state.committed(new_id)
+    return landed
+
+
+async def rebase(state: SessionState, solver: ConflictSolver) -> None:
+    """Move the pending changes onto the branch tip, resolving conflicts with ``solver``;
+    ``RebaseFailedError`` listing those it cannot resolve (the session is then as it was).
+    """
+    state.check_writable(unsettled_ok=True)
+    branch = state.branch
+    if branch is None:
+        raise SessionStateError("this session is not on a branch")
+    if state.unsettled is not None:
+        await settle(state)
+    tip = (await state.assets.fetch_branch(branch)).snapshot_id
+    chain = await state.assets.history_since(tip, state.snapshot_id)
+    if chain is None:
+        raise SessionStateError(
+            f"branch {branch!r} no longer descends from snapshot {state.snapshot_id}"
+        )
+    # work on a copy: a failed rebase leaves the session exactly as it was
+    original = (state.snapshot_id, state.changes)
+    state.changes = copy.deepcopy(state.changes)
+    try:
+        for snapshot_id in reversed(chain):
+            log = await state.assets.fetch_transaction_log(snapshot_id)
+            theirs = await state.assets.fetch_snapshot(snapshot_id)
+            ours = {view.id: view.path for view in await list_nodes(state)}
+            state.changes = rebase_changes(state.changes, log, theirs, solver, ours)
+            state.snapshot_id = snapshot_id
+    except BaseException:
+        state.snapshot_id, state.changes = original
+        raise
+
+
+async def _finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
+    """Run ``aw`` to its end even if the calling task is cancelled meanwhile (its outcome
+    must be known); return it, finished, and whether a cancellation was held back."""
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            cancelled = True
+    return task, cancelled

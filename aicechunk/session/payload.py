@@ -1,0 +1,122 @@
+"""Fork payloads: a fork's state as a compact, versioned, checksummed byte string.
+
+The payload holds the storage description, the cache bounds, the base snapshot, the branch,
+the session settings, the pending changes and the virtual chunk authorizations; its size
+grows with the changes, not with the repository. Decoding checks everything in it as the
+session API checks what it is given, before anything can be merged.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import msgpack
+import zstandard
+
+from aicechunk.assets import AssetManager
+from aicechunk.changes.changeset import ChangeSet
+from aicechunk.changes.validate import check_changes
+from aicechunk.config import CachingConfig, DecompressionLimits
+from aicechunk.drivers.registry import driver_from_config
+from aicechunk.errors import AicechunkError, ForkPayloadError, FormatError
+from aicechunk.format.header import decompress_bounded
+from aicechunk.format.ids import SnapshotId
+from aicechunk.session.state import SessionConfig, SessionState
+from aicechunk.store.metadata import parse_metadata
+from aicechunk.virtual import resolver_from_plain, resolver_to_plain
+
+__all__ = ["decode_fork", "encode_fork"]
+
+_MAGIC = b"AICFORK\x00"
+_VERSION = 2  # 2: chunk changes stored column by column
+_HEADER = struct.Struct("<8sHHI")  # magic, version, flags, crc32 of the body
+# the cache bounds a payload carries, in this order
+_CACHE_FIELDS = ("num_snapshot_nodes", "num_chunk_refs", "num_transaction_changes")
+
+
+def encode_fork(state: SessionState) -> bytes:
+    """``state`` (a fork's) as a payload."""
+    caching = state.assets.caching
+    virtual = state.virtual
+    body = {
+        "storage": dict(state.assets.driver.describe()),
+        "cache": [caching.resolved(name) for name in _CACHE_FIELDS],
+        "snapshot": state.snapshot_id.bytes,
+        "branch": state.branch,
+        "inline": state.config.inline_chunk_threshold_bytes,
+        "concurrency": state.config.read_concurrency,
+        "changes": state.changes.to_plain(),
+        "virtual": resolver_to_plain(virtual),  # type: ignore[arg-type]  # TODO(r15)
+    }
+    packed = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(body, use_bin_type=True))
+    return _HEADER.pack(_MAGIC, _VERSION, 0, zlib.crc32(packed)) + packed
+
+
+def decode_fork(payload: bytes, limits: DecompressionLimits) -> SessionState:
+    """The fork state in a payload; ``ForkPayloadError`` for anything wrong with it."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise ForkPayloadError(f"a fork payload is bytes, not {type(payload).__name__}")
+    if len(payload) < _HEADER.size:
+        raise ForkPayloadError(f"fork payload truncated: {len(payload)} bytes")
+    magic, version, _flags, crc = _HEADER.unpack_from(payload)
+    if magic != _MAGIC:
+        raise ForkPayloadError("not a fork payload (bad magic bytes)")
+    if version != _VERSION:
+        raise ForkPayloadError(
+            f"fork payload format version {version}; this aicechunk reads {_VERSION}"
+        )
+    packed = payload[_HEADER.size :]
+    if zlib.crc32(packed) != crc:
+        raise ForkPayloadError("fork payload corrupted or truncated (checksum mismatch)")
+    try:
+        raw = decompress_bounded(packed, limits.bound(len(packed)), "fork payload")
+    except FormatError as err:
+        raise ForkPayloadError(str(err)) from None
+    try:
+        state = _state(msgpack.unpackb(raw, raw=False, strict_map_key=False), limits)
+    except Exception as err:  # any decoding failure of a checksummed payload
+        raise ForkPayloadError(f"fork payload unreadable: {type(err).__name__}: {err}") from None
+    try:
+        check_changes(state.changes, parse=parse_metadata)
+    except (AicechunkError, ValueError) as err:
+        raise ForkPayloadError(f"fork payload refused: {err}") from err
+    return state
+
+
+def _state(body: Any, limits: DecompressionLimits) -> SessionState:
+    if not isinstance(body, dict):
+        raise ValueError("the body is not a mapping")
+    changes = ChangeSet.from_plain(body["changes"])
+    driver = driver_from_config(body["storage"])
+    cache = body["cache"]
+    if not (isinstance(cache, list) and len(cache) == len(_CACHE_FIELDS)) or not all(
+        map(_count, cache)
+    ):
+        raise ValueError(f"cache sizes must be {len(_CACHE_FIELDS)} non-negative integers")
+    caching = CachingConfig(**dict(zip(_CACHE_FIELDS, cache, strict=True)))
+    inline, concurrency = body["inline"], body["concurrency"]
+    if not (_count(inline) and _count(concurrency) and concurrency > 0):
+        raise ValueError(
+            "the inline threshold must be a non-negative integer and the read "
+            "concurrency a positive one"
+        )
+    branch = body["branch"]
+    if branch is not None and not isinstance(branch, str):
+        raise ValueError("the branch must be a string")
+    virtual = body.get("virtual")
+    return SessionState(
+        AssetManager(driver, caching, limits),
+        SnapshotId(body["snapshot"]),
+        branch=branch,
+        read_only=False,
+        config=SessionConfig(inline, concurrency),
+        changes=changes,
+        virtual=resolver_from_plain(virtual),
+        from_payload=True,
+    )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

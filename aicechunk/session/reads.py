@@ -1,0 +1,266 @@
+"""Reading through a session: the base snapshot with the pending changes on top.
+
+Functions of a ``SessionState``: nodes, chunk references and bytes, chunk listings and the
+status of the pending changes. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
+from aicechunk.changes.validate import (
+    check_chunk_coords,
+    check_node_path,
+    chunk_grid,
+    in_logged_extent,
+    on_grid,
+)
+from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
+from aicechunk.errors import NodeNotFoundError, SessionStateError
+from aicechunk.format import Coords
+from aicechunk.format.ids import NodeId
+from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef
+from aicechunk.format.snapshot import ArrayNodeData, ManifestRef, NodeSnapshot, Snapshot
+from aicechunk.session.state import SessionState
+
+__all__ = ["Diff", "NodeView"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """A node as the session sees it: snapshot state with pending changes applied."""
+
+    path: str
+    id: NodeId
+    user_data: bytes
+    array: ArrayDefinition | None
+    # manifests holding the node's chunks in the base snapshot (empty for new nodes)
+    manifests: tuple[ManifestRef, ...] = ()
+
+    @property
+    def is_array(self) -> bool:
+        """Whether the node is an array (else a group)."""
+        return self.array is not None
+
+
+@dataclass
+class Diff:
+    """What changed between two snapshots, or in a session.
+
+    Paths of new, deleted and updated groups and arrays, and per array path the
+    coordinates of chunks written or deleted.
+    """
+
+    new_groups: set[str] = field(default_factory=set)
+    new_arrays: set[str] = field(default_factory=set)
+    deleted_groups: set[str] = field(default_factory=set)
+    deleted_arrays: set[str] = field(default_factory=set)
+    updated_groups: set[str] = field(default_factory=set)
+    updated_arrays: set[str] = field(default_factory=set)
+    updated_chunks: dict[str, set[Coords]] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        """Whether nothing changed."""
+        return not any(
+            (
+                self.new_groups,
+                self.new_arrays,
+                self.deleted_groups,
+                self.deleted_arrays,
+                self.updated_groups,
+                self.updated_arrays,
+                self.updated_chunks,
+            )
+        )
+
+
+# --- nodes -------------------------------------------------------------------------------
+
+
+async def base_snapshot(state: SessionState) -> Snapshot:
+    """The snapshot the session reads."""
+    return await state.assets.fetch_snapshot(state.snapshot_id)
+
+
+def view_of(changes: ChangeSet, node: NodeSnapshot) -> NodeView:
+    """A base snapshot node with the pending updates of it applied."""
+    if isinstance(node.node_data, ArrayNodeData):
+        definition = changes.updated_arrays.get(node.id)
+        if definition is None:
+            names = node.node_data.dimension_names
+            definition = ArrayDefinition(
+                tuple(node.node_data.shape),
+                None if names is None else tuple(names),
+                node.user_data,
+            )
+        manifests = tuple(node.node_data.manifests)
+        return NodeView(node.path, node.id, definition.user_data, definition, manifests)
+    user_data = changes.updated_groups.get(node.id, node.user_data)
+    return NodeView(node.path, node.id, user_data, None)
+
+
+async def get_node(state: SessionState, path: str) -> NodeView | None:
+    """The group or array at ``path``, or ``None``; ``InvalidNodePathError`` if ``path``
+    is not an absolute node path (a relative ``a/b`` would otherwise read as absent)."""
+    check_node_path(path)
+    changes = state.changes
+    if path in changes.new_groups:
+        nid, data = changes.new_groups[path]
+        return NodeView(path, nid, data, None)
+    if path in changes.new_arrays:
+        nid, definition = changes.new_arrays[path]
+        return NodeView(path, nid, definition.user_data, definition)
+    if changes.is_deleted(path):
+        return None
+    node = (await base_snapshot(state)).get_node(path)
+    return None if node is None else view_of(changes, node)
+
+
+async def list_nodes(state: SessionState) -> list[NodeView]:
+    """Every node, sorted by path."""
+    changes = state.changes
+    snap = await base_snapshot(state)
+    views = [view_of(changes, n) for n in snap.nodes if not changes.is_deleted(n.path)]
+    for path in changes.new_node_paths():
+        view = await get_node(state, path)
+        if view is not None:
+            views.append(view)
+    views.sort(key=lambda v: v.path)
+    return views
+
+
+async def get_array(state: SessionState, path: str) -> tuple[NodeView, ArrayDefinition]:
+    """The array at ``path`` and its definition; ``NodeNotFoundError`` if there is none."""
+    node = await get_node(state, path)
+    if node is None or node.array is None:
+        raise NodeNotFoundError(path, "array")
+    return node, node.array
+
+
+async def array_for_chunk(
+    state: SessionState, path: str, coords: Coords
+) -> tuple[NodeView, Coords]:
+    """The array at ``path`` and ``coords`` as ints, checking they lie on its chunk grid
+    and the format can hold them."""
+    node, definition = await get_array(state, path)
+    return node, check_chunk_coords(path, coords, definition)
+
+
+# --- chunks ------------------------------------------------------------------------------
+
+
+async def base_ref(state: SessionState, node: NodeView, coords: Coords) -> ChunkRef | None:
+    """The reference the base snapshot holds for one chunk of ``node``."""
+    for mref in node.manifests:
+        if all(lo <= c < hi for c, (lo, hi) in zip(coords, mref.extents, strict=False)):
+            manifest = await state.assets.fetch_manifest(mref.object_id)
+            ref = manifest.lookup(node.id, coords)
+            if ref is not None:
+                return ref
+    return None
+
+
+async def base_refs(state: SessionState, node: NodeView) -> dict[Coords, ChunkRef]:
+    """Every reference the base snapshot holds for ``node``."""
+    refs: dict[Coords, ChunkRef] = {}
+    manifests = await asyncio.gather(
+        *(state.assets.fetch_manifest(m.object_id) for m in node.manifests)
+    )
+    for manifest in manifests:
+        for coords, ref in manifest.iter_node(node.id):
+            refs[coords] = ref
+    return refs
+
+
+async def chunk_ref(state: SessionState, path: str, coords: Coords) -> ChunkRef | None:
+    """The reference of one chunk, or ``None`` if it has none."""
+    node = await get_node(state, path)
+    if node is None or node.array is None:
+        return None
+    changed = state.changes.chunk_changes(node.id)
+    if coords in changed:
+        return changed[coords]
+    return await base_ref(state, node, coords)
+
+
+async def read_chunk(
+    state: SessionState, path: str, coords: Coords, byte_range: ByteRange | None
+) -> bytes | None:
+    """A chunk's bytes (or part of them), ``None`` if the chunk was never written."""
+    ref = await chunk_ref(state, path, coords)
+    if ref is None:
+        return None
+    if isinstance(ref, InlineRef):
+        start, stop = range_bounds(byte_range, len(ref.data))
+        return bytes(ref.data[start:stop])
+    start, stop = range_bounds(byte_range, ref.length)
+    inner = RangeRequest(ref.offset + start, stop - start)
+    if isinstance(ref, NativeRef):
+        return await state.assets.fetch_chunk(ref.chunk_id, inner)
+    if state.virtual is None:
+        raise SessionStateError(
+            f"chunk {list(coords)} of {path!r} is virtual ({ref.location}); "
+            "virtual chunk access needs an authorized virtual chunk container"
+        )
+    return await state.virtual.fetch(ref, inner)
+
+
+async def chunk_coords(state: SessionState, path: str) -> AsyncIterator[Coords]:
+    """Coordinates of every chunk of the array at ``path`` that has a reference."""
+    node = await get_node(state, path)
+    if node is None or node.array is None:
+        return
+    changed = state.changes.chunk_changes(node.id)
+    base = await base_refs(state, node)
+    coords = {c for c in base if c not in changed}
+    coords.update(c for c, r in changed.items() if r is not None)
+    grid = chunk_grid(node.array)  # a shrunk array has no chunks past its end
+    for c in sorted(coords):
+        if on_grid(c, grid):
+            yield c
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+def grids(views: list[NodeView]) -> dict[NodeId, tuple[int, ...]]:
+    """The chunk grid of every array among ``views``."""
+    return {n.id: chunk_grid(n.array) for n in views if n.array}
+
+
+def logged_chunk_changes(
+    changes: ChangeSet, grids: Mapping[NodeId, tuple[int, ...]]
+) -> dict[NodeId, tuple[Coords, ...]]:
+    """The chunk changes a commit logs, per array (``grids``: the arrays that exist):
+    those past a shrunk array's end are not changes of the new snapshot, but, as in
+    icechunk, an array with chunk changes keeps its entry even when none is left."""
+    changed = {nid: changes.chunk_changes_coords(nid) for nid in changes.chunk_nodes()}
+    return {
+        nid: tuple(x for x in coords if in_logged_extent(x, grids[nid]))
+        for nid, coords in changed.items()
+        if coords and nid in grids
+    }
+
+
+async def status(state: SessionState) -> Diff:
+    """The pending changes as a ``Diff``."""
+    changes = state.changes
+    snap = await base_snapshot(state)
+    by_id = {n.id: n.path for n in snap.nodes}
+    paths = {nid: p for p, (nid, _) in changes.new_arrays.items()} | by_id
+    diff = Diff(
+        new_groups=set(changes.new_groups),
+        new_arrays=set(changes.new_arrays),
+        deleted_groups=set(changes.deleted_groups),
+        deleted_arrays=set(changes.deleted_arrays),
+        updated_groups={by_id[n] for n in changes.updated_groups if n in by_id},
+        updated_arrays={by_id[n] for n in changes.updated_arrays if n in by_id},
+    )
+    logged = logged_chunk_changes(changes, grids(await list_nodes(state)))
+    for nid, coords in logged.items():
+        if nid in paths:
+            diff.updated_chunks[paths[nid]] = set(coords)
+    return diff

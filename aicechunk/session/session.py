@@ -1,0 +1,484 @@
+"""Sessions: a view of one snapshot plus pending changes, and the commit that saves them.
+
+A read-only session reads one snapshot. A writable session also records changes in a
+``ChangeSet``; ``commit`` writes manifests, a transaction log and a snapshot, then moves
+the branch with a conditional write, so a commit is all or nothing.
+
+``Session`` is the facade: its state is a ``SessionState``, and the work is done by
+``reads`` (nodes, chunks, status), ``flush`` and ``commit`` (commit and rebase) and
+``payload`` (fork serialization), each a module of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aicechunk.assets import AssetManager
+from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
+from aicechunk.changes.conflicts import ConflictSolver
+from aicechunk.changes.validate import BaseNodes, check_changes, check_chunk_coords, check_chunk_ref
+from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
+from aicechunk.drivers.base import ByteRange
+from aicechunk.errors import (
+    AicechunkError,
+    ChunkIndexError,
+    ForkPayloadError,
+    SessionStateError,
+    UnrepresentableValueError,
+)
+from aicechunk.format import Coords
+from aicechunk.format.ids import ChunkId, NodeId, SnapshotId
+from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
+from aicechunk.format.snapshot import Snapshot
+from aicechunk.session import commit as committing
+from aicechunk.session import reads
+from aicechunk.session.payload import decode_fork, encode_fork
+from aicechunk.session.reads import Diff, NodeView
+from aicechunk.session.state import SessionConfig, SessionState
+from aicechunk.store import IcechunkStore
+from aicechunk.store.metadata import parse_metadata
+
+if TYPE_CHECKING:  # TODO(r15): a plain import once aicechunk.virtual has it
+    from aicechunk.virtual import ChunkFetcher
+
+__all__ = ["ForkSession", "Session"]
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+class Session:
+    """One snapshot of a repository, read-only or with pending changes on a branch."""
+
+    def __init__(
+        self,
+        assets: AssetManager,
+        snapshot_id: SnapshotId,
+        *,
+        branch: str | None,
+        read_only: bool,
+        config: SessionConfig | None = None,
+        changes: ChangeSet | None = None,
+        virtual_resolver: ChunkFetcher | None = None,
+    ) -> None:
+        self._state = SessionState(
+            assets,
+            snapshot_id,
+            branch,
+            read_only,
+            config or SessionConfig(),
+            changes or ChangeSet(),
+            virtual_resolver,
+        )
+
+    @classmethod
+    def _of(cls, state: SessionState) -> Any:
+        session = cls.__new__(cls)
+        session._state = state
+        return session
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the session refuses writes."""
+        return self._state.read_only
+
+    @property
+    def snapshot_id(self) -> SnapshotId:
+        """The snapshot this session reads (and, if writable, commits on top of)."""
+        return self._state.snapshot_id
+
+    @property
+    def branch(self) -> str | None:
+        """The branch a writable session commits to (``None`` for detached reads)."""
+        return self._state.branch
+
+    @property
+    def has_uncommitted_changes(self) -> bool:
+        """Whether anything was written since the session started or last committed."""
+        return not self._state.changes.is_empty()
+
+    @property
+    def read_concurrency(self) -> int:
+        """How many reads ``get_partial_values`` runs at once."""
+        return self._state.config.read_concurrency
+
+    @property
+    def store(self) -> IcechunkStore:
+        """A zarr store reading and writing through this session."""
+        return IcechunkStore(self)
+
+    @property
+    def changes(self) -> ChangeSet:
+        """The pending change set (do not mutate)."""
+        return self._state.changes
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "writable"
+        return f"<Session {mode} branch={self.branch!r} snapshot={self.snapshot_id}>"
+
+    # -- nodes ------------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        """The base snapshot."""
+        return await reads.base_snapshot(self._state)
+
+    async def get_node(self, path: str) -> NodeView | None:
+        """The group or array at ``path`` (``/`` is the root), or ``None``.
+
+        ``InvalidNodePathError`` if ``path`` is not an absolute node path: a relative
+        ``a/b`` names no node and would otherwise read as "absent" (icechunk refuses it).
+        """
+        return await reads.get_node(self._state, path)
+
+    async def list_nodes(self) -> list[NodeView]:
+        """Every node, sorted by path."""
+        return await reads.list_nodes(self._state)
+
+    async def get_metadata(self, path: str) -> bytes | None:
+        """The zarr metadata document of the node at ``path``."""
+        node = await self.get_node(path)
+        return None if node is None else node.user_data
+
+    async def set_metadata(self, path: str, data: bytes) -> None:
+        """Create or update the node at ``path`` from its zarr metadata document."""
+        self._state.check_writable()
+        await self.set_node(path, data, parse_metadata(path, data))
+
+    async def set_node(self, path: str, user_data: bytes, array: ArrayDefinition | None) -> None:
+        """Create or update the node at ``path``: an array of definition ``array``, or a
+        group if ``None``, with ``user_data`` as its metadata document. A node of the
+        other kind there is replaced (it gets a new id, as a new node)."""
+        state = self._state
+        state.check_writable()
+        existing = await reads.get_node(state, path)
+        changes = state.changes
+        if existing is not None and existing.is_array != (array is not None):
+            self._delete_one(existing)
+            existing = None
+        if existing is None:
+            if array is None:
+                changes.add_group(path, NodeId.random(), bytes(user_data))
+            else:
+                changes.add_array(path, NodeId.random(), array)
+        elif existing.user_data != user_data:
+            if array is None:
+                changes.update_group(path, existing.id, bytes(user_data))
+            else:
+                changes.update_array(path, existing.id, array)
+
+    def _delete_one(self, node: NodeView) -> None:
+        if node.is_array:
+            self._state.changes.delete_array(node.path, node.id)
+        else:
+            self._state.changes.delete_group(node.path, node.id)
+
+    async def delete_node(self, path: str) -> None:
+        """Delete an array, or a group with everything below it; absent nodes are fine."""
+        self._state.check_writable()
+        node = await self.get_node(path)
+        if node is None:
+            return
+        if node.is_array:
+            self._delete_one(node)
+        else:
+            await self.delete_prefix(path)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Delete every node at or below the node path ``prefix``."""
+        self._state.check_writable()
+        for node in await self.list_nodes():
+            if _is_under(node.path, prefix):
+                self._delete_one(node)
+
+    async def clear(self) -> None:
+        """Delete every node and chunk."""
+        await self.delete_prefix("/")
+
+    # -- chunks -----------------------------------------------------------------------
+
+    async def get_chunk_ref(self, path: str, coords: Coords) -> ChunkRef | None:
+        """The reference of one chunk, or ``None`` if it has none."""
+        return await reads.chunk_ref(self._state, path, coords)
+
+    async def get_chunk(
+        self, path: str, coords: Coords, byte_range: ByteRange | None = None
+    ) -> bytes | None:
+        """A chunk's bytes (or part of them), ``None`` if the chunk was never written."""
+        return await reads.read_chunk(self._state, path, coords, byte_range)
+
+    async def chunk_size(self, path: str, coords: Coords) -> int | None:
+        """A chunk's size in bytes without reading it, ``None`` if it was never written."""
+        ref = await self.get_chunk_ref(path, coords)
+        if ref is None:
+            return None
+        return len(ref.data) if isinstance(ref, InlineRef) else ref.length
+
+    async def set_chunk(self, path: str, coords: Coords, data: bytes) -> None:
+        """Write a chunk: small ones inline in the manifest, others as chunk files."""
+        state = self._state
+        state.check_writable()
+        _, coords = await reads.array_for_chunk(state, path, coords)
+        ref: ChunkRef
+        if len(data) <= state.config.inline_chunk_threshold_bytes:
+            ref = InlineRef(bytes(data))
+        else:
+            chunk_id = ChunkId.random()
+            await state.assets.write_chunk(chunk_id, data)
+            ref = NativeRef(chunk_id, 0, len(data))
+        # re-read: the node may have been replaced while the chunk was written
+        current, _ = await reads.get_array(state, path)
+        state.changes.set_chunk(current.id, coords, ref)
+
+    async def set_chunk_ref(self, path: str, coords: Coords, ref: ChunkRef) -> None:
+        """Record an existing reference (e.g. a virtual one) for a chunk."""
+        self._state.check_writable()
+        node, coords = await reads.array_for_chunk(self._state, path, coords)
+        check_chunk_ref(f"chunk {list(coords)} of array {path!r}", ref)
+        self._state.changes.set_chunk(node.id, coords, ref)
+
+    def has_virtual_container(self, location: str) -> bool:
+        """Whether a declared virtual chunk container serves ``location``."""
+        virtual = self._state.virtual
+        return virtual is not None and virtual.container_for(location) is not None
+
+    async def chunk_type(self, path: str, coords: Coords) -> str:
+        """``native``, ``inline``, ``virtual`` or ``uninitialized``."""
+        ref = await self.get_chunk_ref(path, coords)
+        if ref is None:
+            return "uninitialized"
+        return {NativeRef: "native", InlineRef: "inline"}.get(type(ref), "virtual")
+
+    async def all_virtual_chunk_locations(self) -> list[str]:
+        """Every distinct URL that virtual chunks of this snapshot point into."""
+        found: set[str] = set()
+        for node in await self.list_nodes():
+            if not node.is_array:
+                continue
+            async for coords in self.chunk_coords(node.path):
+                ref = await self.get_chunk_ref(node.path, coords)
+                if isinstance(ref, VirtualRef):
+                    found.add(ref.location)
+        return sorted(found)
+
+    async def delete_chunk(self, path: str, coords: Coords) -> None:
+        """Delete one chunk (reads then see the fill value)."""
+        self._state.check_writable()
+        node = await self.get_node(path)
+        if node is None or node.array is None:
+            return
+        try:
+            coords = check_chunk_coords(path, coords, node.array)
+        except (ChunkIndexError, UnrepresentableValueError):
+            return  # no chunk can be there
+        self._state.changes.set_chunk(node.id, coords, None)
+
+    def chunk_coords(self, path: str) -> AsyncIterator[Coords]:
+        """Coordinates of every chunk of the array at ``path`` that has a reference."""
+        return reads.chunk_coords(self._state, path)
+
+    # -- status -----------------------------------------------------------------------
+
+    async def status(self) -> Diff:
+        """The pending changes as a ``Diff``."""
+        return await reads.status(self._state)
+
+    def discard_changes(self) -> None:
+        """Forget every pending change (chunk files already written become garbage)."""
+        self._state.check_writable()
+        self._state.changes = ChangeSet()
+
+    # -- forks ------------------------------------------------------------------------
+
+    def fork(self) -> ForkSession:
+        """A session to hand to a worker (task, process, Dask worker) that writes in parallel.
+
+        Only a writable session without uncommitted changes can fork: commit first, so
+        that every fork starts from the same snapshot. Bring forks back with ``merge``.
+        """
+        if self.read_only:
+            raise SessionStateError("a read-only session cannot fork; use a writable session")
+        if self.has_uncommitted_changes:
+            raise SessionStateError(
+                "cannot fork a session with uncommitted changes: commit them first, so every "
+                "fork starts from the same snapshot"
+            )
+        return self._fork(ChangeSet())
+
+    def _fork(self, changes: ChangeSet) -> ForkSession:
+        s = self._state
+        state = SessionState(s.assets, s.snapshot_id, s.branch, False, s.config, changes, s.virtual)
+        fork: ForkSession = ForkSession._of(state)
+        return fork
+
+    def fork_with_changes(self) -> ForkSession:
+        """A fork that also sees this session's pending changes, for integrations that
+        write metadata first and then fan chunk writes out (like ``to_icechunk``).
+
+        Merging it back re-applies those changes unchanged."""
+        self._state.check_writable()
+        return self._fork(copy.deepcopy(self._state.changes))
+
+    def _check_mergeable(self, fork: Session) -> None:
+        if not isinstance(fork, ForkSession):
+            raise SessionStateError(
+                f"can only merge ForkSessions (from session.fork()), got {type(fork).__name__}"
+            )
+        ours, theirs = self._state, fork._state
+        if theirs.assets.driver.label != ours.assets.driver.label:
+            raise SessionStateError(
+                f"fork is from another repository ({theirs.assets.driver.label}, "
+                f"not {ours.assets.driver.label})"
+            )
+        if theirs.branch != ours.branch:
+            raise SessionStateError(
+                f"fork is from branch {theirs.branch!r}, this session is on {ours.branch!r}"
+            )
+        if theirs.snapshot_id != ours.snapshot_id:
+            raise SessionStateError(
+                f"fork starts at snapshot {theirs.snapshot_id}, this session at "
+                f"{ours.snapshot_id}: forks merge only into the session state they came from"
+            )
+
+    async def merge(self, *forks: ForkSession) -> None:
+        """Fold the changes of ``forks`` into this session.
+
+        Every fork must come from this repository, branch and base snapshot. Where two
+        forks wrote the same chunk or node, the later argument wins (Icechunk's rule).
+        Chunk data is already in storage, so merging moves only references: it costs
+        O(total changes) and no I/O. Forks rebuilt from payloads are first checked
+        against the base snapshot (``ForkPayloadError``; nothing is merged then).
+        """
+        self._state.check_writable()
+        for fork in forks:
+            self._check_mergeable(fork)
+        from_payloads = [fork._state for fork in forks if fork._state.from_payload]
+        if from_payloads:
+            base = BaseNodes(await self.snapshot())
+            for state in from_payloads:
+                try:
+                    check_changes(state.changes, base, parse_metadata)
+                except (AicechunkError, ValueError) as err:
+                    raise ForkPayloadError(f"fork payload refused: {err}") from err
+        for fork in forks:
+            self._state.changes.merge(fork._state.changes)
+
+    def allow_pickling(self) -> None:
+        """Removed: pickling writable sessions was replaced by ``Session.fork()``."""
+        raise SessionStateError(
+            "Session.allow_pickling() was removed: use session.fork() to send a session to "
+            "workers and session.merge(*forks) to bring the changes back. Pickling a session "
+            "with changes could let the same changes be merged twice."
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        if not self.read_only:
+            raise SessionStateError(
+                "a writable Session cannot be pickled: use session.fork(), whose ForkSession "
+                "pickles (and serializes with to_bytes())"
+            )
+        return {"state": self._state}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._state = state["state"]
+
+    # -- commit -----------------------------------------------------------------------
+
+    async def commit(
+        self,
+        message: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1000,
+    ) -> SnapshotId:
+        """Save the pending changes as a new snapshot and move the branch to it.
+
+        ``message`` must be a str (valid UTF-8) and ``metadata`` JSON with str keys, ints
+        within -2**63..2**64-1 and finite floats, as Icechunk reads it back; anything else
+        is ``UnrepresentableValueError`` naming it, before anything is written.
+
+        Raises ``ConflictError`` if the branch moved since the session's snapshot (nothing
+        of this commit becomes visible), unless ``rebase_with`` resolves the conflicts,
+        in which case the changes are rebased onto the new tip and the commit retried
+        (at most ``rebase_tries`` times).
+
+        A commit reported as failed is not in the branch's history. When the answer to the
+        branch update is lost, the branch's history is searched for the new snapshot to
+        tell; if even that cannot be read, ``CommitOutcomeUnknownError`` is raised and the
+        next ``commit`` of this session finds out first. Cancelled while the branch update
+        is under way, the commit waits for its outcome (bounded by the driver's timeouts)
+        before the cancellation takes effect, so the session knows whether its changes were
+        committed: if they were, it is at the new snapshot with no pending changes.
+        """
+        return await committing.commit(self._state, message, metadata, rebase_with, rebase_tries)
+
+    async def rebase(self, solver: ConflictSolver) -> None:
+        """Move the pending changes onto the branch tip, resolving conflicts with ``solver``.
+
+        Raises ``RebaseFailedError`` listing conflicts the solver cannot resolve.
+        """
+        await committing.rebase(self._state, solver)
+
+
+class ForkSession(Session):
+    """A writable session for a worker: it writes, then goes back to be merged.
+
+    It serializes to a compact, versioned payload (``to_bytes``, also used by pickle)
+    holding the storage description, the base snapshot, the branch and the pending
+    changes; its size grows with the changes, not with the repository. A fork cannot
+    commit or rebase: merge it into the session it came from.
+    """
+
+    async def commit(
+        self,
+        message: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1000,
+    ) -> SnapshotId:
+        """Refused: a fork's changes are committed by the session it is merged into."""
+        raise SessionStateError(
+            "a ForkSession cannot commit: merge it into its parent session "
+            "(await session.merge(fork)) and commit there"
+        )
+
+    async def rebase(self, solver: ConflictSolver) -> None:
+        """Refused: rebase the parent session after merging."""
+        raise SessionStateError("a ForkSession cannot rebase: merge it, then rebase the parent")
+
+    async def merge(self, *forks: ForkSession) -> None:
+        """Fold other forks into this one (tree reductions); later arguments win."""
+        await super().merge(*forks)
+
+    def fork(self) -> ForkSession:
+        """Refused: fork the parent session instead."""
+        raise SessionStateError("a ForkSession cannot fork; fork the parent session")
+
+    def __repr__(self) -> str:
+        return f"<ForkSession branch={self.branch!r} snapshot={self.snapshot_id}>"
+
+    def to_bytes(self) -> bytes:
+        """The fork as a versioned, checksummed binary payload."""
+        return encode_fork(self._state)
+
+    @classmethod
+    def from_bytes(
+        cls, payload: bytes, limits: DecompressionLimits = DEFAULT_DECOMPRESSION_LIMITS
+    ) -> ForkSession:
+        """Rebuild a fork from ``to_bytes()``; ``ForkPayloadError`` on a bad payload.
+
+        The payload decompresses within ``limits`` of its size, and every change in it
+        is checked as the session API checks it (paths, zarr metadata, chunk grids,
+        values the format can hold); ``merge`` checks the rest against the base snapshot.
+        """
+        fork: ForkSession = cls._of(decode_fork(payload, limits))
+        return fork
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ForkSession.from_bytes, (self.to_bytes(),))

@@ -1,0 +1,63 @@
+"""What a session is made of: the snapshot it reads, its branch, its pending changes.
+
+``SessionState`` is the plain record that the session's parts share: reads
+(``reads.py``), commit and rebase (``commit.py``) and fork payloads (``payload.py``)
+each take it, so none of them reaches into the ``Session`` facade's private fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aicechunk.assets import AssetManager
+from aicechunk.changes.changeset import ChangeSet
+from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY
+from aicechunk.errors import ReadOnlyError, SessionStateError
+from aicechunk.format.ids import SnapshotId
+
+if TYPE_CHECKING:
+    from aicechunk.virtual import ChunkFetcher
+
+__all__ = ["SessionConfig", "SessionState"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """The parts of the repository configuration a session uses."""
+
+    inline_chunk_threshold_bytes: int = INLINE_CHUNK_THRESHOLD_BYTES
+    read_concurrency: int = READ_CONCURRENCY
+
+
+@dataclass(slots=True)
+class SessionState:
+    """One session's state. ``snapshot_id`` and ``changes`` move on commit and rebase;
+    ``unsettled`` is a commit whose branch update may or may not have landed;
+    ``from_payload`` marks changes that came in a fork payload (checked against the base
+    snapshot when merged)."""
+
+    assets: AssetManager
+    snapshot_id: SnapshotId
+    branch: str | None
+    read_only: bool
+    config: SessionConfig = field(default_factory=SessionConfig)
+    changes: ChangeSet = field(default_factory=ChangeSet)
+    virtual: ChunkFetcher | None = None
+    unsettled: SnapshotId | None = None
+    from_payload: bool = False
+
+    def check_writable(self, *, unsettled_ok: bool = False) -> None:
+        """Refuse writes to a read-only session, or while a commit's outcome is unknown."""
+        if self.read_only:
+            raise ReadOnlyError("this session is read-only; use repo.writable_session(branch)")
+        if self.unsettled is not None and not unsettled_ok:
+            raise SessionStateError(
+                f"whether this session's last commit (snapshot {self.unsettled}) landed is "
+                "unknown: commit again to find out before making more changes"
+            )
+
+    def committed(self, snapshot_id: SnapshotId) -> None:
+        """The session's changes are now in ``snapshot_id``: continue from there."""
+        self.snapshot_id = snapshot_id
+        self.changes = ChangeSet()
