@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import aicechunk as aic
+from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES
 from aicechunk.drivers.urls import redact_url
 from aicechunk.errors import AicechunkError, redact_credentials
 from aicechunk.store.metadata import metadata_document
@@ -101,7 +102,9 @@ async def cmd_info(repo: aic.Repository, args: argparse.Namespace) -> None:
         "spec_version": 1,
         "branches": branches,
         "tags": tags,
-        "inline_chunk_threshold_bytes": config.inline_chunk_threshold_bytes or 512,
+        "inline_chunk_threshold_bytes": INLINE_CHUNK_THRESHOLD_BYTES
+        if config.inline_chunk_threshold_bytes is None
+        else config.inline_chunk_threshold_bytes,
         "virtual_chunk_containers": sorted(
             redact_url(prefix) for prefix in config.virtual_chunk_containers
         ),

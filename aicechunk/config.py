@@ -159,6 +159,19 @@ class RepositoryConfig:
         self._data["inline_chunk_threshold_bytes"] = value
 
     @property
+    def get_partial_values_concurrency(self) -> int | None:
+        """How many chunk reads one ``get_partial_values`` call runs at once (``None``:
+        ``READ_CONCURRENCY``, 64)."""
+        value = self._data.get("get_partial_values_concurrency")
+        return None if value is None else int(value)
+
+    @get_partial_values_concurrency.setter
+    def get_partial_values_concurrency(self, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError("get_partial_values_concurrency must be a positive integer")
+        self._data["get_partial_values_concurrency"] = value
+
+    @property
     def caching(self) -> CachingConfig | None:
         """Cache bounds (``None``: all defaults)."""
         raw = self._data.get("caching")

@@ -1,8 +1,36 @@
-"""One exception hierarchy for everything a user of aicechunk can see.
+"""One exception hierarchy for everything a user of aicechunk can see; every exception
+the package defines is defined here.
 
 Every error says what went wrong, where (key, driver, file, branch) and why. Raw
 ``KeyError``, ``struct.error``, ``OSError`` or client-library errors never escape the
 package: they are wrapped in one of these, with the original kept as ``__cause__``.
+Where Python has a matching built-in, the error is also one (``except ValueError`` keeps
+working for bad arguments)::
+
+    AicechunkError
+        StorageError                    a driver operation failed (key=, driver=)
+            ObjectNotFound
+            PreconditionFailed          a conditional write lost
+            CommitOutcomeUnknownError   a branch update's answer was lost
+            InvalidKey
+            ReadOnlyError               (also ValueError)
+            InjectedFault               raised by aicechunk.testing.FaultyDriver
+        FormatError                     a stored file is not what the format says
+            InvalidIdError              (also ValueError)
+        RepositoryError
+            RepositoryNotFoundError, RepositoryExistsError, RootNotEmptyError,
+            UnsupportedSpecVersionError, RefNotFoundError, RefExistsError,
+            InvalidRefNameError
+        SessionStateError               not allowed in the session's state
+        ConflictError                   the branch moved (branch, expected, actual)
+        RebaseFailedError               conflicts the solver would not resolve
+        NodeNotFoundError               (also KeyError)
+        ChunkIndexError                 (also IndexError)
+        InvalidLocation, InvalidNodePathError, InvalidStoreKeyError,
+        InvalidMetadataError, InvalidChangesError, UnrepresentableValueError,
+        ForkPayloadError                (all also ValueError)
+        VirtualChunkError
+    AicechunkWarning                    (a UserWarning)
 """
 
 from __future__ import annotations

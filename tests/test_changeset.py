@@ -14,13 +14,8 @@ from hypothesis import strategies as st
 from aicechunk.changes.changeset import ChangeSet
 from aicechunk.changes.chunktable import ChunkTable
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId
-from aicechunk.format.manifest import (
-    ChunkRef,
-    InlineRef,
-    NativeRef,
-    decode_manifest,
-    encode_array_manifest_columns,
-)
+from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, decode_manifest
+from aicechunk.format.manifest_encode import encode_array_manifest_columns
 from tests.format.strategies import chunk_refs, node_ids
 
 

@@ -29,8 +29,8 @@ from aicechunk.format.manifest import (
     NativeRef,
     VirtualRef,
     decode_manifest,
-    encode_array_manifest,
 )
+from aicechunk.format.manifest_encode import encode_array_manifest
 from tests.test_store import array_meta
 
 U64 = 2**64 - 1

@@ -391,8 +391,7 @@ class TestIcechunkStore(StoreTests[IcechunkStore, cpu.Buffer]):
     # -- beyond zarr's suite ----------------------------------------------------------------
 
     async def test_invalid_keys_and_metadata_are_refused(self, store: IcechunkStore) -> None:
-        from aicechunk.errors import InvalidMetadataError
-        from aicechunk.errors import InvalidStoreKeyError
+        from aicechunk.errors import InvalidMetadataError, InvalidStoreKeyError
 
         for key in ("foo/0/0", "foo/c/0.0", "foo/c/x", "a//b/zarr.json", "../zarr.json"):
             with pytest.raises(InvalidStoreKeyError):

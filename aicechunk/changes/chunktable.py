@@ -12,97 +12,37 @@ import dataclasses
 import itertools
 import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from aicechunk.format import Coords
 from aicechunk.format.ids import ChunkId
-from aicechunk.format.manifest import (
-    KIND_INLINE,
-    KIND_NATIVE,
-    KIND_VIRTUAL,
-    MAX_CHUNK_INDEX,
-    ChunkRef,
-    InlineRef,
-    NativeRef,
-    RefColumns,
-    VirtualRef,
-)
-from aicechunk.format.manifest import (
-    ref_columns as columns_of_refs,
-)
+from aicechunk.format.manifest import MAX_CHUNK_INDEX, ChunkRef, InlineRef, NativeRef, VirtualRef
+from aicechunk.format.manifest_encode import KIND_INLINE, KIND_NATIVE, KIND_VIRTUAL, RefColumns
+from aicechunk.format.manifest_encode import ref_columns as columns_of_refs
 
 __all__ = ["ChunkTable"]
 
 
 # row kinds: the manifest's reference kinds, and deletions
 NATIVE, INLINE, VIRTUAL, DELETED = KIND_NATIVE, KIND_INLINE, KIND_VIRTUAL, 3
-# RefColumns' columns besides coords and kinds, which a table holds under the same names
-_COLUMNS = tuple(f.name for f in dataclasses.fields(RefColumns))[2:]
 _U8 = np.dtype(np.uint8)
 _I64 = np.dtype("<i8")
 _U64 = np.dtype("<u8")
 
 
-def _empty(dtype: np.dtype[Any], *shape: int) -> np.ndarray:
-    return np.zeros((0, *shape), dtype=dtype)
-
-
-class ChunkTable:
+@dataclass(frozen=True)
+class ChunkTable(RefColumns):
     """Chunk changes of one array: row ``i`` sets chunk ``coords[i]`` to a reference of
-    kind ``kinds[i]`` (native, inline, virtual) or deletes it; each kind's columns hold
-    its rows in row order. Rows later in the table win over earlier ones."""
+    kind ``kinds[i]`` (native, inline, virtual) or deletes it (``DELETED``, a row with no
+    columns); each kind's columns hold its rows in row order. Rows later in the table win
+    over earlier ones. ``resolved``: sorted by coordinates, one row per chunk."""
 
-    __slots__ = (
-        "chunk_ids",
-        "coords",
-        "etags",
-        "inline_data",
-        "inline_lengths",
-        "kinds",
-        "locations",
-        "modified",
-        "native_lengths",
-        "native_offsets",
-        "resolved",
-        "virtual_lengths",
-        "virtual_offsets",
-        "which",
-    )
+    resolved: bool = False
 
-    def __init__(
-        self,
-        coords: np.ndarray,
-        kinds: np.ndarray,
-        *,
-        chunk_ids: np.ndarray | None = None,
-        native_offsets: np.ndarray | None = None,
-        native_lengths: np.ndarray | None = None,
-        inline_lengths: np.ndarray | None = None,
-        inline_data: np.ndarray | None = None,
-        locations: list[str] | None = None,
-        which: np.ndarray | None = None,
-        virtual_offsets: np.ndarray | None = None,
-        virtual_lengths: np.ndarray | None = None,
-        etags: list[str | None] | None = None,
-        modified: list[int | None] | None = None,
-        resolved: bool = False,
-    ) -> None:
-        self.coords = coords
-        self.kinds = kinds
-        self.chunk_ids = _empty(_U8, 12) if chunk_ids is None else chunk_ids
-        self.native_offsets = _empty(_U64) if native_offsets is None else native_offsets
-        self.native_lengths = _empty(_U64) if native_lengths is None else native_lengths
-        self.inline_lengths = _empty(_I64) if inline_lengths is None else inline_lengths
-        self.inline_data = _empty(_U8) if inline_data is None else inline_data
-        self.locations = [] if locations is None else locations
-        self.which = _empty(_I64) if which is None else which
-        self.virtual_offsets = _empty(_U64) if virtual_offsets is None else virtual_offsets
-        self.virtual_lengths = _empty(_U64) if virtual_lengths is None else virtual_lengths
-        self.etags = etags
-        self.modified = modified
-        self.resolved = resolved  # sorted by coordinates, one row per chunk
+    def __post_init__(self) -> None:
         self._check()
 
     @property
@@ -160,10 +100,10 @@ class ChunkTable:
         live = np.fromiter(map(operator.is_not, values, itertools.repeat(None)), bool, count=n)
         rows = np.flatnonzero(live)
         present: list[ChunkRef] = [v for v in values if v is not None]
-        cols = columns_of_refs(coords if len(rows) == n else coords[rows], present)
+        table = columns_of_refs(coords if len(rows) == n else coords[rows], present, cls)
         kinds = np.full(n, DELETED, dtype=_U8)
-        kinds[rows] = cols.kinds
-        return cls(coords, kinds, **cols.columns())
+        kinds[rows] = table.kinds
+        return dataclasses.replace(table, coords=coords, kinds=kinds)
 
     def to_refs(self) -> dict[Coords, ChunkRef | None]:
         """The changes as reference objects (rows later in the table win)."""
@@ -298,12 +238,9 @@ class ChunkTable:
         table."""
         assert self.resolved
         live = self.kinds != DELETED
-        everything = live.all()
-        return RefColumns(
-            coords=self.coords if everything else self.coords[live],
-            kinds=self.kinds if everything else self.kinds[live],
-            **{name: getattr(self, name) for name in _COLUMNS},
-        )
+        if live.all():
+            return self
+        return dataclasses.replace(self, coords=self.coords[live], kinds=self.kinds[live])
 
     # -- plain data ---------------------------------------------------------------------
 

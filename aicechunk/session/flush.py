@@ -20,11 +20,8 @@ from aicechunk.changes.changeset import ChangeSet
 from aicechunk.changes.validate import chunk_grid, on_grid
 from aicechunk.format import Coords
 from aicechunk.format.ids import ManifestId, NodeId, SnapshotId
-from aicechunk.format.manifest import (
-    ChunkRef,
-    encode_array_manifest,
-    encode_array_manifest_columns,
-)
+from aicechunk.format.manifest import ChunkRef
+from aicechunk.format.manifest_encode import encode_array_manifest, encode_array_manifest_columns
 from aicechunk.format.snapshot import (
     ArrayNodeData,
     GroupNodeData,

@@ -48,7 +48,7 @@ def encode_fork(state: SessionState) -> bytes:
         "inline": state.config.inline_chunk_threshold_bytes,
         "concurrency": state.config.read_concurrency,
         "changes": state.changes.to_plain(),
-        "virtual": resolver_to_plain(virtual),  # type: ignore[arg-type]  # TODO(r15)
+        "virtual": resolver_to_plain(virtual),  # TODO(r15)
     }
     packed = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(body, use_bin_type=True))
     return _HEADER.pack(_MAGIC, _VERSION, 0, zlib.crc32(packed)) + packed

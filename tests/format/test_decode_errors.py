@@ -16,13 +16,8 @@ from aicechunk.errors import FormatError, InvalidMetadataError
 from aicechunk.format.config import Tagged, decode_config_yaml, encode_config_yaml
 from aicechunk.format.header import HEADER_SIZE, MAGIC, FileType, decode_file, encode_file
 from aicechunk.format.ids import FIRST_SNAPSHOT_ID, ChunkId, ManifestId, NodeId, SnapshotId
-from aicechunk.format.manifest import (
-    InlineRef,
-    NativeRef,
-    VirtualRef,
-    decode_manifest,
-    encode_manifest,
-)
+from aicechunk.format.manifest import InlineRef, NativeRef, VirtualRef, decode_manifest
+from aicechunk.format.manifest_encode import encode_manifest
 from aicechunk.format.refs import decode_ref
 from aicechunk.format.snapshot import (
     ArrayNodeData,

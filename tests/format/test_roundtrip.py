@@ -19,7 +19,8 @@ from aicechunk.format.ids import (
     decode_base32,
     encode_base32,
 )
-from aicechunk.format.manifest import ChunkRef, InlineRef, decode_manifest, encode_manifest
+from aicechunk.format.manifest import ChunkRef, InlineRef, decode_manifest
+from aicechunk.format.manifest_encode import encode_manifest
 from aicechunk.format.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from aicechunk.format.transaction_log import (
     TransactionLog,
