@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from aicechunk.errors import AicechunkWarning, FormatError, redact_credentials
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
@@ -104,6 +104,37 @@ def _merge(base: Any, override: Any) -> Any:
     return override if override is not None else base
 
 
+class _IntSetting:
+    """An integer setting of ``RepositoryConfig`` (``None``: unset, the default), stored
+    under its attribute name and checked to be at least ``minimum`` when set."""
+
+    def __init__(self, minimum: int, doc: str) -> None:
+        self.minimum = minimum
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, config: None, owner: type | None = None) -> _IntSetting: ...
+    @overload
+    def __get__(self, config: RepositoryConfig, owner: type | None = None) -> int | None: ...
+    def __get__(
+        self, config: RepositoryConfig | None, owner: type | None = None
+    ) -> _IntSetting | int | None:
+        if config is None:
+            return self
+        value = config._data.get(self.name)
+        return None if value is None else int(value)
+
+    def __set__(self, config: RepositoryConfig, value: int | None) -> None:
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < self.minimum
+        ):
+            raise ValueError(f"{self.name} must be an integer of at least {self.minimum}")
+        config._data[self.name] = value
+
+
 class RepositoryConfig:
     """Repository settings; every field unset (``None``) means "the default".
 
@@ -145,31 +176,16 @@ class RepositoryConfig:
         """Parse ``config.yaml`` bytes."""
         return cls(decode_config_yaml(data, name))
 
-    @property
-    def inline_chunk_threshold_bytes(self) -> int | None:
-        """Chunks of at most this many bytes are stored inside manifests (``None``:
-        ``INLINE_CHUNK_THRESHOLD_BYTES``, 512)."""
-        value = self._data.get("inline_chunk_threshold_bytes")
-        return None if value is None else int(value)
-
-    @inline_chunk_threshold_bytes.setter
-    def inline_chunk_threshold_bytes(self, value: int | None) -> None:
-        if value is not None and (not isinstance(value, int) or value < 0):
-            raise ValueError("inline_chunk_threshold_bytes must be a non-negative integer")
-        self._data["inline_chunk_threshold_bytes"] = value
-
-    @property
-    def get_partial_values_concurrency(self) -> int | None:
-        """How many chunk reads one ``get_partial_values`` call runs at once (``None``:
-        ``READ_CONCURRENCY``, 64)."""
-        value = self._data.get("get_partial_values_concurrency")
-        return None if value is None else int(value)
-
-    @get_partial_values_concurrency.setter
-    def get_partial_values_concurrency(self, value: int | None) -> None:
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError("get_partial_values_concurrency must be a positive integer")
-        self._data["get_partial_values_concurrency"] = value
+    inline_chunk_threshold_bytes = _IntSetting(
+        0,
+        "Chunks of at most this many bytes are stored inside manifests (``None``: "
+        "``INLINE_CHUNK_THRESHOLD_BYTES``, 512).",
+    )
+    get_partial_values_concurrency = _IntSetting(
+        1,
+        "How many chunk reads one ``get_partial_values`` call runs at once (``None``: "
+        "``READ_CONCURRENCY``, 64).",
+    )
 
     @property
     def caching(self) -> CachingConfig | None:

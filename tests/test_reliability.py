@@ -914,3 +914,37 @@ def report(scenario: str, **numbers: int) -> None:
         return
     with REPORT.open("a") as f:
         f.write(json.dumps({"scenario": scenario, **numbers}) + "\n")
+
+
+@pytest.mark.attack("lost answers")
+@pytest.mark.parametrize("answer", ["lost-before-apply", "lost-after-apply", "retried-after-apply"])
+async def test_reset_branch_with_a_lost_answer_goes_through_the_one_compare_and_swap(
+    answer: str,
+) -> None:
+    # reset_branch moves the branch with the commit's compare-and-swap, so a lost answer
+    # is settled the same way: applied -> success; not applied -> the error, branch kept
+    inner = MemoryDriver()
+    repo = await make_array(aic.storage_from_driver(inner), 8)
+    first = await repo.lookup_branch("main")
+    second = await write_x(repo, 1, "second")
+
+    async def retried(method: str, key: str) -> None:
+        if answer == "retried-after-apply":  # a driver that retried a request that landed
+            raise aic.PreconditionFailed("the ref changed", key=key)
+
+    faulty = FaultyDriver(
+        inner,
+        methods={"put"},
+        key_prefix="refs/branch.main",
+        fail_calls={1},
+        after=answer != "lost-before-apply",
+        on_fault=retried,
+    )
+    faulty_repo = aic.Repository(aic.storage_from_driver(faulty), repo.config)
+    if answer == "lost-before-apply":
+        with pytest.raises(InjectedFault):
+            await faulty_repo.reset_branch("main", first)
+        assert await repo.lookup_branch("main") == second
+    else:
+        await faulty_repo.reset_branch("main", first)  # applied: reported as done
+        assert await repo.lookup_branch("main") == first
