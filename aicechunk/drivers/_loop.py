@@ -183,4 +183,4 @@ class LoopClients(Generic[C]):
         except Exception:
             return  # it never opened: nothing to release
         forget_at_loop_end(client)
-        await client.release()
+        await client.aclose()
