@@ -17,53 +17,42 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import aicechunk as aic
 from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES
 from aicechunk.drivers.urls import redact_url
 from aicechunk.errors import AicechunkError, redact_credentials
+from aicechunk.storage import storage_from_url, url_scheme
 from aicechunk.store.metadata import metadata_document
 
 
 def storage_for(url: str, args: argparse.Namespace) -> aic.Storage:
     """The storage a URL names, with S3/GCS options from flags or the environment."""
-    parsed = urlparse(url)
-    scheme = parsed.scheme.lower()
-    if scheme in ("", "file") or (len(scheme) == 1 and url[1:2] == ":"):
-        return aic.local_filesystem_storage(parsed.path if scheme == "file" else url)
+    scheme = url_scheme(url)
+    options: dict[str, Any] = {}
     if scheme == "s3":
         endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         key = args.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
         secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-        return aic.s3_storage(
-            bucket=parsed.netloc,
-            prefix=parsed.path.strip("/"),
-            region=args.region
+        options = {
+            "region": args.region
             or os.environ.get("AWS_REGION")
             or os.environ.get("AWS_DEFAULT_REGION"),
-            endpoint_url=endpoint,
-            allow_http=args.allow_http or bool(endpoint and endpoint.startswith("http://")),
-            force_path_style=args.force_path_style,
-            access_key_id=key if secret else None,
-            secret_access_key=secret if key else None,
-            session_token=os.environ.get("AWS_SESSION_TOKEN") if key and secret else None,
-            anonymous=args.anonymous,
-        )
-    if scheme in ("gs", "gcs"):
-        return aic.gcs_storage(
-            bucket=parsed.netloc,
-            prefix=parsed.path.strip("/"),
-            endpoint_url=args.endpoint_url,
-            anonymous=args.anonymous,
-            service_account_file=os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
-        )
-    if scheme in ("http", "https"):
-        return aic.http_storage(url)
-    raise AicechunkError(
-        f"unsupported storage URL {redact_url(url)!r}: use a path or file://, "
-        "s3://bucket/prefix, gs://bucket/prefix, http:// or https:// (read-only)"
-    )
+            "endpoint_url": endpoint,
+            "allow_http": args.allow_http or bool(endpoint and endpoint.startswith("http://")),
+            "force_path_style": args.force_path_style,
+            "access_key_id": key if secret else None,
+            "secret_access_key": secret if key else None,
+            "session_token": os.environ.get("AWS_SESSION_TOKEN") if key and secret else None,
+            "anonymous": args.anonymous,
+        }
+    elif scheme == "gs":
+        options = {
+            "endpoint_url": args.endpoint_url,
+            "anonymous": args.anonymous,
+            "service_account_file": os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
+        }
+    return storage_from_url(url, **options)
 
 
 def printable(text: str) -> str:

@@ -7,13 +7,19 @@ driver, so it pickles and rebuilds its driver in another process or event loop.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aicechunk.drivers.base import Driver, DriverConfig
+from aicechunk.drivers.gcs import GCSSettings
+from aicechunk.drivers.http import HTTPSettings
+from aicechunk.drivers.local import LocalDriver
 from aicechunk.drivers.memory import MemoryDriver
 from aicechunk.drivers.registry import driver_from_config
-from aicechunk.drivers.urls import redact_url
+from aicechunk.drivers.s3 import S3Credentials, S3Settings
+from aicechunk.drivers.urls import parse_location, redact_url
+from aicechunk.errors import InvalidLocation
 
 __all__ = [
     "Storage",
@@ -23,6 +29,7 @@ __all__ = [
     "local_filesystem_storage",
     "s3_storage",
     "storage_from_driver",
+    "storage_from_url",
 ]
 
 
@@ -62,8 +69,6 @@ class Storage:
 
 def local_filesystem_storage(path: str | os.PathLike[str]) -> Storage:
     """A repository in a local directory (created on first write)."""
-    from aicechunk.drivers.local import LocalDriver
-
     driver = LocalDriver(path)
     return Storage(driver.describe(), driver)
 
@@ -82,34 +87,32 @@ def storage_from_driver(driver: Driver) -> Storage:
 def s3_storage(
     *,
     bucket: str,
-    prefix: str = "",
-    region: str | None = None,
-    endpoint_url: str | None = None,
-    allow_http: bool = False,
-    force_path_style: bool = False,
+    prefix: str = S3Settings.prefix,
+    region: str | None = S3Settings.region,
+    endpoint_url: str | None = S3Settings.endpoint_url,
+    allow_http: bool = S3Settings.allow_http,
+    force_path_style: bool = S3Settings.force_path_style,
     access_key_id: str | None = None,
     secret_access_key: str | None = None,
     session_token: str | None = None,
     anonymous: bool = False,
     from_env: bool | None = None,
-    max_concurrency: int = 64,
-    max_attempts: int = 10,
-    connect_timeout: float = 10.0,
-    read_timeout: float = 60.0,
+    max_concurrency: int = S3Settings.max_concurrency,
+    max_attempts: int = S3Settings.max_attempts,
+    connect_timeout: float = S3Settings.connect_timeout,
+    read_timeout: float = S3Settings.read_timeout,
 ) -> Storage:
-    """A repository in S3 or an S3-compatible store.
+    """A repository in S3 or an S3-compatible store (options: see ``S3Settings``).
 
     Credentials: static keys, ``anonymous=True``, or (the default, or ``from_env=True``)
     the standard AWS chain (environment, config files, instance metadata), resolved
     wherever the storage is used.
     """
-    from aicechunk.drivers.s3 import S3Credentials, S3Driver
-
     if from_env and (access_key_id or anonymous):
         raise ValueError("from_env=True excludes static keys and anonymous access")
     if bool(access_key_id) != bool(secret_access_key):
         raise ValueError("pass both access_key_id and secret_access_key, or neither")
-    driver = S3Driver(
+    settings = S3Settings(
         bucket,
         prefix,
         region=region,
@@ -122,40 +125,89 @@ def s3_storage(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
-    return Storage(driver.describe())
+    return Storage(settings.to_config())
 
 
 def gcs_storage(
     *,
     bucket: str,
-    prefix: str = "",
-    service_account_file: str | None = None,
-    anonymous: bool = False,
+    prefix: str = GCSSettings.prefix,
+    service_account_file: str | None = GCSSettings.service_account_file,
+    anonymous: bool = GCSSettings.anonymous,
     from_env: bool | None = None,
-    endpoint_url: str | None = None,
+    endpoint_url: str | None = GCSSettings.endpoint_url,
+    max_concurrency: int = GCSSettings.max_concurrency,
+    max_attempts: int = GCSSettings.max_attempts,
+    timeout: float = GCSSettings.timeout,
 ) -> Storage:
-    """A repository in Google Cloud Storage.
+    """A repository in Google Cloud Storage (options: see ``GCSSettings``).
 
     Credentials: a service account file, ``anonymous=True``, or the application default
     credentials (``from_env``). ``endpoint_url`` or ``STORAGE_EMULATOR_HOST`` select an
     emulator.
     """
-    from aicechunk.drivers.gcs import GCSDriver
-
     if from_env and (service_account_file or anonymous):
         raise ValueError("from_env=True excludes a service account file and anonymous access")
-    driver = GCSDriver(
+    settings = GCSSettings(
         bucket,
         prefix,
         service_account_file=service_account_file,
         anonymous=anonymous,
         endpoint_url=endpoint_url,
+        max_concurrency=max_concurrency,
+        max_attempts=max_attempts,
+        timeout=timeout,
     )
-    return Storage(driver.describe())
+    return Storage(settings.to_config())
 
 
-def http_storage(base_url: str, *, headers: dict[str, str] | None = None) -> Storage:
-    """A published repository, read-only over HTTP(S)."""
-    from aicechunk.drivers.http import HTTPDriver
+def http_storage(
+    base_url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    max_concurrency: int = HTTPSettings.max_concurrency,
+    max_attempts: int = HTTPSettings.max_attempts,
+    timeout: float = HTTPSettings.timeout,
+) -> Storage:
+    """A published repository, read-only over HTTP(S) (options: see ``HTTPSettings``)."""
+    settings = HTTPSettings(
+        base_url,
+        headers or {},
+        max_concurrency=max_concurrency,
+        max_attempts=max_attempts,
+        timeout=timeout,
+    )
+    return Storage(settings.to_config())
 
-    return Storage(HTTPDriver(base_url, headers=headers).describe())
+
+def url_scheme(url: str) -> str:
+    """The kind of storage a URL names: ``file`` for a path or ``file://``, ``s3``,
+    ``gs`` (also spelled ``gcs``), ``http`` or ``https``; another scheme as written."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or len(scheme) == 1:
+        return "file"  # a path (a Windows one too: C:\\... or C://...)
+    scheme = scheme.lower()
+    return "gs" if scheme == "gcs" else scheme
+
+
+def storage_from_url(url: str, **options: Any) -> Storage:
+    """The storage a URL names: a path or ``file://...``, ``s3://bucket/prefix``,
+    ``gs://bucket/prefix``, ``http(s)://...`` (read-only). ``options`` are the keyword
+    arguments of the matching constructor (``s3_storage``, ``gcs_storage``,
+    ``http_storage``); the URL is parsed by ``drivers.urls.parse_location``."""
+    scheme = url_scheme(url)
+    if scheme == "file":
+        if not url.lower().startswith("file://"):
+            return local_filesystem_storage(url, **options)
+        return local_filesystem_storage("/" + parse_location(url).path, **options)
+    if scheme in ("s3", "gs"):
+        where = parse_location(url)
+        make = s3_storage if scheme == "s3" else gcs_storage
+        return make(bucket=where.authority, prefix=where.path, **options)
+    if scheme in ("http", "https"):
+        return http_storage(url, **options)  # user:password@ allowed: it becomes auth
+    raise InvalidLocation(
+        url,
+        "unsupported storage URL: use a path or file://, s3://bucket/prefix, "
+        "gs://bucket/prefix, http:// or https:// (read-only)",
+    )

@@ -25,7 +25,7 @@ from aiohttp import web
 
 import aicechunk as aic
 from aicechunk.cli import main
-from aicechunk.drivers import local as local_driver
+from aicechunk.drivers import _files as local_files
 from aicechunk.drivers.base import RangeRequest
 from aicechunk.drivers.gcs import GCSDriver
 from aicechunk.drivers.http import MAX_REDIRECTS, HTTPDriver
@@ -294,7 +294,7 @@ async def test_file_container_symlink_swap_between_check_and_read(
     link out of the root at the worst moment for the reader. The read returns the bytes
     of the file it checked, or is refused; never the outside file's."""
     if not kernel_names:  # no /proc: the portable check
-        monkeypatch.setattr(local_driver, "_HAS_FD_NAMES", False, raising=False)
+        monkeypatch.setattr(local_files, "_HAS_FD_NAMES", False)
     swap = once(lambda: swap_in(swap_tree))
     if when == "after the path is resolved":  # the reader has looked at the name
         real_readlink, real_realpath = os.readlink, os.path.realpath

@@ -11,22 +11,25 @@ from aicechunk.drivers.base import (
     validate_key,
     validate_prefix,
 )
-from aicechunk.drivers.local import LocalDriver
-from aicechunk.drivers.memory import MemoryDriver
-from aicechunk.drivers.registry import driver_from_config, driver_from_url, register_driver
+from aicechunk.drivers.local import LocalDriver, LocalSettings
+from aicechunk.drivers.memory import MemoryDriver, MemorySettings
+from aicechunk.drivers.registry import driver_from_config, register_driver
+from aicechunk.drivers.settings import DriverSettings
 
 __all__ = [
     "ByteRange",
     "Driver",
     "DriverConfig",
+    "DriverSettings",
     "LocalDriver",
+    "LocalSettings",
     "MemoryDriver",
+    "MemorySettings",
     "ObjectInfo",
     "OffsetRange",
     "RangeRequest",
     "SuffixRange",
     "driver_from_config",
-    "driver_from_url",
     "register_driver",
     "validate_key",
     "validate_prefix",

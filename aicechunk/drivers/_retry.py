@@ -3,8 +3,9 @@
 A request that timed out, lost its connection, got a truncated body or a throttling or
 5xx answer may succeed if sent again; anything else (a 404, a failed precondition, a
 malformed answer) will not. ``retrying`` sends a request again with exponential backoff
-and full jitter, at most ``attempts`` times, and lets the last failure through for the
-driver to wrap in a ``StorageError``.
+and full jitter, at most ``attempts`` times, and lets the last failure through;
+``request`` does the same and turns that failure into the ``StorageError`` a caller
+sees (``ObjectNotFound`` for a 404, ``PreconditionFailed`` for a 412, ...).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from typing import TypeVar
 
 import aiohttp
 
-__all__ = ["RETRY_STATUS", "TransientStatus", "is_transient", "retrying"]
+from aicechunk.errors import AicechunkError, ObjectNotFound, PreconditionFailed, StorageError
+
+__all__ = [
+    "RETRY_STATUS",
+    "TransientStatus",
+    "is_transient",
+    "request",
+    "retrying",
+    "status_error",
+]
 
 _T = TypeVar("_T")
 
@@ -62,3 +72,41 @@ async def retrying(
         await asyncio.sleep(random.uniform(0, delay))  # full jitter
         delay = min(delay * 2, max_delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def status_error(status: int | None, key: str | None, driver: str, action: str) -> StorageError:
+    """The error for an HTTP answer that is no success (``None``: no answer at all)."""
+    if status in (404, 410):
+        return ObjectNotFound("no such object", key=key, driver=driver)
+    if status == 412:
+        return PreconditionFailed(
+            "conditional write lost (object exists or changed)", key=key, driver=driver
+        )
+    if status in (401, 403):
+        return StorageError(
+            f"access denied (HTTP {status}): check the credentials", key=key, driver=driver
+        )
+    return StorageError(f"{action} failed: HTTP {status}", key=key, driver=driver)
+
+
+async def request(
+    call: Callable[[], Awaitable[_T]],
+    *,
+    attempts: int,
+    key: str | None,
+    driver: str,
+    action: str,
+) -> _T:
+    """``retrying(call)``, its last failure raised as a ``StorageError`` naming ``key``
+    and ``driver``: by HTTP status if the failure has one, else by its type."""
+    try:
+        return await retrying(call, attempts=attempts)
+    except AicechunkError:
+        raise
+    except Exception as err:  # the client's errors, whatever their type
+        status = getattr(err, "status", None)
+        if isinstance(status, int):
+            raise status_error(status, key, driver, action) from err
+        raise StorageError(
+            f"{action} failed: {type(err).__name__}", key=key, driver=driver
+        ) from err

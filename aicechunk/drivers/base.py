@@ -8,111 +8,39 @@ plain data or abstract; each backend is one short module beside this one.
 from __future__ import annotations
 
 import abc
-import asyncio
-import atexit
 import builtins
-import contextlib
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import ClassVar, Generic, Self, TypeVar
 
-from aicechunk.drivers.urls import parse_location
-from aicechunk.errors import InvalidKey, InvalidLocation, ReadOnlyError, redact_credentials
+from aicechunk.drivers._loop import LoopLocal
+from aicechunk.drivers.settings import DriverConfig, DriverSettings
+from aicechunk.errors import InvalidKey, ObjectNotFound, ReadOnlyError, StorageError
 
 __all__ = [
     "ByteRange",
+    "ConfiguredDriver",
     "Driver",
     "DriverConfig",
-    "LoopLocal",
+    "LoopLocal",  # re-exported: the virtual resolver keeps per-loop state with it
     "ObjectInfo",
     "OffsetRange",
     "RangeRequest",
-    "RedactedURL",
-    "Secret",
     "SuffixRange",
     "http_range_header",
     "is_empty_range",
+    "range_bounds",
     "slice_bytes",
     "validate_key",
     "validate_prefix",
 ]
 
+S = TypeVar("S", bound=DriverSettings)
+
 #: The longest key a driver accepts, in UTF-8 bytes (S3's and GCS's limit).
 MAX_KEY_BYTES = 1024
-
-#: Plain-data description of a driver: ``{"type": "local", "root": "/data"}``. It holds no
-#: live client and no event loop, so it pickles and rebuilds the driver in another process.
-DriverConfig = dict[str, Any]
-
-
-class Secret(str):
-    """A string that never shows itself in ``repr``: credentials inside driver configs.
-
-    It is still a ``str`` (JSON-serializable, picklable, usable by clients); only its
-    representation, and so logs and error messages that format configs, hide it.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (Secret, (str(self),))
-
-
-def secret(value: str | None) -> Secret | None:
-    """Wrap a credential so that it is hidden from ``repr``."""
-    return None if value is None else Secret(value)
-
-
-class RedactedURL(str):
-    """A URL (an endpoint) whose ``repr`` hides any ``user:password@`` written into it."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return repr(redact_credentials(str(self)))
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (RedactedURL, (str(self),))
-
-
-def check_endpoint(url: str | None, driver: str) -> None:
-    """Check an endpoint URL: ``http(s)://host[:port][/path]``, else ``InvalidLocation``
-    (also a ``ValueError``).
-
-    An ``@`` anywhere is refused: S3 and GCS clients sign requests with the credentials
-    they are given, so ``user:password@`` in an endpoint could only leak them, and written
-    unencoded a password may hold ``/``, ``?``, ``#``, quotes or spaces that no parser can
-    tell from the rest of the URL."""
-    if url is None:
-        return
-    if not isinstance(url, str):
-        raise InvalidLocation(repr(url), f"a {driver} endpoint must be a str URL")
-    if "@" in url:
-        raise InvalidLocation(
-            url,
-            f"the {driver} endpoint carries credentials (user:password and an at sign): "
-            "pass them as the driver's credentials, not in the URL",
-        )
-    try:
-        location = parse_location(url)
-    except InvalidLocation as err:
-        raise InvalidLocation(
-            url, f"a {driver} endpoint must be an http:// or https:// URL: {err.problem}"
-        ) from None
-    if location.scheme not in ("http", "https"):
-        raise InvalidLocation(url, f"a {driver} endpoint must be an http:// or https:// URL")
-
-
-def redacted_url(value: str | None) -> RedactedURL | None:
-    """Wrap a URL so that its credentials are hidden from ``repr``."""
-    return None if value is None else RedactedURL(value)
-
 
 # --- byte ranges -----------------------------------------------------------------------
 
@@ -263,118 +191,6 @@ def validate_prefix(prefix: str, driver: str | None = None) -> str:
     return prefix
 
 
-# --- event-loop-local state ------------------------------------------------------------
-
-
-T = TypeVar("T")
-
-
-class _LoopEnd:
-    """Closers to run when an event loop shuts down (see ``close_at_loop_end``)."""
-
-    def __init__(self) -> None:
-        self.closers: dict[int, Callable[[], Awaitable[object]]] = {}
-        self.runner: AsyncIterator[None] | None = None
-
-
-_LOOP_ENDS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEnd] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _run_at_loop_end(end: _LoopEnd) -> AsyncIterator[None]:
-    # A started async generator is finalized by the loop's shutdown_asyncgens(), which
-    # asyncio.run (and asyncio.Runner) await before closing the loop: its finally block
-    # is the one place a library can still await inside a loop that is ending.
-    try:
-        yield
-    finally:
-        await _close_now(end)
-
-
-async def _close_now(end: _LoopEnd) -> None:
-    closers, end.closers = list(end.closers.values()), {}
-    for close in closers:
-        with contextlib.suppress(Exception):
-            await close()
-
-
-@atexit.register
-def _close_in_loops_still_running() -> None:
-    # Loops that never end before the interpreter does (zarr's synchronous API runs one
-    # on a daemon thread; spawned pool workers exit that way) get their closers run here,
-    # in their own thread, instead of the garbage collector reporting unclosed sessions.
-    for loop, end in list(_LOOP_ENDS.items()):
-        if end.closers and loop.is_running() and not loop.is_closed():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(_close_now(end), loop).result(timeout=5)
-
-
-async def close_at_loop_end(token: object, close: Callable[[], Awaitable[object]]) -> None:
-    """Run ``close()`` when the running loop shuts down (``asyncio.run`` returning), so
-    network sessions a user never closed are closed properly instead of being reported
-    as unclosed by the garbage collector. ``forget_at_loop_end(token)`` cancels it;
-    ``close`` should keep ``token`` alive (the registration is keyed by its identity)."""
-    loop = asyncio.get_running_loop()
-    end = _LOOP_ENDS.get(loop)
-    if end is None:
-        end = _LoopEnd()
-        _LOOP_ENDS[loop] = end
-        runner = _run_at_loop_end(end)
-        await runner.__anext__()
-        end.runner = runner
-    end.closers[id(token)] = close
-
-
-def forget_at_loop_end(token: object) -> None:
-    """Cancel a ``close_at_loop_end`` registration made in the running loop."""
-    with contextlib.suppress(RuntimeError):
-        end = _LOOP_ENDS.get(asyncio.get_running_loop())
-        if end is not None:
-            end.closers.pop(id(token), None)
-
-
-class LoopLocal(Generic[T]):
-    """One value per running event loop, made on first use in that loop.
-
-    Network clients and asyncio primitives belong to the loop that made them; a driver
-    keeps them here so the same driver works from ``asyncio.run`` called several times,
-    from zarr's synchronous API (which runs its own loop) and after unpickling.
-    """
-
-    def __init__(self, factory: Any) -> None:
-        self._factory = factory
-        self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def get(self) -> T:
-        """The value for the running loop."""
-        loop = asyncio.get_running_loop()
-        try:
-            return self._values[loop]
-        except KeyError:
-            value: T = self._factory()
-            self._values[loop] = value
-            return value
-
-    def pop_current(self) -> T | None:
-        """Remove and return the running loop's value, if it has one."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None
-        return self._values.pop(loop, None)
-
-    def items(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
-        """Every (loop, value) pair still alive."""
-        return list(self._values.items())
-
-    def clear(self) -> None:
-        """Forget every value."""
-        self._values = weakref.WeakKeyDictionary()
-
-
 # --- the protocol ----------------------------------------------------------------------
 
 
@@ -402,11 +218,6 @@ class Driver(abc.ABC):
         """
 
     @property
-    def config(self) -> DriverConfig:
-        """Same as ``describe()``."""
-        return self.describe()
-
-    @property
     def label(self) -> str:
         """A short, credential-free name for messages, e.g. ``local:/data/repo``."""
         return self.type_name
@@ -419,9 +230,13 @@ class Driver(abc.ABC):
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         """The object's bytes, or the requested part of them.
 
-        Raises ``ObjectNotFound`` if there is no such object.
+        Raises ``ObjectNotFound`` if there is no such object (also when the range is
+        empty: an empty range has no HTTP form, so backends are asked with ``head``).
         """
         validate_key(key, self.label)
+        if is_empty_range(byte_range):
+            await self._head(key)
+            return b""
         return await self._get(key, byte_range)
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
@@ -436,8 +251,6 @@ class Driver(abc.ABC):
 
     async def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
-        from aicechunk.errors import ObjectNotFound
-
         try:
             await self.head(key)
         except ObjectNotFound:
@@ -448,8 +261,6 @@ class Driver(abc.ABC):
         """Every object whose key starts with ``prefix``, in lexicographic key order."""
         validate_prefix(prefix, self.label)
         if not self.supports_listing:
-            from aicechunk.errors import StorageError
-
             raise StorageError(
                 "this driver cannot list objects", key=prefix or None, driver=self.label
             )
@@ -526,7 +337,9 @@ class Driver(abc.ABC):
     # -- what backends implement ------------------------------------------------------
 
     @abc.abstractmethod
-    async def _get(self, key: str, byte_range: ByteRange | None) -> bytes: ...
+    async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
+        """The bytes of ``key`` in ``byte_range`` (never an empty range: ``get`` answers
+        those)."""
 
     @abc.abstractmethod
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]: ...
@@ -555,9 +368,39 @@ class Driver(abc.ABC):
             await self._delete(key)
 
 
-def config_value(config: Mapping[str, Any], name: str, driver: str) -> Any:
-    """Read a required field of a driver config with a clear error."""
-    try:
-        return config[name]
-    except KeyError:
-        raise ValueError(f"{driver} driver config needs {name!r}: got {sorted(config)}") from None
+class ConfiguredDriver(Driver, Generic[S]):
+    """A driver whose options are one settings dataclass (every built-in driver).
+
+    ``describe()``, rebuilding from a config (``from_config``, the registry's factory)
+    and pickling all derive from ``settings``, so a driver rebuilt in another process
+    has every option its original had. Subclasses set ``settings_type`` and do their
+    setup in ``_start`` (their ``__init__`` builds the settings and calls it).
+    """
+
+    settings_type: ClassVar[type[DriverSettings]]
+    settings: S
+
+    def _start(self, settings: S) -> None:
+        """Take ``settings`` and set up what the driver needs besides them."""
+        self.settings = settings
+
+    @classmethod
+    def from_settings(cls, settings: S) -> Self:
+        """The driver for ``settings``."""
+        driver = cls.__new__(cls)
+        driver._start(settings)
+        return driver
+
+    @classmethod
+    def from_config(cls, config: DriverConfig) -> Self:
+        """Rebuild from ``describe()``."""
+        settings: S = cls.settings_type.from_config(config)  # type: ignore[assignment]
+        return cls.from_settings(settings)
+
+    def describe(self) -> DriverConfig:
+        """Plain data that rebuilds this driver: the settings' ``to_config()``."""
+        return self.settings.to_config()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # plain settings travel, never clients, threads or loops
+        return (type(self).from_settings, (self.settings,))

@@ -16,41 +16,49 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from aicechunk.drivers._retry import retrying
+from aicechunk.drivers._loop import Client, LoopClients
+from aicechunk.drivers._retry import request
 from aicechunk.drivers.base import (
     ByteRange,
-    Driver,
-    DriverConfig,
-    LoopLocal,
+    ConfiguredDriver,
     ObjectInfo,
     RangeRequest,
-    check_endpoint,
-    close_at_loop_end,
-    forget_at_loop_end,
     http_range_header,
-    is_empty_range,
-    redacted_url,
 )
-from aicechunk.errors import (
-    AicechunkError,
-    InvalidLocation,
-    ObjectNotFound,
-    PreconditionFailed,
-    StorageError,
-)
+from aicechunk.drivers.settings import URL, DriverSettings, check_endpoint
+from aicechunk.errors import InvalidLocation, ObjectNotFound, PreconditionFailed, StorageError
 
-__all__ = ["GCSDriver"]
+__all__ = ["GCSDriver", "GCSSettings"]
 
 _T = TypeVar("_T")
 
 
-@dataclass
-class _LoopState:
-    storage: Any = None
-    session: Any = None
-    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+@dataclass(frozen=True)
+class GCSSettings(DriverSettings):
+    """The GCS driver's options (see ``GCSDriver``): the service account file's path,
+    never its contents."""
+
+    type_name: ClassVar[str] = "gcs"
+
+    bucket: str
+    prefix: str = ""
+    service_account_file: str | None = None
+    anonymous: bool = False
+    endpoint_url: str | None = field(default=None, metadata=URL)
+    max_concurrency: int = 64
+    max_attempts: int = 6
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.bucket or "/" in self.bucket:
+            raise InvalidLocation(
+                f"gs://{self.bucket}", f"GCS bucket must be a bare bucket name, got {self.bucket!r}"
+            )
+        check_endpoint(self.endpoint_url, "GCS")
+        object.__setattr__(self, "prefix", self.prefix.strip("/"))
+        super().__post_init__()
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -62,7 +70,7 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
 
 
-class GCSDriver(Driver):
+class GCSDriver(ConfiguredDriver[GCSSettings]):
     """Objects under ``gs://bucket/prefix/``.
 
     ``endpoint_url`` (or the ``STORAGE_EMULATOR_HOST`` environment variable) points the
@@ -70,146 +78,90 @@ class GCSDriver(Driver):
     """
 
     type_name = "gcs"
+    settings_type = GCSSettings
 
     def __init__(
         self,
         bucket: str,
-        prefix: str = "",
+        prefix: str = GCSSettings.prefix,
         *,
-        service_account_file: str | None = None,
-        anonymous: bool = False,
-        endpoint_url: str | None = None,
-        max_concurrency: int = 64,
-        max_attempts: int = 6,
-        timeout: float = 60.0,
+        service_account_file: str | None = GCSSettings.service_account_file,
+        anonymous: bool = GCSSettings.anonymous,
+        endpoint_url: str | None = GCSSettings.endpoint_url,
+        max_concurrency: int = GCSSettings.max_concurrency,
+        max_attempts: int = GCSSettings.max_attempts,
+        timeout: float = GCSSettings.timeout,
     ) -> None:
-        if not bucket or "/" in bucket:
-            raise InvalidLocation(
-                f"gs://{bucket}", f"GCS bucket must be a bare bucket name, got {bucket!r}"
+        self._start(
+            GCSSettings(
+                bucket,
+                prefix,
+                service_account_file=service_account_file,
+                anonymous=anonymous,
+                endpoint_url=endpoint_url,
+                max_concurrency=max_concurrency,
+                max_attempts=max_attempts,
+                timeout=timeout,
             )
-        check_endpoint(endpoint_url, "GCS")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.service_account_file = service_account_file
-        self.anonymous = anonymous
-        self.endpoint_url = endpoint_url
-        self.max_concurrency = max_concurrency
-        self.max_attempts = max_attempts
-        self.timeout = timeout
-        self._state: LoopLocal[_LoopState] = LoopLocal(
-            lambda: _LoopState(limit=asyncio.Semaphore(self.max_concurrency))
         )
 
-    def describe(self) -> DriverConfig:
-        """Plain data: the service account file's path, never its contents."""
-        return {
-            "type": "gcs",
-            "bucket": self.bucket,
-            "prefix": self.prefix,
-            "service_account_file": self.service_account_file,
-            "anonymous": self.anonymous,
-            "endpoint_url": redacted_url(self.endpoint_url),
-            "max_concurrency": self.max_concurrency,
-            "max_attempts": self.max_attempts,
-            "timeout": self.timeout,
-        }
-
-    @classmethod
-    def from_config(cls, config: DriverConfig) -> GCSDriver:
-        """Rebuild from ``describe()``."""
-        return cls(
-            config["bucket"],
-            config.get("prefix") or "",
-            service_account_file=config.get("service_account_file"),
-            anonymous=bool(config.get("anonymous", False)),
-            endpoint_url=config.get("endpoint_url"),
-            max_concurrency=int(config.get("max_concurrency", 64)),
-            max_attempts=int(config.get("max_attempts", 6)),
-            timeout=float(config.get("timeout", 60.0)),
-        )
+    def _start(self, settings: GCSSettings) -> None:
+        super()._start(settings)
+        self.bucket, self.prefix, self.timeout = settings.bucket, settings.prefix, settings.timeout
+        self._clients: LoopClients[Any] = LoopClients(self._open_client)
 
     @property
     def label(self) -> str:
         """``gs://bucket/prefix``."""
         return f"gs://{self.bucket}/{self.prefix}" if self.prefix else f"gs://{self.bucket}"
 
-    def __getstate__(self) -> dict[str, Any]:
-        return self.describe()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(GCSDriver.from_config(state).__dict__)
-
     # -- client -----------------------------------------------------------------------
 
-    async def _client(self) -> tuple[Any, asyncio.Semaphore]:
-        state = self._state.get()
-        if state.storage is None:
-            import aiohttp
-            from gcloud.aio.storage import Storage
+    async def _open_client(self) -> Client[Any]:
+        import aiohttp
+        from gcloud.aio.storage import Storage
 
-            endpoint = self.endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST")
-            if endpoint and not endpoint.startswith("http"):
-                endpoint = f"http://{endpoint}"
-            session: Any = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_concurrency),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+        settings = self.settings
+        endpoint = settings.endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST")
+        if endpoint and not endpoint.startswith("http"):
+            endpoint = f"http://{endpoint}"
+        session: Any = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.max_concurrency),
+            timeout=aiohttp.ClientTimeout(total=settings.timeout),
+        )
+        is_dev = bool(endpoint) or settings.anonymous
+        try:
+            storage = Storage(
+                service_file=settings.service_account_file,
+                session=session,
+                api_root=endpoint or ("https://storage.googleapis.com" if is_dev else None),
+                api_is_dev=is_dev,
             )
-            is_dev = bool(endpoint) or self.anonymous
-            try:
-                storage = Storage(
-                    service_file=self.service_account_file,
-                    session=session,
-                    api_root=endpoint or ("https://storage.googleapis.com" if is_dev else None),
-                    api_is_dev=is_dev,
-                )
-            except Exception as err:  # an unreadable service account file, a bad endpoint
-                await session.close()
-                raise StorageError(
-                    f"cannot create the GCS client: {type(err).__name__}: {err}",
-                    driver=self.label,
-                ) from err
-            state.session, state.storage = session, storage
-            await close_at_loop_end(state.session, state.session.close)
-        return state.storage, state.limit
+        except Exception as err:  # an unreadable service account file, a bad endpoint
+            await session.close()
+            raise StorageError(
+                f"cannot create the GCS client: {type(err).__name__}: {err}",
+                driver=self.label,
+            ) from err
+        return Client(storage, asyncio.Semaphore(settings.max_concurrency), session.close)
 
     async def close(self) -> None:
         """Close the HTTP session made in the running loop."""
-        state = self._state.pop_current()
-        if state is not None and state.session is not None:
-            forget_at_loop_end(state.session)
-            await state.session.close()
+        await self._clients.close()
 
     def _name(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _error(self, err: BaseException, key: str | None, action: str) -> StorageError:
-        status = getattr(err, "status", None)
-        if status == 404:
-            return ObjectNotFound("no such object", key=key, driver=self.label)
-        if status == 412:
-            return PreconditionFailed(
-                "conditional write lost (generation changed)", key=key, driver=self.label
-            )
-        if status in (401, 403):
-            return StorageError(
-                f"access denied (HTTP {status}): check the credentials", key=key, driver=self.label
-            )
-        detail = f"HTTP {status}" if status else type(err).__name__
-        return StorageError(f"{action} failed: {detail}", key=key, driver=self.label)
-
     async def _call(self, key: str | None, action: str, fn: Callable[[Any], Awaitable[_T]]) -> _T:
-        storage, limit = await self._client()
+        client = await self._clients.get()
 
         async def send() -> _T:
-            async with limit:
-                return await fn(storage)
+            async with client.limit:
+                return await fn(client.value)
 
-        try:
-            return await retrying(send, attempts=self.max_attempts)
-        except AicechunkError:
-            raise
-        except Exception as err:  # the client's errors, whatever their type
-            raise self._error(err, key, action) from err
+        return await request(
+            send, attempts=self.settings.max_attempts, key=key, driver=self.label, action=action
+        )
 
     def _info(self, key: str, meta: dict[str, Any]) -> ObjectInfo:
         return ObjectInfo(
@@ -222,9 +174,6 @@ class GCSDriver(Driver):
     # -- reads ------------------------------------------------------------------------
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
-        if is_empty_range(byte_range):
-            await self._head(key)  # still report a missing object
-            return b""
         header = http_range_header(byte_range)
         headers = {"Range": header} if header else None
         name = self._name(key)

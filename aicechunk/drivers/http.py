@@ -22,27 +22,23 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
-from aicechunk.drivers._retry import RETRY_STATUS, TransientStatus, retrying
+from aicechunk.drivers._loop import Client, LoopClients
+from aicechunk.drivers._retry import RETRY_STATUS, TransientStatus, request, status_error
 from aicechunk.drivers.base import (
     ByteRange,
-    Driver,
-    DriverConfig,
-    LoopLocal,
+    ConfiguredDriver,
     ObjectInfo,
-    close_at_loop_end,
-    forget_at_loop_end,
     http_range_header,
-    is_empty_range,
     range_bounds,
-    secret,
 )
+from aicechunk.drivers.settings import SECRET, DriverSettings
 from aicechunk.drivers.urls import Location, parse_location, redact_url
-from aicechunk.errors import InvalidLocation, ObjectNotFound, ReadOnlyError, StorageError
+from aicechunk.errors import InvalidLocation, ReadOnlyError, StorageError
 
-__all__ = ["MAX_REDIRECTS", "HTTPDriver"]
+__all__ = ["MAX_REDIRECTS", "HTTPDriver", "HTTPSettings"]
 
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
 
@@ -50,107 +46,96 @@ _REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
 
 
-@dataclass
-class _LoopState:
-    session: Any = None
-    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+@dataclass(frozen=True)
+class HTTPSettings(DriverSettings):
+    """The HTTP driver's options (see ``HTTPDriver``). A ``user:password@`` written in
+    ``base_url`` becomes an ``Authorization: Basic`` header and leaves the URL; header
+    values are secrets (tokens)."""
+
+    type_name: ClassVar[str] = "http"
+
+    base_url: str
+    headers: Mapping[str, str] = field(default_factory=dict, metadata=SECRET)
+    max_concurrency: int = 32
+    max_attempts: int = 5
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        url = self.base_url
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"HTTP storage needs an http(s):// URL, got {redact_url(url)!r}")
+        object.__setattr__(self, "headers", _with_userinfo_auth(url, dict(self.headers)))
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        object.__setattr__(self, "base_url", urlunsplit(parts._replace(netloc=netloc)).rstrip("/"))
+        parse_location(self.base_url)  # InvalidLocation is a ValueError
+        super().__post_init__()
 
 
-class HTTPDriver(Driver):
+class HTTPDriver(ConfiguredDriver[HTTPSettings]):
     """Objects at ``base_url/<key>``, read-only.
 
     ``headers`` are sent with every request to the base URL's origin; a
     ``user:password@`` in ``base_url`` becomes an ``Authorization: Basic`` header (and
     leaves the URL, so it is never shown). ``follow_redirect`` decides which redirect
     targets may be followed (default: those under ``base_url``); it is a live policy,
-    not part of ``describe()``.
+    not part of the settings (a rebuilt driver follows the default).
     """
 
     type_name = "http"
+    settings_type = HTTPSettings
     supports_writes = False
     supports_listing = False
     supports_conditional_writes = False
+    follow_redirect: Callable[[Location], bool] | None
 
     def __init__(
         self,
         base_url: str,
         *,
-        headers: dict[str, str] | None = None,
-        max_concurrency: int = 32,
-        max_attempts: int = 5,
-        timeout: float = 60.0,
+        headers: Mapping[str, str] | None = None,
+        max_concurrency: int = HTTPSettings.max_concurrency,
+        max_attempts: int = HTTPSettings.max_attempts,
+        timeout: float = HTTPSettings.timeout,
         follow_redirect: Callable[[Location], bool] | None = None,
     ) -> None:
-        if not isinstance(base_url, str) or not base_url.lower().startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError(f"HTTP storage needs an http(s):// URL, got {redact_url(base_url)!r}")
-        self.headers = _with_userinfo_auth(base_url, dict(headers or {}))
-        parts = urlsplit(base_url)
-        netloc = parts.netloc.rpartition("@")[2]
-        self.base_url = urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
-        self._base = parse_location(self.base_url)  # InvalidLocation is a ValueError
+        self._start(
+            HTTPSettings(
+                base_url,
+                headers or {},
+                max_concurrency=max_concurrency,
+                max_attempts=max_attempts,
+                timeout=timeout,
+            )
+        )
         self.follow_redirect = follow_redirect
-        self.max_concurrency = max_concurrency
-        self.max_attempts = max_attempts
-        self.timeout = timeout
-        self._state: LoopLocal[_LoopState] = LoopLocal(
-            lambda: _LoopState(limit=asyncio.Semaphore(self.max_concurrency))
-        )
 
-    def describe(self) -> DriverConfig:
-        """``{"type": "http", "base_url": ...}``."""
-        return {
-            "type": "http",
-            "base_url": self.base_url,
-            "headers": {name: secret(value) for name, value in self.headers.items()},
-            "max_concurrency": self.max_concurrency,
-            "max_attempts": self.max_attempts,
-            "timeout": self.timeout,
-        }
-
-    @classmethod
-    def from_config(cls, config: DriverConfig) -> HTTPDriver:
-        """Rebuild from ``describe()``."""
-        return cls(
-            config["base_url"],
-            headers=config.get("headers"),
-            max_concurrency=int(config.get("max_concurrency", 32)),
-            max_attempts=int(config.get("max_attempts", 5)),
-            timeout=float(config.get("timeout", 60.0)),
-        )
+    def _start(self, settings: HTTPSettings) -> None:
+        super()._start(settings)
+        self.base_url = settings.base_url
+        self._base = parse_location(settings.base_url)
+        self.follow_redirect = None
+        self._clients: LoopClients[Any] = LoopClients(self._open_session)
 
     @property
     def label(self) -> str:
         """The base URL (headers and credentials, which are tokens, are never shown)."""
         return self.base_url
 
-    def __getstate__(self) -> dict[str, Any]:
-        return self.describe()
+    async def _open_session(self) -> Client[Any]:
+        import aiohttp
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(HTTPDriver.from_config(state).__dict__)
-
-    async def _session(self) -> tuple[Any, asyncio.Semaphore]:
-        state = self._state.get()
-        if state.session is None:
-            import aiohttp
-
-            # no session-wide headers: they would follow any URL (see _send)
-            state.session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(limit=self.max_concurrency),
-                auto_decompress=False,
-            )
-            await close_at_loop_end(state.session, state.session.close)
-        return state.session, state.limit
+        # no session-wide headers: they would follow any URL (see _send)
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            connector=aiohttp.TCPConnector(limit=self.settings.max_concurrency),
+            auto_decompress=False,
+        )
+        return Client(session, asyncio.Semaphore(self.settings.max_concurrency), session.close)
 
     async def close(self) -> None:
         """Close the HTTP session made in the running loop."""
-        state = self._state.pop_current()
-        if state is not None and state.session is not None:
-            forget_at_loop_end(state.session)
-            await state.session.close()
+        await self._clients.close()
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{quote(key)}"
@@ -169,29 +154,19 @@ class HTTPDriver(Driver):
     async def _request(
         self, method: str, key: str, headers: dict[str, str] | None = None
     ) -> tuple[int, Any, bytes]:
-        import aiohttp
-
-        session, limit = await self._session()
+        client = await self._clients.get()
 
         async def send() -> tuple[int, Any, bytes]:
             status, response_headers, body = await self._send(
-                session, limit, method, key, headers or {}
+                client.value, client.limit, method, key, headers or {}
             )
             if status in RETRY_STATUS:
                 raise TransientStatus(status)
             return status, response_headers, body
 
-        try:
-            status, response_headers, body = await retrying(send, attempts=self.max_attempts)
-        except TransientStatus as err:
-            raise StorageError(f"{method} failed: {err}", key=key, driver=self.label) from err
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise StorageError(
-                f"{method} failed: {type(err).__name__}", key=key, driver=self.label
-            ) from err
-        if status == 404 or status == 410:
-            raise ObjectNotFound("no such object", key=key, driver=self.label)
-        return status, response_headers, body
+        return await request(
+            send, attempts=self.settings.max_attempts, key=key, driver=self.label, action=method
+        )
 
     async def _send(
         self,
@@ -208,7 +183,7 @@ class HTTPDriver(Driver):
         for _ in range(MAX_REDIRECTS + 1):
             send = dict(headers)
             if where.origin == self._base.origin:
-                send.update(self.headers)
+                send.update(self.settings.headers)
             async with (
                 limit,
                 session.request(
@@ -247,12 +222,9 @@ class HTTPDriver(Driver):
     def _check(self, status: int, key: str, method: str) -> None:
         # a 3xx here is one not followed (no Location): its body is no object's bytes
         if status >= 300:
-            raise StorageError(f"{method} failed: HTTP {status}", key=key, driver=self.label)
+            raise status_error(status, key, self.label, method)
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
-        if is_empty_range(byte_range):
-            await self._head(key)  # still report a missing object
-            return b""
         header = http_range_header(byte_range)
         status, _headers, body = await self._request(
             "GET", key, {"Range": header} if header else None

@@ -7,18 +7,35 @@ import threading
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
+from typing import ClassVar
 
-from aicechunk.drivers.base import ByteRange, Driver, DriverConfig, ObjectInfo, slice_bytes
+from aicechunk.drivers.base import ByteRange, ConfiguredDriver, ObjectInfo, slice_bytes
+from aicechunk.drivers.settings import DriverSettings
 from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
 
-__all__ = ["MemoryDriver"]
+__all__ = ["MemoryDriver", "MemorySettings"]
 
 _LIVE: weakref.WeakValueDictionary[str, MemoryDriver] = weakref.WeakValueDictionary()
 
 
-class MemoryDriver(Driver):
+def _fresh_name() -> str:
+    return f"memory-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class MemorySettings(DriverSettings):
+    """Which in-memory driver: its name, and the process it lives in."""
+
+    type_name: ClassVar[str] = "memory"
+
+    name: str = field(default_factory=_fresh_name)
+    pid: int = field(default_factory=os.getpid)
+
+
+class MemoryDriver(ConfiguredDriver[MemorySettings]):
     """Objects held in a dict, safe under concurrent tasks and threads.
 
     Every operation runs under one short lock and never awaits while holding it, so
@@ -35,15 +52,27 @@ class MemoryDriver(Driver):
     """
 
     type_name = "memory"
+    settings_type = MemorySettings
 
     def __init__(self, name: str | None = None, *, home_pid: int | None = None) -> None:
+        fresh = MemorySettings()
+        self._start(MemorySettings(name or fresh.name, fresh.pid if home_pid is None else home_pid))
+
+    def _start(self, settings: MemorySettings) -> None:
+        super()._start(settings)
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
         self._lock = threading.Lock()
         self._counter = count(1)
-        self._name = name or f"memory-{uuid.uuid4().hex[:12]}"
-        self._home_pid = os.getpid() if home_pid is None else home_pid
+        self._name = settings.name
+        self._home_pid = settings.pid
         if self._home_pid == os.getpid():
             _LIVE[self._name] = self
+
+    @classmethod
+    def from_settings(cls, settings: MemorySettings) -> MemoryDriver:
+        """The live driver ``settings`` name in its home process; elsewhere one that
+        refuses every operation."""
+        return cls.named(settings.name, settings.pid)
 
     @classmethod
     def named(cls, name: str, pid: int | None = None) -> MemoryDriver:
@@ -65,20 +94,10 @@ class MemoryDriver(Driver):
                 driver=self._name,
             )
 
-    def describe(self) -> DriverConfig:
-        """``{"type": "memory", "name": ..., "pid": ...}``: rebuilds this very driver, in
-        this process only."""
-        return {"type": "memory", "name": self._name, "pid": self._home_pid}
-
     @property
     def label(self) -> str:
         """A short name for messages, unique per instance."""
         return self._name
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Pickling shares the live driver within a process; another process is refused
-        # (memory is not shared between processes).
-        return (MemoryDriver.named, (self._name, self._home_pid))
 
     def _lookup(self, key: str) -> tuple[bytes, ObjectInfo]:
         self._check_home()
@@ -132,11 +151,3 @@ class MemoryDriver(Driver):
         with self._lock:
             for key in keys:
                 self._objects.pop(key, None)
-
-
-def _memory_from_config(config: DriverConfig) -> MemoryDriver:
-    name = config.get("name")
-    pid = config.get("pid")
-    if pid is not None and not isinstance(pid, int):
-        raise StorageError(f"memory driver config: pid must be an integer, got {pid!r}")
-    return MemoryDriver.named(str(name), pid) if name else MemoryDriver()

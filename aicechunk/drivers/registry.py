@@ -1,4 +1,4 @@
-"""From plain data or a URL to a driver, and the hook for third-party drivers.
+"""From plain data to a driver, and the hook for third-party drivers.
 
 Built-in types: ``memory``, ``local``; the S3, GCS and HTTP drivers register here too.
 A package can add its own driver under the ``aicechunk.drivers`` entry-point group: the
@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 from importlib.metadata import entry_points
-from urllib.parse import urlparse
 
 from aicechunk.drivers.base import Driver, DriverConfig
 
-__all__ = ["ENTRY_POINT_GROUP", "driver_from_config", "driver_from_url", "register_driver"]
+__all__ = ["ENTRY_POINT_GROUP", "driver_from_config", "register_driver"]
 
 ENTRY_POINT_GROUP = "aicechunk.drivers"
 
@@ -26,7 +25,7 @@ _FACTORIES: dict[str, DriverFactory] = {}
 # type name -> "module:attribute" of a from_config callable, imported on first use so
 # that optional dependencies (aiobotocore, gcloud-aio-storage) load only when needed
 _BUILTIN: dict[str, str] = {
-    "memory": "aicechunk.drivers.memory:_memory_from_config",
+    "memory": "aicechunk.drivers.memory:MemoryDriver.from_config",
     "local": "aicechunk.drivers.local:LocalDriver.from_config",
     "s3": "aicechunk.drivers.s3:S3Driver.from_config",
     "gcs": "aicechunk.drivers.gcs:GCSDriver.from_config",
@@ -69,46 +68,3 @@ def driver_from_config(config: DriverConfig) -> Driver:
     except (KeyError, TypeError):
         raise ValueError(f"a driver config is a dict with a 'type' key, got {config!r}") from None
     return _resolve(str(type_name))(config)
-
-
-_SCHEMES = {
-    "file": "local",
-    "memory": "memory",
-    "s3": "s3",
-    "gs": "gcs",
-    "gcs": "gcs",
-    "http": "http",
-    "https": "http",
-}
-
-
-def driver_from_url(url: str, **options: object) -> Driver:
-    """A driver for a storage URL: a plain path or ``file://``, ``memory://``, ``s3://``,
-    ``gs://``, ``http(s)://``. ``options`` are extra driver config fields."""
-    parsed = urlparse(url)
-    scheme = parsed.scheme.lower()
-    if scheme == "" or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):
-        return driver_from_config({"type": "local", "root": url, **options})
-    type_name = _SCHEMES.get(scheme)
-    if type_name is None:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == scheme:
-                type_name = scheme
-        if type_name is None:
-            raise ValueError(f"no driver for URL scheme {scheme!r} in {url!r}")
-    if type_name == "local":
-        return driver_from_config({"type": "local", "root": parsed.path, **options})
-    if type_name == "memory":
-        return driver_from_config({"type": "memory", "name": parsed.netloc or None, **options})
-    if type_name in ("s3", "gcs"):
-        return driver_from_config(
-            {
-                "type": type_name,
-                "bucket": parsed.netloc,
-                "prefix": parsed.path.strip("/"),
-                **options,
-            }
-        )
-    if type_name == "http":
-        return driver_from_config({"type": "http", "base_url": url, **options})
-    return driver_from_config({"type": type_name, "url": url, **options})

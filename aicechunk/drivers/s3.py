@@ -16,24 +16,19 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
+from aicechunk.drivers._loop import Client, LoopClients
 from aicechunk.drivers._retry import retrying
 from aicechunk.drivers.base import (
     ByteRange,
-    Driver,
-    DriverConfig,
-    LoopLocal,
+    ConfiguredDriver,
     ObjectInfo,
-    check_endpoint,
-    close_at_loop_end,
-    forget_at_loop_end,
     http_range_header,
-    is_empty_range,
-    redacted_url,
-    secret,
 )
+from aicechunk.drivers.settings import SECRET, URL, DriverSettings, check_endpoint, wrap_fields
 from aicechunk.errors import (
     InvalidLocation,
     ObjectNotFound,
@@ -42,7 +37,7 @@ from aicechunk.errors import (
     redact_credentials,
 )
 
-__all__ = ["S3Credentials", "S3Driver"]
+__all__ = ["S3Credentials", "S3Driver", "S3Settings"]
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"}
@@ -56,10 +51,13 @@ class S3Credentials:
     ``repr`` never shows the secret parts.
     """
 
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
+    access_key_id: str | None = field(default=None, repr=False, metadata=SECRET)
+    secret_access_key: str | None = field(default=None, repr=False, metadata=SECRET)
+    session_token: str | None = field(default=None, repr=False, metadata=SECRET)
     anonymous: bool = False
+
+    def __post_init__(self) -> None:
+        wrap_fields(self)
 
     @property
     def kind(self) -> str:
@@ -67,6 +65,54 @@ class S3Credentials:
         if self.anonymous:
             return "anonymous"
         return "static" if self.access_key_id else "from_env"
+
+
+@dataclass(frozen=True)
+class S3Settings(DriverSettings):
+    """The S3 driver's options (see ``S3Driver``); static credentials appear only as
+    the user configured them, and never in a ``repr``."""
+
+    type_name: ClassVar[str] = "s3"
+
+    bucket: str
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = field(default=None, metadata=URL)
+    allow_http: bool = False
+    force_path_style: bool = False
+    credentials: S3Credentials = field(default_factory=S3Credentials)
+    max_concurrency: int = 64
+    max_attempts: int = 10
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.bucket or "/" in self.bucket:
+            raise InvalidLocation(
+                f"s3://{self.bucket}", f"S3 bucket must be a bare bucket name, got {self.bucket!r}"
+            )
+        endpoint = self.endpoint_url
+        check_endpoint(endpoint, "S3")
+        if endpoint and endpoint.lower().startswith("http://") and not self.allow_http:
+            raise ValueError(
+                f"endpoint {redact_credentials(endpoint)} is plain HTTP: pass allow_http=True"
+            )
+        object.__setattr__(self, "prefix", self.prefix.strip("/"))
+        super().__post_init__()
+
+    def client_key(self) -> tuple[object, ...]:
+        """Everything the client is made from (credentials included: a client is never
+        shared across them)."""
+        return (
+            self.region,
+            self.endpoint_url,
+            self.force_path_style,
+            self.credentials,
+            self.max_attempts,
+            self.connect_timeout,
+            self.read_timeout,
+            self.max_concurrency,
+        )
 
 
 _SESSION: list[Any] = []
@@ -119,12 +165,18 @@ class _Shared:
 
 
 # loop -> client settings -> shared client
-_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Shared]] = (
-    weakref.WeakKeyDictionary()
-)
+_CLIENTS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[object, ...], _Shared]
+] = weakref.WeakKeyDictionary()
 
 
-async def _close_shared(pool: dict[str, _Shared], key: str, shared: _Shared) -> None:
+async def _release(
+    pool: dict[tuple[object, ...], _Shared], key: tuple[object, ...], shared: _Shared
+) -> None:
+    # one driver lets the shared client go; the last one closes it
+    shared.users -= 1
+    if shared.users > 0:
+        return
     if pool.get(key) is shared:
         del pool[key]
     if shared.ready.done() and not shared.ready.cancelled() and not shared.ready.exception():
@@ -132,161 +184,83 @@ async def _close_shared(pool: dict[str, _Shared], key: str, shared: _Shared) -> 
         await context.__aexit__(None, None, None)
 
 
-@dataclass
-class _LoopState:
-    client: Any = None
-    shared: _Shared | None = None
-    shared_key: str = ""
-    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
-
-
-class S3Driver(Driver):
+class S3Driver(ConfiguredDriver[S3Settings]):
     """Objects under ``s3://bucket/prefix/``."""
 
     type_name = "s3"
+    settings_type = S3Settings
 
     def __init__(
         self,
         bucket: str,
-        prefix: str = "",
+        prefix: str = S3Settings.prefix,
         *,
-        region: str | None = None,
-        endpoint_url: str | None = None,
-        allow_http: bool = False,
-        force_path_style: bool = False,
+        region: str | None = S3Settings.region,
+        endpoint_url: str | None = S3Settings.endpoint_url,
+        allow_http: bool = S3Settings.allow_http,
+        force_path_style: bool = S3Settings.force_path_style,
         credentials: S3Credentials | None = None,
-        max_concurrency: int = 64,
-        max_attempts: int = 10,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
+        max_concurrency: int = S3Settings.max_concurrency,
+        max_attempts: int = S3Settings.max_attempts,
+        connect_timeout: float = S3Settings.connect_timeout,
+        read_timeout: float = S3Settings.read_timeout,
     ) -> None:
-        if not bucket or "/" in bucket:
-            raise InvalidLocation(
-                f"s3://{bucket}", f"S3 bucket must be a bare bucket name, got {bucket!r}"
+        self._start(
+            S3Settings(
+                bucket,
+                prefix,
+                region=region,
+                endpoint_url=endpoint_url,
+                allow_http=allow_http,
+                force_path_style=force_path_style,
+                credentials=credentials or S3Credentials(),
+                max_concurrency=max_concurrency,
+                max_attempts=max_attempts,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
             )
-        check_endpoint(endpoint_url, "S3")
-        if endpoint_url and endpoint_url.lower().startswith("http://") and not allow_http:
-            raise ValueError(
-                f"endpoint {redact_credentials(endpoint_url)} is plain HTTP: pass allow_http=True"
-            )
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.region = region
-        self.endpoint_url = endpoint_url
-        self.allow_http = allow_http
-        self.force_path_style = force_path_style
-        self.credentials = credentials or S3Credentials()
-        self.max_concurrency = max_concurrency
-        self.max_attempts = max_attempts
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self._state: LoopLocal[_LoopState] = LoopLocal(
-            lambda: _LoopState(limit=asyncio.Semaphore(self.max_concurrency))
         )
 
-    # -- description ------------------------------------------------------------------
-
-    def describe(self) -> DriverConfig:
-        """Plain data; static credentials appear only as the user configured them."""
-        creds = self.credentials
-        return {
-            "type": "s3",
-            "bucket": self.bucket,
-            "prefix": self.prefix,
-            "region": self.region,
-            "endpoint_url": redacted_url(self.endpoint_url),
-            "allow_http": self.allow_http,
-            "force_path_style": self.force_path_style,
-            "credentials": {
-                "access_key_id": secret(creds.access_key_id),
-                "secret_access_key": secret(creds.secret_access_key),
-                "session_token": secret(creds.session_token),
-                "anonymous": creds.anonymous,
-            },
-            "max_concurrency": self.max_concurrency,
-            "max_attempts": self.max_attempts,
-            "connect_timeout": self.connect_timeout,
-            "read_timeout": self.read_timeout,
-        }
-
-    @classmethod
-    def from_config(cls, config: DriverConfig) -> S3Driver:
-        """Rebuild from ``describe()``."""
-        creds = config.get("credentials") or {}
-        return cls(
-            config["bucket"],
-            config.get("prefix") or "",
-            region=config.get("region"),
-            endpoint_url=config.get("endpoint_url"),
-            allow_http=bool(config.get("allow_http", False)),
-            force_path_style=bool(config.get("force_path_style", False)),
-            credentials=S3Credentials(
-                creds.get("access_key_id"),
-                creds.get("secret_access_key"),
-                creds.get("session_token"),
-                bool(creds.get("anonymous", False)),
-            ),
-            max_concurrency=int(config.get("max_concurrency", 64)),
-            max_attempts=int(config.get("max_attempts", 10)),
-            connect_timeout=float(config.get("connect_timeout", 10.0)),
-            read_timeout=float(config.get("read_timeout", 60.0)),
-        )
+    def _start(self, settings: S3Settings) -> None:
+        super()._start(settings)
+        self.bucket, self.prefix = settings.bucket, settings.prefix
+        self._clients: LoopClients[Any] = LoopClients(self._open_client)
 
     @property
     def label(self) -> str:
         """``s3://bucket/prefix`` (never credentials)."""
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
-    def __getstate__(self) -> dict[str, Any]:
-        return self.describe()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        rebuilt = S3Driver.from_config(state)
-        self.__dict__.update(rebuilt.__dict__)
-
     # -- client -----------------------------------------------------------------------
-
-    def _client_key(self) -> str:
-        # everything the client is made from (credentials included: never shared across)
-        c = self.credentials
-        return repr(
-            (
-                self.region,
-                self.endpoint_url,
-                self.force_path_style,
-                (c.access_key_id, c.secret_access_key, c.session_token, c.anonymous),
-                self.max_attempts,
-                self.connect_timeout,
-                self.read_timeout,
-                self.max_concurrency,
-            )
-        )
 
     async def _make_client(self) -> tuple[Any, Any]:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
         from botocore import UNSIGNED
 
-        creds = self.credentials
+        settings = self.settings
+        creds = settings.credentials
         config = AioConfig(
-            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_pool_connections=self.max_concurrency,
-            s3={"addressing_style": "path" if self.force_path_style else "auto"},
+            retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_pool_connections=settings.max_concurrency,
+            s3={"addressing_style": "path" if settings.force_path_style else "auto"},
             signature_version=UNSIGNED if creds.anonymous else None,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
         kwargs: dict[str, Any] = {"config": config}
-        if self.region:
-            kwargs["region_name"] = self.region
-        if self.endpoint_url:
-            kwargs["endpoint_url"] = self.endpoint_url
+        if settings.region:
+            kwargs["region_name"] = settings.region
+        if settings.endpoint_url:
+            kwargs["endpoint_url"] = str(settings.endpoint_url)
         if creds.kind == "static":
-            kwargs["aws_access_key_id"] = creds.access_key_id
-            kwargs["aws_secret_access_key"] = creds.secret_access_key
-            kwargs["aws_session_token"] = creds.session_token
+            # plain str for the client: the Secret wrappers only guard what is shown
+            kwargs["aws_access_key_id"] = str(creds.access_key_id)
+            kwargs["aws_secret_access_key"] = str(creds.secret_access_key)
+            token = creds.session_token
+            kwargs["aws_session_token"] = None if token is None else str(token)
         try:
             context = _shared_session(get_session).create_client("s3", **kwargs)
             client = await context.__aenter__()
@@ -296,44 +270,35 @@ class S3Driver(Driver):
             ) from err
         return client, context
 
+    async def _open_client(self) -> Client[Any]:
+        # a share of the loop's client for these settings, made by the first driver
+        loop = asyncio.get_running_loop()
+        key = self.settings.client_key()
+        pool = _CLIENTS.setdefault(loop, {})
+        shared = pool.get(key)
+        if shared is None:
+            shared = _Shared(
+                asyncio.ensure_future(self._make_client()),
+                asyncio.Semaphore(self.settings.max_concurrency),
+            )
+            pool[key] = shared
+        try:
+            client, _ = await asyncio.shield(shared.ready)
+        except BaseException:
+            if shared.ready.done() and pool.get(key) is shared:
+                del pool[key]  # a failed creation is not cached
+            raise
+        shared.users += 1
+        return Client(client, shared.limit, partial(_release, pool, key, shared))
+
     async def _client(self) -> tuple[Any, asyncio.Semaphore]:
-        state = self._state.get()
-        if state.client is None:
-            loop = asyncio.get_running_loop()
-            key = self._client_key()
-            pool = _CLIENTS.setdefault(loop, {})
-            shared = pool.get(key)
-            if shared is None:
-                shared = _Shared(
-                    asyncio.ensure_future(self._make_client()),
-                    asyncio.Semaphore(self.max_concurrency),
-                )
-                pool[key] = shared
-                await close_at_loop_end(shared, partial(_close_shared, pool, key, shared))
-            try:
-                client, _ = await asyncio.shield(shared.ready)
-            except BaseException:
-                if shared.ready.done() and pool.get(key) is shared:
-                    del pool[key]  # a failed creation is not cached
-                raise
-            if state.client is None:  # another task of this driver may have won
-                shared.users += 1
-                state.client, state.shared, state.shared_key = client, shared, key
-                state.limit = shared.limit
-        return state.client, state.limit
+        client = await self._clients.get()
+        return client.value, client.limit
 
     async def close(self) -> None:
         """Release this driver's share of the running loop's client; the client closes
         when no driver of the loop uses it any more."""
-        state = self._state.pop_current()
-        if state is None or state.shared is None:
-            return
-        shared = state.shared
-        shared.users -= 1
-        if shared.users > 0:
-            return
-        forget_at_loop_end(shared)
-        await _close_shared(_CLIENTS.get(asyncio.get_running_loop(), {}), state.shared_key, shared)
+        await self._clients.close()
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -374,9 +339,6 @@ class S3Driver(Driver):
     # -- reads ------------------------------------------------------------------------
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
-        if is_empty_range(byte_range):
-            await self._head(key)  # still report a missing object
-            return b""
         client, limit = await self._client()
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
         header = http_range_header(byte_range)
@@ -391,7 +353,7 @@ class S3Driver(Driver):
                     return data
 
         try:
-            return await retrying(read, attempts=self.max_attempts, transient=_body_cut)
+            return await retrying(read, attempts=self.settings.max_attempts, transient=_body_cut)
         except Exception as err:
             if _error_code(err) == "InvalidRange":  # a range starting at or past the end
                 await self._head(key)
@@ -410,7 +372,9 @@ class S3Driver(Driver):
                     return await body.read(), response
 
         try:
-            data, response = await retrying(read, attempts=self.max_attempts, transient=_body_cut)
+            data, response = await retrying(
+                read, attempts=self.settings.max_attempts, transient=_body_cut
+            )
         except Exception as err:
             raise self._error(err, key, "get") from err
         return data, self._info(key, response, len(data))
@@ -471,8 +435,6 @@ class S3Driver(Driver):
                         "object to replace does not exist", key=key, driver=self.label
                     ) from err
                 raise self._error(err, key, "put") from err
-        from datetime import UTC, datetime
-
         return ObjectInfo(key, len(data), str(response.get("ETag", "")), datetime.now(UTC))
 
     async def _delete(self, key: str) -> None:

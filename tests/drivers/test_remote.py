@@ -125,7 +125,7 @@ def test_secrets_never_shown() -> None:
             assert secret not in text
     clone = pickle.loads(pickle.dumps(storage)).driver()
     assert isinstance(clone, S3Driver)
-    assert clone.credentials.secret_access_key == "TOPSECRETVALUE"
+    assert clone.settings.credentials.secret_access_key == "TOPSECRETVALUE"
 
 
 async def test_errors_do_not_carry_secrets(s3_endpoint: str) -> None:
