@@ -15,6 +15,7 @@ working for bad arguments)::
             InvalidKey
             ReadOnlyError               (also ValueError)
             InjectedFault               raised by aicechunk.testing.FaultyDriver
+            TransientStatus             a retryable HTTP status, inside drivers only
         FormatError                     a stored file is not what the format says
             InvalidIdError              (also ValueError)
         RepositoryError
@@ -131,6 +132,18 @@ class CommitOutcomeUnknownError(StorageError):
 
 class InjectedFault(StorageError):
     """A failure injected on purpose by ``aicechunk.testing.FaultyDriver``."""
+
+
+class TransientStatus(StorageError):
+    """A response with a status worth another try (``drivers._retry.RETRY_STATUS``): the
+    drivers' retry loop catches it; after the last try it is the driver's error."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.status,))
 
 
 class InvalidKey(StorageError):

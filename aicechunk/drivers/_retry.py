@@ -17,11 +17,16 @@ from typing import TypeVar
 
 import aiohttp
 
-from aicechunk.errors import AicechunkError, ObjectNotFound, PreconditionFailed, StorageError
+from aicechunk.errors import (
+    AicechunkError,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    TransientStatus,
+)
 
 __all__ = [
     "RETRY_STATUS",
-    "TransientStatus",
     "is_transient",
     "request",
     "retrying",
@@ -32,14 +37,6 @@ _T = TypeVar("_T")
 
 #: HTTP answers worth another try: request timeout, throttling, server errors
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-class TransientStatus(Exception):
-    """A driver's signal that a response had a status in ``RETRY_STATUS``."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
 
 
 def is_transient(err: BaseException) -> bool:
@@ -101,6 +98,8 @@ async def request(
     and ``driver``: by HTTP status if the failure has one, else by its type."""
     try:
         return await retrying(call, attempts=attempts)
+    except TransientStatus as err:  # still failing after the last try
+        raise status_error(err.status, key, driver, action) from err
     except AicechunkError:
         raise
     except Exception as err:  # the client's errors, whatever their type
