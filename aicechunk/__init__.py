@@ -47,6 +47,7 @@ from aicechunk.storage import (
     local_filesystem_storage,
     s3_storage,
     storage_from_driver,
+    storage_from_url,
 )
 from aicechunk.store import IcechunkStore
 from aicechunk.virtual import (
@@ -124,4 +125,5 @@ __all__ = [
     "s3_storage",
     "s3_store",
     "storage_from_driver",
+    "storage_from_url",
 ]

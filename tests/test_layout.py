@@ -86,3 +86,20 @@ def test_every_exception_is_defined_in_errors_and_listed_in_its_tree() -> None:
     assert errors.__doc__ is not None
     missing = [name for name in defined if name not in errors.__doc__]
     assert not missing, f"errors.py's docstring tree does not list {missing}"
+
+
+def test_readme_layout_is_the_real_tree() -> None:
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme.split("<!-- layout -->", 1)[1].split("<!-- /layout -->", 1)[0]
+    listed = set(re.findall(r"(?<![\w/.])(\w+\.py|\w+/)(?=\s)", block)) - {"aicechunk/"}
+    real = {
+        p.name + ("/" if p.is_dir() else "")
+        for p in PACKAGE.rglob("*")
+        if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"
+    } - {"__init__.py", "__main__.py"}
+    assert listed == real, (
+        f"README lists what does not exist: {sorted(listed - real)}; "
+        f"misses: {sorted(real - listed)}"
+    )
