@@ -28,6 +28,7 @@ from aicechunk.format.ids import FIRST_SNAPSHOT_ID, InvalidIdError, NodeId, Snap
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
+from aicechunk.virtual import VirtualResolver
 
 __all__ = ["Repository", "SnapshotInfo"]
 
@@ -436,8 +437,6 @@ class Repository:
 
     def _virtual_resolver(self) -> Any:
         if self._resolver is None:
-            from aicechunk.virtual import VirtualResolver
-
             self._resolver = VirtualResolver(
                 self._config.virtual_chunk_containers, self._credentials
             )

@@ -29,10 +29,10 @@ from aicechunk.drivers.urls import parse_location
 from aicechunk.errors import AicechunkError, ReadOnlyError, VirtualChunkError
 from aicechunk.format.jsondoc import parse_json
 from aicechunk.format.manifest import VirtualRef
+from aicechunk.virtual import VirtualChunkSpec
 
 if TYPE_CHECKING:
     from aicechunk.session import Session
-    from aicechunk.virtual import VirtualChunkSpec
 
 __all__ = ["IcechunkStore", "InvalidStoreKeyError", "parse_key"]
 
