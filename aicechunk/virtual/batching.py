@@ -66,7 +66,7 @@ class CoalescingReader:
         for queue in queues.values():
             plan = plan_reads(queue.requests, max_gap=self.max_gap, max_span=self.max_span)
             for planned in plan:
-                futures = [queue.futures[part.index] for part in planned.parts]
+                futures = [queue.futures[index] for index, _, _ in planned.parts]
                 task = asyncio.ensure_future(_read(queue.driver, queue.key, planned, futures))
                 pending.tasks.add(task)
                 task.add_done_callback(pending.tasks.discard)
@@ -90,6 +90,6 @@ async def _read(
         if not isinstance(err, Exception):
             raise
         return
-    for part, future in zip(planned.parts, futures, strict=True):
+    for (_, start, stop), future in zip(planned.parts, futures, strict=True):
         if not future.done():  # a short object gives short slices: the caller says so
-            future.set_result(data[part.start : part.stop])
+            future.set_result(data[start:stop])

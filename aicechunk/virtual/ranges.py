@@ -16,7 +16,7 @@ The rules, for requests ``(offset, length)`` against one object:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["DEFAULT_MAX_GAP", "DEFAULT_MAX_SPAN", "Part", "PlannedRead", "plan_reads"]
 
@@ -26,18 +26,13 @@ DEFAULT_MAX_GAP = 1 << 16
 DEFAULT_MAX_SPAN = 16 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Part:
-    """Request ``index`` (its position in the planner's input) is
-    ``read_bytes[start:stop]`` of the read that holds it."""
-
-    index: int
-    start: int
-    stop: int
+#: ``(index, start, stop)``: request ``index`` (its position in the planner's input) is
+#: ``read_bytes[start:stop]`` of the read that holds it. (A plain tuple: a plan makes one
+#: per chunk read, and a named tuple costs five times as much to make.)
+Part = tuple[int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedRead:
+class PlannedRead(NamedTuple):
     """One request to the object: ``length`` bytes at ``offset``, serving ``parts``."""
 
     offset: int
@@ -48,19 +43,6 @@ class PlannedRead:
     def end(self) -> int:
         """The first byte after the read."""
         return self.offset + self.length
-
-
-class _Group:
-    """Requests gathered into one interval ``[start, end)``."""
-
-    __slots__ = ("end", "members", "start")
-
-    def __init__(self, start: int, end: int, index: int) -> None:
-        self.start, self.end, self.members = start, end, [index]
-
-    def absorb(self, other: _Group) -> None:
-        self.end = max(self.end, other.end)
-        self.members.extend(other.members)
 
 
 def plan_reads(
@@ -77,42 +59,51 @@ def plan_reads(
     """
     if max_gap < 0 or max_span < 0:
         raise ValueError(f"max_gap and max_span must be >= 0, got {max_gap}, {max_span}")
-    for offset, length in requests:
-        if offset < 0 or length < 0:
-            raise ValueError(
-                f"a byte request needs offset >= 0 and length >= 0, got {offset, length}"
-            )
-    order = sorted(range(len(requests)), key=lambda i: requests[i])
-    reads: list[_Group] = []
-    cluster: _Group | None = None
-    for i in order:
-        offset, length = requests[i]
-        if cluster is not None and offset < cluster.end:  # shares bytes: one cluster
-            cluster.absorb(_Group(offset, offset + length, i))
-            continue
-        if cluster is not None:
-            _place(reads, cluster, max_gap, max_span)
-        cluster = _Group(offset, offset + length, i)
-    if cluster is not None:
-        _place(reads, cluster, max_gap, max_span)
-    return [_planned(group, requests) for group in reads]
+    # One pass in offset order, on local variables (this runs for every batch of chunk
+    # reads): a cluster grows while requests overlap it; a closed cluster joins the read
+    # before it when near and short enough, else it starts the next read.
+    reads: list[tuple[int, int, list[int]]] = []
+    read: list[int] = []
+    read_start = read_end = 0
+    cluster: list[int] = []
+    cluster_start = cluster_end = -1
+    for i in [*sorted(range(len(requests)), key=requests.__getitem__), -1]:
+        if i >= 0:
+            offset, length = requests[i]
+            if offset < 0 or length < 0:
+                raise ValueError(
+                    f"a byte request needs offset >= 0 and length >= 0, got {(offset, length)}"
+                )
+            if offset < cluster_end:  # shares bytes with the cluster: read together
+                cluster.append(i)
+                cluster_end = max(cluster_end, offset + length)
+                continue
+        if cluster:  # close the cluster (always, at the end: i == -1)
+            if (
+                read
+                and cluster_start - read_end <= max_gap
+                and cluster_end - read_start <= max_span
+            ):
+                read += cluster
+                read_end = cluster_end
+            else:
+                if read:
+                    reads.append((read_start, read_end, read))
+                read, read_start, read_end = cluster, cluster_start, cluster_end
+        if i >= 0:
+            cluster, cluster_start, cluster_end = [i], offset, offset + length
+    if read:
+        reads.append((read_start, read_end, read))
+    return [
+        PlannedRead(start, end - start, _parts(requests, start, members))
+        for start, end, members in reads
+    ]
 
 
-def _place(reads: list[_Group], cluster: _Group, max_gap: int, max_span: int) -> None:
-    """Join ``cluster`` to the last read if it is near enough and the result short
-    enough, else start a new read with it."""
-    if reads:
-        last = reads[-1]
-        if cluster.start - last.end <= max_gap and cluster.end - last.start <= max_span:
-            last.absorb(cluster)
-            return
-    reads.append(cluster)
-
-
-def _planned(group: _Group, requests: Sequence[tuple[int, int]]) -> PlannedRead:
-    parts = []
-    for i in group.members:
-        offset, length = requests[i]
-        start = offset - group.start
-        parts.append(Part(i, start, start + length))
-    return PlannedRead(group.start, group.end - group.start, tuple(parts))
+def _parts(requests: Sequence[tuple[int, int]], start: int, members: list[int]) -> tuple[Part, ...]:
+    if len(members) == 1:  # the common case when nothing is joined
+        i = members[0]
+        return ((i, requests[i][0] - start, requests[i][0] - start + requests[i][1]),)
+    return tuple(
+        [(i, requests[i][0] - start, requests[i][0] - start + requests[i][1]) for i in members]
+    )

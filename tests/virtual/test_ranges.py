@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aicechunk.virtual.ranges import DEFAULT_MAX_GAP, DEFAULT_MAX_SPAN, Part, plan_reads
+from aicechunk.virtual.ranges import DEFAULT_MAX_GAP, DEFAULT_MAX_SPAN, plan_reads
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -26,7 +26,7 @@ def test_packed_chunks_are_one_read_in_offset_order() -> None:
     requests = [(32, 16), (0, 16), (16, 16)]  # out of order, as tasks arrive
     (read,) = plan_reads(requests)
     assert (read.offset, read.length, read.end) == (0, 48, 48)
-    assert read.parts == (Part(1, 0, 16), Part(2, 16, 32), Part(0, 32, 48))
+    assert read.parts == ((1, 0, 16), (2, 16, 32), (0, 32, 48))
 
 
 def test_the_gap_limit() -> None:
@@ -54,10 +54,10 @@ def test_overlapping_requests_share_one_read_even_past_the_span() -> None:
 def test_repeated_and_empty_requests() -> None:
     (read,) = plan_reads([(100, 8), (100, 8), (104, 0)])
     assert (read.offset, read.length) == (100, 8)
-    assert sorted(read.parts, key=lambda p: p.index) == [
-        Part(0, 0, 8),
-        Part(1, 0, 8),
-        Part(2, 4, 4),
+    assert sorted(read.parts) == [
+        (0, 0, 8),
+        (1, 0, 8),
+        (2, 4, 4),
     ]
 
 
@@ -85,11 +85,11 @@ def test_every_request_is_served_exactly_once_by_its_slice(
     served: list[int] = []
     for read in reads:
         data = blob[read.offset : read.end]
-        for part in read.parts:
-            offset, length = requests[part.index]
-            assert data[part.start : part.stop] == blob[offset : offset + length]
-            assert 0 <= part.start <= part.stop <= read.length
-            served.append(part.index)
+        for index, start, stop in read.parts:
+            offset, length = requests[index]
+            assert data[start:stop] == blob[offset : offset + length]
+            assert 0 <= start <= stop <= read.length
+            served.append(index)
     assert sorted(served) == list(range(len(requests)))
 
 
@@ -104,7 +104,7 @@ def test_reads_are_ordered_disjoint_tight_and_within_the_limits(
         # kept apart only for a reason: too far, or joined they would be too long
         assert after.offset - before.end > max_gap or after.end - before.offset > max_span
     for read in reads:
-        members = [requests[p.index] for p in read.parts]
+        members = [requests[index] for index, _, _ in read.parts]
         # tight: the read starts at its first request and ends at its last byte
         assert read.offset == min(o for o, _ in members)
         assert read.end == max(o + n for o, n in members)
