@@ -19,7 +19,7 @@ import threading
 import warnings
 from collections.abc import Mapping
 from datetime import UTC
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
 from aicechunk.drivers.local import LocalDriver
@@ -50,6 +50,7 @@ from aicechunk.virtual.containers import (
 __all__ = ["ChunkFetcher", "VirtualResolver"]
 
 
+@runtime_checkable
 class ChunkFetcher(Protocol):
     """What a session needs to read virtual chunks: the bytes of a reference, and
     whether a declared container serves a URL. ``to_plain`` lets a fork carry it."""
@@ -159,7 +160,7 @@ class VirtualResolver:
                 return container
         return None
 
-    def _credentials(self, container: VirtualChunkContainer) -> tuple[bool, Any]:
+    def _credentials(self, container: VirtualChunkContainer) -> tuple[bool, Credentials | None]:
         """Whether ``container`` is authorized, and its credentials."""
         form = str(self._forms[container.url_prefix])
         return form in self._authorized_forms, self._authorized_forms.get(form)
@@ -214,7 +215,9 @@ class VirtualResolver:
                 self._drivers[cache_key] = driver
         return driver, key
 
-    def _make_driver(self, container: VirtualChunkContainer, root: str, creds: Any) -> Driver:
+    def _make_driver(
+        self, container: VirtualChunkContainer, root: str, creds: Credentials | None
+    ) -> Driver:
         # The S3, GCS and HTTP drivers are imported on first use, as drivers.registry
         # does: their clients (aiobotocore, aiohttp) are optional and slow to import.
         store = container.store
