@@ -5,14 +5,12 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, overload
+from typing import Any, ClassVar, overload
 
 from aicechunk.errors import AicechunkWarning, FormatError, redact_credentials
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
 from aicechunk.format.header import MAX_PAYLOAD
-
-if TYPE_CHECKING:
-    from aicechunk.virtual import VirtualChunkContainer
+from aicechunk.virtual.containers import VirtualChunkContainer
 
 __all__ = [
     "INLINE_CHUNK_THRESHOLD_BYTES",
@@ -233,8 +231,6 @@ class RepositoryConfig:
     @property
     def virtual_chunk_containers(self) -> dict[str, VirtualChunkContainer]:
         """Declared containers by URL prefix."""
-        from aicechunk.virtual import VirtualChunkContainer
-
         raw = self._data.get("virtual_chunk_containers") or {}
         containers = {}
         for key, value in raw.items():

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from aicechunk.drivers._loop import Client, LoopClients
-from aicechunk.drivers._retry import RETRY_STATUS, TransientStatus, request, status_error
+from aicechunk.drivers._retry import RETRY_STATUS, request, status_error
 from aicechunk.drivers.base import (
     ByteRange,
     ConfiguredDriver,
@@ -36,7 +36,7 @@ from aicechunk.drivers.base import (
 )
 from aicechunk.drivers.settings import SECRET, DriverSettings
 from aicechunk.drivers.urls import Location, parse_location, redact_url
-from aicechunk.errors import InvalidLocation, ReadOnlyError, StorageError
+from aicechunk.errors import InvalidLocation, ReadOnlyError, StorageError, TransientStatus
 
 __all__ = ["MAX_REDIRECTS", "HTTPDriver", "HTTPSettings"]
 

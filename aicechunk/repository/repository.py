@@ -29,6 +29,7 @@ from aicechunk.format.snapshot import Snapshot
 from aicechunk.repository.creation import await_creation, unsupported_message, write_new_repository
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
+from aicechunk.virtual import VirtualResolver
 
 __all__ = ["Repository", "SnapshotInfo"]
 
@@ -395,8 +396,6 @@ class Repository:
 
     def _virtual_resolver(self) -> Any:
         if self._resolver is None:
-            from aicechunk.virtual import VirtualResolver
-
             self._resolver = VirtualResolver(
                 self._config.virtual_chunk_containers, self._credentials
             )

@@ -25,7 +25,7 @@ from aicechunk.format.header import decompress_bounded
 from aicechunk.format.ids import SnapshotId
 from aicechunk.session.state import SessionConfig, SessionState
 from aicechunk.store.metadata import parse_metadata
-from aicechunk.virtual import resolver_from_plain, resolver_to_plain
+from aicechunk.virtual import VirtualResolver
 
 __all__ = ["decode_fork", "encode_fork"]
 
@@ -48,7 +48,7 @@ def encode_fork(state: SessionState) -> bytes:
         "inline": state.config.inline_chunk_threshold_bytes,
         "concurrency": state.config.read_concurrency,
         "changes": state.changes.to_plain(),
-        "virtual": resolver_to_plain(virtual),  # TODO(r15)
+        "virtual": None if virtual is None else virtual.to_plain(),
     }
     packed = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(body, use_bin_type=True))
     return _HEADER.pack(_MAGIC, _VERSION, 0, zlib.crc32(packed)) + packed
@@ -113,7 +113,7 @@ def _state(body: Any, limits: DecompressionLimits) -> SessionState:
         read_only=False,
         config=SessionConfig(inline, concurrency),
         changes=changes,
-        virtual=resolver_from_plain(virtual),
+        virtual=None if virtual is None else VirtualResolver.from_plain(virtual),
         from_payload=True,
     )
 

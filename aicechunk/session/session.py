@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aicechunk.assets import AssetManager
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
@@ -39,9 +39,7 @@ from aicechunk.session.reads import Diff, NodeView
 from aicechunk.session.state import SessionConfig, SessionState
 from aicechunk.store import IcechunkStore
 from aicechunk.store.metadata import parse_metadata
-
-if TYPE_CHECKING:  # TODO(r15): a plain import once aicechunk.virtual has it
-    from aicechunk.virtual import ChunkFetcher
+from aicechunk.virtual import ChunkFetcher
 
 __all__ = ["ForkSession", "Session"]
 

@@ -8,16 +8,13 @@ each take it, so none of them reaches into the ``Session`` facade's private fiel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aicechunk.assets import AssetManager
 from aicechunk.changes.changeset import ChangeSet
 from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY
 from aicechunk.errors import ReadOnlyError, SessionStateError
 from aicechunk.format.ids import SnapshotId
-
-if TYPE_CHECKING:
-    from aicechunk.virtual import ChunkFetcher
+from aicechunk.virtual import ChunkFetcher
 
 __all__ = ["SessionConfig", "SessionState"]
 

@@ -32,10 +32,10 @@ from aicechunk.errors import (
 from aicechunk.format.manifest import VirtualRef
 from aicechunk.store.keys import ChunkKey, MetadataKey, chunk_key, metadata_key, parse_key
 from aicechunk.store.metadata import parse_metadata, without_consolidated_metadata
+from aicechunk.virtual import VirtualChunkSpec
 
 if TYPE_CHECKING:
     from aicechunk.session import Session
-    from aicechunk.virtual import VirtualChunkSpec
 
 __all__ = ["IcechunkStore"]
 
