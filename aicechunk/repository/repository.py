@@ -82,7 +82,7 @@ class Repository:
         self._storage = storage
         self._config = config
         self._credentials = dict(authorize_virtual_chunk_access or {})
-        self._resolver: Any = None
+        self._resolver: VirtualResolver | None = None
         self._assets = AssetManager(storage.driver(), config.caching, config.decompression_limits())
 
     # -- lifecycle --------------------------------------------------------------------
@@ -394,7 +394,7 @@ class Repository:
             READ_CONCURRENCY if concurrency is None else concurrency,
         )
 
-    def _virtual_resolver(self) -> Any:
+    def _virtual_resolver(self) -> VirtualResolver:
         if self._resolver is None:
             self._resolver = VirtualResolver(
                 self._config.virtual_chunk_containers, self._credentials
