@@ -90,7 +90,8 @@ async def test_blocking_calls_work_inside_a_running_loop(tmp_path: Path) -> None
     repo = _repo(tmp_path / "r")
     assert repo.list_branches() == {"main"}
     assert await repo.list_branches_async() == {"main"}
-    assert [i.message async for i in repo.async_ancestry(branch="main")][0] == "array"
+    messages = [i.message async for i in repo.async_ancestry(branch="main")]
+    assert messages[0] == "array"
 
 
 def test_a_blocking_call_on_the_facades_own_loop_is_refused(tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ def test_merge_sessions_is_blocking_in_distributed(tmp_path: Path) -> None:
 
 
 def test_icechunk_names_missing_say_why() -> None:
-    with pytest.raises(AttributeError, match="no aicechunk counterpart yet: .*Azure"):
+    with pytest.raises(AttributeError, match=r"no aicechunk counterpart yet: .*Azure"):
         _ = icechunk.azure_storage
     assert icechunk.IcechunkError is aic.AicechunkError
 

@@ -205,7 +205,7 @@ def test_member_behaves_as_its_async_twin(tmp_path: Path, kind: str, name: str) 
     _build(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     ours, theirs = World(tmp_path / "a", facade=True), World(tmp_path / "b", facade=False)
-    facade_type, core_type = FACADES[kind]
+    _, core_type = FACADES[kind]
     core_name = _core_name(name)
     ours_target, theirs_target = ours.target(kind), theirs.target(kind)
 

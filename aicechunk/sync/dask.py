@@ -10,10 +10,11 @@ import zarr
 import aicechunk.store as core_store
 from aicechunk.integrations import dask as core
 from aicechunk.sync._facade import unwrap, wrap
+from aicechunk.sync.distributed import extract_session, merge_sessions
 from aicechunk.sync.session import ForkSession
 from aicechunk.sync.store import IcechunkStore
 
-__all__ = ["store_dask", "store_dask_async"]
+__all__ = ["extract_session", "merge_sessions", "store_dask", "store_dask_async"]
 
 
 def _on_core_store(target: Any) -> Any:
