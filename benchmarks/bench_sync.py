@@ -85,9 +85,8 @@ def main(runs: int = 7) -> None:
     print(f"  aicechunk.sync (zarr sync API): {s * 1000:8.1f} ms")
     print(f"  async core (zarr async API):    {a * 1000:8.1f} ms")
     print(f"  ratio facade/async:             {s / a:8.3f}  (target <= 1.05)")
-    print(
-        f"one call (list_branches): blocking {blocking * 1e6:.0f} us, awaited {awaited * 1e6:.0f} us"
-    )
+    calls = f"blocking {blocking * 1e6:.0f} us, awaited {awaited * 1e6:.0f} us"
+    print(f"one call (list_branches): {calls}")
     print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 
