@@ -31,6 +31,7 @@ working for bad arguments)::
         InvalidMetadataError, InvalidChangesError, UnrepresentableValueError,
         ForkPayloadError                (all also ValueError)
         VirtualChunkError
+        EventLoopError                  (also RuntimeError) a blocking call on its own loop
     AicechunkWarning                    (a UserWarning)
 """
 
@@ -338,6 +339,11 @@ class InvalidChangesError(AicechunkError, ValueError):
 class VirtualChunkError(AicechunkError):
     """A virtual chunk cannot be set or read: no declared container serves its URL, the
     container is not authorized, the object changed or is too short."""
+
+
+class EventLoopError(AicechunkError, RuntimeError):
+    """A blocking call of ``aicechunk.sync`` was made on the facade's own event loop
+    thread, where waiting for the loop would wait forever: await the ``*_async`` twin."""
 
 
 # --- warnings ------------------------------------------------------------------------

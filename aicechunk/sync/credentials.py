@@ -1,0 +1,8 @@
+"""Credential constructors, where icechunk's ``icechunk.credentials`` has them (the names
+aicechunk lacks: ``aicechunk.sync._names.NOT_YET``)."""
+
+from __future__ import annotations
+
+from aicechunk.virtual import containers_credentials, gcs_credentials, s3_credentials
+
+__all__ = ["containers_credentials", "gcs_credentials", "s3_credentials"]
