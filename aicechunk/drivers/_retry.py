@@ -15,8 +15,6 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import aiohttp
-
 from aicechunk.errors import (
     AicechunkError,
     ObjectNotFound,
@@ -42,6 +40,10 @@ RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 def is_transient(err: BaseException) -> bool:
     """Whether an aiohttp request that failed with ``err`` may succeed if sent again:
     timeouts, dropped or refused connections, truncated bodies, 408/429/5xx answers."""
+    # imported here, not at the top: the storage constructors import the drivers'
+    # settings, and aiohttp (~9 MiB, 120 modules) is needed only once a request fails
+    import aiohttp
+
     if isinstance(err, TimeoutError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
         return True
     if isinstance(err, aiohttp.ClientResponseError | TransientStatus):
