@@ -103,3 +103,17 @@ def test_readme_layout_is_the_real_tree() -> None:
         f"README lists what does not exist: {sorted(listed - real)}; "
         f"misses: {sorted(real - listed)}"
     )
+
+
+def test_importing_aicechunk_loads_no_network_client() -> None:
+    # clients load with the first driver that needs them: a fork's worker, the CLI and
+    # every import pay nothing for the backends they do not use
+    code = (
+        "import sys, aicechunk, aicechunk.sync; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'aiohttp', 'aiobotocore', 'botocore', 'gcloud', 'dask', 'xarray'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"
