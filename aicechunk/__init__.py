@@ -5,6 +5,7 @@ from aicechunk.changes.conflicts import (
     Conflict,
     ConflictDetector,
     ConflictKind,
+    ConflictType,
     VersionSelection,
 )
 from aicechunk.config import CachingConfig, DecompressionLimits, RepositoryConfig
@@ -37,8 +38,9 @@ from aicechunk.errors import (
     UnrepresentableValueError,
     UnsupportedSpecVersionError,
 )
-from aicechunk.repository import Repository, SnapshotInfo
-from aicechunk.session import Diff, ForkSession, Session
+from aicechunk.logs import initialize_logs, print_debug_info, set_logs_filter
+from aicechunk.repository import Repository, SnapshotInfo, spec_version
+from aicechunk.session import ChunkType, Diff, ForkSession, Session
 from aicechunk.storage import (
     Storage,
     gcs_storage,
@@ -71,11 +73,13 @@ __all__ = [
     "BasicConflictSolver",
     "CachingConfig",
     "ChunkIndexError",
+    "ChunkType",
     "CommitOutcomeUnknownError",
     "Conflict",
     "ConflictDetector",
     "ConflictError",
     "ConflictKind",
+    "ConflictType",
     "DecompressionLimits",
     "Diff",
     "ForkPayloadError",
@@ -119,11 +123,15 @@ __all__ = [
     "http_storage",
     "http_store",
     "in_memory_storage",
+    "initialize_logs",
     "local_filesystem_storage",
     "local_filesystem_store",
+    "print_debug_info",
     "s3_credentials",
     "s3_storage",
+    "set_logs_filter",
     "s3_store",
+    "spec_version",
     "storage_from_driver",
     "storage_from_url",
 ]
