@@ -35,6 +35,7 @@ from aicechunk.errors import (
     RootNotEmptyError,
     SessionStateError,
     StorageError,
+    UnawaitedCallWarning,
     UnrepresentableValueError,
     UnsupportedSpecVersionError,
 )
@@ -42,14 +43,19 @@ from aicechunk.logs import initialize_logs, print_debug_info, set_logs_filter
 from aicechunk.repository import Repository, SnapshotInfo, spec_version
 from aicechunk.session import ChunkType, Diff, ForkSession, Session
 from aicechunk.storage import (
+    ExpiringS3Credentials,
+    S3Credentials,
     Storage,
     gcs_storage,
     http_storage,
     in_memory_storage,
     local_filesystem_storage,
+    r2_storage,
+    s3_refreshable_credentials,
     s3_storage,
     storage_from_driver,
     storage_from_url,
+    tigris_storage,
 )
 from aicechunk.store import IcechunkStore
 from aicechunk.virtual import (
@@ -82,6 +88,7 @@ __all__ = [
     "ConflictType",
     "DecompressionLimits",
     "Diff",
+    "ExpiringS3Credentials",
     "ForkPayloadError",
     "ForkSession",
     "FormatError",
@@ -104,11 +111,13 @@ __all__ = [
     "RepositoryExistsError",
     "RepositoryNotFoundError",
     "RootNotEmptyError",
+    "S3Credentials",
     "Session",
     "SessionStateError",
     "SnapshotInfo",
     "Storage",
     "StorageError",
+    "UnawaitedCallWarning",
     "UnrepresentableValueError",
     "UnsupportedSpecVersionError",
     "VersionSelection",
@@ -127,11 +136,14 @@ __all__ = [
     "local_filesystem_storage",
     "local_filesystem_store",
     "print_debug_info",
+    "r2_storage",
     "s3_credentials",
+    "s3_refreshable_credentials",
     "s3_storage",
-    "set_logs_filter",
     "s3_store",
+    "set_logs_filter",
     "spec_version",
     "storage_from_driver",
     "storage_from_url",
+    "tigris_storage",
 ]

@@ -32,6 +32,7 @@ working for bad arguments)::
         ForkPayloadError                (all also ValueError)
         VirtualChunkError
     AicechunkWarning                    (a UserWarning)
+        UnawaitedCallWarning            a commit (or another call that matters) never awaited
 """
 
 from __future__ import annotations
@@ -381,3 +382,9 @@ class VirtualChunkError(AicechunkError):
 class AicechunkWarning(UserWarning):
     """Something was accepted but deserves attention: a virtual chunk container in
     ``config.yaml`` that is ignored, an authorization for a prefix no container declares."""
+
+
+class UnawaitedCallWarning(AicechunkWarning):
+    """A call whose effect matters (``Session.commit``, ``Repository.create``, ...) made
+    a coroutine that was dropped without being awaited: it did nothing. The message names
+    the call and the line that made it (see ``aicechunk.awaited``)."""

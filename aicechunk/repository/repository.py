@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from aicechunk.assets import CONFIG_KEY, AssetManager
+from aicechunk.awaited import must_await
 from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
 from aicechunk.errors import (
@@ -149,6 +150,7 @@ class Repository:
         return await AssetManager(storage.driver()).spec_version() is not None
 
     @classmethod
+    @must_await("no repository was created")
     async def create(
         cls,
         storage: Storage,
@@ -173,6 +175,7 @@ class Repository:
         return cls(storage, effective, authorize_virtual_chunk_access)
 
     @classmethod
+    @must_await("the repository was not opened")
     async def open(
         cls,
         storage: Storage,
@@ -200,6 +203,7 @@ class Repository:
         return cls(storage, effective, authorize_virtual_chunk_access)
 
     @classmethod
+    @must_await("the repository was not opened or created")
     async def open_or_create(
         cls,
         storage: Storage,
@@ -231,6 +235,7 @@ class Repository:
             return None
         return RepositoryConfig.from_yaml(data, CONFIG_KEY)
 
+    @must_await("the configuration was not saved")
     async def save_config(self) -> None:
         """Persist the configuration in effect to ``config.yaml``."""
         await self._storage.driver().put(CONFIG_KEY, self._config.to_yaml())
@@ -260,6 +265,7 @@ class Repository:
         ref_format.validate_ref_name(name)
         return str((await self._assets.fetch_branch(name)).snapshot_id)
 
+    @must_await("no branch was created")
     async def create_branch(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create a branch at a snapshot; fails if the branch exists."""
         ref_format.validate_new_ref_name(name)
@@ -270,6 +276,7 @@ class Repository:
         except PreconditionFailed:
             raise RefExistsError(f"branch {name!r} already exists") from None
 
+    @must_await("the branch was not reset")
     async def reset_branch(
         self,
         name: str,
@@ -296,6 +303,7 @@ class Repository:
         except ConflictError as err:
             raise ConflictError(name, err.expected, err.actual, hint=hint) from None
 
+    @must_await("the branch was not deleted")
     async def delete_branch(self, name: str) -> None:
         """Delete a branch (not ``main``); its snapshots stay until garbage collection."""
         ref_format.validate_ref_name(name)
@@ -325,6 +333,7 @@ class Repository:
         ref_format.validate_ref_name(name)
         return str(await self._assets.fetch_tag(name))
 
+    @must_await("no tag was created")
     async def create_tag(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create an immutable tag; a name in use, or ever deleted, is refused."""
         ref_format.validate_new_ref_name(name)
@@ -337,6 +346,7 @@ class Repository:
                 f"tag {name!r} already exists or was deleted (tag names are never reused)"
             ) from None
 
+    @must_await("the tag was not deleted")
     async def delete_tag(self, name: str) -> None:
         """Delete a tag; its name can never be used again."""
         ref_format.validate_ref_name(name)

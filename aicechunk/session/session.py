@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aicechunk.assets import AssetManager
+from aicechunk.awaited import must_await
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
 from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.changes.validate import check_chunk_coords, check_chunk_ref
@@ -288,11 +289,9 @@ class Session:
         self, array_path: str, batch_size: int = 1000
     ) -> AsyncIterator[Coords]:
         """Coordinates of every chunk of the array at ``array_path`` that has a reference,
-        sorted (icechunk's name and refusals: ``InvalidNodePathError``, a ``ValueError``,
-        for a relative path; ``NodeNotFoundError`` where there is no array).
-
-        ``batch_size`` is accepted for icechunk's signature: the coordinates are listed
-        from the manifests already in memory, so there are no batches to size."""
+        sorted. As icechunk: ``InvalidNodePathError`` (a ``ValueError``) for a relative
+        path, ``NodeNotFoundError`` where there is no array; ``batch_size`` is accepted
+        (the coordinates come from manifests in memory: there are no batches to size)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         node = await reads.get_node(self._state, array_path)
@@ -302,8 +301,7 @@ class Session:
             yield coords
 
     def chunk_coords(self, path: str) -> AsyncIterator[Coords]:
-        """As ``chunk_coordinates``, but nothing (rather than an error) where there is no
-        array at ``path``: the store's listings and deletes use that."""
+        """As ``chunk_coordinates``, but none where there is no array (the store's use)."""
         return reads.chunk_coords(self._state, path)
 
     # -- status -----------------------------------------------------------------------
@@ -357,6 +355,7 @@ class Session:
         self._state.check_writable()
         return self._fork(copy.deepcopy(self._state.changes))
 
+    @must_await("nothing was merged")
     async def merge(self, *forks: ForkSession) -> None:
         """Fold the changes of ``forks`` into this session.
 
@@ -396,6 +395,7 @@ class Session:
 
     # -- commit -----------------------------------------------------------------------
 
+    @must_await("nothing was committed")
     async def commit(
         self,
         message: str,
@@ -428,17 +428,16 @@ class Session:
         """
         return await committing.commit(self._state, message, metadata, rebase_with, rebase_tries)
 
+    @must_await("nothing was flushed")
     async def flush(self, message: str, metadata: Mapping[str, Any] | None = None) -> SnapshotId:
         """Save the pending changes as an anonymous snapshot, on no branch, and return
-        its id (icechunk's ``Session.flush``).
-
-        The snapshot's parent is the session's snapshot; its metadata is made as a
-        commit's. The session then reads the new snapshot and is read-only, detached from
-        its branch, as in icechunk: tag it or ``create_branch`` at it to keep it (an
-        unreferenced snapshot is what garbage collection removes).
-        """
+        its id (icechunk's ``Session.flush``): its parent is the session's snapshot, its
+        metadata made as a commit's. As in icechunk, the session then reads it, read-only
+        and on no branch: tag it or ``create_branch`` at it to keep it from garbage
+        collection."""
         return await committing.flush(self._state, message, metadata)
 
+    @must_await("nothing was rebased")
     async def rebase(self, solver: ConflictSolver) -> None:
         """Move the pending changes onto the branch tip, resolving conflicts with ``solver``.
 
@@ -480,6 +479,7 @@ class ForkSession(Session):
         """Refused: rebase the parent session after merging."""
         raise SessionStateError("a ForkSession cannot rebase: merge it, then rebase the parent")
 
+    @must_await("nothing was merged")
     async def merge(self, *forks: ForkSession) -> None:
         """Fold other forks into this one (tree reductions); later arguments win."""
         await super().merge(*forks)
@@ -505,8 +505,14 @@ class ForkSession(Session):
         is checked as the session API checks it (paths, zarr metadata, chunk grids,
         values the format can hold); ``merge`` checks the rest against the base snapshot.
         """
-        fork: ForkSession = cls._of(decode_fork(payload, limits))
+        fork: ForkSession = cls._of(decode_fork(payload, limits, False))
         return fork
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (ForkSession.from_bytes, (self.to_bytes(),))
+        # a pickle's reader trusts it: a refreshable credentials callable comes back too
+        return (_unpickle_fork, (self.to_bytes(),))
+
+
+def _unpickle_fork(payload: bytes) -> ForkSession:
+    fork: ForkSession = ForkSession._of(decode_fork(payload, DEFAULT_DECOMPRESSION_LIMITS, True))
+    return fork
