@@ -4,12 +4,12 @@ dataclasses (a new option is covered without touching this file)."""
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import json
 import os
 import pickle
-import collections.abc
 import typing
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -56,9 +56,7 @@ def travels_by_pickle_only(hint: Any) -> bool:
     """Refreshable credentials (a callable, an expiry) are not JSON: they travel by pickle
     (and in fork payloads), as icechunk's do."""
     args = typing.get_args(hint) or (hint,)
-    return any(
-        (typing.get_origin(a) or a) in (collections.abc.Callable, datetime) for a in args
-    )
+    return any((typing.get_origin(a) or a) in (collections.abc.Callable, datetime) for a in args)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
