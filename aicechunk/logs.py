@@ -42,10 +42,12 @@ _handler: logging.Handler | None = None
 
 def parse_filter(directive: str) -> dict[str, int]:
     """Logger name -> level for a filter in icechunk's form: comma-separated ``level``
-    (for the whole ``aicechunk`` hierarchy) or ``target=level`` entries. A target
+    (for the whole ``aicechunk`` hierarchy) or ``target=level`` entries, a target winning
+    over a bare level whatever their order (``"icechunk=debug,info"``: debug). A target
     ``icechunk...`` means the same module under ``aicechunk``, so icechunk's filters keep
     working. ``ValueError`` names an entry that is neither."""
     levels: dict[str, int] = {}
+    targeted: dict[str, int] = {}  # a target is more specific than a bare level
     for raw in directive.split(","):
         entry = raw.strip()
         if not entry:
@@ -60,8 +62,8 @@ def parse_filter(directive: str) -> dict[str, int]:
                 f"log filter entry {entry!r}: expected LEVEL or TARGET=LEVEL, with LEVEL one "
                 f"of {', '.join(_LEVELS)}"
             )
-        levels[name] = number
-    return levels
+        (targeted if sep else levels)[name] = number
+    return {**levels, **targeted}
 
 
 def set_logs_filter(log_filter_directive: str | None) -> None:
