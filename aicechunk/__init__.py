@@ -5,6 +5,7 @@ from aicechunk.changes.conflicts import (
     Conflict,
     ConflictDetector,
     ConflictKind,
+    ConflictType,
     VersionSelection,
 )
 from aicechunk.config import CachingConfig, DecompressionLimits, RepositoryConfig
@@ -35,20 +36,27 @@ from aicechunk.errors import (
     RootNotEmptyError,
     SessionStateError,
     StorageError,
+    UnawaitedCallWarning,
     UnrepresentableValueError,
     UnsupportedSpecVersionError,
 )
-from aicechunk.repository import Repository, SnapshotInfo
-from aicechunk.session import Diff, ForkSession, Session
+from aicechunk.logs import initialize_logs, print_debug_info, set_logs_filter
+from aicechunk.repository import Repository, SnapshotInfo, spec_version
+from aicechunk.session import ChunkType, Diff, ForkSession, Session
 from aicechunk.storage import (
+    ExpiringS3Credentials,
+    S3Credentials,
     Storage,
     gcs_storage,
     http_storage,
     in_memory_storage,
     local_filesystem_storage,
+    r2_storage,
+    s3_refreshable_credentials,
     s3_storage,
     storage_from_driver,
     storage_from_url,
+    tigris_storage,
 )
 from aicechunk.store import IcechunkStore
 from aicechunk.virtual import (
@@ -72,14 +80,17 @@ __all__ = [
     "BasicConflictSolver",
     "CachingConfig",
     "ChunkIndexError",
+    "ChunkType",
     "CommitOutcomeUnknownError",
     "Conflict",
     "ConflictDetector",
     "ConflictError",
     "ConflictKind",
+    "ConflictType",
     "DecompressionLimits",
     "Diff",
     "EventLoopError",
+    "ExpiringS3Credentials",
     "ForkPayloadError",
     "ForkSession",
     "FormatError",
@@ -102,11 +113,13 @@ __all__ = [
     "RepositoryExistsError",
     "RepositoryNotFoundError",
     "RootNotEmptyError",
+    "S3Credentials",
     "Session",
     "SessionStateError",
     "SnapshotInfo",
     "Storage",
     "StorageError",
+    "UnawaitedCallWarning",
     "UnrepresentableValueError",
     "UnsupportedSpecVersionError",
     "VersionSelection",
@@ -121,11 +134,18 @@ __all__ = [
     "http_storage",
     "http_store",
     "in_memory_storage",
+    "initialize_logs",
     "local_filesystem_storage",
     "local_filesystem_store",
+    "print_debug_info",
+    "r2_storage",
     "s3_credentials",
+    "s3_refreshable_credentials",
     "s3_storage",
     "s3_store",
+    "set_logs_filter",
+    "spec_version",
     "storage_from_driver",
     "storage_from_url",
+    "tigris_storage",
 ]

@@ -278,7 +278,7 @@ async def demo(directory: Path) -> None:
     await exp.commit("an experiment on a branch")
     await repo.create_tag("v1", second)
     print("4. branch 'experiment' from the first commit; tag 'v1' on the second")
-    views: list[tuple[str, dict[str, str]]] = [
+    views: list[tuple[str, dict[str, Any]]] = [
         ("v1", {"tag": "v1"}),
         ("experiment", {"branch": "experiment"}),
     ]

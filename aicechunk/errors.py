@@ -23,8 +23,8 @@ working for bad arguments)::
             UnsupportedSpecVersionError, RefNotFoundError, RefExistsError,
             InvalidRefNameError
         SessionStateError               not allowed in the session's state
-        ConflictError                   the branch moved (branch, expected, actual)
-        RebaseFailedError               conflicts the solver would not resolve
+        ConflictError                   the branch moved (branch, expected_parent, actual_parent)
+        RebaseFailedError               conflicts the solver would not resolve (snapshot, conflicts)
         NodeNotFoundError               (also KeyError)
         ChunkIndexError                 (also IndexError)
         InvalidLocation, InvalidNodePathError, InvalidStoreKeyError,
@@ -33,6 +33,7 @@ working for bad arguments)::
         VirtualChunkError
         EventLoopError                  (also RuntimeError) a blocking call on its own loop
     AicechunkWarning                    (a UserWarning)
+        UnawaitedCallWarning            a commit (or another call that matters) never awaited
 """
 
 from __future__ import annotations
@@ -245,19 +246,46 @@ class SessionStateError(AicechunkError):
 
 
 class ConflictError(AicechunkError):
-    """A commit lost the race: the branch moved since the session started."""
+    """A branch update lost the race: the branch moved since the session started (or,
+    for ``reset_branch(..., from_snapshot_id=)``, is not where the caller said).
 
-    def __init__(self, branch: str, expected: str | None, actual: str | None):
+    ``expected_parent`` and ``actual_parent`` are icechunk's names for the tip expected
+    and the tip found; ``expected`` and ``actual`` are the same values.
+    """
+
+    def __init__(
+        self, branch: str, expected: str | None, actual: str | None, *, hint: str | None = None
+    ):
         self.branch = branch
         self.expected = expected
         self.actual = actual
+        self.hint = "rebase and commit again" if hint is None else hint
         super().__init__(
-            f"branch {branch!r} moved: the session expected tip {expected}, "
-            f"but the branch is at {actual}; rebase and commit again"
+            f"branch {branch!r} moved: expected tip {expected}, "
+            f"but the branch is at {actual}; {self.hint}"
         )
 
+    @property
+    def expected_parent(self) -> str | None:
+        """The snapshot the branch was expected at (icechunk's name)."""
+        return self.expected
+
+    @property
+    def actual_parent(self) -> str | None:
+        """The snapshot the branch was found at (icechunk's name)."""
+        return self.actual
+
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.branch, self.expected, self.actual))
+        return (
+            _rebuild_conflict_error,
+            (type(self), self.branch, self.expected, self.actual, self.hint),
+        )
+
+
+def _rebuild_conflict_error(
+    cls: type[ConflictError], branch: str, expected: str | None, actual: str | None, hint: str
+) -> ConflictError:
+    return cls(branch, expected, actual, hint=hint)
 
 
 class RebaseFailedError(AicechunkError):
@@ -268,6 +296,14 @@ class RebaseFailedError(AicechunkError):
         self.conflicts = list(conflicts)
         listed = "; ".join(str(c) for c in conflicts)
         super().__init__(f"rebase onto snapshot {snapshot_id} failed: {listed}")
+
+    @property
+    def snapshot(self) -> str:
+        """The snapshot the rebase failed on (icechunk's name for ``snapshot_id``)."""
+        return self.snapshot_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.snapshot_id, self.conflicts))
 
 
 # --- values and payloads ---------------------------------------------------------------
@@ -352,3 +388,9 @@ class EventLoopError(AicechunkError, RuntimeError):
 class AicechunkWarning(UserWarning):
     """Something was accepted but deserves attention: a virtual chunk container in
     ``config.yaml`` that is ignored, an authorization for a prefix no container declares."""
+
+
+class UnawaitedCallWarning(AicechunkWarning):
+    """A call whose effect matters (``Session.commit``, ``Repository.create``, ...) made
+    a coroutine that was dropped without being awaited: it did nothing. The message names
+    the call and the line that made it (see ``aicechunk.awaited``)."""

@@ -67,7 +67,7 @@ async def main(directory: Path, data_dir: Path, layout: dict[str, tuple[int, int
     for name in layout:
         arr = await zas.open_array(store=ro.store, path=name, mode="r")
         values = await arr.getitem(slice(None))
-        kind = await ro.chunk_type("/" + name, (0,))
+        kind = (await ro.chunk_type("/" + name, (0,))).name.lower()
         print(f"{name:>12}: {values[:3]} ... {values[-1]:.1f}  ({kind})")
     print("virtual locations:", await ro.all_virtual_chunk_locations())
 

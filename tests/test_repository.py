@@ -637,7 +637,7 @@ async def test_an_interrupted_creation_is_named(
 ) -> None:
     """The initial snapshot without a main branch: a creation in progress, or one that was
     interrupted; create says so at once, open_or_create after waiting for it."""
-    import aicechunk.repository as repository
+    import aicechunk.repository.creation as repository
 
     storage = aic.local_filesystem_storage(tmp_path)
     await aic.Repository.create(storage)

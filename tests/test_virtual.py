@@ -83,8 +83,8 @@ async def test_local_files(tmp_path: Path) -> None:
     )
     session = await write_refs(repo, f"{prefix}file.nc")
     np.testing.assert_array_equal(await read_v(session), VALUES)
-    assert await session.chunk_type("/v", (0,)) == "virtual"
-    assert await session.chunk_type("/v", (5,)) == "uninitialized"
+    assert await session.chunk_type("/v", (0,)) is aic.ChunkType.VIRTUAL
+    assert await session.chunk_type("/v", (5,)) is aic.ChunkType.UNINITIALIZED
     assert await session.all_virtual_chunk_locations() == [f"{prefix}file.nc"]
     # the containers persist in config.yaml
     reopened = await aic.Repository.open(

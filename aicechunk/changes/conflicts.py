@@ -26,6 +26,7 @@ __all__ = [
     "ConflictDetector",
     "ConflictKind",
     "ConflictSolver",
+    "ConflictType",
     "RebaseFailedError",
     "VersionSelection",
 ]
@@ -45,6 +46,22 @@ class ConflictKind(enum.Enum):
     DELETE_OF_UPDATED_ARRAY = "delete of an updated array"
     DELETE_OF_UPDATED_GROUP = "delete of an updated group"
 
+    # icechunk's ``ConflictType`` member names, as aliases of the same members
+    NewNodeConflictsWithExistingNode = NEW_NODE_CONFLICTS_WITH_EXISTING_NODE
+    NewNodeInInvalidGroup = NEW_NODE_IN_INVALID_GROUP
+    ZarrMetadataDoubleUpdate = ZARR_METADATA_DOUBLE_UPDATE
+    ZarrMetadataUpdateOfDeletedArray = ZARR_METADATA_UPDATE_OF_DELETED_ARRAY
+    ZarrMetadataUpdateOfDeletedGroup = ZARR_METADATA_UPDATE_OF_DELETED_GROUP
+    ChunkDoubleUpdate = CHUNK_DOUBLE_UPDATE
+    ChunksUpdatedInDeletedArray = CHUNKS_UPDATED_IN_DELETED_ARRAY
+    ChunksUpdatedInUpdatedArray = CHUNKS_UPDATED_IN_UPDATED_ARRAY
+    DeleteOfUpdatedArray = DELETE_OF_UPDATED_ARRAY
+    DeleteOfUpdatedGroup = DELETE_OF_UPDATED_GROUP
+
+
+#: icechunk's name for the kinds of conflict.
+ConflictType = ConflictKind
+
 
 @dataclass(frozen=True)
 class Conflict:
@@ -54,6 +71,19 @@ class Conflict:
     path: str
     chunk_coords: frozenset[Coords] = frozenset()
     node_id: NodeId | None = None
+
+    @property
+    def conflict_type(self) -> ConflictKind:
+        """The kind of conflict (icechunk's name for ``kind``)."""
+        return self.kind
+
+    @property
+    def conflicted_chunks(self) -> list[list[int]] | None:
+        """The chunks in conflict, sorted, for a chunk conflict; ``None`` otherwise
+        (icechunk's shape of ``chunk_coords``)."""
+        if self.kind is not ConflictKind.CHUNK_DOUBLE_UPDATE:
+            return None
+        return [list(c) for c in sorted(self.chunk_coords)]
 
     def __str__(self) -> str:
         extra = f" {sorted(self.chunk_coords)}" if self.chunk_coords else ""

@@ -28,7 +28,8 @@ from aicechunk.drivers.base import (
     ObjectInfo,
     http_range_header,
 )
-from aicechunk.drivers.settings import SECRET, URL, DriverSettings, check_endpoint, wrap_fields
+from aicechunk.drivers.s3_credentials import S3Credentials, refreshable
+from aicechunk.drivers.settings import URL, DriverSettings, check_endpoint
 from aicechunk.errors import (
     InvalidLocation,
     ObjectNotFound,
@@ -42,29 +43,6 @@ __all__ = ["S3Credentials", "S3Driver", "S3Settings"]
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-
-
-@dataclass(frozen=True)
-class S3Credentials:
-    """How the driver authenticates: static keys, anonymous, or the environment's chain.
-
-    ``repr`` never shows the secret parts.
-    """
-
-    access_key_id: str | None = field(default=None, repr=False, metadata=SECRET)
-    secret_access_key: str | None = field(default=None, repr=False, metadata=SECRET)
-    session_token: str | None = field(default=None, repr=False, metadata=SECRET)
-    anonymous: bool = False
-
-    def __post_init__(self) -> None:
-        wrap_fields(self)
-
-    @property
-    def kind(self) -> str:
-        """``static``, ``anonymous`` or ``from_env``."""
-        if self.anonymous:
-            return "anonymous"
-        return "static" if self.access_key_id else "from_env"
 
 
 @dataclass(frozen=True)
@@ -261,8 +239,16 @@ class S3Driver(ConfiguredDriver[S3Settings]):
             kwargs["aws_secret_access_key"] = str(creds.secret_access_key)
             token = creds.session_token
             kwargs["aws_session_token"] = None if token is None else str(token)
+        session = _shared_session(get_session)
+        if creds.kind == "refreshable":
+            # a session of its own holds the refreshing credentials (botocore has no other
+            # way to give a client some); it shares the loaded service models
+            shared = session
+            session = get_session()
+            session.register_component("data_loader", shared.get_component("data_loader"))
+            session._credentials = await refreshable(creds)
         try:
-            context = _shared_session(get_session).create_client("s3", **kwargs)
+            context = session.create_client("s3", **kwargs)
             client = await context.__aenter__()
         except Exception as err:  # botocore's checks of region, endpoint, configuration
             raise StorageError(

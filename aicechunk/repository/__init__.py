@@ -1,5 +1,6 @@
 """The repository: create and open, branches and tags, history, and sessions."""
 
-from aicechunk.repository.repository import Repository, SnapshotInfo
+from aicechunk.repository.history import SnapshotInfo
+from aicechunk.repository.repository import Repository, spec_version
 
-__all__ = ["Repository", "SnapshotInfo"]
+__all__ = ["Repository", "SnapshotInfo", "spec_version"]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from aicechunk.assets import CONFIG_KEY, AssetManager
+from aicechunk.awaited import must_await
+from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
 from aicechunk.errors import (
+    ConflictError,
     InvalidIdError,
     ObjectNotFound,
     PreconditionFailed,
@@ -24,37 +27,24 @@ from aicechunk.errors import (
 )
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import SPEC_VERSION
-from aicechunk.format.ids import NodeId, SnapshotId
-from aicechunk.format.snapshot import Snapshot
+from aicechunk.format.ids import SnapshotId
+from aicechunk.repository import history
 from aicechunk.repository.creation import await_creation, unsupported_message, write_new_repository
+from aicechunk.repository.history import SnapshotInfo
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
+from aicechunk.store import IcechunkStore
 from aicechunk.virtual import VirtualResolver
 
-__all__ = ["Repository", "SnapshotInfo"]
+__all__ = ["Repository", "SnapshotInfo", "spec_version"]
 
 INITIAL_COMMIT_MESSAGE = "Repository initialized"
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    """One entry of a branch's history."""
-
-    id: str
-    parent_id: str | None
-    written_at: datetime
-    message: str
-    metadata: dict[str, Any]
-
-
-def _info(snapshot: Snapshot) -> SnapshotInfo:
-    return SnapshotInfo(
-        id=str(snapshot.id),
-        parent_id=None if snapshot.parent_id is None else str(snapshot.parent_id),
-        written_at=snapshot.flushed_at,
-        message=snapshot.message,
-        metadata=dict(snapshot.metadata),
-    )
+def spec_version() -> int:
+    """The Icechunk spec version this library reads and writes (icechunk's
+    ``spec_version()``): repositories of other versions are refused."""
+    return SPEC_VERSION
 
 
 def _snapshot_id(value: str | SnapshotId) -> SnapshotId:
@@ -84,6 +74,7 @@ class Repository:
         self._credentials = dict(authorize_virtual_chunk_access or {})
         self._resolver: VirtualResolver | None = None
         self._assets = AssetManager(storage.driver(), config.caching, config.decompression_limits())
+        self._commit_metadata: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -102,8 +93,42 @@ class Repository:
         """URL prefix -> credentials of the virtual chunk containers the user authorized."""
         return dict(self._credentials)
 
+    @property
+    def authorized_virtual_container_prefixes(self) -> set[str]:
+        """The URL prefixes of the virtual chunk containers the user authorized
+        (icechunk's name)."""
+        return set(self._credentials)
+
     def __repr__(self) -> str:
         return f"<Repository {self._storage!r}>"
+
+    def reopen(
+        self,
+        config: RepositoryConfig | None = None,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """This repository again, with ``config`` set on top of the configuration in
+        effect and, if given, other virtual chunk credentials (the current ones if not).
+
+        As in icechunk, the new object starts with no default commit metadata; nothing is
+        read from storage (``fetch_config`` reads what is persisted)."""
+        effective = self._config if config is None else self._config.merge(config)
+        credentials = (
+            self._credentials
+            if authorize_virtual_chunk_access is None
+            else authorize_virtual_chunk_access
+        )
+        return type(self)(self._storage, effective, credentials)
+
+    def set_default_commit_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Metadata every commit (and flush) of sessions made from now on starts with;
+        a commit's own metadata is set on top of it (its keys win). Sessions already made
+        keep what they had, as in icechunk; ``{}`` clears it."""
+        self._commit_metadata = dict(metadata)
+
+    def default_commit_metadata(self) -> dict[str, Any]:
+        """The default commit metadata set with ``set_default_commit_metadata``."""
+        return dict(self._commit_metadata)
 
     async def close(self) -> None:
         """Release the network clients this repository's storage (and its virtual chunk
@@ -126,6 +151,7 @@ class Repository:
         return await AssetManager(storage.driver()).spec_version() is not None
 
     @classmethod
+    @must_await("no repository was created")
     async def create(
         cls,
         storage: Storage,
@@ -150,6 +176,7 @@ class Repository:
         return cls(storage, effective, authorize_virtual_chunk_access)
 
     @classmethod
+    @must_await("the repository was not opened")
     async def open(
         cls,
         storage: Storage,
@@ -177,6 +204,7 @@ class Repository:
         return cls(storage, effective, authorize_virtual_chunk_access)
 
     @classmethod
+    @must_await("the repository was not opened or created")
     async def open_or_create(
         cls,
         storage: Storage,
@@ -208,6 +236,7 @@ class Repository:
             return None
         return RepositoryConfig.from_yaml(data, CONFIG_KEY)
 
+    @must_await("the configuration was not saved")
     async def save_config(self) -> None:
         """Persist the configuration in effect to ``config.yaml``."""
         await self._storage.driver().put(CONFIG_KEY, self._config.to_yaml())
@@ -237,6 +266,7 @@ class Repository:
         ref_format.validate_ref_name(name)
         return str((await self._assets.fetch_branch(name)).snapshot_id)
 
+    @must_await("no branch was created")
     async def create_branch(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create a branch at a snapshot; fails if the branch exists."""
         ref_format.validate_new_ref_name(name)
@@ -247,14 +277,34 @@ class Repository:
         except PreconditionFailed:
             raise RefExistsError(f"branch {name!r} already exists") from None
 
-    async def reset_branch(self, name: str, snapshot_id: str | SnapshotId) -> None:
-        """Point a branch at another snapshot (history on it is no longer on the branch)."""
+    @must_await("the branch was not reset")
+    async def reset_branch(
+        self,
+        name: str,
+        snapshot_id: str | SnapshotId,
+        *,
+        from_snapshot_id: str | SnapshotId | None = None,
+    ) -> None:
+        """Point a branch at another snapshot (history on it is no longer on the branch).
+
+        With ``from_snapshot_id``, only if the branch is at that snapshot: otherwise
+        ``ConflictError`` (``expected_parent``, ``actual_parent``) and nothing changes,
+        also when another writer moves the branch meanwhile.
+        """
         ref_format.validate_ref_name(name)
         sid = _snapshot_id(snapshot_id)
+        expected = None if from_snapshot_id is None else _snapshot_id(from_snapshot_id)
         await self._assets.fetch_snapshot(sid)
         tip = await self._assets.fetch_branch(name)
-        await self._assets.move_branch(name, sid, tip)
+        hint = "the branch was not reset"
+        if expected is not None and tip.snapshot_id != expected:
+            raise ConflictError(name, str(expected), str(tip.snapshot_id), hint=hint)
+        try:
+            await self._assets.move_branch(name, sid, tip)
+        except ConflictError as err:
+            raise ConflictError(name, err.expected, err.actual, hint=hint) from None
 
+    @must_await("the branch was not deleted")
     async def delete_branch(self, name: str) -> None:
         """Delete a branch (not ``main``); its snapshots stay until garbage collection."""
         ref_format.validate_ref_name(name)
@@ -284,6 +334,7 @@ class Repository:
         ref_format.validate_ref_name(name)
         return str(await self._assets.fetch_tag(name))
 
+    @must_await("no tag was created")
     async def create_tag(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create an immutable tag; a name in use, or ever deleted, is refused."""
         ref_format.validate_new_ref_name(name)
@@ -296,6 +347,7 @@ class Repository:
                 f"tag {name!r} already exists or was deleted (tag names are never reused)"
             ) from None
 
+    @must_await("the tag was not deleted")
     async def delete_tag(self, name: str) -> None:
         """Delete a tag; its name can never be used again."""
         ref_format.validate_ref_name(name)
@@ -327,6 +379,11 @@ class Repository:
         await self._assets.fetch_snapshot(sid)
         return sid
 
+    async def lookup_snapshot(self, snapshot_id: str | SnapshotId) -> SnapshotInfo:
+        """The info of one snapshot, on a branch or not (``RefNotFoundError`` if there is
+        no such snapshot)."""
+        return SnapshotInfo.of(await self._assets.fetch_snapshot(_snapshot_id(snapshot_id)))
+
     async def ancestry(
         self,
         *,
@@ -337,7 +394,17 @@ class Repository:
         """The snapshot and its ancestors, newest first, back to the first commit."""
         start = await self._resolve(branch, tag, snapshot_id)
         async for snapshot in self._assets.history(start):
-            yield _info(snapshot)
+            yield SnapshotInfo.of(snapshot)
+
+    def async_ancestry(
+        self,
+        *,
+        branch: str | None = None,
+        tag: str | None = None,
+        snapshot_id: str | SnapshotId | None = None,
+    ) -> AsyncIterator[SnapshotInfo]:
+        """``ancestry`` under icechunk's name for its asynchronous form."""
+        return self.ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id)
 
     async def diff(
         self,
@@ -358,31 +425,7 @@ class Repository:
         """
         start = await self._resolve(from_branch, from_tag, from_snapshot_id)
         end = await self._resolve(to_branch, to_tag, to_snapshot_id)
-        chain = await self._assets.history_since(end, start)
-        if chain is None:
-            raise RepositoryError(f"snapshot {start} is not an ancestor of {end}")
-        paths = {n.id: n.path for n in (await self._assets.fetch_snapshot(start)).nodes}
-        paths.update((n.id, n.path) for n in (await self._assets.fetch_snapshot(end)).nodes)
-        logs = [await self._assets.fetch_transaction_log(sid) for sid in chain]
-
-        def named(ids: set[NodeId]) -> set[str]:
-            return {paths[i] for i in ids if i in paths}
-
-        diff = Diff(
-            new_groups=named({i for log in logs for i in log.new_groups}),
-            new_arrays=named({i for log in logs for i in log.new_arrays}),
-            deleted_groups=named({i for log in logs for i in log.deleted_groups}),
-            deleted_arrays=named({i for log in logs for i in log.deleted_arrays}),
-            updated_groups=named({i for log in logs for i in log.updated_groups}),
-            updated_arrays=named({i for log in logs for i in log.updated_arrays}),
-        )
-        for log in logs:
-            for nid, coords in log.updated_chunks.items():
-                if nid in paths:
-                    diff.updated_chunks.setdefault(paths[nid], set()).update(
-                        tuple(c) for c in coords
-                    )
-        return diff
+        return await history.diff(self._assets, start, end)
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -416,6 +459,8 @@ class Repository:
             read_only=False,
             config=self._session_config(),
             virtual_resolver=self._virtual_resolver(),
+            repository_config=self._config,
+            commit_metadata=self._commit_metadata,
         )
 
     async def readonly_session(
@@ -424,9 +469,20 @@ class Repository:
         *,
         tag: str | None = None,
         snapshot_id: str | SnapshotId | None = None,
+        as_of: datetime | None = None,
     ) -> Session:
-        """A read-only session at a branch tip, a tag or a snapshot."""
-        sid = await self._resolve(branch, tag, snapshot_id)
+        """A read-only session at a branch tip, a tag or a snapshot; with ``as_of`` (and
+        a branch), at the snapshot the branch was at then: the newest of its history
+        written at or before ``as_of``, a datetime with a time zone."""
+        if as_of is not None:
+            if branch is None:
+                raise ValueError("as_of argument must be provided together with a branch name")
+            if tag is not None or snapshot_id is not None:
+                raise ValueError("pass exactly one of branch=, tag=, snapshot_id=")
+            ref_format.validate_ref_name(branch)
+            sid = await history.snapshot_as_of(self._assets, branch, as_of)
+        else:
+            sid = await self._resolve(branch, tag, snapshot_id)
         return Session(
             self._assets,
             sid,
@@ -434,4 +490,27 @@ class Repository:
             read_only=True,
             config=self._session_config(),
             virtual_resolver=self._virtual_resolver(),
+            repository_config=self._config,
         )
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self,
+        branch: str,
+        *,
+        message: str,
+        metadata: Mapping[str, Any] | None = None,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1000,
+    ) -> AsyncIterator[IcechunkStore]:
+        """A writable session on ``branch``, as its zarr store, committed on leaving the
+        block: ``async with repo.transaction("main", message="...") as store:``.
+
+        As icechunk's ``transaction``: an exception in the block propagates and nothing
+        is committed (the session's changes are dropped); a block that changed nothing
+        fails to commit (``SessionStateError``); ``rebase_with`` and ``rebase_tries`` are
+        ``commit``'s.
+        """
+        session = await self.writable_session(branch)
+        yield session.store
+        await session.commit(message, metadata, rebase_with=rebase_with, rebase_tries=rebase_tries)

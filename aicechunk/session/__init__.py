@@ -4,8 +4,8 @@
 files), ``commit`` (commit and rebase) and ``payload`` (forks as bytes).
 """
 
-from aicechunk.session.reads import Diff, NodeView
+from aicechunk.session.reads import ChunkType, Diff, NodeView
 from aicechunk.session.session import ForkSession, Session
 from aicechunk.session.state import SessionConfig
 
-__all__ = ["Diff", "ForkSession", "NodeView", "Session", "SessionConfig"]
+__all__ = ["ChunkType", "Diff", "ForkSession", "NodeView", "Session", "SessionConfig"]

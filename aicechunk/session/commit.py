@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
@@ -21,9 +22,10 @@ from aicechunk.session.flush import Flush
 from aicechunk.session.reads import base_snapshot, list_nodes
 from aicechunk.session.state import SessionState
 
-__all__ = ["commit", "rebase"]
+__all__ = ["commit", "flush", "rebase"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 async def commit(
@@ -39,7 +41,7 @@ async def commit(
     branch = state.branch
     if branch is None:
         raise SessionStateError("this session is not on a branch and cannot commit")
-    metadata = {} if metadata is None else metadata
+    metadata = _with_defaults(state, metadata)
     # what the format cannot hold is refused before anything is written
     check_commit_properties(message, metadata)
     if state.unsettled is not None and await settle(state):
@@ -64,6 +66,7 @@ async def commit(
                 state.unsettled = snapshot.id
             elif error is None:
                 state.committed(snapshot.id)
+                log.info("committed snapshot %s on branch %r", snapshot.id, branch)
             if cancelled or move.cancelled():
                 raise asyncio.CancelledError
             if error is None:
@@ -75,9 +78,39 @@ async def commit(
         if isinstance(error, ConflictError) and rebase_with is not None:
             tries += 1
             if tries <= rebase_tries:
+                log.debug("branch %r moved: rebasing, try %d of %d", branch, tries, rebase_tries)
                 await rebase(state, rebase_with)
                 continue
         raise error
+
+
+async def flush(
+    state: SessionState, message: str, metadata: Mapping[str, Any] | None
+) -> SnapshotId:
+    """Save ``state``'s changes as a snapshot on no branch; the session then reads it,
+    read-only and detached (see ``Session.flush``)."""
+    if state.changes.is_empty():
+        raise SessionStateError("no changes to flush")
+    state.check_writable()
+    metadata = _with_defaults(state, metadata)
+    check_commit_properties(message, metadata)
+    base = await base_snapshot(state)
+    snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
+    state.committed(snapshot.id)
+    log.info("flushed anonymous snapshot %s (from branch %r)", snapshot.id, state.branch)
+    state.branch = None
+    state.read_only = True
+    return snapshot.id
+
+
+def _with_defaults(state: SessionState, metadata: Mapping[str, Any] | None) -> Any:
+    """The repository's default commit metadata updated with ``metadata`` (a value that
+    is no mapping is returned as is, for ``check_commit_properties`` to refuse)."""
+    if metadata is None:
+        return dict(state.commit_metadata)
+    if not isinstance(metadata, Mapping):
+        return metadata
+    return {**state.commit_metadata, **metadata}
 
 
 async def settle(state: SessionState) -> bool:

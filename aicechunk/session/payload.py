@@ -4,12 +4,19 @@ The payload holds the storage description, the cache bounds, the base snapshot, 
 the session settings, the pending changes and the virtual chunk authorizations; its size
 grows with the changes, not with the repository. Decoding checks everything in it as the
 session API checks what it is given, before anything can be merged.
+
+A storage description with refreshable credentials holds a callable: it travels pickled
+inside the payload, and only a fork unpickled (``pickle`` trusts its input already)
+unpickles it; ``ForkSession.from_bytes`` refuses it, so that decoding bytes never runs
+code they carry.
 """
 
 from __future__ import annotations
 
+import pickle
 import struct
 import zlib
+from datetime import datetime
 from typing import Any
 
 import msgpack
@@ -34,6 +41,32 @@ _VERSION = 2  # 2: chunk changes stored column by column
 _HEADER = struct.Struct("<8sHHI")  # magic, version, flags, crc32 of the body
 # the cache bounds a payload carries, in this order
 _CACHE_FIELDS = ("num_snapshot_nodes", "num_chunk_refs", "num_transaction_changes")
+_EXT_PICKLED = 1  # a callable of the storage description (refreshable credentials)
+_EXT_DATETIME = 2  # a datetime, ISO 8601
+
+
+def _extension(value: Any) -> msgpack.ExtType:
+    if isinstance(value, datetime):
+        return msgpack.ExtType(_EXT_DATETIME, value.isoformat().encode())
+    if callable(value):
+        return msgpack.ExtType(_EXT_PICKLED, pickle.dumps(value))
+    raise TypeError(f"cannot put a {type(value).__name__} in a fork payload")
+
+
+def _ext_hook(trusted: bool) -> Any:
+    def hook(code: int, data: bytes) -> Any:
+        if code == _EXT_DATETIME:
+            return datetime.fromisoformat(data.decode())
+        if code == _EXT_PICKLED and trusted:
+            return pickle.loads(data)
+        if code == _EXT_PICKLED:
+            raise ValueError(
+                "the storage has refreshable credentials, whose callable comes back only "
+                "when the fork is unpickled (pickle.loads), not from bytes"
+            )
+        raise ValueError(f"unknown extension type {code}")
+
+    return hook
 
 
 def encode_fork(state: SessionState) -> bytes:
@@ -50,12 +83,15 @@ def encode_fork(state: SessionState) -> bytes:
         "changes": state.changes.to_plain(),
         "virtual": None if virtual is None else virtual.to_plain(),
     }
-    packed = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(body, use_bin_type=True))
+    packed = zstandard.ZstdCompressor(level=3).compress(
+        msgpack.packb(body, use_bin_type=True, default=_extension)
+    )
     return _HEADER.pack(_MAGIC, _VERSION, 0, zlib.crc32(packed)) + packed
 
 
-def decode_fork(payload: bytes, limits: DecompressionLimits) -> SessionState:
-    """The fork state in a payload; ``ForkPayloadError`` for anything wrong with it."""
+def decode_fork(payload: bytes, limits: DecompressionLimits, trusted: bool) -> SessionState:
+    """The fork state in a payload; ``ForkPayloadError`` for anything wrong with it.
+    ``trusted`` (only for payloads inside a pickle) lets a pickled callable through."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise ForkPayloadError(f"a fork payload is bytes, not {type(payload).__name__}")
     if len(payload) < _HEADER.size:
@@ -75,7 +111,8 @@ def decode_fork(payload: bytes, limits: DecompressionLimits) -> SessionState:
     except FormatError as err:
         raise ForkPayloadError(str(err)) from None
     try:
-        state = _state(msgpack.unpackb(raw, raw=False, strict_map_key=False), limits)
+        body = msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_ext_hook(trusted))
+        state = _state(body, limits)
     except Exception as err:  # any decoding failure of a checksummed payload
         raise ForkPayloadError(f"fork payload unreadable: {type(err).__name__}: {err}") from None
     try:

@@ -7,6 +7,7 @@ status of the pending changes. Nothing here writes.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -22,11 +23,33 @@ from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
 from aicechunk.errors import NodeNotFoundError, SessionStateError
 from aicechunk.format import Coords
 from aicechunk.format.ids import NodeId
-from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef
+from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
 from aicechunk.format.snapshot import ArrayNodeData, ManifestRef, NodeSnapshot, Snapshot
 from aicechunk.session.state import SessionState
 
-__all__ = ["Diff", "NodeView"]
+__all__ = ["ChunkType", "Diff", "NodeView"]
+
+
+class ChunkType(enum.Enum):
+    """Where a chunk's bytes are (icechunk's ``ChunkType``, with its members and values)."""
+
+    UNINITIALIZED = 0
+    """No reference: reads see the fill value."""
+    NATIVE = 1
+    """A chunk file in the repository's storage."""
+    VIRTUAL = 2
+    """A byte range of an object outside the repository."""
+    INLINE = 3
+    """Bytes held in the manifest itself."""
+
+    @classmethod
+    def of(cls, ref: ChunkRef | None) -> ChunkType:
+        """The type of a chunk with reference ``ref``."""
+        if ref is None:
+            return cls.UNINITIALIZED
+        if isinstance(ref, InlineRef):
+            return cls.INLINE
+        return cls.VIRTUAL if isinstance(ref, VirtualRef) else cls.NATIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,10 +232,18 @@ async def read_chunk(
 
 
 async def chunk_coords(state: SessionState, path: str) -> AsyncIterator[Coords]:
-    """Coordinates of every chunk of the array at ``path`` that has a reference."""
+    """Coordinates of every chunk of the array at ``path`` that has a reference; none if
+    there is no array there."""
     node = await get_node(state, path)
     if node is None or node.array is None:
         return
+    async for coords in array_chunk_coords(state, node):
+        yield coords
+
+
+async def array_chunk_coords(state: SessionState, node: NodeView) -> AsyncIterator[Coords]:
+    """Coordinates of every chunk of the array ``node`` that has a reference, sorted."""
+    assert node.array is not None
     changed = state.changes.chunk_changes(node.id)
     base = await base_refs(state, node)
     coords = {c for c in base if c not in changed}
@@ -221,6 +252,19 @@ async def chunk_coords(state: SessionState, path: str) -> AsyncIterator[Coords]:
     for c in sorted(coords):
         if on_grid(c, grid):
             yield c
+
+
+async def virtual_chunk_locations(state: SessionState) -> list[str]:
+    """Every distinct URL that virtual chunks of the session's arrays point into."""
+    found: set[str] = set()
+    for node in await list_nodes(state):
+        if node.array is None:
+            continue
+        async for coords in array_chunk_coords(state, node):
+            ref = await chunk_ref(state, node.path, coords)
+            if isinstance(ref, VirtualRef):
+                found.add(ref.location)
+    return sorted(found)
 
 
 # --- status ------------------------------------------------------------------------------

@@ -12,30 +12,30 @@ the branch with a conditional write, so a commit is all or nothing.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from aicechunk.assets import AssetManager
+from aicechunk.awaited import must_await
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
 from aicechunk.changes.conflicts import ConflictSolver
-from aicechunk.changes.validate import BaseNodes, check_changes, check_chunk_coords, check_chunk_ref
-from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
+from aicechunk.changes.validate import check_chunk_coords, check_chunk_ref
+from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, RepositoryConfig
 from aicechunk.drivers.base import ByteRange
 from aicechunk.errors import (
-    AicechunkError,
     ChunkIndexError,
-    ForkPayloadError,
+    NodeNotFoundError,
     SessionStateError,
     UnrepresentableValueError,
 )
 from aicechunk.format import Coords
 from aicechunk.format.ids import ChunkId, NodeId, SnapshotId
-from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
+from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import commit as committing
-from aicechunk.session import reads
+from aicechunk.session import merging, reads
 from aicechunk.session.payload import decode_fork, encode_fork
-from aicechunk.session.reads import Diff, NodeView
+from aicechunk.session.reads import ChunkType, Diff, NodeView
 from aicechunk.session.state import SessionConfig, SessionState
 from aicechunk.store import IcechunkStore
 from aicechunk.store.metadata import parse_metadata
@@ -61,6 +61,8 @@ class Session:
         config: SessionConfig | None = None,
         changes: ChangeSet | None = None,
         virtual_resolver: ChunkFetcher | None = None,
+        repository_config: RepositoryConfig | None = None,
+        commit_metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self._state = SessionState(
             assets,
@@ -70,6 +72,8 @@ class Session:
             config or SessionConfig(),
             changes or ChangeSet(),
             virtual_resolver,
+            repository_config=repository_config,
+            commit_metadata=dict(commit_metadata or {}),
         )
 
     @classmethod
@@ -99,6 +103,18 @@ class Session:
     def has_uncommitted_changes(self) -> bool:
         """Whether anything was written since the session started or last committed."""
         return not self._state.changes.is_empty()
+
+    @property
+    def config(self) -> RepositoryConfig:
+        """The configuration of the repository this session reads, as icechunk's
+        ``Session.config``. A fork rebuilt from a payload knows only the settings a
+        session uses (inline threshold, read concurrency): the rest are defaults."""
+        if self._state.repository_config is not None:
+            return self._state.repository_config
+        config = RepositoryConfig()
+        config.inline_chunk_threshold_bytes = self._state.config.inline_chunk_threshold_bytes
+        config.get_partial_values_concurrency = self._state.config.read_concurrency
+        return config
 
     @property
     def read_concurrency(self) -> int:
@@ -244,24 +260,16 @@ class Session:
         virtual = self._state.virtual
         return virtual is not None and virtual.container_for(location) is not None
 
-    async def chunk_type(self, path: str, coords: Coords) -> str:
-        """``native``, ``inline``, ``virtual`` or ``uninitialized``."""
-        ref = await self.get_chunk_ref(path, coords)
-        if ref is None:
-            return "uninitialized"
-        return {NativeRef: "native", InlineRef: "inline"}.get(type(ref), "virtual")
+    async def chunk_type(self, array_path: str, chunk_coordinates: Sequence[int]) -> ChunkType:
+        """Where a chunk's bytes are: ``ChunkType.NATIVE``, ``INLINE``, ``VIRTUAL``, or
+        ``UNINITIALIZED`` (also off the chunk grid). ``NodeNotFoundError`` if there is no
+        array at ``array_path``, as in icechunk."""
+        await reads.get_array(self._state, array_path)
+        return ChunkType.of(await self.get_chunk_ref(array_path, tuple(chunk_coordinates)))
 
     async def all_virtual_chunk_locations(self) -> list[str]:
         """Every distinct URL that virtual chunks of this snapshot point into."""
-        found: set[str] = set()
-        for node in await self.list_nodes():
-            if not node.is_array:
-                continue
-            async for coords in self.chunk_coords(node.path):
-                ref = await self.get_chunk_ref(node.path, coords)
-                if isinstance(ref, VirtualRef):
-                    found.add(ref.location)
-        return sorted(found)
+        return await reads.virtual_chunk_locations(self._state)
 
     async def delete_chunk(self, path: str, coords: Coords) -> None:
         """Delete one chunk (reads then see the fill value)."""
@@ -275,8 +283,23 @@ class Session:
             return  # no chunk can be there
         self._state.changes.set_chunk(node.id, coords, None)
 
+    async def chunk_coordinates(
+        self, array_path: str, batch_size: int = 1000
+    ) -> AsyncIterator[Coords]:
+        """Coordinates of every chunk of the array at ``array_path`` that has a reference,
+        sorted. As icechunk: ``InvalidNodePathError`` (a ``ValueError``) for a relative
+        path, ``NodeNotFoundError`` where there is no array; ``batch_size`` is accepted
+        (the coordinates come from manifests in memory: there are no batches to size)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        node = await reads.get_node(self._state, array_path)
+        if node is None or node.array is None:
+            raise NodeNotFoundError(array_path, "array")
+        async for coords in reads.array_chunk_coords(self._state, node):
+            yield coords
+
     def chunk_coords(self, path: str) -> AsyncIterator[Coords]:
-        """Coordinates of every chunk of the array at ``path`` that has a reference."""
+        """As ``chunk_coordinates``, but none where there is no array (the store's use)."""
         return reads.chunk_coords(self._state, path)
 
     # -- status -----------------------------------------------------------------------
@@ -309,7 +332,16 @@ class Session:
 
     def _fork(self, changes: ChangeSet) -> ForkSession:
         s = self._state
-        state = SessionState(s.assets, s.snapshot_id, s.branch, False, s.config, changes, s.virtual)
+        state = SessionState(
+            s.assets,
+            s.snapshot_id,
+            s.branch,
+            False,
+            s.config,
+            changes,
+            s.virtual,
+            repository_config=s.repository_config,
+        )
         fork: ForkSession = ForkSession._of(state)
         return fork
 
@@ -321,27 +353,7 @@ class Session:
         self._state.check_writable()
         return self._fork(copy.deepcopy(self._state.changes))
 
-    def _check_mergeable(self, fork: Session) -> None:
-        if not isinstance(fork, ForkSession):
-            raise SessionStateError(
-                f"can only merge ForkSessions (from session.fork()), got {type(fork).__name__}"
-            )
-        ours, theirs = self._state, fork._state
-        if theirs.assets.driver.label != ours.assets.driver.label:
-            raise SessionStateError(
-                f"fork is from another repository ({theirs.assets.driver.label}, "
-                f"not {ours.assets.driver.label})"
-            )
-        if theirs.branch != ours.branch:
-            raise SessionStateError(
-                f"fork is from branch {theirs.branch!r}, this session is on {ours.branch!r}"
-            )
-        if theirs.snapshot_id != ours.snapshot_id:
-            raise SessionStateError(
-                f"fork starts at snapshot {theirs.snapshot_id}, this session at "
-                f"{ours.snapshot_id}: forks merge only into the session state they came from"
-            )
-
+    @must_await("nothing was merged")
     async def merge(self, *forks: ForkSession) -> None:
         """Fold the changes of ``forks`` into this session.
 
@@ -353,17 +365,12 @@ class Session:
         """
         self._state.check_writable()
         for fork in forks:
-            self._check_mergeable(fork)
-        from_payloads = [fork._state for fork in forks if fork._state.from_payload]
-        if from_payloads:
-            base = BaseNodes(await self.snapshot())
-            for state in from_payloads:
-                try:
-                    check_changes(state.changes, base, parse_metadata)
-                except (AicechunkError, ValueError) as err:
-                    raise ForkPayloadError(f"fork payload refused: {err}") from err
-        for fork in forks:
-            self._state.changes.merge(fork._state.changes)
+            if not isinstance(fork, ForkSession):
+                raise SessionStateError(
+                    f"can only merge ForkSessions (from session.fork()), got {type(fork).__name__}"
+                )
+            merging.check_mergeable(self._state, fork._state)
+        await merging.merge(self._state, [fork._state for fork in forks])
 
     def allow_pickling(self) -> None:
         """Removed: pickling writable sessions was replaced by ``Session.fork()``."""
@@ -386,6 +393,7 @@ class Session:
 
     # -- commit -----------------------------------------------------------------------
 
+    @must_await("nothing was committed")
     async def commit(
         self,
         message: str,
@@ -395,6 +403,9 @@ class Session:
         rebase_tries: int = 1000,
     ) -> SnapshotId:
         """Save the pending changes as a new snapshot and move the branch to it.
+
+        The snapshot's metadata is the repository's default commit metadata when this
+        session was made, updated with ``metadata`` (its keys win), as in icechunk.
 
         ``message`` must be a str (valid UTF-8) and ``metadata`` JSON with str keys, ints
         within -2**63..2**64-1 and finite floats, as Icechunk reads it back; anything else
@@ -415,6 +426,16 @@ class Session:
         """
         return await committing.commit(self._state, message, metadata, rebase_with, rebase_tries)
 
+    @must_await("nothing was flushed")
+    async def flush(self, message: str, metadata: Mapping[str, Any] | None = None) -> SnapshotId:
+        """Save the pending changes as an anonymous snapshot, on no branch, and return
+        its id (icechunk's ``Session.flush``): its parent is the session's snapshot, its
+        metadata made as a commit's. As in icechunk, the session then reads it, read-only
+        and on no branch: tag it or ``create_branch`` at it to keep it from garbage
+        collection."""
+        return await committing.flush(self._state, message, metadata)
+
+    @must_await("nothing was rebased")
     async def rebase(self, solver: ConflictSolver) -> None:
         """Move the pending changes onto the branch tip, resolving conflicts with ``solver``.
 
@@ -446,10 +467,17 @@ class ForkSession(Session):
             "(await session.merge(fork)) and commit there"
         )
 
+    async def flush(self, message: str, metadata: Mapping[str, Any] | None = None) -> SnapshotId:
+        """Refused: a fork's changes are saved by the session it is merged into."""
+        raise SessionStateError(
+            "a ForkSession cannot flush: merge it into its parent session and flush there"
+        )
+
     async def rebase(self, solver: ConflictSolver) -> None:
         """Refused: rebase the parent session after merging."""
         raise SessionStateError("a ForkSession cannot rebase: merge it, then rebase the parent")
 
+    @must_await("nothing was merged")
     async def merge(self, *forks: ForkSession) -> None:
         """Fold other forks into this one (tree reductions); later arguments win."""
         await super().merge(*forks)
@@ -475,8 +503,14 @@ class ForkSession(Session):
         is checked as the session API checks it (paths, zarr metadata, chunk grids,
         values the format can hold); ``merge`` checks the rest against the base snapshot.
         """
-        fork: ForkSession = cls._of(decode_fork(payload, limits))
+        fork: ForkSession = cls._of(decode_fork(payload, limits, False))
         return fork
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (ForkSession.from_bytes, (self.to_bytes(),))
+        # a pickle's reader trusts it: a refreshable credentials callable comes back too
+        return (_unpickle_fork, (self.to_bytes(),))
+
+
+def _unpickle_fork(payload: bytes) -> ForkSession:
+    fork: ForkSession = ForkSession._of(decode_fork(payload, DEFAULT_DECOMPRESSION_LIMITS, True))
+    return fork

@@ -8,10 +8,11 @@ each take it, so none of them reaches into the ``Session`` facade's private fiel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aicechunk.assets import AssetManager
 from aicechunk.changes.changeset import ChangeSet
-from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY
+from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
 from aicechunk.errors import ReadOnlyError, SessionStateError
 from aicechunk.format.ids import SnapshotId
 from aicechunk.virtual import ChunkFetcher
@@ -32,7 +33,9 @@ class SessionState:
     """One session's state. ``snapshot_id`` and ``changes`` move on commit and rebase;
     ``unsettled`` is a commit whose branch update may or may not have landed;
     ``from_payload`` marks changes that came in a fork payload (checked against the base
-    snapshot when merged)."""
+    snapshot when merged); ``repository_config`` is the configuration of the repository
+    that made the session (``None`` in a fork rebuilt from a payload) and
+    ``commit_metadata`` the repository's default commit metadata when it did."""
 
     assets: AssetManager
     snapshot_id: SnapshotId
@@ -43,6 +46,8 @@ class SessionState:
     virtual: ChunkFetcher | None = None
     unsettled: SnapshotId | None = None
     from_payload: bool = False
+    repository_config: RepositoryConfig | None = None
+    commit_metadata: dict[str, Any] = field(default_factory=dict)
 
     def check_writable(self, *, unsettled_ok: bool = False) -> None:
         """Refuse writes to a read-only session, or while a commit's outcome is unknown."""
