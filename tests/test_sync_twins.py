@@ -80,6 +80,7 @@ class World:
             "chunk_coordinates": (0,),
             "data": b"ab",
             "message": "msg",
+            "metadata": {"author": "twin"},
             "prefix": "/x",
             "location": "s3://nowhere/f",
             "key": "x/c/0",
@@ -111,6 +112,8 @@ def _mask(value: Any) -> Any:
         return {_mask(k): _mask(v) for k, v in value.items()}
     if isinstance(value, datetime):
         return "<time>"
+    if hasattr(value, "__aenter__"):  # the facade's also works with ``with``
+        return "<async context manager>"
     if hasattr(value, "to_bytes") and hasattr(value, "as_numpy_array"):
         return bytes(value.to_bytes())
     if isinstance(value, bytes) and value.startswith(b"AICFORK"):
@@ -152,7 +155,7 @@ def _outcome(call: Any) -> Any:
         result = call()
     except Exception as err:  # the outcome compared is the error itself
         return ("raised", type(err).__name__, ID.sub("<id>", _same_copy(str(err))))
-    if inspect.iscoroutine(result):
+    if inspect.isawaitable(result):
         return _outcome(lambda: asyncio.run(result))
     if hasattr(result, "__anext__"):
         return _outcome(lambda: asyncio.run(_collect(result)))

@@ -58,7 +58,7 @@ def _exports() -> dict[str, Any]:
     names: dict[str, Any] = {}
     for name in _core.__all__:
         value = _FACADES.get(name, getattr(_core, name))
-        if inspect.iscoroutinefunction(value):
+        if inspect.iscoroutinefunction(inspect.unwrap(value)):
             names[name], names[f"{name}_async"] = _blocking(name, value)
         else:
             names[name] = value

@@ -104,6 +104,8 @@ def _sync_items(items: AsyncIterator[Any]) -> Iterator[Any]:
 def _returns_async_iterator(func: Callable[..., Any]) -> bool:
     if inspect.isasyncgenfunction(func):
         return True
+    if inspect.unwrap(func) is not func:  # decorated, e.g. an asynccontextmanager
+        return False
     returns = str(getattr(func, "__annotations__", {}).get("return", ""))
     return "AsyncIterator" in returns or "AsyncGenerator" in returns
 
@@ -119,7 +121,7 @@ Target = Callable[[Any], Any]  # the object a member acts on: the core object be
 
 
 def _method_members(name: str, func: Callable[..., Any], target: Target) -> dict[str, Any]:
-    if inspect.iscoroutinefunction(func):
+    if inspect.iscoroutinefunction(inspect.unwrap(func)):  # must_await wraps some
 
         def blocking(self: Any, *args: Any, **kwargs: Any) -> Any:
             args, kwargs = _args(args, kwargs)
@@ -177,6 +179,8 @@ def members_of(core: type, target: Target, skip: Callable[[str], bool]) -> dict[
     for name in dir(core):
         if name.startswith("_") or skip(name):
             continue
+        if name.startswith("async_") and hasattr(core, name.removeprefix("async_")):
+            continue  # the core's alias of an async iterator: generated as its twin
         raw = inspect.getattr_static(core, name)
         if isinstance(raw, property):
             members[name] = _property(name, raw, target)

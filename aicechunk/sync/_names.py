@@ -33,7 +33,6 @@ MODULE_SPELLINGS: dict[str, str] = {
 }
 
 _AZURE = "there is no Azure driver yet (drivers: memory, local, s3, gcs, http)"
-_CORE_ADDING = "being added to the async core (issue 16, part 2)"
 _TYPED_CREDENTIALS = (
     "credentials are given as plain values to the constructors (s3_credentials, "
     "gcs_credentials, containers_credentials), not as icechunk's typed classes"
@@ -63,22 +62,16 @@ NOT_YET: dict[str, str] = {
     "GcsBearerCredential": _TYPED_CREDENTIALS,
     "GcsCredentials": _TYPED_CREDENTIALS,
     "GcsStaticCredentials": _TYPED_CREDENTIALS,
-    "S3Credentials": _TYPED_CREDENTIALS,
     "S3StaticCredentials": _TYPED_CREDENTIALS,
     "s3_static_credentials": _TYPED_CREDENTIALS,
     "s3_anonymous_credentials": _TYPED_CREDENTIALS,
     "s3_from_env_credentials": _TYPED_CREDENTIALS,
     "gcs_static_credentials": _TYPED_CREDENTIALS,
     "gcs_from_env_credentials": _TYPED_CREDENTIALS,
-    "s3_refreshable_credentials": _CORE_ADDING,
-    "gcs_refreshable_credentials": _CORE_ADDING,
-    "ChunkType": _CORE_ADDING,
-    "spec_version": _CORE_ADDING,
-    "initialize_logs": _CORE_ADDING,
-    "set_logs_filter": _CORE_ADDING,
-    "print_debug_info": _CORE_ADDING,
-    "r2_storage": _CORE_ADDING,
-    "tigris_storage": _CORE_ADDING,
+    "gcs_refreshable_credentials": (
+        "refreshable credentials exist for S3 storage (s3_refreshable_credentials); the GCS "
+        "client takes a token object, not yet a refreshing callable"
+    ),
     "AnyObjectStoreConfig": "virtual chunk stores are made by s3_store, gcs_store, ... only",
     "ObjectStoreConfig": "virtual chunk stores are made by s3_store, gcs_store, ... only",
     "S3Options": "S3 settings are s3_storage's and s3_store's keyword arguments",

@@ -9,7 +9,9 @@ from aicechunk.storage import (
     http_storage,
     in_memory_storage,
     local_filesystem_storage,
+    r2_storage,
     s3_storage,
+    tigris_storage,
 )
 from aicechunk.virtual import (
     gcs_credentials,
@@ -30,7 +32,9 @@ __all__ = [
     "in_memory_storage",
     "local_filesystem_storage",
     "local_filesystem_store",
+    "r2_storage",
     "s3_credentials",
     "s3_storage",
     "s3_store",
+    "tigris_storage",
 ]
