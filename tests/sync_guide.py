@@ -166,7 +166,7 @@ def virtual_container(endpoint: str, bucket: str, prefix: str) -> None:
     again = icechunk.Repository.open(storage)
     prefixes = [c.url_prefix for c in again.config.virtual_chunk_containers.values()]
     assert prefixes == ["s3://testbucket/"], prefixes
-    assert again.readonly_session("main").chunk_type("/v", (0,)) == "virtual"
+    assert again.readonly_session("main").chunk_type("/v", (0,)) is icechunk.ChunkType.VIRTUAL
 
 
 def _icechunk_itself() -> Any:
