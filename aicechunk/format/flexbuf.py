@@ -17,7 +17,7 @@ from typing import Any
 
 from flatbuffers import flexbuffers
 
-from aicechunk.errors import FormatError
+from aicechunk.errors import FormatError, UnrepresentableValueError
 from aicechunk.format.metadata import check_value
 
 __all__ = ["MAX_DEPTH", "decode_flex", "encode_flex"]
@@ -45,11 +45,11 @@ def encode_flex(value: Any, name: str = "<metadata>") -> bytes:
     anything that is not JSON as Icechunk reads it back."""
     check_value(value, name, MAX_DEPTH)
     builder = flexbuffers.Builder()
-    _add(builder, value)
+    _add(builder, value, name)
     return bytes(builder.Finish())
 
 
-def _add(b: flexbuffers.Builder, value: Any) -> None:
+def _add(b: flexbuffers.Builder, value: Any, where: str) -> None:
     if value is None:
         b.Null()
     elif isinstance(value, bool):
@@ -60,18 +60,30 @@ def _add(b: flexbuffers.Builder, value: Any) -> None:
         else:
             b.Int(value)
     elif isinstance(value, float):
-        b.Float(value)
+        b.Float(value, 4 if _fits_f32(value) else 8)
     elif isinstance(value, str):
         b.String(value)
     elif isinstance(value, dict):
         with b.Map():
-            for key, item in value.items():
-                b.Key(key)
-                _add(b, item)
+            # keys in byte order, as serde_json's maps hand them to Icechunk's writer
+            for key, item in sorted(value.items(), key=lambda kv: kv[0].encode()):
+                if "\x00" in key:  # keys end at a zero byte
+                    raise UnrepresentableValueError(f"{where} key {key!r}", "holds a NUL")
+                b.Key(key.encode())
+                _add(b, item, f"{where}[{key!r}]")
     else:  # list or tuple, as check_value allows
         with b.Vector():
-            for item in value:
-                _add(b, item)
+            for i, item in enumerate(value):
+                _add(b, item, f"{where}[{i}]")
+
+
+def _fits_f32(value: float) -> bool:
+    # a float narrows to 4 bytes when that loses nothing, as Icechunk's writer decides
+    try:
+        narrowed: float = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        return False
+    return narrowed == value
 
 
 def decode_flex(data: bytes, name: str = "<metadata>") -> Any:
@@ -189,7 +201,7 @@ class _Decoder:
     def _vector(self, at: int, slot: int, width: int, depth: int) -> list[Any]:
         length = self._uint(at - width, width)
         self._nonempty_before(at, slot, length)
-        self._span(at, length + 1, width)  # items, then one type byte each (>= 1 byte)
+        self._span(at, length, width)
         types = at + length * width
         if types + length > len(self.buf):
             raise self.fail(f"a vector of {length} items runs past the buffer")
