@@ -72,9 +72,38 @@ def _add(b: flexbuffers.Builder, value: Any, where: str) -> None:
                 b.Key(key.encode())
                 _add(b, item, f"{where}[{key!r}]")
     else:  # list or tuple, as check_value allows
-        with b.Vector():
-            for i, item in enumerate(value):
-                _add(b, item, f"{where}[{i}]")
+        kind = _scalar_kind(value)
+        if kind is None:
+            with b.Vector():
+                for i, item in enumerate(value):
+                    _add(b, item, f"{where}[{i}]")
+        elif kind != flexbuffers.Type.BOOL and 2 <= len(value) <= 4:
+            b.FixedTypedVectorFromElements(list(value), kind)
+        else:
+            with b.TypedVector():
+                for item in value:
+                    _add(b, item, where)
+
+
+def _scalar_kind(items: list[Any] | tuple[Any, ...]) -> Any:
+    """The type of a typed vector for ``items`` (all unsigned, all signed, all floats or
+    all booleans), or ``None`` for an untyped one: Icechunk's writer makes a list of
+    scalars of one type a typed vector (of fixed length when it has 2 to 4 numbers)."""
+    if not items:
+        return None
+    kinds = set()
+    for item in items:
+        if isinstance(item, bool):
+            kinds.add(flexbuffers.Type.BOOL)
+        elif isinstance(item, int):
+            kinds.add(flexbuffers.Type.UINT if item >= 0 else flexbuffers.Type.INT)
+        elif isinstance(item, float):
+            kinds.add(flexbuffers.Type.FLOAT)
+        else:
+            return None
+        if len(kinds) > 1:
+            return None
+    return kinds.pop()
 
 
 def _fits_f32(value: float) -> bool:
