@@ -77,6 +77,10 @@ def _add(b: flexbuffers.Builder, value: Any, where: str) -> None:
             with b.Vector():
                 for i, item in enumerate(value):
                     _add(b, item, f"{where}[{i}]")
+        elif kind == flexbuffers.Type.FLOAT and 2 <= len(value) <= 4:
+            # the library cannot size a float past the f32 range itself
+            width = 4 if all(map(_fits_f32, value)) else 8
+            b.FixedTypedVectorFromElements(list(value), kind, width)
         elif kind != flexbuffers.Type.BOOL and 2 <= len(value) <= 4:
             b.FixedTypedVectorFromElements(list(value), kind)
         else:
