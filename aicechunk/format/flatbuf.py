@@ -272,3 +272,53 @@ class Forward:
         struct.pack_into("<I", self.buf, 0, root)
         self.align(8)
         return bytes(self.buf)
+
+
+# --- tables laid out as Icechunk's generated code lays them out -------------------------
+
+#: A field to write: (slot index, kind, value); kinds are ``u64``, ``u32``, ``i32``,
+#: ``u16``, ``u8``, ``bool``, ``off`` (an offset already written) and ``s8``/``s12``
+#: (an ObjectId8/ObjectId12 struct, given as its bytes).
+Field = tuple[int, str, object]
+
+# the order in which flatc's generated ``create`` adds fields: 8-byte scalars, then
+# 4-byte values (offsets and id structs among them), then 2-byte, then 1-byte ones,
+# each group from the last field of the schema to the first
+_GROUP = {"u64": 0, "u32": 1, "i32": 1, "off": 1, "s8": 1, "s12": 1, "u16": 2, "u8": 3}
+_GROUP["bool"] = 3
+
+
+def table(builder: flatbuffers.Builder, num_fields: int, fields: list[Field]) -> int:
+    """Write one table of ``num_fields`` slots; a field whose value is ``None`` is absent,
+    a scalar equal to its default 0 (false) too. The layout is the one Icechunk's builder
+    makes for the same fields, so files can come out byte for byte alike."""
+    present = [f for f in fields if f[2] is not None]
+    present.sort(key=lambda f: (_GROUP[f[1]], -f[0]))
+    builder.StartObject(num_fields)
+    for slot, kind, value in present:
+        if kind == "off":
+            builder.PrependUOffsetTRelativeSlot(slot, value, 0)
+        elif kind in ("s8", "s12"):
+            assert isinstance(value, bytes)
+            builder.PrependStructSlot(slot, inline_struct(builder, value, 1), 0)
+        elif kind == "u64":
+            builder.PrependUint64Slot(slot, value, 0)
+        elif kind == "u32":
+            builder.PrependUint32Slot(slot, value, 0)
+        elif kind == "i32":
+            builder.PrependInt32Slot(slot, value, 0)
+        elif kind == "u16":
+            builder.PrependUint16Slot(slot, value, 0)
+        elif kind == "bool":
+            builder.PrependBoolSlot(slot, value, False)
+        else:
+            builder.PrependUint8Slot(slot, value, 0)
+    return int(builder.EndObject())
+
+
+def offset_vector(builder: flatbuffers.Builder, offsets: list[int]) -> int:
+    """A vector of offsets to tables or strings already written."""
+    builder.StartVector(4, len(offsets), 4)
+    for off in reversed(offsets):
+        builder.PrependUOffsetTRelative(off)
+    return int(builder.EndVector())

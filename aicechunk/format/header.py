@@ -1,8 +1,9 @@
-"""The binary header of snapshot, manifest and transaction log files, and compression.
+"""The binary header of every Icechunk metadata file, and compression.
 
 Layout (39 bytes): 12 magic bytes ``ICE🧊CHUNK`` (UTF-8), 24 bytes naming the writing
-implementation (space padded, ignored on read), spec version (1), file type, compression
-(0 none, 1 zstd). The payload (a flatbuffer) follows, compressed as the header says.
+implementation (space padded, ignored on read), spec version (1 or 2; spec 2.1 files say
+2), file type, compression (0 none, 1 zstd). The payload (a flatbuffer) follows,
+compressed as the header says. Icechunk compresses with zstd level 3, as we do.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "SPEC_VERSION",
+    "SPEC_VERSIONS",
     "Compression",
     "FileType",
     "decode_file",
+    "decode_versioned",
     "decompress_bounded",
     "encode_file",
     "spec_version_of",
@@ -29,6 +32,8 @@ __all__ = [
 MAGIC = "ICE🧊CHUNK".encode()
 IMPLEMENTATION = f"aicechunk-{_dist_version('aicechunk')}".ljust(24)[:24].encode()
 SPEC_VERSION = 1
+#: Every spec version this library reads and writes (2 stands for 2 and 2.1 alike).
+SPEC_VERSIONS = (1, 2)
 HEADER_SIZE = len(MAGIC) + 24 + 3
 ZSTD_LEVEL = 3
 # the largest payload the format can hold: a flatbuffer's offsets reach 2 GiB
@@ -41,13 +46,14 @@ _MIN_SLICE = 64
 
 
 class FileType(enum.IntEnum):
-    """The file types of spec v1."""
+    """The file types (``REPO_INFO`` since spec v2)."""
 
     SNAPSHOT = 1
     MANIFEST = 2
     ATTRIBUTES = 3
     TRANSACTION_LOG = 4
     CHUNK = 5
+    REPO_INFO = 6
 
 
 class Compression(enum.IntEnum):
@@ -58,11 +64,17 @@ class Compression(enum.IntEnum):
 
 
 def encode_file(
-    file_type: FileType, payload: bytes, level: int = ZSTD_LEVEL, threads: int = 0
+    file_type: FileType,
+    payload: bytes,
+    level: int = ZSTD_LEVEL,
+    threads: int = 0,
+    spec_version: int = SPEC_VERSION,
 ) -> bytes:
     """Header + zstd-compressed payload (``threads`` > 0 compresses on that many threads;
     the output is an ordinary zstd frame)."""
-    header = MAGIC + IMPLEMENTATION + bytes((SPEC_VERSION, file_type, Compression.ZSTD))
+    if spec_version not in SPEC_VERSIONS:
+        raise ValueError(f"unknown spec version {spec_version}")
+    header = MAGIC + IMPLEMENTATION + bytes((spec_version, file_type, Compression.ZSTD))
     return header + zstandard.ZstdCompressor(level=level, threads=threads).compress(payload)
 
 
@@ -76,18 +88,35 @@ def spec_version_of(header: bytes) -> int | None:
 def decode_file(
     data: bytes, expected: FileType, name: str = "<bytes>", max_size: int | None = None
 ) -> bytes:
-    """Check every header field and return the decompressed payload, of at most
-    ``max_size`` bytes (``None``: ``MAX_PAYLOAD``, the format's own limit)."""
+    """Check every header field of a spec v1 file and return the decompressed payload, of
+    at most ``max_size`` bytes (``None``: ``MAX_PAYLOAD``, the format's own limit)."""
+    return _decode(data, expected, name, max_size, (SPEC_VERSION,))[1]
+
+
+def decode_versioned(
+    data: bytes, expected: FileType, name: str = "<bytes>", max_size: int | None = None
+) -> tuple[int, bytes]:
+    """``decode_file`` for a file of any spec version this library knows: the header's
+    spec version and the decompressed payload."""
+    return _decode(data, expected, name, max_size, SPEC_VERSIONS)
+
+
+def _decode(
+    data: bytes,
+    expected: FileType,
+    name: str,
+    max_size: int | None,
+    versions: tuple[int, ...],
+) -> tuple[int, bytes]:
     if len(data) < HEADER_SIZE:
         raise FormatError(name, f"truncated: {len(data)} bytes, the header alone is {HEADER_SIZE}")
     if data[: len(MAGIC)] != MAGIC:
         raise FormatError(name, "bad magic bytes: not an Icechunk file")
     at = len(MAGIC) + 24
     version, file_type, compression = data[at], data[at + 1], data[at + 2]
-    if version != SPEC_VERSION:
-        raise FormatError(
-            name, f"unknown spec version {version} (this library reads {SPEC_VERSION})"
-        )
+    if version not in versions:
+        known = " and ".join(map(str, versions))
+        raise FormatError(name, f"unknown spec version {version} (this reads {known})")
     if file_type != expected:
         try:
             got = FileType(file_type).name.lower()
@@ -99,10 +128,10 @@ def decode_file(
     if compression == Compression.NONE:
         if len(body) > limit:
             raise FormatError(name, f"payload of {len(body)} bytes exceeds the {limit} allowed")
-        return bytes(body)
+        return version, bytes(body)
     if compression != Compression.ZSTD:
         raise FormatError(name, f"unknown compression algorithm {compression}")
-    return decompress_bounded(body, limit, name)
+    return version, decompress_bounded(body, limit, name)
 
 
 def decompress_bounded(data: bytes | memoryview, max_size: int, name: str = "<bytes>") -> bytes:

@@ -5,6 +5,9 @@ repository), inline (the bytes themselves) and virtual (a byte range of an objec
 elsewhere, with an optional ETag or last-modified checksum). Arrays are sorted by node
 id and each array's references by chunk coordinates, so ``Manifest.lookup`` finds one
 reference by two binary searches, decoding only what it touches.
+
+Spec v2 manifests may store virtual locations compressed with a zstd dictionary that the
+manifest carries (``compressed_location``); they read back as plain ``VirtualRef``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import zstandard
+
 from aicechunk.format import Coords
 from aicechunk.format.flatbuf import Reader, guarded
-from aicechunk.format.header import FileType, decode_file
+from aicechunk.format.header import FileType, decode_versioned
 from aicechunk.format.ids import ChunkId, ManifestId, NodeId
 
 __all__ = [
@@ -40,6 +45,8 @@ _INDEX_LIMIT = 65_536
 # ... once this many lookups went to one array (opening a repository to read one chunk
 # should not decode every coordinate of the manifest)
 _INDEX_AFTER = 16
+# the longest compressed virtual location Icechunk writes or reads, decompressed
+MAX_LOCATION = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +89,12 @@ ChunkRef = NativeRef | InlineRef | VirtualRef
 class Manifest:
     """A decoded-on-demand manifest."""
 
-    def __init__(self, reader: Reader) -> None:
+    def __init__(self, reader: Reader, spec_version: int = 1) -> None:
         self._r = reader
+        self.spec_version = spec_version
         root = reader.root()
+        self._root = root
+        self._dictionary: zstandard.ZstdDecompressor | None = None
         id_pos = reader.struct_at(root, 0, 12, "id")
         assert id_pos is not None
         self.id = ManifestId(reader.raw(id_pos, 12))
@@ -177,6 +187,31 @@ class Manifest:
         """How many references the manifest holds."""
         return sum(self._r.vector(pos, 1, "refs")[1] for pos in self._arrays)
 
+    def _decompress_location(self, compressed: bytes) -> str:
+        r = self._r
+        if self._dictionary is None:
+            # the algorithm field defaults to 1, zstd with the manifest's dictionary
+            algorithm = r.scalar(self._root, 3, r.u8, 1)
+            dictionary = r.bytes_field(self._root, 2)
+            if algorithm != 1 or dictionary is None:
+                raise r.fail("a compressed virtual location but no zstd dictionary")
+            try:
+                zdict = zstandard.ZstdCompressionDict(dictionary)
+                self._dictionary = zstandard.ZstdDecompressor(dict_data=zdict)
+            except zstandard.ZstdError as err:
+                raise r.fail(f"bad location dictionary: {err}") from None
+        try:  # at most one byte past the limit is ever decompressed
+            with self._dictionary.stream_reader(compressed) as stream:
+                out = stream.read(MAX_LOCATION + 1)
+        except zstandard.ZstdError as err:
+            raise r.fail(f"bad compressed location: {err}") from None
+        if len(out) > MAX_LOCATION:
+            raise r.fail(f"a virtual location longer than {MAX_LOCATION} bytes")
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise r.fail("a virtual location is not valid UTF-8") from None
+
     def _ref(self, pos: int) -> ChunkRef:
         r = self._r
         inline = r.bytes_field(pos, 1)
@@ -192,11 +227,17 @@ class Manifest:
             etag = r.string(pos, 6)
             modified = r.scalar(pos, 7, r.u32, 0)
             return VirtualRef(location, offset, length, etag, modified or None)
+        compressed = r.bytes_field(pos, 8)
+        if compressed is not None:
+            location = self._decompress_location(compressed)
+            etag = r.string(pos, 6)
+            modified = r.scalar(pos, 7, r.u32, 0)
+            return VirtualRef(location, offset, length, etag, modified or None)
         raise r.fail("a chunk reference is neither inline, native nor virtual")
 
 
 def decode_manifest(data: bytes, name: str = "<manifest>", max_size: int | None = None) -> Manifest:
-    """Open a manifest file for lookups; ``FormatError`` names the file and the problem
-    (also when it would decompress to more than ``max_size`` bytes)."""
-    payload = decode_file(data, FileType.MANIFEST, name, max_size)
-    return guarded(name, lambda: Manifest(Reader(payload, name)))
+    """Open a manifest file (of any spec version) for lookups; ``FormatError`` names the
+    file and the problem (also when it would decompress to more than ``max_size`` bytes)."""
+    version, payload = decode_versioned(data, FileType.MANIFEST, name, max_size)
+    return guarded(name, lambda: Manifest(Reader(payload, name), version))

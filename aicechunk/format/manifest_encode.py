@@ -4,6 +4,9 @@ Written front to back (see flatbuf.Forward): manifest table, arrays vector, then
 array its table, its refs vector and the ref records. Runs of native references of one
 dimensionality, the bulk of large manifests, are laid out with numpy in one go. The bulk
 form of many references is ``RefColumns``, one column per field.
+
+``spec_version=2`` writes a spec v2 manifest: the same tables, with the location
+compression field saying "none" (virtual locations are written as plain strings).
 """
 
 from __future__ import annotations
@@ -241,28 +244,33 @@ def _sorted_refs(
 def encode_manifest(
     manifest_id: ManifestId,
     arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]],
+    spec_version: int = 1,
 ) -> bytes:
     """The manifest file's bytes: arrays sorted by node id, references by coordinates."""
-    return _compress(_manifest_payload(manifest_id, arrays))
+    return _compress(_manifest_payload(manifest_id, arrays, spec_version), spec_version)
 
 
-def _compress(payload: bytes) -> bytes:
+def _compress(payload: bytes, spec_version: int) -> bytes:
     # large manifests are read far more often than written: compress them harder, on
     # two threads (zstd level 5 comes within 1% of level 6 in half the time)
     if len(payload) > 4 << 20:
-        return encode_file(FileType.MANIFEST, payload, level=5, threads=2)
-    return encode_file(FileType.MANIFEST, payload)
+        return encode_file(
+            FileType.MANIFEST, payload, level=5, threads=2, spec_version=spec_version
+        )
+    return encode_file(FileType.MANIFEST, payload, spec_version=spec_version)
 
 
 def encode_array_manifest(
     manifest_id: ManifestId,
     node_id: NodeId,
     refs: Mapping[Coords, ChunkRef] | Iterable[tuple[Coords, ChunkRef]],
+    spec_version: int = 1,
 ) -> tuple[bytes, tuple[tuple[int, int], ...]]:
     """A manifest holding one array's references, and the chunk index range it covers
     along each dimension (for the snapshot's ``ManifestRef``)."""
     coords, ordered = _sorted_refs(refs)
-    data = encode_manifest(manifest_id, {node_id: _Presorted(coords, ordered)})  # type: ignore[dict-item]
+    arrays = {node_id: _Presorted(coords, ordered)}
+    data = encode_manifest(manifest_id, arrays, spec_version)  # type: ignore[arg-type]
     if coords.dtype == object or coords.size == 0:
         ndim = len(coords[0]) if len(coords) else 0
         extents = tuple(
@@ -425,11 +433,12 @@ def _column_records(w: Forward, vt_native: int, cols: RefColumns) -> np.ndarray:
 
 
 def encode_array_manifest_columns(
-    manifest_id: ManifestId, node_id: NodeId, cols: RefColumns
+    manifest_id: ManifestId, node_id: NodeId, cols: RefColumns, spec_version: int = 1
 ) -> tuple[bytes, tuple[tuple[int, int], ...]]:
     """``encode_array_manifest`` for references held column by column (sorted by
     coordinates, without duplicates)."""
-    data = _compress(_manifest_payload(manifest_id, {node_id: cols}))  # type: ignore[dict-item]
+    payload = _manifest_payload(manifest_id, {node_id: cols}, spec_version)  # type: ignore[dict-item]
+    data = _compress(payload, spec_version)
     if not len(cols) or cols.coords.shape[1] == 0:
         return data, ()
     low, high = cols.coords.min(axis=0), cols.coords.max(axis=0) + 1
@@ -437,13 +446,17 @@ def encode_array_manifest_columns(
 
 
 def _manifest_payload(
-    manifest_id: ManifestId, arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]]
+    manifest_id: ManifestId,
+    arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]],
+    spec_version: int = 1,
 ) -> bytes:
     w = Forward()
-    vt_manifest = w.vtable(20, (4, 16))
+    # in v2, compression_algorithm (its default is 1, zstd) says 0: locations are plain
+    v2 = spec_version == 2
+    vt_manifest = w.vtable(24, (4, 16, 0, 20)) if v2 else w.vtable(20, (4, 16))
     vt_array = w.vtable(16, (4, 12))
     vt_native = w.vtable(_NATIVE_TABLE, _NATIVE_SLOTS)
-    root = w.table(vt_manifest, 20)
+    root = w.table(vt_manifest, 24 if v2 else 20)
     w.put(root + 4, "12s", manifest_id.bytes)
     node_ids = sorted(arrays)
     arrays_vec = w.offset_vector(len(node_ids))

@@ -19,7 +19,7 @@ MAX_INT = 2**64 - 1
 MAX_DEPTH = 500
 
 
-def check_value(value: Any, where: str) -> None:
+def check_value(value: Any, where: str, max_depth: int = MAX_DEPTH) -> None:
     """Refuse (``UnrepresentableValueError`` naming the path, e.g. ``metadata['x'][0]``) a
     value that is not JSON as Icechunk reads it back: maps with str keys, lists (or
     tuples), str (valid UTF-8), int within -2**63..2**64-1, finite float, bool, None.
@@ -29,8 +29,8 @@ def check_value(value: Any, where: str) -> None:
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         item, path, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise UnrepresentableValueError(path, f"nested deeper than {MAX_DEPTH} levels")
+        if depth > max_depth:
+            raise UnrepresentableValueError(path, f"nested deeper than {max_depth} levels")
         if item is None or isinstance(item, bool):
             continue
         if isinstance(item, str):

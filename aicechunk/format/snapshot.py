@@ -2,6 +2,11 @@
 
 Nodes are sorted by path (``/`` is the root, ``/a/b`` a child), so a node is found by
 binary search; metadata items are sorted by name; manifest files by id.
+
+Spec v2 snapshots (``Snapshot.spec_version == 2``) store metadata values as FlexBuffers
+instead of MessagePack, each dimension's number of chunks instead of its chunk length,
+manifest files as tables, and no parent (the repo info file holds it). They are written
+as Icechunk writes them, so they re-encode to the same bytes.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from aicechunk.format.flatbuf import (
     guarded,
     inline_struct,
     new_builder,
+    offset_vector,
     struct_vector,
+    table,
 )
-from aicechunk.format.header import FileType, decode_file, encode_file
+from aicechunk.format.flexbuf import decode_flex, encode_flex
+from aicechunk.format.header import FileType, decode_versioned, encode_file
 from aicechunk.format.ids import ManifestId, NodeId, SnapshotId
 from aicechunk.format.metadata import check_commit_properties, decode_value, encode_value
 
@@ -44,10 +52,25 @@ _DIM = struct.Struct("<QQ")  # DimensionShape
 
 @dataclass(frozen=True, slots=True)
 class DimensionShape:
-    """Length of the array and of its chunks along one dimension."""
+    """Length of the array and of its chunks along one dimension.
+
+    Spec v2 files store the number of chunks instead of their length: read from one,
+    ``num_chunks`` is set and ``chunk_length`` is only ``array_length`` divided by it,
+    rounded up (as Icechunk computes it), which can differ from the true chunk length
+    that the node's zarr metadata holds.
+    """
 
     array_length: int
     chunk_length: int
+    num_chunks: int | None = None
+
+    def chunk_count(self) -> int:
+        """How many chunks the dimension has."""
+        if self.num_chunks is not None:
+            return self.num_chunks
+        if not self.chunk_length:
+            return 0
+        return -(-self.array_length // self.chunk_length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +131,7 @@ class Snapshot:
     metadata: dict[str, Any]
     nodes: tuple[NodeSnapshot, ...]
     manifest_files: tuple[ManifestFileInfo, ...]
+    spec_version: int = 1
     _paths: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -136,9 +160,11 @@ def _micros(when: datetime) -> int:
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
-    """The snapshot file's bytes (header + compressed flatbuffer); a message or metadata
-    the format cannot hold is ``UnrepresentableValueError``."""
+    """The snapshot file's bytes (header + compressed flatbuffer) in the snapshot's spec
+    version; a message or metadata the format cannot hold is ``UnrepresentableValueError``."""
     check_commit_properties(snapshot.message, snapshot.metadata)
+    if snapshot.spec_version == 2:
+        return _encode_v2(snapshot)
     b = new_builder(4096 + 256 * len(snapshot.nodes))
 
     files = sorted(snapshot.manifest_files, key=lambda f: f.id)
@@ -231,29 +257,33 @@ def _encode_node(b: Any, node: NodeSnapshot) -> int:
 def decode_snapshot(data: bytes, name: str = "<snapshot>", max_size: int | None = None) -> Snapshot:
     """Decode a snapshot file; ``FormatError`` names the file and the problem (also when it
     would decompress to more than ``max_size`` bytes)."""
-    payload = decode_file(data, FileType.SNAPSHOT, name, max_size)
-    return guarded(name, lambda: _decode(Reader(payload, name)))
+    version, payload = decode_versioned(data, FileType.SNAPSHOT, name, max_size)
+    return guarded(name, lambda: _decode(Reader(payload, name), version))
 
 
-def _decode(r: Reader) -> Snapshot:
+def _decode(r: Reader, version: int) -> Snapshot:
     root = r.root()
     id_pos = r.struct_at(root, 0, 12, "id")
     assert id_pos is not None
     parent_pos = r.struct_at(root, 1, 12)
-    nodes = tuple(_decode_node(r, pos) for pos in r.table_vector(root, 2, "nodes"))
+    nodes = tuple(_decode_node(r, pos, version) for pos in r.table_vector(root, 2, "nodes"))
     flushed = r.scalar(root, 3, r.u64, 0)
     message = r.string(root, 4, "message") or ""
     metadata: dict[str, Any] = {}
     for pos in r.table_vector(root, 5, "metadata"):
         key = r.string(pos, 0, "metadata name")
         assert key is not None
-        metadata[key] = decode_value(r.bytes_field(pos, 1, "metadata value") or b"", r.name)
-    start, length = r.vector(root, 6, "manifest_files")
-    r.raw(start, 32 * length)
-    files = tuple(
-        ManifestFileInfo(ManifestId(fid), size, count)
-        for fid, size, count in (_MFI.unpack_from(r.buf, start + 32 * i) for i in range(length))
-    )
+        value = r.bytes_field(pos, 1, "metadata value") or b""
+        metadata[key] = decode_value(value, r.name) if version == 1 else decode_flex(value, r.name)
+    if r.field(root, 7) is not None:  # spec v2: manifest files as tables
+        files = tuple(_decode_file_info(r, pos) for pos in r.table_vector(root, 7))
+    else:
+        start, length = r.vector(root, 6, "manifest_files")
+        r.raw(start, 32 * length)
+        files = tuple(
+            ManifestFileInfo(ManifestId(fid), size, count)
+            for fid, size, count in (_MFI.unpack_from(r.buf, start + 32 * i) for i in range(length))
+        )
     return Snapshot(
         id=SnapshotId(r.raw(id_pos, 12)),
         parent_id=None if parent_pos is None else SnapshotId(r.raw(parent_pos, 12)),
@@ -262,10 +292,19 @@ def _decode(r: Reader) -> Snapshot:
         metadata=metadata,
         nodes=nodes,
         manifest_files=files,
+        spec_version=version,
     )
 
 
-def _decode_node(r: Reader, pos: int) -> NodeSnapshot:
+def _decode_file_info(r: Reader, pos: int) -> ManifestFileInfo:
+    id_pos = r.struct_at(pos, 0, 12, "manifest file id")
+    assert id_pos is not None
+    return ManifestFileInfo(
+        ManifestId(r.raw(id_pos, 12)), r.scalar(pos, 1, r.u64, 0), r.scalar(pos, 2, r.u32, 0)
+    )
+
+
+def _decode_node(r: Reader, pos: int, version: int) -> NodeSnapshot:
     id_pos = r.struct_at(pos, 0, 8, "node id")
     assert id_pos is not None
     path = r.string(pos, 1, "node path")
@@ -283,6 +322,8 @@ def _decode_node(r: Reader, pos: int) -> NodeSnapshot:
         shape = tuple(
             DimensionShape(*_DIM.unpack_from(r.buf, start + 16 * i)) for i in range(length)
         )
+        if version == 2 or r.field(data_pos, 3) is not None:
+            shape = tuple(_decode_dim_v2(r, p) for p in r.table_vector(data_pos, 3, "shape_v2"))
         names: tuple[str | None, ...] | None = None
         if r.field(data_pos, 1) is not None:
             names = tuple(r.string(p, 0) for p in r.table_vector(data_pos, 1))
@@ -298,3 +339,89 @@ def _decode_node(r: Reader, pos: int) -> NodeSnapshot:
     else:
         raise r.fail(f"node {path!r} has unknown node data type {kind}")
     return NodeSnapshot(NodeId(r.raw(id_pos, 8)), path, user_data or b"", node_data)
+
+
+def _decode_dim_v2(r: Reader, pos: int) -> DimensionShape:
+    length, count = r.scalar(pos, 0, r.u64, 0), r.scalar(pos, 1, r.u32, 0)
+    return DimensionShape(length, -(-length // count) if count else 0, count)
+
+
+# --- spec v2 encoding, in the order Icechunk's writer builds the buffer ----------------
+
+
+def _encode_v2(snapshot: Snapshot) -> bytes:
+    b = new_builder(4096 + 256 * len(snapshot.nodes))
+    infos = [
+        table(
+            b, 4, [(0, "s12", f.id.bytes), (1, "u64", f.size_bytes), (2, "u32", f.num_chunk_refs)]
+        )
+        for f in snapshot.manifest_files
+    ]
+    files_v2 = offset_vector(b, infos)
+    files_v1 = struct_vector(b, [], 32, 8)
+    items = []
+    for key in sorted(snapshot.metadata):
+        name = b.CreateSharedString(key)
+        value = b.CreateByteVector(encode_flex(snapshot.metadata[key], f"metadata[{key!r}]"))
+        items.append(table(b, 2, [(0, "off", name), (1, "off", value)]))
+    metadata = offset_vector(b, items)
+    message = b.CreateString(snapshot.message)
+    nodes = offset_vector(b, [_encode_node_v2(b, n) for n in snapshot.nodes])
+    parent = None if snapshot.parent_id is None else snapshot.parent_id.bytes
+    root = table(
+        b,
+        9,
+        [
+            (0, "s12", snapshot.id.bytes),
+            (1, "s12", parent),
+            (2, "off", nodes),
+            (3, "u64", _micros(snapshot.flushed_at)),
+            (4, "off", message),
+            (5, "off", metadata),
+            (6, "off", files_v1),
+            (7, "off", files_v2),
+        ],
+    )
+    b.Finish(root, file_identifier=FILE_IDENTIFIER)
+    return encode_file(FileType.SNAPSHOT, bytes(b.Output()), spec_version=2)
+
+
+def _encode_node_v2(b: Any, node: NodeSnapshot) -> int:
+    path = b.CreateString(node.path)
+    data = node.node_data
+    if isinstance(data, ArrayNodeData):
+        refs = []
+        for m in data.manifests:
+            extents = struct_vector(b, [_RANGE.pack(lo, hi) for lo, hi in m.extents], 8, 4)
+            refs.append(table(b, 2, [(0, "s12", m.object_id.bytes), (1, "off", extents)]))
+        manifests = offset_vector(b, refs)
+        names = None
+        if data.dimension_names is not None:
+            dims = []
+            for n in data.dimension_names:
+                n_off = None if n is None else b.CreateSharedString(n)
+                dims.append(table(b, 1, [(0, "off", n_off)]))
+            names = offset_vector(b, dims)
+        shapes = [
+            table(b, 2, [(0, "u64", d.array_length), (1, "u32", d.chunk_count())])
+            for d in data.shape
+        ]
+        shape_v1 = struct_vector(b, [], 16, 8)
+        shape_v2 = offset_vector(b, shapes)
+        fields = [(0, "off", shape_v1), (1, "off", names), (2, "off", manifests)]
+        data_off = table(b, 4, [*fields, (3, "off", shape_v2)])
+        kind = 1
+    else:
+        data_off, kind = table(b, 0, []), 2
+    user_data = b.CreateByteVector(node.user_data)
+    return table(
+        b,
+        6,
+        [
+            (0, "s8", node.id.bytes),
+            (1, "off", path),
+            (2, "off", user_data),
+            (3, "u8", kind),
+            (4, "off", data_off),
+        ],
+    )

@@ -1,4 +1,8 @@
-"""Transaction log files: which nodes and chunks one commit touched (for rebase, diff)."""
+"""Transaction log files: which nodes and chunks one commit touched (for rebase, diff).
+
+Spec v2 logs (``TransactionLog.spec_version == 2``) also record the nodes a commit moved
+(``MoveOperation``), sorted by their new path segment by segment.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,33 @@ import numpy as np
 
 from aicechunk.format import Coords
 from aicechunk.format.flatbuf import Forward, Reader, guarded
-from aicechunk.format.header import FileType, decode_file, encode_file
+from aicechunk.format.header import FileType, decode_versioned, encode_file
 from aicechunk.format.ids import NodeId, SnapshotId
 
-__all__ = ["TransactionLog", "decode_transaction_log", "encode_transaction_log"]
+__all__ = [
+    "MoveOperation",
+    "TransactionLog",
+    "decode_transaction_log",
+    "encode_transaction_log",
+    "move_order",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MoveOperation:
+    """A node moved from one path to another in a commit (``is_array``: an array, else
+    a group)."""
+
+    from_path: str
+    to_path: str
+    node_id: NodeId
+    is_array: bool
+
+
+def move_order(move: MoveOperation) -> tuple[bytes, ...]:
+    """The spec's order of moves: by new path, segment by segment (``/a < /a/b < /a-b``),
+    so a moved group is followed by its moved children."""
+    return tuple(part.encode() for part in move.to_path.split("/"))
 
 
 @dataclass(frozen=True)
@@ -31,23 +58,36 @@ class TransactionLog:
     updated_groups: tuple[NodeId, ...] = ()
     updated_arrays: tuple[NodeId, ...] = ()
     updated_chunks: Mapping[NodeId, Sequence[Coords]] = field(default_factory=dict)
+    moved_nodes: tuple[MoveOperation, ...] = ()
+    spec_version: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "moved_nodes", tuple(sorted(self.moved_nodes, key=move_order)))
 
 
 # field indexes in the schema's order
 _NEW_GROUPS, _NEW_ARRAYS, _DEL_GROUPS, _DEL_ARRAYS, _UPD_ARRAYS, _UPD_GROUPS, _CHUNKS = range(1, 8)
+_MOVES = 8
 
 
 def encode_transaction_log(log: TransactionLog) -> bytes:
-    """The transaction log file's bytes; every list sorted as the spec requires.
+    """The transaction log file's bytes in the log's spec version; every list sorted as
+    the spec requires (moves are a spec v2 feature: a v1 log with moves is refused).
 
     Written front to back (``flatbuf.Forward``); the chunk coordinates of each array,
     possibly millions, are laid out with numpy.
     """
+    v2 = log.spec_version == 2
+    if log.moved_nodes and not v2:
+        raise ValueError("a spec v1 transaction log cannot record moved nodes")
     w = Forward()
-    vt_root = w.vtable(44, (4, 16, 20, 24, 28, 32, 36, 40))
+    if v2:
+        vt_root = w.vtable(48, (4, 16, 20, 24, 28, 32, 36, 40, 44))
+    else:
+        vt_root = w.vtable(44, (4, 16, 20, 24, 28, 32, 36, 40))
     vt_array = w.vtable(16, (4, 12))
     vt_indices = w.vtable(8, (4,))
-    root = w.table(vt_root, 44)
+    root = w.table(vt_root, 48 if v2 else 44)
     w.put(root + 4, "12s", log.id.bytes)
     id_lists = {
         _NEW_GROUPS: log.new_groups,
@@ -71,7 +111,22 @@ def encode_transaction_log(log: TransactionLog) -> bytes:
         vec = w.offset_vector(len(chunk_list))
         w.uoffset(table + 12, vec)
         _indices_block(w, vt_indices, vec, chunk_list)
-    return encode_file(FileType.TRANSACTION_LOG, w.finish(root))
+    if v2:
+        _moves(w, root + 44, log.moved_nodes)
+    return encode_file(FileType.TRANSACTION_LOG, w.finish(root), spec_version=log.spec_version)
+
+
+def _moves(w: Forward, slot: int, moves: tuple[MoveOperation, ...]) -> None:
+    # each MoveOperation: [soffset][from][to][node id: 8 bytes][node type][3 bytes pad]
+    vt = w.vtable(24, (4, 8, 12, 20))
+    vec = w.offset_vector(len(moves))
+    w.uoffset(slot, vec)
+    for i, move in enumerate(moves):
+        table = w.table(vt, 24)
+        w.put(table + 12, "8sB", move.node_id.bytes, int(move.is_array))
+        w.uoffset(vec + 4 + 4 * i, table)
+        w.uoffset(table + 4, w.string(move.from_path))
+        w.uoffset(table + 8, w.string(move.to_path))
 
 
 def _sorted_unique(coords: Sequence[Coords]) -> list[Coords] | np.ndarray:
@@ -125,11 +180,11 @@ def decode_transaction_log(
 ) -> TransactionLog:
     """Decode a transaction log file; ``FormatError`` names the file and the problem (also when it
     would decompress to more than ``max_size`` bytes)."""
-    payload = decode_file(data, FileType.TRANSACTION_LOG, name, max_size)
-    return guarded(name, lambda: _decode(Reader(payload, name)))
+    version, payload = decode_versioned(data, FileType.TRANSACTION_LOG, name, max_size)
+    return guarded(name, lambda: _decode(Reader(payload, name), version))
 
 
-def _decode(r: Reader) -> TransactionLog:
+def _decode(r: Reader, version: int) -> TransactionLog:
     root = r.root()
     id_pos = r.struct_at(root, 0, 12, "id")
     assert id_pos is not None
@@ -147,6 +202,22 @@ def _decode(r: Reader) -> TransactionLog:
             tuple(r.u32_vector(cpos, 0, "coords")) for cpos in r.table_vector(pos, 1, "chunks")
         )
         chunks[NodeId(r.raw(nid, 8))] = coords
+    moves = []
+    for pos in r.table_vector(root, _MOVES) if r.field(root, _MOVES) is not None else []:
+        # the spec makes all four fields mandatory without marking them required
+        node_id = r.struct_at(pos, 2, 8, "move node_id")
+        assert node_id is not None
+        kind = r.scalar(pos, 3, r.u8, 0)
+        if kind > 1:
+            raise r.fail(f"a moved node of unknown type {kind}")
+        moves.append(
+            MoveOperation(
+                r.string(pos, 0, "move from") or "",
+                r.string(pos, 1, "move to") or "",
+                NodeId(r.raw(node_id, 8)),
+                kind == 1,
+            )
+        )
     return TransactionLog(
         id=SnapshotId(r.raw(id_pos, 12)),
         new_groups=ids(_NEW_GROUPS, "new_groups"),
@@ -156,4 +227,6 @@ def _decode(r: Reader) -> TransactionLog:
         updated_groups=ids(_UPD_GROUPS, "updated_groups"),
         updated_arrays=ids(_UPD_ARRAYS, "updated_arrays"),
         updated_chunks=chunks,
+        moved_nodes=tuple(moves),
+        spec_version=version,
     )

@@ -1,0 +1,396 @@
+"""The repo info file of spec v2 (``$ROOT/repo``): the one mutable object of a repository.
+
+It holds the branches and tags (each naming a snapshot by its index in the snapshot
+list), the names of deleted tags (never to be reused), every snapshot's id, parent,
+time, message and metadata, the repository's status, metadata and feature flags, its
+configuration (a FlexBuffer, kept as bytes), and the operations log: the newest updates,
+then ``repo_before_updates``, the ``overwritten/`` copy that holds older ones.
+
+Every change rewrites the file with a conditional write, after copying the old file to
+``overwritten/<backup_name>``; ``push_update`` makes the new operations log as Icechunk
+does. Files are laid out as Icechunk lays them out, so an unchanged one re-encodes to the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import flatbuffers
+
+from aicechunk.errors import FormatError
+from aicechunk.format.flatbuf import FILE_IDENTIFIER, Reader, guarded, offset_vector, table
+from aicechunk.format.flexbuf import decode_flex, encode_flex
+from aicechunk.format.header import FileType, decode_versioned, encode_file
+from aicechunk.format.ids import SnapshotId, encode_base32
+from aicechunk.format.metadata import check_commit_properties
+from aicechunk.format.repo_updates import (
+    RepoStatus,
+    Update,
+    UpdateKind,
+    decode_status,
+    decode_update,
+    encode_status,
+    encode_update,
+)
+from aicechunk.format.timestamps import from_micros, to_micros
+
+__all__ = [
+    "OVERWRITTEN_PREFIX",
+    "REPO_INFO_KEY",
+    "UPDATES_PER_FILE",
+    "RepoInfo",
+    "SnapshotInfo",
+    "backup_name",
+    "decode_config",
+    "decode_repo_info",
+    "encode_repo_info",
+    "push_update",
+]
+
+REPO_INFO_KEY = "repo"
+OVERWRITTEN_PREFIX = "overwritten/"
+#: How many operations log entries one repo info file keeps (Icechunk's default).
+UPDATES_PER_FILE = 1000
+_YEAR_3000_MS = int(datetime(3000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+_NAME = "repo"
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What the repo info file records of one snapshot (its parent among them).
+
+    ``pruned_ancestor_tx_logs`` (spec 2.1): ids of the transaction logs of ancestors that
+    expiration removed, oldest first; empty when none were.
+    """
+
+    id: SnapshotId
+    parent_id: SnapshotId | None
+    flushed_at: datetime
+    message: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    pruned_ancestor_tx_logs: tuple[SnapshotId, ...] = ()
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    """The decoded repo info file. Snapshots, deleted tags and feature flags are kept
+    sorted as the file stores them; ``config`` is the configuration's FlexBuffer. Feature
+    flags explicitly enabled or disabled are ``None`` when the file has no such list
+    (Icechunk writes them once one was set)."""
+
+    branches: Mapping[str, SnapshotId]
+    tags: Mapping[str, SnapshotId]
+    snapshots: tuple[SnapshotInfo, ...]
+    status: RepoStatus
+    latest_updates: tuple[Update, ...]
+    deleted_tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    repo_before_updates: str | None = None
+    config: bytes | None = None
+    enabled_feature_flags: tuple[int, ...] | None = None
+    disabled_feature_flags: tuple[int, ...] | None = None
+    spec_version: int = 2
+    extra: bytes | None = None
+    _ids: list[bytes] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        snapshots = tuple(sorted(self.snapshots, key=lambda s: s.id.bytes))
+        object.__setattr__(self, "snapshots", snapshots)
+        object.__setattr__(self, "deleted_tags", tuple(sorted(self.deleted_tags)))
+        for name in ("enabled_feature_flags", "disabled_feature_flags"):
+            flags = getattr(self, name)
+            if flags is not None:
+                object.__setattr__(self, name, tuple(sorted(flags)))
+        object.__setattr__(self, "_ids", [s.id.bytes for s in snapshots])
+
+    def snapshot(self, snapshot_id: SnapshotId) -> SnapshotInfo | None:
+        """The info of one snapshot (binary search by id), or ``None``."""
+        i = bisect.bisect_left(self._ids, snapshot_id.bytes)
+        if i < len(self._ids) and self._ids[i] == snapshot_id.bytes:
+            return self.snapshots[i]
+        return None
+
+    def ancestry(self, snapshot_id: SnapshotId) -> Iterable[SnapshotInfo]:
+        """The snapshot and its ancestors, newest first."""
+        cursor: SnapshotId | None = snapshot_id
+        seen: set[SnapshotId] = set()
+        while cursor is not None and cursor not in seen:
+            seen.add(cursor)
+            info = self.snapshot(cursor)
+            if info is None:
+                raise FormatError(_NAME, f"snapshot {cursor} is not in the repo info file")
+            yield info
+            cursor = info.parent_id
+
+
+def backup_name(now: datetime, random12: bytes) -> str:
+    """The name (under ``overwritten/``) of the copy of the repo info file made before
+    overwriting it at ``now``: newer copies list first."""
+    millis = to_micros(now) // 1000
+    return f"repo.{_YEAR_3000_MS - millis}.{encode_base32(random12)}"
+
+
+def push_update(
+    info: RepoInfo,
+    kind: UpdateKind,
+    at: datetime,
+    backup_path: str | None,
+    limit: int = UPDATES_PER_FILE,
+) -> tuple[tuple[Update, ...], str | None]:
+    """The operations log and ``repo_before_updates`` of the file that replaces ``info``
+    after an update of ``kind`` at ``at``, ``info`` having been copied to ``backup_path``.
+
+    The new update goes first; the previous newest one gets ``backup_path``. Past
+    ``limit`` entries the log is cut at the first entry with a backup path, which then
+    links to the older ones.
+    """
+    old = list(info.latest_updates)
+    if old and at <= old[0].updated_at:
+        raise FormatError(
+            _NAME, f"update at {at} is not after the latest one ({old[0].updated_at})"
+        )
+    if backup_path is not None and not old:
+        raise FormatError(_NAME, "a backup path without earlier updates")
+    if old:
+        old[0] = Update(old[0].kind, old[0].updated_at, backup_path)
+    candidates = [Update(kind, at, None), *old]
+    before = info.repo_before_updates
+    kept: list[Update] = []
+    for update in candidates:
+        if len(kept) >= limit and update.backup_path is not None:
+            before = update.backup_path
+            break
+        kept.append(update)
+    return tuple(kept), before
+
+
+# --- encoding --------------------------------------------------------------------------
+
+
+def _metadata_items(b: flatbuffers.Builder, metadata: Mapping[str, Any]) -> int:
+    items = []
+    for key in sorted(metadata):
+        name = b.CreateSharedString(key)
+        value = b.CreateByteVector(encode_flex(metadata[key], f"metadata[{key!r}]"))
+        items.append(table(b, 2, [(0, "off", name), (1, "off", value)]))
+    return offset_vector(b, items)
+
+
+def _refs(b: flatbuffers.Builder, refs: Mapping[str, SnapshotId], index: dict[bytes, int]) -> int:
+    offsets = []
+    for name in sorted(refs, key=str.encode):
+        position = index.get(refs[name].bytes)
+        if position is None:
+            raise FormatError(_NAME, f"{name!r} points at {refs[name]}, which is not listed")
+        name_off = b.CreateString(name)
+        offsets.append(table(b, 2, [(0, "off", name_off), (1, "u32", position)]))
+    return offset_vector(b, offsets)
+
+
+def _u16_vector(b: flatbuffers.Builder, values: tuple[int, ...] | None) -> int | None:
+    if values is None:
+        return None
+    b.StartVector(2, len(values), 2)
+    for value in reversed(values):
+        b.PrependUint16(value)
+    return int(b.EndVector())
+
+
+def encode_repo_info(info: RepoInfo) -> bytes:
+    """The repo info file's bytes; ``FormatError`` if a ref or parent names a snapshot
+    that is not listed or there is no ``main`` branch, ``UnrepresentableValueError`` for
+    metadata that is not JSON."""
+    if "main" not in info.branches:
+        raise FormatError(_NAME, "a repository must have a 'main' branch")
+    if not info.latest_updates:
+        raise FormatError(_NAME, "the operations log must hold at least one update")
+    index = {s.id.bytes: i for i, s in enumerate(info.snapshots)}
+    b = flatbuffers.Builder(4096)
+    tags = _refs(b, info.tags, index)
+    branches = _refs(b, info.branches, index)
+    deleted = offset_vector(b, [b.CreateString(name) for name in info.deleted_tags])
+    snapshots = []
+    for snap in info.snapshots:
+        check_commit_properties(snap.message, snap.metadata)
+        if snap.parent_id is None:
+            parent = -1
+        elif snap.parent_id.bytes in index:
+            parent = index[snap.parent_id.bytes]
+        else:
+            raise FormatError(_NAME, f"the parent of {snap.id} is not listed")
+        metadata = _metadata_items(b, snap.metadata)
+        pruned = None
+        if snap.pruned_ancestor_tx_logs:  # an empty list is never written
+            b.StartVector(12, len(snap.pruned_ancestor_tx_logs), 1)
+            for log_id in reversed(snap.pruned_ancestor_tx_logs):
+                b.head -= 12
+                b.Bytes[b.head : b.head + 12] = log_id.bytes
+            pruned = b.EndVector()
+        message = b.CreateString(snap.message)
+        fields = [
+            (0, "s12", snap.id.bytes),
+            (1, "i32", parent),
+            (2, "u64", to_micros(snap.flushed_at)),
+            (3, "off", message),
+            (4, "off", metadata),
+            (5, "off", pruned),
+        ]
+        snapshots.append(table(b, 6, fields))
+    snapshots_vec = offset_vector(b, snapshots)
+    status = encode_status(b, info.status)
+    metadata_vec = _metadata_items(b, info.metadata)
+    enabled = _u16_vector(b, info.enabled_feature_flags)
+    disabled = _u16_vector(b, info.disabled_feature_flags)
+    updates = offset_vector(b, [encode_update(b, u) for u in info.latest_updates])
+    before = None if info.repo_before_updates is None else b.CreateString(info.repo_before_updates)
+    config = None if info.config is None else b.CreateByteVector(info.config)
+    extra = None if info.extra is None else b.CreateByteVector(info.extra)
+    root = table(
+        b,
+        13,
+        [
+            (0, "u8", info.spec_version),
+            (1, "off", tags),
+            (2, "off", branches),
+            (3, "off", deleted),
+            (4, "off", snapshots_vec),
+            (5, "off", status),
+            (6, "off", metadata_vec),
+            (7, "off", updates),
+            (8, "off", before),
+            (9, "off", config),
+            (10, "off", enabled),
+            (11, "off", disabled),
+            (12, "off", extra),
+        ],
+    )
+    b.Finish(root, file_identifier=FILE_IDENTIFIER)
+    return encode_file(FileType.REPO_INFO, bytes(b.Output()), spec_version=2)
+
+
+# --- decoding --------------------------------------------------------------------------
+
+
+def decode_repo_info(data: bytes, name: str = "repo", max_size: int | None = None) -> RepoInfo:
+    """Decode a repo info file; ``FormatError`` names the file and the problem (also when
+    it would decompress to more than ``max_size`` bytes, or is of spec version 1)."""
+    version, payload = decode_versioned(data, FileType.REPO_INFO, name, max_size)
+    if version < 2:
+        raise FormatError(name, f"spec version {version} has no repo info file")
+    return guarded(name, lambda: _decode(Reader(payload, name)))
+
+
+def _metadata(r: Reader, table_pos: int, index: int) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if r.field(table_pos, index) is None:
+        return found
+    for pos in r.table_vector(table_pos, index):
+        key = r.string(pos, 0, "metadata name")
+        assert key is not None
+        found[key] = decode_flex(r.bytes_field(pos, 1, "metadata value") or b"", r.name)
+    return found
+
+
+def _decode(r: Reader) -> RepoInfo:
+    root = r.root()
+    raw: list[tuple[bytes, int, int, str, dict[str, Any], tuple[SnapshotId, ...]]] = []
+    for pos in r.table_vector(root, 4, "snapshots"):
+        id_pos = r.struct_at(pos, 0, 12, "snapshot id")
+        assert id_pos is not None
+        start, count = r.vector(pos, 5)
+        ids = r.raw(start, 12 * count)
+        pruned = tuple(SnapshotId(ids[12 * i : 12 * i + 12]) for i in range(count))
+        raw.append(
+            (
+                r.raw(id_pos, 12),
+                _i32(r, pos, 1),
+                r.scalar(pos, 2, r.u64, 0),
+                r.string(pos, 3, "message") or "",
+                _metadata(r, pos, 4),
+                pruned,
+            )
+        )
+    if any(raw[i][0] >= raw[i + 1][0] for i in range(len(raw) - 1)):
+        raise r.fail("snapshots are not sorted by id without repeats")
+    snapshots = []
+    for snap_id, parent, micros, message, metadata, pruned in raw:
+        if not -1 <= parent < len(raw):
+            raise r.fail(f"parent offset {parent} outside the {len(raw)} snapshots")
+        snapshots.append(
+            SnapshotInfo(
+                SnapshotId(snap_id),
+                None if parent < 0 else SnapshotId(raw[parent][0]),
+                from_micros(micros, r),
+                message,
+                metadata,
+                pruned,
+            )
+        )
+
+    def refs(index: int, what: str) -> dict[str, SnapshotId]:
+        found: dict[str, SnapshotId] = {}
+        for pos in r.table_vector(root, index, what):
+            ref_name = r.string(pos, 0, "ref name")
+            assert ref_name is not None
+            position = r.scalar(pos, 1, r.u32, 0)
+            if position >= len(raw):
+                raise r.fail(f"{ref_name!r} points at snapshot {position} of {len(raw)}")
+            if ref_name in found:
+                raise r.fail(f"{what} lists {ref_name!r} twice")
+            found[ref_name] = SnapshotId(raw[position][0])
+        return found
+
+    def flags(index: int) -> tuple[int, ...] | None:
+        if r.field(root, index) is None:
+            return None
+        start, count = r.vector(root, index)
+        r.raw(start, 2 * count)
+        return struct.unpack_from(f"<{count}H", r.buf, start) if count else ()
+
+    status = r.table_field(root, 5, "status")
+    assert status is not None
+    start, count = r.vector(root, 3, "deleted_tags")
+    r.raw(start, 4 * count)
+    deleted = tuple(_string_at(r, start + 4 * i) for i in range(count))
+    return RepoInfo(
+        branches=refs(2, "branches"),
+        tags=refs(1, "tags"),
+        snapshots=tuple(snapshots),
+        status=decode_status(r, status),
+        latest_updates=tuple(
+            decode_update(r, p) for p in r.table_vector(root, 7, "latest_updates")
+        ),
+        deleted_tags=deleted,
+        metadata=_metadata(r, root, 6),
+        repo_before_updates=r.string(root, 8),
+        config=r.bytes_field(root, 9),
+        enabled_feature_flags=flags(10),
+        disabled_feature_flags=flags(11),
+        spec_version=r.scalar(root, 0, r.u8, 0),
+        extra=r.bytes_field(root, 12),
+    )
+
+
+def _i32(r: Reader, table_pos: int, index: int) -> int:
+    value = r.scalar(table_pos, index, r.u32, 0)
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _string_at(r: Reader, slot: int) -> str:
+    pos = r.deref(slot)
+    length = r.u32(pos)
+    try:
+        return r.raw(pos + 4, length).decode("utf-8")
+    except UnicodeDecodeError:
+        raise r.fail("a string is not valid UTF-8") from None
+
+
+def decode_config(info: RepoInfo) -> Any:
+    """The stored configuration as a plain value (``None`` when there is none)."""
+    return None if info.config is None else decode_flex(info.config, f"{_NAME} config")

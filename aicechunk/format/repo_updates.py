@@ -1,0 +1,330 @@
+"""The operations log of a spec v2 repository: what each change of the repo info file did.
+
+Each ``Update`` of ``RepoInfo.latest_updates`` holds one of the kinds below (a flatbuffer
+union; the kind's code is its position in the schema's union, from 1), when it happened,
+and the key under ``overwritten/`` of the repo info file as it was before the next update.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import flatbuffers
+
+from aicechunk.format.flatbuf import Field, Reader, table
+from aicechunk.format.ids import SnapshotId
+from aicechunk.format.timestamps import from_micros, to_micros
+
+__all__ = [
+    "Availability",
+    "BranchCreated",
+    "BranchDeleted",
+    "BranchReset",
+    "CommitAmended",
+    "ConfigChanged",
+    "ExpirationRan",
+    "FeatureFlagChanged",
+    "GCRan",
+    "MetadataChanged",
+    "NewCommit",
+    "NewDetachedSnapshot",
+    "RepoInitialized",
+    "RepoMigrated",
+    "RepoStatus",
+    "RepoStatusChanged",
+    "TagCreated",
+    "TagDeleted",
+    "Update",
+    "UpdateKind",
+]
+
+
+class Availability(enum.IntEnum):
+    """Whether a repository takes writes (``READ_ONLY``: reads only)."""
+
+    ONLINE = 0
+    READ_ONLY = 1
+    OFFLINE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RepoStatus:
+    """The repository's availability, when it was set, and why (if limited)."""
+
+    availability: Availability
+    set_at: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RepoInitialized:
+    """The repository was created."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepoMigrated:
+    """The repository was upgraded from one spec version to another."""
+
+    from_version: int
+    to_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChanged:
+    """The stored configuration changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataChanged:
+    """The repository metadata changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class TagCreated:
+    """A tag was created."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TagDeleted:
+    """A tag was deleted; it pointed at ``previous_snap_id``."""
+
+    name: str
+    previous_snap_id: SnapshotId
+
+
+@dataclass(frozen=True, slots=True)
+class BranchCreated:
+    """A branch was created."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BranchDeleted:
+    """A branch was deleted; it pointed at ``previous_snap_id``."""
+
+    name: str
+    previous_snap_id: SnapshotId
+
+
+@dataclass(frozen=True, slots=True)
+class BranchReset:
+    """A branch was reset; it pointed at ``previous_snap_id``."""
+
+    name: str
+    previous_snap_id: SnapshotId
+
+
+@dataclass(frozen=True, slots=True)
+class NewCommit:
+    """A commit moved ``branch`` to ``new_snap_id``."""
+
+    branch: str
+    new_snap_id: SnapshotId
+
+
+@dataclass(frozen=True, slots=True)
+class CommitAmended:
+    """``branch``'s tip ``previous_snap_id`` was replaced by ``new_snap_id``."""
+
+    branch: str
+    previous_snap_id: SnapshotId
+    new_snap_id: SnapshotId
+
+
+@dataclass(frozen=True, slots=True)
+class NewDetachedSnapshot:
+    """A snapshot was committed on no branch."""
+
+    new_snap_id: SnapshotId
+
+
+@dataclass(frozen=True, slots=True)
+class GCRan:
+    """Garbage collection ran."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpirationRan:
+    """Snapshot expiration ran."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureFlagChanged:
+    """Feature flag ``id`` was set on or off, or back to its default (``None``)."""
+
+    id: int
+    new_value: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class RepoStatusChanged:
+    """The repository's status changed."""
+
+    status: RepoStatus
+
+
+UpdateKind = (
+    RepoInitialized
+    | RepoMigrated
+    | ConfigChanged
+    | MetadataChanged
+    | TagCreated
+    | TagDeleted
+    | BranchCreated
+    | BranchDeleted
+    | BranchReset
+    | NewCommit
+    | CommitAmended
+    | NewDetachedSnapshot
+    | GCRan
+    | ExpirationRan
+    | FeatureFlagChanged
+    | RepoStatusChanged
+)
+
+# the schema's union order: a kind's code is its index here + 1
+_KINDS: tuple[type, ...] = (
+    RepoInitialized,
+    RepoMigrated,
+    ConfigChanged,
+    MetadataChanged,
+    TagCreated,
+    TagDeleted,
+    BranchCreated,
+    BranchDeleted,
+    BranchReset,
+    NewCommit,
+    CommitAmended,
+    NewDetachedSnapshot,
+    GCRan,
+    ExpirationRan,
+    FeatureFlagChanged,
+    RepoStatusChanged,
+)
+_CODE = {kind: code for code, kind in enumerate(_KINDS, start=1)}
+# the table fields of each kind, in schema order: (attribute, kind of field)
+_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
+    RepoMigrated: (("from_version", "u8"), ("to_version", "u8")),
+    TagCreated: (("name", "str"),),
+    TagDeleted: (("name", "str"), ("previous_snap_id", "id")),
+    BranchCreated: (("name", "str"),),
+    BranchDeleted: (("name", "str"), ("previous_snap_id", "id")),
+    BranchReset: (("name", "str"), ("previous_snap_id", "id")),
+    NewCommit: (("branch", "str"), ("new_snap_id", "id")),
+    CommitAmended: (("branch", "str"), ("previous_snap_id", "id"), ("new_snap_id", "id")),
+    NewDetachedSnapshot: (("new_snap_id", "id"),),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One entry of the operations log (newest first in ``RepoInfo.latest_updates``)."""
+
+    kind: UpdateKind
+    updated_at: datetime
+    backup_path: str | None = None
+
+
+# --- encoding --------------------------------------------------------------------------
+
+
+def encode_status(b: flatbuffers.Builder, status: RepoStatus) -> int:
+    """A RepoStatus table."""
+    reason = None if status.reason is None else b.CreateString(status.reason)
+    return table(
+        b,
+        3,
+        [
+            (0, "u8", int(status.availability)),
+            (1, "u64", to_micros(status.set_at)),
+            (2, "off", reason),
+        ],
+    )
+
+
+def _encode_kind(b: flatbuffers.Builder, kind: UpdateKind) -> int:
+    if isinstance(kind, RepoStatusChanged):
+        return table(b, 1, [(0, "off", encode_status(b, kind.status))])
+    if isinstance(kind, FeatureFlagChanged):
+        value = kind.new_value
+        return table(
+            b, 3, [(0, "u16", kind.id), (1, "bool", bool(value)), (2, "bool", value is not None)]
+        )
+    specs = _FIELDS.get(type(kind), ())
+    strings = {a: b.CreateString(getattr(kind, a)) for a, k in specs if k == "str"}
+    fields: list[Field] = []
+    for slot, (attr, k) in enumerate(specs):
+        if k == "str":
+            fields.append((slot, "off", strings[attr]))
+        elif k == "id":
+            fields.append((slot, "s12", getattr(kind, attr).bytes))
+        else:
+            fields.append((slot, k, getattr(kind, attr)))
+    return table(b, len(specs), fields)
+
+
+def encode_update(b: flatbuffers.Builder, update: Update) -> int:
+    """An Update table (its kind's table first, then its backup path)."""
+    kind = _encode_kind(b, update.kind)
+    path = None if update.backup_path is None else b.CreateString(update.backup_path)
+    return table(
+        b,
+        4,
+        [
+            (0, "u8", _CODE[type(update.kind)]),
+            (1, "off", kind),
+            (2, "u64", to_micros(update.updated_at)),
+            (3, "off", path),
+        ],
+    )
+
+
+# --- decoding --------------------------------------------------------------------------
+
+
+def decode_status(r: Reader, pos: int) -> RepoStatus:
+    """A RepoStatus table (an availability this library does not know reads as offline)."""
+    code = r.scalar(pos, 0, r.u8, 0)
+    try:
+        availability = Availability(code)
+    except ValueError:
+        raise r.fail(f"unknown repository availability {code}") from None
+    return RepoStatus(availability, from_micros(r.scalar(pos, 1, r.u64, 0), r), r.string(pos, 2))
+
+
+def decode_update(r: Reader, pos: int) -> Update:
+    """An Update table."""
+    code = r.scalar(pos, 0, r.u8, 0)
+    at = r.table_field(pos, 1, "update_type")
+    assert at is not None
+    if not 1 <= code <= len(_KINDS):
+        raise r.fail(f"unknown update type {code}")
+    cls = _KINDS[code - 1]
+    kind: Any
+    if cls is RepoStatusChanged:
+        status = r.table_field(at, 0, "status")
+        assert status is not None
+        kind = RepoStatusChanged(decode_status(r, status))
+    elif cls is FeatureFlagChanged:
+        value = r.scalar(at, 1, r.u8, 0) != 0
+        is_set = r.scalar(at, 2, r.u8, 0) != 0
+        kind = FeatureFlagChanged(r.scalar(at, 0, r.u16, 0), value if is_set else None)
+    else:
+        values: dict[str, Any] = {}
+        for slot, (attr, k) in enumerate(_FIELDS.get(cls, ())):
+            if k == "str":
+                values[attr] = r.string(at, slot, attr)
+            elif k == "id":
+                id_pos = r.struct_at(at, slot, 12, attr)
+                assert id_pos is not None
+                values[attr] = SnapshotId(r.raw(id_pos, 12))
+            else:
+                values[attr] = r.scalar(at, slot, r.u8, 0)
+        kind = cls(**values)
+    return Update(kind, from_micros(r.scalar(pos, 2, r.u64, 0), r), r.string(pos, 3))
