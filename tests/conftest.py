@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import aicechunk as aic
 from tests.servers import (
@@ -23,6 +24,12 @@ from tests.servers import (
     moto_server,
     next_bucket_name,
 )
+
+# Property tests run the same examples on every run (CI must not go red by chance); a run
+# that explores new ones: HYPOTHESIS_PROFILE=explore python -m pytest tests/format ...
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 StorageFactory = Callable[[], "aic.Storage"]
 
