@@ -311,6 +311,10 @@ def gcs_storage(
         if credentials is not None:
             raise ValueError("pass get_credentials or credentials, not both")
         credentials = gcs_refreshable_credentials(get_credentials, scatter_initial_credentials)
+    if credentials is not None and (service_account_file or anonymous):
+        raise ValueError(
+            "refreshable credentials exclude a service account file and anonymous access"
+        )
     settings = GCSSettings(
         bucket,
         prefix,

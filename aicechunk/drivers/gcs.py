@@ -61,10 +61,6 @@ class GCSSettings(DriverSettings):
                 f"gs://{self.bucket}", f"GCS bucket must be a bare bucket name, got {self.bucket!r}"
             )
         check_endpoint(self.endpoint_url, "GCS")
-        if self.credentials is not None and (self.service_account_file or self.anonymous):
-            raise ValueError(
-                "refreshable credentials exclude a service account file and anonymous access"
-            )
         object.__setattr__(self, "prefix", self.prefix.strip("/"))
         super().__post_init__()
 
@@ -84,7 +80,8 @@ class GCSDriver(ConfiguredDriver[GCSSettings]):
     ``endpoint_url`` (or the ``STORAGE_EMULATOR_HOST`` environment variable) points the
     driver at an emulator; ``anonymous`` reads public buckets without credentials;
     ``credentials`` (refreshable) send the bearer token their callable returns, to an
-    emulator too.
+    emulator too. Given several, ``anonymous`` wins, then ``credentials``, then the
+    service account file (``gcs_storage`` refuses such a mix).
     """
 
     type_name = "gcs"
@@ -143,7 +140,7 @@ class GCSDriver(ConfiguredDriver[GCSSettings]):
         )
         token: Any = None  # gcloud-aio's Token, or our BearerToken (what it uses of one)
         is_dev = bool(endpoint) or settings.anonymous
-        if settings.credentials is not None:
+        if settings.credentials is not None and not settings.anonymous:
             # gcloud-aio sends no token in its "dev" (emulator) mode: ours is always sent
             token, is_dev = settings.credentials.token(self.label), False
         try:
