@@ -45,8 +45,11 @@ from aicechunk.repository import Repository, SnapshotInfo, spec_version
 from aicechunk.session import ChunkType, Diff, ForkSession, Session
 from aicechunk.storage import (
     ExpiringS3Credentials,
+    GcsBearerCredential,
+    GCSRefreshableCredentials,
     S3Credentials,
     Storage,
+    gcs_refreshable_credentials,
     gcs_storage,
     http_storage,
     in_memory_storage,
@@ -94,6 +97,8 @@ __all__ = [
     "ForkPayloadError",
     "ForkSession",
     "FormatError",
+    "GCSRefreshableCredentials",
+    "GcsBearerCredential",
     "IcechunkStore",
     "InvalidKey",
     "InvalidLocation",
@@ -129,6 +134,7 @@ __all__ = [
     "__version__",
     "containers_credentials",
     "gcs_credentials",
+    "gcs_refreshable_credentials",
     "gcs_storage",
     "gcs_store",
     "http_storage",

@@ -14,6 +14,7 @@ from typing import Any
 
 from aicechunk.drivers.base import Driver, DriverConfig
 from aicechunk.drivers.gcs import GCSSettings
+from aicechunk.drivers.gcs_credentials import GcsBearerCredential, GCSRefreshableCredentials
 from aicechunk.drivers.http import HTTPSettings
 from aicechunk.drivers.local import LocalDriver
 from aicechunk.drivers.memory import MemoryDriver
@@ -25,8 +26,11 @@ from aicechunk.errors import InvalidLocation
 
 __all__ = [
     "ExpiringS3Credentials",
+    "GCSRefreshableCredentials",
+    "GcsBearerCredential",
     "S3Credentials",
     "Storage",
+    "gcs_refreshable_credentials",
     "gcs_storage",
     "http_storage",
     "in_memory_storage",
@@ -261,6 +265,21 @@ def r2_storage(
     )
 
 
+def gcs_refreshable_credentials(
+    get_credentials: Callable[[], Any], scatter_initial_credentials: bool = False
+) -> GCSRefreshableCredentials:
+    """A bearer token that ``get_credentials`` returns, called again when it is about to
+    expire (icechunk's ``gcs_refreshable_credentials``); pass it as ``credentials=``.
+
+    ``get_credentials`` returns a ``GcsBearerCredential`` (or icechunk's, or a tuple
+    ``(bearer, expires_after)``) and must pickle: it travels with the storage to other
+    processes, which call it there. With ``scatter_initial_credentials`` it is called once
+    now, and the copies of the storage start with that token (it travels too, as a secret)
+    until it expires."""
+    credentials = GCSRefreshableCredentials(get_credentials)
+    return credentials.with_initial() if scatter_initial_credentials else credentials
+
+
 def gcs_storage(
     *,
     bucket: str,
@@ -269,24 +288,40 @@ def gcs_storage(
     anonymous: bool = GCSSettings.anonymous,
     from_env: bool | None = None,
     endpoint_url: str | None = GCSSettings.endpoint_url,
+    get_credentials: Callable[[], Any] | None = None,
+    scatter_initial_credentials: bool = False,
+    credentials: GCSRefreshableCredentials | None = GCSSettings.credentials,
     max_concurrency: int = GCSSettings.max_concurrency,
     max_attempts: int = GCSSettings.max_attempts,
     timeout: float = GCSSettings.timeout,
 ) -> Storage:
     """A repository in Google Cloud Storage (options: see ``GCSSettings``).
 
-    Credentials: a service account file, ``anonymous=True``, or the application default
-    credentials (``from_env``). ``endpoint_url`` or ``STORAGE_EMULATOR_HOST`` select an
-    emulator.
+    Credentials: a service account file, ``anonymous=True``, ``get_credentials``
+    (refreshable bearer tokens, see ``gcs_refreshable_credentials``), ``credentials`` made
+    beforehand, or the application default credentials (``from_env``).
+    ``endpoint_url`` or ``STORAGE_EMULATOR_HOST`` select an emulator.
     """
-    if from_env and (service_account_file or anonymous):
-        raise ValueError("from_env=True excludes a service account file and anonymous access")
+    if from_env and (service_account_file or anonymous or get_credentials or credentials):
+        raise ValueError(
+            "from_env=True excludes a service account file, anonymous access and "
+            "refreshable credentials"
+        )
+    if get_credentials is not None:
+        if credentials is not None:
+            raise ValueError("pass get_credentials or credentials, not both")
+        credentials = gcs_refreshable_credentials(get_credentials, scatter_initial_credentials)
+    if credentials is not None and (service_account_file or anonymous):
+        raise ValueError(
+            "refreshable credentials exclude a service account file and anonymous access"
+        )
     settings = GCSSettings(
         bucket,
         prefix,
         service_account_file=service_account_file,
         anonymous=anonymous,
         endpoint_url=endpoint_url,
+        credentials=credentials,
         max_concurrency=max_concurrency,
         max_attempts=max_attempts,
         timeout=timeout,

@@ -264,7 +264,8 @@ FAULTS = ("reset", "truncate", "stall", "hang", "503", "malformed")
 
 @dataclass
 class FaultProxy:
-    """The state of a ``fault_proxy``: faults still to inject, requests seen."""
+    """The state of a ``fault_proxy``: faults still to inject, requests seen (and the
+    ``Authorization`` header of each, ``None`` where it had none)."""
 
     url: str = ""
     faults: list[str] = field(default_factory=list)
@@ -272,6 +273,7 @@ class FaultProxy:
     hang_seconds: float = 1.0
     requests: int = 0
     faulted: int = 0
+    authorizations: list[str | None] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -315,6 +317,7 @@ def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         state.requests += 1
+        state.authorizations.append(request.headers.get("Authorization"))
         fault = state.faults.pop(0) if state.faults and request.method in state.methods else ""
         state.faulted += bool(fault)
         transport = request.transport

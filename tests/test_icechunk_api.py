@@ -25,7 +25,7 @@ import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 from aicechunk import logs
-from aicechunk.drivers import s3_credentials
+from aicechunk.drivers import _refresh
 from tests.conftest import s3_test_storage
 from tests.servers import create_s3_bucket, next_bucket_name
 
@@ -357,7 +357,7 @@ def moto_keys() -> aic.ExpiringS3Credentials:
     """A ``get_credentials`` for moto (any keys work): short-lived, counted."""
     CALLS.append(time.monotonic())
     return aic.ExpiringS3Credentials(
-        "testing", "testing", None, datetime.now(UTC) + timedelta(seconds=1.5)
+        "testing", "testing", None, datetime.now(UTC) + timedelta(seconds=4)
     )
 
 
@@ -377,7 +377,7 @@ def _refreshable_storage(endpoint: str, bucket: str, **extra: Any) -> aic.Storag
 async def test_refreshable_credentials_for_the_repository_storage(
     s3_endpoint: str, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(s3_credentials, "REFRESH_BEFORE", timedelta(seconds=1))
+    monkeypatch.setattr(_refresh, "REFRESH_BEFORE", timedelta(seconds=2.5))
     bucket = next_bucket_name()
     create_s3_bucket(s3_endpoint, bucket)
     CALLS.clear()
@@ -385,7 +385,7 @@ async def test_refreshable_credentials_for_the_repository_storage(
     assert not CALLS  # called where the storage is used, not where it is made
     repo = await aic.Repository.create(storage)
     assert len(CALLS) == 1
-    await asyncio.sleep(1.0)  # within REFRESH_BEFORE of expiry: the next request refreshes
+    await asyncio.sleep(1.6)  # within REFRESH_BEFORE of expiry: the next request refreshes
     await repo.lookup_branch("main")
     assert len(CALLS) == 2
     # the callable travels: a pickled storage (another process, another loop) calls it

@@ -6,7 +6,8 @@ preconditions on every upload type, but fake-gcs-server ignores them on
 ``uploadType=media``, and multipart is correct on both. Transient failures (timeouts,
 dropped connections, truncated bodies, 408/429/5xx) are retried with exponential backoff
 and full jitter, bounded by ``max_attempts``; every failure is a ``StorageError``.
-One HTTP session per event loop, made lazily.
+One HTTP session per event loop, made lazily. Refreshable credentials (a bearer token from
+a callable): ``drivers.gcs_credentials``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aicechunk.drivers.base import (
     RangeRequest,
     http_range_header,
 )
+from aicechunk.drivers.gcs_credentials import GCSRefreshableCredentials
 from aicechunk.drivers.settings import URL, DriverSettings, check_endpoint
 from aicechunk.errors import InvalidLocation, ObjectNotFound, PreconditionFailed, StorageError
 
@@ -38,7 +40,8 @@ _T = TypeVar("_T")
 @dataclass(frozen=True)
 class GCSSettings(DriverSettings):
     """The GCS driver's options (see ``GCSDriver``): the service account file's path,
-    never its contents."""
+    never its contents; or ``credentials``, refreshable ones (a bearer token from a
+    callable that travels with the settings)."""
 
     type_name: ClassVar[str] = "gcs"
 
@@ -47,6 +50,7 @@ class GCSSettings(DriverSettings):
     service_account_file: str | None = None
     anonymous: bool = False
     endpoint_url: str | None = field(default=None, metadata=URL)
+    credentials: GCSRefreshableCredentials | None = None
     max_concurrency: int = 64
     max_attempts: int = 6
     timeout: float = 60.0
@@ -74,7 +78,10 @@ class GCSDriver(ConfiguredDriver[GCSSettings]):
     """Objects under ``gs://bucket/prefix/``.
 
     ``endpoint_url`` (or the ``STORAGE_EMULATOR_HOST`` environment variable) points the
-    driver at an emulator; ``anonymous`` reads public buckets without credentials.
+    driver at an emulator; ``anonymous`` reads public buckets without credentials;
+    ``credentials`` (refreshable) send the bearer token their callable returns, to an
+    emulator too. Given several, ``anonymous`` wins, then ``credentials``, then the
+    service account file (``gcs_storage`` refuses such a mix).
     """
 
     type_name = "gcs"
@@ -88,6 +95,7 @@ class GCSDriver(ConfiguredDriver[GCSSettings]):
         service_account_file: str | None = GCSSettings.service_account_file,
         anonymous: bool = GCSSettings.anonymous,
         endpoint_url: str | None = GCSSettings.endpoint_url,
+        credentials: GCSRefreshableCredentials | None = GCSSettings.credentials,
         max_concurrency: int = GCSSettings.max_concurrency,
         max_attempts: int = GCSSettings.max_attempts,
         timeout: float = GCSSettings.timeout,
@@ -99,6 +107,7 @@ class GCSDriver(ConfiguredDriver[GCSSettings]):
                 service_account_file=service_account_file,
                 anonymous=anonymous,
                 endpoint_url=endpoint_url,
+                credentials=credentials,
                 max_concurrency=max_concurrency,
                 max_attempts=max_attempts,
                 timeout=timeout,
@@ -129,10 +138,15 @@ class GCSDriver(ConfiguredDriver[GCSSettings]):
             connector=aiohttp.TCPConnector(limit=settings.max_concurrency),
             timeout=aiohttp.ClientTimeout(total=settings.timeout),
         )
+        token: Any = None  # gcloud-aio's Token, or our BearerToken (what it uses of one)
         is_dev = bool(endpoint) or settings.anonymous
+        if settings.credentials is not None and not settings.anonymous:
+            # gcloud-aio sends no token in its "dev" (emulator) mode: ours is always sent
+            token, is_dev = settings.credentials.token(self.label), False
         try:
             storage = Storage(
                 service_file=settings.service_account_file,
+                token=token,
                 session=session,
                 api_root=endpoint or ("https://storage.googleapis.com" if is_dev else None),
                 api_is_dev=is_dev,

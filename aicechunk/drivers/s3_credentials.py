@@ -3,29 +3,23 @@ refreshable ones (icechunk's ``s3_refreshable_credentials``).
 
 Refreshable credentials are a user callable returning fresh keys with their expiry
 (``ExpiringS3Credentials``, icechunk's ``S3StaticCredentials`` or a tuple). The client
-calls it again, in a worker thread, shortly before the keys expire. The callable travels
-with the storage description: it must pickle (a module-level function, or an instance of
-a module-level class), as icechunk requires, so a repository sent to another process
-fetches its own credentials there.
+calls it again, in a worker thread, shortly before the keys expire; the callable travels
+with the storage description, so it must pickle (``_refresh``: shared with GCS).
 """
 
 from __future__ import annotations
 
 import asyncio
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from aicechunk.drivers._refresh import check_expiry, check_get_credentials, refresh_windows
 from aicechunk.drivers.settings import SECRET, wrap_fields
 
 __all__ = ["ExpiringS3Credentials", "S3Credentials", "fresh_credentials", "refreshable"]
 
-#: refresh this long before expiry, and no later than half as long before it (botocore's
-#: defaults, 15 and 10 minutes, would call a callable returning short-lived keys before
-#: every request)
-REFRESH_BEFORE = timedelta(seconds=60)
 _NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
@@ -58,9 +52,7 @@ def fresh_credentials(value: Any) -> ExpiringS3Credentials:
             "get_credentials must return S3 credentials (access_key_id, secret_access_key, "
             f"session_token, expires_after), got {type(value).__name__}"
         )
-    expiry = fresh.expires_after
-    if expiry is not None and (not isinstance(expiry, datetime) or expiry.tzinfo is None):
-        raise TypeError("expires_after must be a datetime with a time zone")
+    check_expiry(fresh.expires_after)
     return fresh
 
 
@@ -84,15 +76,7 @@ class S3Credentials:
 
     def __post_init__(self) -> None:
         if self.get_credentials is not None:
-            if not callable(self.get_credentials):
-                raise TypeError("get_credentials must be callable")
-            try:
-                pickle.dumps(self.get_credentials)
-            except Exception as err:
-                raise TypeError(
-                    "get_credentials must pickle (a module-level function or an instance of "
-                    f"a module-level class), to reach other processes: {err}"
-                ) from None
+            check_get_credentials(self.get_credentials)
         wrap_fields(self)
 
     @property
@@ -151,6 +135,5 @@ async def refreshable(credentials: S3Credentials) -> Any:
         first = await refresh()
     made = AioRefreshableCredentials.create_from_metadata(first, refresh, "aicechunk-refresh")
     # botocore's windows are class attributes; these keys get ours
-    made._advisory_refresh_timeout = REFRESH_BEFORE.total_seconds()
-    made._mandatory_refresh_timeout = REFRESH_BEFORE.total_seconds() / 2
+    made._advisory_refresh_timeout, made._mandatory_refresh_timeout = refresh_windows()
     return made

@@ -118,7 +118,11 @@ def wrap_fields(obj: Any) -> None:
 
 
 def to_plain(obj: Any) -> Any:
-    """A settings value as JSON-ready data: dataclasses as dicts, tuples as lists."""
+    """A settings value as JSON-ready data: dataclasses as dicts, tuples as lists. A
+    callable (refreshable credentials' ``get_credentials``, which may be a dataclass
+    instance) is kept as it is."""
+    if callable(obj):
+        return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple | list):

@@ -59,7 +59,6 @@ NOT_YET: dict[str, str] = {
     "AnyGcsStaticCredential": _TYPED_CREDENTIALS,
     "AnyS3Credential": _TYPED_CREDENTIALS,
     "Credentials": _TYPED_CREDENTIALS,
-    "GcsBearerCredential": _TYPED_CREDENTIALS,
     "GcsCredentials": _TYPED_CREDENTIALS,
     "GcsStaticCredentials": _TYPED_CREDENTIALS,
     "S3StaticCredentials": _TYPED_CREDENTIALS,
@@ -68,10 +67,6 @@ NOT_YET: dict[str, str] = {
     "s3_from_env_credentials": _TYPED_CREDENTIALS,
     "gcs_static_credentials": _TYPED_CREDENTIALS,
     "gcs_from_env_credentials": _TYPED_CREDENTIALS,
-    "gcs_refreshable_credentials": (
-        "refreshable credentials exist for S3 storage (s3_refreshable_credentials); the GCS "
-        "client takes a token object, not yet a refreshing callable"
-    ),
     "AnyObjectStoreConfig": "virtual chunk stores are made by s3_store, gcs_store, ... only",
     "ObjectStoreConfig": "virtual chunk stores are made by s3_store, gcs_store, ... only",
     "S3Options": "S3 settings are s3_storage's and s3_store's keyword arguments",

@@ -3,12 +3,18 @@ aicechunk lacks: ``aicechunk.sync._names.NOT_YET``)."""
 
 from __future__ import annotations
 
-from aicechunk.storage import s3_refreshable_credentials
+from aicechunk.storage import (
+    GcsBearerCredential,
+    gcs_refreshable_credentials,
+    s3_refreshable_credentials,
+)
 from aicechunk.virtual import containers_credentials, gcs_credentials, s3_credentials
 
 __all__ = [
+    "GcsBearerCredential",
     "containers_credentials",
     "gcs_credentials",
+    "gcs_refreshable_credentials",
     "s3_credentials",
     "s3_refreshable_credentials",
 ]

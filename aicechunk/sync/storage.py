@@ -4,6 +4,7 @@ them (the names aicechunk lacks: ``aicechunk.sync._names.NOT_YET``)."""
 from __future__ import annotations
 
 from aicechunk.storage import (
+    GcsBearerCredential,
     Storage,
     gcs_storage,
     http_storage,
@@ -23,6 +24,7 @@ from aicechunk.virtual import (
 )
 
 __all__ = [
+    "GcsBearerCredential",
     "Storage",
     "gcs_credentials",
     "gcs_storage",
