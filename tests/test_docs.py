@@ -1,4 +1,4 @@
-"""Every ```python block in docs/ and README.md runs (top-level await allowed)."""
+"""Every ```python block in docs/ runs (top-level await allowed)."""
 
 from __future__ import annotations
 
