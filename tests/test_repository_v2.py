@@ -128,3 +128,24 @@ async def test_unknown_spec_version_is_refused_on_create() -> None:
     config.inline_chunk_threshold_bytes = 10
     with pytest.raises(aic.UnsupportedSpecVersionError, match="configuration"):
         await aic.Repository.create(aic.in_memory_storage(), config, spec_version=2)
+
+
+async def test_forks_of_a_v2_session_travel_and_merge(tmp_path: object) -> None:
+    import pickle
+
+    storage = aic.local_filesystem_storage(str(tmp_path))
+    repo = await aic.Repository.create(storage, spec_version=2)
+    session = await repo.writable_session("main")
+    arr = await zas.create_array(session.store, name="x", shape=(N,), chunks=(1,), dtype="i4")
+    await session.commit("array")
+    session = await repo.writable_session("main")
+    fork = pickle.loads(pickle.dumps(session.fork()))
+    written = await zas.open_array(store=fork.store, path="x")
+    await written.setitem(slice(None), np.arange(N, dtype="i4"))
+    await session.merge(fork)
+    sid = await session.commit("merged")
+    assert await repo.lookup_branch("main") == sid
+    ro = await (await aic.Repository.open(storage)).readonly_session("main")
+    arr = await zas.open_array(store=ro.store, path="x", mode="r")
+    assert np.asarray(await arr.getitem(slice(None))).tolist() == list(range(N))
+    assert pickle.loads(pickle.dumps(ro))._state.assets.format_version == 2
