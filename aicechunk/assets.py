@@ -11,7 +11,7 @@ import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Generic, TypeVar
 
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, CachingConfig, DecompressionLimits
@@ -37,6 +37,8 @@ from aicechunk.format.transaction_log import (
     encode_transaction_log,
 )
 from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
+from aicechunk.refstore import FileRefStore, RefInfo, RefStore
+from aicechunk.repo_info_store import RepoInfoStore
 
 __all__ = ["CONFIG_KEY", "REPO_INFO_KEY", "AssetManager", "RefInfo"]
 
@@ -87,14 +89,6 @@ class _LRU(Generic[K, V]):
         return len(self._data)
 
 
-@dataclass(frozen=True, slots=True)
-class RefInfo:
-    """A branch or tag: the snapshot it points to and the ref file's version."""
-
-    snapshot_id: SnapshotId
-    version: str
-
-
 SNAPSHOTS = "snapshots/"
 MANIFESTS = "manifests/"
 TRANSACTIONS = "transactions/"
@@ -132,7 +126,9 @@ def _check_id(key: str, what: str, found: object, expected: object) -> None:
 class AssetManager:
     """Reads and writes a repository's files through one driver, with caching.
 
-    Every file read is decompressed within ``limits`` of its stored size.
+    Every file read is decompressed within ``limits`` of its stored size. Files are
+    written in the repository's ``format_version`` (its spec version), whose refs live in
+    ``refs`` (files under ``refs/`` in spec v1, the repo info file in spec v2).
     """
 
     def __init__(
@@ -140,10 +136,15 @@ class AssetManager:
         driver: Driver,
         caching: CachingConfig | None = None,
         limits: DecompressionLimits = DEFAULT_DECOMPRESSION_LIMITS,
+        format_version: int = 1,
     ) -> None:
         self.driver = driver
         self.caching = caching or CachingConfig()
         self.limits = limits
+        self.format_version = format_version
+        self.refs: RefStore = (
+            FileRefStore(driver) if format_version == 1 else RepoInfoStore(driver, limits)
+        )
         self._snapshots: _LRU[SnapshotId, Snapshot] = _LRU(
             self.caching.resolved("num_snapshot_nodes"), lambda s: len(s.nodes)
         )
@@ -157,10 +158,17 @@ class AssetManager:
         self._inflight: dict[str, asyncio.Future[object]] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        return {"driver": self.driver, "caching": self.caching, "limits": self.limits}
+        return {
+            "driver": self.driver,
+            "caching": self.caching,
+            "limits": self.limits,
+            "format_version": self.format_version,
+        }
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["driver"], state["caching"], state["limits"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["driver"], state["caching"], state["limits"], state.get("format_version", 1)
+        )
 
     async def _fetch_once(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
         # Requests for the same file made concurrently (in one loop) share one read.
@@ -202,6 +210,8 @@ class AssetManager:
             bound = self.limits.bound(len(data))
             snap = await off_loop(_big(data), decode_snapshot, data, key, bound)
             _check_id(key, "snapshot", snap.id, snapshot_id)
+            if snap.spec_version >= 2:  # the parent is in the repo info file
+                snap = replace(snap, parent_id=await self.refs.parent_of(snap))
             self._snapshots.put(snapshot_id, snap)
             return snap
 
@@ -346,43 +356,19 @@ class AssetManager:
     # -- refs -------------------------------------------------------------------------
 
     async def fetch_branch(self, name: str) -> RefInfo:
-        """Where a branch points, with the ref file's version for a conditional update."""
-        key = ref_format.branch_key(name)
-        try:
-            data, info = await self.driver.get_object(key)
-        except ObjectNotFound:
-            raise RefNotFoundError(f"branch {name!r} does not exist") from None
-        return RefInfo(ref_format.decode_ref(data, key), info.version)
+        """Where a branch points, with the version of what stores it."""
+        return await self.refs.fetch_branch(name)
 
     async def fetch_tag(self, name: str) -> SnapshotId:
         """Where a tag points; deleted tags are not found."""
-        key = ref_format.tag_key(name)
-        try:
-            data = await self.driver.get(key)
-        except ObjectNotFound:
-            raise RefNotFoundError(f"tag {name!r} does not exist") from None
-        if await self.driver.exists(ref_format.tag_tombstone_key(name)):
-            raise RefNotFoundError(f"tag {name!r} was deleted")
-        return ref_format.decode_ref(data, key)
+        return await self.refs.fetch_tag(name)
 
     async def create_branch(self, name: str, snapshot_id: SnapshotId) -> None:
-        """Create a branch ref; fails if the branch exists."""
-        await self.driver.put(
-            ref_format.branch_key(name),
-            ref_format.encode_ref(str(snapshot_id)),
-            if_none_match=True,
-        )
-
-    async def update_branch(self, name: str, snapshot_id: SnapshotId, version: str) -> None:
-        """Move a branch, only if its ref file is still at ``version``."""
-        await self.driver.put(
-            ref_format.branch_key(name),
-            ref_format.encode_ref(str(snapshot_id)),
-            if_match=version,
-        )
+        """Create a branch; fails (``PreconditionFailed``) if the branch exists."""
+        await self.refs.create_branch(name, snapshot_id)
 
     async def move_branch(
-        self, name: str, new_id: SnapshotId, tip: RefInfo, *, uncertain_ok: bool = False
+        self, name: str, new_id: SnapshotId, tip: RefInfo, snapshot: Snapshot | None = None
     ) -> None:
         """Move branch ``name`` from ``tip`` (read by the caller) to ``new_id``, only if
         its ref file is still at ``tip.version``: the one compare-and-swap of a branch.
@@ -392,10 +378,11 @@ class AssetManager:
         dropped connection, or ``PreconditionFailed`` from a retried request whose first
         try was applied), the branch is read back to tell: ``new_id`` on the branch since
         ``tip`` means it moved. If even that cannot be read, ``CommitOutcomeUnknownError``.
+        ``snapshot`` is the new commit's (``None`` for a reset to an existing snapshot).
         """
         failure: StorageError
         try:
-            await self.update_branch(name, new_id, tip.version)
+            await self.refs.update_branch(name, new_id, tip, snapshot)
             return
         except PreconditionFailed as err:
             failure = err  # another writer won, or a retried request of ours landed
@@ -439,24 +426,16 @@ class AssetManager:
         ) from last
 
     async def delete_branch(self, name: str) -> None:
-        """Remove a branch ref file."""
-        await self.driver.delete(ref_format.branch_key(name))
+        """Remove a branch."""
+        await self.refs.delete_branch(name)
 
     async def create_tag(self, name: str, snapshot_id: SnapshotId) -> None:
         """Create a tag; fails (``PreconditionFailed``) if the name was ever used."""
-        if await self.driver.exists(ref_format.tag_tombstone_key(name)):
-            raise PreconditionFailed(
-                "tag was deleted and cannot be reused", key=ref_format.tag_key(name)
-            )
-        await self.driver.put(
-            ref_format.tag_key(name), ref_format.encode_ref(str(snapshot_id)), if_none_match=True
-        )
+        await self.refs.create_tag(name, snapshot_id)
 
     async def delete_tag(self, name: str) -> None:
-        """Write the tag's tombstone (the ref file stays, as the spec requires)."""
-        await self.driver.put(
-            ref_format.tag_tombstone_key(name), ref_format.TOMBSTONE_CONTENT, if_none_match=True
-        )
+        """Delete a tag for good (``PreconditionFailed`` if it already was)."""
+        await self.refs.delete_tag(name)
 
     # -- the repository as a whole ------------------------------------------------------
 
@@ -497,6 +476,10 @@ class AssetManager:
                 await aclose()
         return seen, None
 
-    async def list_ref_keys(self) -> list[str]:
-        """Every key under ``refs/``."""
-        return [info.key async for info in self.driver.list("refs/")]
+    async def list_branches(self) -> set[str]:
+        """Names of all branches."""
+        return await self.refs.list_branches()
+
+    async def list_tags(self) -> set[str]:
+        """Names of all tags that were not deleted."""
+        return await self.refs.list_tags()

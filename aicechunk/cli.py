@@ -88,7 +88,7 @@ async def cmd_info(repo: aic.Repository, args: argparse.Namespace) -> None:
     config = repo.config
     data: dict[str, Any] = {
         "storage": repr(repo.storage),
-        "spec_version": 1,
+        "spec_version": repo.spec_version,
         "branches": branches,
         "tags": tags,
         "inline_chunk_threshold_bytes": INLINE_CHUNK_THRESHOLD_BYTES

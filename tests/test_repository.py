@@ -652,13 +652,13 @@ async def test_an_interrupted_creation_is_named(
     assert _tree(tmp_path) == before
 
 
-def _write_spec_v2_repository(root: Path, with_v1_refs: bool) -> None:
+def _write_spec_v2_repository(root: Path, with_v1_refs: bool, version: int = 2) -> None:
     """What Icechunk 2.x leaves: a ``repo`` object (binary header, spec version 2, file
     type 6) at the root and no ``refs/`` (or, mid-migration, the v1 refs beside it)."""
     from aicechunk.format.header import MAGIC
 
     root.mkdir(parents=True, exist_ok=True)
-    header = MAGIC + b"ic-2.1.2".ljust(24) + bytes((2, 6, 1))
+    header = MAGIC + b"ic-2.1.2".ljust(24) + bytes((version, 6, 1))
     (root / "repo").write_bytes(header + b"\x28\xb5\x2f\xfd" + b"\x00" * 40)
     (root / "snapshots").mkdir()
     (root / "snapshots" / "1CECHNKREP0F1RSTCMT0").write_bytes(header[:36] + bytes((2, 1, 1)))
@@ -674,8 +674,30 @@ def _write_spec_v2_repository(root: Path, with_v1_refs: bool) -> None:
 async def test_spec_v2_repository_is_recognised_and_never_written_over(
     tmp_path: Path, with_v1_refs: bool
 ) -> None:
+    """A ``repo`` object makes it spec v2 (also beside ``refs/``, mid-migration): it
+    opens as such, and creating is refused without writing anything."""
     root = tmp_path / "v2"
     _write_spec_v2_repository(root, with_v1_refs)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    storage = aic.local_filesystem_storage(root)
+    assert await aic.Repository.exists(storage)
+    assert (await aic.Repository.open(storage)).spec_version == 2
+    assert (await aic.Repository.open_or_create(storage)).spec_version == 2
+    for create in (
+        lambda: aic.Repository.create(storage),
+        lambda: aic.Repository.create(storage, check_clean_root=False, spec_version=2),
+    ):
+        with pytest.raises(aic.RepositoryExistsError):
+            await create()
+    with pytest.raises(aic.FormatError):  # the repo info file here is a stub
+        await (await aic.Repository.open(storage)).list_branches()
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.attack("creation races and unclean roots")
+async def test_unknown_spec_version_is_refused_and_never_written_over(tmp_path: Path) -> None:
+    root = tmp_path / "v9"
+    _write_spec_v2_repository(root, False, version=9)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     storage = aic.local_filesystem_storage(root)
     assert await aic.Repository.exists(storage)
@@ -687,7 +709,7 @@ async def test_spec_v2_repository_is_recognised_and_never_written_over(
         lambda: aic.Repository.create(storage, check_clean_root=False),
     ]
     for call in calls:
-        with pytest.raises(aic.UnsupportedSpecVersionError, match="spec version 2 repository"):
+        with pytest.raises(aic.UnsupportedSpecVersionError, match="spec version 9 repository"):
             await call()
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
@@ -702,9 +724,10 @@ async def test_spec_v2_repository_is_recognised_on_every_driver(
     driver = storage.driver()
     await driver.put("repo", MAGIC + b"ic-2.1.2".ljust(24) + bytes((2, 6, 1)) + b"\x00" * 8)
     assert await aic.Repository.exists(storage)
-    for call in (aic.Repository.open, aic.Repository.open_or_create, aic.Repository.create):
-        with pytest.raises(aic.UnsupportedSpecVersionError, match=r"Icechunk 2\.x"):
-            await call(storage)
+    assert (await aic.Repository.open(storage)).spec_version == 2
+    assert (await aic.Repository.open_or_create(storage)).spec_version == 2
+    with pytest.raises(aic.RepositoryExistsError):
+        await aic.Repository.create(storage)
     assert [info.key async for info in driver.list("")] == ["repo"]
 
 

@@ -21,22 +21,47 @@ from aicechunk.errors import (
     UnsupportedSpecVersionError,
 )
 from aicechunk.format import refs as ref_format
-from aicechunk.format.header import SPEC_VERSION
+from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import FIRST_SNAPSHOT_ID
 from aicechunk.format.snapshot import Snapshot
+from aicechunk.format.transaction_log import TransactionLog
+from aicechunk.repo_info_store import RepoInfoStore
 from aicechunk.storage import Storage
 
-__all__ = ["CREATION_WAIT_SECONDS", "await_creation", "unsupported_message", "write_new_repository"]
+__all__ = [
+    "CREATION_WAIT_SECONDS",
+    "DEFAULT_SPEC_VERSION",
+    "await_creation",
+    "unsupported_message",
+    "write_new_repository",
+]
 
 INITIAL_COMMIT_MESSAGE = "Repository initialized"
+#: the spec version ``Repository.create`` writes when not told (1, which Icechunk 1.x and
+#: 2.x both read, until this library writes all that a repository does in spec v2)
+DEFAULT_SPEC_VERSION = 1
 
 
 async def write_new_repository(
-    storage: Storage, config: RepositoryConfig | None, check_clean_root: bool
+    storage: Storage,
+    config: RepositoryConfig | None,
+    check_clean_root: bool,
+    spec_version: int = DEFAULT_SPEC_VERSION,
 ) -> RepositoryConfig:
-    """Write a new, empty repository at ``storage``; its configuration in effect."""
+    """Write a new, empty repository of ``spec_version`` at ``storage``; its
+    configuration in effect."""
+    if spec_version not in SPEC_VERSIONS:
+        raise UnsupportedSpecVersionError(
+            f"cannot create a spec version {spec_version} repository: aicechunk writes "
+            f"spec versions {', '.join(map(str, SPEC_VERSIONS))}"
+        )
+    if spec_version != 1 and config is not None and not config.is_default():
+        raise UnsupportedSpecVersionError(
+            "a configuration other than the default cannot be stored in a spec version "
+            f"{spec_version} repository yet; create it with the default configuration"
+        )
     driver = storage.driver()
-    assets = AssetManager(driver)
+    assets = AssetManager(driver, format_version=spec_version)
     await refuse_existing(assets, driver.label)
     if check_clean_root:
         await refuse_unclean_root(assets, driver.label)
@@ -45,9 +70,11 @@ async def write_new_repository(
         parent_id=None,
         flushed_at=datetime.now(UTC),
         message=INITIAL_COMMIT_MESSAGE,
-        metadata={"__root": True},
+        # the mark of the first snapshot, as each version's Icechunk writes it
+        metadata={"__root": True} if spec_version == 1 else {"__icechunk": {"is_root": True}},
         nodes=(),
         manifest_files=(),
+        spec_version=spec_version,
     )
     try:
         await assets.write_snapshot(initial, if_absent=True)
@@ -56,6 +83,11 @@ async def write_new_repository(
     # only the creator that wrote the initial snapshot gets here
     effective = config or RepositoryConfig.default()
     try:
+        if isinstance(assets.refs, RepoInfoStore):
+            # Icechunk 2.x writes the first snapshot's (empty) transaction log too
+            await assets.write_transaction_log(TransactionLog(id=FIRST_SNAPSHOT_ID, spec_version=2))
+            await assets.refs.create(initial)
+            return effective
         if config is not None and not config.is_default():
             # in a clean root nobody else writes config.yaml; past a dirty one it is ours
             await driver.put(CONFIG_KEY, config.to_yaml(), if_none_match=check_clean_root)
@@ -71,7 +103,12 @@ async def write_new_repository(
 
 #: The keys a repository creation writes: all that an unfinished creation can leave.
 _CREATION_KEYS = frozenset(
-    ("snapshots/" + str(FIRST_SNAPSHOT_ID), CONFIG_KEY, ref_format.branch_key("main"))
+    (
+        "snapshots/" + str(FIRST_SNAPSHOT_ID),
+        "transactions/" + str(FIRST_SNAPSHOT_ID),
+        CONFIG_KEY,
+        ref_format.branch_key("main"),
+    )
 )
 
 #: How long ``open_or_create`` waits for another process's creation to finish.
@@ -80,9 +117,9 @@ CREATION_WAIT_SECONDS = 10.0
 
 def unsupported_message(label: str, version: int) -> str:
     return (
-        f"{label} holds a spec version {version} repository (made by Icechunk 2.x: a "
-        f"'{REPO_INFO_KEY}' object at its root); aicechunk reads and writes spec version "
-        f"{SPEC_VERSION} only for now, and never writes over it"
+        f"{label} holds a spec version {version} repository (its '{REPO_INFO_KEY}' object "
+        f"says so); aicechunk reads and writes spec versions "
+        f"{', '.join(map(str, SPEC_VERSIONS))} only for now, and never writes over it"
     )
 
 
@@ -98,7 +135,7 @@ async def refuse_existing(assets: AssetManager, label: str) -> None:
     version = await assets.spec_version()
     if version is None:
         return
-    if version != SPEC_VERSION:
+    if version not in SPEC_VERSIONS:
         raise UnsupportedSpecVersionError(unsupported_message(label, version))
     raise RepositoryExistsError(f"a repository already exists at {label}")
 

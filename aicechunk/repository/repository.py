@@ -26,10 +26,15 @@ from aicechunk.errors import (
     UnsupportedSpecVersionError,
 )
 from aicechunk.format import refs as ref_format
-from aicechunk.format.header import SPEC_VERSION
+from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import SnapshotId
 from aicechunk.repository import history
-from aicechunk.repository.creation import await_creation, unsupported_message, write_new_repository
+from aicechunk.repository.creation import (
+    DEFAULT_SPEC_VERSION,
+    await_creation,
+    unsupported_message,
+    write_new_repository,
+)
 from aicechunk.repository.history import SnapshotInfo
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
@@ -42,9 +47,9 @@ INITIAL_COMMIT_MESSAGE = "Repository initialized"
 
 
 def spec_version() -> int:
-    """The Icechunk spec version this library reads and writes (icechunk's
-    ``spec_version()``): repositories of other versions are refused."""
-    return SPEC_VERSION
+    """The Icechunk spec version this library writes by default (icechunk's
+    ``spec_version()``)."""
+    return DEFAULT_SPEC_VERSION
 
 
 def _snapshot_id(value: str | SnapshotId) -> SnapshotId:
@@ -68,12 +73,16 @@ class Repository:
         storage: Storage,
         config: RepositoryConfig,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        spec_version: int = 1,
     ) -> None:
         self._storage = storage
         self._config = config
         self._credentials = dict(authorize_virtual_chunk_access or {})
         self._resolver: VirtualResolver | None = None
-        self._assets = AssetManager(storage.driver(), config.caching, config.decompression_limits())
+        self._assets = AssetManager(
+            storage.driver(), config.caching, config.decompression_limits(), spec_version
+        )
         self._commit_metadata: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -82,6 +91,12 @@ class Repository:
     def storage(self) -> Storage:
         """Where the repository lives."""
         return self._storage
+
+    @property
+    def spec_version(self) -> int:
+        """The Icechunk spec version of this repository (1, or 2 for one in Icechunk
+        2.x's default layout); commits keep it."""
+        return self._assets.format_version
 
     @property
     def config(self) -> RepositoryConfig:
@@ -118,7 +133,7 @@ class Repository:
             if authorize_virtual_chunk_access is None
             else authorize_virtual_chunk_access
         )
-        return type(self)(self._storage, effective, credentials)
+        return type(self)(self._storage, effective, credentials, spec_version=self.spec_version)
 
     def set_default_commit_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Metadata every commit (and flush) of sessions made from now on starts with;
@@ -147,7 +162,7 @@ class Repository:
     @classmethod
     async def exists(cls, storage: Storage) -> bool:
         """Whether a repository exists at ``storage``: a ``main`` branch (spec version 1)
-        or a spec version 2 repository, which this library refuses to open."""
+        or a repo info file (spec version 2)."""
         return await AssetManager(storage.driver()).spec_version() is not None
 
     @classmethod
@@ -159,11 +174,13 @@ class Repository:
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
         *,
         check_clean_root: bool = True,
+        spec_version: int | None = None,
     ) -> Repository:
-        """Make a new, empty repository.
+        """Make a new, empty repository of ``spec_version`` (1 when ``None``, for now;
+        2 for Icechunk 2.x's layout, which Icechunk 1.x cannot read).
 
         Refused where a repository exists (``RepositoryExistsError``;
-        ``UnsupportedSpecVersionError`` for one made by Icechunk 2.x) and, unless
+        ``UnsupportedSpecVersionError`` for one of a spec version not supported) and, unless
         ``check_clean_root=False``, where anything else is stored (``RootNotEmptyError``).
 
         Creation is all or nothing, also between processes creating at once: the initial
@@ -172,8 +189,9 @@ class Repository:
         then the ``main`` branch; every other creator raises ``RepositoryExistsError``
         having written nothing.
         """
-        effective = await write_new_repository(storage, config, check_clean_root)
-        return cls(storage, effective, authorize_virtual_chunk_access)
+        version = DEFAULT_SPEC_VERSION if spec_version is None else spec_version
+        effective = await write_new_repository(storage, config, check_clean_root, version)
+        return cls(storage, effective, authorize_virtual_chunk_access, spec_version=version)
 
     @classmethod
     @must_await("the repository was not opened")
@@ -194,14 +212,14 @@ class Repository:
             raise found
         if found is None:
             raise RepositoryNotFoundError(f"no repository at {driver.label} (no 'main' branch)")
-        if found != SPEC_VERSION:
+        if found not in SPEC_VERSIONS:
             raise UnsupportedSpecVersionError(unsupported_message(driver.label, found))
         if isinstance(persisted, BaseException):
             raise persisted
         effective = persisted or RepositoryConfig.default()
         if config is not None:
             effective = effective.merge(config)
-        return cls(storage, effective, authorize_virtual_chunk_access)
+        return cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
 
     @classmethod
     @must_await("the repository was not opened or created")
@@ -239,27 +257,18 @@ class Repository:
     @must_await("the configuration was not saved")
     async def save_config(self) -> None:
         """Persist the configuration in effect to ``config.yaml``."""
+        if self.spec_version != 1:
+            raise UnsupportedSpecVersionError(
+                f"saving the configuration of a spec version {self.spec_version} repository "
+                "(in its repo info file) is not supported yet"
+            )
         await self._storage.driver().put(CONFIG_KEY, self._config.to_yaml())
 
     # -- branches ---------------------------------------------------------------------
 
-    async def _ref_keys(self, what: str) -> list[str]:
-        driver = self._storage.driver()
-        if not driver.supports_listing:
-            raise RepositoryError(
-                f"cannot list {what}: storage {driver.label} does not support listing; "
-                "open a branch or tag by name instead"
-            )
-        return await self._assets.list_ref_keys()
-
     async def list_branches(self) -> set[str]:
         """Names of all branches."""
-        names = set()
-        for key in await self._ref_keys("branches"):
-            parsed = ref_format.parse_ref_key(key)
-            if parsed is not None and parsed[0] == "branch":
-                names.add(parsed[1])
-        return names
+        return await self._assets.list_branches()
 
     async def lookup_branch(self, name: str) -> str:
         """The snapshot id a branch points to."""
@@ -317,17 +326,7 @@ class Repository:
 
     async def list_tags(self) -> set[str]:
         """Names of all tags that were not deleted."""
-        tags, deleted = set(), set()
-        for key in await self._ref_keys("tags"):
-            parsed = ref_format.parse_ref_key(key)
-            if parsed is None:
-                continue
-            kind, name = parsed
-            if kind == "tag":
-                tags.add(name)
-            elif kind == "tag_tombstone":
-                deleted.add(name)
-        return tags - deleted
+        return await self._assets.list_tags()
 
     async def lookup_tag(self, name: str) -> str:
         """The snapshot id a tag points to."""

@@ -59,7 +59,7 @@ async def commit(
             base = await base_snapshot(state)
             snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
             move, cancelled = await _finish_despite_cancellation(
-                state.assets.move_branch(branch, snapshot.id, tip)
+                state.assets.move_branch(branch, snapshot.id, tip, snapshot)
             )
             error = None if move.cancelled() else move.exception()
             if move.cancelled() or isinstance(error, CommitOutcomeUnknownError):
@@ -96,6 +96,7 @@ async def flush(
     check_commit_properties(message, metadata)
     base = await base_snapshot(state)
     snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
+    await state.assets.refs.record_detached(snapshot)
     state.committed(snapshot.id)
     log.info("flushed anonymous snapshot %s (from branch %r)", snapshot.id, state.branch)
     state.branch = None

@@ -45,6 +45,7 @@ class Flush:
     def __init__(self, state: SessionState, base: Snapshot, views: list[NodeView]) -> None:
         self.state = state
         self.assets: AssetManager = state.assets
+        self.version = state.assets.format_version  # files in the repository's spec version
         self.changes: ChangeSet = state.changes
         self.base = base
         self.views = views
@@ -72,6 +73,7 @@ class Flush:
                 metadata=dict(metadata),
                 nodes=tuple(nodes),
                 manifest_files=self.manifest_files(nodes),
+                spec_version=self.version,
             )
             await log_written
         except BaseException:
@@ -94,6 +96,7 @@ class Flush:
             updated_groups=tuple(sorted(c.updated_groups)),
             updated_arrays=tuple(sorted(c.updated_arrays)),
             updated_chunks=logged_chunk_changes(c, self.grids),
+            spec_version=self.version,
         )
 
     def manifest_files(self, nodes: list[NodeSnapshot]) -> tuple[ManifestFileInfo, ...]:
@@ -140,7 +143,7 @@ class Flush:
                 return ()
             manifest_id = ManifestId.random()
             data, extents = await asyncio.to_thread(
-                encode_array_manifest_columns, manifest_id, view.id, cols
+                encode_array_manifest_columns, manifest_id, view.id, cols, self.version
             )
             self.new_files.append((ManifestFileInfo(manifest_id, len(data), len(cols)), data))
             return (ManifestRef(manifest_id, extents),)
@@ -186,7 +189,11 @@ class Flush:
             return ()
         manifest_id = ManifestId.random()
         data, extents = await asyncio.to_thread(
-            encode_array_manifest, manifest_id, node_id, dict(refs) if live else refs
+            encode_array_manifest,
+            manifest_id,
+            node_id,
+            dict(refs) if live else refs,
+            self.version,
         )
         if any(hi > g for (_, hi), g in zip(extents, grid, strict=False)):
             # written, then the array shrank in this session: drop what is past its end
@@ -195,7 +202,7 @@ class Flush:
             if not refs:
                 return ()
             data, extents = await asyncio.to_thread(
-                encode_array_manifest, manifest_id, node_id, refs
+                encode_array_manifest, manifest_id, node_id, refs, self.version
             )
         self.new_files.append((ManifestFileInfo(manifest_id, len(data), len(refs)), data))
         return (ManifestRef(manifest_id, extents),)

@@ -28,7 +28,7 @@ from aicechunk.changes.validate import check_changes
 from aicechunk.config import CachingConfig, DecompressionLimits
 from aicechunk.drivers.registry import driver_from_config
 from aicechunk.errors import AicechunkError, ForkPayloadError, FormatError
-from aicechunk.format.header import decompress_bounded
+from aicechunk.format.header import SPEC_VERSIONS, decompress_bounded
 from aicechunk.format.ids import SnapshotId
 from aicechunk.session.state import SessionConfig, SessionState
 from aicechunk.store.metadata import parse_metadata
@@ -82,6 +82,7 @@ def encode_fork(state: SessionState) -> bytes:
         "concurrency": state.config.read_concurrency,
         "changes": state.changes.to_plain(),
         "virtual": None if virtual is None else virtual.to_plain(),
+        "spec": state.assets.format_version,
     }
     packed = zstandard.ZstdCompressor(level=3).compress(
         msgpack.packb(body, use_bin_type=True, default=_extension)
@@ -143,8 +144,11 @@ def _state(body: Any, limits: DecompressionLimits) -> SessionState:
     if branch is not None and not isinstance(branch, str):
         raise ValueError("the branch must be a string")
     virtual = body.get("virtual")
+    spec = body.get("spec", 1)  # payloads made before spec v2 was supported have none
+    if spec not in SPEC_VERSIONS or isinstance(spec, bool):
+        raise ValueError(f"unknown spec version {spec!r}")
     return SessionState(
-        AssetManager(driver, caching, limits),
+        AssetManager(driver, caching, limits, spec),
         SnapshotId(body["snapshot"]),
         branch=branch,
         read_only=False,
