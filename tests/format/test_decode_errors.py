@@ -36,6 +36,7 @@ from aicechunk.format.transaction_log import (
     encode_transaction_log,
 )
 from aicechunk.store.metadata import parse_metadata
+from tests.format.corruption import MALFORMED_PAYLOADS, check_header_problems, mutate
 
 NID = NodeId(b"\x01" * 8)
 MID = ManifestId(b"\x02" * 12)
@@ -122,30 +123,14 @@ def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[bytes
 
 @pytest.mark.parametrize("kind", sorted(DECODERS))
 def test_header_problems_are_named(kind: str) -> None:
-    decode, make, _file_type = DECODERS[kind]
-    good = make()
-    decode(good, "f")
-    cases = {
-        "truncated": good[:10],
-        "bad magic": b"X" + good[1:],
-        "unknown spec version": good[: HEADER_SIZE - 3] + b"\x09" + good[HEADER_SIZE - 2 :],
-        "expected a": good[: HEADER_SIZE - 2] + b"\x05" + good[HEADER_SIZE - 1 :],
-        "unknown compression": good[: HEADER_SIZE - 1] + b"\x07" + good[HEADER_SIZE:],
-        "zstd": good[:HEADER_SIZE] + b"\x00garbage-not-zstd",
-        "truncated zstd": good[: len(good) - 5],
-    }
-    for problem, data in cases.items():
-        with pytest.raises(FormatError) as info:
-            decode(data, f"some/{kind}")
-        message = str(info.value)
-        assert message.startswith(f"some/{kind}: "), message
-        assert problem.split()[0] in message, (problem, message)
+    decode, make, _ = DECODERS[kind]
+    check_header_problems(decode, make(), kind, unknown_version=9)
 
 
 @pytest.mark.parametrize("kind", sorted(DECODERS))
 def test_malformed_flatbuffers(kind: str) -> None:
     decode, _, file_type = DECODERS[kind]
-    for payload in (b"", b"\x00" * 3, b"\xff" * 64, b"\x08\x00\x00\x00Ichk" + b"\x00" * 8):
+    for payload in MALFORMED_PAYLOADS:
         with pytest.raises(FormatError, match="some/file: "):
             decode(encode_file(file_type, payload), "some/file")
 
@@ -173,20 +158,7 @@ def test_fuzz_only_format_errors(
     payload = decode_file(original, file_type)
     # mutate the decompressed flatbuffer (where structure lives) or the raw file
     target = data.draw(st.sampled_from(["payload", "file"]))
-    blob = bytearray(payload if target == "payload" else original)
-    for _ in range(data.draw(st.integers(1, 8))):
-        if not blob:
-            break
-        op = data.draw(st.sampled_from(["flip", "set", "cut", "insert"]))
-        at = data.draw(st.integers(0, len(blob) - 1))
-        if op == "flip":
-            blob[at] ^= 1 << data.draw(st.integers(0, 7))
-        elif op == "set":
-            blob[at] = data.draw(st.integers(0, 255))
-        elif op == "cut":
-            del blob[at:]
-        else:
-            blob[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+    blob = mutate(data, payload if target == "payload" else original)
     mutated = encode_file(file_type, bytes(blob)) if target == "payload" else bytes(blob)
     try:
         result = decode(mutated, "fuzzed")

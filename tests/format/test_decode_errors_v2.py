@@ -36,6 +36,7 @@ from aicechunk.format.transaction_log import (
     decode_transaction_log,
     encode_transaction_log,
 )
+from tests.format.corruption import MALFORMED_PAYLOADS, check_header_problems, mutate
 
 NID = NodeId(b"\x01" * 8)
 MID = ManifestId(b"\x02" * 12)
@@ -124,23 +125,7 @@ DECODERS: dict[str, tuple[Callable[[bytes, str], Any], Callable[[], bytes], File
 @pytest.mark.parametrize("kind", sorted(DECODERS))
 def test_header_problems_are_named(kind: str) -> None:
     decode, make, _ = DECODERS[kind]
-    good = make()
-    decode(good, "f")
-    cases = {
-        "truncated": good[:10],
-        "bad magic": b"X" + good[1:],
-        "unknown spec version": good[: HEADER_SIZE - 3] + b"\x03" + good[HEADER_SIZE - 2 :],
-        "expected a": good[: HEADER_SIZE - 2] + b"\x05" + good[HEADER_SIZE - 1 :],
-        "unknown compression": good[: HEADER_SIZE - 1] + b"\x07" + good[HEADER_SIZE:],
-        "zstd": good[:HEADER_SIZE] + b"\x00garbage-not-zstd",
-        "truncated zstd": good[: len(good) - 5],
-    }
-    for problem, data in cases.items():
-        with pytest.raises(FormatError) as info:
-            decode(data, f"some/{kind}")
-        message = str(info.value)
-        assert message.startswith(f"some/{kind}: "), message
-        assert problem.split()[0] in message, (problem, message)
+    check_header_problems(decode, make(), kind, unknown_version=3)
 
 
 def test_a_v1_header_has_no_repo_info() -> None:
@@ -153,7 +138,7 @@ def test_a_v1_header_has_no_repo_info() -> None:
 @pytest.mark.parametrize("kind", sorted(DECODERS))
 def test_malformed_flatbuffers(kind: str) -> None:
     decode, _, file_type = DECODERS[kind]
-    for payload in (b"", b"\x00" * 3, b"\xff" * 64, b"\x08\x00\x00\x00Ichk" + b"\x00" * 8):
+    for payload in MALFORMED_PAYLOADS:
         with pytest.raises(FormatError, match="some/file: "):
             decode(encode_file(file_type, payload, spec_version=2), "some/file")
 
@@ -197,20 +182,7 @@ def test_fuzz_only_format_errors(kind: str, data: st.DataObject) -> None:
     decode, make, file_type = DECODERS[kind]
     original = make()
     _, payload = decode_versioned(original, file_type)
-    blob = bytearray(payload)
-    for _ in range(data.draw(st.integers(1, 8))):
-        if not blob:
-            break
-        op = data.draw(st.sampled_from(["flip", "set", "cut", "insert"]))
-        at = data.draw(st.integers(0, len(blob) - 1))
-        if op == "flip":
-            blob[at] ^= 1 << data.draw(st.integers(0, 7))
-        elif op == "set":
-            blob[at] = data.draw(st.integers(0, 255))
-        elif op == "cut":
-            del blob[at:]
-        else:
-            blob[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+    blob = mutate(data, payload)
     try:
         result = decode(encode_file(file_type, bytes(blob), spec_version=2), "fuzzed")
         if kind == "manifest":  # lookups decode lazily: exercise them too
