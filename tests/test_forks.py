@@ -276,3 +276,30 @@ async def test_a_fork_replacing_a_node_the_parent_added_leaves_one_node() -> Non
         session = await repo.writable_session("main")
         await session.delete_node("/x")
         await session.commit("clean")
+
+
+@pytest.mark.parametrize("through_payload", [False, True], ids=["fork", "payload"])
+async def test_a_fork_that_deletes_and_recreates_an_array_is_merged_whole(
+    through_payload: bool,
+) -> None:
+    # the fork's deletion names the old node: merged before its new node, not after it
+    repo = await aic.Repository.create(aic.in_memory_storage())
+    session = await repo.writable_session("main")
+    first = await zas.create_array(session.store, name="t", shape=(6,), chunks=(6,), dtype="f8")
+    await first.setitem(slice(None), np.arange(6.0))
+    await session.commit("first")
+    session = await repo.writable_session("main")
+    fork = session.fork()
+    again = await zas.create_array(
+        fork.store, name="t", shape=(3,), chunks=(3,), dtype="f8", overwrite=True
+    )
+    await again.setitem(slice(None), np.ones(3))
+    if through_payload:
+        fork = aic.ForkSession.from_bytes(fork.to_bytes())
+    await session.merge(fork)
+    status = await session.status()
+    assert status.deleted_arrays == {"/t"} and status.new_arrays == {"/t"}
+    await session.commit("recreated")
+    ro = await repo.readonly_session(branch="main")
+    back = await zas.open_array(store=ro.store, path="t")
+    np.testing.assert_array_equal(await back.getitem(slice(None)), np.ones(3))

@@ -180,3 +180,19 @@ def test_dask_synchronous_scheduler_inside_a_running_loop() -> None:
     repo = asyncio.run(notebook_cell())
     back = asyncio.run(read_back(repo))
     np.testing.assert_array_equal(back.tair.values, VALUES)
+
+
+@pytest.mark.parametrize("dask", [True, False], ids=["dask", "numpy"])
+async def test_mode_w_replaces_what_a_commit_holds(dask: bool) -> None:
+    # mode="w" deletes the stored variables and writes them again at the same paths, in a
+    # fork: the merge must keep the new nodes (it used to drop them, committing nothing)
+    repo = await aic.Repository.create(aic.in_memory_storage())
+    session = await repo.writable_session("main")
+    await to_icechunk_async(dataset(VALUES, dask=False), session)
+    await session.commit("first")
+    session = await repo.writable_session("main")
+    await to_icechunk_async(dataset(np.array([1.0, 2.0]), dask=dask, start=7), session, mode="w")
+    await session.commit("replaced")
+    back = await read_back(repo)
+    np.testing.assert_array_equal(back.tair.values, [1.0, 2.0])
+    np.testing.assert_array_equal(back.t.values, [7, 8])

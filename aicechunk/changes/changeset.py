@@ -216,7 +216,19 @@ class ChangeSet:
 
     def merge(self, other: ChangeSet) -> None:
         """Fold ``other`` in; where both touch the same thing, ``other`` wins (a node
-        ``other`` adds replaces one this change set added at the same path)."""
+        ``other`` adds replaces one this change set added at the same path).
+
+        ``other``'s deletions name nodes of the base snapshot by id: they go first, so
+        that a node ``other`` deleted and created again at the same path is the new one.
+        """
+        for path, nid in other.deleted_groups.items():
+            self.updated_groups.pop(nid, None)
+            self.deleted_groups[path] = nid
+        for path, nid in other.deleted_arrays.items():
+            self._chunks.pop(nid, None)
+            self._tables.pop(nid, None)
+            self.updated_arrays.pop(nid, None)
+            self.deleted_arrays[path] = nid
         for path, (nid, data) in other.new_groups.items():
             replaced = self.new_arrays.pop(path, None)
             if replaced is not None:
@@ -232,10 +244,6 @@ class ChangeSet:
             self.new_arrays[path] = (nid, definition)
         self.updated_groups.update(other.updated_groups)
         self.updated_arrays.update(other.updated_arrays)
-        for path, nid in other.deleted_groups.items():
-            self.delete_group(path, nid)
-        for path, nid in other.deleted_arrays.items():
-            self.delete_array(path, nid)
         for nid, refs in other._chunks.items():
             if refs:
                 self._materialize(nid).update(refs)
