@@ -22,7 +22,7 @@ working for bad arguments)::
             RepositoryNotFoundError, RepositoryExistsError, RootNotEmptyError,
             UnsupportedSpecVersionError, RefNotFoundError, RefExistsError,
             InvalidRefNameError
-        SessionStateError               not allowed in the session's state
+        SessionStateError               not allowed in the session's state (also ValueError)
         ConflictError                   the branch moved (branch, expected_parent, actual_parent)
         RebaseFailedError               conflicts the solver would not resolve (snapshot, conflicts)
         NodeNotFoundError               (also KeyError)
@@ -241,8 +241,9 @@ class InvalidRefNameError(RepositoryError):
     """A branch or tag name is not allowed."""
 
 
-class SessionStateError(AicechunkError):
-    """An operation is not allowed in the session's current state."""
+class SessionStateError(AicechunkError, ValueError):
+    """An operation is not allowed in the session's current state (also a ValueError,
+    as icechunk's are: pickling a writable session, forking one with changes, ...)."""
 
 
 class ConflictError(AicechunkError):

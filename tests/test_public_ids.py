@@ -10,6 +10,7 @@ from pathlib import Path
 
 import icechunk
 import numpy as np
+import pytest
 import zarr
 import zarr.api.asynchronous as zas
 
@@ -65,3 +66,17 @@ async def test_ids_are_icechunks_ids(tmp_path: Path) -> None:
     assert await repo.lookup_branch("main") == tip == theirs
     assert [info.id async for info in repo.ancestry(branch="main")] == history
     assert SnapshotId(theirs) == theirs
+
+
+@pytest.mark.parametrize("bad", [123, b"ABC", ["x"], 1.5])
+async def test_a_snapshot_id_that_is_no_string_is_a_type_error(bad: object) -> None:
+    # as icechunk: the type is named, never a len() failure or a "not found" of bytes
+    repo = await aic.Repository.create(aic.in_memory_storage())
+    for call in (
+        lambda: repo.lookup_snapshot(bad),  # type: ignore[arg-type]
+        lambda: repo.readonly_session(snapshot_id=bad),  # type: ignore[arg-type]
+        lambda: repo.create_branch("x", bad),  # type: ignore[arg-type]
+        lambda: repo.reset_branch("main", bad),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match="a snapshot id is a str"):
+            await call()

@@ -55,6 +55,8 @@ def spec_version() -> int:
 def _snapshot_id(value: str | SnapshotId) -> SnapshotId:
     if isinstance(value, SnapshotId):
         return value
+    if not isinstance(value, str):  # as icechunk: a snapshot id is a str
+        raise TypeError(f"a snapshot id is a str, not {type(value).__name__}: {value!r:.80}")
     try:
         return SnapshotId.from_str(value)
     except InvalidIdError as err:
