@@ -225,8 +225,9 @@ class RootNotEmptyError(RepositoryError):
 
 
 class UnsupportedSpecVersionError(RepositoryError):
-    """The repository follows an Icechunk spec version this library cannot read or write
-    (spec version 2, made by Icechunk 2.x)."""
+    """The repository follows an Icechunk spec version this library cannot read or write,
+    or the operation needs a newer one than the repository's (the operations log or
+    repository metadata on a spec version 1 repository); the message names the version."""
 
 
 class RefNotFoundError(RepositoryError):

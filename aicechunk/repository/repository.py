@@ -28,7 +28,7 @@ from aicechunk.errors import (
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import SnapshotId
-from aicechunk.repository import history
+from aicechunk.repository import history, v2ops
 from aicechunk.repository.creation import (
     DEFAULT_SPEC_VERSION,
     await_creation,
@@ -130,11 +130,8 @@ class Repository:
         As in icechunk, the new object starts with no default commit metadata; nothing is
         read from storage (``fetch_config`` reads what is persisted)."""
         effective = self._config if config is None else self._config.merge(config)
-        credentials = (
-            self._credentials
-            if authorize_virtual_chunk_access is None
-            else authorize_virtual_chunk_access
-        )
+        given = authorize_virtual_chunk_access
+        credentials = self._credentials if given is None else given
         return type(self)(self._storage, effective, credentials, spec_version=self.spec_version)
 
     def set_default_commit_metadata(self, metadata: Mapping[str, Any]) -> None:
@@ -427,6 +424,12 @@ class Repository:
         start = await self._resolve(from_branch, from_tag, from_snapshot_id)
         end = await self._resolve(to_branch, to_tag, to_snapshot_id)
         return await history.diff(self._assets, start, end)
+
+    # -- spec v2: the operations log and repository metadata (in v2ops) ---------------
+    ops_log = v2ops.ops_log
+    get_metadata = v2ops.get_metadata
+    set_metadata = v2ops.set_metadata
+    update_metadata = v2ops.update_metadata
 
     # -- sessions ---------------------------------------------------------------------
 

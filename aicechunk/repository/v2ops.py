@@ -1,0 +1,106 @@
+"""Operations only spec v2 repositories carry: the operations log and repository metadata.
+
+Functions of a repository (anything holding an ``AssetManager`` as ``_assets``); the
+``Repository`` class takes them as its methods, so that they live apart from it. Each
+raises ``UnsupportedSpecVersionError``, naming the spec version, on a spec v1 repository
+(which has no repo info file), where icechunk 2.x raises its format error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from typing import Any, Protocol
+
+from aicechunk.assets import AssetManager
+from aicechunk.awaited import must_await
+from aicechunk.errors import ObjectNotFound, UnsupportedSpecVersionError
+from aicechunk.format import repo_updates as ru
+from aicechunk.format.flexbuf import encode_flex
+from aicechunk.format.repo_info import OVERWRITTEN_PREFIX, RepoInfo, decode_repo_info
+from aicechunk.repo_info_store import RepoInfoStore
+
+__all__ = ["get_metadata", "ops_log", "set_metadata", "update_metadata"]
+
+
+class HasAssets(Protocol):
+    """A repository, as these functions see it."""
+
+    _assets: AssetManager
+
+
+def _store(repo: HasAssets, what: str) -> RepoInfoStore:
+    refs = repo._assets.refs
+    if not isinstance(refs, RepoInfoStore):
+        raise UnsupportedSpecVersionError(
+            f"{what} needs a repository of spec version 2 or later; this one is spec version "
+            f"{repo._assets.format_version} (upgrade it to spec version 2 first)"
+        )
+    return refs
+
+
+async def ops_log(self: HasAssets) -> AsyncIterator[ru.Update]:
+    """The repository's operations log, newest first: one ``Update`` (``kind``,
+    ``updated_at``, ``backup_path``) per change of its repo info file, as icechunk's
+    ``Repository.ops_log()`` yields them. Where the log was cut (past 1000 entries), the
+    older entries are read from the copy under ``overwritten/`` it links to; a missing
+    copy ends the log there."""
+    store = _store(self, "the operations log")
+    info: RepoInfo | None = await store.info()
+    last = None
+    while info is not None:
+        for update in info.latest_updates:
+            if last is None or update.updated_at < last:
+                yield update
+                last = update.updated_at
+        before = info.repo_before_updates
+        info = None if before is None else await _backup(store, before)
+
+
+async def _backup(store: RepoInfoStore, name: str) -> RepoInfo | None:
+    key = OVERWRITTEN_PREFIX + name
+    try:
+        data = await store.driver.get(key)
+    except ObjectNotFound:
+        return None
+    info = decode_repo_info(data, key, store.limits.bound(len(data)))
+    updates = list(info.latest_updates)
+    if updates and updates[0].backup_path is None:  # as it reads in the newer log
+        updates[0] = replace(updates[0], backup_path=name)
+    return replace(info, latest_updates=tuple(updates))
+
+
+async def get_metadata(self: HasAssets) -> dict[str, Any]:
+    """The repository metadata (a JSON-like dict; ``{}`` when none was set)."""
+    return dict((await _store(self, "repository metadata").info()).metadata)
+
+
+async def _change_metadata(repo: HasAssets, metadata: Mapping[str, Any], merge: bool) -> RepoInfo:
+    store = _store(repo, "repository metadata")
+    given = dict(metadata)
+    for key, value in given.items():
+        if not isinstance(key, str):
+            raise TypeError(f"repository metadata keys are str, not {type(key).__name__}")
+        encode_flex(value, f"metadata[{key!r}]")  # refused before anything is written
+
+    def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind]:
+        new = {**info.metadata, **given} if merge else given
+        return replace(info, metadata=new), ru.MetadataChanged()
+
+    return await store.update(change)
+
+
+@must_await("the repository metadata was not set")
+async def set_metadata(self: HasAssets, metadata: Mapping[str, Any]) -> None:
+    """Replace the repository metadata with ``metadata`` (icechunk's ``set_metadata``:
+    returns nothing), through the repo info file's compare-and-swap, logging a
+    ``MetadataChanged`` update."""
+    await _change_metadata(self, metadata, merge=False)
+
+
+@must_await("the repository metadata was not updated")
+async def update_metadata(self: HasAssets, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``metadata`` into the repository metadata, its keys replacing those there
+    (a ``None`` value is stored as null, not a deletion, as in icechunk); the metadata
+    afterwards. Logged as a ``MetadataChanged`` update."""
+    return dict((await _change_metadata(self, metadata, merge=True)).metadata)
