@@ -26,6 +26,16 @@ def _on_core_store(target: Any) -> Any:
     return target
 
 
+def _core_arguments(
+    targets: Sequence[Any], split_every: int | None, store_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "targets": [_on_core_store(t) for t in targets],
+        "split_every": split_every or 8,
+        **store_kwargs,
+    }
+
+
 def store_dask(
     *,
     sources: Sequence[Any],
@@ -36,14 +46,8 @@ def store_dask(
 ) -> ForkSession:
     """Write dask arrays into zarr arrays of one fork's store; returns the merged fork to
     merge into the session that forked (``session.merge(fork)``), then commit."""
-    merged = core.store_dask(
-        sources=sources,
-        targets=[_on_core_store(t) for t in targets],
-        regions=regions,
-        split_every=split_every or 8,
-        **store_kwargs,
-    )
-    result: ForkSession = wrap(merged)
+    arguments = _core_arguments(targets, split_every, store_kwargs)
+    result: ForkSession = wrap(core.store_dask(sources=sources, regions=regions, **arguments))
     return result
 
 
@@ -56,12 +60,7 @@ async def store_dask_async(
     **store_kwargs: Any,
 ) -> ForkSession:
     """Awaitable ``store_dask``."""
-    merged = await core.store_dask_async(
-        sources=sources,
-        targets=[_on_core_store(t) for t in targets],
-        regions=regions,
-        split_every=split_every or 8,
-        **store_kwargs,
-    )
+    arguments = _core_arguments(targets, split_every, store_kwargs)
+    merged = await core.store_dask_async(sources=sources, regions=regions, **arguments)
     result: ForkSession = wrap(merged)
     return result
