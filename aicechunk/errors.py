@@ -21,15 +21,16 @@ working for bad arguments)::
         RepositoryError
             RepositoryNotFoundError, RepositoryExistsError, RootNotEmptyError,
             UnsupportedSpecVersionError, RefNotFoundError, RefExistsError,
-            InvalidRefNameError
+            InvalidRefNameError, ReadOnlyRepositoryError (the status takes no writes)
         SessionStateError               not allowed in the session's state (also ValueError)
+            FeatureFlagDisabledError    a feature flag of the repository turns it off
         ConflictError                   the branch moved (branch, expected_parent, actual_parent)
         RebaseFailedError               conflicts the solver would not resolve (snapshot, conflicts)
         NodeNotFoundError               (also KeyError)
         ChunkIndexError                 (also IndexError)
         InvalidLocation, InvalidNodePathError, InvalidStoreKeyError,
         InvalidMetadataError, InvalidChangesError, UnrepresentableValueError,
-        ForkPayloadError                (all also ValueError)
+        ForkPayloadError, InvalidInputError   (all also ValueError)
         VirtualChunkError
         EventLoopError                  (also RuntimeError) a blocking call on its own loop
     AicechunkWarning                    (a UserWarning)
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from aicechunk.changes.conflicts import Conflict
+    from aicechunk.format.repo_updates import RepoStatus
 
 # "scheme://" and everything up to the last "@" on its line. Userinfo written unencoded may
 # hold quotes, spaces, "/", "?", "#" and "@" itself, so no character but a line break can be
@@ -247,6 +249,37 @@ class SessionStateError(AicechunkError, ValueError):
     as icechunk's are: pickling a writable session, forking one with changes, ...)."""
 
 
+class FeatureFlagDisabledError(SessionStateError):
+    """A feature flag of the repository (``Repository.set_feature_flag``) turns the
+    operation off: ``feature_flag`` names the flag, ``feature_description`` the
+    operation, as icechunk says them ("tag creation is disabled by a feature flag
+    (create_tag)"); icechunk raises its ``SessionStateError`` here too."""
+
+    def __init__(self, feature_description: str, feature_flag: str):
+        self.feature_description = feature_description
+        self.feature_flag = feature_flag
+        super().__init__(f"{feature_description} is disabled by a feature flag ({feature_flag})")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.feature_description, self.feature_flag))
+
+
+class ReadOnlyRepositoryError(RepositoryError):
+    """The repository's status (``Repository.set_status``) is not online: it takes no
+    commits, branch or tag changes, metadata or feature flag changes, and no new writable
+    sessions, until its status is set back to online; reads go on (icechunk raises its
+    ``ReadOnlyError`` here). ``status`` is the status found (``None`` once unpickled).
+
+    Not a ``StorageError``: nothing failed in storage, and nothing is retried."""
+
+    def __init__(self, message: str, status: RepoStatus | None = None):
+        self.status = status
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self),))
+
+
 class ConflictError(AicechunkError):
     """A branch update lost the race: the branch moved since the session started (or,
     for ``reset_branch(..., from_snapshot_id=)``, is not where the caller said).
@@ -363,6 +396,11 @@ class UnrepresentableValueError(AicechunkError, ValueError):
     def __init__(self, where: str, why: str):
         self.where = where
         super().__init__(f"{where}: {why}")
+
+
+class InvalidInputError(AicechunkError, ValueError):
+    """An argument no repository could accept: an unknown feature flag name, a status
+    icechunk cannot set (icechunk's ``InvalidInputError``)."""
 
 
 class ForkPayloadError(AicechunkError, ValueError):

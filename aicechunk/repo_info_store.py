@@ -22,11 +22,13 @@ from aicechunk.errors import (
     ConflictError,
     ObjectNotFound,
     PreconditionFailed,
+    ReadOnlyRepositoryError,
     RefNotFoundError,
     RepositoryNotFoundError,
     StorageError,
 )
 from aicechunk.format import repo_updates as ru
+from aicechunk.format.feature_flags import require_feature
 from aicechunk.format.ids import SnapshotId
 from aicechunk.format.repo_info import (
     OVERWRITTEN_PREFIX,
@@ -108,13 +110,21 @@ class RepoInfoStore:
         await self.driver.put(REPO_INFO_KEY, encode_repo_info(info), if_none_match=True)
         self._cached = info
 
-    async def update(self, change: Change) -> RepoInfo:
+    async def update(self, change: Change, *, check_status: bool = True) -> RepoInfo:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
-        module's docstring); the repo info in effect afterwards."""
+        module's docstring); the repo info in effect afterwards.
+
+        A repository whose status is not online takes no change (``ReadOnlyRepositoryError``,
+        read in the same file the change would replace), as in Icechunk; only a change of
+        the status itself passes ``check_status=False``."""
         maybe_landed = False
         failure: StorageError | None = None
         for attempt in range(UPDATE_ATTEMPTS):
             info, data, version = await self.read()
+            if check_status and not info.status.is_online:
+                if maybe_landed and change(info, True) is None:
+                    return info  # ours landed before the status changed
+                raise self.read_only_error(info.status)
             result = change(info, maybe_landed)
             if result is None:
                 return info
@@ -137,6 +147,22 @@ class RepoInfoStore:
             await asyncio.sleep(min(_BACKOFF_MAX_SECONDS, _BACKOFF_SECONDS * 2 ** min(attempt, 10)))
         assert failure is not None
         raise failure
+
+    def read_only_error(
+        self, status: ru.RepoStatus, doing: str | None = None
+    ) -> ReadOnlyRepositoryError:
+        """The error for a write refused by a status that is not online (icechunk's
+        words)."""
+        reason = status.limited_availability_reason
+        said = (
+            f"Repo status is {status.availability.name}, set at {status.set_at.isoformat()}, "
+            f"reason: {reason!r}"
+        )
+        where = f" ({self.driver.label})"
+        doing = f"{doing}; " if doing else ""
+        return ReadOnlyRepositoryError(
+            f"the repository status is read-only{where}: {doing}{said}", status
+        )
 
     # -- the RefStore interface ----------------------------------------------------------
 
@@ -216,6 +242,7 @@ class RepoInfoStore:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:
             if retry and info.tags.get(name) == snapshot_id:
                 return None
+            require_feature(info, "create_tag", "tag creation")
             if name in info.tags or name in info.deleted_tags:
                 raise PreconditionFailed(f"tag {name!r} exists or existed", key=REPO_INFO_KEY)
             _listed(info, snapshot_id)
@@ -226,9 +253,10 @@ class RepoInfoStore:
     async def delete_tag(self, name: str) -> None:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:
             now = info.tags.get(name)
+            if retry and now is None and name in info.deleted_tags:
+                return None
+            require_feature(info, "delete_tag", "tag delete")
             if now is None:
-                if retry and name in info.deleted_tags:
-                    return None
                 if name in info.deleted_tags:
                     raise PreconditionFailed(f"tag {name!r} was deleted", key=REPO_INFO_KEY)
                 raise RefNotFoundError(f"tag {name!r} does not exist")

@@ -8,8 +8,8 @@ and the key under ``overwritten/`` of the repo info file as it was before the ne
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import flatbuffers
@@ -31,6 +31,7 @@ __all__ = [
     "MetadataChanged",
     "NewCommit",
     "NewDetachedSnapshot",
+    "RepoAvailability",
     "RepoInitialized",
     "RepoMigrated",
     "RepoStatus",
@@ -42,21 +43,53 @@ __all__ = [
 ]
 
 
-class Availability(enum.IntEnum):
-    """Whether a repository takes writes (``READ_ONLY``: reads only)."""
+class RepoAvailability(enum.IntEnum):
+    """Whether a repository takes writes, under icechunk's names (``online``,
+    ``read_only``; the spec's third value, ``offline``, icechunk 2.3 neither sets nor
+    honours: it reads it as online). The upper-case names are aliases."""
 
+    online = 0
+    read_only = 1
+    offline = 2
     ONLINE = 0
     READ_ONLY = 1
     OFFLINE = 2
 
 
+Availability = RepoAvailability
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class RepoStatus:
-    """The repository's availability, when it was set, and why (if limited)."""
+    """The repository's availability, when it was set (now, unless given: a datetime
+    with a time zone, as icechunk requires), and why, if limited (icechunk's
+    ``RepoStatus``)."""
 
-    availability: Availability
-    set_at: datetime
-    reason: str | None = None
+    availability: RepoAvailability
+    set_at: datetime = field(default_factory=_now)
+    limited_availability_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.availability, RepoAvailability):
+            raise TypeError(
+                f"availability is a RepoAvailability, not {type(self.availability).__name__}"
+            )
+        if self.set_at is None:  # icechunk's RepoStatus(availability, None, ...)
+            object.__setattr__(self, "set_at", _now())
+        elif not isinstance(self.set_at, datetime) or self.set_at.utcoffset() is None:
+            raise TypeError("set_at must be a datetime with a time zone (tzinfo), not naive")
+        reason = self.limited_availability_reason
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"limited_availability_reason is a str, not {type(reason).__name__}")
+
+    @property
+    def is_online(self) -> bool:
+        """Whether the repository takes writes."""
+        return self.availability is RepoAvailability.online
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,14 +269,15 @@ class Update:
 
 def encode_status(b: flatbuffers.Builder, status: RepoStatus) -> int:
     """A RepoStatus table."""
-    reason = None if status.reason is None else b.CreateString(status.reason)
+    reason = status.limited_availability_reason
+    reason_off = None if reason is None else b.CreateString(reason)
     return table(
         b,
         3,
         [
             (0, "u8", int(status.availability)),
             (1, "u64", to_micros(status.set_at)),
-            (2, "off", reason),
+            (2, "off", reason_off),
         ],
     )
 
