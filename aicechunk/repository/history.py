@@ -8,12 +8,25 @@ from datetime import datetime
 from typing import Any
 
 from aicechunk.assets import AssetManager
-from aicechunk.errors import RefNotFoundError, RepositoryError
+from aicechunk.errors import InvalidIdError, RefNotFoundError, RepositoryError
 from aicechunk.format.ids import NodeId, SnapshotId
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import Diff
 
-__all__ = ["SnapshotInfo", "diff", "snapshot_as_of"]
+__all__ = ["SnapshotInfo", "diff", "parse_snapshot_id", "snapshot_as_of"]
+
+
+def parse_snapshot_id(value: str | SnapshotId) -> SnapshotId:
+    """A snapshot id given as an argument: ``TypeError`` for one that is not a str, as
+    icechunk; ``RefNotFoundError`` for a str that is no snapshot id."""
+    if isinstance(value, SnapshotId):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"a snapshot id is a str, not {type(value).__name__}: {value!r:.80}")
+    try:
+        return SnapshotId.from_str(value)
+    except InvalidIdError as err:
+        raise RefNotFoundError(err.problem) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
 from aicechunk.errors import (
     ConflictError,
-    InvalidIdError,
     ObjectNotFound,
     PreconditionFailed,
     RefExistsError,
@@ -28,7 +27,7 @@ from aicechunk.errors import (
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import SnapshotId
-from aicechunk.repository import history, v2ops
+from aicechunk.repository import history, v2admin, v2ops
 from aicechunk.repository.creation import (
     DEFAULT_SPEC_VERSION,
     await_creation,
@@ -36,6 +35,7 @@ from aicechunk.repository.creation import (
     write_new_repository,
 )
 from aicechunk.repository.history import SnapshotInfo
+from aicechunk.repository.history import parse_snapshot_id as _snapshot_id
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
 from aicechunk.store import IcechunkStore
@@ -50,17 +50,6 @@ def spec_version() -> int:
     """The Icechunk spec version this library writes by default (icechunk's
     ``spec_version()``)."""
     return DEFAULT_SPEC_VERSION
-
-
-def _snapshot_id(value: str | SnapshotId) -> SnapshotId:
-    if isinstance(value, SnapshotId):
-        return value
-    if not isinstance(value, str):  # as icechunk: a snapshot id is a str
-        raise TypeError(f"a snapshot id is a str, not {type(value).__name__}: {value!r:.80}")
-    try:
-        return SnapshotId.from_str(value)
-    except InvalidIdError as err:
-        raise RefNotFoundError(err.problem) from None
 
 
 class Repository:
@@ -377,11 +366,6 @@ class Repository:
         await self._assets.fetch_snapshot(sid)
         return sid
 
-    async def lookup_snapshot(self, snapshot_id: str | SnapshotId) -> SnapshotInfo:
-        """The info of one snapshot, on a branch or not (``RefNotFoundError`` if there is
-        no such snapshot)."""
-        return SnapshotInfo.of(await self._assets.fetch_snapshot(_snapshot_id(snapshot_id)))
-
     async def ancestry(
         self,
         *,
@@ -430,6 +414,17 @@ class Repository:
     get_metadata = v2ops.get_metadata
     set_metadata = v2ops.set_metadata
     update_metadata = v2ops.update_metadata
+    # -- status, feature flags, inspection; snapshot lookups (in v2admin) -------------
+    get_status = v2admin.get_status
+    set_status = v2admin.set_status
+    feature_flags = v2admin.feature_flags
+    enabled_feature_flags = v2admin.enabled_feature_flags
+    disabled_feature_flags = v2admin.disabled_feature_flags
+    set_feature_flag = v2admin.set_feature_flag
+    inspect_repo_info = v2admin.inspect_repo_info
+    lookup_snapshot = v2admin.lookup_snapshot
+    list_manifest_files = v2admin.list_manifest_files
+    fetch_spec_version = staticmethod(v2admin.fetch_spec_version)
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -456,6 +451,7 @@ class Repository:
                 f"storage {self._storage.driver().label} is read-only; open a readonly_session"
             )
         tip = await self._assets.fetch_branch(branch)
+        await v2admin.require_online(self, "Cannot create writable session")
         return Session(
             self._assets,
             tip.snapshot_id,
