@@ -98,6 +98,8 @@ class World:
             "key_ranges": [("x/c/0", None)],
             "value": default_buffer_prototype().buffer.from_bytes(b"\x01\x02"),
             "key_start_values": [],
+            "status": aic.RepoStatus(aic.RepoAvailability.read_only),
+            "setting": False,
         }
 
 

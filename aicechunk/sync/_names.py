@@ -82,5 +82,4 @@ NOT_YET: dict[str, str] = {
     "ManifestSplitDimCondition": _MANIFESTS,
     "ManifestSplittingConfig": _MANIFESTS,
     "GCSummary": _MAINTENANCE,
-    "ManifestFileInfo": _MAINTENANCE,
 }
