@@ -24,6 +24,7 @@ from aicechunk.errors import (
     InvalidNodePathError,
     InvalidRefNameError,
     InvalidStoreKeyError,
+    NodeExistsError,
     ObjectNotFound,
     PreconditionFailed,
     ReadOnlyError,
@@ -42,7 +43,7 @@ from aicechunk.errors import (
 )
 from aicechunk.logs import initialize_logs, print_debug_info, set_logs_filter
 from aicechunk.repository import Repository, SnapshotInfo, spec_version
-from aicechunk.session import ChunkType, Diff, ForkSession, Session
+from aicechunk.session import ChunkType, Diff, ForkSession, Session, SessionMode
 from aicechunk.storage import (
     ExpiringS3Credentials,
     GcsBearerCredential,
@@ -106,6 +107,7 @@ __all__ = [
     "InvalidNodePathError",
     "InvalidRefNameError",
     "InvalidStoreKeyError",
+    "NodeExistsError",
     "ObjectNotFound",
     "PreconditionFailed",
     "ReadOnlyError",
@@ -120,6 +122,7 @@ __all__ = [
     "RootNotEmptyError",
     "S3Credentials",
     "Session",
+    "SessionMode",
     "SessionStateError",
     "SnapshotInfo",
     "Storage",

@@ -28,7 +28,7 @@ from aicechunk.errors import (
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import SnapshotId
-from aicechunk.repository import history, v2ops
+from aicechunk.repository import history, rearrange, v2ops
 from aicechunk.repository.creation import (
     DEFAULT_SPEC_VERSION,
     await_creation,
@@ -42,8 +42,6 @@ from aicechunk.store import IcechunkStore
 from aicechunk.virtual import VirtualResolver
 
 __all__ = ["Repository", "SnapshotInfo", "spec_version"]
-
-INITIAL_COMMIT_MESSAGE = "Repository initialized"
 
 
 def spec_version() -> int:
@@ -430,6 +428,7 @@ class Repository:
     get_metadata = v2ops.get_metadata
     set_metadata = v2ops.set_metadata
     update_metadata = v2ops.update_metadata
+    rearrange_session = rearrange.rearrange_session
 
     # -- sessions ---------------------------------------------------------------------
 
