@@ -39,7 +39,7 @@ from aicechunk.session.payload import decode_fork, encode_fork
 from aicechunk.session.reads import ChunkType, Diff, NodeView
 from aicechunk.session.rearrange import Rearranging
 from aicechunk.session.saving import Saving
-from aicechunk.session.state import SessionConfig, SessionState
+from aicechunk.session.state import SessionConfig, SessionMode, SessionState
 from aicechunk.store import IcechunkStore
 from aicechunk.store.metadata import parse_metadata
 from aicechunk.virtual import ChunkFetcher
@@ -453,6 +453,12 @@ class ForkSession(Session):
     def fork(self) -> ForkSession:
         """Refused: fork the parent session instead."""
         raise SessionStateError("a ForkSession cannot fork; fork the parent session")
+
+    @property
+    def mode(self) -> SessionMode:
+        """``SessionMode.READONLY``, as icechunk reports a fork's (one on no branch),
+        though it takes writes."""
+        return SessionMode.READONLY
 
     def __repr__(self) -> str:
         return f"<ForkSession branch={self.branch!r} snapshot={self.snapshot_id}>"

@@ -93,7 +93,7 @@ class SessionState:
 
     @property
     def mode(self) -> SessionMode:
-        """The session's mode; as in icechunk, one on no branch (a fork) is read-only."""
+        """The session's mode; as in icechunk, one on no branch is read-only."""
         if self.read_only or self.branch is None:
             return SessionMode.READONLY
         return SessionMode.WRITABLE if self.moves is None else SessionMode.REARRANGE
