@@ -112,6 +112,8 @@ async def describe(repo: aic.Repository) -> dict[str, Any]:
             }
             if info.parent_id is not None:
                 diffs[info.id] = await _diff(repo, info.parent_id, info.id)
+    main = [info.id async for info in repo.ancestry(branch="main")]
+    diffs["main"] = await _diff(repo, main[-2], main[0])
     ops = []
     async for update in repo.ops_log():
         fields = {f: str(getattr(update.kind, f)) for f in _FIELDS if hasattr(update.kind, f)}
@@ -283,11 +285,20 @@ async def test_we_read_icechunks_amends_and_moves_then_extend_them(tmp_path: Pat
     assert final["/dest/sub_again/arr"]["values"][3][3] == 1234
     assert final["/dest/sub_again"]["attrs"] == {"level": 2, "by": "us"}
     assert "/g_back" in final and "/dest/g" not in final
-    assert ours["diffs"][ours["snapshots"][top]["parent"]]["moved_nodes"] == [
+    ours_moves = [
         ["/sub", "/dest/sub_again"],
         ["/sub/arr", "/dest/sub_again/arr"],
         ["/sub/lone", "/dest/sub_again/lone"],
         ["/dest/g", "/g_back"],
+    ]
+    assert ours["diffs"][ours["snapshots"][top]["parent"]]["moved_nodes"] == ours_moves
+    # across commits, the newest commit's moves first (icechunk's merged ones after ours)
+    assert ours["diffs"]["main"]["moved_nodes"] == [
+        *ours_moves,
+        ["/g", "/dest/g"],
+        ["/g/sub", "/sub"],
+        ["/g/sub/arr", "/sub/arr"],
+        ["/lone", "/sub/lone"],
     ]
 
 

@@ -63,25 +63,30 @@ def describe(repo: icechunk.Repository) -> dict[str, Any]:
                 "log": _log(repo, info.id),
             }
             if info.parent_id is not None:
-                diff = repo.diff(from_snapshot_id=info.parent_id, to_snapshot_id=info.id)
-                diffs[info.id] = {
-                    "new_groups": sorted(diff.new_groups),
-                    "new_arrays": sorted(diff.new_arrays),
-                    "deleted_groups": sorted(diff.deleted_groups),
-                    "deleted_arrays": sorted(diff.deleted_arrays),
-                    "updated_groups": sorted(diff.updated_groups),
-                    "updated_arrays": sorted(diff.updated_arrays),
-                    "updated_chunks": {
-                        p: sorted(map(list, c)) for p, c in diff.updated_chunks.items()
-                    },
-                    "moved_nodes": [list(m) for m in diff.moved_nodes],
-                }
+                diffs[info.id] = _diff(repo, info.parent_id, info.id)
+    # and across every commit of main after the first: moves of all, newest first
+    main = [info.id for info in repo.ancestry(branch="main")]
+    diffs["main"] = _diff(repo, main[-2], main[0])
     return {
         "branches": {b: repo.lookup_branch(b) for b in repo.list_branches()},
         "tags": {t: repo.lookup_tag(t) for t in repo.list_tags()},
         "snapshots": snapshots,
         "diffs": diffs,
         "ops": [_op(u) for u in repo.ops_log()],
+    }
+
+
+def _diff(repo: icechunk.Repository, start: str, end: str) -> dict[str, Any]:
+    diff = repo.diff(from_snapshot_id=start, to_snapshot_id=end)
+    return {
+        "new_groups": sorted(diff.new_groups),
+        "new_arrays": sorted(diff.new_arrays),
+        "deleted_groups": sorted(diff.deleted_groups),
+        "deleted_arrays": sorted(diff.deleted_arrays),
+        "updated_groups": sorted(diff.updated_groups),
+        "updated_arrays": sorted(diff.updated_arrays),
+        "updated_chunks": {p: sorted(map(list, c)) for p, c in diff.updated_chunks.items()},
+        "moved_nodes": [list(m) for m in diff.moved_nodes],
     }
 
 
