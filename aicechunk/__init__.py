@@ -26,6 +26,7 @@ from aicechunk.errors import (
     InvalidNodePathError,
     InvalidRefNameError,
     InvalidStoreKeyError,
+    NodeExistsError,
     ObjectNotFound,
     PreconditionFailed,
     ReadOnlyError,
@@ -53,7 +54,7 @@ from aicechunk.repository import (
     SnapshotInfo,
     spec_version,
 )
-from aicechunk.session import ChunkType, Diff, ForkSession, Session
+from aicechunk.session import ChunkType, Diff, ForkSession, Session, SessionMode
 from aicechunk.storage import (
     ExpiringS3Credentials,
     GcsBearerCredential,
@@ -121,6 +122,7 @@ __all__ = [
     "InvalidRefNameError",
     "InvalidStoreKeyError",
     "ManifestFileInfo",
+    "NodeExistsError",
     "ObjectNotFound",
     "PreconditionFailed",
     "ReadOnlyError",
@@ -138,6 +140,7 @@ __all__ = [
     "RootNotEmptyError",
     "S3Credentials",
     "Session",
+    "SessionMode",
     "SessionStateError",
     "SnapshotInfo",
     "Storage",

@@ -90,12 +90,17 @@ def must_await(
         fn: Callable[P, Coroutine[Any, Any, T]],
     ) -> Callable[P, Coroutine[Any, Any, T]]:
         name = fn.__qualname__
+        method = "." in name and "<locals>" not in name
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
             caller = sys._getframe(1)  # the line the warning points at
             site = (caller.f_code.co_filename, caller.f_lineno)
-            return WatchedCoroutine(fn(*args, **kwargs), name, effect, site)
+            called = name
+            if method and args:  # named by the object's class (a mixin's method too)
+                owner = args[0] if isinstance(args[0], type) else type(args[0])
+                called = f"{owner.__name__}.{fn.__name__}"
+            return WatchedCoroutine(fn(*args, **kwargs), called, effect, site)
 
         # still a coroutine function to asyncio.iscoroutinefunction (``inspect``'s sees
         # through ``inspect.unwrap``); Python 3.12's inspect.markcoroutinefunction does both

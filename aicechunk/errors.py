@@ -27,6 +27,7 @@ working for bad arguments)::
         ConflictError                   the branch moved (branch, expected_parent, actual_parent)
         RebaseFailedError               conflicts the solver would not resolve (snapshot, conflicts)
         NodeNotFoundError               (also KeyError)
+        NodeExistsError                 a node is where a move would put one
         ChunkIndexError                 (also IndexError)
         InvalidLocation, InvalidNodePathError, InvalidStoreKeyError,
         InvalidMetadataError, InvalidChangesError, UnrepresentableValueError,
@@ -361,6 +362,19 @@ class NodeNotFoundError(AicechunkError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class NodeExistsError(AicechunkError):
+    """A group or array is already at a path (a move cannot overwrite it; icechunk's
+    ``AlreadyExistsError``)."""
+
+    def __init__(self, path: str, why: str):
+        self.path = path
+        self.why = why
+        super().__init__(f"a node exists at {path!r}: {why}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.why))
 
 
 class InvalidStoreKeyError(AicechunkError, ValueError):

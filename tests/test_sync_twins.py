@@ -75,6 +75,8 @@ class World:
             "from_snapshot_id": snapshot,
             "to_snapshot_id": snapshot,
             "path": "/x",
+            "from_path": "/x",
+            "to_path": "/y",
             "array_path": "/x",
             "coords": (0,),
             "chunk_coordinates": (0,),

@@ -3,13 +3,15 @@
 When a commit loses the race, the changes of each snapshot committed meanwhile (its
 transaction log) are compared with ours. ``ConflictDetector`` fails on any conflict;
 ``BasicConflictSolver`` resolves chunk double-writes by a ``VersionSelection`` and can
-let deletions of updated nodes through.
+let deletions of updated nodes through. A commit that moved nodes (spec v2) cannot be
+rebased over, as in Icechunk: that conflict, and those of a rearrange session's own moves,
+fail the rebase whatever the solver.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +47,7 @@ class ConflictKind(enum.Enum):
     CHUNKS_UPDATED_IN_UPDATED_ARRAY = "chunks written in an array whose metadata changed"
     DELETE_OF_UPDATED_ARRAY = "delete of an updated array"
     DELETE_OF_UPDATED_GROUP = "delete of an updated group"
+    MOVE_OPERATION_CANNOT_BE_REBASED = "move operation cannot be rebased"
 
     # icechunk's ``ConflictType`` member names, as aliases of the same members
     NewNodeConflictsWithExistingNode = NEW_NODE_CONFLICTS_WITH_EXISTING_NODE
@@ -57,6 +60,7 @@ class ConflictKind(enum.Enum):
     ChunksUpdatedInUpdatedArray = CHUNKS_UPDATED_IN_UPDATED_ARRAY
     DeleteOfUpdatedArray = DELETE_OF_UPDATED_ARRAY
     DeleteOfUpdatedGroup = DELETE_OF_UPDATED_GROUP
+    MoveOperationCannotBeRebased = MOVE_OPERATION_CANNOT_BE_REBASED
 
 
 #: icechunk's name for the kinds of conflict.
@@ -87,7 +91,7 @@ class Conflict:
 
     def __str__(self) -> str:
         extra = f" {sorted(self.chunk_coords)}" if self.chunk_coords else ""
-        return f"{self.kind.value}: {self.path}{extra}"
+        return f"{self.kind.value}: {self.path}{extra}" if self.path else self.kind.value
 
 
 class VersionSelection(enum.Enum):
@@ -113,7 +117,11 @@ def _paths_by_id(snapshot: Snapshot) -> dict[NodeId, str]:
 def detect_conflicts(
     changes: ChangeSet, log: TransactionLog, theirs: Snapshot, ours_paths: dict[NodeId, str]
 ) -> list[Conflict]:
-    """Every conflict between ``changes`` and the commit described by ``log``."""
+    """Every conflict between ``changes`` and the commit described by ``log``; only
+    ``MOVE_OPERATION_CANNOT_BE_REBASED`` (with no path) if that commit moved nodes, as
+    Icechunk reports it."""
+    if log.moved_nodes:
+        return [Conflict(ConflictKind.MOVE_OPERATION_CANNOT_BE_REBASED, "")]
     found: list[Conflict] = []
     their_paths = _paths_by_id(theirs)
     their_nodes = {node.path: node for node in theirs.nodes}
@@ -201,6 +209,7 @@ _ALWAYS_FATAL = {
     ConflictKind.ZARR_METADATA_UPDATE_OF_DELETED_GROUP,
     ConflictKind.CHUNKS_UPDATED_IN_DELETED_ARRAY,
     ConflictKind.CHUNKS_UPDATED_IN_UPDATED_ARRAY,
+    ConflictKind.MOVE_OPERATION_CANNOT_BE_REBASED,
 }
 
 
@@ -251,14 +260,20 @@ def rebase_changes(
     theirs: Snapshot,
     solver: ConflictSolver,
     ours_paths: Mapping[NodeId, str],
+    fatal: Sequence[Conflict] = (),
 ) -> ChangeSet:
     """Our ``changes`` moved on top of ``theirs`` (described by ``log``), or
     ``RebaseFailedError``. ``ours_paths``: the path of every node our side knows (those
-    of the session's view, and those it deleted), to name nodes in conflicts."""
+    of the session's view, and those it deleted), to name nodes in conflicts. ``fatal``:
+    conflicts no solver may resolve (a rearrange session's moves that no longer apply:
+    the change set the solver patches holds no moves); moves in ``log`` are fatal too."""
     paths = dict(ours_paths)
     paths.update({nid: p for p, nid in changes.deleted_groups.items()})
     paths.update({nid: p for p, nid in changes.deleted_arrays.items()})
-    conflicts = detect_conflicts(changes, log, theirs, paths)
+    conflicts = [*detect_conflicts(changes, log, theirs, paths), *fatal]
+    moved = ConflictKind.MOVE_OPERATION_CANNOT_BE_REBASED
+    if fatal or any(c.kind is moved for c in conflicts):
+        raise RebaseFailedError(str(theirs.id), conflicts)
     patched = solver.resolve(conflicts, changes)
     if patched is None:
         raise RebaseFailedError(str(theirs.id), conflicts)

@@ -1,14 +1,15 @@
 """Transaction log files: which nodes and chunks one commit touched (for rebase, diff).
 
 Spec v2 logs (``TransactionLog.spec_version == 2``) also record the nodes a commit moved
-(``MoveOperation``), sorted by their new path segment by segment.
+(``MoveOperation``), sorted by their new path segment by segment. An amended commit's log
+is the replaced commit's merged with its own (``merge_transaction_logs``).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,6 +23,7 @@ __all__ = [
     "TransactionLog",
     "decode_transaction_log",
     "encode_transaction_log",
+    "merge_transaction_logs",
     "move_order",
 ]
 
@@ -63,6 +65,37 @@ class TransactionLog:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "moved_nodes", tuple(sorted(self.moved_nodes, key=move_order)))
+
+
+def merge_transaction_logs(log_id: SnapshotId, logs: Sequence[TransactionLog]) -> TransactionLog:
+    """One log of the changes of several (an amend's: the replaced commit's, then its
+    own), as Icechunk merges them: every list of ids and every array's chunks united; a
+    node moved in more than one is moved once, from its first path to its last, and not
+    at all if it came back."""
+
+    def united(name: str) -> tuple[NodeId, ...]:
+        return tuple(sorted({i for log in logs for i in getattr(log, name)}))
+
+    chunks: dict[NodeId, set[Coords]] = {}
+    moves: dict[NodeId, MoveOperation] = {}
+    for log in logs:
+        for node_id, coords in log.updated_chunks.items():
+            chunks.setdefault(node_id, set()).update(tuple(c) for c in coords)
+        for move in log.moved_nodes:
+            first = moves.get(move.node_id)
+            moves[move.node_id] = move if first is None else replace(first, to_path=move.to_path)
+    return TransactionLog(
+        id=log_id,
+        new_groups=united("new_groups"),
+        new_arrays=united("new_arrays"),
+        deleted_groups=united("deleted_groups"),
+        deleted_arrays=united("deleted_arrays"),
+        updated_groups=united("updated_groups"),
+        updated_arrays=united("updated_arrays"),
+        updated_chunks={n: tuple(sorted(c)) for n, c in chunks.items()},
+        moved_nodes=tuple(m for m in moves.values() if m.from_path != m.to_path),
+        spec_version=max((log.spec_version for log in logs), default=1),
+    )
 
 
 # field indexes in the schema's order

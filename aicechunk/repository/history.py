@@ -83,7 +83,8 @@ async def diff(assets: AssetManager, start: SnapshotId, end: SnapshotId) -> Diff
         updated_groups=named({i for log in logs for i in log.updated_groups}),
         updated_arrays=named({i for log in logs for i in log.updated_arrays}),
     )
-    for log in logs:
+    for log in logs:  # newest first, as icechunk lists moves
+        result.moved_nodes.extend((m.from_path, m.to_path) for m in log.moved_nodes)
         for nid, coords in log.updated_chunks.items():
             if nid in paths:
                 result.updated_chunks.setdefault(paths[nid], set()).update(tuple(c) for c in coords)

@@ -27,7 +27,7 @@ from aicechunk.errors import (
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import SnapshotId
-from aicechunk.repository import history, v2admin, v2ops
+from aicechunk.repository import history, rearrange, v2admin, v2ops
 from aicechunk.repository.creation import (
     DEFAULT_SPEC_VERSION,
     await_creation,
@@ -42,8 +42,6 @@ from aicechunk.store import IcechunkStore
 from aicechunk.virtual import VirtualResolver
 
 __all__ = ["Repository", "SnapshotInfo", "spec_version"]
-
-INITIAL_COMMIT_MESSAGE = "Repository initialized"
 
 
 def spec_version() -> int:
@@ -425,6 +423,7 @@ class Repository:
     lookup_snapshot = v2admin.lookup_snapshot
     list_manifest_files = v2admin.list_manifest_files
     fetch_spec_version = staticmethod(v2admin.fetch_spec_version)
+    rearrange_session = rearrange.rearrange_session
 
     # -- sessions ---------------------------------------------------------------------
 

@@ -20,9 +20,22 @@ from aicechunk.format.ids import SnapshotId
 from aicechunk.format.metadata import check_commit_properties
 from aicechunk.session.flush import Flush
 from aicechunk.session.reads import base_snapshot, list_nodes
+from aicechunk.session.rearrange import check_move_flag
 from aicechunk.session.state import SessionState
 
-__all__ = ["commit", "flush", "rebase"]
+__all__ = [
+    "NO_CHANGES",
+    "commit",
+    "finish_despite_cancellation",
+    "flush",
+    "rebase",
+    "settle",
+    "with_defaults",
+]
+
+NO_CHANGES = (
+    "cannot commit: no changes were made in this session (pass allow_empty=True to commit anyway)"
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -34,20 +47,23 @@ async def commit(
     metadata: Mapping[str, Any] | None,
     rebase_with: ConflictSolver | None,
     rebase_tries: int,
+    allow_empty: bool = False,
 ) -> SnapshotId:
     """Save ``state``'s changes as a new snapshot and move its branch there (see
     ``Session.commit`` for the guarantees)."""
-    state.check_writable(unsettled_ok=True)
+    state.check_writable(unsettled_ok=True, rearrange_ok=True)
     branch = state.branch
     if branch is None:
         raise SessionStateError("this session is not on a branch and cannot commit")
-    metadata = _with_defaults(state, metadata)
+    metadata = with_defaults(state, metadata)
     # what the format cannot hold is refused before anything is written
     check_commit_properties(message, metadata)
     if state.unsettled is not None and await settle(state):
         return state.snapshot_id  # the earlier commit of these changes had landed
-    if state.changes.is_empty():
-        raise SessionStateError("no changes to commit")
+    if not (allow_empty or state.has_changes()):
+        raise SessionStateError(NO_CHANGES)
+    if state.moves is not None:
+        await check_move_flag(state.assets, "commit rearrange session")
     tries = 0
     while True:
         # the tip first, as icechunk does: a commit that already lost writes nothing
@@ -58,7 +74,7 @@ async def commit(
         else:
             base = await base_snapshot(state)
             snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
-            move, cancelled = await _finish_despite_cancellation(
+            move, cancelled = await finish_despite_cancellation(
                 state.assets.move_branch(branch, snapshot.id, tip, snapshot)
             )
             error = None if move.cancelled() else move.exception()
@@ -89,11 +105,13 @@ async def flush(
 ) -> SnapshotId:
     """Save ``state``'s changes as a snapshot on no branch; the session then reads it,
     read-only and detached (see ``Session.flush``)."""
-    if state.changes.is_empty():
+    if not state.has_changes():
         raise SessionStateError("no changes to flush")
-    state.check_writable()
-    metadata = _with_defaults(state, metadata)
+    state.check_writable(rearrange_ok=True)
+    metadata = with_defaults(state, metadata)
     check_commit_properties(message, metadata)
+    if state.moves is not None:
+        await check_move_flag(state.assets, "flush rearrange session")
     base = await base_snapshot(state)
     snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
     await state.assets.refs.record_detached(snapshot)
@@ -104,7 +122,7 @@ async def flush(
     return snapshot.id
 
 
-def _with_defaults(state: SessionState, metadata: Mapping[str, Any] | None) -> Any:
+def with_defaults(state: SessionState, metadata: Mapping[str, Any] | None) -> Any:
     """The repository's default commit metadata updated with ``metadata`` (a value that
     is no mapping is returned as is, for ``check_commit_properties`` to refuse)."""
     if metadata is None:
@@ -129,8 +147,10 @@ async def settle(state: SessionState) -> bool:
 async def rebase(state: SessionState, solver: ConflictSolver) -> None:
     """Move the pending changes onto the branch tip, resolving conflicts with ``solver``;
     ``RebaseFailedError`` listing those it cannot resolve (the session is then as it was).
+    A rearrange session's moves are replayed on each snapshot: one that no longer applies
+    there fails the rebase, whatever the solver.
     """
-    state.check_writable(unsettled_ok=True)
+    state.check_writable(unsettled_ok=True, rearrange_ok=True)
     branch = state.branch
     if branch is None:
         raise SessionStateError("this session is not on a branch")
@@ -150,14 +170,17 @@ async def rebase(state: SessionState, solver: ConflictSolver) -> None:
             log = await state.assets.fetch_transaction_log(snapshot_id)
             theirs = await state.assets.fetch_snapshot(snapshot_id)
             ours = {view.id: view.path for view in await list_nodes(state)}
-            state.changes = rebase_changes(state.changes, log, theirs, solver, ours)
+            moves = state.moves
+            # their own moves make one conflict, as icechunk reports it: ours come after
+            fatal = [] if moves is None or log.moved_nodes else moves.conflicts_on(theirs)
+            state.changes = rebase_changes(state.changes, log, theirs, solver, ours, fatal)
             state.snapshot_id = snapshot_id
     except BaseException:
         state.snapshot_id, state.changes = original
         raise
 
 
-async def _finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
+async def finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
     """Run ``aw`` to its end even if the calling task is cancelled meanwhile (its outcome
     must be known); return it, finished, and whether a cancellation was held back."""
     task = asyncio.ensure_future(aw)

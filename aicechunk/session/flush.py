@@ -3,6 +3,8 @@ snapshot (Icechunk's ``FlushProcess``).
 
 A ``Flush`` writes files only; it never moves a branch. Nothing it writes is visible
 until a ref points at the snapshot, so a failed or cancelled flush leaves only garbage.
+An amend's flush (``amending``) logs the replaced commit's changes with its own, and its
+snapshot's parent is the replaced commit's parent.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from aicechunk.format.snapshot import (
     NodeSnapshot,
     Snapshot,
 )
-from aicechunk.format.transaction_log import TransactionLog
+from aicechunk.format.transaction_log import TransactionLog, merge_transaction_logs
 from aicechunk.offload import LOG_ROWS_OFF_LOOP, off_loop
 from aicechunk.session.reads import NodeView, base_refs, grids, logged_chunk_changes
 from aicechunk.session.state import SessionState
@@ -40,10 +42,18 @@ __all__ = ["Flush"]
 
 class Flush:
     """One flush of ``state``'s pending changes; ``views`` are the session's nodes,
-    listed once by the caller (the transaction log and the manifests both use them)."""
+    listed once by the caller (the transaction log and the manifests both use them).
+    ``amending``: the log of the commit an amend replaces, and that commit's parent."""
 
-    def __init__(self, state: SessionState, base: Snapshot, views: list[NodeView]) -> None:
+    def __init__(
+        self,
+        state: SessionState,
+        base: Snapshot,
+        views: list[NodeView],
+        amending: tuple[TransactionLog, SnapshotId] | None = None,
+    ) -> None:
         self.state = state
+        self.amending = amending
         self.assets: AssetManager = state.assets
         self.version = state.assets.format_version  # files in the repository's spec version
         self.changes: ChangeSet = state.changes
@@ -67,7 +77,7 @@ class Flush:
             )
             snapshot = Snapshot(
                 id=snapshot_id,
-                parent_id=self.state.snapshot_id,
+                parent_id=self.state.snapshot_id if self.amending is None else self.amending[1],
                 flushed_at=datetime.now(UTC),
                 message=message,
                 metadata=dict(metadata),
@@ -85,9 +95,10 @@ class Flush:
         return snapshot
 
     def transaction_log(self, snapshot_id: SnapshotId) -> TransactionLog:
-        """The log of the pending changes."""
+        """The log of the pending changes (with the replaced commit's, for an amend)."""
         c = self.changes
-        return TransactionLog(
+        moves = self.state.moves
+        log = TransactionLog(
             id=snapshot_id,
             new_groups=tuple(sorted(nid for nid, _ in c.new_groups.values())),
             new_arrays=tuple(sorted(nid for nid, _ in c.new_arrays.values())),
@@ -96,8 +107,12 @@ class Flush:
             updated_groups=tuple(sorted(c.updated_groups)),
             updated_arrays=tuple(sorted(c.updated_arrays)),
             updated_chunks=logged_chunk_changes(c, self.grids),
+            moved_nodes=() if moves is None else moves.logged(self.base.nodes),
             spec_version=self.version,
         )
+        if self.amending is None:
+            return log
+        return merge_transaction_logs(snapshot_id, [self.amending[0], log])
 
     def manifest_files(self, nodes: list[NodeSnapshot]) -> tuple[ManifestFileInfo, ...]:
         """The manifest files the new snapshot's nodes use: new ones and kept ones."""

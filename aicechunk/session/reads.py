@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
 from aicechunk.changes.validate import (
@@ -25,6 +25,7 @@ from aicechunk.format import Coords
 from aicechunk.format.ids import NodeId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
 from aicechunk.format.snapshot import ArrayNodeData, ManifestRef, NodeSnapshot, Snapshot
+from aicechunk.format.transaction_log import move_order
 from aicechunk.session.state import SessionState
 
 __all__ = ["ChunkType", "Diff", "NodeView"]
@@ -73,8 +74,9 @@ class NodeView:
 class Diff:
     """What changed between two snapshots, or in a session.
 
-    Paths of new, deleted and updated groups and arrays, and per array path the
-    coordinates of chunks written or deleted.
+    Paths of new, deleted and updated groups and arrays, per array path the
+    coordinates of chunks written or deleted, and the nodes moved (spec v2) as
+    ``(from, to)`` pairs, as icechunk lists them.
     """
 
     new_groups: set[str] = field(default_factory=set)
@@ -84,6 +86,7 @@ class Diff:
     updated_groups: set[str] = field(default_factory=set)
     updated_arrays: set[str] = field(default_factory=set)
     updated_chunks: dict[str, set[Coords]] = field(default_factory=dict)
+    moved_nodes: list[tuple[str, str]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         """Whether nothing changed."""
@@ -96,6 +99,7 @@ class Diff:
                 self.updated_groups,
                 self.updated_arrays,
                 self.updated_chunks,
+                self.moved_nodes,
             )
         )
 
@@ -138,8 +142,15 @@ async def get_node(state: SessionState, path: str) -> NodeView | None:
         return NodeView(path, nid, definition.user_data, definition)
     if changes.is_deleted(path):
         return None
-    node = (await base_snapshot(state)).get_node(path)
-    return None if node is None else view_of(changes, node)
+    # a rearrange session shows the base snapshot's nodes at their moved paths
+    base_path = path if state.moves is None else state.moves.original_path(path)
+    if base_path is None:
+        return None
+    node = (await base_snapshot(state)).get_node(base_path)
+    if node is None:
+        return None
+    view = view_of(changes, node)
+    return view if base_path == path else replace(view, path=path)
 
 
 async def list_nodes(state: SessionState) -> list[NodeView]:
@@ -147,6 +158,9 @@ async def list_nodes(state: SessionState) -> list[NodeView]:
     changes = state.changes
     snap = await base_snapshot(state)
     views = [view_of(changes, n) for n in snap.nodes if not changes.is_deleted(n.path)]
+    moves = state.moves
+    if moves is not None and not moves.is_empty():
+        views = [replace(v, path=moves.current_path(v.path)) for v in views]
     for path in changes.new_node_paths():
         view = await get_node(state, path)
         if view is not None:
@@ -290,9 +304,13 @@ def logged_chunk_changes(
 
 
 async def status(state: SessionState) -> Diff:
-    """The pending changes as a ``Diff``."""
+    """The pending changes as a ``Diff`` (a rearrange session's moves as icechunk lists
+    them: every node moved, children of a moved group too, by their new paths)."""
     changes = state.changes
     snap = await base_snapshot(state)
+    if state.moves is not None:
+        moved = state.moves.logged(snap.nodes)
+        return Diff(moved_nodes=[(m.from_path, m.to_path) for m in sorted(moved, key=move_order)])
     by_id = {n.id: n.path for n in snap.nodes}
     paths = {nid: p for p, (nid, _) in changes.new_arrays.items()} | by_id
     diff = Diff(

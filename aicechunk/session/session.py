@@ -5,8 +5,9 @@ A read-only session reads one snapshot. A writable session also records changes 
 the branch with a conditional write, so a commit is all or nothing.
 
 ``Session`` is the facade: its state is a ``SessionState``, and the work is done by
-``reads`` (nodes, chunks, status), ``flush`` and ``commit`` (commit and rebase) and
-``payload`` (fork serialization), each a module of its own.
+``reads`` (nodes, chunks, status), ``flush`` and ``commit`` (commit and rebase), ``amend``,
+``rearrange`` (moves) and ``payload`` (fork serialization), each a module of its own;
+``saving`` and ``rearrange`` hold the facade's calls for them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
 from aicechunk.changes.conflicts import ConflictSolver
+from aicechunk.changes.moves import MoveSet
 from aicechunk.changes.validate import check_chunk_coords, check_chunk_ref
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, RepositoryConfig
 from aicechunk.drivers.base import ByteRange
@@ -32,11 +34,12 @@ from aicechunk.format import Coords
 from aicechunk.format.ids import ChunkId, NodeId, SnapshotId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef
 from aicechunk.format.snapshot import Snapshot
-from aicechunk.session import commit as committing
 from aicechunk.session import merging, reads
 from aicechunk.session.payload import decode_fork, encode_fork
 from aicechunk.session.reads import ChunkType, Diff, NodeView
-from aicechunk.session.state import SessionConfig, SessionState
+from aicechunk.session.rearrange import Rearranging
+from aicechunk.session.saving import Saving
+from aicechunk.session.state import SessionConfig, SessionMode, SessionState
 from aicechunk.store import IcechunkStore
 from aicechunk.store.metadata import parse_metadata
 from aicechunk.virtual import ChunkFetcher
@@ -48,8 +51,9 @@ def _is_under(path: str, prefix: str) -> bool:
     return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
 
-class Session:
-    """One snapshot of a repository, read-only or with pending changes on a branch."""
+class Session(Saving, Rearranging):
+    """One snapshot of a repository, read-only or with pending changes on a branch (or,
+    in a rearrange session, pending moves)."""
 
     def __init__(
         self,
@@ -63,6 +67,7 @@ class Session:
         virtual_resolver: ChunkFetcher | None = None,
         repository_config: RepositoryConfig | None = None,
         commit_metadata: Mapping[str, Any] | None = None,
+        rearrange: bool = False,
     ) -> None:
         self._state = SessionState(
             assets,
@@ -74,6 +79,7 @@ class Session:
             virtual_resolver,
             repository_config=repository_config,
             commit_metadata=dict(commit_metadata or {}),
+            moves=MoveSet() if rearrange else None,
         )
 
     @classmethod
@@ -101,8 +107,9 @@ class Session:
 
     @property
     def has_uncommitted_changes(self) -> bool:
-        """Whether anything was written since the session started or last committed."""
-        return not self._state.changes.is_empty()
+        """Whether anything was written (or moved) since the session started or last
+        committed."""
+        return self._state.has_changes()
 
     @property
     def config(self) -> RepositoryConfig:
@@ -132,7 +139,7 @@ class Session:
         return self._state.changes
 
     def __repr__(self) -> str:
-        mode = "read-only" if self.read_only else "writable"
+        mode = "read-only" if self.read_only else self.mode.name.lower()
         return f"<Session {mode} branch={self.branch!r} snapshot={self.snapshot_id}>"
 
     # -- nodes ------------------------------------------------------------------------
@@ -310,8 +317,8 @@ class Session:
 
     def discard_changes(self) -> None:
         """Forget every pending change (chunk files already written become garbage)."""
-        self._state.check_writable()
-        self._state.changes = ChangeSet()
+        self._state.check_writable(rearrange_ok=True)
+        self._state.discard()
 
     # -- forks ------------------------------------------------------------------------
 
@@ -391,58 +398,6 @@ class Session:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._state = state["state"]
 
-    # -- commit -----------------------------------------------------------------------
-
-    @must_await("nothing was committed")
-    async def commit(
-        self,
-        message: str,
-        metadata: Mapping[str, Any] | None = None,
-        *,
-        rebase_with: ConflictSolver | None = None,
-        rebase_tries: int = 1000,
-    ) -> SnapshotId:
-        """Save the pending changes as a new snapshot and move the branch to it.
-
-        The snapshot's metadata is the repository's default commit metadata when this
-        session was made, updated with ``metadata`` (its keys win), as in icechunk.
-
-        ``message`` must be a str (valid UTF-8) and ``metadata`` JSON with str keys, ints
-        within -2**63..2**64-1 and finite floats, as Icechunk reads it back; anything else
-        is ``UnrepresentableValueError`` naming it, before anything is written.
-
-        Raises ``ConflictError`` if the branch moved since the session's snapshot (nothing
-        of this commit becomes visible), unless ``rebase_with`` resolves the conflicts,
-        in which case the changes are rebased onto the new tip and the commit retried
-        (at most ``rebase_tries`` times).
-
-        A commit reported as failed is not in the branch's history. When the answer to the
-        branch update is lost, the branch's history is searched for the new snapshot to
-        tell; if even that cannot be read, ``CommitOutcomeUnknownError`` is raised and the
-        next ``commit`` of this session finds out first. Cancelled while the branch update
-        is under way, the commit waits for its outcome (bounded by the driver's timeouts)
-        before the cancellation takes effect, so the session knows whether its changes were
-        committed: if they were, it is at the new snapshot with no pending changes.
-        """
-        return await committing.commit(self._state, message, metadata, rebase_with, rebase_tries)
-
-    @must_await("nothing was flushed")
-    async def flush(self, message: str, metadata: Mapping[str, Any] | None = None) -> SnapshotId:
-        """Save the pending changes as an anonymous snapshot, on no branch, and return
-        its id (icechunk's ``Session.flush``): its parent is the session's snapshot, its
-        metadata made as a commit's. As in icechunk, the session then reads it, read-only
-        and on no branch: tag it or ``create_branch`` at it to keep it from garbage
-        collection."""
-        return await committing.flush(self._state, message, metadata)
-
-    @must_await("nothing was rebased")
-    async def rebase(self, solver: ConflictSolver) -> None:
-        """Move the pending changes onto the branch tip, resolving conflicts with ``solver``.
-
-        Raises ``RebaseFailedError`` listing conflicts the solver cannot resolve.
-        """
-        await committing.rebase(self._state, solver)
-
 
 class ForkSession(Session):
     """A writable session for a worker: it writes, then goes back to be merged.
@@ -450,7 +405,7 @@ class ForkSession(Session):
     It serializes to a compact, versioned payload (``to_bytes``, also used by pickle)
     holding the storage description, the base snapshot, the branch and the pending
     changes; its size grows with the changes, not with the repository. A fork cannot
-    commit or rebase: merge it into the session it came from.
+    commit, amend or rebase: merge it into the session it came from.
     """
 
     async def commit(
@@ -460,11 +415,24 @@ class ForkSession(Session):
         *,
         rebase_with: ConflictSolver | None = None,
         rebase_tries: int = 1000,
+        allow_empty: bool = False,
     ) -> SnapshotId:
         """Refused: a fork's changes are committed by the session it is merged into."""
         raise SessionStateError(
             "a ForkSession cannot commit: merge it into its parent session "
             "(await session.merge(fork)) and commit there"
+        )
+
+    async def amend(
+        self,
+        message: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        allow_empty: bool = False,
+    ) -> SnapshotId:
+        """Refused: a fork's changes are committed by the session it is merged into."""
+        raise SessionStateError(
+            "a ForkSession cannot amend: merge it into its parent session and amend there"
         )
 
     async def flush(self, message: str, metadata: Mapping[str, Any] | None = None) -> SnapshotId:
@@ -485,6 +453,12 @@ class ForkSession(Session):
     def fork(self) -> ForkSession:
         """Refused: fork the parent session instead."""
         raise SessionStateError("a ForkSession cannot fork; fork the parent session")
+
+    @property
+    def mode(self) -> SessionMode:
+        """``SessionMode.READONLY``, as icechunk reports a fork's (one on no branch),
+        though it takes writes."""
+        return SessionMode.READONLY
 
     def __repr__(self) -> str:
         return f"<ForkSession branch={self.branch!r} snapshot={self.snapshot_id}>"

@@ -3,21 +3,47 @@
 ``SessionState`` is the plain record that the session's parts share: reads
 (``reads.py``), commit and rebase (``commit.py``) and fork payloads (``payload.py``)
 each take it, so none of them reaches into the ``Session`` facade's private fields.
+
+A rearrange session (spec v2) holds moves (``moves``, a ``MoveSet``) and refuses every
+other change; any other session holds ``moves = None``.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 from aicechunk.assets import AssetManager
 from aicechunk.changes.changeset import ChangeSet
+from aicechunk.changes.moves import MoveSet
 from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
 from aicechunk.errors import ReadOnlyError, SessionStateError
 from aicechunk.format.ids import SnapshotId
 from aicechunk.virtual import ChunkFetcher
 
-__all__ = ["SessionConfig", "SessionState"]
+__all__ = ["REARRANGE_ONLY", "SessionConfig", "SessionMode", "SessionState"]
+
+REARRANGE_ONLY = (
+    "this session was made to rearrange the hierarchy (move nodes) and takes no other "
+    "change: commit or discard it, and make the change in a repo.writable_session(branch)"
+)
+
+
+class SessionMode(enum.Enum):
+    """What a session may do (icechunk's ``SessionMode``, with its values)."""
+
+    READONLY = 0
+    """Read only (also a fork, and a session on no branch, as in icechunk)."""
+    WRITABLE = 1
+    """Read and write groups, arrays and chunks; no moves."""
+    REARRANGE = 2
+    """Move nodes only (``Repository.rearrange_session``, spec v2)."""
+
+    # icechunk's member names, as aliases of the same members
+    readonly = READONLY
+    writable = WRITABLE
+    rearrange = REARRANGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +61,8 @@ class SessionState:
     ``from_payload`` marks changes that came in a fork payload (checked against the base
     snapshot when merged); ``repository_config`` is the configuration of the repository
     that made the session (``None`` in a fork rebuilt from a payload) and
-    ``commit_metadata`` the repository's default commit metadata when it did."""
+    ``commit_metadata`` the repository's default commit metadata when it did; ``moves``
+    those of a rearrange session (``None`` in any other)."""
 
     assets: AssetManager
     snapshot_id: SnapshotId
@@ -48,9 +75,12 @@ class SessionState:
     from_payload: bool = False
     repository_config: RepositoryConfig | None = None
     commit_metadata: dict[str, Any] = field(default_factory=dict)
+    moves: MoveSet | None = None
 
-    def check_writable(self, *, unsettled_ok: bool = False) -> None:
-        """Refuse writes to a read-only session, or while a commit's outcome is unknown."""
+    def check_writable(self, *, unsettled_ok: bool = False, rearrange_ok: bool = False) -> None:
+        """Refuse writes to a read-only session, or while a commit's outcome is unknown,
+        and, unless ``rearrange_ok`` (commit, rebase, discard), any in a rearrange
+        session (moves check the mode themselves)."""
         if self.read_only:
             raise ReadOnlyError("this session is read-only; use repo.writable_session(branch)")
         if self.unsettled is not None and not unsettled_ok:
@@ -58,8 +88,27 @@ class SessionState:
                 f"whether this session's last commit (snapshot {self.unsettled}) landed is "
                 "unknown: commit again to find out before making more changes"
             )
+        if self.moves is not None and not rearrange_ok:
+            raise SessionStateError(REARRANGE_ONLY)
+
+    @property
+    def mode(self) -> SessionMode:
+        """The session's mode; as in icechunk, one on no branch is read-only."""
+        if self.read_only or self.branch is None:
+            return SessionMode.READONLY
+        return SessionMode.WRITABLE if self.moves is None else SessionMode.REARRANGE
+
+    def has_changes(self) -> bool:
+        """Whether anything was changed (or moved) since the last commit."""
+        return not self.changes.is_empty() or not (self.moves is None or self.moves.is_empty())
+
+    def discard(self) -> None:
+        """Forget every pending change (a rearrange session stays one)."""
+        self.changes = ChangeSet()
+        if self.moves is not None:
+            self.moves = MoveSet()
 
     def committed(self, snapshot_id: SnapshotId) -> None:
         """The session's changes are now in ``snapshot_id``: continue from there."""
         self.snapshot_id = snapshot_id
-        self.changes = ChangeSet()
+        self.discard()
