@@ -82,6 +82,7 @@ class RepoInfoStore:
         self.driver = driver
         self.limits = limits
         self._cached: RepoInfo | None = None
+        self._cached_bytes: bytes | None = None  # the file ``_cached`` was decoded from
 
     async def read(self) -> tuple[RepoInfo, bytes, str]:
         """The repo info file as stored now: decoded, its bytes, and its version."""
@@ -91,9 +92,15 @@ class RepoInfoStore:
             raise RepositoryNotFoundError(
                 f"no repository at {self.driver.label} (no '{REPO_INFO_KEY}' object)"
             ) from None
-        info = decode_repo_info(data, REPO_INFO_KEY, self.limits.bound(len(data)))
-        self._cached = info
-        return info, data, obj.version
+        return self._decoded(data), data, obj.version
+
+    def _decoded(self, data: bytes) -> RepoInfo:
+        # the file is only ever replaced whole, and a commit reads back what the last
+        # change wrote: the same bytes are not decoded again (a decode grows with history)
+        if self._cached is None or data != self._cached_bytes:
+            info = decode_repo_info(data, REPO_INFO_KEY, self.limits.bound(len(data)))
+            self._cached, self._cached_bytes = info, data
+        return self._cached
 
     async def info(self, fresh: bool = True) -> RepoInfo:
         """The repo info (the last one read, unless ``fresh``)."""
@@ -124,15 +131,18 @@ class RepoInfoStore:
             await self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
             log, before = push_update(info, kind, at, name)
             new = replace(new, latest_updates=log, repo_before_updates=before)
+            encoded = encode_repo_info(new)
             try:
-                await self.driver.put(REPO_INFO_KEY, encode_repo_info(new), if_match=version)
+                await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
             except PreconditionFailed as err:
                 # another writer changed it, or a retried request of ours landed
                 failure, maybe_landed = err, True
             except StorageError as err:
                 failure, maybe_landed = err, True  # the answer was lost
             else:
-                self._cached = new
+                # what was written stands for its bytes (JSON values alike: a tuple
+                # in metadata is a list once decoded)
+                self._cached, self._cached_bytes = new, encoded
                 return new
             await asyncio.sleep(min(_BACKOFF_MAX_SECONDS, _BACKOFF_SECONDS * 2 ** min(attempt, 10)))
         assert failure is not None
