@@ -24,6 +24,7 @@ from typing import Any
 import flatbuffers
 
 from aicechunk.errors import FormatError
+from aicechunk.format.fastbuilder import FastBuilder
 from aicechunk.format.flatbuf import FILE_IDENTIFIER, Reader, guarded, offset_vector, table
 from aicechunk.format.flexbuf import decode_flex, encode_flex
 from aicechunk.format.header import FileType, decode_versioned, encode_file
@@ -211,7 +212,7 @@ def encode_repo_info(info: RepoInfo) -> bytes:
     if not info.latest_updates:
         raise FormatError(_NAME, "the operations log must hold at least one update")
     index = {s.id.bytes: i for i, s in enumerate(info.snapshots)}
-    b = flatbuffers.Builder(4096)
+    b = FastBuilder(4096)
     tags = _refs(b, info.tags, index)
     branches = _refs(b, info.branches, index)
     deleted = offset_vector(b, [b.CreateString(name) for name in info.deleted_tags])
