@@ -319,14 +319,15 @@ def _decode(r: Reader) -> RepoInfo:
         )
     if any(raw[i][0] >= raw[i + 1][0] for i in range(len(raw) - 1)):
         raise r.fail("snapshots are not sorted by id without repeats")
+    listed = [SnapshotId(entry[0]) for entry in raw]  # made once: parents and refs share them
     snapshots = []
-    for snap_id, parent, micros, message, metadata, pruned in raw:
+    for snap_id, (_, parent, micros, message, metadata, pruned) in zip(listed, raw, strict=True):
         if not -1 <= parent < len(raw):
             raise r.fail(f"parent offset {parent} outside the {len(raw)} snapshots")
         snapshots.append(
             SnapshotInfo(
-                SnapshotId(snap_id),
-                None if parent < 0 else SnapshotId(raw[parent][0]),
+                snap_id,
+                None if parent < 0 else listed[parent],
                 from_micros(micros, r),
                 message,
                 metadata,
@@ -344,7 +345,7 @@ def _decode(r: Reader) -> RepoInfo:
                 raise r.fail(f"{ref_name!r} points at snapshot {position} of {len(raw)}")
             if ref_name in found:
                 raise r.fail(f"{what} lists {ref_name!r} twice")
-            found[ref_name] = SnapshotId(raw[position][0])
+            found[ref_name] = listed[position]
         return found
 
     def flags(index: int) -> tuple[int, ...] | None:
