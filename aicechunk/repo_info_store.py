@@ -82,7 +82,8 @@ class RepoInfoStore:
         self.driver = driver
         self.limits = limits
         self._cached: RepoInfo | None = None
-        self._cached_bytes: bytes | None = None  # the file ``_cached`` was decoded from
+        # the file last read or written here: decoded, its bytes and its version
+        self._file: tuple[RepoInfo, bytes, str] | None = None
 
     async def read(self) -> tuple[RepoInfo, bytes, str]:
         """The repo info file as stored now: decoded, its bytes, and its version."""
@@ -92,15 +93,15 @@ class RepoInfoStore:
             raise RepositoryNotFoundError(
                 f"no repository at {self.driver.label} (no '{REPO_INFO_KEY}' object)"
             ) from None
-        return self._decoded(data), data, obj.version
-
-    def _decoded(self, data: bytes) -> RepoInfo:
         # the file is only ever replaced whole, and a commit reads back what the last
         # change wrote: the same bytes are not decoded again (a decode grows with history)
-        if self._cached is None or data != self._cached_bytes:
+        if self._file is not None and data == self._file[1]:
+            info = self._file[0]
+        else:
             info = decode_repo_info(data, REPO_INFO_KEY, self.limits.bound(len(data)))
-            self._cached, self._cached_bytes = info, data
-        return self._cached
+        self._file = (info, data, obj.version)
+        self._cached = info
+        return self._file
 
     async def info(self, fresh: bool = True) -> RepoInfo:
         """The repo info (the last one read, unless ``fresh``)."""
@@ -115,13 +116,23 @@ class RepoInfoStore:
         await self.driver.put(REPO_INFO_KEY, encode_repo_info(info), if_none_match=True)
         self._cached = info
 
-    async def update(self, change: Change) -> RepoInfo:
+    async def update(self, change: Change, version_read: str | None = None) -> RepoInfo:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
-        module's docstring); the repo info in effect afterwards."""
+        module's docstring); the repo info in effect afterwards.
+
+        ``version_read``: the version of the file the caller has just read (a commit's
+        branch tip). When that is the file this store holds, the first attempt applies
+        the change to it without reading it again; if the file has changed since, the
+        conditional write fails and the change is retried on the file as it is then.
+        """
         maybe_landed = False
         failure: StorageError | None = None
         for attempt in range(UPDATE_ATTEMPTS):
-            info, data, version = await self.read()
+            known = self._file
+            if attempt == 0 and known is not None and version_read == known[2]:
+                info, data, version = known
+            else:
+                info, data, version = await self.read()
             result = change(info, maybe_landed)
             if result is None:
                 return info
@@ -133,7 +144,7 @@ class RepoInfoStore:
             new = replace(new, latest_updates=log, repo_before_updates=before)
             encoded = encode_repo_info(new)
             try:
-                await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
+                written = await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
             except PreconditionFailed as err:
                 # another writer changed it, or a retried request of ours landed
                 failure, maybe_landed = err, True
@@ -142,7 +153,7 @@ class RepoInfoStore:
             else:
                 # what was written stands for its bytes (JSON values alike: a tuple
                 # in metadata is a list once decoded)
-                self._cached, self._cached_bytes = new, encoded
+                self._file, self._cached = (new, encoded, written.version), new
                 return new
             await asyncio.sleep(min(_BACKOFF_MAX_SECONDS, _BACKOFF_SECONDS * 2 ** min(attempt, 10)))
         assert failure is not None
@@ -208,7 +219,7 @@ class RepoInfoStore:
             new = replace(info, branches=branches, snapshots=listed)
             return new, ru.NewCommit(name, new_id)
 
-        await self.update(change)
+        await self.update(change, tip.version)
 
     async def delete_branch(self, name: str) -> None:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:
