@@ -116,7 +116,7 @@ class RepoInfoStore:
         await self.driver.put(REPO_INFO_KEY, encode_repo_info(info), if_none_match=True)
         self._cached = info
 
-    async def update(self, change: Change, version_read: str | None = None) -> RepoInfo:
+    async def update(self, change: Change, *, version_read: str | None = None) -> RepoInfo:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
         module's docstring); the repo info in effect afterwards.
 
@@ -219,7 +219,7 @@ class RepoInfoStore:
             new = replace(info, branches=branches, snapshots=listed)
             return new, ru.NewCommit(name, new_id)
 
-        await self.update(change, tip.version)
+        await self.update(change, version_read=tip.version)
 
     async def delete_branch(self, name: str) -> None:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:
