@@ -129,7 +129,7 @@ class RepoInfoStore:
         failure: StorageError | None = None
         for attempt in range(UPDATE_ATTEMPTS):
             known = self._file
-            if attempt == 0 and known is not None and version_read == known[2]:
+            if attempt == 0 and known is not None and version_read and version_read == known[2]:
                 info, data, version = known
             else:
                 info, data, version = await self.read()
