@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_forks
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
 from workloads import (
@@ -116,8 +117,6 @@ async def v1_only_rows(
 ) -> None:
     """forks and virtual: spec version 1 only."""
     if on("forks"):
-        import bench_forks
-
         n_forks, per_fork = (8, 100) if args.quick else (64, 1_000)
         for system in order:
             gc.collect()
