@@ -84,6 +84,8 @@ class RepoInfoStore:
         self.driver = driver
         self.limits = limits
         self._cached: RepoInfo | None = None
+        # the file last read or written here: decoded, its bytes and its version
+        self._file: tuple[RepoInfo, bytes, str] | None = None
 
     async def read(self) -> tuple[RepoInfo, bytes, str]:
         """The repo info file as stored now: decoded, its bytes, and its version."""
@@ -93,9 +95,15 @@ class RepoInfoStore:
             raise RepositoryNotFoundError(
                 f"no repository at {self.driver.label} (no '{REPO_INFO_KEY}' object)"
             ) from None
-        info = decode_repo_info(data, REPO_INFO_KEY, self.limits.bound(len(data)))
+        # the file is only ever replaced whole, and a commit reads back what the last
+        # change wrote: the same bytes are not decoded again (a decode grows with history)
+        if self._file is not None and data == self._file[1]:
+            info = self._file[0]
+        else:
+            info = decode_repo_info(data, REPO_INFO_KEY, self.limits.bound(len(data)))
+        self._file = (info, data, obj.version)
         self._cached = info
-        return info, data, obj.version
+        return self._file
 
     async def info(self, fresh: bool = True) -> RepoInfo:
         """The repo info (the last one read, unless ``fresh``)."""
@@ -110,9 +118,16 @@ class RepoInfoStore:
         await self.driver.put(REPO_INFO_KEY, encode_repo_info(info), if_none_match=True)
         self._cached = info
 
-    async def update(self, change: Change, *, check_status: bool = True) -> RepoInfo:
+    async def update(
+        self, change: Change, *, version_read: str | None = None, check_status: bool = True
+    ) -> RepoInfo:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
         module's docstring); the repo info in effect afterwards.
+
+        ``version_read``: the version of the file the caller has just read (a commit's
+        branch tip). When that is the file this store holds, the first attempt applies
+        the change to it without reading it again; if the file has changed since, the
+        conditional write fails and the change is retried on the file as it is then.
 
         A repository whose status is not online takes no change (``ReadOnlyRepositoryError``,
         read in the same file the change would replace), as in Icechunk; only a change of
@@ -120,7 +135,11 @@ class RepoInfoStore:
         maybe_landed = False
         failure: StorageError | None = None
         for attempt in range(UPDATE_ATTEMPTS):
-            info, data, version = await self.read()
+            known = self._file
+            if attempt == 0 and known is not None and version_read and version_read == known[2]:
+                info, data, version = known
+            else:
+                info, data, version = await self.read()
             if check_status and not info.status.is_online:
                 if maybe_landed and change(info, True) is None:
                     return info  # ours landed before the status changed
@@ -134,15 +153,18 @@ class RepoInfoStore:
             await self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
             log, before = push_update(info, kind, at, name)
             new = replace(new, latest_updates=log, repo_before_updates=before)
+            encoded = encode_repo_info(new)
             try:
-                await self.driver.put(REPO_INFO_KEY, encode_repo_info(new), if_match=version)
+                written = await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
             except PreconditionFailed as err:
                 # another writer changed it, or a retried request of ours landed
                 failure, maybe_landed = err, True
             except StorageError as err:
                 failure, maybe_landed = err, True  # the answer was lost
             else:
-                self._cached = new
+                # what was written stands for its bytes (JSON values alike: a tuple
+                # in metadata is a list once decoded)
+                self._file, self._cached = (new, encoded, written.version), new
                 return new
             await asyncio.sleep(min(_BACKOFF_MAX_SECONDS, _BACKOFF_SECONDS * 2 ** min(attempt, 10)))
         assert failure is not None
@@ -224,7 +246,7 @@ class RepoInfoStore:
             new = replace(info, branches=branches, snapshots=listed)
             return new, ru.NewCommit(name, new_id)
 
-        await self.update(change)
+        await self.update(change, version_read=tip.version)
 
     async def delete_branch(self, name: str) -> None:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:

@@ -1,7 +1,8 @@
 """Fork/merge: 64 forks x 1,000 chunks each on local storage, merge + commit, and the
 payload bytes per chunk ref.
 
-aicechunk and icechunk 1.1.21 run the same workload in the same process, alternating.
+aicechunk and icechunk (1.1.21, or 2.x) run the same workload in the same process,
+alternating, on spec version 1 repositories.
 Run: python benchmarks/bench_forks.py [--forks 64] [--chunks 1000] [--repeat 3]
 """
 
@@ -21,7 +22,7 @@ import zarr.api.asynchronous as zas
 async def ours(forks: int, chunks: int, path: str) -> tuple[float, float]:
     import aicechunk as aic
 
-    repo = await aic.Repository.create(aic.local_filesystem_storage(path))
+    repo = await aic.Repository.create(aic.local_filesystem_storage(path), spec_version=1)
     session = await repo.writable_session("main")
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array(
@@ -47,7 +48,9 @@ def theirs(forks: int, chunks: int, path: str) -> tuple[float, float]:
 
     import icechunk
 
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(path))
+    # icechunk 2.x creates spec version 2 unless told; 1.x knows no other
+    spec = {} if icechunk.__version__.startswith("1.") else {"spec_version": 1}
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(path), **spec)
     session = repo.writable_session("main")
     group = zarr.group(store=session.store)
     group.create_array("data", shape=(forks * chunks,), chunks=(1,), dtype="i8", compressors=None)

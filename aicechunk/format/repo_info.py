@@ -10,6 +10,11 @@ Every change rewrites the file with a conditional write, after copying the old f
 ``overwritten/<backup_name>``; ``push_update`` makes the new operations log as Icechunk
 does. Files are laid out as Icechunk lays them out, so an unchanged one re-encodes to the
 same bytes.
+
+Metadata (a snapshot's, the repository's) keeps the FlexBuffers it was read with, or
+first written with, for as long as it is the same mapping: rewriting the file after a
+change does not encode every snapshot's metadata again, and a mapping changed in place
+by whoever was handed it changes nothing stored (a change replaces the mapping).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import flatbuffers
 
 from aicechunk.errors import FormatError
+from aicechunk.format.fastbuilder import FastBuilder
 from aicechunk.format.flatbuf import FILE_IDENTIFIER, Reader, guarded, offset_vector, table
 from aicechunk.format.flexbuf import decode_flex, encode_flex
 from aicechunk.format.header import FileType, decode_versioned, encode_file
@@ -60,6 +66,9 @@ UPDATES_PER_FILE = 1000
 _YEAR_3000_MS = int(datetime(3000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _NAME = "repo"
 
+#: a metadata mapping with the FlexBuffer of each of its values, by key
+_Flex = tuple[Mapping[str, Any], tuple[tuple[str, bytes], ...]]
+
 
 @dataclass(frozen=True)
 class SnapshotInfo:
@@ -75,6 +84,7 @@ class SnapshotInfo:
     message: str
     metadata: dict[str, Any] = field(default_factory=dict)
     pruned_ancestor_tx_logs: tuple[SnapshotId, ...] = ()
+    _flex: _Flex | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class RepoInfo:
     spec_version: int = 2
     extra: bytes | None = None
     _ids: list[bytes] = field(default_factory=list, repr=False, compare=False)
+    _flex: _Flex | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         snapshots = tuple(sorted(self.snapshots, key=lambda s: s.id.bytes))
@@ -173,11 +184,28 @@ def push_update(
 # --- encoding --------------------------------------------------------------------------
 
 
-def _metadata_items(b: flatbuffers.Builder, metadata: Mapping[str, Any]) -> int:
+def _flex_of(owner: SnapshotInfo | RepoInfo) -> _Flex:
+    """The FlexBuffers of ``owner``'s metadata: those it holds while it is the same
+    mapping, else encoded (and checked) now and kept on ``owner`` for the next write."""
+    known = owner._flex
+    if known is not None and known[0] is owner.metadata:
+        return known
+    metadata = owner.metadata
+    if isinstance(owner, SnapshotInfo):
+        check_commit_properties(owner.message, metadata)
+    encoded = tuple(
+        (key, encode_flex(metadata[key], f"metadata[{key!r}]")) for key in sorted(metadata)
+    )
+    flex = (metadata, encoded)
+    object.__setattr__(owner, "_flex", flex)  # a cache: the owner is immutable otherwise
+    return flex
+
+
+def _metadata_items(b: flatbuffers.Builder, flex: _Flex) -> int:
     items = []
-    for key in sorted(metadata):
+    for key, data in flex[1]:
         name = b.CreateSharedString(key)
-        value = b.CreateByteVector(encode_flex(metadata[key], f"metadata[{key!r}]"))
+        value = b.CreateByteVector(data)
         items.append(table(b, 2, [(0, "off", name), (1, "off", value)]))
     return offset_vector(b, items)
 
@@ -211,20 +239,19 @@ def encode_repo_info(info: RepoInfo) -> bytes:
     if not info.latest_updates:
         raise FormatError(_NAME, "the operations log must hold at least one update")
     index = {s.id.bytes: i for i, s in enumerate(info.snapshots)}
-    b = flatbuffers.Builder(4096)
+    b = FastBuilder(4096)
     tags = _refs(b, info.tags, index)
     branches = _refs(b, info.branches, index)
     deleted = offset_vector(b, [b.CreateString(name) for name in info.deleted_tags])
     snapshots = []
     for snap in info.snapshots:
-        check_commit_properties(snap.message, snap.metadata)
         if snap.parent_id is None:
             parent = -1
         elif snap.parent_id.bytes in index:
             parent = index[snap.parent_id.bytes]
         else:
             raise FormatError(_NAME, f"the parent of {snap.id} is not listed")
-        metadata = _metadata_items(b, snap.metadata)
+        metadata = _metadata_items(b, _flex_of(snap))
         pruned = None
         if snap.pruned_ancestor_tx_logs:  # an empty list is never written
             b.StartVector(12, len(snap.pruned_ancestor_tx_logs), 1)
@@ -244,7 +271,7 @@ def encode_repo_info(info: RepoInfo) -> bytes:
         snapshots.append(table(b, 6, fields))
     snapshots_vec = offset_vector(b, snapshots)
     status = encode_status(b, info.status)
-    metadata_vec = _metadata_items(b, info.metadata)
+    metadata_vec = _metadata_items(b, _flex_of(info))
     enabled = _u16_vector(b, info.enabled_feature_flags)
     disabled = _u16_vector(b, info.disabled_feature_flags)
     updates = offset_vector(b, [encode_update(b, u) for u in info.latest_updates])
@@ -286,20 +313,26 @@ def decode_repo_info(data: bytes, name: str = "repo", max_size: int | None = Non
     return guarded(name, lambda: _decode(Reader(payload, name)))
 
 
-def _metadata(r: Reader, table_pos: int, index: int) -> dict[str, Any]:
+_Stored = tuple[dict[str, Any], tuple[tuple[str, bytes], ...]]
+
+
+def _metadata(r: Reader, table_pos: int, index: int) -> _Stored:
+    """A metadata field: the mapping, and the FlexBuffers it was read from."""
     found: dict[str, Any] = {}
     if r.field(table_pos, index) is None:
-        return found
+        return found, ()
+    stored: dict[str, bytes] = {}
     for pos in r.table_vector(table_pos, index):
         key = r.string(pos, 0, "metadata name")
         assert key is not None
-        found[key] = decode_flex(r.bytes_field(pos, 1, "metadata value") or b"", r.name)
-    return found
+        stored[key] = r.bytes_field(pos, 1, "metadata value") or b""
+        found[key] = decode_flex(stored[key], r.name)
+    return found, tuple(stored.items())
 
 
 def _decode(r: Reader) -> RepoInfo:
     root = r.root()
-    raw: list[tuple[bytes, int, int, str, dict[str, Any], tuple[SnapshotId, ...]]] = []
+    raw: list[tuple[bytes, int, int, str, _Stored, tuple[SnapshotId, ...]]] = []
     for pos in r.table_vector(root, 4, "snapshots"):
         id_pos = r.struct_at(pos, 0, 12, "snapshot id")
         assert id_pos is not None
@@ -318,18 +351,20 @@ def _decode(r: Reader) -> RepoInfo:
         )
     if any(raw[i][0] >= raw[i + 1][0] for i in range(len(raw) - 1)):
         raise r.fail("snapshots are not sorted by id without repeats")
+    listed = [SnapshotId(entry[0]) for entry in raw]  # made once: parents and refs share them
     snapshots = []
-    for snap_id, parent, micros, message, metadata, pruned in raw:
+    for snap_id, (_, parent, micros, message, flex, pruned) in zip(listed, raw, strict=True):
         if not -1 <= parent < len(raw):
             raise r.fail(f"parent offset {parent} outside the {len(raw)} snapshots")
         snapshots.append(
             SnapshotInfo(
-                SnapshotId(snap_id),
-                None if parent < 0 else SnapshotId(raw[parent][0]),
+                snap_id,
+                None if parent < 0 else listed[parent],
                 from_micros(micros, r),
                 message,
-                metadata,
+                flex[0],
                 pruned,
+                flex,
             )
         )
 
@@ -343,7 +378,7 @@ def _decode(r: Reader) -> RepoInfo:
                 raise r.fail(f"{ref_name!r} points at snapshot {position} of {len(raw)}")
             if ref_name in found:
                 raise r.fail(f"{what} lists {ref_name!r} twice")
-            found[ref_name] = SnapshotId(raw[position][0])
+            found[ref_name] = listed[position]
         return found
 
     def flags(index: int) -> tuple[int, ...] | None:
@@ -358,6 +393,7 @@ def _decode(r: Reader) -> RepoInfo:
     start, count = r.vector(root, 3, "deleted_tags")
     r.raw(start, 4 * count)
     deleted = tuple(_string_at(r, start + 4 * i) for i in range(count))
+    metadata = _metadata(r, root, 6)
     return RepoInfo(
         branches=refs(2, "branches"),
         tags=refs(1, "tags"),
@@ -367,13 +403,14 @@ def _decode(r: Reader) -> RepoInfo:
             decode_update(r, p) for p in r.table_vector(root, 7, "latest_updates")
         ),
         deleted_tags=deleted,
-        metadata=_metadata(r, root, 6),
+        metadata=metadata[0],
         repo_before_updates=r.string(root, 8),
         config=r.bytes_field(root, 9),
         enabled_feature_flags=flags(10),
         disabled_feature_flags=flags(11),
         spec_version=r.scalar(root, 0, r.u8, 0),
         extra=r.bytes_field(root, 12),
+        _flex=metadata,
     )
 
 

@@ -3,6 +3,7 @@ a time, and the diff between two snapshots."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -47,7 +48,7 @@ class SnapshotInfo:
             parent_id=None if snapshot.parent_id is None else str(snapshot.parent_id),
             written_at=snapshot.flushed_at,
             message=snapshot.message,
-            metadata=dict(snapshot.metadata),
+            metadata=copy.deepcopy(snapshot.metadata),
         )
 
 

@@ -16,6 +16,7 @@ and read-only sessions go on; only ``set_status`` itself passes.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -173,7 +174,7 @@ async def lookup_snapshot(self: HasAssets, snapshot_id: str | SnapshotId) -> Sna
                 parent_id=None if found.parent_id is None else str(found.parent_id),
                 written_at=found.flushed_at,
                 message=found.message,
-                metadata=dict(found.metadata),
+                metadata=copy.deepcopy(found.metadata),
             )
     raise RefNotFoundError(f"snapshot {sid} does not exist")
 
@@ -259,7 +260,9 @@ def _inspected(info: RepoInfo, data: bytes) -> dict[str, Any]:
         if snap.parent_id is not None:
             entry["parent_id"] = str(snap.parent_id)
         entry.update(
-            flushed_at=_time(snap.flushed_at), message=snap.message, metadata=dict(snap.metadata)
+            flushed_at=_time(snap.flushed_at),
+            message=snap.message,
+            metadata=copy.deepcopy(snap.metadata),
         )
         snapshots.append(entry)
     updates = []
@@ -278,7 +281,7 @@ def _inspected(info: RepoInfo, data: bytes) -> dict[str, Any]:
         "tags": {name: str(info.tags[name]) for name in sorted(info.tags)},
         "deleted_tags": list(info.deleted_tags),
         "snapshots": snapshots,
-        "metadata": dict(info.metadata),
+        "metadata": copy.deepcopy(info.metadata),
         "latest_updates": updates,
     }
     if info.repo_before_updates is not None:

@@ -8,6 +8,7 @@ raises ``UnsupportedSpecVersionError``, naming the spec version, on a spec v1 re
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
@@ -72,7 +73,7 @@ async def _backup(store: RepoInfoStore, name: str) -> RepoInfo | None:
 
 async def get_metadata(self: HasAssets) -> dict[str, Any]:
     """The repository metadata (a JSON-like dict; ``{}`` when none was set)."""
-    return dict((await _store(self, "repository metadata").info()).metadata)
+    return copy.deepcopy(dict((await _store(self, "repository metadata").info()).metadata))
 
 
 async def _change_metadata(repo: HasAssets, metadata: Mapping[str, Any], merge: bool) -> RepoInfo:
@@ -103,4 +104,4 @@ async def update_metadata(self: HasAssets, metadata: Mapping[str, Any]) -> dict[
     """Merge ``metadata`` into the repository metadata, its keys replacing those there
     (a ``None`` value is stored as null, not a deletion, as in icechunk); the metadata
     afterwards. Logged as a ``MetadataChanged`` update."""
-    return dict((await _change_metadata(self, metadata, merge=True)).metadata)
+    return copy.deepcopy(dict((await _change_metadata(self, metadata, merge=True)).metadata))

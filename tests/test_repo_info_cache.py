@@ -1,0 +1,134 @@
+"""The repo info store decodes a repo info file once: what it read or wrote last is not
+decoded again, and a file another writer changed is (the cache is keyed by the bytes). A
+commit's compare-and-swap starts from the file read for its branch tip, and a change made
+on a file that changed since is made again on the new one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr.api.asynchronous as zas
+
+import aicechunk as aic
+import aicechunk.repo_info_store as ris
+from aicechunk.drivers import MemoryDriver
+from aicechunk.format import repo_updates as ru
+from aicechunk.format.ids import SnapshotId
+from aicechunk.format.repo_info import REPO_INFO_KEY, decode_repo_info
+from aicechunk.repo_info_store import RepoInfoStore
+from aicechunk.testing import CountingDriver
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the repo info files the store decodes, as it decodes them."""
+    seen: list[int] = []
+    real: Callable[..., Any] = ris.decode_repo_info
+
+    def counting(data: bytes, *args: Any) -> Any:
+        seen.append(len(data))
+        return real(data, *args)
+
+    monkeypatch.setattr(ris, "decode_repo_info", counting)
+    return seen
+
+
+async def _commit(repo: aic.Repository, branch: str, value: int) -> str:
+    session = await repo.writable_session(branch)
+    arr = await zas.open_array(store=session.store, path="x", mode="r+")
+    await arr.setitem(slice(0, 1), np.array([value], dtype="i4"))
+    return await session.commit(f"{branch} {value}")
+
+
+async def test_a_writer_decodes_the_file_once(decodes: list[int]) -> None:
+    driver = MemoryDriver()
+    repo = await aic.Repository.create(aic.storage_from_driver(driver), spec_version=2)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("x", shape=(4,), chunks=(1,), dtype="i4")
+    base = await session.commit("array")
+    decodes.clear()
+    for i in range(3):
+        await repo.create_branch(f"b{i}", base)
+        await _commit(repo, f"b{i}", i)
+    assert decodes == []  # every read found the bytes this store wrote
+    stored = decode_repo_info(await driver.get(REPO_INFO_KEY))
+    assert stored.branches == (await repo._assets.refs.info()).branches  # type: ignore[attr-defined]
+    assert await repo.list_branches() == {"main", "b0", "b1", "b2"}
+
+
+async def test_another_writers_change_is_read(decodes: list[int]) -> None:
+    driver = MemoryDriver()
+    storage = aic.storage_from_driver(driver)
+    repo = await aic.Repository.create(storage, spec_version=2)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("x", shape=(4,), chunks=(1,), dtype="i4")
+    base = await session.commit("array")
+    other = await aic.Repository.open(storage)
+    await other.create_branch("theirs", base)
+    decodes.clear()
+    assert "theirs" in await repo.list_branches()
+    assert len(decodes) == 1
+    # the next commit of ours applies to the file the other writer made, then is read
+    # back without decoding it again
+    tip = await _commit(repo, "theirs", 7)
+    assert await repo.lookup_branch("theirs") == tip
+    assert len(decodes) == 1
+    assert await other.lookup_branch("theirs") == tip
+    assert [u.kind async for u in other.ops_log()] == [u.kind async for u in repo.ops_log()]
+
+
+async def test_a_commit_reads_the_file_once() -> None:
+    """The compare-and-swap of a commit starts from the file read for the branch tip."""
+    driver = CountingDriver(MemoryDriver())
+    repo = await aic.Repository.create(aic.storage_from_driver(driver), spec_version=2)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("x", shape=(4,), chunks=(1,), dtype="i4")
+    await session.commit("array")
+    session = await repo.writable_session("main")
+    arr = await zas.open_array(store=session.store, path="x", mode="r+")
+    await arr.setitem(slice(0, 1), np.array([1], dtype="i4"))
+    driver.calls.clear()
+    await session.commit("one more")
+    assert driver.calls.count(("get", REPO_INFO_KEY)) == 1
+    assert driver.calls.count(("put", REPO_INFO_KEY)) == 1
+
+
+async def test_a_change_on_a_stale_file_is_retried_on_the_new_one() -> None:
+    memory = MemoryDriver()
+    repo = await aic.Repository.create(aic.storage_from_driver(memory), spec_version=2)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("x", shape=(4,), chunks=(1,), dtype="i4")
+    base = SnapshotId(await session.commit("array"))
+    await _commit(repo, "main", 1)
+    ours, theirs = CountingDriver(memory), RepoInfoStore(memory)
+    store = RepoInfoStore(ours)
+    tip = await store.fetch_branch("main")
+    await theirs.create_branch("theirs", base)  # the file changes under our read
+    ours.calls.clear()
+    await store.update_branch("main", base, tip, None)
+    # the first write, on the file as read, fails; the change is made again on the new one
+    assert ours.calls.count(("put", REPO_INFO_KEY)) == 2
+    info = await theirs.info()
+    assert info.branches == {"main": base, "theirs": base}
+    kinds = [type(u.kind) for u in info.latest_updates[:2]]
+    assert kinds == [ru.BranchReset, ru.BranchCreated]
+
+
+async def test_nested_metadata_edited_in_place_is_not_seen_by_later_reads() -> None:
+    """What ``get_metadata`` hands out is the caller's: editing a nested value in place
+    changes neither later reads nor what the next change writes."""
+    repo = await aic.Repository.create(aic.in_memory_storage(), spec_version=2)
+    await repo.set_metadata({"owner": {"name": "ana"}})
+    got = await repo.get_metadata()
+    got["owner"]["name"] = "eve"
+    assert await repo.get_metadata() == {"owner": {"name": "ana"}}
+    await repo.update_metadata({"other": 1})
+    reopened = await aic.Repository.open(repo.storage)
+    assert await reopened.get_metadata() == {"owner": {"name": "ana"}, "other": 1}
