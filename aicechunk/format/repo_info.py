@@ -117,10 +117,15 @@ class RepoInfo:
         return None
 
     def ancestry(self, snapshot_id: SnapshotId) -> Iterable[SnapshotInfo]:
-        """The snapshot and its ancestors, newest first."""
+        """The snapshot and its ancestors, newest first; ``FormatError`` where a parent
+        is not listed or the parents loop."""
         cursor: SnapshotId | None = snapshot_id
         seen: set[SnapshotId] = set()
-        while cursor is not None and cursor not in seen:
+        while cursor is not None:
+            if cursor in seen:
+                raise FormatError(
+                    _NAME, f"history loops: {cursor} is its own ancestor (from {snapshot_id})"
+                )
             seen.add(cursor)
             info = self.snapshot(cursor)
             if info is None:
@@ -293,6 +298,8 @@ def _metadata(r: Reader, table_pos: int, index: int) -> dict[str, Any]:
     for pos in r.table_vector(table_pos, index):
         key = r.string(pos, 0, "metadata name")
         assert key is not None
+        if key in found:
+            raise r.fail(f"metadata names {key!r} twice")
         found[key] = decode_flex(r.bytes_field(pos, 1, "metadata value") or b"", r.name)
     return found
 
@@ -335,15 +342,16 @@ def _decode(r: Reader) -> RepoInfo:
 
     def refs(index: int, what: str) -> dict[str, SnapshotId]:
         found: dict[str, SnapshotId] = {}
+        previous = None
         for pos in r.table_vector(root, index, what):
             ref_name = r.string(pos, 0, "ref name")
             assert ref_name is not None
             position = r.scalar(pos, 1, r.u32, 0)
             if position >= len(raw):
                 raise r.fail(f"{ref_name!r} points at snapshot {position} of {len(raw)}")
-            if ref_name in found:
-                raise r.fail(f"{what} lists {ref_name!r} twice")
+            _check_order(r, what, previous, ref_name)
             found[ref_name] = SnapshotId(raw[position][0])
+            previous = ref_name
         return found
 
     def flags(index: int) -> tuple[int, ...] | None:
@@ -358,14 +366,17 @@ def _decode(r: Reader) -> RepoInfo:
     start, count = r.vector(root, 3, "deleted_tags")
     r.raw(start, 4 * count)
     deleted = tuple(_string_at(r, start + 4 * i) for i in range(count))
+    for i in range(1, count):
+        _check_order(r, "deleted_tags", deleted[i - 1], deleted[i])
+    updates = tuple(decode_update(r, p) for p in r.table_vector(root, 7, "latest_updates"))
+    if not updates:
+        raise r.fail("the operations log (latest_updates) is empty")
     return RepoInfo(
         branches=refs(2, "branches"),
         tags=refs(1, "tags"),
         snapshots=tuple(snapshots),
         status=decode_status(r, status),
-        latest_updates=tuple(
-            decode_update(r, p) for p in r.table_vector(root, 7, "latest_updates")
-        ),
+        latest_updates=updates,
         deleted_tags=deleted,
         metadata=_metadata(r, root, 6),
         repo_before_updates=r.string(root, 8),
@@ -375,6 +386,16 @@ def _decode(r: Reader) -> RepoInfo:
         spec_version=r.scalar(root, 0, r.u8, 0),
         extra=r.bytes_field(root, 12),
     )
+
+
+def _check_order(r: Reader, what: str, previous: str | None, name: str) -> None:
+    # names are looked up by binary search (Icechunk does): in byte order (which is code
+    # point order), each once
+    if previous is None or previous < name:
+        return
+    if previous == name:
+        raise r.fail(f"{what} lists {name!r} twice")
+    raise r.fail(f"{what} are not sorted: {previous!r} comes before {name!r}")
 
 
 def _i32(r: Reader, table_pos: int, index: int) -> int:
