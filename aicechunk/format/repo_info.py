@@ -47,6 +47,7 @@ __all__ = [
     "RepoInfo",
     "SnapshotInfo",
     "backup_name",
+    "check_backup_name",
     "decode_config",
     "decode_repo_info",
     "encode_repo_info",
@@ -59,6 +60,8 @@ OVERWRITTEN_PREFIX = "overwritten/"
 UPDATES_PER_FILE = 1000
 _YEAR_3000_MS = int(datetime(3000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _NAME = "repo"
+# Icechunk's names are ``repo.<ms>.<20 characters>``; a file name holds 255 bytes
+_MAX_BACKUP_NAME_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,26 @@ def backup_name(now: datetime, random12: bytes) -> str:
     overwriting it at ``now``: newer copies list first."""
     millis = to_micros(now) // 1000
     return f"repo.{_YEAR_3000_MS - millis}.{encode_base32(random12)}"
+
+
+def check_backup_name(name: str, file: str) -> str:
+    """``name`` if it can name a copy under ``overwritten/``: one path segment (no ``/``
+    or ``\\``, not ``.`` or ``..``), no control characters, at most 255 bytes of UTF-8.
+    Otherwise a ``FormatError`` naming ``file``, the repo info file that gave it: a
+    crafted name must never lead a reader outside ``overwritten/``."""
+    problem = None
+    if name in ("", ".", ".."):
+        problem = "is no name"
+    elif "/" in name or "\\" in name:
+        problem = "is more than one path segment"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        problem = "holds a control character"
+    elif len(name.encode("utf-8", "surrogatepass")) > _MAX_BACKUP_NAME_BYTES:
+        problem = f"is longer than {_MAX_BACKUP_NAME_BYTES} bytes"
+    if problem is not None:
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise FormatError(file, f"the backup name {shown!r} {problem}")
+    return name
 
 
 def push_update(
