@@ -868,15 +868,18 @@ async def test_made_up_etags_always(
     lying: tuple[aic.Repository, aic.Repository, Lies], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every read of ``repo`` carries an ETag no write can match: the attempts end (here
-    after 3, else ``UPDATE_ATTEMPTS``) with a typed error, and nothing changed."""
+    after 3, else ``UPDATE_ATTEMPTS``) with a StorageError saying so (not a
+    ``RefExistsError``, as the last attempt's PreconditionFailed read before), and nothing
+    changed."""
     import aicechunk.repo_info_store as store
 
     monkeypatch.setattr(store, "UPDATE_ATTEMPTS", 3)
     repo, honest, lies = lying
     lies.bogus_etag = 10**6
     before = await _kinds(honest)
-    with pytest.raises(aic.PreconditionFailed):
+    with pytest.raises(StorageError, match="in 3 attempts") as err:
         await bounded(repo.create_branch("never", await honest.lookup_branch("main")))
+    assert not isinstance(err.value, aic.PreconditionFailed)  # not "the branch exists"
     assert await _kinds(honest) == before and "never" not in await honest.list_branches()
 
 
