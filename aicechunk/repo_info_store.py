@@ -106,7 +106,14 @@ class RepoInfoStore:
         """Write the repo info file of a new repository; ``PreconditionFailed`` if one
         exists."""
         info = initial_repo_info(snapshot, datetime.now(UTC))
-        await self.driver.put(REPO_INFO_KEY, encode_repo_info(info), if_none_match=True)
+        data = encode_repo_info(info)
+        try:
+            await self.driver.put(REPO_INFO_KEY, data, if_none_match=True)
+        except PreconditionFailed:
+            # a request retried after its answer was lost finds the object its first try
+            # wrote (the bytes hold this creation's time to the microsecond)
+            if await self.driver.get(REPO_INFO_KEY) != data:
+                raise
         self._cached = info
 
     async def update(self, change: Change) -> RepoInfo:

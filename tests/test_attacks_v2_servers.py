@@ -262,3 +262,23 @@ async def test_a_truncated_repo_object(lying: tuple[aic.Repository, aic.Reposito
         await bounded(repo.create_branch("never", await honest.lookup_branch("main")))
     assert "never" not in await honest.list_branches()
     await bounded(repo.create_branch("later", await honest.lookup_branch("main")))
+
+
+@pytest.mark.attack("hostile servers")
+@pytest.mark.parametrize("answer", ["garbage", "truncated"])
+async def test_a_garbled_answer_to_the_creating_write(s3_endpoint: str, answer: str) -> None:
+    """The ``repo`` object of a new repository landed but its answer is garbage: the
+    retried request fails its condition on the object this creation wrote, which is no
+    other process's repository."""
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    with lying_server(s3_endpoint) as (url, lies):
+        setattr(lies, f"{answer}_put", 1)
+        repo = await bounded(aic.Repository.create(s3_test_storage(url, bucket), spec_version=2))
+        assert lies.seen.count("PUT") >= 1 and lies.garbage_put == lies.truncated_put == 0
+        await repo.close()
+    honest = await aic.Repository.open(s3_test_storage(s3_endpoint, bucket))
+    assert [type(u.kind).__name__ for u in await collect(honest.ops_log())] == [
+        "RepoInitialized"
+    ]
+    await honest.close()
