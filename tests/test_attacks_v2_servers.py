@@ -278,7 +278,5 @@ async def test_a_garbled_answer_to_the_creating_write(s3_endpoint: str, answer: 
         assert lies.seen.count("PUT") >= 1 and lies.garbage_put == lies.truncated_put == 0
         await repo.close()
     honest = await aic.Repository.open(s3_test_storage(s3_endpoint, bucket))
-    assert [type(u.kind).__name__ for u in await collect(honest.ops_log())] == [
-        "RepoInitialized"
-    ]
+    assert [type(u.kind).__name__ for u in await collect(honest.ops_log())] == ["RepoInitialized"]
     await honest.close()
