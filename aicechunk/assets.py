@@ -123,6 +123,15 @@ def _check_id(key: str, what: str, found: object, expected: object) -> None:
         )
 
 
+def _check_version(key: str, found: int, repository: int) -> None:
+    # a spec v1 repository holds spec v1 files only (icechunk 1.x reads nothing else, and
+    # upgrading writes only the repo info file): a newer one was put there
+    if found > repository:
+        raise FormatError(
+            key, f"a spec version {found} file in a spec version {repository} repository"
+        )
+
+
 class AssetManager:
     """Reads and writes a repository's files through one driver, with caching.
 
@@ -210,6 +219,7 @@ class AssetManager:
             bound = self.limits.bound(len(data))
             snap = await off_loop(_big(data), decode_snapshot, data, key, bound)
             _check_id(key, "snapshot", snap.id, snapshot_id)
+            _check_version(key, snap.spec_version, self.format_version)
             if snap.spec_version >= 2:  # the parent is in the repo info file
                 snap = replace(snap, parent_id=await self.refs.parent_of(snap))
             self._snapshots.put(snapshot_id, snap)
@@ -293,6 +303,7 @@ class AssetManager:
             bound = self.limits.bound(len(data))
             manifest = await off_loop(_big(data), decode_manifest, data, key, bound)
             _check_id(key, "manifest", manifest.id, manifest_id)
+            _check_version(key, manifest.spec_version, self.format_version)
             self._manifests.put(manifest_id, manifest)
             return manifest
 
@@ -317,6 +328,7 @@ class AssetManager:
         bound = self.limits.bound(len(data))
         log = await off_loop(_big(data), decode_transaction_log, data, key, bound)
         _check_id(key, "transaction log of snapshot", log.id, snapshot_id)
+        _check_version(key, log.spec_version, self.format_version)
         self._txlogs.put(snapshot_id, log)
         return log
 

@@ -20,6 +20,7 @@ from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
 from aicechunk.drivers.base import Driver
 from aicechunk.errors import (
     ConflictError,
+    FormatError,
     ObjectNotFound,
     PreconditionFailed,
     ReadOnlyRepositoryError,
@@ -115,7 +116,14 @@ class RepoInfoStore:
         """Write the repo info file of a new repository; ``PreconditionFailed`` if one
         exists."""
         info = initial_repo_info(snapshot, datetime.now(UTC))
-        await self.driver.put(REPO_INFO_KEY, encode_repo_info(info), if_none_match=True)
+        data = encode_repo_info(info)
+        try:
+            await self.driver.put(REPO_INFO_KEY, data, if_none_match=True)
+        except PreconditionFailed:
+            # a request retried after its answer was lost finds the object its first try
+            # wrote (the bytes hold this creation's time to the microsecond)
+            if await self.driver.get(REPO_INFO_KEY) != data:
+                raise
         self._cached = info
 
     async def update(
@@ -134,7 +142,8 @@ class RepoInfoStore:
         the status itself passes ``check_status=False``."""
         maybe_landed = False
         failure: StorageError | None = None
-        for attempt in range(UPDATE_ATTEMPTS):
+        attempts = UPDATE_ATTEMPTS
+        for attempt in range(attempts):
             known = self._file
             if attempt == 0 and known is not None and version_read and version_read == known[2]:
                 info, data, version = known
@@ -147,8 +156,15 @@ class RepoInfoStore:
             result = change(info, maybe_landed)
             if result is None:
                 return info
+            if not version:  # S3 sends no If-Match for an empty one: the put would overwrite
+                raise StorageError(
+                    "the server gave no version (ETag) of the repo info file: it cannot be "
+                    "updated without overwriting others' changes",
+                    key=REPO_INFO_KEY,
+                    driver=self.driver.label,
+                )
             new, kind = result
-            at = max(datetime.now(UTC), info.latest_updates[0].updated_at + timedelta(0, 0, 1))
+            at = max(datetime.now(UTC), _after(info.latest_updates[0].updated_at))
             name = backup_name(at, os.urandom(12))
             await self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
             log, before = push_update(info, kind, at, name)
@@ -167,8 +183,13 @@ class RepoInfoStore:
                 self._file, self._cached = (new, encoded, written.version), new
                 return new
             await asyncio.sleep(min(_BACKOFF_MAX_SECONDS, _BACKOFF_SECONDS * 2 ** min(attempt, 10)))
-        assert failure is not None
-        raise failure
+        # not the PreconditionFailed of the last attempt: callers read that one as "the
+        # branch or tag exists"
+        raise StorageError(
+            f"the repo info file could not be updated in {attempts} attempts (last: {failure})",
+            key=REPO_INFO_KEY,
+            driver=self.driver.label,
+        ) from failure
 
     def read_only_error(
         self, status: ru.RepoStatus, doing: str | None = None
@@ -304,6 +325,18 @@ class RepoInfoStore:
             return replace(info, snapshots=listed), ru.NewDetachedSnapshot(snapshot.id)
 
         await self.update(change)
+
+
+def _after(latest: datetime) -> datetime:
+    """The first time after the latest update's, which the next update must be dated."""
+    try:
+        return latest + timedelta(microseconds=1)
+    except OverflowError:
+        raise FormatError(
+            REPO_INFO_KEY,
+            f"the latest update is dated {latest.isoformat()}, the last time there is: "
+            "no later change can be logged",
+        ) from None
 
 
 def _listed(info: RepoInfo, snapshot_id: SnapshotId) -> None:

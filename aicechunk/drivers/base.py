@@ -17,7 +17,13 @@ from typing import ClassVar, Generic, Self, TypeVar
 
 from aicechunk.drivers._loop import LoopLocal
 from aicechunk.drivers.settings import DriverConfig, DriverSettings
-from aicechunk.errors import InvalidKey, ObjectNotFound, ReadOnlyError, StorageError
+from aicechunk.errors import (
+    InvalidKey,
+    ObjectNotFound,
+    PreconditionFailed,
+    ReadOnlyError,
+    StorageError,
+)
 
 __all__ = [
     "ByteRange",
@@ -280,8 +286,8 @@ class Driver(abc.ABC):
         """Store ``data`` under ``key``, atomically: readers see the old or the new bytes.
 
         ``if_none_match=True`` creates only if no object exists; ``if_match=version``
-        replaces only if the stored version is still ``version``. A failed condition
-        raises ``PreconditionFailed`` and changes nothing.
+        replaces only if the stored version is still ``version`` (an empty one never
+        is). A failed condition raises ``PreconditionFailed`` and changes nothing.
 
         ``write_once=True`` is the caller's promise that the key is new (named by a random
         id) and read by nobody before ``put`` returns: a driver may then write the object
@@ -296,6 +302,12 @@ class Driver(abc.ABC):
             if if_none_match or if_match is not None:
                 raise ValueError("write_once cannot be combined with a condition")
             return await self._put_once(key, bytes(data))
+        if if_match == "":
+            # a version a server failed to give matches nothing; S3 clients drop an empty
+            # If-Match header and the write would replace whatever is there
+            raise PreconditionFailed(
+                "an empty version matches no object", key=key, driver=self.label
+            )
         return await self._put(key, bytes(data), if_none_match=if_none_match, if_match=if_match)
 
     async def delete(self, key: str) -> None:

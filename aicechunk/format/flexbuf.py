@@ -7,7 +7,11 @@ Writing goes through the ``flatbuffers`` package's builder, choosing the types I
 serde encoder chooses (non-negative integers unsigned, negative ones signed, floats as
 narrow as is lossless), so values come out byte for byte as Icechunk writes them.
 Reading is our own: every offset is checked against the buffer and must point strictly
-backwards (so no crafted buffer loops), and nesting is bounded.
+backwards (so no crafted buffer loops), and nesting is bounded. Containers may share
+children (a writer shares keys and strings), so a crafted buffer could refer to one
+vector from many slots, level upon level: the values read are counted, and one buffer
+yields no more values than it has bytes (each value's slot takes a byte at least), and
+a string read twice is the same object.
 """
 
 from __future__ import annotations
@@ -126,11 +130,15 @@ def decode_flex(data: bytes, name: str = "<metadata>") -> Any:
 
 
 class _Decoder:
-    __slots__ = ("buf", "name")
+    __slots__ = ("budget", "buf", "name", "texts")
 
     def __init__(self, buf: bytes, name: str) -> None:
         self.buf = buf
         self.name = name
+        # values still to be read: a well-formed buffer gives each its own slot, so more
+        # than one per byte means containers shared to multiply them (a billion laughs)
+        self.budget = len(buf)
+        self.texts: dict[tuple[int, int], Any] = {}  # (position, kind): a string read once
 
     def fail(self, problem: str) -> FormatError:
         return FormatError(self.name, f"malformed FlexBuffer: {problem}")
@@ -171,6 +179,11 @@ class _Decoder:
 
     def _value(self, slot: int, parent_width: int, packed: int, depth: int) -> Any:
         kind, width = packed >> 2, 1 << (packed & 3)
+        self.budget -= 1
+        if self.budget < 0:
+            raise self.fail(
+                f"more values than its {len(self.buf)} bytes can hold (shared containers?)"
+            )
         if kind == _NULL:
             return None
         if kind == _BOOL:
@@ -193,11 +206,14 @@ class _Decoder:
         if kind == _KEY:
             return self._key(at)
         if kind in (_STRING, _BLOB):
-            length = self._uint(at - width, width)
-            if at + length > len(self.buf):
-                raise self.fail(f"a {length}-byte string runs past the buffer")
-            raw = self.buf[at : at + length]
-            return raw if kind == _BLOB else self._text(raw)
+            found = self.texts.get((at, kind))
+            if found is None:
+                length = self._uint(at - width, width)
+                if at + length > len(self.buf):
+                    raise self.fail(f"a {length}-byte string runs past the buffer")
+                raw = self.buf[at : at + length]
+                found = self.texts[at, kind] = raw if kind == _BLOB else self._text(raw)
+            return found
         if kind == _VECTOR:
             return self._vector(at, slot, width, depth)
         if kind == _MAP:
@@ -226,10 +242,13 @@ class _Decoder:
             raise self.fail("a string is not valid UTF-8") from None
 
     def _key(self, at: int) -> str:
-        end = self.buf.find(b"\x00", at)
-        if end < 0:
-            raise self.fail("a key has no terminating zero byte")
-        return self._text(self.buf[at:end])
+        found = self.texts.get((at, _KEY))
+        if found is None:
+            end = self.buf.find(b"\x00", at)
+            if end < 0:
+                raise self.fail("a key has no terminating zero byte")
+            found = self.texts[at, _KEY] = self._text(self.buf[at:end])
+        return found
 
     def _vector(self, at: int, slot: int, width: int, depth: int) -> list[Any]:
         length = self._uint(at - width, width)

@@ -53,6 +53,7 @@ __all__ = [
     "RepoInfo",
     "SnapshotInfo",
     "backup_name",
+    "check_backup_name",
     "decode_config",
     "decode_repo_info",
     "encode_repo_info",
@@ -65,6 +66,8 @@ OVERWRITTEN_PREFIX = "overwritten/"
 UPDATES_PER_FILE = 1000
 _YEAR_3000_MS = int(datetime(3000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _NAME = "repo"
+# Icechunk's names are ``repo.<ms>.<20 characters>``; a file name holds 255 bytes
+_MAX_BACKUP_NAME_BYTES = 255
 
 #: a metadata mapping with the FlexBuffer of each of its values, by key
 _Flex = tuple[Mapping[str, Any], tuple[tuple[str, bytes], ...]]
@@ -128,10 +131,15 @@ class RepoInfo:
         return None
 
     def ancestry(self, snapshot_id: SnapshotId) -> Iterable[SnapshotInfo]:
-        """The snapshot and its ancestors, newest first."""
+        """The snapshot and its ancestors, newest first; ``FormatError`` where a parent
+        is not listed or the parents loop."""
         cursor: SnapshotId | None = snapshot_id
         seen: set[SnapshotId] = set()
-        while cursor is not None and cursor not in seen:
+        while cursor is not None:
+            if cursor in seen:
+                raise FormatError(
+                    _NAME, f"history loops: {cursor} is its own ancestor (from {snapshot_id})"
+                )
             seen.add(cursor)
             info = self.snapshot(cursor)
             if info is None:
@@ -145,6 +153,26 @@ def backup_name(now: datetime, random12: bytes) -> str:
     overwriting it at ``now``: newer copies list first."""
     millis = to_micros(now) // 1000
     return f"repo.{_YEAR_3000_MS - millis}.{encode_base32(random12)}"
+
+
+def check_backup_name(name: str, file: str) -> str:
+    """``name`` if it can name a copy under ``overwritten/``: one path segment (no ``/``
+    or ``\\``, not ``.`` or ``..``), no control characters, at most 255 bytes of UTF-8.
+    Otherwise a ``FormatError`` naming ``file``, the repo info file that gave it: a
+    crafted name must never lead a reader outside ``overwritten/``."""
+    problem = None
+    if name in ("", ".", ".."):
+        problem = "is no name"
+    elif "/" in name or "\\" in name:
+        problem = "is more than one path segment"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        problem = "holds a control character"
+    elif len(name.encode("utf-8", "surrogatepass")) > _MAX_BACKUP_NAME_BYTES:
+        problem = f"is longer than {_MAX_BACKUP_NAME_BYTES} bytes"
+    if problem is not None:
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise FormatError(file, f"the backup name {shown!r} {problem}")
+    return name
 
 
 def push_update(
@@ -325,6 +353,8 @@ def _metadata(r: Reader, table_pos: int, index: int) -> _Stored:
     for pos in r.table_vector(table_pos, index):
         key = r.string(pos, 0, "metadata name")
         assert key is not None
+        if key in stored:
+            raise r.fail(f"metadata names {key!r} twice")
         stored[key] = r.bytes_field(pos, 1, "metadata value") or b""
         found[key] = decode_flex(stored[key], r.name)
     return found, tuple(stored.items())
@@ -370,15 +400,16 @@ def _decode(r: Reader) -> RepoInfo:
 
     def refs(index: int, what: str) -> dict[str, SnapshotId]:
         found: dict[str, SnapshotId] = {}
+        previous = None
         for pos in r.table_vector(root, index, what):
             ref_name = r.string(pos, 0, "ref name")
             assert ref_name is not None
             position = r.scalar(pos, 1, r.u32, 0)
             if position >= len(raw):
                 raise r.fail(f"{ref_name!r} points at snapshot {position} of {len(raw)}")
-            if ref_name in found:
-                raise r.fail(f"{what} lists {ref_name!r} twice")
+            _check_order(r, what, previous, ref_name)
             found[ref_name] = listed[position]
+            previous = ref_name
         return found
 
     def flags(index: int) -> tuple[int, ...] | None:
@@ -393,15 +424,18 @@ def _decode(r: Reader) -> RepoInfo:
     start, count = r.vector(root, 3, "deleted_tags")
     r.raw(start, 4 * count)
     deleted = tuple(_string_at(r, start + 4 * i) for i in range(count))
+    for i in range(1, count):
+        _check_order(r, "deleted_tags", deleted[i - 1], deleted[i])
+    updates = tuple(decode_update(r, p) for p in r.table_vector(root, 7, "latest_updates"))
+    if not updates:
+        raise r.fail("the operations log (latest_updates) is empty")
     metadata = _metadata(r, root, 6)
     return RepoInfo(
         branches=refs(2, "branches"),
         tags=refs(1, "tags"),
         snapshots=tuple(snapshots),
         status=decode_status(r, status),
-        latest_updates=tuple(
-            decode_update(r, p) for p in r.table_vector(root, 7, "latest_updates")
-        ),
+        latest_updates=updates,
         deleted_tags=deleted,
         metadata=metadata[0],
         repo_before_updates=r.string(root, 8),
@@ -412,6 +446,16 @@ def _decode(r: Reader) -> RepoInfo:
         extra=r.bytes_field(root, 12),
         _flex=metadata,
     )
+
+
+def _check_order(r: Reader, what: str, previous: str | None, name: str) -> None:
+    # names are looked up by binary search (Icechunk does): in byte order (which is code
+    # point order), each once
+    if previous is None or previous < name:
+        return
+    if previous == name:
+        raise r.fail(f"{what} lists {name!r} twice")
+    raise r.fail(f"{what} are not sorted: {previous!r} comes before {name!r}")
 
 
 def _i32(r: Reader, table_pos: int, index: int) -> int:

@@ -323,7 +323,7 @@ def encode_update(b: flatbuffers.Builder, update: Update) -> int:
 
 
 def decode_status(r: Reader, pos: int) -> RepoStatus:
-    """A RepoStatus table (an availability this library does not know reads as offline)."""
+    """A RepoStatus table (an availability this library does not know is a FormatError)."""
     code = r.scalar(pos, 0, r.u8, 0)
     try:
         availability = Availability(code)

@@ -236,21 +236,22 @@ def _decode(r: Reader, version: int) -> TransactionLog:
         )
         chunks[NodeId(r.raw(nid, 8))] = coords
     moves = []
-    for pos in r.table_vector(root, _MOVES) if r.field(root, _MOVES) is not None else []:
+    has_moves = r.field(root, _MOVES) is not None
+    if has_moves and version < 2:
+        raise r.fail(f"moved nodes in a spec version {version} transaction log")
+    for pos in r.table_vector(root, _MOVES) if has_moves else []:
         # the spec makes all four fields mandatory without marking them required
         node_id = r.struct_at(pos, 2, 8, "move node_id")
         assert node_id is not None
         kind = r.scalar(pos, 3, r.u8, 0)
         if kind > 1:
             raise r.fail(f"a moved node of unknown type {kind}")
-        moves.append(
-            MoveOperation(
-                r.string(pos, 0, "move from") or "",
-                r.string(pos, 1, "move to") or "",
-                NodeId(r.raw(node_id, 8)),
-                kind == 1,
-            )
-        )
+        paths = (r.string(pos, 0, "move from") or "", r.string(pos, 1, "move to") or "")
+        for path in paths:
+            problem = _move_path_problem(path)
+            if problem is not None:
+                raise r.fail(f"a move from {paths[0]!r} to {paths[1]!r}: {problem}")
+        moves.append(MoveOperation(*paths, NodeId(r.raw(node_id, 8)), kind == 1))
     return TransactionLog(
         id=SnapshotId(r.raw(id_pos, 12)),
         new_groups=ids(_NEW_GROUPS, "new_groups"),
@@ -263,3 +264,15 @@ def _decode(r: Reader, version: int) -> TransactionLog:
         moved_nodes=tuple(moves),
         spec_version=version,
     )
+
+
+def _move_path_problem(path: str) -> str | None:
+    # what a reader could not apply: other names than node paths, and the root (which
+    # no move may name); names themselves are as free as the snapshot's node paths
+    if path == "/":
+        return "the root cannot move"
+    if not path.startswith("/"):
+        return f"{path!r} is not absolute"
+    if any(segment in ("", ".", "..") for segment in path[1:].split("/")):
+        return f"{path!r} has an empty, '.' or '..' segment"
+    return None

@@ -15,10 +15,16 @@ from typing import Any, Protocol
 
 from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
-from aicechunk.errors import ObjectNotFound, UnsupportedSpecVersionError
+from aicechunk.errors import FormatError, ObjectNotFound, UnsupportedSpecVersionError
 from aicechunk.format import repo_updates as ru
 from aicechunk.format.flexbuf import encode_flex
-from aicechunk.format.repo_info import OVERWRITTEN_PREFIX, RepoInfo, decode_repo_info
+from aicechunk.format.repo_info import (
+    OVERWRITTEN_PREFIX,
+    REPO_INFO_KEY,
+    RepoInfo,
+    check_backup_name,
+    decode_repo_info,
+)
 from aicechunk.repo_info_store import RepoInfoStore
 
 __all__ = ["get_metadata", "ops_log", "set_metadata", "update_metadata"]
@@ -45,17 +51,25 @@ async def ops_log(self: HasAssets) -> AsyncIterator[ru.Update]:
     ``updated_at``, ``backup_path``) per change of its repo info file, as icechunk's
     ``Repository.ops_log()`` yields them. Where the log was cut (past 1000 entries), the
     older entries are read from the copy under ``overwritten/`` it links to; a missing
-    copy ends the log there."""
+    copy ends the log there. A link that is no single name, or that leads back to a
+    copy already read, is a ``FormatError`` naming the file holding it."""
     store = _store(self, "the operations log")
     info: RepoInfo | None = await store.info()
     last = None
+    source, seen = REPO_INFO_KEY, set()
     while info is not None:
         for update in info.latest_updates:
             if last is None or update.updated_at < last:
                 yield update
                 last = update.updated_at
         before = info.repo_before_updates
-        info = None if before is None else await _backup(store, before)
+        if before is None:
+            return
+        if check_backup_name(before, source) in seen:
+            raise FormatError(source, f"the operations log loops back to {before!r}")
+        seen.add(before)
+        source = OVERWRITTEN_PREFIX + before
+        info = await _backup(store, before)
 
 
 async def _backup(store: RepoInfoStore, name: str) -> RepoInfo | None:
