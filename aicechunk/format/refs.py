@@ -47,8 +47,16 @@ BIDI_CONTROLS = frozenset(
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
-def validate_ref_name(name: str) -> str:
-    """Check a branch or tag name: non-empty, no ``/``, nothing unsafe as a storage key."""
+def validate_ref_name(name: str, spec_version: int = 1) -> str:
+    """Check a branch or tag name: non-empty, no ``/``, nothing unsafe as a storage key.
+
+    In spec v2 a name is never a storage key (refs live in the repo info file), and
+    Icechunk 2.x takes any string there (``feature/x``, ``..``): only the type is checked,
+    so every ref another tool made stays reachable by its exact name."""
+    if spec_version >= 2:
+        if not isinstance(name, str):
+            raise InvalidRefNameError(f"ref name {name!r}: must be a string")
+        return name
     if not isinstance(name, str) or not name:
         raise InvalidRefNameError(f"ref name {name!r}: must be a non-empty string")
     if "/" in name:
@@ -71,7 +79,7 @@ def validate_ref_name(name: str) -> str:
     return name
 
 
-def validate_new_ref_name(name: str) -> str:
+def validate_new_ref_name(name: str, spec_version: int = 1) -> str:
     """Check the name of a branch or tag to create: ``validate_ref_name``, and no two names
     that look alike or hide characters. Refused: control and format characters (Unicode
     categories Cc, Cf: C1 controls such as the terminal escape U+009B, zero-width spaces,
@@ -83,8 +91,14 @@ def validate_new_ref_name(name: str) -> str:
     Not caught: letters of other scripts that look like Latin ones (Cyrillic ``\u0430`` in
     ``m\u0430in``); telling those apart needs Unicode's confusables table, which this library
     does not carry. Existing refs (made by other tools) stay reachable by their exact
-    name: only creation is checked here."""
-    validate_ref_name(name)
+    name: only creation is checked here.
+
+    In spec v2 (names are no storage keys) ``/`` is allowed, as Icechunk 2.x allows it
+    (``feature/x``); every other rule stands, and the name must not be empty, ``.`` or
+    ``..``."""
+    validate_ref_name(name.replace("/", "-") if spec_version >= 2 else name)
+    if spec_version >= 2 and (not name or "" in name.split("/")):
+        raise InvalidRefNameError(f"ref name {name!r}: no empty parts around '/'")
     if unicodedata.normalize("NFC", name) != name:
         raise InvalidRefNameError(
             f"ref name {name!r}: not in Unicode normal form NFC; "

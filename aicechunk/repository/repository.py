@@ -258,13 +258,13 @@ class Repository:
 
     async def lookup_branch(self, name: str) -> str:
         """The snapshot id a branch points to."""
-        ref_format.validate_ref_name(name)
+        ref_format.validate_ref_name(name, self.spec_version)
         return str((await self._assets.fetch_branch(name)).snapshot_id)
 
     @must_await("no branch was created")
     async def create_branch(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create a branch at a snapshot; fails if the branch exists."""
-        ref_format.validate_new_ref_name(name)
+        ref_format.validate_new_ref_name(name, self.spec_version)
         sid = _snapshot_id(snapshot_id)
         await self._assets.fetch_snapshot(sid)  # the snapshot must exist
         try:
@@ -286,7 +286,7 @@ class Repository:
         ``ConflictError`` (``expected_parent``, ``actual_parent``) and nothing changes,
         also when another writer moves the branch meanwhile.
         """
-        ref_format.validate_ref_name(name)
+        ref_format.validate_ref_name(name, self.spec_version)
         sid = _snapshot_id(snapshot_id)
         expected = None if from_snapshot_id is None else _snapshot_id(from_snapshot_id)
         await self._assets.fetch_snapshot(sid)
@@ -302,7 +302,7 @@ class Repository:
     @must_await("the branch was not deleted")
     async def delete_branch(self, name: str) -> None:
         """Delete a branch (not ``main``); its snapshots stay until garbage collection."""
-        ref_format.validate_ref_name(name)
+        ref_format.validate_ref_name(name, self.spec_version)
         if name == "main":
             raise RepositoryError("the 'main' branch cannot be deleted")
         await self._assets.fetch_branch(name)
@@ -316,13 +316,13 @@ class Repository:
 
     async def lookup_tag(self, name: str) -> str:
         """The snapshot id a tag points to."""
-        ref_format.validate_ref_name(name)
+        ref_format.validate_ref_name(name, self.spec_version)
         return str(await self._assets.fetch_tag(name))
 
     @must_await("no tag was created")
     async def create_tag(self, name: str, snapshot_id: str | SnapshotId) -> None:
         """Create an immutable tag; a name in use, or ever deleted, is refused."""
-        ref_format.validate_new_ref_name(name)
+        ref_format.validate_new_ref_name(name, self.spec_version)
         sid = _snapshot_id(snapshot_id)
         await self._assets.fetch_snapshot(sid)
         try:
@@ -335,7 +335,7 @@ class Repository:
     @must_await("the tag was not deleted")
     async def delete_tag(self, name: str) -> None:
         """Delete a tag; its name can never be used again."""
-        ref_format.validate_ref_name(name)
+        ref_format.validate_ref_name(name, self.spec_version)
         await self._assets.fetch_tag(name)
         try:
             await self._assets.delete_tag(name)
@@ -354,10 +354,10 @@ class Repository:
         if len(given) != 1:
             raise ValueError("pass exactly one of branch=, tag=, snapshot_id=")
         if branch is not None:
-            ref_format.validate_ref_name(branch)
+            ref_format.validate_ref_name(branch, self.spec_version)
             return (await self._assets.fetch_branch(branch)).snapshot_id
         if tag is not None:
-            ref_format.validate_ref_name(tag)
+            ref_format.validate_ref_name(tag, self.spec_version)
             return await self._assets.fetch_tag(tag)
         assert snapshot_id is not None
         sid = _snapshot_id(snapshot_id)
@@ -444,7 +444,7 @@ class Repository:
 
     async def writable_session(self, branch: str) -> Session:
         """A session that commits to ``branch``, starting at its tip."""
-        ref_format.validate_ref_name(branch)
+        ref_format.validate_ref_name(branch, self.spec_version)
         if not self._storage.driver().supports_writes:
             raise SessionStateError(
                 f"storage {self._storage.driver().label} is read-only; open a readonly_session"
@@ -478,7 +478,7 @@ class Repository:
                 raise ValueError("as_of argument must be provided together with a branch name")
             if tag is not None or snapshot_id is not None:
                 raise ValueError("pass exactly one of branch=, tag=, snapshot_id=")
-            ref_format.validate_ref_name(branch)
+            ref_format.validate_ref_name(branch, self.spec_version)
             sid = await history.snapshot_as_of(self._assets, branch, as_of)
         else:
             sid = await self._resolve(branch, tag, snapshot_id)
