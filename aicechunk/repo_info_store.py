@@ -5,7 +5,10 @@ repository: read ``repo`` with its version, apply the change to what was read, c
 old file to ``overwritten/<backup_name>`` (the spec's order: the backup first), then put
 the new file only if ``repo`` is still at that version. A writer that lost the race to an
 unrelated change (another branch, a tag) reads again and reapplies its change, as
-Icechunk does; a change that no longer applies (the branch moved) raises.
+Icechunk does; a change that no longer applies (the branch moved) raises. When the answer
+to the write is lost (any other storage error), ``repo`` is read back once to decide, as a
+lost ref write is in spec v1: the change is there (done), or the error is raised and the
+write is not tried again (the driver has retried what it could).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
 from aicechunk.drivers.base import Driver
 from aicechunk.errors import (
+    AicechunkError,
     ConflictError,
     ObjectNotFound,
     PreconditionFailed,
@@ -112,7 +116,7 @@ class RepoInfoStore:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
         module's docstring); the repo info in effect afterwards."""
         maybe_landed = False
-        failure: StorageError | None = None
+        failure: PreconditionFailed | None = None
         for attempt in range(UPDATE_ATTEMPTS):
             info, data, version = await self.read()
             result = change(info, maybe_landed)
@@ -130,13 +134,25 @@ class RepoInfoStore:
                 # another writer changed it, or a retried request of ours landed
                 failure, maybe_landed = err, True
             except StorageError as err:
-                failure, maybe_landed = err, True  # the answer was lost
+                return await self._settle(change, err)  # the answer was lost
             else:
                 self._cached = new
                 return new
             await asyncio.sleep(min(_BACKOFF_MAX_SECONDS, _BACKOFF_SECONDS * 2 ** min(attempt, 10)))
         assert failure is not None
         raise failure
+
+    async def _settle(self, change: Change, lost: StorageError) -> RepoInfo:
+        """After the answer to a write of ``change`` was lost: the repo info if the change
+        is found done, else ``lost`` raised (also when ``repo`` cannot be read back)."""
+        try:
+            info = (await self.read())[0]
+            done = change(info, True) is None
+        except AicechunkError:  # unreadable, or the change no longer applies: not done
+            done = False
+        if not done:
+            raise lost
+        return info
 
     # -- the RefStore interface ----------------------------------------------------------
 
