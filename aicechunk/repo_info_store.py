@@ -262,6 +262,15 @@ class RepoInfoStore:
                 return found.parent_id
         return snapshot.parent_id
 
+    async def pruned_logs(self, snapshot_id: SnapshotId) -> tuple[SnapshotId, ...]:
+        """The transaction logs of the ancestors that expiring snapshots removed from
+        between this snapshot and its parent, oldest first (spec 2.1; empty if none)."""
+        for fresh in (False, True):
+            found = (await self.info(fresh)).snapshot(snapshot_id)
+            if found is not None:
+                return found.pruned_ancestor_tx_logs
+        return ()
+
     async def record_detached(self, snapshot: Snapshot) -> None:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:
             if info.snapshot(snapshot.id) is not None:
