@@ -445,9 +445,10 @@ def verify_after_crash(root: Path, log: Path, already_checked: int) -> int:
     "name",
     ["../escape", "a/b", "..", "x\x00y", "ctl\x07", "\\evil", "x" * 300, "", "new\nline"],
 )
-async def test_hostile_ref_names(tmp_path: Path, name: str) -> None:
+@SPECS
+async def test_hostile_ref_names(tmp_path: Path, name: str, spec: int) -> None:
     root = tmp_path / "repo"
-    repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+    repo = await aic.Repository.create(aic.local_filesystem_storage(root), spec_version=spec)
     sid = await repo.lookup_branch("main")
     for call in (
         lambda: repo.create_branch(name, sid),
@@ -459,6 +460,8 @@ async def test_hostile_ref_names(tmp_path: Path, name: str) -> None:
         with pytest.raises(aic.InvalidRefNameError):
             await call()
     assert await asyncio.to_thread(files_outside, tmp_path, root) == []
+    if spec == 2:  # nothing was written into the repo info file either
+        assert [type(u.kind).__name__ async for u in repo.ops_log()] == ["RepoInitialized"]
 
 
 @pytest.mark.attack("hostile names and keys")
