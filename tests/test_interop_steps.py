@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(PYTHON is None, reason="no Python with icechunk 
 ICECHUNK, AICECHUNK = "icechunk", "aicechunk"
 BOTH = frozenset({ICECHUNK, AICECHUNK})
 #: what aicechunk cannot write yet: when Session.amend and Repository.rearrange_session
-#: land, add AICECHUNK to the amend and move steps below
+#: land, add AICECHUNK to the amend and move steps below (WRITER_STEPS and ON_TOP)
 ICECHUNK_ONLY = frozenset({ICECHUNK})
 
 X = {"array": "a/x", "shape": [8], "chunks": [4], "dtype": "i4", "fill_value": 0}
@@ -125,8 +125,9 @@ WRITER_STEPS: list[tuple[dict[str, Any], int, frozenset[str]]] = [
     ({"op": "update_metadata", "metadata": {"n": 4, "new": [True]}}, 2, BOTH),
 ]
 
-#: what the reader does on top of what the writer made
-ON_TOP: list[tuple[dict[str, Any], int]] = [
+#: what the reader does on top of what the writer made: (step, lowest spec version, the
+#: readers that can run it)
+ON_TOP: list[tuple[dict[str, Any], int, frozenset[str]]] = [
     (
         {
             "op": "commit",
@@ -141,21 +142,38 @@ ON_TOP: list[tuple[dict[str, Any], int]] = [
             ],
         },
         1,
+        BOTH,
     ),
-    ({"op": "tag", "name": "top-tag", "at": "branch:main"}, 1),
-    ({"op": "branch", "name": "top", "at": "branch:main"}, 1),
+    (
+        {
+            "op": "amend",
+            "branch": "main",
+            "message": "on top, amended",
+            "writes": [{"set": "top/z", "start": 0, "values": [5]}],
+        },
+        2,
+        ICECHUNK_ONLY,
+    ),
+    (
+        {"op": "move", "branch": "main", "from": "/top", "to": "/moved", "message": "moved"},
+        2,
+        ICECHUNK_ONLY,
+    ),
+    ({"op": "tag", "name": "top-tag", "at": "branch:main"}, 1, BOTH),
+    ({"op": "branch", "name": "top", "at": "branch:main"}, 1, BOTH),
     (
         {
             "op": "commit",
             "branch": "top",
             "message": "on the top branch",
-            "writes": [{"delete": "top/z"}, {"group": "g2", "attrs": {"x": 1}}],
+            "writes": [{"group": "g2", "attrs": {"x": 1}}, {"delete": "h"}],
         },
         1,
+        BOTH,
     ),
-    ({"op": "delete_tag", "name": "v1"}, 1),
-    ({"op": "reset_branch", "name": "dev", "at": "branch:main"}, 1),
-    ({"op": "update_metadata", "metadata": {"reader": "was here"}}, 2),
+    ({"op": "delete_tag", "name": "v1"}, 1, BOTH),
+    ({"op": "reset_branch", "name": "dev", "at": "branch:main"}, 1, BOTH),
+    ({"op": "update_metadata", "metadata": {"reader": "was here"}}, 2, BOTH),
 ]
 
 #: spec 2.1: icechunk expires what came before the mark; two commits come after it
@@ -181,8 +199,12 @@ def writer_steps(spec: int, writer: str) -> list[dict[str, Any]]:
     return [step for step, lowest, who in WRITER_STEPS if spec >= lowest and writer in who]
 
 
-def on_top(spec: int) -> list[dict[str, Any]]:
-    return [step for step, lowest in ON_TOP if spec >= lowest]
+def on_top(spec: int, reader: str) -> list[dict[str, Any]]:
+    return [step for step, lowest, who in ON_TOP if spec >= lowest and reader in who]
+
+
+def messages(found: dict[str, Any], ref: str) -> list[str]:
+    return [found["snapshots"][sid]["message"] for sid in found["ancestry"][ref]]
 
 
 # --- the two sides ---------------------------------------------------------------------
@@ -263,10 +285,10 @@ def test_icechunk_writes_we_read_and_extend(
     assert describe_ours(where) == written
     # and extend it
     storage = interop_steps.make_storage(ours, where)
-    interop_steps.run_steps(ours, ours.Repository.open(storage), on_top(version))
+    interop_steps.run_steps(ours, ours.Repository.open(storage), on_top(version, AICECHUNK))
     extended = describe_ours(where)
     assert extended["spec_version"] == version
-    assert extended["snapshots"][extended["refs"]["branch:main"]]["message"] == "on top"
+    assert messages(extended, "branch:main")[0] == "on top"
     for sid, carried in pruned.items():  # kept through our commits
         assert extended["snapshots"][sid]["pruned"] == carried
 
@@ -289,10 +311,11 @@ def test_we_write_icechunk_reads_and_extends(
         assert {"NewDetachedSnapshot", "MetadataChanged", "BranchReset"} <= set(kinds(written))
 
     # icechunk reads all of it as we do, and extends it
-    seen = icechunk(where, 0, on_top(spec))
+    seen = icechunk(where, 0, on_top(spec, ICECHUNK))
     assert seen["before"] == written
     extended = seen["after"]
-    assert extended["snapshots"][extended["refs"]["branch:main"]]["message"] == "on top"
+    on_main = messages(extended, "branch:main")
+    assert on_main[:2] == (["moved", "on top, amended"] if spec >= 2 else ["on top", "second"])
 
     # we read what icechunk made, as it does
     assert describe_ours(where) == extended
