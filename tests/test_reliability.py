@@ -334,7 +334,11 @@ for line in sys.stdin:
     if line == "fork\n":
         pid = os.fork()
         if pid == 0:
-            asyncio.run(write(sys.argv[1], sys.argv[2]))
+            try:
+                asyncio.run(write(sys.argv[1], sys.argv[2]))
+            except BaseException as err:  # the test reads this instead of what it expects
+                print("failed:", repr(err), flush=True)
+            os._exit(1)
         print(pid, flush=True)
     elif line == "reap\n":
         print(os.waitpid(pid, 0)[1], flush=True)
@@ -367,7 +371,6 @@ def test_sigkill_during_writes_and_commits(tmp_path: Path, spec: int) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert forker.stdin is not None and forker.stdout is not None
 
     def ask(command: str, lines: int = 1) -> list[str]:
         assert forker.stdin is not None and forker.stdout is not None
@@ -376,18 +379,23 @@ def test_sigkill_during_writes_and_commits(tmp_path: Path, spec: int) -> None:
         return sorted(forker.stdout.readline().strip() for _ in range(lines))
 
     committed_total = checked = 0
-    try:
-        for _ in range(runs):
-            writer, opened = ask("fork", lines=2)  # a pid sorts before "open"
-            assert opened == "open"
-            time.sleep(rng.uniform(0.0, 0.15))  # a commit takes a few to a hundred ms
-            os.kill(int(writer), signal.SIGKILL)
-            assert ask("reap") == [str(signal.SIGKILL)]  # killed, not ended by an error
-            committed_total = verify_after_crash(root, log, checked)
-            checked = committed_total
-    finally:
-        forker.stdin.close()
-        forker.wait(30)
+    writer: int | None = None
+    with forker:  # closes its pipes and waits for it (its stdin closed ends it)
+        try:
+            for _ in range(runs):
+                pid, opened = ask("fork", lines=2)  # a pid sorts before "open"
+                writer = int(pid)
+                assert opened == "open", pid
+                time.sleep(rng.uniform(0.0, 0.15))  # a commit takes a few to a hundred ms
+                os.kill(writer, signal.SIGKILL)
+                assert ask("reap") == [str(signal.SIGKILL)]  # killed, not ended by an error
+                writer = None
+                committed_total = verify_after_crash(root, log, checked)
+                checked = committed_total
+        finally:
+            if writer is not None:  # a failed check left it running
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(writer, signal.SIGKILL)
     assert committed_total > 0
     if spec == 2:  # copies of the repo info file left by writers killed before replacing it
         print("orphaned copies:", asyncio.run(orphaned_copies(root)))
