@@ -8,6 +8,7 @@ Decoded snapshots, manifests and transaction logs are immutable, so they are cac
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,8 @@ __all__ = ["CONFIG_KEY", "REPO_INFO_KEY", "AssetManager", "RefInfo"]
 # first pause (doubling) between those reads
 SETTLE_ATTEMPTS = 5
 SETTLE_BACKOFF_SECONDS = 0.05
+
+logger = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -331,6 +334,24 @@ class AssetManager:
         _check_version(key, log.spec_version, self.format_version)
         self._txlogs.put(snapshot_id, log)
         return log
+
+    async def transaction_history(self, snapshot_id: SnapshotId) -> list[TransactionLog]:
+        """The transaction logs that together say what a snapshot changed from its parent:
+        its own, after (spec 2.1) those of the ancestors that expiring snapshots removed
+        from between the two, oldest first, which the repo info file carries. A carried
+        log that is gone (an older garbage collection deleted it) is skipped with a
+        warning, as icechunk does."""
+        carried: tuple[SnapshotId, ...] = ()
+        if isinstance(self.refs, RepoInfoStore):
+            carried = await self.refs.pruned_logs(snapshot_id)
+        logs: list[TransactionLog] = []
+        for log_id in carried:
+            try:
+                logs.append(await self.fetch_transaction_log(log_id))
+            except FormatError as err:
+                logger.warning("skipping a log carried by snapshot %s: %s", snapshot_id, err)
+        logs.append(await self.fetch_transaction_log(snapshot_id))
+        return logs
 
     async def write_transaction_log(self, log: TransactionLog) -> None:
         """Write the transaction log of a new snapshot."""

@@ -5,7 +5,10 @@ repository: read ``repo`` with its version, apply the change to what was read, c
 old file to ``overwritten/<backup_name>`` (the spec's order: the backup first), then put
 the new file only if ``repo`` is still at that version. A writer that lost the race to an
 unrelated change (another branch, a tag) reads again and reapplies its change, as
-Icechunk does; a change that no longer applies (the branch moved) raises.
+Icechunk does; a change that no longer applies (the branch moved) raises. When the answer
+to the write is lost (any other storage error), ``repo`` is read back once to decide, as a
+lost ref write is in spec v1: the change is there (done), or the error is raised and the
+write is not tried again (the driver has retried what it could).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
 from aicechunk.drivers.base import Driver
 from aicechunk.errors import (
+    AicechunkError,
     ConflictError,
     FormatError,
     ObjectNotFound,
@@ -141,7 +145,7 @@ class RepoInfoStore:
         read in the same file the change would replace), as in Icechunk; only a change of
         the status itself passes ``check_status=False``."""
         maybe_landed = False
-        failure: StorageError | None = None
+        failure: PreconditionFailed | None = None
         attempts = UPDATE_ATTEMPTS
         for attempt in range(attempts):
             known = self._file
@@ -176,7 +180,7 @@ class RepoInfoStore:
                 # another writer changed it, or a retried request of ours landed
                 failure, maybe_landed = err, True
             except StorageError as err:
-                failure, maybe_landed = err, True  # the answer was lost
+                return await self._settle(change, err)  # the answer was lost
             else:
                 # what was written stands for its bytes (JSON values alike: a tuple
                 # in metadata is a list once decoded)
@@ -206,6 +210,18 @@ class RepoInfoStore:
         return ReadOnlyRepositoryError(
             f"the repository status is read-only{where}: {doing}{said}", status
         )
+
+    async def _settle(self, change: Change, lost: StorageError) -> RepoInfo:
+        """After the answer to a write of ``change`` was lost: the repo info if the change
+        is found done, else ``lost`` raised (also when ``repo`` cannot be read back)."""
+        try:
+            info = (await self.read())[0]
+            done = change(info, True) is None
+        except AicechunkError:  # unreadable, or the change no longer applies: not done
+            done = False
+        if not done:
+            raise lost
+        return info
 
     # -- the RefStore interface ----------------------------------------------------------
 
@@ -316,6 +332,15 @@ class RepoInfoStore:
             if found is not None:
                 return found.parent_id
         return snapshot.parent_id
+
+    async def pruned_logs(self, snapshot_id: SnapshotId) -> tuple[SnapshotId, ...]:
+        """The transaction logs of the ancestors that expiring snapshots removed from
+        between this snapshot and its parent, oldest first (spec 2.1; empty if none)."""
+        for fresh in (False, True):
+            found = (await self.info(fresh)).snapshot(snapshot_id)
+            if found is not None:
+                return found.pruned_ancestor_tx_logs
+        return ()
 
     async def record_detached(self, snapshot: Snapshot) -> None:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:

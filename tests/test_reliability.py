@@ -1,4 +1,10 @@
-"""Reliability: concurrent committers, injected faults, crashes, hostile input."""
+"""Reliability: concurrent committers, injected faults, crashes, hostile input.
+
+The tests about commits and refs run on spec version 1 (a ref file per branch and tag,
+each moved by its own conditional write) and on spec version 2 (every branch and tag in
+the repo info file ``repo``, changed by one conditional write after the old file was
+copied to ``overwritten/``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,18 +31,39 @@ import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 import aicechunk.assets
+from aicechunk import repo_info_store
 from aicechunk.drivers import MemoryDriver, driver_from_config
 from aicechunk.drivers.base import Driver, ObjectInfo
+from aicechunk.format.repo_info import OVERWRITTEN_PREFIX, decode_repo_info
 from aicechunk.testing import CountingDriver, FaultyDriver, InjectedFault
 from tests.conftest import s3_test_storage
 from tests.servers import create_gcs_bucket, next_bucket_name
 
 WORKERS, COMMITS = 8, 25
+# spec v2 runs the same committers, fewer commits each: its compare-and-swap is the one
+# file every branch and tag change goes through, contended as much with fewer commits
+WORKERS_V2, COMMITS_V2 = 4, 6
 SEEDS = int(os.environ.get("AICECHUNK_FAULT_SEEDS", "40"))
 
+#: the spec versions the commit and ref tests run on
+SPECS = pytest.mark.parametrize("spec", [1, 2], ids=["v1", "v2"])
 
-async def make_array(storage: aic.Storage, size: int) -> aic.Repository:
-    repo = await aic.Repository.create(storage)
+
+def branch_key(spec: int) -> str:
+    """What a commit on ``main`` ends by writing: the ref file (spec v1) or the repo info
+    file (spec v2)."""
+    return "refs/branch.main" if spec == 1 else "repo"
+
+
+def through(driver: Driver, repo: aic.Repository) -> aic.Repository:
+    """``repo`` (its configuration and spec version) reached through ``driver``."""
+    return aic.Repository(
+        aic.storage_from_driver(driver), repo.config, spec_version=repo.spec_version
+    )
+
+
+async def make_array(storage: aic.Storage, size: int, spec: int = 1) -> aic.Repository:
+    repo = await aic.Repository.create(storage, spec_version=spec)
     session = await repo.writable_session("main")
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array("x", shape=(size,), chunks=(1,), dtype="i8", fill_value=-1)
@@ -48,7 +75,9 @@ async def make_array(storage: aic.Storage, size: int) -> aic.Repository:
 
 
 def committer(config: dict[str, Any], worker: int, commits: int, rebase: bool) -> list[Any]:
-    """In a worker process: commit ``commits`` times, each writing its own chunk."""
+    """In a worker process: commit ``commits`` times, each writing its own chunk; then tag
+    and branch the last commit that landed (on spec v2 those race the other workers'
+    commits through the same file)."""
 
     async def main() -> list[Any]:
         storage = aic.storage_from_driver(driver_from_config(config))
@@ -67,6 +96,10 @@ def committer(config: dict[str, Any], worker: int, commits: int, rebase: bool) -
                 outcomes.append(["ok", str(sid), index])
             except aic.ConflictError:
                 outcomes.append(["conflict", None, index])
+        landed = [sid for status, sid, _ in outcomes if status == "ok"]
+        if landed:
+            await repo.create_tag(f"w{worker}", landed[-1])
+            await repo.create_branch(f"w{worker}", landed[-1])
         return outcomes
 
     return asyncio.run(main())
@@ -83,23 +116,36 @@ def storage_of(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> aic
     return aic.gcs_storage(bucket=bucket, prefix="repo", endpoint_url=endpoint)
 
 
+@pytest.fixture(scope="module")
+def committer_pool() -> Iterator[ProcessPoolExecutor]:
+    """Worker processes shared by every concurrent-committers case: each process imports
+    the library once (most of a case's time, when each case spawned its own)."""
+    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+@SPECS
 @pytest.mark.parametrize("rebase", [False, True], ids=["no-rebase", "rebase"])
 @pytest.mark.parametrize("kind", ["local", "s3", "gcs"])
 async def test_concurrent_committers(
-    kind: str, rebase: bool, tmp_path: Path, request: pytest.FixtureRequest
+    kind: str,
+    rebase: bool,
+    spec: int,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    committer_pool: ProcessPoolExecutor,
 ) -> None:
+    workers, commits = (WORKERS, COMMITS) if spec == 1 else (WORKERS_V2, COMMITS_V2)
     storage = storage_of(kind, tmp_path, request)
-    repo = await make_array(storage, WORKERS * COMMITS)
+    repo = await make_array(storage, workers * commits, spec)
     config = storage.driver().describe()
     loop = asyncio.get_running_loop()
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(WORKERS, mp_context=spawn) as pool:
-        results = await asyncio.gather(
-            *(
-                loop.run_in_executor(pool, committer, config, w, COMMITS, rebase)
-                for w in range(WORKERS)
-            )
+    results = await asyncio.gather(
+        *(
+            loop.run_in_executor(committer_pool, committer, config, w, commits, rebase)
+            for w in range(workers)
         )
+    )
     outcomes = [o for worker in results for o in worker]
     won = {sid: index for status, sid, index in outcomes if status == "ok"}
     history = [info async for info in repo.ancestry(branch="main")]
@@ -111,14 +157,22 @@ async def test_concurrent_committers(
     ro = await repo.readonly_session(branch="main")
     arr = await zas.open_array(store=ro.store, path="x", mode="r")
     values = np.asarray(await arr.getitem(slice(None)))
-    expected = np.full(WORKERS * COMMITS, -1)
+    expected = np.full(workers * commits, -1)
     for index in won.values():
         expected[index] = index
     np.testing.assert_array_equal(values, expected)
     if rebase:
-        assert len(won) == WORKERS * COMMITS
+        assert len(won) == workers * commits
+    # each worker's tag and branch, made while the others committed, is there
+    reopened = await aic.Repository.open(storage)
+    assert reopened.spec_version == spec
+    for w, worker in enumerate(results):
+        landed = [sid for status, sid, _ in worker if status == "ok"]
+        if landed:
+            assert await reopened.lookup_tag(f"w{w}") == landed[-1]
+            assert await reopened.lookup_branch(f"w{w}") == landed[-1]
     report(
-        f"concurrent committers [{kind}, {'rebase' if rebase else 'no rebase'}]",
+        f"concurrent committers [{kind}, {'rebase' if rebase else 'no rebase'}, v{spec}]",
         runs=1,
         faults=0,
         attempted=len(outcomes),
@@ -130,17 +184,26 @@ async def test_concurrent_committers(
 
 # --- fault injection -----------------------------------------------------------------------
 
-STEPS = ["chunks/", "manifests/", "transactions/", "snapshots/", "refs/branch.main"]
+#: the files a commit writes, in order, on each spec version: spec v2 copies the repo info
+#: file to ``overwritten/`` and then replaces it conditionally
+STEPS = {
+    1: ["chunks/", "manifests/", "transactions/", "snapshots/", "refs/branch.main"],
+    2: ["chunks/", "manifests/", "transactions/", "snapshots/", "overwritten/", "repo"],
+}
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize(
+    ("spec", "step"),
+    [(spec, step) for spec, steps in STEPS.items() for step in steps],
+    ids=[f"v{spec}-{step.rstrip('/')}" for spec, steps in STEPS.items() for step in steps],
+)
 @pytest.mark.parametrize("after", [False, True], ids=["before-apply", "after-apply"])
-async def test_fail_each_commit_step(step: str, after: bool) -> None:
+async def test_fail_each_commit_step(spec: int, step: str, after: bool) -> None:
     inner = MemoryDriver()
     faulty = FaultyDriver(inner, methods={"put"}, key_prefix=step, fail_calls={1}, after=after)
-    repo = await make_array(aic.storage_from_driver(inner), 8)
+    repo = await make_array(aic.storage_from_driver(inner), 8, spec)
     before = await repo.lookup_branch("main")
-    faulty_repo = await aic.Repository.open(aic.storage_from_driver(faulty))
+    faulty_repo = through(faulty, repo)
     session = await faulty_repo.writable_session("main")
     arr = await zas.open_array(store=session.store, path="x")
     big = step == "chunks/"
@@ -161,7 +224,7 @@ async def test_fail_each_commit_step(step: str, after: bool) -> None:
     # the branch is at the old snapshot or the new one, and it reads
     ro = await repo.readonly_session(branch="main")
     value = await (await zas.open_array(store=ro.store, path="x", mode="r")).getitem(3)
-    if step == "refs/branch.main" and after:
+    if step == branch_key(spec) and after:
         assert committed and tip == str(sid) and value == 33  # the lost answer is recovered
     elif not committed:
         assert tip == before and value == -1
@@ -172,8 +235,10 @@ async def test_fail_each_commit_step(step: str, after: bool) -> None:
         sid = await session.commit("retry")  # a retry succeeds
         assert await repo.lookup_branch("main") == str(sid)
     assert faulty.injected == 1
+    if spec == 2:  # every repo info file replaced was copied first, and icechunk's log says so
+        await assert_backed_up(inner, repo)
     report(
-        f"fail {step.rstrip('/')} ({'after' if after else 'before'} apply)",
+        f"fail {step.rstrip('/')} ({'after' if after else 'before'} apply, v{spec})",
         runs=1,
         faults=1,
         attempted=2 if not committed else 1,
@@ -183,17 +248,30 @@ async def test_fail_each_commit_step(step: str, after: bool) -> None:
     )
 
 
-async def test_random_faults_never_corrupt() -> None:
+async def assert_backed_up(driver: Driver, repo: aic.Repository) -> None:
+    """Each update of the repo info file but the newest names the copy, under
+    ``overwritten/``, of the file it made, which the next update replaced."""
+    info = decode_repo_info(await driver.get("repo"))
+    updates = list(info.latest_updates)
+    assert updates[0].backup_path is None
+    for update in updates[1:]:
+        assert update.backup_path is not None
+        replaced = decode_repo_info(await driver.get(OVERWRITTEN_PREFIX + update.backup_path))
+        assert replaced.latest_updates[0].updated_at == update.updated_at
+    assert [u.kind for u in updates] == [u.kind async for u in repo.ops_log()][: len(updates)]
+
+
+@SPECS
+async def test_random_faults_never_corrupt(spec: int) -> None:
     inner = MemoryDriver()
-    repo = await make_array(aic.storage_from_driver(inner), SEEDS)
+    repo = await make_array(aic.storage_from_driver(inner), SEEDS, spec)
     attempted = succeeded = 0
     landed: set[int] = set()
     for seed in range(SEEDS):
         faulty = FaultyDriver(
             inner, methods={"put", "get"}, probability=0.15, seed=seed, after=seed % 2 == 1
         )
-        flaky = await aic.Repository.open(aic.storage_from_driver(inner))
-        flaky = aic.Repository(aic.storage_from_driver(faulty), flaky.config)
+        flaky = through(faulty, await aic.Repository.open(aic.storage_from_driver(inner)))
         try:
             session = await flaky.writable_session("main")
             arr = await zas.open_array(store=session.store, path="x")
@@ -213,8 +291,10 @@ async def test_random_faults_never_corrupt() -> None:
     assert len(history) == 2 + succeeded  # setup + initial + one per successful commit
     for seed in range(SEEDS):
         assert values[seed] == (seed if seed in landed else -1)
+    if spec == 2:
+        await assert_backed_up(inner, repo)
     report(
-        "random faults (15% of gets/puts)",
+        f"random faults (15% of gets/puts, v{spec})",
         runs=SEEDS,
         faults=-1,
         attempted=attempted,
@@ -226,15 +306,19 @@ async def test_random_faults_never_corrupt() -> None:
 
 # --- crashes -------------------------------------------------------------------------------
 
-CRASH_CHILD = r"""
+# A parent that imports once and forks a writer per crash (an import costs more than a
+# dozen commits): "fork" starts a writer, answers its pid, and the writer says "open" when
+# it has opened the repository; "reap" waits for the writer to end.
+CRASH_FORKER = r"""
 import asyncio, json, os, sys
 import numpy as np
 import zarr.api.asynchronous as zas
 import aicechunk as aic
 
-async def main(root, log):
+async def write(root, log):
     repo = await aic.Repository.open(aic.local_filesystem_storage(root))
-    i = 0
+    print("open", flush=True)
+    i = sum(1 for _ in open(log)) if os.path.exists(log) else 0
     while True:
         session = await repo.writable_session("main")
         arr = await zas.open_array(store=session.store, path="x")
@@ -246,17 +330,32 @@ async def main(root, log):
             os.fsync(f.fileno())
         i += 1
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+for line in sys.stdin:
+    if line == "fork\n":
+        pid = os.fork()
+        if pid == 0:
+            try:
+                asyncio.run(write(sys.argv[1], sys.argv[2]))
+            except BaseException as err:  # the test reads this instead of what it expects
+                print("failed:", repr(err), flush=True)
+            os._exit(1)
+        print(pid, flush=True)
+    elif line == "reap\n":
+        print(os.waitpid(pid, 0)[1], flush=True)
 """
 
+#: crashes per spec version (``AICECHUNK_CRASH_RUNS`` sets both)
+CRASH_RUNS = {1: 50, 2: 50}
 
-def test_sigkill_during_writes_and_commits(tmp_path: Path) -> None:
-    runs = int(os.environ.get("AICECHUNK_CRASH_RUNS", "50"))
+
+@SPECS
+def test_sigkill_during_writes_and_commits(tmp_path: Path, spec: int) -> None:
+    runs = int(os.environ.get("AICECHUNK_CRASH_RUNS", CRASH_RUNS[spec]))
     root = tmp_path / "repo"
     log = tmp_path / "committed.jsonl"
 
     async def setup() -> None:
-        repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+        repo = await aic.Repository.create(aic.local_filesystem_storage(root), spec_version=spec)
         session = await repo.writable_session("main")
         group = await zas.open_group(store=session.store, mode="w")
         await group.create_array("x", shape=(256,), chunks=(16,), dtype="i8", compressors=None)
@@ -264,18 +363,44 @@ def test_sigkill_during_writes_and_commits(tmp_path: Path) -> None:
 
     asyncio.run(setup())
     rng = random.Random(7)
-    script = tmp_path / "child.py"
-    script.write_text(CRASH_CHILD)
+    script = tmp_path / "forker.py"
+    script.write_text(CRASH_FORKER)
+    forker = subprocess.Popen(
+        [sys.executable, str(script), str(root), str(log)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def ask(command: str, lines: int = 1) -> list[str]:
+        assert forker.stdin is not None and forker.stdout is not None
+        forker.stdin.write(command + "\n")
+        forker.stdin.flush()
+        return sorted(forker.stdout.readline().strip() for _ in range(lines))
+
     committed_total = checked = 0
-    for _ in range(runs):
-        child = subprocess.Popen([sys.executable, str(script), str(root), str(log)])
-        time.sleep(rng.uniform(0.9, 1.4))  # imports take most of a second; then it writes
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        committed_total = verify_after_crash(root, log, checked)
-        checked = committed_total
+    writer: int | None = None
+    with forker:  # closes its pipes and waits for it (its stdin closed ends it)
+        try:
+            for _ in range(runs):
+                pid, opened = ask("fork", lines=2)  # a pid sorts before "open"
+                writer = int(pid)
+                assert opened == "open", pid
+                time.sleep(rng.uniform(0.0, 0.15))  # a commit takes a few to a hundred ms
+                os.kill(writer, signal.SIGKILL)
+                assert ask("reap") == [str(signal.SIGKILL)]  # killed, not ended by an error
+                writer = None
+                committed_total = verify_after_crash(root, log, checked)
+                checked = committed_total
+        finally:
+            if writer is not None:  # a failed check left it running
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(writer, signal.SIGKILL)
+    assert committed_total > 0
+    if spec == 2:  # copies of the repo info file left by writers killed before replacing it
+        print("orphaned copies:", asyncio.run(orphaned_copies(root)))
     report(
-        "SIGKILL during writes and commits",
+        f"SIGKILL during writes and commits (v{spec})",
         runs=runs,
         faults=runs,
         attempted=committed_total,
@@ -283,6 +408,13 @@ def test_sigkill_during_writes_and_commits(tmp_path: Path) -> None:
         lost=0,
         corrupted=0,
     )
+
+
+async def orphaned_copies(root: Path) -> int:
+    """Copies under ``overwritten/`` that no update of the repo info file names."""
+    repo = await aic.Repository.open(aic.local_filesystem_storage(root))
+    named = {u.backup_path async for u in repo.ops_log()}
+    return sum(1 for p in (root / "overwritten").iterdir() if p.name not in named)
 
 
 def read_log(log: Path) -> list[Any]:
@@ -321,9 +453,10 @@ def verify_after_crash(root: Path, log: Path, already_checked: int) -> int:
     "name",
     ["../escape", "a/b", "..", "x\x00y", "ctl\x07", "\\evil", "x" * 300, "", "new\nline"],
 )
-async def test_hostile_ref_names(tmp_path: Path, name: str) -> None:
+@SPECS
+async def test_hostile_ref_names(tmp_path: Path, name: str, spec: int) -> None:
     root = tmp_path / "repo"
-    repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+    repo = await aic.Repository.create(aic.local_filesystem_storage(root), spec_version=spec)
     sid = await repo.lookup_branch("main")
     for call in (
         lambda: repo.create_branch(name, sid),
@@ -335,6 +468,8 @@ async def test_hostile_ref_names(tmp_path: Path, name: str) -> None:
         with pytest.raises(aic.InvalidRefNameError):
             await call()
     assert await asyncio.to_thread(files_outside, tmp_path, root) == []
+    if spec == 2:  # nothing was written into the repo info file either
+        assert [type(u.kind).__name__ async for u in repo.ops_log()] == ["RepoInitialized"]
 
 
 @pytest.mark.attack("hostile names and keys")
@@ -413,15 +548,13 @@ class AfterWrite(CountingDriver):
 async def on(driver: Driver, repo: aic.Repository) -> aic.Session:
     """A writable session on main through ``driver`` (over the storage of ``repo``) with
     one change, chunk 3."""
-    session = await aic.Repository(aic.storage_from_driver(driver), repo.config).writable_session(
-        "main"
-    )
+    session = await through(driver, repo).writable_session("main")
     await (await zas.open_array(store=session.store, path="x")).setitem(3, 3)
     return session
 
 
-async def messages(repo: aic.Repository) -> list[str]:
-    return [info.message async for info in repo.ancestry(branch="main")]
+async def messages(repo: aic.Repository, branch: str = "main") -> list[str]:
+    return [info.message async for info in repo.ancestry(branch=branch)]
 
 
 async def x_values(repo: aic.Repository) -> Any:
@@ -431,11 +564,14 @@ async def x_values(repo: aic.Repository) -> Any:
 
 
 @pytest.mark.attack("lost answers")
+@SPECS
 @pytest.mark.parametrize("rebase", [False, True], ids=["plain", "rebase_with"])
 @pytest.mark.parametrize("answer", ["lost-after-apply", "lost-before-apply", "retried-after-apply"])
-async def test_lost_answer_while_another_writer_commits_on_top(answer: str, rebase: bool) -> None:
+async def test_lost_answer_while_another_writer_commits_on_top(
+    answer: str, rebase: bool, spec: int
+) -> None:
     inner = MemoryDriver()
-    repo = await make_array(aic.storage_from_driver(inner), 8)
+    repo = await make_array(aic.storage_from_driver(inner), 8, spec)
 
     async def another_writer_commits(method: str, key: str) -> None:
         await write_x(repo, 7, "theirs")
@@ -445,7 +581,7 @@ async def test_lost_answer_while_another_writer_commits_on_top(answer: str, reba
     faulty = FaultyDriver(
         inner,
         methods={"put"},
-        key_prefix="refs/branch.main",
+        key_prefix=branch_key(spec),
         fail_calls={1},
         after=answer != "lost-before-apply",
         on_fault=another_writer_commits,
@@ -466,8 +602,10 @@ async def test_lost_answer_while_another_writer_commits_on_top(answer: str, reba
         assert str(session.snapshot_id) == sid and not session.has_uncommitted_changes
     values = await x_values(repo)
     assert values[3] == (3 if sid else -1) and values[7] == 7
+    if spec == 2:
+        await assert_backed_up(inner, repo)
     report(
-        f"lost ref answer, writer on top [{answer}, {'rebase' if rebase else 'plain'}]",
+        f"lost ref answer, writer on top [{answer}, {'rebase' if rebase else 'plain'}, v{spec}]",
         runs=1,
         faults=1,
         attempted=1,
@@ -479,28 +617,28 @@ async def test_lost_answer_while_another_writer_commits_on_top(answer: str, reba
 
 @pytest.mark.attack("lost answers")
 @pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+@SPECS
 async def test_unknown_commit_outcome_is_settled_by_the_next_commit(
-    applied: bool, monkeypatch: pytest.MonkeyPatch
+    applied: bool, spec: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(aic.assets, "SETTLE_BACKOFF_SECONDS", 0.0)
     inner = MemoryDriver()
-    repo = await make_array(aic.storage_from_driver(inner), 8)
+    repo = await make_array(aic.storage_from_driver(inner), 8, spec)
 
     async def another_writer_commits(method: str, key: str) -> None:
         if method == "put":
             await write_x(repo, 7, "theirs")
 
-    faulty = FaultyDriver(
+    faulty = FailingFromPut(
         inner,
         methods={"put", "get"},
-        key_prefix="refs/branch.main",
+        key_prefix=branch_key(spec),
         after=applied,
         on_fault=another_writer_commits,
     )
+    # the branch reads before the update work; the update and every read back fail
     session = await on(faulty, repo)
-    # the branch read before the update works; the update and every read back fail
-    first = faulty.matching + 2
-    faulty.fail_calls = set(range(first, first + 1 + aic.assets.SETTLE_ATTEMPTS))
+    faulty.armed = True
     with pytest.raises(aic.CommitOutcomeUnknownError, match="commit outcome unknown"):
         await session.commit("mine")
     assert session.has_uncommitted_changes
@@ -520,12 +658,27 @@ async def test_unknown_commit_outcome_is_settled_by_the_next_commit(
     assert (await x_values(repo))[3] == 3
 
 
+class FailingFromPut(FaultyDriver):
+    """Once ``armed``, fails the next matching put and every matching call after it."""
+
+    armed = False
+
+    async def _faulty(self, method: str, key: str, call: Any) -> Any:
+        if self.armed and method == "put" and self._matches(method, key):
+            self.armed = False
+            self.fail_calls = set(range(self.matching + 1, self.matching + 10_000))
+        return await super()._faulty(method, key, call)
+
+
 @pytest.mark.attack("cancelled commits")
 @pytest.mark.parametrize("retry", ["plain", "rebase_with"])
 @pytest.mark.parametrize("answer", ["answered", "lost"])
-async def test_commit_cancelled_after_its_ref_write_went_out(answer: str, retry: str) -> None:
+@SPECS
+async def test_commit_cancelled_after_its_ref_write_went_out(
+    answer: str, retry: str, spec: int
+) -> None:
     inner = MemoryDriver()
-    repo = await make_array(aic.storage_from_driver(inner), 8)
+    repo = await make_array(aic.storage_from_driver(inner), 8, spec)
     task: asyncio.Future[Any] | None = None
 
     def cancel() -> None:
@@ -538,12 +691,12 @@ async def test_commit_cancelled_after_its_ref_write_went_out(answer: str, retry:
 
     driver: Driver
     if answer == "answered":
-        driver = AfterWrite(inner, "refs/branch.main", cancel)
+        driver = AfterWrite(inner, branch_key(spec), cancel)
     else:
         driver = FaultyDriver(
             inner,
             methods={"put"},
-            key_prefix="refs/branch.main",
+            key_prefix=branch_key(spec),
             fail_calls={1},
             after=True,
             on_fault=cancel_and_lose_the_answer,
@@ -563,7 +716,7 @@ async def test_commit_cancelled_after_its_ref_write_went_out(answer: str, retry:
     await session.commit("next", rebase_with=solver)
     assert (await messages(repo))[:3] == ["next", "mine", "setup"]
     report(
-        f"commit cancelled after its ref write [{answer}, retry {retry}]",
+        f"commit cancelled after its ref write [{answer}, retry {retry}, v{spec}]",
         runs=1,
         faults=1,
         attempted=1,
@@ -574,13 +727,14 @@ async def test_commit_cancelled_after_its_ref_write_went_out(answer: str, retry:
 
 
 @pytest.mark.attack("cancelled commits")
-async def test_commit_timing_out_during_its_ref_write() -> None:
+@SPECS
+async def test_commit_timing_out_during_its_ref_write(spec: int) -> None:
     inner = MemoryDriver()
-    repo = await make_array(aic.storage_from_driver(inner), 8)
+    repo = await make_array(aic.storage_from_driver(inner), 8, spec)
     deadline = asyncio.timeout(None)
     driver = AfterWrite(
         inner,
-        "refs/branch.main",
+        branch_key(spec),
         lambda: deadline.reschedule(asyncio.get_running_loop().time()),
     )
     session = await on(driver, repo)
@@ -592,9 +746,10 @@ async def test_commit_timing_out_during_its_ref_write() -> None:
 
 
 @pytest.mark.attack("cancelled commits")
-async def test_commit_cancelled_before_its_ref_write() -> None:
+@SPECS
+async def test_commit_cancelled_before_its_ref_write(spec: int) -> None:
     inner = MemoryDriver()
-    repo = await make_array(aic.storage_from_driver(inner), 8)
+    repo = await make_array(aic.storage_from_driver(inner), 8, spec)
     before = await repo.lookup_branch("main")
     task: asyncio.Future[Any] | None = None
     driver = AfterWrite(inner, "snapshots/", lambda: task.cancel())  # type: ignore[union-attr]
@@ -608,7 +763,21 @@ async def test_commit_cancelled_before_its_ref_write() -> None:
     assert history[0] == "mine, again" and "mine" not in history
 
 
-BRANCH_KEY = "refs/branch.main/ref.json"
+#: the file each spec version moves a branch by writing, and the prefixes of the files the
+#: interleavings test fails (spec v2: also the copy of the repo info file made first)
+BRANCH_KEY = {1: "refs/branch.main/ref.json", 2: "repo"}
+REF_PREFIXES = {1: ("refs/",), 2: ("repo", "overwritten/")}
+
+
+class FaultyUnder(FaultyDriver):
+    """A ``FaultyDriver`` whose faults fall on keys under any of ``prefixes``."""
+
+    def __init__(self, inner: Driver, prefixes: tuple[str, ...], **settings: Any) -> None:
+        super().__init__(inner, **settings)
+        self.prefixes = prefixes
+
+    def _matches(self, method: str, key: str) -> bool:
+        return (self.methods is None or method in self.methods) and key.startswith(self.prefixes)
 
 
 async def commit_change(
@@ -617,6 +786,7 @@ async def commit_change(
     index: int,
     rng: random.Random,
     seen: Counter[str],
+    branch_file: str,
 ) -> str | None:
     """Commit one change (chunk ``index``) through faults and cancellations, retrying on
     the same session; the snapshot id it was committed as, or ``None`` if reported failed."""
@@ -638,7 +808,7 @@ async def commit_change(
         if not last and rng.random() < 0.4:
             if rng.random() < 0.5:  # once the branch update went out
                 # step the loop one turn at a time, to cancel at that point of the commit
-                while not task.done() and ("put", BRANCH_KEY) not in faulty.calls[calls:]:  # noqa: ASYNC110
+                while not task.done() and ("put", branch_file) not in faulty.calls[calls:]:  # noqa: ASYNC110
                     await asyncio.sleep(0)
             for _ in range(rng.randrange(6)):
                 await asyncio.sleep(0)
@@ -665,19 +835,21 @@ async def commit_change(
 
 
 @pytest.mark.attack("lost answers")
+@SPECS
 async def test_random_interleavings_commit_each_change_once(
-    monkeypatch: pytest.MonkeyPatch,
+    spec: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writers commit through lost answers, failed reads and cancellations, interleaved
     differently per seed: every commit reported as failed is absent from history, every
     change reported as committed is there exactly once, under the id reported."""
     monkeypatch.setattr(aic.assets, "SETTLE_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(repo_info_store, "_BACKOFF_SECONDS", 0.0)  # racing writers' pause
     rounds, writers, commits = max(SEEDS // 2, 1), 4, 3
     seen: Counter[str] = Counter()
     faults = 0
     for seed in range(rounds):
         inner = MemoryDriver()
-        repo = await make_array(aic.storage_from_driver(inner), writers * commits)
+        repo = await make_array(aic.storage_from_driver(inner), writers * commits, spec)
         outcomes: dict[int, str | None] = {}
 
         async def writer(
@@ -688,19 +860,21 @@ async def test_random_interleavings_commit_each_change_once(
             outcomes: dict[int, str | None] = outcomes,
         ) -> int:
             rng = random.Random(seed * 1000 + w)
-            faulty = FaultyDriver(
+            faulty = FaultyUnder(
                 inner,
+                REF_PREFIXES[spec],
                 methods={"put", "get"},
-                key_prefix="refs/",
                 probability=0.25,
                 seed=rng.randrange(2**32),
                 after=rng.random() < 0.7,
                 interleave=3,
             )
-            flaky = aic.Repository(aic.storage_from_driver(faulty), repo.config)
+            flaky = through(faulty, repo)
             for j in range(commits):
                 index = w * commits + j
-                outcomes[index] = await commit_change(flaky, faulty, index, rng, seen)
+                outcomes[index] = await commit_change(
+                    flaky, faulty, index, rng, seen, BRANCH_KEY[spec]
+                )
             return faulty.injected
 
         faults += sum(await asyncio.gather(*(writer(w) for w in range(writers))))
@@ -718,9 +892,11 @@ async def test_random_interleavings_commit_each_change_once(
             else:
                 assert count[message] == 1, f"seed {seed}: change {index} x{count[message]}"
                 assert ids[message] == sid and values[index] == index
+        if spec == 2:
+            await assert_backed_up(inner, repo)
     assert seen["cancelled"] and seen["failed, retried"] and seen["committed"]
     report(
-        "random interleavings (lost answers, failed reads, cancellations)",
+        f"random interleavings (lost answers, failed reads, cancellations, v{spec})",
         runs=rounds,
         faults=faults,
         attempted=rounds * writers * commits,

@@ -71,7 +71,7 @@ async def diff(assets: AssetManager, start: SnapshotId, end: SnapshotId) -> Diff
         raise RepositoryError(f"snapshot {start} is not an ancestor of {end}")
     paths = {n.id: n.path for n in (await assets.fetch_snapshot(start)).nodes}
     paths.update((n.id, n.path) for n in (await assets.fetch_snapshot(end)).nodes)
-    logs = [await assets.fetch_transaction_log(sid) for sid in chain]
+    logs = [log for sid in chain for log in await assets.transaction_history(sid)]
 
     def named(ids: set[NodeId]) -> set[str]:
         return {paths[i] for i in ids if i in paths}
