@@ -190,11 +190,12 @@ DIFF_FIELDS = (
 
 
 def _diff(repo: Any, start: str, ref: str) -> dict[str, Any]:
-    """What changed from ``start`` to the tip of ``ref`` (moves left out: aicechunk's diff
-    does not report them yet)."""
+    """What changed from ``start`` to the tip of ``ref``, moves included (as pairs of
+    paths, in the order the library reports them: newest commit first)."""
     kind, _, name = ref.partition(":")
     found = repo.diff(from_snapshot_id=start, **{f"to_{kind}": name})
     out: dict[str, Any] = {f: sorted(getattr(found, f)) for f in DIFF_FIELDS}
+    out["moved_nodes"] = [[str(p) for p in move] for move in found.moved_nodes]
     out["updated_chunks"] = {
         path: sorted(list(c) for c in coords) for path, coords in found.updated_chunks.items()
     }

@@ -236,10 +236,10 @@ def _decode(r: Reader, version: int) -> TransactionLog:
         )
         chunks[NodeId(r.raw(nid, 8))] = coords
     moves = []
-    has_moves = r.field(root, _MOVES) is not None
-    if has_moves and version < 2:
+    listed = r.table_vector(root, _MOVES) if r.field(root, _MOVES) is not None else []
+    if listed and version < 2:  # icechunk 2.x writes an empty list in spec v1 logs too
         raise r.fail(f"moved nodes in a spec version {version} transaction log")
-    for pos in r.table_vector(root, _MOVES) if has_moves else []:
+    for pos in listed:
         # the spec makes all four fields mandatory without marking them required
         node_id = r.struct_at(pos, 2, 8, "move node_id")
         assert node_id is not None
