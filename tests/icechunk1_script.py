@@ -36,14 +36,31 @@ def tree(session: icechunk.Session) -> dict[str, Any]:
     return {"nodes": nodes, "values": values}
 
 
+def plain_diff(diff: Any) -> dict[str, Any]:
+    """A diff as JSON: sorted paths, and sorted chunk indices per array."""
+    out: dict[str, Any] = {
+        field: sorted(getattr(diff, field))
+        for field in ("new_groups", "new_arrays", "deleted_groups", "deleted_arrays")
+    }
+    out["updated_groups"] = sorted(diff.updated_groups)
+    out["updated_arrays"] = sorted(diff.updated_arrays)
+    out["updated_chunks"] = {
+        path: sorted(list(c) for c in coords) for path, coords in diff.updated_chunks.items()
+    }
+    return out
+
+
 def describe(repo: icechunk.Repository) -> dict[str, Any]:
     snapshots: dict[str, Any] = {}
     for branch in repo.list_branches():
         for info in repo.ancestry(branch=branch):
+            parent = info.parent_id
+            diff = repo.diff(from_snapshot_id=parent, to_snapshot_id=info.id) if parent else None
             snapshots[info.id] = {
-                "parent": info.parent_id,
+                "parent": parent,
                 "message": info.message,
                 "metadata": info.metadata,
+                "diff": plain_diff(diff) if diff else None,
                 **tree(repo.readonly_session(snapshot_id=info.id)),
             }
     return {

@@ -63,6 +63,20 @@ def icechunk1(command: str, root: Path) -> dict[str, Any]:
     return found
 
 
+def plain_diff(diff: Any) -> dict[str, Any]:
+    """What ``icechunk1_script.plain_diff`` reports."""
+    out: dict[str, Any] = {
+        field: sorted(getattr(diff, field))
+        for field in ("new_groups", "new_arrays", "deleted_groups", "deleted_arrays")
+    }
+    out["updated_groups"] = sorted(diff.updated_groups)
+    out["updated_arrays"] = sorted(diff.updated_arrays)
+    out["updated_chunks"] = {
+        path: sorted(list(c) for c in coords) for path, coords in diff.updated_chunks.items()
+    }
+    return out
+
+
 async def _tree(session: aic.Session) -> dict[str, Any]:
     """What ``icechunk1_script.tree`` reports, read by aicechunk."""
     store = session.store
@@ -85,10 +99,15 @@ async def describe(repo: aic.Repository) -> dict[str, Any]:
     snapshots: dict[str, Any] = {}
     for branch in await repo.list_branches():
         async for info in repo.ancestry(branch=branch):
+            parent = info.parent_id
+            diff = None
+            if parent:
+                diff = plain_diff(await repo.diff(from_snapshot_id=parent, to_snapshot_id=info.id))
             snapshots[info.id] = {
-                "parent": info.parent_id,
+                "parent": parent,
                 "message": info.message,
                 "metadata": info.metadata,
+                "diff": diff,
                 **await _tree(await repo.readonly_session(snapshot_id=info.id)),
             }
     return {
@@ -100,7 +119,8 @@ async def describe(repo: aic.Repository) -> dict[str, Any]:
 
 async def aicechunk_writes(root: Path) -> aic.Repository:
     """A spec v1 repository: groups, arrays of several dtypes (inline chunks too),
-    attributes, dimension names, three commits on two branches, a tag, a deleted tag."""
+    attributes, dimension names, a resize, three commits on two branches, a tag, a
+    deleted tag."""
     repo = await aic.Repository.create(aic.local_filesystem_storage(root), spec_version=1)
     session = await repo.writable_session("main")
     group = await zas.open_group(store=session.store, mode="w", attributes={"title": "v1"})
@@ -125,6 +145,8 @@ async def aicechunk_writes(root: Path) -> aic.Repository:
     session = await repo.writable_session("main")
     grid = await zas.open_array(store=session.store, path="grid", mode="r+")
     await grid.setitem((slice(2, 4), slice(None)), -1)
+    small = await zas.open_array(store=session.store, path="small", mode="r+")
+    await small.resize((1,))  # logs the chunk it deletes, past the new end, as icechunk 2.x
     (await zas.open_group(store=session.store, path="sub", mode="r+")).attrs.update({"x": 1})
     await session.commit("second")
     session = await repo.writable_session("dev")
