@@ -30,7 +30,8 @@ __all__ = ["ChunkType", "Diff", "NodeView"]
 
 
 class ChunkType(enum.Enum):
-    """Where a chunk's bytes are (icechunk's ``ChunkType``, with its members and values)."""
+    """Where a chunk's bytes are (icechunk's ``ChunkType``, with its members and values,
+    under icechunk 1.x's names and 2.x's lower-case ones)."""
 
     UNINITIALIZED = 0
     """No reference: reads see the fill value."""
@@ -40,6 +41,12 @@ class ChunkType(enum.Enum):
     """A byte range of an object outside the repository."""
     INLINE = 3
     """Bytes held in the manifest itself."""
+
+    # icechunk 2.x's member names, as aliases of the same members
+    uninitialized = UNINITIALIZED
+    native = NATIVE
+    virtual = VIRTUAL
+    inline = INLINE
 
     @classmethod
     def of(cls, ref: ChunkRef | None) -> ChunkType:
