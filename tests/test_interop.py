@@ -1,4 +1,5 @@
-"""Interop with the icechunk 1.1.21 package, both ways, on local storage.
+"""Interop with the icechunk package (2.3.0 on the baseline; 1.1.21 on Python 3.11), both
+ways, on local storage, on each spec version it writes.
 
 icechunk is synchronous at its Python surface; it runs here in worker threads so that it
 never blocks our event loop.
@@ -18,11 +19,13 @@ import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 from aicechunk.errors import InvalidNodePathError
+from tests.oracle import SPEC_VERSIONS, create_kwargs
 
 
-def icechunk_writes(path: Path) -> dict[str, Any]:
+def icechunk_writes(path: Path, spec_version: int) -> dict[str, Any]:
     """A rich repository written by icechunk; returns what icechunk reports about it."""
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)))
+    storage = icechunk.local_filesystem_storage(str(path))
+    repo = icechunk.Repository.create(storage, **create_kwargs(spec_version))
     s = repo.writable_session("main")
     root = zarr.group(store=s.store, attributes={"title": "rich", "n": 1})
     sub = root.create_group("sub/deeper", attributes={"level": 2})
@@ -50,9 +53,11 @@ def icechunk_writes(path: Path) -> dict[str, Any]:
     }
 
 
-async def test_we_read_what_icechunk_wrote(tmp_path: Path) -> None:
-    facts = await asyncio.to_thread(icechunk_writes, tmp_path / "ic")
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+async def test_we_read_what_icechunk_wrote(tmp_path: Path, spec_version: int) -> None:
+    facts = await asyncio.to_thread(icechunk_writes, tmp_path / "ic", spec_version)
     repo = await aic.Repository.open(aic.local_filesystem_storage(tmp_path / "ic"))
+    assert repo.spec_version == spec_version
     assert await repo.list_branches() == {"main", "dev"}
     assert await repo.list_tags() == {"v1"}
     assert await repo.lookup_branch("main") == facts["second"]
@@ -117,9 +122,12 @@ def icechunk_reads_and_commits(path: Path, expected: dict[str, np.ndarray]) -> s
     return str(s.commit("icechunk on top", metadata={"by": "icechunk"}))
 
 
-async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+async def test_icechunk_reads_what_we_wrote_and_commits_on_top(
+    tmp_path: Path, spec_version: int
+) -> None:
     storage = aic.local_filesystem_storage(tmp_path / "ours")
-    repo = await aic.Repository.create(storage)
+    repo = await aic.Repository.create(storage, spec_version=spec_version)
     session = await repo.writable_session("main")
     root = await zas.open_group(store=session.store, mode="w", attributes={"made": "by us"})
     grid = await root.create_array(
@@ -164,6 +172,7 @@ async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -
     history = [a async for a in repo.ancestry(branch="main")]
     assert history[0].message == "icechunk on top"
     assert history[0].metadata == {"by": "icechunk"}
+    assert (await aic.Repository.open(storage)).spec_version == spec_version
 
 
 async def test_we_read_split_manifests_and_inline_chunks(tmp_path: Path) -> None:
@@ -192,7 +201,10 @@ LAST_MODIFIED = [
 ]
 
 
-async def test_last_modified_checksums_are_stored_as_icechunk_stores_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+async def test_last_modified_checksums_are_stored_as_icechunk_stores_them(
+    tmp_path: Path, spec_version: int
+) -> None:
     from datetime import UTC, datetime
 
     from aicechunk.format.manifest import decode_manifest
@@ -200,7 +212,8 @@ async def test_last_modified_checksums_are_stored_as_icechunk_stores_them(tmp_pa
     dates = [datetime(*d, tzinfo=UTC) for d in LAST_MODIFIED]
 
     def icechunk_side() -> None:
-        repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "ic")))
+        storage = icechunk.local_filesystem_storage(str(tmp_path / "ic"))
+        repo = icechunk.Repository.create(storage, **create_kwargs(spec_version))
         s = repo.writable_session("main")
         zarr.create_array(s.store, name="a", shape=(len(dates),), chunks=(1,), dtype="u1")
         for i, when in enumerate(dates):
@@ -210,7 +223,8 @@ async def test_last_modified_checksums_are_stored_as_icechunk_stores_them(tmp_pa
         s.commit("virtual")
 
     await asyncio.to_thread(icechunk_side)
-    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "ours"))
+    storage = aic.local_filesystem_storage(tmp_path / "ours")
+    repo = await aic.Repository.create(storage, spec_version=spec_version)
     s = await repo.writable_session("main")
     await zas.create_array(s.store, name="a", shape=(len(dates),), chunks=(1,), dtype="u1")
     for i, when in enumerate(dates):
@@ -295,7 +309,7 @@ async def test_icechunk_reads_the_commit_metadata_we_accept(tmp_path: Path) -> N
 async def test_ref_files_as_icechunk_reads_them(
     tmp_path: Path, data: bytes, accepted: bool
 ) -> None:
-    await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    await aic.Repository.create(aic.local_filesystem_storage(tmp_path), spec_version=1)
     (tmp_path / "refs" / "branch.main" / "ref.json").write_bytes(data)
 
     def icechunk_main() -> str | None:

@@ -1,9 +1,9 @@
 """Spec v2 repositories, both ways, with icechunk 2.3.0 on local storage.
 
-icechunk 2.x runs in a Python >= 3.12 (see ``tests/format/test_icechunk2_interop.py``:
-``AICECHUNK_PY312`` or ``/work/venv312/bin/python``); without one these tests skip. It
-drives ``tests/format/icechunk2_script.py``: ``write`` makes a repository with branches,
-tags, an amended commit, a moved node and metadata; ``read`` reports all it reads.
+icechunk 2.3.0 runs in a subprocess (see ``tests/format/test_icechunk2_interop.py``: this
+interpreter when it has icechunk 2.3.0, else ``AICECHUNK_PY312``); without one these tests
+skip. It drives ``tests/format/icechunk2_script.py``: ``write`` makes a repository with
+branches, tags, an amended commit, a moved node and metadata; ``read`` reports all it reads.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Ref names on local storage are laid out as icechunk lays them out (percent-encoded file
-names), so each library finds the other's branches and tags, whatever their names."""
+"""Ref names on local storage are laid out as icechunk lays them out (spec v1:
+percent-encoded file names under refs/), so each library finds the other's branches and
+tags, whatever their names (spec v2 keeps them in the repo info file: found there too)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 import aicechunk as aic
 from aicechunk.drivers.local import decode_name, encode_name
+from tests.oracle import SPEC_VERSIONS, create_kwargs
 
 # names icechunk 1.1.21 accepts, with the characters its file names escape and keep
 # (backslashes and control characters, which icechunk also accepts, are refused by every
@@ -46,30 +48,38 @@ def icechunk_lists(path: Path) -> tuple[set[str], set[str]]:
     return set(repo.list_branches()), set(repo.list_tags())
 
 
-def icechunk_makes(path: Path) -> tuple[str, list[str]]:
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)))
+def icechunk_makes(path: Path, spec_version: int) -> tuple[str, list[str]]:
+    storage = icechunk.local_filesystem_storage(str(path))
+    repo = icechunk.Repository.create(storage, **create_kwargs(spec_version))
     sid = repo.lookup_branch("main")
     for name in NAMES:
         repo.create_branch(name, sid)
         repo.create_tag(f"t{name}", sid)
-    return sid, sorted(os.listdir(path / "refs"))
+    return sid, sorted(os.listdir(path / "refs")) if spec_version == 1 else []
 
 
-async def test_we_find_icechunks_refs_and_lay_ours_out_alike(tmp_path: Path) -> None:
-    sid, their_layout = await asyncio.to_thread(icechunk_makes, tmp_path / "ic")
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+async def test_we_find_icechunks_refs_and_lay_ours_out_alike(
+    tmp_path: Path, spec_version: int
+) -> None:
+    sid, their_layout = await asyncio.to_thread(icechunk_makes, tmp_path / "ic", spec_version)
     theirs = await aic.Repository.open(aic.local_filesystem_storage(tmp_path / "ic"))
+    assert theirs.spec_version == spec_version
     assert await theirs.list_branches() == {"main", *NAMES}
     assert await theirs.list_tags() == {f"t{n}" for n in NAMES}
     for name in NAMES:
         assert await theirs.lookup_branch(name) == sid
         assert await theirs.lookup_tag(f"t{name}") == sid
 
-    ours = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "ours"))
+    ours = await aic.Repository.create(
+        aic.local_filesystem_storage(tmp_path / "ours"), spec_version=spec_version
+    )
     first = await ours.lookup_branch("main")
     for name in NAMES:
         await ours.create_branch(name, first)
         await ours.create_tag(f"t{name}", first)
-    assert sorted(os.listdir(tmp_path / "ours" / "refs")) == their_layout
+    if spec_version == 1:
+        assert sorted(os.listdir(tmp_path / "ours" / "refs")) == their_layout
 
     # icechunk lists its own refs by their file names (undecoded, "%C3%BC"): it lists ours
     # exactly as it lists its own, and looks each of them up by name

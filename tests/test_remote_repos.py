@@ -13,6 +13,7 @@ import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 from tests.conftest import s3_test_storage
+from tests.oracle import SPEC_VERSIONS, create_kwargs
 from tests.servers import create_s3_bucket, http_file_server, next_bucket_name
 
 
@@ -67,8 +68,9 @@ def icechunk_storage(endpoint: str, bucket: str, prefix: str) -> icechunk.Storag
     )
 
 
-def icechunk_write_s3(endpoint: str, bucket: str) -> str:
-    repo = icechunk.Repository.create(icechunk_storage(endpoint, bucket, "theirs"))
+def icechunk_write_s3(endpoint: str, bucket: str, spec_version: int) -> str:
+    storage = icechunk_storage(endpoint, bucket, "theirs")
+    repo = icechunk.Repository.create(storage, **create_kwargs(spec_version))
     s = repo.writable_session("main")
     arr = zarr.create_array(store=s.store, name="y", shape=(12,), chunks=(5,), dtype="f8")
     arr[:] = np.linspace(0, 1, 12)
@@ -81,15 +83,18 @@ def icechunk_read_s3(endpoint: str, bucket: str) -> list[float]:
     return list(zarr.open_array(store=s.store, path="x", mode="r")[:])
 
 
-async def test_interop_on_s3(s3_endpoint: str) -> None:
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+async def test_interop_on_s3(s3_endpoint: str, spec_version: int) -> None:
     bucket = next_bucket_name()
     create_s3_bucket(s3_endpoint, bucket)
-    ours = await aic.Repository.create(s3_test_storage(s3_endpoint, bucket, "ours"))
+    storage = s3_test_storage(s3_endpoint, bucket, "ours")
+    ours = await aic.Repository.create(storage, spec_version=spec_version)
     await write_sample(ours)
     assert await asyncio.to_thread(icechunk_read_s3, s3_endpoint, bucket) == list(range(30))
 
-    sid = await asyncio.to_thread(icechunk_write_s3, s3_endpoint, bucket)
+    sid = await asyncio.to_thread(icechunk_write_s3, s3_endpoint, bucket, spec_version)
     theirs = await aic.Repository.open(s3_test_storage(s3_endpoint, bucket, "theirs"))
+    assert theirs.spec_version == spec_version
     assert await theirs.lookup_branch("main") == sid
     session = await theirs.readonly_session(branch="main")
     arr = await zas.open_array(store=session.store, path="y", mode="r")

@@ -1,6 +1,7 @@
-"""Resizing arrays as zarr does it, compared with icechunk: shrinking drops the chunks past
-the new end from status, the transaction log, listings and the next snapshot; a delete
-past the end is refused; growing back shows the fill value, never stale data."""
+"""Resizing arrays as zarr does it, compared with icechunk 2.x: shrinking drops the chunks
+past the new end from listings and the next snapshot, and status and the transaction log
+list them as changed; a delete past the end is refused; growing back shows the fill
+value, never stale data."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 
 import icechunk
 import numpy as np
+import pytest
 import zarr
 
 import aicechunk as aic
+from tests.oracle import SPEC_VERSIONS, create_kwargs, needs_icechunk2
 
 
 def scenario(store: Any, commit: Any, status: Any, coords: Any) -> dict[str, Any]:
@@ -57,9 +60,10 @@ def plain_diff(diff: Any) -> dict[str, Any]:
     return out
 
 
-def ours(path: Path) -> dict[str, Any]:
+def ours(path: Path, spec_version: int) -> dict[str, Any]:
     async def open_repo() -> aic.Repository:
-        return await aic.Repository.create(aic.local_filesystem_storage(path))
+        storage = aic.local_filesystem_storage(path)
+        return await aic.Repository.create(storage, spec_version=spec_version)
 
     repo = asyncio.run(open_repo())
     state: dict[str, Any] = {}
@@ -97,8 +101,9 @@ def ours(path: Path) -> dict[str, Any]:
     return seen
 
 
-def theirs(path: Path) -> dict[str, Any]:
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)))
+def theirs(path: Path, spec_version: int) -> dict[str, Any]:
+    storage = icechunk.local_filesystem_storage(str(path))
+    repo = icechunk.Repository.create(storage, **create_kwargs(spec_version))
     state: dict[str, Any] = {}
 
     def store() -> Any:
@@ -116,7 +121,13 @@ def theirs(path: Path) -> dict[str, Any]:
     def coords() -> list[tuple[int, ...]]:
         async def listed() -> list[tuple[int, ...]]:
             session = state.get("session") or repo.readonly_session(branch="main")
-            return [tuple(c) async for c in session.chunk_coordinates("/a")]
+            # icechunk 2.3.0 bug: a writable session also lists the chunks deleted in it
+            # (past a shrunk array's end too), so its listing is taken where a chunk exists
+            return [
+                tuple(c)
+                async for c in session.chunk_coordinates("/a")
+                if await session.store.exists("a/c/" + "/".join(map(str, c)))
+            ]
 
         return asyncio.run(listed())
 
@@ -130,9 +141,11 @@ def theirs(path: Path) -> dict[str, Any]:
     return seen
 
 
-def test_resizing_matches_icechunk(tmp_path: Path) -> None:
-    mine = ours(tmp_path / "ours")
-    other = theirs(tmp_path / "ic")
+@needs_icechunk2
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+def test_resizing_matches_icechunk(tmp_path: Path, spec_version: int) -> None:
+    mine = ours(tmp_path / "ours", spec_version)
+    other = theirs(tmp_path / "ic", spec_version)
     assert mine.pop("diffs") == other.pop("diffs")  # every pair of commits
     assert mine == other
     assert mine["grown"] == [0, 1, 2, -1, -1, -1]
@@ -149,7 +162,8 @@ async def test_diff_after_shrinking(tmp_path: Path) -> None:
     zarr.open_array(session.store, path="a").resize((2,))
     second = await session.commit("two")
     diff = await repo.diff(from_snapshot_id=first, to_snapshot_id=second)
-    assert diff.updated_arrays == {"/a"} and diff.updated_chunks.get("/a", set()) == set()
+    # the chunks the shrink deleted are logged, as icechunk 2.x logs them
+    assert diff.updated_arrays == {"/a"} and diff.updated_chunks == {"/a": {(2,), (3,)}}
 
 
 async def test_delete_past_the_end_records_nothing() -> None:
@@ -166,7 +180,7 @@ async def test_delete_past_the_end_records_nothing() -> None:
     assert (await session.status()).updated_chunks == {}
 
 
-def shrink_diffs(lib: str, path: Path) -> list[dict[str, list[tuple[int, ...]]]]:
+def shrink_diffs(lib: str, path: Path, spec_version: int) -> list[dict[str, list[tuple[int, ...]]]]:
     """``updated_chunks`` of the status and then of the commit when a never-written array
     is shrunk, with either library: to (2,) (every deleted chunk lies past the end) and to
     (0,) (a zero-length dimension)."""
@@ -174,7 +188,8 @@ def shrink_diffs(lib: str, path: Path) -> list[dict[str, list[tuple[int, ...]]]]
     for i, new_shape in enumerate([(2,), (0,)]):
         where = path / f"{lib}{i}"
         if lib == "ic":
-            ic_repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(where)))
+            ic_storage = icechunk.local_filesystem_storage(str(where))
+            ic_repo = icechunk.Repository.create(ic_storage, **create_kwargs(spec_version))
             ic_session = ic_repo.writable_session("main")
             zarr.create_array(ic_session.store, name="a", shape=(4,), chunks=(1,), dtype="i4")
             zarr.open_array(ic_session.store, path="a").resize(new_shape)
@@ -185,7 +200,8 @@ def shrink_diffs(lib: str, path: Path) -> list[dict[str, list[tuple[int, ...]]]]
         else:
 
             async def run(where: Path = where, new_shape: tuple[int] = new_shape) -> Any:
-                repo = await aic.Repository.create(aic.local_filesystem_storage(where))
+                storage = aic.local_filesystem_storage(where)
+                repo = await aic.Repository.create(storage, spec_version=spec_version)
                 first = await repo.lookup_branch("main")
                 session = await repo.writable_session("main")
                 zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype="i4")
@@ -200,10 +216,14 @@ def shrink_diffs(lib: str, path: Path) -> list[dict[str, list[tuple[int, ...]]]]
     return out
 
 
-def test_shrink_logs_chunks_as_icechunk_does(tmp_path: Path) -> None:
+@needs_icechunk2
+@pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
+def test_shrink_logs_chunks_as_icechunk_does(tmp_path: Path, spec_version: int) -> None:
     """Found by tests/test_differential.py: zarr's resize deletes the chunks past the new
-    end; icechunk's status and transaction log keep the array's entry even when all of
-    them are dropped, and a zero-length dimension admits chunk index 0."""
-    ours = shrink_diffs("aic", tmp_path)
-    assert ours == shrink_diffs("ic", tmp_path)
-    assert ours == [{"/a": []}, {"/a": []}, {"/a": [(0,)]}, {"/a": [(0,)]}]
+    end, written or not; icechunk 2.x's status and transaction log list every one of them
+    (icechunk 1.x dropped them, keeping the array's entry, and logged index 0 of a
+    zero-length dimension)."""
+    ours = shrink_diffs("aic", tmp_path, spec_version)
+    assert ours == shrink_diffs("ic", tmp_path, spec_version)
+    past_two, all_four = {"/a": [(2,), (3,)]}, {"/a": [(0,), (1,), (2,), (3,)]}
+    assert ours == [past_two, past_two, all_four, all_four]

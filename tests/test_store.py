@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.abc.store import (
+    ByteRequest,
+    OffsetByteRequest,
+    RangeByteRequest,
+    Store,
+    SuffixByteRequest,
+)
 from zarr.core.buffer import Buffer, cpu, default_buffer_prototype
 from zarr.core.sync import _collect_aiterator
 from zarr.storage._utils import _normalize_byte_range_index
@@ -62,6 +68,13 @@ async def make_store(tmp_path: Path, read_only: bool) -> IcechunkStore:
     if read_only:
         return IcechunkStore(session, read_only=True)
     return session.store
+
+
+# zarr 3.1's Store has _get_bytes/_get_json helpers (and its StoreTests test them); zarr 3.4
+# has neither, so these overrides of its tests run where zarr still has them
+zarr_helpers = pytest.mark.skipif(
+    not hasattr(Store, "_get_bytes"), reason="this zarr's Store has no _get_bytes/_get_json"
+)
 
 
 class TestIcechunkStore(StoreTests[IcechunkStore, cpu.Buffer]):
@@ -364,23 +377,27 @@ class TestIcechunkStore(StoreTests[IcechunkStore, cpu.Buffer]):
         await store.set_if_not_exists("foo/c/6", self.buffer_cls.from_bytes(b"1111"))
         assert (await store.get("foo/c/6", default_buffer_prototype())).to_bytes() == b"1111"  # type: ignore[union-attr]
 
+    @zarr_helpers
     async def test_get_bytes(self, store: IcechunkStore) -> None:
         await self.set(store, "zarr.json", self.buffer_cls.from_bytes(GROUP))
         assert await store._get_bytes("zarr.json", prototype=default_buffer_prototype()) == GROUP
         with pytest.raises(FileNotFoundError):
             await store._get_bytes("nonexistent/zarr.json", prototype=default_buffer_prototype())
 
+    @zarr_helpers
     def test_get_bytes_sync(self, store: IcechunkStore) -> None:
         from zarr.core.sync import sync
 
         sync(self.set(store, "zarr.json", self.buffer_cls.from_bytes(GROUP)))
         assert store._get_bytes_sync("zarr.json", prototype=default_buffer_prototype()) == GROUP
 
+    @zarr_helpers
     async def test_get_json(self, store: IcechunkStore) -> None:
         doc = {"zarr_format": 3, "node_type": "group", "attributes": {"foo": "bar"}}
         await self.set(store, "zarr.json", self.buffer_cls.from_bytes(json.dumps(doc).encode()))
         assert await store._get_json("zarr.json", prototype=default_buffer_prototype()) == doc
 
+    @zarr_helpers
     def test_get_json_sync(self, store: IcechunkStore) -> None:
         from zarr.core.sync import sync
 

@@ -133,10 +133,17 @@ def test_merge_sessions_is_blocking_in_distributed(tmp_path: Path) -> None:
     assert isinstance(extract_session(array), icechunk.ForkSession)
 
 
-def test_icechunk_names_missing_say_why() -> None:
+def test_icechunk_names_missing_say_why(tmp_path: Path) -> None:
     with pytest.raises(AttributeError, match=r"no aicechunk counterpart yet: .*Azure"):
         _ = icechunk.azure_storage
     assert icechunk.IcechunkError is aic.AicechunkError
+    repo = _repo(tmp_path / "r")  # members too, on the facade classes
+    with pytest.raises(AttributeError, match=r"Repository.ancestry_graph has no aicechunk"):
+        _ = repo.ancestry_graph
+    with pytest.raises(AttributeError, match=r"Session.shift_array has no .*: no reindexing"):
+        _ = repo.readonly_session("main").shift_array
+    with pytest.raises(AttributeError, match=r"'Repository' object has no attribute 'nope'"):
+        _ = repo.nope
 
 
 def test_xarray_and_dask_take_sync_sessions(tmp_path: Path) -> None:

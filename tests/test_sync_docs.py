@@ -1,6 +1,6 @@
-"""docs/migration.md's table has a row for every name of icechunk 1.1.21's public API, and
-says "not yet" only of names the facade really lacks (a row goes stale when the core gains
-a call: update it then)."""
+"""docs/migration.md's table has a row for every name of the public API of the icechunk
+installed (2.3.0 on the baseline), and says "not yet" only of names the facade really
+lacks (a row goes stale when the core gains a call: update it then)."""
 
 from __future__ import annotations
 

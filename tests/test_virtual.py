@@ -15,6 +15,7 @@ import zarr
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
+from tests.oracle import V1
 from tests.servers import (
     create_gcs_bucket,
     create_s3_bucket,
@@ -211,10 +212,11 @@ def icechunk_virtual(root: Path, data_dir: Path, read_ours: bool) -> list[int]:
     config.set_virtual_chunk_container(
         icechunk.VirtualChunkContainer(prefix, icechunk.local_filesystem_store(str(data_dir)))
     )
-    repo = icechunk.Repository.create(
+    repo = icechunk.Repository.create(  # spec v1: its config.yaml holds the container
         icechunk.local_filesystem_storage(str(root)),
         config=config,
         authorize_virtual_chunk_access=creds,
+        **V1,
     )
     s = repo.writable_session("main")
     zarr.create_array(

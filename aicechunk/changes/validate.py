@@ -95,16 +95,6 @@ def on_grid(coords: Coords, grid: tuple[int, ...]) -> bool:
     return len(coords) == len(grid) and all(0 <= c < g for c, g in zip(coords, grid, strict=True))
 
 
-def in_logged_extent(coords: Coords, grid: tuple[int, ...]) -> bool:
-    """Whether a transaction log records a change of chunk ``coords`` of an array with
-    ``grid`` chunks per dimension: icechunk's rule, which is ``on_grid`` except that a
-    zero-length dimension admits index 0 (the shape of the array that zarr's resize to
-    zero leaves behind, deleting chunk 0)."""
-    return len(coords) == len(grid) and all(
-        0 <= c < max(g, 1) for c, g in zip(coords, grid, strict=True)
-    )
-
-
 def check_chunk_coords(path: str, coords: Any, definition: ArrayDefinition) -> Coords:
     """``coords`` as a tuple of ints, if they name a chunk of the array's grid that the
     format can hold; ``ChunkIndexError`` or ``UnrepresentableValueError`` otherwise."""

@@ -142,9 +142,21 @@ _Dumper.add_representer(Tagged, _represent_tagged)
 
 
 def encode_config_yaml(config: dict[str, Any]) -> bytes:
-    """YAML of a configuration mapping (every top-level key present, null when unset)."""
-    doc = {key: config.get(key) for key in TOP_LEVEL_KEYS}
-    doc.update({k: v for k, v in config.items() if k not in doc})
+    """YAML of a configuration mapping (every top-level key present, null when unset).
+
+    Keys this module does not know (a newer Icechunk's) keep their place after the known
+    key they followed, so a file Icechunk wrote is saved back byte for byte."""
+    following: dict[str | None, list[str]] = {}
+    known: str | None = None
+    for key in config:
+        if key in TOP_LEVEL_KEYS:
+            known = key
+        else:
+            following.setdefault(known, []).append(key)
+    doc = {key: config[key] for key in following.get(None, ())}
+    for known in TOP_LEVEL_KEYS:
+        doc[known] = config.get(known)
+        doc.update((key, config[key]) for key in following.get(known, ()))
     text: str = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
     return text.encode()
 

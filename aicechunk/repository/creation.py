@@ -70,8 +70,9 @@ async def write_new_repository(
         parent_id=None,
         flushed_at=datetime.now(UTC),
         message=INITIAL_COMMIT_MESSAGE,
-        # the mark of the first snapshot, as each version's Icechunk writes it
-        metadata={"__root": True} if spec_version == 1 else {"__icechunk": {"is_root": True}},
+        # the mark of the first snapshot, as icechunk 2.x writes it on every spec version
+        # (icechunk 1.x wrote {"__root": true}; both read either)
+        metadata={"__icechunk": {"is_root": True}},
         nodes=(),
         manifest_files=(),
         spec_version=spec_version,

@@ -16,7 +16,6 @@ from aicechunk.changes.validate import (
     check_chunk_coords,
     check_node_path,
     chunk_grid,
-    in_logged_extent,
     on_grid,
 )
 from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
@@ -32,7 +31,8 @@ __all__ = ["ChunkType", "Diff", "NodeView"]
 
 
 class ChunkType(enum.Enum):
-    """Where a chunk's bytes are (icechunk's ``ChunkType``, with its members and values)."""
+    """Where a chunk's bytes are (icechunk's ``ChunkType``, with its members and values,
+    under icechunk 1.x's names and 2.x's lower-case ones)."""
 
     UNINITIALIZED = 0
     """No reference: reads see the fill value."""
@@ -42,6 +42,12 @@ class ChunkType(enum.Enum):
     """A byte range of an object outside the repository."""
     INLINE = 3
     """Bytes held in the manifest itself."""
+
+    # icechunk 2.x's member names, as aliases of the same members
+    uninitialized = UNINITIALIZED
+    native = NATIVE
+    virtual = VIRTUAL
+    inline = INLINE
 
     @classmethod
     def of(cls, ref: ChunkRef | None) -> ChunkType:
@@ -293,14 +299,10 @@ def logged_chunk_changes(
     changes: ChangeSet, grids: Mapping[NodeId, tuple[int, ...]]
 ) -> dict[NodeId, tuple[Coords, ...]]:
     """The chunk changes a commit logs, per array (``grids``: the arrays that exist):
-    those past a shrunk array's end are not changes of the new snapshot, but, as in
-    icechunk, an array with chunk changes keeps its entry even when none is left."""
+    every chunk the session set or deleted, the ones a shrink deleted past the array's new
+    end included, as icechunk 2.x logs them (icechunk 1.x left those out)."""
     changed = {nid: changes.chunk_changes_coords(nid) for nid in changes.chunk_nodes()}
-    return {
-        nid: tuple(x for x in coords if in_logged_extent(x, grids[nid]))
-        for nid, coords in changed.items()
-        if coords and nid in grids
-    }
+    return {nid: tuple(coords) for nid, coords in changed.items() if coords and nid in grids}
 
 
 async def status(state: SessionState) -> Diff:

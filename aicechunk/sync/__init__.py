@@ -20,6 +20,7 @@ from typing import Any
 
 import aicechunk as _core
 from aicechunk.changes.conflicts import ConflictSolver
+from aicechunk.errors import NodeNotFoundError
 from aicechunk.sync._facade import wrap as _wrap
 from aicechunk.sync._loop import run as _run
 from aicechunk.sync._names import MODULE_SPELLINGS, NOT_YET
@@ -35,8 +36,9 @@ _FACADES: dict[str, Any] = {
     "ForkSession": ForkSession,
     "IcechunkStore": IcechunkStore,
 }
-# icechunk exports the solver protocol at the top; the core keeps it with the conflicts
-_EXTRA: dict[str, Any] = {"ConflictSolver": ConflictSolver}
+# icechunk exports the solver protocol and (2.x) the missing-node error at the top; the
+# core keeps them with the conflicts and the errors
+_EXTRA: dict[str, Any] = {"ConflictSolver": ConflictSolver, "NodeNotFoundError": NodeNotFoundError}
 
 
 def _blocking(name: str, func: Any) -> tuple[Any, Any]:

@@ -6,7 +6,8 @@ from the core class at import time (nothing is listed by hand):
 - an async method ``m``: a blocking ``m`` (run on the facade's loop) and ``m_async``;
 - an async iterator method ``m``: a plain iterator ``m`` and an async iterator ``async_m``;
 - a property or a plain method: the same, passed through;
-- the names of ``_names.MEMBER_SPELLINGS`` where icechunk spells one differently.
+- the names of ``_names.MEMBER_SPELLINGS`` where icechunk spells one differently;
+- for icechunk's members it lacks (``_names.NOT_YET``), an ``AttributeError`` saying why.
 
 Results that are core objects come back as their facade (a core ``Session`` as the sync
 ``Session``), async context managers as ones usable with ``with`` too, and facade objects
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aicechunk.sync._loop import iterate, run
-from aicechunk.sync._names import MEMBER_SPELLINGS, Kind
+from aicechunk.sync._names import MEMBER_SPELLINGS, NOT_YET, Kind
 
 __all__ = ["Facade", "SyncContext", "register", "unwrap", "wrap"]
 
@@ -279,3 +280,16 @@ class Facade:
     if TYPE_CHECKING:  # the generated members, for type checkers
 
         def __getattr__(self, name: str) -> Any: ...
+
+    else:
+
+        def __getattr__(self, name: str) -> Any:
+            # only names normal lookup did not find: say why, where icechunk has one
+            for klass in type(self).__mro__:
+                reason = NOT_YET.get(f"{klass.__name__}.{name}")
+                if reason is not None:
+                    raise AttributeError(
+                        f"icechunk's {klass.__name__}.{name} has no aicechunk counterpart "
+                        f"yet: {reason}"
+                    )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

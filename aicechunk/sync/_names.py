@@ -43,8 +43,22 @@ _SETTINGS = (
 )
 _MANIFESTS = "manifests are written whole and unsplit: no manifest splitting or preloading yet"
 _MAINTENANCE = "no garbage collection, expiry or manifest rewriting yet"
+# icechunk 2.x names that helpers of issue 17 are adding (the coordinator removes these on
+# merge, as each lands)
+_ISSUE_17 = "issue 17, in progress"
+_ERRORS = (
+    "icechunk 2.x's error classes and ErrorKind codes are not mirrored yet: aicechunk raises "
+    "its own AicechunkError subclasses (RefNotFoundError, RepositoryNotFoundError, "
+    "NodeNotFoundError, ...)"
+)
+_INSPECT = "no debugging dumps of repository files yet"
+_UPDATES = (
+    "Repository.ops_log() yields aicechunk's own Update records (kind, updated_at, "
+    "backup_path), not exported under icechunk's names yet"
+)
 
-# icechunk's module-level names aicechunk does not have yet, and why (shown when used).
+# icechunk's names aicechunk does not have yet, and why (shown when used): module-level
+# names as they are, members of the facade classes as "Class.member".
 NOT_YET: dict[str, str] = {
     "AnyAzureCredential": _AZURE,
     "AnyAzureStaticCredential": _AZURE,
@@ -82,4 +96,51 @@ NOT_YET: dict[str, str] = {
     "ManifestSplitDimCondition": _MANIFESTS,
     "ManifestSplittingConfig": _MANIFESTS,
     "GCSummary": _MAINTENANCE,
+    # icechunk 2.3.0's module-level names
+    "AzureRefreshableCredential": _AZURE,
+    "azure_anonymous_credentials": _AZURE,
+    "azure_refreshable_credentials": _AZURE,
+    "AlreadyExistsError": _ERRORS,
+    "ErrorKind": _ERRORS,
+    "InternalError": _ERRORS,
+    "InvalidInputError": _ERRORS,
+    "NotFoundError": _ERRORS,
+    "SnapshotNotFoundError": _ERRORS,
+    "AncestryGraph": "no drawing of the history yet: Repository.ancestry lists it",
+    "Attribution": "requests carry no attribution labels",
+    "user_agent": "requests carry aiobotocore's, gcloud-aio's or aiohttp's user agent",
+    "shutdown_telemetry": "no OpenTelemetry tracing",
+    "ChecksumAlgorithm": (
+        "an S3 store's checksum_algorithm is a lower-case string: "
+        "s3_store(checksum_algorithm='sha256')"
+    ),
+    "ManifestVirtualChunkLocationCompressionConfig": (
+        "manifests hold virtual chunk locations uncompressed"
+    ),
+    "SpecVersion": "spec versions are plain ints (spec_version(), Repository.spec_version)",
+    "StorageTimeoutSettings": _SETTINGS,
+    "hf_storage": "there is no Hugging Face storage driver",
+    "redirect_storage": (
+        "there is no storage driver that follows HTTP redirects (http_storage reads a "
+        "repository over HTTP)"
+    ),
+    "CommitMethod": "commit and amend are two calls, Session.commit and Session.amend",
+    "Update": _UPDATES,
+    "UpdateType": _UPDATES,
+    "upgrade_icechunk_repository": _ISSUE_17,
+    # icechunk 2.3.0's members of the facade classes
+    "Repository.ancestry_graph": "no drawing of the history yet: Repository.ancestry lists it",
+    "Repository.attribution": "requests carry no attribution labels",
+    "Repository.inspect_manifest": _INSPECT,
+    "Repository.inspect_transaction_log": _INSPECT,
+    "Session.get_node_id": "node ids are internal to aicechunk: not given out yet",
+    "Session.reindex_array": "no reindexing or shifting of an array's chunks yet",
+    "Session.shift_array": "no reindexing or shifting of an array's chunks yet",
+    "IcechunkStore.array_chunk_iterator": (
+        "no columnar batches of chunk references yet: Session.chunk_coordinates lists them"
+    ),
+    "IcechunkStore.set_virtual_refs_arr": (
+        "virtual references are set with set_virtual_refs (VirtualChunkSpec items); no "
+        "variant taking flat arrays yet"
+    ),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aicechunk.storage import (
     GcsBearerCredential,
+    S3Credentials,
     gcs_refreshable_credentials,
     s3_refreshable_credentials,
 )
@@ -12,6 +13,7 @@ from aicechunk.virtual import containers_credentials, gcs_credentials, s3_creden
 
 __all__ = [
     "GcsBearerCredential",
+    "S3Credentials",
     "containers_credentials",
     "gcs_credentials",
     "gcs_refreshable_credentials",

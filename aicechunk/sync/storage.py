@@ -3,6 +3,7 @@ them (the names aicechunk lacks: ``aicechunk.sync._names.NOT_YET``)."""
 
 from __future__ import annotations
 
+from aicechunk.session import ChunkType
 from aicechunk.storage import (
     GcsBearerCredential,
     Storage,
@@ -24,6 +25,7 @@ from aicechunk.virtual import (
 )
 
 __all__ = [
+    "ChunkType",
     "GcsBearerCredential",
     "Storage",
     "gcs_credentials",

@@ -51,6 +51,9 @@ DEFAULT_S3_STREAM_TIMEOUT_SECONDS = 60
 
 S3Kind = Literal["s3", "s3_compatible", "tigris"]
 
+#: Icechunk 2.x's ``ChecksumAlgorithm`` for S3 write requests, as ``config.yaml`` spells it.
+S3_CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64_nvme", "sha1", "sha256")
+
 
 # --- store configs -----------------------------------------------------------------------
 
@@ -86,6 +89,16 @@ class S3StoreConfig:
     network_stream_timeout_seconds: int | None = DEFAULT_S3_STREAM_TIMEOUT_SECONDS
     requester_pays: bool = False
     kind: S3Kind = "s3"
+    # kept and written back for icechunk 2.x, which checksums its S3 writes with it;
+    # virtual chunks are only read here
+    checksum_algorithm: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.checksum_algorithm not in (None, *S3_CHECKSUM_ALGORITHMS):
+            raise ValueError(
+                f"checksum_algorithm must be one of {', '.join(S3_CHECKSUM_ALGORITHMS)} or "
+                f"None, got {self.checksum_algorithm!r}"
+            )
 
     schemes: ClassVar[Mapping[str, tuple[str, ...]]] = {
         "s3": ("s3",),
@@ -115,6 +128,7 @@ class S3StoreConfig:
                 "force_path_style": self.force_path_style,
                 "network_stream_timeout_seconds": self.network_stream_timeout_seconds,
                 "requester_pays": self.requester_pays,
+                "checksum_algorithm": self.checksum_algorithm,
             },
         )
 
@@ -142,6 +156,9 @@ class S3StoreConfig:
             ),
             requester_pays=_typed(tag, "requester_pays", get("requester_pays", False), flag),
             kind=tag,  # type: ignore[arg-type]  # checked against schemes above
+            checksum_algorithm=_typed(
+                tag, "checksum_algorithm", get("checksum_algorithm"), (*text, none)
+            ),
         )
 
 
@@ -274,8 +291,11 @@ def s3_store(
     force_path_style: bool = False,
     network_stream_timeout_seconds: int | None = DEFAULT_S3_STREAM_TIMEOUT_SECONDS,
     requester_pays: bool = False,
+    checksum_algorithm: str | None = None,
 ) -> S3StoreConfig:
-    """An S3 (or S3-compatible, with ``endpoint_url``) store for a container."""
+    """An S3 (or S3-compatible, with ``endpoint_url``) store for a container
+    (``checksum_algorithm``: icechunk 2.x's ``ChecksumAlgorithm`` as a lower-case string,
+    ``"crc32"``, ``"sha256"``...)."""
     return S3StoreConfig(
         region=region,
         endpoint_url=endpoint_url,
@@ -285,6 +305,7 @@ def s3_store(
         network_stream_timeout_seconds=network_stream_timeout_seconds,
         requester_pays=requester_pays,
         kind="s3_compatible" if (s3_compatible or endpoint_url) else "s3",
+        checksum_algorithm=checksum_algorithm,
     )
 
 

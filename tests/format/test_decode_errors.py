@@ -95,12 +95,14 @@ DECODERS: dict[str, tuple[Callable[[bytes, str], Any], Callable[[], bytes], File
 
 
 def icechunk_files(tmp: Path) -> dict[str, list[bytes]]:
-    """Real files written by icechunk 1.1.21, grouped by kind."""
+    """Real spec v1 files written by icechunk, grouped by kind."""
     import icechunk
     import numpy as np
     import zarr
 
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp)))
+    from tests.oracle import V1
+
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp)), **V1)
     s = repo.writable_session("main")
     root = zarr.group(store=s.store, attributes={"a": 1})
     arr = root.create_array("x", shape=(40,), chunks=(10,), dtype="f8")

@@ -1,9 +1,9 @@
 """Spec v2 files written by icechunk 2.3.0, read by our decoders and written back.
 
-icechunk 2.x needs Python >= 3.12, so it runs in another interpreter: ``AICECHUNK_PY312``
-(or ``/work/venv312/bin/python``) must be a Python with ``icechunk==2.3.0``, ``zarr`` and
-``numpy`` installed, e.g. ``python3.12 -m venv /work/venv312 &&
-/work/venv312/bin/pip install icechunk==2.3.0 zarr numpy``. Without one these tests skip.
+icechunk runs in a subprocess, so these tests read exactly the files it leaves on disk: this
+interpreter when it has ``icechunk==2.3.0`` (the test extra installs it on Python >= 3.12),
+else ``AICECHUNK_PY312`` (or ``/work/venv312/bin/python``), a Python >= 3.12 with
+``icechunk==2.3.0``, ``zarr`` and ``numpy``. Without one these tests skip.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,20 +34,27 @@ from aicechunk.format.snapshot import ArrayNodeData, decode_snapshot, encode_sna
 from aicechunk.format.transaction_log import decode_transaction_log
 
 SCRIPT = Path(__file__).with_name("icechunk2_script.py")
-PIP = "python3.12 -m venv /work/venv312 && /work/venv312/bin/pip install icechunk==2.3.0 zarr numpy"
+PIP = "pip install -e '.[test]' on Python >= 3.12"
 
 
 def _python() -> str | None:
-    candidate = os.environ.get("AICECHUNK_PY312") or "/work/venv312/bin/python"
-    if not Path(candidate).exists():
-        return None
-    done = subprocess.run(
-        [candidate, "-c", "import icechunk; print(icechunk.__version__)"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return candidate if done.returncode == 0 and done.stdout.strip() == "2.3.0" else None
+    """A Python with icechunk 2.3.0: this one if it has it, else ``AICECHUNK_PY312``'s."""
+    for candidate in (
+        sys.executable,
+        os.environ.get("AICECHUNK_PY312"),
+        "/work/venv312/bin/python",
+    ):
+        if not candidate or not Path(candidate).exists():
+            continue
+        done = subprocess.run(
+            [candidate, "-c", "import icechunk; print(icechunk.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode == 0 and done.stdout.strip() == "2.3.0":
+            return candidate
+    return None
 
 
 PYTHON = _python()

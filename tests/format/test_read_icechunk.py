@@ -1,5 +1,5 @@
-"""Decode every file of a rich repository written by icechunk 1.1.21 and compare with
-what icechunk's own API reports."""
+"""Decode every file of a rich spec v1 repository written by icechunk (2.3.0 on the
+baseline, 1.1.21 on Python 3.11) and compare with what icechunk's own API reports."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from aicechunk.format.ids import NodeId, SnapshotId
 from aicechunk.format.manifest import InlineRef, NativeRef, VirtualRef, decode_manifest
 from aicechunk.format.snapshot import ArrayNodeData, decode_snapshot
 from aicechunk.format.transaction_log import decode_transaction_log
+from tests.oracle import V1
 
 
 def write_rich_repository(root: Path) -> dict[str, Any]:
@@ -47,6 +48,7 @@ def write_rich_repository(root: Path) -> dict[str, Any]:
         authorize_virtual_chunk_access=icechunk.containers_credentials(
             {f"file://{data_dir}/": None}
         ),
+        **V1,
     )
     s = repo.writable_session("main")
     g = zarr.group(store=s.store, attributes={"title": "rich"})

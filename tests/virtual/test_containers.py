@@ -20,10 +20,12 @@ from aicechunk.virtual import (
     StoreConfig,
 )
 from aicechunk.virtual.containers import credentials_from_plain, store_from_tagged
+from tests.oracle import ICECHUNK_2, V1
 
 EVERY_KIND: list[StoreConfig] = [
     aic.s3_store(region="us-east-1"),
     aic.s3_store(endpoint_url="http://127.0.0.1:9000", allow_http=True, requester_pays=True),
+    aic.s3_store(region="r", checksum_algorithm="crc64_nvme"),
     S3StoreConfig(kind="tigris", network_stream_timeout_seconds=None),
     aic.gcs_store({"endpoint_url": "http://127.0.0.1:4443"}),
     aic.http_store(),
@@ -51,10 +53,22 @@ def test_constructors_make_the_kinds_icechunk_writes() -> None:
 
 
 def test_our_yaml_is_icechunks_yaml(tmp_path: Path) -> None:
-    """The same containers, declared here and in icechunk 1.1.21, are the same YAML."""
+    """The same containers, declared here and in icechunk, are the same YAML (a spec v1
+    repository's config.yaml)."""
     ours = aic.RepositoryConfig.default()
     theirs = icechunk.RepositoryConfig.default()
+    checksummed = []
+    if ICECHUNK_2:  # icechunk 2.x's S3 write checksums; 1.x has none and writes no key
+        sha256 = icechunk.ChecksumAlgorithm.Sha256
+        checksummed.append(
+            (
+                "s3://k/",
+                aic.s3_store(region="r", checksum_algorithm="sha256"),
+                icechunk.s3_store(region="r", checksum_algorithm=sha256),
+            )
+        )
     for prefix, mine, its in (
+        *checksummed,
         ("s3://b/p/", aic.s3_store(region="r"), icechunk.s3_store(region="r")),
         (
             "s3://c/",
@@ -68,9 +82,15 @@ def test_our_yaml_is_icechunks_yaml(tmp_path: Path) -> None:
     ):
         ours.set_virtual_chunk_container(aic.VirtualChunkContainer(prefix, mine))
         theirs.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, its))
-    icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path)), config=theirs)
+    icechunk.Repository.create(
+        icechunk.local_filesystem_storage(str(tmp_path)), config=theirs, **V1
+    )
     theirs_doc = decode_config_yaml((tmp_path / "config.yaml").read_bytes())
     ours_doc = decode_config_yaml(ours.to_yaml())
+    if not ICECHUNK_2:
+        for container in ours_doc["virtual_chunk_containers"].values():
+            if container["store"].tag.startswith("s3"):
+                assert container["store"].value.pop("checksum_algorithm") is None
     assert ours_doc["virtual_chunk_containers"] == theirs_doc["virtual_chunk_containers"]
 
 
@@ -83,6 +103,8 @@ def test_our_yaml_is_icechunks_yaml(tmp_path: Path) -> None:
         (Tagged("s3", {"region": 5}), "region must be str or null"),
         (Tagged("s3", {"anonymous": "yes"}), "anonymous must be bool"),
         (Tagged("s3", {"network_stream_timeout_seconds": True}), "int or null"),
+        (Tagged("s3", {"checksum_algorithm": "md5"}), "checksum_algorithm must be one of"),
+        (Tagged("s3", {"checksum_algorithm": 1}), "str or null"),
         (Tagged("gcs", {"endpoint_url": 1}), "mapping of strings"),
         (Tagged("http", ["a"]), "mapping of strings"),
         (Tagged("local_file_system", 7), "path is a string"),
