@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 from aicechunk.errors import UnrepresentableValueError
+from aicechunk.format.ids import FIRST_SNAPSHOT_ID
+from aicechunk.format.repo_info import encode_repo_info
+from aicechunk.format.snapshot import Snapshot
+from aicechunk.repo_info_store import initial_repo_info
 from tests.conftest import StorageFactory, s3_test_storage
 
 
@@ -652,6 +657,13 @@ async def test_an_interrupted_creation_is_named(
     assert _tree(tmp_path) == before
 
 
+def _repo_info_bytes() -> bytes:
+    """The repo info file of a new spec v2 repository."""
+    now = datetime.now(UTC)
+    first = Snapshot(FIRST_SNAPSHOT_ID, None, now, "init", {}, (), (), spec_version=2)
+    return encode_repo_info(initial_repo_info(first, now))
+
+
 def _write_spec_v2_repository(root: Path, with_v1_refs: bool, version: int = 2) -> None:
     """What Icechunk 2.x leaves: a ``repo`` object (binary header, spec version 2, file
     type 6) at the root and no ``refs/`` (or, mid-migration, the v1 refs beside it)."""
@@ -660,6 +672,8 @@ def _write_spec_v2_repository(root: Path, with_v1_refs: bool, version: int = 2) 
     root.mkdir(parents=True, exist_ok=True)
     header = MAGIC + b"ic-2.1.2".ljust(24) + bytes((version, 6, 1))
     (root / "repo").write_bytes(header + b"\x28\xb5\x2f\xfd" + b"\x00" * 40)
+    if version == 2:  # a real repo info file (opening reads it, as Icechunk 2.x does)
+        (root / "repo").write_bytes(_repo_info_bytes())
     (root / "snapshots").mkdir()
     (root / "snapshots" / "1CECHNKREP0F1RSTCMT0").write_bytes(header[:36] + bytes((2, 1, 1)))
     if with_v1_refs:
@@ -689,8 +703,8 @@ async def test_spec_v2_repository_is_recognised_and_never_written_over(
     ):
         with pytest.raises(aic.RepositoryExistsError):
             await create()
-    with pytest.raises(aic.FormatError):  # the repo info file here is a stub
-        await (await aic.Repository.open(storage)).list_branches()
+    with pytest.raises(aic.FormatError):  # the snapshot file here is a stub
+        await (await aic.Repository.open(storage)).lookup_snapshot(str(FIRST_SNAPSHOT_ID))
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
@@ -718,11 +732,9 @@ async def test_unknown_spec_version_is_refused_and_never_written_over(tmp_path: 
 async def test_spec_v2_repository_is_recognised_on_every_driver(
     make_storage: StorageFactory,
 ) -> None:
-    from aicechunk.format.header import MAGIC
-
     storage = make_storage()
     driver = storage.driver()
-    await driver.put("repo", MAGIC + b"ic-2.1.2".ljust(24) + bytes((2, 6, 1)) + b"\x00" * 8)
+    await driver.put("repo", _repo_info_bytes())
     assert await aic.Repository.exists(storage)
     assert (await aic.Repository.open(storage)).spec_version == 2
     assert (await aic.Repository.open_or_create(storage)).spec_version == 2

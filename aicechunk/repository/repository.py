@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from aicechunk.assets import CONFIG_KEY, AssetManager
+from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
 from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
 from aicechunk.errors import (
     ConflictError,
     InvalidIdError,
-    ObjectNotFound,
     PreconditionFailed,
     RefExistsError,
     RefNotFoundError,
@@ -28,7 +26,7 @@ from aicechunk.errors import (
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import SnapshotId
-from aicechunk.repository import history, v2ops
+from aicechunk.repository import configs, history, v2ops
 from aicechunk.repository.creation import (
     DEFAULT_SPEC_VERSION,
     await_creation,
@@ -200,21 +198,15 @@ class Repository:
         config: RepositoryConfig | None = None,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
     ) -> Repository:
-        """Open an existing repository; ``config`` overrides what is persisted."""
-        driver = storage.driver()
-        # one round trip: the spec version and the config are asked for together, and the
-        # config counts only once the version says it is a repository this library reads
-        found, persisted = await asyncio.gather(
-            AssetManager(driver).spec_version(), cls.fetch_config(storage), return_exceptions=True
-        )
-        if isinstance(found, BaseException):
-            raise found
+        """Open an existing repository; ``config`` is set on top of the configuration
+        persisted in it (``config.yaml`` on spec v1, the repo info file on spec v2)."""
+        label = storage.driver().label
+        limits = None if config is None else config.decompression_limits()
+        found, persisted = await configs.probe(storage, limits)
         if found is None:
-            raise RepositoryNotFoundError(f"no repository at {driver.label} (no 'main' branch)")
+            raise RepositoryNotFoundError(f"no repository at {label} (no 'main' branch)")
         if found not in SPEC_VERSIONS:
-            raise UnsupportedSpecVersionError(unsupported_message(driver.label, found))
-        if isinstance(persisted, BaseException):
-            raise persisted
+            raise UnsupportedSpecVersionError(unsupported_message(label, found))
         effective = persisted or RepositoryConfig.default()
         if config is not None:
             effective = effective.merge(config)
@@ -244,24 +236,8 @@ class Repository:
             await await_creation(storage)
             return await cls.open(storage, config, authorize_virtual_chunk_access)
 
-    @staticmethod
-    async def fetch_config(storage: Storage) -> RepositoryConfig | None:
-        """The configuration persisted in ``config.yaml``, or ``None`` if there is none."""
-        try:
-            data = await storage.driver().get(CONFIG_KEY)
-        except ObjectNotFound:
-            return None
-        return RepositoryConfig.from_yaml(data, CONFIG_KEY)
-
-    @must_await("the configuration was not saved")
-    async def save_config(self) -> None:
-        """Persist the configuration in effect to ``config.yaml``."""
-        if self.spec_version != 1:
-            raise UnsupportedSpecVersionError(
-                f"saving the configuration of a spec version {self.spec_version} repository "
-                "(in its repo info file) is not supported yet"
-            )
-        await self._storage.driver().put(CONFIG_KEY, self._config.to_yaml())
+    fetch_config = staticmethod(configs.fetch_config)
+    save_config = configs.save_config
 
     # -- branches ---------------------------------------------------------------------
 
