@@ -42,6 +42,7 @@ from aicechunk.errors import (
 )
 from aicechunk.logs import initialize_logs, print_debug_info, set_logs_filter
 from aicechunk.repository import Repository, SnapshotInfo, spec_version
+from aicechunk.repository.upgrade import upgrade_icechunk_repository
 from aicechunk.session import ChunkType, Diff, ForkSession, Session
 from aicechunk.storage import (
     ExpiringS3Credentials,
@@ -154,4 +155,5 @@ __all__ = [
     "storage_from_driver",
     "storage_from_url",
     "tigris_storage",
+    "upgrade_icechunk_repository",
 ]

@@ -5,6 +5,7 @@ icechunk 2.3.0 (in a Python 3.12 subprocess; those tests skip without one)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from dataclasses import replace
@@ -191,7 +192,6 @@ async def test_a_config_yaml_beside_a_v2_repository_is_ignored() -> None:
 
 
 async def test_save_config_racing_other_changes_loses_none() -> None:
-    import asyncio
 
     driver = MemoryDriver()
     storage = aic.storage_from_driver(driver)
