@@ -220,17 +220,24 @@ class Repository:
         config: RepositoryConfig | None = None,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
         *,
+        create_version: int | None = None,
         check_clean_root: bool = True,
     ) -> Repository:
-        """Open the repository at ``storage``, creating it if there is none (``create``'s
-        rules apply: nothing is written beside other objects or over a repository of
-        another spec version). Racing another process that creates it, this one waits
-        for that creation to finish and opens the result."""
+        """Open the repository at ``storage``, creating it if there is none, of spec
+        version ``create_version`` (``create``'s ``spec_version``; the repository found is
+        opened whatever its version). ``create``'s rules apply: nothing is written beside
+        other objects or over a repository of another spec version. Racing another
+        process that creates it, this one waits for that creation to finish and opens
+        the result."""
         if await AssetManager(storage.driver()).spec_version() is not None:
             return await cls.open(storage, config, authorize_virtual_chunk_access)
         try:
             return await cls.create(
-                storage, config, authorize_virtual_chunk_access, check_clean_root=check_clean_root
+                storage,
+                config,
+                authorize_virtual_chunk_access,
+                check_clean_root=check_clean_root,
+                spec_version=create_version,
             )
         except RepositoryExistsError:
             await await_creation(storage)
