@@ -182,8 +182,14 @@ class RepositoryConfig:
 
     @classmethod
     def from_flex(cls, data: bytes, name: str = "repo") -> RepositoryConfig:
-        """Parse the configuration FlexBuffer of the spec v2 repo info file ``name``."""
-        return cls(decode_config_flex(data, name))
+        """Parse the configuration FlexBuffer of the spec v2 repo info file ``name``
+        (``FormatError`` naming it, also for an aicechunk setting out of bounds)."""
+        config = cls(decode_config_flex(data, name))
+        try:
+            config.decompression_limits()
+        except FormatError as err:
+            raise FormatError(name, f"configuration: {err.problem}") from None
+        return config
 
     inline_chunk_threshold_bytes = _IntSetting(
         0,

@@ -269,6 +269,19 @@ async def test_bad_config_bytes_are_a_format_error_naming_the_file(
         assert caught.value.file == "repo" and "configuration" in caught.value.problem
 
 
+@pytest.mark.parametrize("bad", ["lots", -1, 4 << 30, True])
+async def test_a_bad_persisted_maximum_names_the_repo_info_file(bad: object) -> None:
+    driver = MemoryDriver()
+    storage = aic.storage_from_driver(driver)
+    await aic.Repository.create(storage, spec_version=2)
+    info = await _info(driver)
+    config = encode_config_flex({"aicechunk_max_decompressed_bytes": bad})
+    await driver.put(REPO_INFO_KEY, encode_repo_info(replace(info, config=config)))
+    with pytest.raises(aic.FormatError, match=r"configuration: .*bytes") as caught:
+        await aic.Repository.open(storage)
+    assert caught.value.file == "repo"
+
+
 async def test_an_unstorable_config_is_refused_before_anything_is_written() -> None:
     driver = MemoryDriver()
     config = aic.RepositoryConfig({"inline_chunk_threshold_bytes": 3, "extra": {1, 2}})

@@ -56,9 +56,18 @@ async def probe(
         _get(storage, REPO_INFO_KEY),
         storage.driver().exists(ref_format.branch_key("main")),
         _get(storage, CONFIG_KEY),
+        return_exceptions=True,
     )
+    # failures in the order the answers are needed: a config.yaml that cannot be read
+    # matters only to a spec v1 repository
+    if isinstance(repo_info, BaseException):
+        raise repo_info
+    if isinstance(has_main, BaseException):
+        raise has_main
     version = detected_spec_version(repo_info, has_main)
-    if version == 1 and yaml is not None:
+    if version == 1 and isinstance(yaml, BaseException):
+        raise yaml
+    if version == 1 and isinstance(yaml, bytes):
         return version, RepositoryConfig.from_yaml(yaml, CONFIG_KEY)
     if version == 2 and repo_info is not None:
         bound = (limits or DEFAULT_DECOMPRESSION_LIMITS).bound(len(repo_info))
