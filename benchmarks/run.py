@@ -91,7 +91,8 @@ class Ours(System):
         )
 
     async def create(self, where: str) -> Any:
-        return await aic.Repository.create(self.storage(where))
+        # spec v1, like for like with icechunk 1.1.21 (spec v2 is aicechunk's default)
+        return await aic.Repository.create(self.storage(where), spec_version=1)
 
     async def open(self, where: str) -> Any:
         return await aic.Repository.open(self.storage(where))
@@ -269,6 +270,7 @@ async def virtual_reads(system: System, where: str, s3: dict[str, str], n: int) 
             system.storage(where),
             config=config,  # type: ignore[attr-defined]
             authorize_virtual_chunk_access=creds,
+            spec_version=1,
         )
     else:
         import icechunk

@@ -97,7 +97,9 @@ async def test_a_config_loaded_from_icechunk_creates_a_repository_icechunk_opens
     )
     loaded = await aic.Repository.fetch_config(aic.local_filesystem_storage(source))
     assert loaded is not None
-    await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "ours"), config=loaded)
+    await aic.Repository.create(
+        aic.local_filesystem_storage(tmp_path / "ours"), config=loaded, spec_version=1
+    )
 
     opened = await asyncio.to_thread(
         ic.Repository.open, ic.local_filesystem_storage(str(tmp_path / "ours"))
@@ -151,7 +153,7 @@ virtual_chunk_containers:
 
 async def test_containers_icechunk_ignores_are_ignored_with_a_warning(tmp_path: Path) -> None:
     storage = aic.local_filesystem_storage(tmp_path)
-    await aic.Repository.create(storage)
+    await aic.Repository.create(storage, spec_version=1)  # config.yaml, icechunk 1.x
     (tmp_path / "config.yaml").write_bytes(LEGACY_CONTAINERS)
     repo = await aic.Repository.open(storage)
     with pytest.warns(aic.AicechunkWarning) as caught:

@@ -92,7 +92,7 @@ class AicLib:
 
     @classmethod
     def create(cls, path: Path) -> AicLib:
-        return cls(run(aic.Repository.create(aic.local_filesystem_storage(path))))
+        return cls(run(aic.Repository.create(aic.local_filesystem_storage(path), spec_version=1)))
 
     @classmethod
     def open(cls, path: Path) -> AicLib:

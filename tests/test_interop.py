@@ -119,7 +119,7 @@ def icechunk_reads_and_commits(path: Path, expected: dict[str, np.ndarray]) -> s
 
 async def test_icechunk_reads_what_we_wrote_and_commits_on_top(tmp_path: Path) -> None:
     storage = aic.local_filesystem_storage(tmp_path / "ours")
-    repo = await aic.Repository.create(storage)
+    repo = await aic.Repository.create(storage, spec_version=1)  # icechunk 1.x reads it
     session = await repo.writable_session("main")
     root = await zas.open_group(store=session.store, mode="w", attributes={"made": "by us"})
     grid = await root.create_array(
@@ -269,7 +269,7 @@ async def test_icechunk_reads_the_commit_metadata_we_accept(tmp_path: Path) -> N
         "deep": {"a": {"b": {"c": [[[]]]}}},
         "u": "\u00fc\U0001f600",
     }
-    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path), spec_version=1)
     session = await repo.writable_session("main")
     await zas.open_group(store=session.store, mode="w")
     sid = await session.commit("\u00fcber \U0001f600", metadata=metadata)
@@ -295,7 +295,7 @@ async def test_icechunk_reads_the_commit_metadata_we_accept(tmp_path: Path) -> N
 async def test_ref_files_as_icechunk_reads_them(
     tmp_path: Path, data: bytes, accepted: bool
 ) -> None:
-    await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    await aic.Repository.create(aic.local_filesystem_storage(tmp_path), spec_version=1)
     (tmp_path / "refs" / "branch.main" / "ref.json").write_bytes(data)
 
     def icechunk_main() -> str | None:

@@ -36,7 +36,8 @@ SEEDS = int(os.environ.get("AICECHUNK_FAULT_SEEDS", "40"))
 
 
 async def make_array(storage: aic.Storage, size: int) -> aic.Repository:
-    repo = await aic.Repository.create(storage)
+    # spec v1: these tests inject faults at its ref files (refs/branch.main/ref.json)
+    repo = await aic.Repository.create(storage, spec_version=1)
     session = await repo.writable_session("main")
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array("x", shape=(size,), chunks=(1,), dtype="i8", fill_value=-1)

@@ -323,13 +323,15 @@ def test_session_across_event_loops(tmp_path: Path) -> None:
     )
 
 
-async def test_one_chunk_read_costs_four_requests(tmp_path: Path) -> None:
-    """Fresh repository, one chunk: ref, snapshot, manifest, chunk; nothing more."""
+@pytest.mark.parametrize(("version", "refs"), [(1, "refs"), (2, "repo")])
+async def test_one_chunk_read_costs_four_requests(tmp_path: Path, version: int, refs: str) -> None:
+    """Fresh repository, one chunk: ref (the repo info file in spec v2), snapshot,
+    manifest, chunk; nothing more."""
     from aicechunk.drivers import LocalDriver
     from aicechunk.testing import CountingDriver
 
     storage = aic.local_filesystem_storage(tmp_path / "r")
-    repo = await aic.Repository.create(storage)
+    repo = await aic.Repository.create(storage, spec_version=version)
     session = await repo.writable_session("main")
     group = await zas.open_group(store=session.store, mode="w")
     arr = await group.create_array("x", shape=(1024,), chunks=(256,), dtype="f8", compressors=None)
@@ -344,7 +346,7 @@ async def test_one_chunk_read_costs_four_requests(tmp_path: Path) -> None:
     assert chunk is not None and len(chunk) == 2048
     calls = [f"{method} {key}" for method, key in counting.calls]
     kinds = [c.split(" ")[1].split("/")[0] for c in calls]
-    assert kinds == ["refs", "snapshots", "manifests", "chunks"], calls
+    assert kinds == [refs, "snapshots", "manifests", "chunks"], calls
 
 
 async def test_caches_are_bounded_by_caching_config(tmp_path: Path) -> None:
@@ -446,12 +448,12 @@ async def test_one_history_walk_ends_on_cycles_and_missing_parents() -> None:
 async def test_ref_names_that_do_not_fit_or_look_alike(tmp_path: Path, name: str) -> None:
     repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
     sid = await repo.lookup_branch("main")
-    before = sorted(p.name for p in (tmp_path / "refs").iterdir())
+    before = _tree(tmp_path)  # nothing written (in spec v2 a change adds overwritten/)
     with pytest.raises(aic.InvalidRefNameError, match="ref name"):
         await repo.create_branch(name, sid)
     with pytest.raises(aic.InvalidRefNameError, match="ref name"):
         await repo.create_tag(name, sid)
-    assert sorted(p.name for p in (tmp_path / "refs").iterdir()) == before
+    assert _tree(tmp_path) == before
 
 
 async def test_ref_names_at_the_limits_work(tmp_path: Path) -> None:
@@ -495,7 +497,7 @@ async def test_truncated_native_chunk_is_a_format_error(tmp_path: Path) -> None:
 )
 async def test_malformed_config_yaml_fails_open(tmp_path: Path, text: bytes) -> None:
     storage = aic.local_filesystem_storage(tmp_path)
-    await aic.Repository.create(storage)
+    await aic.Repository.create(storage, spec_version=1)  # spec v2 has no config.yaml
     (tmp_path / "config.yaml").write_bytes(text)
     with pytest.raises(aic.FormatError, match=r"^config\.yaml: "):
         await aic.Repository.open(storage)
@@ -503,7 +505,7 @@ async def test_malformed_config_yaml_fails_open(tmp_path: Path, text: bytes) -> 
 
 async def test_container_whose_store_serves_other_urls(tmp_path: Path) -> None:
     storage = aic.local_filesystem_storage(tmp_path)
-    repo = await aic.Repository.create(storage)
+    repo = await aic.Repository.create(storage, spec_version=1)  # its config.yaml
     (tmp_path / "config.yaml").write_bytes(
         b"virtual_chunk_containers:\n  gs://b/:\n    url_prefix: gs://b/\n    store: !s3 {}\n"
     )
@@ -569,7 +571,7 @@ def _check_create_race(storage: aic.Storage, pair: list[int | None]) -> None:
     outcomes = sorted(r for _, r in results)
     assert outcomes == ["created", "exists"], results
     winner = next(t for t, r in results if r == "created")
-    # the loser wrote nothing: config.yaml is the winner's (none at all for a default one)
+    # the loser wrote nothing: the persisted config is the winner's (none for a default one)
     assert asyncio.run(_persisted_threshold(storage)) == winner
 
     async def check_repo() -> None:
@@ -584,8 +586,8 @@ def _check_create_race(storage: aic.Storage, pair: list[int | None]) -> None:
 @pytest.mark.parametrize("run", range(20))
 def test_concurrent_creates_have_one_winner_local(tmp_path: Path, run: int) -> None:
     """Two processes create at once with different configs (every other run one of them
-    with the default config, which writes no config.yaml): one succeeds, the other raises
-    RepositoryExistsError and leaves config.yaml and refs as the winner wrote them."""
+    with the default config, which is not stored): one succeeds, the other raises
+    RepositoryExistsError and leaves the config and refs as the winner wrote them."""
     pair: list[int | None] = [100 + run, 200 + run] if run % 2 else [None, 300 + run]
     _check_create_race(aic.local_filesystem_storage(tmp_path / "repo"), pair)
 
@@ -645,7 +647,7 @@ async def test_an_interrupted_creation_is_named(
     import aicechunk.repository.creation as repository
 
     storage = aic.local_filesystem_storage(tmp_path)
-    await aic.Repository.create(storage)
+    await aic.Repository.create(storage, spec_version=1)  # spec v2: tests/test_create_v2.py
     (tmp_path / "refs" / "branch.main" / "ref.json").unlink()
     before = _tree(tmp_path)
     for check_clean_root in (True, False):
@@ -845,7 +847,8 @@ async def test_commit_refuses_what_the_format_cannot_hold(
 
 
 async def test_commit_metadata_at_the_limits_roundtrips(tmp_path: Path) -> None:
-    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    # spec v1's limits (MessagePack); spec v2's FlexBuffers nest at most 200 levels
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path), spec_version=1)
     session = await repo.writable_session("main")
     await write_array(session, "t", np.arange(4, dtype="i4"), 2)
     metadata = {
@@ -869,7 +872,8 @@ async def test_commit_metadata_at_the_limits_roundtrips(tmp_path: Path) -> None:
 async def test_look_alike_refs_made_by_other_tools_stay_reachable(tmp_path: Path) -> None:
     from aicechunk.format.refs import branch_key, encode_ref
 
-    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    # ref files as another spec v1 writer makes them
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path), spec_version=1)
     sid = await repo.lookup_branch("main")
     names = ["main ", "\uff4d\uff41\uff49\uff4e", "x\u009by", "x\u00adhy"]
     driver = aic.local_filesystem_storage(tmp_path).driver()

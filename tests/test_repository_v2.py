@@ -107,7 +107,7 @@ async def test_fail_each_commit_step(step: str, after: bool) -> None:
 
 async def test_v1_repository_keeps_its_spec_version(tmp_path: object) -> None:
     driver = MemoryDriver()
-    repo = await aic.Repository.create(aic.storage_from_driver(driver))
+    repo = await aic.Repository.create(aic.storage_from_driver(driver), spec_version=1)
     assert repo.spec_version == 1
     await _write_setup(repo)
     reopened = await aic.Repository.open(aic.storage_from_driver(driver))

@@ -37,9 +37,9 @@ __all__ = [
 ]
 
 INITIAL_COMMIT_MESSAGE = "Repository initialized"
-#: the spec version ``Repository.create`` writes when not told (1, which Icechunk 1.x and
-#: 2.x both read, until this library writes all that a repository does in spec v2)
-DEFAULT_SPEC_VERSION = 1
+#: the spec version ``Repository.create`` writes when not told: the newest, as Icechunk 2.x
+#: does (``spec_version=1`` makes a repository Icechunk 1.x can read)
+DEFAULT_SPEC_VERSION = 2
 
 
 async def write_new_repository(

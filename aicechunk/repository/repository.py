@@ -173,8 +173,9 @@ class Repository:
         check_clean_root: bool = True,
         spec_version: int | None = None,
     ) -> Repository:
-        """Make a new, empty repository of ``spec_version`` (1 when ``None``, for now;
-        2 for Icechunk 2.x's layout, which Icechunk 1.x cannot read).
+        """Make a new, empty repository of ``spec_version``: the newest (2, Icechunk 2.x's
+        layout) when ``None``, as Icechunk 2.x does; 1 for a repository Icechunk 1.x
+        must read (it cannot read spec version 2).
 
         Refused where a repository exists (``RepositoryExistsError``;
         ``UnsupportedSpecVersionError`` for one of a spec version not supported) and, unless
@@ -182,9 +183,9 @@ class Repository:
 
         Creation is all or nothing, also between processes creating at once: the initial
         snapshot, whose id is the same in every repository, is written first and only if
-        absent. That decides the one creator that goes on to write ``config.yaml`` and
-        then the ``main`` branch; every other creator raises ``RepositoryExistsError``
-        having written nothing.
+        absent. That decides the one creator that goes on to write the rest (the repo
+        info file; in spec v1 ``config.yaml`` and then the ``main`` branch); every other
+        creator raises ``RepositoryExistsError`` having written nothing.
         """
         version = DEFAULT_SPEC_VERSION if spec_version is None else spec_version
         effective = await write_new_repository(storage, config, check_clean_root, version)
