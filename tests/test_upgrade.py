@@ -186,6 +186,7 @@ async def test_a_dry_run_writes_nothing_and_says_what_it_would_do(
     said = caplog.text
     assert "dry run, nothing written" in said and "2 branches, 2 tags, 1 deleted tags" in said
     assert "5 snapshots" in said and "its configuration" in said
+    assert "1 snapshots no branch or tag reaches left out" in said  # the dangling one
 
 
 async def test_without_deleting_the_v1_files_it_is_spec_v2_all_the_same() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aicechunk.assets import CONFIG_KEY, SNAPSHOTS, AssetManager
@@ -46,14 +46,16 @@ class UpgradePlan:
 
     ``info`` is the file to write (``data`` its bytes, encoded while planning so that
     anything the file cannot hold fails before a write); ``ref_keys`` the ``refs/``
-    objects the upgrade makes unused; ``has_config_yaml`` whether ``config.yaml`` is too.
+    objects the upgrade makes unused; ``has_config_yaml`` whether ``config.yaml`` is too;
+    ``dangling`` how many snapshot files no branch or tag reaches (left where they are,
+    unlisted, as Icechunk leaves them).
     """
 
     info: RepoInfo
     data: bytes
     ref_keys: tuple[str, ...]
     has_config_yaml: bool
-    dangling: int = field(default=0)
+    dangling: int = 0
 
     def describe(self) -> str:
         """One paragraph saying what the upgrade writes and deletes."""
@@ -65,7 +67,8 @@ class UpgradePlan:
             f"spec v1 -> v2: a repo info file ({len(self.data)} bytes) with "
             f"{len(info.branches)} branches, {len(info.tags)} tags{deleted}, "
             f"{len(info.snapshots)} snapshots, {len(info.latest_updates)} operations log "
-            f"entries and {config}; {unused} spec v1 files (refs/, config.yaml) unused after"
+            f"entries and {config}; {unused} spec v1 files (refs/, config.yaml) unused after; "
+            f"{self.dangling} snapshots no branch or tag reaches left out"
         )
 
 
