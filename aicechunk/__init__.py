@@ -54,6 +54,7 @@ from aicechunk.repository import (
     SnapshotInfo,
     spec_version,
 )
+from aicechunk.repository.upgrade import upgrade_icechunk_repository
 from aicechunk.session import ChunkType, Diff, ForkSession, Session, SessionMode
 from aicechunk.storage import (
     ExpiringS3Credentials,
@@ -175,4 +176,5 @@ __all__ = [
     "storage_from_driver",
     "storage_from_url",
     "tigris_storage",
+    "upgrade_icechunk_repository",
 ]

@@ -41,7 +41,13 @@ from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_
 from aicechunk.refstore import FileRefStore, RefInfo, RefStore
 from aicechunk.repo_info_store import RepoInfoStore
 
-__all__ = ["CONFIG_KEY", "REPO_INFO_KEY", "AssetManager", "RefInfo"]
+__all__ = [
+    "CONFIG_KEY",
+    "REPO_INFO_KEY",
+    "AssetManager",
+    "RefInfo",
+    "detected_spec_version",
+]
 
 # how many times a branch is read back when the answer to its update was lost, and the
 # first pause (doubling) between those reads
@@ -99,6 +105,15 @@ CHUNKS = "chunks/"
 CONFIG_KEY = "config.yaml"
 #: the entry point of a spec version 2 repository (Icechunk 2.x), which has no ``refs/``
 REPO_INFO_KEY = "repo"
+
+
+def detected_spec_version(repo_info: bytes | None, has_main: bool) -> int | None:
+    """The spec version of a repository whose repo info file starts with ``repo_info``
+    (``None``: there is none) and that has a ``main`` branch file or not: see
+    ``AssetManager.spec_version``."""
+    if repo_info is not None:
+        return max(2, spec_version_of(repo_info[:HEADER_SIZE]) or 2)
+    return 1 if has_main else None
 
 
 def _log_size(log: TransactionLog) -> int:
@@ -489,9 +504,7 @@ class AssetManager:
         header, has_main = await asyncio.gather(
             repo_header(), self.driver.exists(ref_format.branch_key("main"))
         )
-        if header is not None:
-            return max(2, spec_version_of(header) or 2)
-        return 1 if has_main else None
+        return detected_spec_version(header, has_main)
 
     async def scan_root(self, known: frozenset[str]) -> tuple[list[str], str | None]:
         """The stored keys that are among ``known``, up to the first that is not (in key

@@ -98,7 +98,7 @@ async def cmd_info(repo: aic.Repository, args: argparse.Namespace) -> None:
             redact_url(prefix) for prefix in config.virtual_chunk_containers
         ),
     }
-    lines = [f"repository  {data['storage']}", "spec        Icechunk format v1"]
+    lines = [f"repository  {data['storage']}", f"spec        Icechunk format v{repo.spec_version}"]
     lines += [f"branch      {printable(name):20} {sid}" for name, sid in branches.items()]
     lines += [f"tag         {printable(name):20} {sid}" for name, sid in tags.items()]
     lines.append(f"inline      chunks <= {data['inline_chunk_threshold_bytes']} bytes")

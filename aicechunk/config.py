@@ -1,4 +1,5 @@
-"""The repository configuration users build and persist in ``config.yaml``."""
+"""The repository configuration users build and persist (in ``config.yaml`` on spec v1,
+in the repo info file on spec v2)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, ClassVar, overload
 
 from aicechunk.errors import AicechunkWarning, FormatError, redact_credentials
 from aicechunk.format.config import decode_config_yaml, encode_config_yaml
+from aicechunk.format.config_flex import decode_config_flex, encode_config_flex
 from aicechunk.format.header import MAX_PAYLOAD
 from aicechunk.virtual.containers import VirtualChunkContainer
 
@@ -173,6 +175,21 @@ class RepositoryConfig:
     def from_yaml(cls, data: bytes, name: str = "config.yaml") -> RepositoryConfig:
         """Parse ``config.yaml`` bytes."""
         return cls(decode_config_yaml(data, name))
+
+    def to_flex(self) -> bytes:
+        """The FlexBuffer a spec v2 repo info file stores, as Icechunk 2.x writes it."""
+        return encode_config_flex(self._data)
+
+    @classmethod
+    def from_flex(cls, data: bytes, name: str = "repo") -> RepositoryConfig:
+        """Parse the configuration FlexBuffer of the spec v2 repo info file ``name``
+        (``FormatError`` naming it, also for an aicechunk setting out of bounds)."""
+        config = cls(decode_config_flex(data, name))
+        try:
+            config.decompression_limits()
+        except FormatError as err:
+            raise FormatError(name, f"configuration: {err.problem}") from None
+        return config
 
     inline_chunk_threshold_bytes = _IntSetting(
         0,

@@ -229,8 +229,9 @@ class RootNotEmptyError(RepositoryError):
 
 class UnsupportedSpecVersionError(RepositoryError):
     """The repository follows an Icechunk spec version this library cannot read or write,
-    or the operation needs a newer one than the repository's (the operations log or
-    repository metadata on a spec version 1 repository); the message names the version."""
+    or the operation needs another one than the repository's (the operations log or
+    repository metadata on a spec version 1 repository, upgrading one that is spec
+    version 2 already); the message names the version."""
 
 
 class RefNotFoundError(RepositoryError):

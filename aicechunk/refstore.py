@@ -11,9 +11,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aicechunk.drivers.base import Driver
-from aicechunk.errors import ObjectNotFound, PreconditionFailed, RefNotFoundError, RepositoryError
+from aicechunk.errors import (
+    ObjectNotFound,
+    PreconditionFailed,
+    RefNotFoundError,
+    RepositoryError,
+    UnsupportedSpecVersionError,
+)
 from aicechunk.format import refs as ref_format
 from aicechunk.format.ids import SnapshotId
+from aicechunk.format.repo_info import REPO_INFO_KEY
 from aicechunk.format.snapshot import Snapshot
 
 __all__ = ["FileRefStore", "RefInfo", "RefStore"]
@@ -97,6 +104,11 @@ class FileRefStore:
         try:
             data, info = await self.driver.get_object(key)
         except ObjectNotFound:
+            if await self.driver.exists(REPO_INFO_KEY):  # upgraded since it was opened
+                raise UnsupportedSpecVersionError(
+                    f"the repository at {self.driver.label} is spec version 2 now (it was "
+                    "upgraded since this object opened it as spec version 1): open it again"
+                ) from None
             raise RefNotFoundError(f"branch {name!r} does not exist") from None
         return RefInfo(ref_format.decode_ref(data, key), info.version)
 

@@ -67,14 +67,16 @@ def _info_of(snapshot: Snapshot, parent: SnapshotId | None) -> SnapshotInfo:
     )
 
 
-def initial_repo_info(snapshot: Snapshot, at: datetime) -> RepoInfo:
-    """The repo info file of a new repository whose first snapshot is ``snapshot``."""
+def initial_repo_info(snapshot: Snapshot, at: datetime, config: bytes | None = None) -> RepoInfo:
+    """The repo info file of a new repository whose first snapshot is ``snapshot``
+    (``config``: the configuration's FlexBuffer, if one is stored)."""
     return RepoInfo(
         branches={"main": snapshot.id},
         tags={},
         snapshots=(_info_of(snapshot, None),),
         status=ru.RepoStatus(ru.Availability.ONLINE, at),
         latest_updates=(ru.Update(ru.RepoInitialized(), at, None),),
+        config=config,
     )
 
 
@@ -116,10 +118,14 @@ class RepoInfoStore:
             return (await self.read())[0]
         return self._cached
 
-    async def create(self, snapshot: Snapshot) -> None:
-        """Write the repo info file of a new repository; ``PreconditionFailed`` if one
-        exists."""
-        info = initial_repo_info(snapshot, datetime.now(UTC))
+    async def create(self, snapshot: Snapshot, config: bytes | None = None) -> None:
+        """Write the repo info file of a new repository (storing the configuration
+        FlexBuffer ``config``, if given); ``PreconditionFailed`` if one exists."""
+        await self.create_from(initial_repo_info(snapshot, datetime.now(UTC), config))
+
+    async def create_from(self, info: RepoInfo) -> None:
+        """Write ``info`` as the repo info file where there is none (``PreconditionFailed``
+        if one exists): a new repository, or one upgraded from spec version 1."""
         data = encode_repo_info(info)
         try:
             await self.driver.put(REPO_INFO_KEY, data, if_none_match=True)

@@ -28,9 +28,10 @@ def demo_repo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_every_command_on_local(demo_repo: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "info", demo_repo)
-    assert code == 0 and "Icechunk format v1" in out and "experiment" in out
+    assert code == 0 and "Icechunk format v2" in out and "experiment" in out
     info = json.loads(run(capsys, "info", demo_repo, "--json")[1])
     assert set(info["branches"]) == {"main", "experiment"} and set(info["tags"]) == {"v1"}
+    assert info["spec_version"] == 2  # the demo's repository is of the default version
 
     log = json.loads(run(capsys, "log", demo_repo, "--json")[1])
     assert [e["message"] for e in log] == [
@@ -204,7 +205,8 @@ def _made_by_another_tool(root: Path, names: list[str], message: str) -> None:
     from aicechunk.format.refs import branch_key, encode_ref, tag_key
 
     async def go() -> None:
-        repo = await aic.Repository.create(aic.local_filesystem_storage(root))
+        # spec v1: its ref files are where another tool writes the names
+        repo = await aic.Repository.create(aic.local_filesystem_storage(root), spec_version=1)
         session = await repo.writable_session("main")
         await zas.open_group(store=session.store, mode="w")
         sid = await session.commit(message)

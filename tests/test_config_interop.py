@@ -159,7 +159,7 @@ virtual_chunk_containers:
 
 async def test_containers_icechunk_ignores_are_ignored_with_a_warning(tmp_path: Path) -> None:
     storage = aic.local_filesystem_storage(tmp_path)
-    await aic.Repository.create(storage)
+    await aic.Repository.create(storage, spec_version=1)  # config.yaml, icechunk 1.x
     (tmp_path / "config.yaml").write_bytes(LEGACY_CONTAINERS)
     repo = await aic.Repository.open(storage)
     with pytest.warns(aic.AicechunkWarning) as caught:

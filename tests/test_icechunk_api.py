@@ -92,6 +92,9 @@ async def test_lookup_snapshot_and_as_of_agree_with_icechunk(
     assert [i.id async for i in ours.async_ancestry(branch="main")] == [
         i.id for i in theirs.ancestry(branch="main")
     ]
+    # the newest spec version, which each library writes by default (1.1.21: 1)
+    assert aic.spec_version() == 2
+    assert int(icechunk.spec_version()) == (2 if icechunk.__version__.startswith("2.") else 1)
 
 
 @pytest.mark.xfail(

@@ -283,7 +283,7 @@ async def test_icechunk_reads_the_commit_metadata_we_accept(tmp_path: Path) -> N
         "deep": {"a": {"b": {"c": [[[]]]}}},
         "u": "\u00fc\U0001f600",
     }
-    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path), spec_version=1)
     session = await repo.writable_session("main")
     await zas.open_group(store=session.store, mode="w")
     sid = await session.commit("\u00fcber \U0001f600", metadata=metadata)

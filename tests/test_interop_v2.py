@@ -205,8 +205,12 @@ async def test_icechunk_opens_a_repository_we_created(tmp_path: Path) -> None:
     ]
 
 
-async def test_v1_stays_the_default_and_keeps_its_layout(tmp_path: Path) -> None:
-    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
-    assert repo.spec_version == 1
-    assert (tmp_path / "refs" / "branch.main" / "ref.json").exists()
-    assert not (tmp_path / "repo").exists()
+async def test_v2_is_the_default_and_v1_keeps_its_layout(tmp_path: Path) -> None:
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "default"))
+    assert repo.spec_version == aic.spec_version() == 2  # the newest, as icechunk 2.x
+    assert (tmp_path / "default" / "repo").exists()
+    assert not (tmp_path / "default" / "refs").exists()
+    v1 = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "v1"), spec_version=1)
+    assert v1.spec_version == 1
+    assert (tmp_path / "v1" / "refs" / "branch.main" / "ref.json").exists()
+    assert not (tmp_path / "v1" / "repo").exists()

@@ -47,7 +47,7 @@ async def test_every_returned_id_is_a_string(tmp_path: Path) -> None:
 
 async def test_ids_are_icechunks_ids(tmp_path: Path) -> None:
     path = tmp_path / "r"
-    repo = await aic.Repository.create(aic.local_filesystem_storage(path))
+    repo = await aic.Repository.create(aic.local_filesystem_storage(path), spec_version=1)
     session = await repo.writable_session("main")
     root = await zas.open_group(store=session.store, mode="w")
     await root.create_array("a", shape=(2,), dtype="i4")

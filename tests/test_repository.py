@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 from aicechunk.errors import UnrepresentableValueError
+from aicechunk.format.ids import FIRST_SNAPSHOT_ID
+from aicechunk.format.repo_info import encode_repo_info
+from aicechunk.format.snapshot import Snapshot
+from aicechunk.repo_info_store import initial_repo_info
 from tests.conftest import StorageFactory, s3_test_storage
 
 
@@ -318,13 +323,15 @@ def test_session_across_event_loops(tmp_path: Path) -> None:
     )
 
 
-async def test_one_chunk_read_costs_four_requests(tmp_path: Path) -> None:
-    """Fresh repository, one chunk: ref, snapshot, manifest, chunk; nothing more."""
+@pytest.mark.parametrize(("version", "refs"), [(1, "refs"), (2, "repo")])
+async def test_one_chunk_read_costs_four_requests(tmp_path: Path, version: int, refs: str) -> None:
+    """Fresh repository, one chunk: ref (the repo info file in spec v2), snapshot,
+    manifest, chunk; nothing more."""
     from aicechunk.drivers import LocalDriver
     from aicechunk.testing import CountingDriver
 
     storage = aic.local_filesystem_storage(tmp_path / "r")
-    repo = await aic.Repository.create(storage)
+    repo = await aic.Repository.create(storage, spec_version=version)
     session = await repo.writable_session("main")
     group = await zas.open_group(store=session.store, mode="w")
     arr = await group.create_array("x", shape=(1024,), chunks=(256,), dtype="f8", compressors=None)
@@ -339,7 +346,7 @@ async def test_one_chunk_read_costs_four_requests(tmp_path: Path) -> None:
     assert chunk is not None and len(chunk) == 2048
     calls = [f"{method} {key}" for method, key in counting.calls]
     kinds = [c.split(" ")[1].split("/")[0] for c in calls]
-    assert kinds == ["refs", "snapshots", "manifests", "chunks"], calls
+    assert kinds == [refs, "snapshots", "manifests", "chunks"], calls
 
 
 async def test_caches_are_bounded_by_caching_config(tmp_path: Path) -> None:
@@ -441,12 +448,12 @@ async def test_one_history_walk_ends_on_cycles_and_missing_parents() -> None:
 async def test_ref_names_that_do_not_fit_or_look_alike(tmp_path: Path, name: str) -> None:
     repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
     sid = await repo.lookup_branch("main")
-    before = sorted(p.name for p in (tmp_path / "refs").iterdir())
+    before = _tree(tmp_path)  # nothing written (in spec v2 a change adds overwritten/)
     with pytest.raises(aic.InvalidRefNameError, match="ref name"):
         await repo.create_branch(name, sid)
     with pytest.raises(aic.InvalidRefNameError, match="ref name"):
         await repo.create_tag(name, sid)
-    assert sorted(p.name for p in (tmp_path / "refs").iterdir()) == before
+    assert _tree(tmp_path) == before
 
 
 async def test_ref_names_at_the_limits_work(tmp_path: Path) -> None:
@@ -490,7 +497,7 @@ async def test_truncated_native_chunk_is_a_format_error(tmp_path: Path) -> None:
 )
 async def test_malformed_config_yaml_fails_open(tmp_path: Path, text: bytes) -> None:
     storage = aic.local_filesystem_storage(tmp_path)
-    await aic.Repository.create(storage)
+    await aic.Repository.create(storage, spec_version=1)  # spec v2 has no config.yaml
     (tmp_path / "config.yaml").write_bytes(text)
     with pytest.raises(aic.FormatError, match=r"^config\.yaml: "):
         await aic.Repository.open(storage)
@@ -498,7 +505,7 @@ async def test_malformed_config_yaml_fails_open(tmp_path: Path, text: bytes) -> 
 
 async def test_container_whose_store_serves_other_urls(tmp_path: Path) -> None:
     storage = aic.local_filesystem_storage(tmp_path)
-    repo = await aic.Repository.create(storage)
+    repo = await aic.Repository.create(storage, spec_version=1)  # its config.yaml
     (tmp_path / "config.yaml").write_bytes(
         b"virtual_chunk_containers:\n  gs://b/:\n    url_prefix: gs://b/\n    store: !s3 {}\n"
     )
@@ -564,7 +571,7 @@ def _check_create_race(storage: aic.Storage, pair: list[int | None]) -> None:
     outcomes = sorted(r for _, r in results)
     assert outcomes == ["created", "exists"], results
     winner = next(t for t, r in results if r == "created")
-    # the loser wrote nothing: config.yaml is the winner's (none at all for a default one)
+    # the loser wrote nothing: the persisted config is the winner's (none for a default one)
     assert asyncio.run(_persisted_threshold(storage)) == winner
 
     async def check_repo() -> None:
@@ -579,8 +586,8 @@ def _check_create_race(storage: aic.Storage, pair: list[int | None]) -> None:
 @pytest.mark.parametrize("run", range(20))
 def test_concurrent_creates_have_one_winner_local(tmp_path: Path, run: int) -> None:
     """Two processes create at once with different configs (every other run one of them
-    with the default config, which writes no config.yaml): one succeeds, the other raises
-    RepositoryExistsError and leaves config.yaml and refs as the winner wrote them."""
+    with the default config, which is not stored): one succeeds, the other raises
+    RepositoryExistsError and leaves the config and refs as the winner wrote them."""
     pair: list[int | None] = [100 + run, 200 + run] if run % 2 else [None, 300 + run]
     _check_create_race(aic.local_filesystem_storage(tmp_path / "repo"), pair)
 
@@ -640,7 +647,7 @@ async def test_an_interrupted_creation_is_named(
     import aicechunk.repository.creation as repository
 
     storage = aic.local_filesystem_storage(tmp_path)
-    await aic.Repository.create(storage)
+    await aic.Repository.create(storage, spec_version=1)  # spec v2: tests/test_create_v2.py
     (tmp_path / "refs" / "branch.main" / "ref.json").unlink()
     before = _tree(tmp_path)
     for check_clean_root in (True, False):
@@ -652,6 +659,13 @@ async def test_an_interrupted_creation_is_named(
     assert _tree(tmp_path) == before
 
 
+def _repo_info_bytes() -> bytes:
+    """The repo info file of a new spec v2 repository."""
+    now = datetime.now(UTC)
+    first = Snapshot(FIRST_SNAPSHOT_ID, None, now, "init", {}, (), (), spec_version=2)
+    return encode_repo_info(initial_repo_info(first, now))
+
+
 def _write_spec_v2_repository(root: Path, with_v1_refs: bool, version: int = 2) -> None:
     """What Icechunk 2.x leaves: a ``repo`` object (binary header, spec version 2, file
     type 6) at the root and no ``refs/`` (or, mid-migration, the v1 refs beside it)."""
@@ -660,6 +674,8 @@ def _write_spec_v2_repository(root: Path, with_v1_refs: bool, version: int = 2) 
     root.mkdir(parents=True, exist_ok=True)
     header = MAGIC + b"ic-2.1.2".ljust(24) + bytes((version, 6, 1))
     (root / "repo").write_bytes(header + b"\x28\xb5\x2f\xfd" + b"\x00" * 40)
+    if version == 2:  # a real repo info file (opening reads it, as Icechunk 2.x does)
+        (root / "repo").write_bytes(_repo_info_bytes())
     (root / "snapshots").mkdir()
     (root / "snapshots" / "1CECHNKREP0F1RSTCMT0").write_bytes(header[:36] + bytes((2, 1, 1)))
     if with_v1_refs:
@@ -689,8 +705,8 @@ async def test_spec_v2_repository_is_recognised_and_never_written_over(
     ):
         with pytest.raises(aic.RepositoryExistsError):
             await create()
-    with pytest.raises(aic.FormatError):  # the repo info file here is a stub
-        await (await aic.Repository.open(storage)).list_branches()
+    with pytest.raises(aic.FormatError):  # the snapshot file here is a stub
+        await (await aic.Repository.open(storage)).lookup_snapshot(str(FIRST_SNAPSHOT_ID))
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
@@ -718,11 +734,9 @@ async def test_unknown_spec_version_is_refused_and_never_written_over(tmp_path: 
 async def test_spec_v2_repository_is_recognised_on_every_driver(
     make_storage: StorageFactory,
 ) -> None:
-    from aicechunk.format.header import MAGIC
-
     storage = make_storage()
     driver = storage.driver()
-    await driver.put("repo", MAGIC + b"ic-2.1.2".ljust(24) + bytes((2, 6, 1)) + b"\x00" * 8)
+    await driver.put("repo", _repo_info_bytes())
     assert await aic.Repository.exists(storage)
     assert (await aic.Repository.open(storage)).spec_version == 2
     assert (await aic.Repository.open_or_create(storage)).spec_version == 2
@@ -833,7 +847,8 @@ async def test_commit_refuses_what_the_format_cannot_hold(
 
 
 async def test_commit_metadata_at_the_limits_roundtrips(tmp_path: Path) -> None:
-    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    # spec v1's limits (MessagePack); spec v2's FlexBuffers nest at most 200 levels
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path), spec_version=1)
     session = await repo.writable_session("main")
     await write_array(session, "t", np.arange(4, dtype="i4"), 2)
     metadata = {
@@ -857,7 +872,8 @@ async def test_commit_metadata_at_the_limits_roundtrips(tmp_path: Path) -> None:
 async def test_look_alike_refs_made_by_other_tools_stay_reachable(tmp_path: Path) -> None:
     from aicechunk.format.refs import branch_key, encode_ref
 
-    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path))
+    # ref files as another spec v1 writer makes them
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path), spec_version=1)
     sid = await repo.lookup_branch("main")
     names = ["main ", "\uff4d\uff41\uff49\uff4e", "x\u009by", "x\u00adhy"]
     driver = aic.local_filesystem_storage(tmp_path).driver()

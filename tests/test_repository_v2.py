@@ -107,7 +107,7 @@ async def test_fail_each_commit_step(step: str, after: bool) -> None:
 
 async def test_v1_repository_keeps_its_spec_version(tmp_path: object) -> None:
     driver = MemoryDriver()
-    repo = await aic.Repository.create(aic.storage_from_driver(driver))
+    repo = await aic.Repository.create(aic.storage_from_driver(driver), spec_version=1)
     assert repo.spec_version == 1
     await _write_setup(repo)
     reopened = await aic.Repository.open(aic.storage_from_driver(driver))
@@ -124,10 +124,6 @@ async def _write_setup(repo: aic.Repository) -> None:
 async def test_unknown_spec_version_is_refused_on_create() -> None:
     with pytest.raises(aic.UnsupportedSpecVersionError, match="spec version 7"):
         await aic.Repository.create(aic.in_memory_storage(), spec_version=7)
-    config = aic.RepositoryConfig.default()
-    config.inline_chunk_threshold_bytes = 10
-    with pytest.raises(aic.UnsupportedSpecVersionError, match="configuration"):
-        await aic.Repository.create(aic.in_memory_storage(), config, spec_version=2)
 
 
 async def test_forks_of_a_v2_session_travel_and_merge(tmp_path: object) -> None:

@@ -29,7 +29,11 @@ BLOB = b"HEADER--" + VALUES.tobytes()  # chunk data at offset 8, like a small Ne
 
 
 async def virtual_repo(
-    tmp_path: Path, prefix: str, store: object, creds: dict[str, object] | None
+    tmp_path: Path,
+    prefix: str,
+    store: object,
+    creds: dict[str, object] | None,
+    spec_version: int | None = None,
 ) -> aic.Repository:
     config = aic.RepositoryConfig.default()
     config.set_virtual_chunk_container(aic.VirtualChunkContainer(prefix, store))  # type: ignore[arg-type]
@@ -37,6 +41,7 @@ async def virtual_repo(
         aic.local_filesystem_storage(tmp_path / "repo"),
         config=config,
         authorize_virtual_chunk_access=creds,
+        spec_version=spec_version,
     )
 
 
@@ -87,7 +92,7 @@ async def test_local_files(tmp_path: Path) -> None:
     assert await session.chunk_type("/v", (0,)) is aic.ChunkType.VIRTUAL
     assert await session.chunk_type("/v", (5,)) is aic.ChunkType.UNINITIALIZED
     assert await session.all_virtual_chunk_locations() == [f"{prefix}file.nc"]
-    # the containers persist in config.yaml
+    # the containers persist (in the repo info file; in config.yaml on spec v1)
     reopened = await aic.Repository.open(
         aic.local_filesystem_storage(tmp_path / "repo"),
         authorize_virtual_chunk_access=aic.containers_credentials({prefix: None}),
@@ -244,8 +249,8 @@ async def test_interop_virtual_refs(tmp_path: Path) -> None:
         await read_v(await theirs.readonly_session(branch="main")), VALUES
     )
     # we write, icechunk reads
-    ours = await virtual_repo(
-        tmp_path / "o", prefix, aic.local_filesystem_store(str(data_dir)), {prefix: None}
+    ours = await virtual_repo(  # spec v1: icechunk 1.x reads it
+        tmp_path / "o", prefix, aic.local_filesystem_store(str(data_dir)), {prefix: None}, 1
     )
     await write_refs(ours, f"{prefix}file.nc")
     got = await asyncio.to_thread(icechunk_virtual, tmp_path / "o" / "repo", data_dir, True)

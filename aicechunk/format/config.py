@@ -19,6 +19,7 @@ __all__ = [
     "STORE_KINDS",
     "TOP_LEVEL_KEYS",
     "Tagged",
+    "check_config",
     "decode_config_yaml",
     "encode_config_yaml",
 ]
@@ -169,6 +170,13 @@ def decode_config_yaml(data: bytes, name: str = "config.yaml") -> dict[str, Any]
         raise FormatError(name, f"not valid YAML: {err}") from None
     if doc is None:
         return {}
+    return check_config(doc, name)
+
+
+def check_config(doc: Any, name: str) -> dict[str, Any]:
+    """``doc`` if it is a configuration mapping Icechunk would read (sections are
+    mappings, counts non-negative integers, virtual chunk containers well formed);
+    ``FormatError`` naming ``name`` and the field otherwise."""
     if not isinstance(doc, dict):
         raise FormatError(name, f"expected a mapping at the top level, got {type(doc).__name__}")
     for key in ("caching", "storage", "manifest", "compression", "virtual_chunk_containers"):

@@ -1,9 +1,9 @@
 """Creating a repository: all or nothing, also between processes creating at once.
 
 The initial snapshot, whose id is the same in every repository, is written first and only
-if absent. That decides the one creator that goes on to write ``config.yaml`` and then
-the ``main`` branch; every other creator raises ``RepositoryExistsError`` having written
-nothing.
+if absent. That decides the one creator that goes on to write ``config.yaml`` and then the
+``main`` branch (spec v1), or the repo info file that holds both (spec v2); every other
+creator raises ``RepositoryExistsError`` having written nothing.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ __all__ = [
 ]
 
 INITIAL_COMMIT_MESSAGE = "Repository initialized"
-#: the spec version ``Repository.create`` writes when not told (1, which Icechunk 1.x and
-#: 2.x both read, until this library writes all that a repository does in spec v2)
-DEFAULT_SPEC_VERSION = 1
+#: the spec version ``Repository.create`` writes when not told: the newest, as Icechunk 2.x
+#: does (``spec_version=1`` makes a repository Icechunk 1.x can read)
+DEFAULT_SPEC_VERSION = 2
 
 
 async def write_new_repository(
@@ -55,11 +55,11 @@ async def write_new_repository(
             f"cannot create a spec version {spec_version} repository: aicechunk writes "
             f"spec versions {', '.join(map(str, SPEC_VERSIONS))}"
         )
-    if spec_version != 1 and config is not None and not config.is_default():
-        raise UnsupportedSpecVersionError(
-            "a configuration other than the default cannot be stored in a spec version "
-            f"{spec_version} repository yet; create it with the default configuration"
-        )
+    # as in Icechunk 2.x, a configuration is stored only if one other than the default
+    # was given; in spec v2, in the repo info file (encoded first: a configuration that
+    # cannot be stored fails before anything is written)
+    custom = config is not None and not config.is_default()
+    stored = config.to_flex() if config is not None and custom and spec_version >= 2 else None
     driver = storage.driver()
     assets = AssetManager(driver, format_version=spec_version)
     await refuse_existing(assets, driver.label)
@@ -87,7 +87,7 @@ async def write_new_repository(
         if isinstance(assets.refs, RepoInfoStore):
             # Icechunk 2.x writes the first snapshot's (empty) transaction log too
             await assets.write_transaction_log(TransactionLog(id=FIRST_SNAPSHOT_ID, spec_version=2))
-            await assets.refs.create(initial)
+            await assets.refs.create(initial, stored)
             return effective
         if config is not None and not config.is_default():
             # in a clean root nobody else writes config.yaml; past a dirty one it is ours

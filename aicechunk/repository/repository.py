@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from aicechunk.assets import CONFIG_KEY, AssetManager
+from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
 from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
 from aicechunk.errors import (
     ConflictError,
-    ObjectNotFound,
     PreconditionFailed,
     RefExistsError,
     RefNotFoundError,
@@ -27,7 +25,7 @@ from aicechunk.errors import (
 from aicechunk.format import refs as ref_format
 from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import SnapshotId
-from aicechunk.repository import history, rearrange, v2admin, v2ops
+from aicechunk.repository import configs, history, rearrange, v2admin, v2ops
 from aicechunk.repository.creation import (
     DEFAULT_SPEC_VERSION,
     await_creation,
@@ -162,8 +160,9 @@ class Repository:
         check_clean_root: bool = True,
         spec_version: int | None = None,
     ) -> Repository:
-        """Make a new, empty repository of ``spec_version`` (1 when ``None``, for now;
-        2 for Icechunk 2.x's layout, which Icechunk 1.x cannot read).
+        """Make a new, empty repository of ``spec_version``: the newest (2, Icechunk 2.x's
+        layout) when ``None``, as Icechunk 2.x does; 1 for a repository Icechunk 1.x
+        must read (it cannot read spec version 2).
 
         Refused where a repository exists (``RepositoryExistsError``;
         ``UnsupportedSpecVersionError`` for one of a spec version not supported) and, unless
@@ -171,9 +170,9 @@ class Repository:
 
         Creation is all or nothing, also between processes creating at once: the initial
         snapshot, whose id is the same in every repository, is written first and only if
-        absent. That decides the one creator that goes on to write ``config.yaml`` and
-        then the ``main`` branch; every other creator raises ``RepositoryExistsError``
-        having written nothing.
+        absent. That decides the one creator that goes on to write the rest (the repo
+        info file; in spec v1 ``config.yaml`` and then the ``main`` branch); every other
+        creator raises ``RepositoryExistsError`` having written nothing.
         """
         version = DEFAULT_SPEC_VERSION if spec_version is None else spec_version
         effective = await write_new_repository(storage, config, check_clean_root, version)
@@ -187,21 +186,15 @@ class Repository:
         config: RepositoryConfig | None = None,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
     ) -> Repository:
-        """Open an existing repository; ``config`` overrides what is persisted."""
-        driver = storage.driver()
-        # one round trip: the spec version and the config are asked for together, and the
-        # config counts only once the version says it is a repository this library reads
-        found, persisted = await asyncio.gather(
-            AssetManager(driver).spec_version(), cls.fetch_config(storage), return_exceptions=True
-        )
-        if isinstance(found, BaseException):
-            raise found
+        """Open an existing repository; ``config`` is set on top of the configuration
+        persisted in it (``config.yaml`` on spec v1, the repo info file on spec v2)."""
+        label = storage.driver().label
+        limits = None if config is None else config.decompression_limits()
+        found, persisted = await configs.probe(storage, limits)
         if found is None:
-            raise RepositoryNotFoundError(f"no repository at {driver.label} (no 'main' branch)")
+            raise RepositoryNotFoundError(f"no repository at {label} (no 'main' branch)")
         if found not in SPEC_VERSIONS:
-            raise UnsupportedSpecVersionError(unsupported_message(driver.label, found))
-        if isinstance(persisted, BaseException):
-            raise persisted
+            raise UnsupportedSpecVersionError(unsupported_message(label, found))
         effective = persisted or RepositoryConfig.default()
         if config is not None:
             effective = effective.merge(config)
@@ -215,40 +208,31 @@ class Repository:
         config: RepositoryConfig | None = None,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
         *,
+        create_version: int | None = None,
         check_clean_root: bool = True,
     ) -> Repository:
-        """Open the repository at ``storage``, creating it if there is none (``create``'s
-        rules apply: nothing is written beside other objects or over a repository of
-        another spec version). Racing another process that creates it, this one waits
-        for that creation to finish and opens the result."""
+        """Open the repository at ``storage``, creating it if there is none, of spec
+        version ``create_version`` (``create``'s ``spec_version``; the repository found is
+        opened whatever its version). ``create``'s rules apply: nothing is written beside
+        other objects or over a repository of another spec version. Racing another
+        process that creates it, this one waits for that creation to finish and opens
+        the result."""
         if await AssetManager(storage.driver()).spec_version() is not None:
             return await cls.open(storage, config, authorize_virtual_chunk_access)
         try:
             return await cls.create(
-                storage, config, authorize_virtual_chunk_access, check_clean_root=check_clean_root
+                storage,
+                config,
+                authorize_virtual_chunk_access,
+                check_clean_root=check_clean_root,
+                spec_version=create_version,
             )
         except RepositoryExistsError:
             await await_creation(storage)
             return await cls.open(storage, config, authorize_virtual_chunk_access)
 
-    @staticmethod
-    async def fetch_config(storage: Storage) -> RepositoryConfig | None:
-        """The configuration persisted in ``config.yaml``, or ``None`` if there is none."""
-        try:
-            data = await storage.driver().get(CONFIG_KEY)
-        except ObjectNotFound:
-            return None
-        return RepositoryConfig.from_yaml(data, CONFIG_KEY)
-
-    @must_await("the configuration was not saved")
-    async def save_config(self) -> None:
-        """Persist the configuration in effect to ``config.yaml``."""
-        if self.spec_version != 1:
-            raise UnsupportedSpecVersionError(
-                f"saving the configuration of a spec version {self.spec_version} repository "
-                "(in its repo info file) is not supported yet"
-            )
-        await self._storage.driver().put(CONFIG_KEY, self._config.to_yaml())
+    fetch_config = staticmethod(configs.fetch_config)
+    save_config = configs.save_config
 
     # -- branches ---------------------------------------------------------------------
 

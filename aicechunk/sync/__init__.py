@@ -21,6 +21,7 @@ from typing import Any
 import aicechunk as _core
 from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.errors import NodeNotFoundError
+from aicechunk.sync._facade import unwrap as _unwrap
 from aicechunk.sync._facade import wrap as _wrap
 from aicechunk.sync._loop import run as _run
 from aicechunk.sync._names import MODULE_SPELLINGS, NOT_YET
@@ -41,11 +42,19 @@ _FACADES: dict[str, Any] = {
 _EXTRA: dict[str, Any] = {"ConflictSolver": ConflictSolver, "NodeNotFoundError": NodeNotFoundError}
 
 
+def _unwrapped(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Arguments as the core takes them: a facade (``upgrade_icechunk_repository``'s
+    repository) becomes its core object."""
+    return tuple(_unwrap(a) for a in args), {k: _unwrap(v) for k, v in kwargs.items()}
+
+
 def _blocking(name: str, func: Any) -> tuple[Any, Any]:
     def blocking(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = _unwrapped(args, kwargs)
         return _wrap(_run(func(*args, **kwargs)))
 
     async def awaitable(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = _unwrapped(args, kwargs)
         return _wrap(await func(*args, **kwargs))
 
     blocking.__name__, awaitable.__name__ = name, f"{name}_async"

@@ -45,7 +45,6 @@ _MANIFESTS = "manifests are written whole and unsplit: no manifest splitting or 
 _MAINTENANCE = "no garbage collection, expiry or manifest rewriting yet"
 # icechunk 2.x names that helpers of issue 17 are adding (the coordinator removes these on
 # merge, as each lands)
-_ISSUE_17 = "issue 17, in progress"
 _ERRORS = (
     "icechunk 2.x's error classes and ErrorKind codes are not mirrored yet: aicechunk raises "
     "its own AicechunkError subclasses (RefNotFoundError, RepositoryNotFoundError, "
@@ -127,7 +126,6 @@ NOT_YET: dict[str, str] = {
     "CommitMethod": "commit and amend are two calls, Session.commit and Session.amend",
     "Update": _UPDATES,
     "UpdateType": _UPDATES,
-    "upgrade_icechunk_repository": _ISSUE_17,
     # icechunk 2.3.0's members of the facade classes
     "Repository.ancestry_graph": "no drawing of the history yet: Repository.ancestry lists it",
     "Repository.attribution": "requests carry no attribution labels",

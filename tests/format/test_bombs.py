@@ -172,7 +172,7 @@ async def test_bomb_in_a_repository_is_a_format_error() -> None:
         tracemalloc.stop()
     assert peak < PEAK_LIMIT, peak
 
-    log_key = await first_key(driver, "transactions/")
+    log_key = f"transactions/{await fresh.lookup_branch('main')}"  # the one main reads
     await driver.put(log_key, as_file(FileType.TRANSACTION_LOG, zeros_frame()))
     fresh = await aic.Repository.open(storage)
     with pytest.raises(FormatError, match=log_key):
@@ -224,7 +224,7 @@ def test_fork_payload_bomb(frame: str) -> None:
 @pytest.mark.attack("bombs")
 async def test_a_bad_persisted_maximum_is_a_format_error() -> None:
     storage = aic.in_memory_storage()
-    await aic.Repository.create(storage)
+    await aic.Repository.create(storage, spec_version=1)  # its config.yaml (v2: test_config_v2)
     for bad in ("'lots'", "-1", str(4 * GIB), "true"):
         await storage.driver().put(
             "config.yaml", f"aicechunk_max_decompressed_bytes: {bad}\n".encode()
