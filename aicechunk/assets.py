@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, CachingConfig, DecompressionLimits
 from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
@@ -37,6 +35,7 @@ from aicechunk.format.transaction_log import (
     decode_transaction_log,
     encode_transaction_log,
 )
+from aicechunk.lru import LRU
 from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
 from aicechunk.refstore import FileRefStore, RefInfo, RefStore
 from aicechunk.repo_info_store import RepoInfoStore
@@ -56,46 +55,7 @@ SETTLE_BACKOFF_SECONDS = 0.05
 
 logger = logging.getLogger(__name__)
 
-K = TypeVar("K")
 V = TypeVar("V")
-
-# files larger than this are decoded in a worker thread
-
-
-class _LRU(Generic[K, V]):
-    """A thread-safe LRU cache bounded by total weight (entries weigh ``weigh(value)``)."""
-
-    def __init__(self, capacity: int, weigh: Callable[[V], int] = lambda _: 1) -> None:
-        self.capacity = capacity
-        self._weigh = weigh
-        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._total = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return None
-            self._data.move_to_end(key)
-            return entry[0]
-
-    def put(self, key: K, value: V) -> None:
-        weight = max(1, self._weigh(value))
-        if weight > self.capacity:
-            return
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._total -= old[1]
-            self._data[key] = (value, weight)
-            self._total += weight
-            while self._total > self.capacity:
-                _, (_, dropped) = self._data.popitem(last=False)
-                self._total -= dropped
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 SNAPSHOTS = "snapshots/"
@@ -172,13 +132,13 @@ class AssetManager:
         self.refs: RefStore = (
             FileRefStore(driver) if format_version == 1 else RepoInfoStore(driver, limits)
         )
-        self._snapshots: _LRU[SnapshotId, Snapshot] = _LRU(
+        self._snapshots: LRU[SnapshotId, Snapshot] = LRU(
             self.caching.resolved("num_snapshot_nodes"), lambda s: len(s.nodes)
         )
-        self._manifests: _LRU[ManifestId, Manifest] = _LRU(
+        self._manifests: LRU[ManifestId, Manifest] = LRU(
             self.caching.resolved("num_chunk_refs"), lambda m: m.num_chunk_refs
         )
-        self._txlogs: _LRU[SnapshotId, TransactionLog] = _LRU(
+        self._txlogs: LRU[SnapshotId, TransactionLog] = LRU(
             self.caching.resolved("num_transaction_changes"), _log_size
         )
         # one fetch in flight per file, shared by every task that wants it
