@@ -67,7 +67,7 @@ def test_errors_are_one_line(
         ["info", str(tmp_path / "missing")],
         ["tag", demo_repo, "create", "v1"],
         ["branch", demo_repo, "delete", "main"],
-        ["branch", demo_repo, "create", "bad/name"],
+        ["branch", demo_repo, "create", "bad//name"],
         ["log", demo_repo, "--branch", "nope"],
         ["info", "ftp://example/x"],
     ):

@@ -102,7 +102,6 @@ NOT_YET: dict[str, str] = {
     "AlreadyExistsError": _ERRORS,
     "ErrorKind": _ERRORS,
     "InternalError": _ERRORS,
-    "InvalidInputError": _ERRORS,
     "NotFoundError": _ERRORS,
     "SnapshotNotFoundError": _ERRORS,
     "AncestryGraph": "no drawing of the history yet: Repository.ancestry lists it",
