@@ -29,7 +29,7 @@ async def test_slashed_branch_and_tag_names_on_spec_v2() -> None:
     assert await reopened.list_branches() == {"main"}
 
 
-@pytest.mark.parametrize("name", ["", "/x", "x/", "a//b", "a\x00b", "\u202emain"])
+@pytest.mark.parametrize("name", ["", "/x", "x/", "a//b", "../up", "a/.", "a\x00b", "\u202emain"])
 async def test_new_names_still_checked_on_spec_v2(name: str) -> None:
     repo = await aic.Repository.create(aic.in_memory_storage(), spec_version=2)
     with pytest.raises(InvalidRefNameError):

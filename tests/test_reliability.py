@@ -455,17 +455,22 @@ def verify_after_crash(root: Path, log: Path, already_checked: int) -> int:
 )
 @SPECS
 async def test_hostile_ref_names(tmp_path: Path, name: str, spec: int) -> None:
+    if spec == 2 and name == "a/b":
+        pytest.skip("a legal name on spec v2, as in Icechunk 2.x (tests/test_ref_names_v2.py)")
     root = tmp_path / "repo"
     repo = await aic.Repository.create(aic.local_filesystem_storage(root), spec_version=spec)
     sid = await repo.lookup_branch("main")
+    for call in (lambda: repo.create_branch(name, sid), lambda: repo.create_tag(name, sid)):
+        with pytest.raises(aic.InvalidRefNameError):
+            await call()
+    # spec v2 names are no keys: a lookup finds any ref by its exact name, and these none
+    refused = aic.InvalidRefNameError if spec == 1 else aic.RefNotFoundError
     for call in (
-        lambda: repo.create_branch(name, sid),
-        lambda: repo.create_tag(name, sid),
         lambda: repo.lookup_branch(name),
         lambda: repo.writable_session(name),
         lambda: repo.readonly_session(tag=name),
     ):
-        with pytest.raises(aic.InvalidRefNameError):
+        with pytest.raises(refused):
             await call()
     assert await asyncio.to_thread(files_outside, tmp_path, root) == []
     if spec == 2:  # nothing was written into the repo info file either

@@ -97,8 +97,8 @@ def validate_new_ref_name(name: str, spec_version: int = 1) -> str:
     (``feature/x``); every other rule stands, and the name must not be empty, ``.`` or
     ``..``."""
     validate_ref_name(name.replace("/", "-") if spec_version >= 2 else name)
-    if spec_version >= 2 and (not name or "" in name.split("/")):
-        raise InvalidRefNameError(f"ref name {name!r}: no empty parts around '/'")
+    if spec_version >= 2 and any(part in ("", ".", "..") for part in name.split("/")):
+        raise InvalidRefNameError(f"ref name {name!r}: no empty, '.' or '..' parts around '/'")
     if unicodedata.normalize("NFC", name) != name:
         raise InvalidRefNameError(
             f"ref name {name!r}: not in Unicode normal form NFC; "
