@@ -6,13 +6,12 @@ it lives apart from it (as ``v2ops``'s functions do).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from aicechunk.assets import AssetManager
-from aicechunk.config import RepositoryConfig
-from aicechunk.session import Session, SessionConfig
+from aicechunk.format.ids import SnapshotId
+from aicechunk.session import Session
 from aicechunk.session.rearrange import check_move_flag, require_spec_v2
-from aicechunk.virtual import VirtualResolver
 
 __all__ = ["rearrange_session"]
 
@@ -21,12 +20,10 @@ class SessionMaker(Protocol):
     """A repository, as ``rearrange_session`` sees it."""
 
     _assets: AssetManager
-    _config: RepositoryConfig
-    _commit_metadata: dict[str, Any]
 
-    def _session_config(self) -> SessionConfig: ...
-
-    def _virtual_resolver(self) -> VirtualResolver: ...
+    def _session_on(
+        self, branch: str, snapshot_id: SnapshotId, rearrange: bool = False
+    ) -> Session: ...
 
     async def writable_session(self, branch: str) -> Session: ...
 
@@ -42,14 +39,4 @@ async def rearrange_session(self: SessionMaker, branch: str) -> Session:
     require_spec_v2(self._assets, "a rearrange session")
     writable = await self.writable_session(branch)  # the branch and the storage checked
     await check_move_flag(self._assets, "create rearrange session")
-    return Session(
-        self._assets,
-        writable.snapshot_id,
-        branch=branch,
-        read_only=False,
-        config=self._session_config(),
-        virtual_resolver=self._virtual_resolver(),
-        repository_config=self._config,
-        commit_metadata=self._commit_metadata,
-        rearrange=True,
-    )
+    return self._session_on(branch, writable.snapshot_id, rearrange=True)

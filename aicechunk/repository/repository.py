@@ -435,15 +435,20 @@ class Repository:
             )
         tip = await self._assets.fetch_branch(branch)
         await v2admin.require_online(self, "Cannot create writable session")
+        return self._session_on(branch, tip.snapshot_id)
+
+    def _session_on(self, branch: str, snapshot_id: SnapshotId, rearrange: bool = False) -> Session:
+        """A session that commits to ``branch``, starting at ``snapshot_id``."""
         return Session(
             self._assets,
-            tip.snapshot_id,
+            snapshot_id,
             branch=branch,
             read_only=False,
             config=self._session_config(),
             virtual_resolver=self._virtual_resolver(),
             repository_config=self._config,
             commit_metadata=self._commit_metadata,
+            rearrange=rearrange,
         )
 
     async def readonly_session(

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
-from aicechunk.errors import InvalidInputError, RefNotFoundError, UnsupportedSpecVersionError
+from aicechunk.errors import InvalidInputError, RefNotFoundError
 from aicechunk.format import feature_flags as ff
 from aicechunk.format import repo_updates as ru
 from aicechunk.format.feature_flags import FeatureFlag
@@ -32,6 +32,7 @@ from aicechunk.format.ids import SnapshotId
 from aicechunk.format.repo_info import RepoInfo
 from aicechunk.repo_info_store import RepoInfoStore
 from aicechunk.repository.history import SnapshotInfo, parse_snapshot_id
+from aicechunk.repository.v2ops import repo_info_store_of
 from aicechunk.storage import Storage
 
 __all__ = [
@@ -66,23 +67,13 @@ class ManifestFileInfo:
     num_chunk_refs: int
 
 
-def _store(repo: HasAssets, what: str) -> RepoInfoStore:
-    refs = repo._assets.refs
-    if not isinstance(refs, RepoInfoStore):
-        raise UnsupportedSpecVersionError(
-            f"{what} needs a repository of spec version 2 or later; this one is spec version "
-            f"{repo._assets.format_version} (upgrade it to spec version 2 first)"
-        )
-    return refs
-
-
 # -- status ---------------------------------------------------------------------------
 
 
 async def get_status(self: HasAssets) -> ru.RepoStatus:
     """The repository's status: its availability (``RepoAvailability.online`` or
     ``read_only``), when it was set, and why (icechunk's ``get_status``)."""
-    return (await _store(self, "the repository status").info()).status
+    return (await repo_info_store_of(self, "the repository status").info()).status
 
 
 async def require_online(repo: HasAssets, doing: str) -> None:
@@ -103,7 +94,7 @@ async def set_status(self: HasAssets, status: ru.RepoStatus) -> None:
     the status was, this goes through: it is how a read-only repository goes back online.
     ``RepoAvailability.offline``, which icechunk 2.3 neither sets nor honours (it reads
     it as online), is refused (``InvalidInputError``)."""
-    store = _store(self, "the repository status")
+    store = repo_info_store_of(self, "the repository status")
     if not isinstance(status, ru.RepoStatus):
         raise TypeError(f"a status is a RepoStatus, not {type(status).__name__}")
     if status.availability is ru.RepoAvailability.offline:
@@ -124,7 +115,7 @@ async def set_status(self: HasAssets, status: ru.RepoStatus) -> None:
 async def feature_flags(self: HasAssets) -> list[FeatureFlag]:
     """Every feature flag of the repository, by id: ``id``, ``name``,
     ``default_enabled``, ``setting`` (``None`` when not set) and ``enabled``."""
-    return ff.feature_flags(await _store(self, "feature flags").info())
+    return ff.feature_flags(await repo_info_store_of(self, "feature flags").info())
 
 
 async def enabled_feature_flags(self: HasAssets) -> list[FeatureFlag]:
@@ -143,7 +134,7 @@ async def set_feature_flag(self: HasAssets, name: str, setting: bool | None) -> 
     the flag back to its default (``None``); logged as a ``FeatureFlagChanged`` update.
     ``InvalidInputError`` for a name that is no flag's (flags: ``move_node``,
     ``create_tag``, ``delete_tag``)."""
-    store = _store(self, "feature flags")
+    store = repo_info_store_of(self, "feature flags")
     flag_id = ff.feature_flag_id(name)
     if setting is not None and not isinstance(setting, bool):
         raise TypeError(f"a feature flag setting is a bool or None, not {type(setting).__name__}")
@@ -295,5 +286,5 @@ async def inspect_repo_info(self: HasAssets) -> dict[str, Any]:
     ``spec_version``, ``branches``, ``tags``, ``deleted_tags``, ``snapshots``,
     ``metadata``, ``latest_updates`` and, when the log continues in an older copy,
     ``repo_before_updates``; ids and times as strings, as icechunk's JSON has them."""
-    info, data, _ = await _store(self, "inspecting the repo info").read()
+    info, data, _ = await repo_info_store_of(self, "inspecting the repo info").read()
     return _inspected(info, data)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
-from aicechunk.errors import FormatError, ObjectNotFound, UnsupportedSpecVersionError
+from aicechunk.errors import FormatError, ObjectNotFound
 from aicechunk.format import repo_updates as ru
 from aicechunk.format.flexbuf import encode_flex
 from aicechunk.format.repo_info import (
@@ -26,8 +26,15 @@ from aicechunk.format.repo_info import (
     decode_repo_info,
 )
 from aicechunk.repo_info_store import RepoInfoStore
+from aicechunk.session.rearrange import require_spec_v2
 
-__all__ = ["get_metadata", "ops_log", "set_metadata", "update_metadata"]
+__all__ = [
+    "get_metadata",
+    "ops_log",
+    "repo_info_store_of",
+    "set_metadata",
+    "update_metadata",
+]
 
 
 class HasAssets(Protocol):
@@ -36,13 +43,12 @@ class HasAssets(Protocol):
     _assets: AssetManager
 
 
-def _store(repo: HasAssets, what: str) -> RepoInfoStore:
+def repo_info_store_of(repo: HasAssets, what: str) -> RepoInfoStore:
+    """The repository's repo info file, or ``UnsupportedSpecVersionError`` naming the
+    spec version of a repository without one (spec v1), where ``what`` needs it."""
+    require_spec_v2(repo._assets, what)
     refs = repo._assets.refs
-    if not isinstance(refs, RepoInfoStore):
-        raise UnsupportedSpecVersionError(
-            f"{what} needs a repository of spec version 2 or later; this one is spec version "
-            f"{repo._assets.format_version} (upgrade it to spec version 2 first)"
-        )
+    assert isinstance(refs, RepoInfoStore)  # spec v2 and later keep their refs there
     return refs
 
 
@@ -53,7 +59,7 @@ async def ops_log(self: HasAssets) -> AsyncIterator[ru.Update]:
     older entries are read from the copy under ``overwritten/`` it links to; a missing
     copy ends the log there. A link that is no single name, or that leads back to a
     copy already read, is a ``FormatError`` naming the file holding it."""
-    store = _store(self, "the operations log")
+    store = repo_info_store_of(self, "the operations log")
     info: RepoInfo | None = await store.info()
     last = None
     source, seen = REPO_INFO_KEY, set()
@@ -87,11 +93,13 @@ async def _backup(store: RepoInfoStore, name: str) -> RepoInfo | None:
 
 async def get_metadata(self: HasAssets) -> dict[str, Any]:
     """The repository metadata (a JSON-like dict; ``{}`` when none was set)."""
-    return copy.deepcopy(dict((await _store(self, "repository metadata").info()).metadata))
+    return copy.deepcopy(
+        dict((await repo_info_store_of(self, "repository metadata").info()).metadata)
+    )
 
 
 async def _change_metadata(repo: HasAssets, metadata: Mapping[str, Any], merge: bool) -> RepoInfo:
-    store = _store(repo, "repository metadata")
+    store = repo_info_store_of(repo, "repository metadata")
     given = dict(metadata)
     for key, value in given.items():
         if not isinstance(key, str):
