@@ -97,14 +97,6 @@ async def test_lookup_snapshot_and_as_of_agree_with_icechunk(
     assert int(icechunk.spec_version()) == (2 if icechunk.__version__.startswith("2.") else 1)
 
 
-@pytest.mark.xfail(
-    aic.spec_version() < int(icechunk.spec_version()),
-    reason="aicechunk still creates spec v1 repositories by default (issue 17 moves it to v2)",
-)
-def test_the_spec_version_written_by_default_is_icechunks() -> None:
-    assert aic.spec_version() == int(icechunk.spec_version())
-
-
 @pytest.mark.parametrize("spec_version", SPEC_VERSIONS)
 async def test_reset_branch_from_snapshot_id(tmp_path: Path, spec_version: int) -> None:
     theirs, (first, second) = _icechunk_repo(tmp_path / "theirs", spec_version)
@@ -301,11 +293,8 @@ def test_error_and_conflict_attributes_have_icechunks_names() -> None:
         Path(icechunk.__file__).with_name("_icechunk_python.pyi").read_text(),
         re.M,
     )
-    # issue 17, in progress: Session.move (being added) brings icechunk 2.x's conflict type
-    # of a move; the coordinator empties this set on merge
-    in_progress = {"MoveOperationCannotBeRebased"}
     missing = {n for n in names if not hasattr(aic.ConflictType, n)}
-    assert names and missing <= in_progress, missing
+    assert names and not missing, missing
     chunks = aic.Conflict(aic.ConflictKind.CHUNK_DOUBLE_UPDATE, "/a", frozenset({(1,), (0,)}))
     assert chunks.conflict_type is aic.ConflictType.ChunkDoubleUpdate
     assert chunks.conflicted_chunks == [[0], [1]]
