@@ -46,6 +46,7 @@ from aicechunk.format.repo_info import (
     push_update,
 )
 from aicechunk.format.snapshot import Snapshot
+from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
 from aicechunk.refstore import RefInfo
 
 __all__ = ["UPDATE_ATTEMPTS", "RepoInfoStore", "initial_repo_info"]
@@ -107,10 +108,18 @@ class RepoInfoStore:
         if self._file is not None and data == self._file[1]:
             info = self._file[0]
         else:
-            info = decode_repo_info(data, REPO_INFO_KEY, self.limits.bound(len(data)))
+            info = await self.decode(data, REPO_INFO_KEY)
         self._file = (info, data, obj.version)
         self._cached = info
         return self._file
+
+    async def decode(self, data: bytes, key: str) -> RepoInfo:
+        """Decode a repo info file (``repo`` or a backup of it) within this store's
+        limits; a large one in a worker thread, off the event loop."""
+        bound = self.limits.bound(len(data))
+        return await off_loop(
+            len(data) >= DECODE_BYTES_OFF_LOOP, decode_repo_info, data, key, bound
+        )
 
     async def info(self, fresh: bool = True) -> RepoInfo:
         """The repo info (the last one read, unless ``fresh``)."""
@@ -126,7 +135,7 @@ class RepoInfoStore:
     async def create_from(self, info: RepoInfo) -> None:
         """Write ``info`` as the repo info file where there is none (``PreconditionFailed``
         if one exists): a new repository, or one upgraded from spec version 1."""
-        data = encode_repo_info(info)
+        data = await encode(info)
         try:
             await self.driver.put(REPO_INFO_KEY, data, if_none_match=True)
         except PreconditionFailed:
@@ -179,7 +188,7 @@ class RepoInfoStore:
             await self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
             log, before = push_update(info, kind, at, name)
             new = replace(new, latest_updates=log, repo_before_updates=before)
-            encoded = encode_repo_info(new)
+            encoded = await encode(new)
             try:
                 written = await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
             except PreconditionFailed as err:
@@ -356,6 +365,12 @@ class RepoInfoStore:
             return replace(info, snapshots=listed), ru.NewDetachedSnapshot(snapshot.id)
 
         await self.update(change)
+
+
+async def encode(info: RepoInfo) -> bytes:
+    """The bytes of ``info``; a large one encoded in a worker thread, off the event loop."""
+    items = len(info.snapshots) + len(info.branches) + len(info.tags)
+    return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info, info)
 
 
 def _after(latest: datetime) -> datetime:

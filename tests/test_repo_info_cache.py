@@ -132,3 +132,32 @@ async def test_nested_metadata_edited_in_place_is_not_seen_by_later_reads() -> N
     await repo.update_metadata({"other": 1})
     reopened = await aic.Repository.open(repo.storage)
     assert await reopened.get_metadata() == {"owner": {"name": "ana"}, "other": 1}
+
+
+async def test_large_repo_info_files_are_coded_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decoding and encoding a repo info file grows with history: past the thresholds it
+    runs in a worker thread, so the event loop keeps serving other tasks."""
+    import threading
+
+    threads: set[str] = set()
+    real_decode, real_encode = ris.decode_repo_info, ris.encode_repo_info
+
+    def decode(*args: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        return real_decode(*args)
+
+    def encode(*args: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        return real_encode(*args)
+
+    monkeypatch.setattr(ris, "decode_repo_info", decode)
+    monkeypatch.setattr(ris, "encode_repo_info", encode)
+    monkeypatch.setattr(ris, "DECODE_BYTES_OFF_LOOP", 0)
+    monkeypatch.setattr(ris, "ENCODE_ITEMS_OFF_LOOP", 0)
+    repo = await aic.Repository.create(aic.in_memory_storage(), spec_version=2)
+    await repo.create_branch("dev", await repo.lookup_branch("main"))
+    reopened = await aic.Repository.open(repo.storage)
+    assert await reopened.list_branches() == {"main", "dev"}
+    assert threads and threading.main_thread().name not in threads

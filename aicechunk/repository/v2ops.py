@@ -23,7 +23,6 @@ from aicechunk.format.repo_info import (
     REPO_INFO_KEY,
     RepoInfo,
     check_backup_name,
-    decode_repo_info,
 )
 from aicechunk.repo_info_store import RepoInfoStore
 from aicechunk.session.rearrange import require_spec_v2
@@ -84,7 +83,7 @@ async def _backup(store: RepoInfoStore, name: str) -> RepoInfo | None:
         data = await store.driver.get(key)
     except ObjectNotFound:
         return None
-    info = decode_repo_info(data, key, store.limits.bound(len(data)))
+    info = await store.decode(data, key)
     updates = list(info.latest_updates)
     if updates and updates[0].backup_path is None:  # as it reads in the newer log
         updates[0] = replace(updates[0], backup_path=name)
