@@ -25,6 +25,7 @@ __all__ = [
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 # Crockford's decoding is forgiving: lower case, and I/L for 1, O for 0
 _DECODE.update({c.lower(): i for c, i in list(_DECODE.items())})
 _DECODE.update({"I": 1, "i": 1, "L": 1, "l": 1, "O": 0, "o": 0})
@@ -33,14 +34,11 @@ _DECODE.update({"I": 1, "i": 1, "L": 1, "l": 1, "O": 0, "o": 0})
 def encode_base32(data: bytes) -> str:
     """Crockford base32 of ``data``, upper case, no padding (trailing bits zero-filled)."""
     bits = len(data) * 8
-    value = int.from_bytes(data, "big")
     chars = (bits + 4) // 5
-    value <<= chars * 5 - bits
-    out = []
-    for _ in range(chars):
-        out.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    pairs = (chars + 1) // 2  # two characters (10 bits) per lookup: ids are on hot paths
+    value = int.from_bytes(data, "big") << (pairs * 10 - bits)
+    text = "".join([_PAIRS[(value >> shift) & 1023] for shift in range(pairs * 10 - 10, -1, -10)])
+    return text[:chars]
 
 
 def decode_base32(text: str, size: int, what: str = "id") -> bytes:
