@@ -14,6 +14,7 @@ write is not tried again (the driver has retried what it could).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -45,6 +46,7 @@ from aicechunk.format.repo_info import (
     encode_repo_info,
     push_update,
 )
+from aicechunk.format.repo_info_segments import encode_repo_info_segmented
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
 from aicechunk.refstore import RefInfo
@@ -185,10 +187,21 @@ class RepoInfoStore:
             new, kind = result
             at = max(datetime.now(UTC), _after(info.latest_updates[0].updated_at))
             name = backup_name(at, os.urandom(12))
-            await self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
-            log, before = push_update(info, kind, at, name)
-            new = replace(new, latest_updates=log, repo_before_updates=before)
-            encoded = await encode(new)
+            # the backup is written while the new file is encoded; the new file is put
+            # only once the backup is stored (the spec's order)
+            backup = asyncio.ensure_future(
+                self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
+            )
+            try:
+                log, before = push_update(info, kind, at, name)
+                new = replace(new, latest_updates=log, repo_before_updates=before)
+                encoded = await encode_change(new)
+            except BaseException:
+                backup.cancel()
+                with contextlib.suppress(BaseException):
+                    await backup
+                raise
+            await backup
             try:
                 written = await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
             except PreconditionFailed as err:
@@ -368,9 +381,19 @@ class RepoInfoStore:
 
 
 async def encode(info: RepoInfo) -> bytes:
-    """The bytes of ``info``; a large one encoded in a worker thread, off the event loop."""
+    """The bytes of ``info`` in Icechunk's layout (a new file); a large one encoded in a
+    worker thread, off the event loop."""
     items = len(info.snapshots) + len(info.branches) + len(info.tags)
     return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info, info)
+
+
+async def encode_change(info: RepoInfo) -> bytes:
+    """The bytes of ``info`` replacing the file: from the segments its refs, snapshots
+    and updates keep from earlier writes (``repo_info_segments``), made for the others
+    (in a worker thread when there are many)."""
+    items = sum(1 for s in info.snapshots if s._segment is None)
+    items += sum(1 for u in info.latest_updates if u._segment is None)
+    return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info_segmented, info)
 
 
 def _after(latest: datetime) -> datetime:

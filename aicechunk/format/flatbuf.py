@@ -278,13 +278,15 @@ class Forward:
 
 #: A field to write: (slot index, kind, value); kinds are ``u64``, ``u32``, ``i32``,
 #: ``u16``, ``u8``, ``bool``, ``off`` (an offset already written) and ``s8``/``s12``
-#: (an ObjectId8/ObjectId12 struct, given as its bytes).
+#: (an ObjectId8/ObjectId12 struct, given as its bytes); ``u32!`` and ``i32!`` are
+#: ``u32``/``i32`` written even when 0 (a value to be patched in place later).
 Field = tuple[int, str, object]
 
 # the order in which flatc's generated ``create`` adds fields: 8-byte scalars, then
 # 4-byte values (offsets and id structs among them), then 2-byte, then 1-byte ones,
 # each group from the last field of the schema to the first
 _GROUP = {"u64": 0, "u32": 1, "i32": 1, "off": 1, "s8": 1, "s12": 1, "u16": 2, "u8": 3}
+_GROUP["u32!"] = _GROUP["i32!"] = 1
 _GROUP["bool"] = 3
 
 
@@ -307,6 +309,10 @@ def table(builder: flatbuffers.Builder, num_fields: int, fields: list[Field]) ->
             builder.PrependUint32Slot(slot, value, 0)
         elif kind == "i32":
             builder.PrependInt32Slot(slot, value, 0)
+        elif kind == "u32!":  # a default of None: never left out
+            builder.PrependUint32Slot(slot, value, None)
+        elif kind == "i32!":
+            builder.PrependInt32Slot(slot, value, None)
         elif kind == "u16":
             builder.PrependUint16Slot(slot, value, 0)
         elif kind == "bool":

@@ -88,6 +88,8 @@ class SnapshotInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     pruned_ancestor_tx_logs: tuple[SnapshotId, ...] = ()
     _flex: _Flex | None = field(default=None, repr=False, compare=False)
+    # this snapshot's piece of a repo info file, once written (see repo_info_segments)
+    _segment: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def push_update(
 # --- encoding --------------------------------------------------------------------------
 
 
-def _flex_of(owner: SnapshotInfo | RepoInfo) -> _Flex:
+def flex_of(owner: SnapshotInfo | RepoInfo) -> _Flex:
     """The FlexBuffers of ``owner``'s metadata: those it holds while it is the same
     mapping, else encoded (and checked) now and kept on ``owner`` for the next write."""
     known = owner._flex
@@ -229,7 +231,7 @@ def _flex_of(owner: SnapshotInfo | RepoInfo) -> _Flex:
     return flex
 
 
-def _metadata_items(b: flatbuffers.Builder, flex: _Flex) -> int:
+def metadata_items(b: flatbuffers.Builder, flex: _Flex) -> int:
     items = []
     for key, data in flex[1]:
         name = b.CreateSharedString(key)
@@ -249,7 +251,30 @@ def _refs(b: flatbuffers.Builder, refs: Mapping[str, SnapshotId], index: dict[by
     return offset_vector(b, offsets)
 
 
-def _u16_vector(b: flatbuffers.Builder, values: tuple[int, ...] | None) -> int | None:
+def snapshot_table(b: flatbuffers.Builder, snap: SnapshotInfo, parent: int, kind: str) -> int:
+    """One snapshot's table, its parent's index written as a field of ``kind`` (``i32``,
+    or ``i32!`` to write it also when 0)."""
+    metadata = metadata_items(b, flex_of(snap))
+    pruned = None
+    if snap.pruned_ancestor_tx_logs:  # an empty list is never written
+        b.StartVector(12, len(snap.pruned_ancestor_tx_logs), 1)
+        for log_id in reversed(snap.pruned_ancestor_tx_logs):
+            b.head -= 12
+            b.Bytes[b.head : b.head + 12] = log_id.bytes
+        pruned = b.EndVector()
+    message = b.CreateString(snap.message)
+    fields = [
+        (0, "s12", snap.id.bytes),
+        (1, kind, parent),
+        (2, "u64", to_micros(snap.flushed_at)),
+        (3, "off", message),
+        (4, "off", metadata),
+        (5, "off", pruned),
+    ]
+    return table(b, 6, fields)
+
+
+def u16_vector(b: flatbuffers.Builder, values: tuple[int, ...] | None) -> int | None:
     if values is None:
         return None
     b.StartVector(2, len(values), 2)
@@ -279,29 +304,12 @@ def encode_repo_info(info: RepoInfo) -> bytes:
             parent = index[snap.parent_id.bytes]
         else:
             raise FormatError(_NAME, f"the parent of {snap.id} is not listed")
-        metadata = _metadata_items(b, _flex_of(snap))
-        pruned = None
-        if snap.pruned_ancestor_tx_logs:  # an empty list is never written
-            b.StartVector(12, len(snap.pruned_ancestor_tx_logs), 1)
-            for log_id in reversed(snap.pruned_ancestor_tx_logs):
-                b.head -= 12
-                b.Bytes[b.head : b.head + 12] = log_id.bytes
-            pruned = b.EndVector()
-        message = b.CreateString(snap.message)
-        fields = [
-            (0, "s12", snap.id.bytes),
-            (1, "i32", parent),
-            (2, "u64", to_micros(snap.flushed_at)),
-            (3, "off", message),
-            (4, "off", metadata),
-            (5, "off", pruned),
-        ]
-        snapshots.append(table(b, 6, fields))
+        snapshots.append(snapshot_table(b, snap, parent, "i32"))
     snapshots_vec = offset_vector(b, snapshots)
     status = encode_status(b, info.status)
-    metadata_vec = _metadata_items(b, _flex_of(info))
-    enabled = _u16_vector(b, info.enabled_feature_flags)
-    disabled = _u16_vector(b, info.disabled_feature_flags)
+    metadata_vec = metadata_items(b, flex_of(info))
+    enabled = u16_vector(b, info.enabled_feature_flags)
+    disabled = u16_vector(b, info.disabled_feature_flags)
     updates = offset_vector(b, [encode_update(b, u) for u in info.latest_updates])
     before = None if info.repo_before_updates is None else b.CreateString(info.repo_before_updates)
     config = None if info.config is None else b.CreateByteVector(info.config)

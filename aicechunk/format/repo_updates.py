@@ -262,6 +262,8 @@ class Update:
     kind: UpdateKind
     updated_at: datetime
     backup_path: str | None = None
+    # this entry's piece of a repo info file, once written (see repo_info_segments)
+    _segment: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 # --- encoding --------------------------------------------------------------------------
