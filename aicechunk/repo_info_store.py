@@ -117,10 +117,12 @@ class RepoInfoStore:
 
     async def decode(self, data: bytes, key: str) -> RepoInfo:
         """Decode a repo info file (``repo`` or a backup of it) within this store's
-        limits; a large one in a worker thread, off the event loop."""
+        limits; a large one in a worker thread, off the event loop. Its snapshots and
+        operations log are decoded when first used (``lazy``): listing branches or
+        opening a session needs neither, and a change re-encodes (and so checks) them."""
         bound = self.limits.bound(len(data))
         return await off_loop(
-            len(data) >= DECODE_BYTES_OFF_LOOP, decode_repo_info, data, key, bound
+            len(data) >= DECODE_BYTES_OFF_LOOP, decode_repo_info, data, key, bound, lazy=True
         )
 
     async def info(self, fresh: bool = True) -> RepoInfo:

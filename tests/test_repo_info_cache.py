@@ -28,9 +28,9 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
     real: Callable[..., Any] = ris.decode_repo_info
 
-    def counting(data: bytes, *args: Any) -> Any:
+    def counting(data: bytes, *args: Any, **kwargs: Any) -> Any:
         seen.append(len(data))
-        return real(data, *args)
+        return real(data, *args, **kwargs)
 
     monkeypatch.setattr(ris, "decode_repo_info", counting)
     return seen
@@ -144,9 +144,9 @@ async def test_large_repo_info_files_are_coded_off_the_event_loop(
     threads: set[str] = set()
     real_decode, real_encode = ris.decode_repo_info, ris.encode_repo_info
 
-    def decode(*args: Any) -> Any:
+    def decode(*args: Any, **kwargs: Any) -> Any:
         threads.add(threading.current_thread().name)
-        return real_decode(*args)
+        return real_decode(*args, **kwargs)
 
     def encode(*args: Any) -> Any:
         threads.add(threading.current_thread().name)

@@ -26,6 +26,7 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
+_SLOTS = [struct.Struct(f"<{n}H") for n in range(17)]  # the vtable entries of n fields
 
 
 class Reader:
@@ -87,6 +88,31 @@ class Reader:
             return None
         off = self.u16(vtable + slot)
         return table + off if off else None
+
+    def fields(self, table: int, count: int) -> tuple[int, ...]:
+        """Absolute positions of fields ``0 .. count-1`` of the table at ``table`` (0 for
+        one that is absent), its vtable read once: for decoders of many small tables."""
+        self._check(table, 4)
+        vtable = table - _I32.unpack_from(self.buf, table)[0]
+        present = (self.u16(vtable) - 4) >> 1
+        if present >= count:
+            self._check(vtable + 4, 2 * count)
+            offsets = _SLOTS[count].unpack_from(self.buf, vtable + 4)
+        elif present > 0:
+            self._check(vtable + 4, 2 * present)
+            offsets = _SLOTS[present].unpack_from(self.buf, vtable + 4) + (0,) * (count - present)
+        else:
+            return (0,) * count
+        return tuple([table + o if o else 0 for o in offsets])
+
+    def string_at(self, slot: int) -> str:
+        """The string whose offset is stored at ``slot``."""
+        start = slot + self.u32(slot)
+        length = self.u32(start)
+        try:
+            return self.raw(start + 4, length).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail("a string is not valid UTF-8") from None
 
     def deref(self, pos: int) -> int:
         """Follow the offset stored at ``pos``."""

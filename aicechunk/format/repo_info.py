@@ -19,10 +19,8 @@ by whoever was handed it changes nothing stored (a change replaces the mapping).
 
 from __future__ import annotations
 
-import bisect
 import struct
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +33,8 @@ from aicechunk.format.flexbuf import decode_flex, encode_flex
 from aicechunk.format.header import FileType, decode_versioned, encode_file
 from aicechunk.format.ids import SnapshotId, encode_base32
 from aicechunk.format.metadata import check_commit_properties
+from aicechunk.format.repo_info_model import Flex, Lazy, RepoInfo, SnapshotInfo
 from aicechunk.format.repo_updates import (
-    RepoStatus,
     Update,
     UpdateKind,
     decode_status,
@@ -50,6 +48,7 @@ __all__ = [
     "OVERWRITTEN_PREFIX",
     "REPO_INFO_KEY",
     "UPDATES_PER_FILE",
+    "Lazy",
     "RepoInfo",
     "SnapshotInfo",
     "backup_name",
@@ -68,86 +67,6 @@ _YEAR_3000_MS = int(datetime(3000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _NAME = "repo"
 # Icechunk's names are ``repo.<ms>.<20 characters>``; a file name holds 255 bytes
 _MAX_BACKUP_NAME_BYTES = 255
-
-#: a metadata mapping with the FlexBuffer of each of its values, by key
-_Flex = tuple[Mapping[str, Any], tuple[tuple[str, bytes], ...]]
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """What the repo info file records of one snapshot (its parent among them).
-
-    ``pruned_ancestor_tx_logs`` (spec 2.1): ids of the transaction logs of ancestors that
-    expiration removed, oldest first; empty when none were.
-    """
-
-    id: SnapshotId
-    parent_id: SnapshotId | None
-    flushed_at: datetime
-    message: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    pruned_ancestor_tx_logs: tuple[SnapshotId, ...] = ()
-    _flex: _Flex | None = field(default=None, repr=False, compare=False)
-    # this snapshot's piece of a repo info file, once written (see repo_info_segments)
-    _segment: Any = field(default=None, init=False, repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class RepoInfo:
-    """The decoded repo info file. Snapshots, deleted tags and feature flags are kept
-    sorted as the file stores them; ``config`` is the configuration's FlexBuffer. Feature
-    flags explicitly enabled or disabled are ``None`` when the file has no such list
-    (Icechunk writes them once one was set)."""
-
-    branches: Mapping[str, SnapshotId]
-    tags: Mapping[str, SnapshotId]
-    snapshots: tuple[SnapshotInfo, ...]
-    status: RepoStatus
-    latest_updates: tuple[Update, ...]
-    deleted_tags: tuple[str, ...] = ()
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    repo_before_updates: str | None = None
-    config: bytes | None = None
-    enabled_feature_flags: tuple[int, ...] | None = None
-    disabled_feature_flags: tuple[int, ...] | None = None
-    spec_version: int = 2
-    extra: bytes | None = None
-    _ids: list[bytes] = field(default_factory=list, repr=False, compare=False)
-    _flex: _Flex | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        snapshots = tuple(sorted(self.snapshots, key=lambda s: s.id.bytes))
-        object.__setattr__(self, "snapshots", snapshots)
-        object.__setattr__(self, "deleted_tags", tuple(sorted(self.deleted_tags)))
-        for name in ("enabled_feature_flags", "disabled_feature_flags"):
-            flags = getattr(self, name)
-            if flags is not None:
-                object.__setattr__(self, name, tuple(sorted(flags)))
-        object.__setattr__(self, "_ids", [s.id.bytes for s in snapshots])
-
-    def snapshot(self, snapshot_id: SnapshotId) -> SnapshotInfo | None:
-        """The info of one snapshot (binary search by id), or ``None``."""
-        i = bisect.bisect_left(self._ids, snapshot_id.bytes)
-        if i < len(self._ids) and self._ids[i] == snapshot_id.bytes:
-            return self.snapshots[i]
-        return None
-
-    def ancestry(self, snapshot_id: SnapshotId) -> Iterable[SnapshotInfo]:
-        """The snapshot and its ancestors, newest first; ``FormatError`` where a parent
-        is not listed or the parents loop."""
-        cursor: SnapshotId | None = snapshot_id
-        seen: set[SnapshotId] = set()
-        while cursor is not None:
-            if cursor in seen:
-                raise FormatError(
-                    _NAME, f"history loops: {cursor} is its own ancestor (from {snapshot_id})"
-                )
-            seen.add(cursor)
-            info = self.snapshot(cursor)
-            if info is None:
-                raise FormatError(_NAME, f"snapshot {cursor} is not in the repo info file")
-            yield info
-            cursor = info.parent_id
 
 
 def backup_name(now: datetime, random12: bytes) -> str:
@@ -214,7 +133,7 @@ def push_update(
 # --- encoding --------------------------------------------------------------------------
 
 
-def flex_of(owner: SnapshotInfo | RepoInfo) -> _Flex:
+def flex_of(owner: SnapshotInfo | RepoInfo) -> Flex:
     """The FlexBuffers of ``owner``'s metadata: those it holds while it is the same
     mapping, else encoded (and checked) now and kept on ``owner`` for the next write."""
     known = owner._flex
@@ -231,7 +150,7 @@ def flex_of(owner: SnapshotInfo | RepoInfo) -> _Flex:
     return flex
 
 
-def metadata_items(b: flatbuffers.Builder, flex: _Flex) -> int:
+def metadata_items(b: flatbuffers.Builder, flex: Flex) -> int:
     items = []
     for key, data in flex[1]:
         name = b.CreateSharedString(key)
@@ -340,19 +259,25 @@ def encode_repo_info(info: RepoInfo) -> bytes:
 # --- decoding --------------------------------------------------------------------------
 
 
-def decode_repo_info(data: bytes, name: str = "repo", max_size: int | None = None) -> RepoInfo:
+def decode_repo_info(
+    data: bytes, name: str = "repo", max_size: int | None = None, *, lazy: bool = False
+) -> RepoInfo:
     """Decode a repo info file; ``FormatError`` names the file and the problem (also when
-    it would decompress to more than ``max_size`` bytes, or is of spec version 1)."""
+    it would decompress to more than ``max_size`` bytes, or is of spec version 1).
+
+    ``lazy``: the snapshots and the operations log are decoded (and checked) when first
+    used, not now (a ``Lazy`` sequence each); the refs, the status and the rest are now.
+    """
     version, payload = decode_versioned(data, FileType.REPO_INFO, name, max_size)
     if version < 2:
         raise FormatError(name, f"spec version {version} has no repo info file")
-    return guarded(name, lambda: _decode(Reader(payload, name)))
+    return guarded(name, lambda: _decode(Reader(payload, name), lazy))
 
 
-_Stored = tuple[dict[str, Any], tuple[tuple[str, bytes], ...]]
+Stored = tuple[dict[str, Any], tuple[tuple[str, bytes], ...]]
 
 
-def _metadata(r: Reader, table_pos: int, index: int) -> _Stored:
+def _metadata(r: Reader, table_pos: int, index: int) -> Stored:
     """A metadata field: the mapping, and the FlexBuffers it was read from."""
     found: dict[str, Any] = {}
     if r.field(table_pos, index) is None:
@@ -368,55 +293,66 @@ def _metadata(r: Reader, table_pos: int, index: int) -> _Stored:
     return found, tuple(stored.items())
 
 
-def _decode(r: Reader) -> RepoInfo:
-    root = r.root()
-    raw: list[tuple[bytes, int, int, str, _Stored, tuple[SnapshotId, ...]]] = []
-    for pos in r.table_vector(root, 4, "snapshots"):
-        id_pos = r.struct_at(pos, 0, 12, "snapshot id")
-        assert id_pos is not None
+class _Snapshots:
+    """The snapshot list of one file: each snapshot's id found on demand (refs name them
+    by position), each info decoded on demand, the list's order checked once all are."""
+
+    def __init__(self, r: Reader, root: int) -> None:
+        self.r = r
+        self.positions = r.table_vector(root, 4, "snapshots")
+        self.ids: dict[int, SnapshotId] = {}
+
+    def id(self, position: int) -> SnapshotId:
+        found = self.ids.get(position)
+        if found is None:
+            (id_pos,) = self.r.fields(self.positions[position], 1)
+            if not id_pos:
+                raise self.r.fail("required field 'snapshot id' is missing")
+            found = self.ids[position] = SnapshotId(self.r.raw(id_pos, 12))
+        return found
+
+    def info(self, position: int) -> SnapshotInfo:
+        r, pos = self.r, self.positions[position]
+        parent = _i32(r, pos, 1)
+        if not -1 <= parent < len(self.positions):
+            raise r.fail(f"parent offset {parent} outside the {len(self.positions)} snapshots")
         start, count = r.vector(pos, 5)
         ids = r.raw(start, 12 * count)
         pruned = tuple(SnapshotId(ids[12 * i : 12 * i + 12]) for i in range(count))
-        raw.append(
-            (
-                r.raw(id_pos, 12),
-                _i32(r, pos, 1),
-                r.scalar(pos, 2, r.u64, 0),
-                r.string(pos, 3, "message") or "",
-                _metadata(r, pos, 4),
-                pruned,
-            )
+        flex = _metadata(r, pos, 4)
+        return SnapshotInfo(
+            self.id(position),
+            None if parent < 0 else self.id(parent),
+            from_micros(r.scalar(pos, 2, r.u64, 0), r),
+            r.string(pos, 3, "message") or "",
+            flex[0],
+            pruned,
+            flex,
         )
-    if any(raw[i][0] >= raw[i + 1][0] for i in range(len(raw) - 1)):
-        raise r.fail("snapshots are not sorted by id without repeats")
-    listed = [SnapshotId(entry[0]) for entry in raw]  # made once: parents and refs share them
-    snapshots = []
-    for snap_id, (_, parent, micros, message, flex, pruned) in zip(listed, raw, strict=True):
-        if not -1 <= parent < len(raw):
-            raise r.fail(f"parent offset {parent} outside the {len(raw)} snapshots")
-        snapshots.append(
-            SnapshotInfo(
-                snap_id,
-                None if parent < 0 else listed[parent],
-                from_micros(micros, r),
-                message,
-                flex[0],
-                pruned,
-                flex,
-            )
-        )
+
+    def check(self, infos: tuple[SnapshotInfo, ...]) -> None:
+        if any(infos[i].id.bytes >= infos[i + 1].id.bytes for i in range(len(infos) - 1)):
+            raise self.r.fail("snapshots are not sorted by id without repeats")
+
+
+def _decode(r: Reader, lazy: bool) -> RepoInfo:
+    root = r.root()
+    listed = _Snapshots(r, root)
+    count = len(listed.positions)
 
     def refs(index: int, what: str) -> dict[str, SnapshotId]:
         found: dict[str, SnapshotId] = {}
         previous = None
         for pos in r.table_vector(root, index, what):
-            ref_name = r.string(pos, 0, "ref name")
-            assert ref_name is not None
-            position = r.scalar(pos, 1, r.u32, 0)
-            if position >= len(raw):
-                raise r.fail(f"{ref_name!r} points at snapshot {position} of {len(raw)}")
+            name_at, position_at = r.fields(pos, 2)
+            if not name_at:
+                raise r.fail("required field 'ref name' is missing")
+            ref_name = r.string_at(name_at)
+            position = r.u32(position_at) if position_at else 0
+            if position >= count:
+                raise r.fail(f"{ref_name!r} points at snapshot {position} of {count}")
             _check_order(r, what, previous, ref_name)
-            found[ref_name] = listed[position]
+            found[ref_name] = listed.id(position)
             previous = ref_name
         return found
 
@@ -429,19 +365,30 @@ def _decode(r: Reader) -> RepoInfo:
 
     status = r.table_field(root, 5, "status")
     assert status is not None
-    start, count = r.vector(root, 3, "deleted_tags")
-    r.raw(start, 4 * count)
-    deleted = tuple(_string_at(r, start + 4 * i) for i in range(count))
-    for i in range(1, count):
+    start, deleted_count = r.vector(root, 3, "deleted_tags")
+    r.raw(start, 4 * deleted_count)
+    deleted = tuple(_string_at(r, start + 4 * i) for i in range(deleted_count))
+    for i in range(1, deleted_count):
         _check_order(r, "deleted_tags", deleted[i - 1], deleted[i])
-    updates = tuple(decode_update(r, p) for p in r.table_vector(root, 7, "latest_updates"))
-    if not updates:
+    positions = r.table_vector(root, 7, "latest_updates")
+    if not positions:
         raise r.fail("the operations log (latest_updates) is empty")
+    snapshots: Lazy[SnapshotInfo] | tuple[SnapshotInfo, ...]
+    updates: Lazy[Update] | tuple[Update, ...]
+    if lazy:
+        snapshots = Lazy(count, lambda i: guarded(r.name, lambda: listed.info(i)), listed.check)
+        updates = Lazy(
+            len(positions), lambda i: guarded(r.name, lambda: decode_update(r, positions[i]))
+        )
+    else:
+        snapshots = tuple(listed.info(i) for i in range(count))
+        listed.check(snapshots)
+        updates = tuple(decode_update(r, p) for p in positions)
     metadata = _metadata(r, root, 6)
     return RepoInfo(
         branches=refs(2, "branches"),
         tags=refs(1, "tags"),
-        snapshots=tuple(snapshots),
+        snapshots=snapshots,
         status=decode_status(r, status),
         latest_updates=updates,
         deleted_tags=deleted,

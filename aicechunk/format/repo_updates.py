@@ -335,10 +335,12 @@ def decode_status(r: Reader, pos: int) -> RepoStatus:
 
 
 def decode_update(r: Reader, pos: int) -> Update:
-    """An Update table."""
-    code = r.scalar(pos, 0, r.u8, 0)
-    at = r.table_field(pos, 1, "update_type")
-    assert at is not None
+    """An Update table (read with one vtable lookup per table: logs hold 1,000)."""
+    code_at, kind_at, time_at, path_at = r.fields(pos, 4)
+    if not kind_at:
+        raise r.fail("required field 'update_type' is missing")
+    at = r.deref(kind_at)
+    code = r.u8(code_at) if code_at else 0
     if not 1 <= code <= len(_KINDS):
         raise r.fail(f"unknown update type {code}")
     cls = _KINDS[code - 1]
@@ -348,19 +350,22 @@ def decode_update(r: Reader, pos: int) -> Update:
         assert status is not None
         kind = RepoStatusChanged(decode_status(r, status))
     elif cls is FeatureFlagChanged:
-        value = r.scalar(at, 1, r.u8, 0) != 0
-        is_set = r.scalar(at, 2, r.u8, 0) != 0
-        kind = FeatureFlagChanged(r.scalar(at, 0, r.u16, 0), value if is_set else None)
+        flag_at, value_at, set_at = r.fields(at, 3)
+        value = value_at != 0 and r.u8(value_at) != 0
+        is_set = set_at != 0 and r.u8(set_at) != 0
+        kind = FeatureFlagChanged(r.u16(flag_at) if flag_at else 0, value if is_set else None)
     else:
-        values: dict[str, Any] = {}
-        for slot, (attr, k) in enumerate(_FIELDS.get(cls, ())):
+        specs = _FIELDS.get(cls, ())
+        values: list[Any] = []
+        for (attr, k), field_at in zip(specs, r.fields(at, len(specs)), strict=True):
             if k == "str":
-                values[attr] = r.string(at, slot, attr)
+                values.append(r.string_at(field_at) if field_at else None)
             elif k == "id":
-                id_pos = r.struct_at(at, slot, 12, attr)
-                assert id_pos is not None
-                values[attr] = SnapshotId(r.raw(id_pos, 12))
+                if not field_at:
+                    raise r.fail(f"required field {attr!r} is missing")
+                values.append(SnapshotId(r.raw(field_at, 12)))
             else:
-                values[attr] = r.scalar(at, slot, r.u8, 0)
-        kind = cls(**values)
-    return Update(kind, from_micros(r.scalar(pos, 2, r.u64, 0), r), r.string(pos, 3))
+                values.append(r.u8(field_at) if field_at else 0)
+        kind = cls(*values)
+    micros = r.u64(time_at) if time_at else 0
+    return Update(kind, from_micros(micros, r), r.string_at(path_at) if path_at else None)

@@ -1,0 +1,149 @@
+"""The repo info file written from kept segments (``format/repo_info_segments.py``) and
+read lazily (``decode_repo_info(..., lazy=True)``): both say exactly what the Icechunk
+layout and the eager decoder say, segments kept from one write serve the next (indices
+shifted by an insertion set again), and a lazily read entry that is malformed is refused
+when used, never copied forward."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aicechunk.errors import FormatError
+from aicechunk.format import repo_updates as ru
+from aicechunk.format.flatbuf import Reader
+from aicechunk.format.header import FileType, decode_versioned
+from aicechunk.format.ids import SnapshotId
+from aicechunk.format.repo_info import (
+    Lazy,
+    RepoInfo,
+    SnapshotInfo,
+    decode_repo_info,
+    encode_repo_info,
+    push_update,
+)
+from aicechunk.format.repo_info_segments import encode_repo_info_segmented
+from tests.format.strategies_v2 import repo_infos
+from tests.format.test_attacks_v2 import wrap
+
+
+def _fresh(info: RepoInfo) -> RepoInfo:
+    """``info`` with new snapshot and update objects (no segments kept)."""
+    snapshots = tuple(dataclasses.replace(s) for s in info.snapshots)
+    updates = tuple(dataclasses.replace(u) for u in info.latest_updates)
+    return dataclasses.replace(info, snapshots=snapshots, latest_updates=updates)
+
+
+@settings(max_examples=60, deadline=None)
+@given(repo_infos())
+def test_segmented_files_read_as_the_icechunk_layout(info: RepoInfo) -> None:
+    data = encode_repo_info_segmented(info)
+    decoded = decode_repo_info(data)
+    assert decoded == info
+    assert decode_repo_info(data, lazy=True) == info
+    # the segments kept on the objects write the same bytes as new ones
+    assert encode_repo_info_segmented(info) == data
+    assert encode_repo_info_segmented(_fresh(info)) == data
+    # and the decoded file re-encodes to Icechunk's layout of the same content
+    assert encode_repo_info(decoded) == encode_repo_info(info)
+
+
+@settings(max_examples=60, deadline=None)
+@given(repo_infos())
+def test_lazy_decoding_says_what_eager_decoding_says(info: RepoInfo) -> None:
+    data = encode_repo_info(info)
+    lazy = decode_repo_info(data, lazy=True)
+    assert isinstance(lazy.snapshots, Lazy) and isinstance(lazy.latest_updates, Lazy)
+    assert lazy.branches == info.branches and lazy.tags == info.tags
+    assert lazy.latest_updates[0] == info.latest_updates[0]
+    assert lazy.latest_updates[-1] == info.latest_updates[-1]
+    assert list(lazy.latest_updates) == list(info.latest_updates)
+    for snap in info.snapshots:
+        assert lazy.snapshot(snap.id) == snap
+    assert lazy == info
+    assert encode_repo_info(lazy) == data
+
+
+@settings(max_examples=30, deadline=None)
+@given(repo_infos(), st.binary(min_size=12, max_size=12), st.data())
+def test_kept_segments_follow_an_inserted_snapshot(
+    info: RepoInfo, raw: bytes, data: st.DataObject
+) -> None:
+    """A snapshot inserted anywhere in the list shifts the indices of those after it:
+    refs and parents written from kept segments still name the right snapshots."""
+    new_id = SnapshotId(raw)
+    if info.snapshot(new_id) is not None:
+        return
+    decode_repo_info(encode_repo_info_segmented(info))  # segments kept on the objects
+    parent = data.draw(st.sampled_from(list(info.snapshots)))
+    added = SnapshotInfo(new_id, parent.id, parent.flushed_at, "new")
+    at = max(u.updated_at for u in info.latest_updates) + timedelta(seconds=1)
+    log, before = push_update(info, ru.NewCommit("main", new_id), at, "backup")
+    changed = dataclasses.replace(
+        info,
+        branches={**info.branches, "main": new_id},
+        snapshots=(*info.snapshots, added),
+        latest_updates=log,
+        repo_before_updates=before,
+    )
+    decoded = decode_repo_info(encode_repo_info_segmented(changed))
+    assert decoded == changed
+    assert [s.id for s in decoded.ancestry(new_id)][:2] == [new_id, parent.id]
+
+
+def _updates_of(info_data: bytes) -> tuple[bytes, list[int]]:
+    """The payload of a repo info file and the positions of its log entries."""
+    payload = decode_versioned(info_data, FileType.REPO_INFO)[1]
+    r = Reader(payload, "repo")
+    return payload, r.table_vector(r.root(), 7)
+
+
+def _sample(entries: int) -> RepoInfo:
+    first = SnapshotId(b"\x01" * 12)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    updates = tuple(
+        ru.Update(ru.BranchCreated(f"b{i}"), at - timedelta(seconds=i), None)
+        for i in range(entries)
+    )
+    return RepoInfo(
+        branches={"main": first},
+        tags={},
+        snapshots=(SnapshotInfo(first, None, at, "first"),),
+        status=ru.RepoStatus(ru.Availability.ONLINE, at),
+        latest_updates=updates,
+    )
+
+
+@pytest.mark.parametrize("encoder", [encode_repo_info, encode_repo_info_segmented])
+def test_a_malformed_entry_read_lazily_is_refused_when_used_never_copied(
+    encoder: Callable[[RepoInfo], bytes],
+) -> None:
+    """An old log entry with an unknown update type: the lazy decoder lists branches,
+    the entry is a FormatError when read, and a change (which re-encodes the log) is
+    refused instead of carrying it forward."""
+    info = _sample(4)
+    payload, positions = _updates_of(encoder(info))
+    r = Reader(payload, "repo")
+    code_at = r.field(positions[2], 0)
+    assert code_at is not None
+    broken = bytearray(payload)
+    broken[code_at] = 200
+    data = wrap(bytes(broken))
+    with pytest.raises(FormatError, match="unknown update type 200"):
+        decode_repo_info(data)
+    lazy = decode_repo_info(data, lazy=True)
+    assert lazy.branches == info.branches
+    assert lazy.latest_updates[0] == info.latest_updates[0]
+    with pytest.raises(FormatError, match=r"repo: .*unknown update type 200"):
+        list(lazy.latest_updates)
+    at = info.latest_updates[0].updated_at + timedelta(seconds=1)
+    with pytest.raises(FormatError, match="unknown update type 200"):
+        log, before = push_update(lazy, ru.GCRan(), at, "backup")
+        encode_repo_info_segmented(
+            dataclasses.replace(lazy, latest_updates=log, repo_before_updates=before)
+        )
