@@ -161,3 +161,29 @@ async def test_large_repo_info_files_are_coded_off_the_event_loop(
     reopened = await aic.Repository.open(repo.storage)
     assert await reopened.list_branches() == {"main", "dev"}
     assert threads and threading.main_thread().name not in threads
+
+
+async def test_opening_reads_the_file_once_and_lists_branches_without_the_log(
+    decodes: list[int],
+) -> None:
+    """``open_or_create`` of a repository that exists probes once (as ``open`` does:
+    the repo info file, the v1 ``main`` branch and ``config.yaml`` asked together), and a
+    branch list decodes the refs only: the snapshots and the log wait until used."""
+    driver = CountingDriver(MemoryDriver())
+    storage = aic.storage_from_driver(driver)
+    repo = await aic.Repository.create(storage, spec_version=2)
+    base = await repo.lookup_branch("main")
+    for i in range(3):
+        await repo.create_branch(f"b{i}", base)
+    probe = [("get", REPO_INFO_KEY), ("head", "refs/branch.main/ref.json"), ("get", "config.yaml")]
+    for opening in (aic.Repository.open, aic.Repository.open_or_create):
+        driver.reset()
+        reopened = await opening(storage)
+        assert sorted(driver.calls) == sorted(probe)
+        decodes.clear()
+        assert await reopened.list_branches() == {"main", "b0", "b1", "b2"}
+        info = await reopened._assets.refs.info(fresh=False)  # type: ignore[attr-defined]
+        assert len(decodes) == 1
+        assert all(item is None for item in info.latest_updates._items)
+        assert all(item is None for item in info.snapshots._items)
+        assert [type(u.kind) for u in info.latest_updates][0] is ru.BranchCreated

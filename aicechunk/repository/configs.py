@@ -15,15 +15,17 @@ from typing import Protocol
 from aicechunk.assets import CONFIG_KEY, REPO_INFO_KEY, AssetManager, detected_spec_version
 from aicechunk.awaited import must_await
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, RepositoryConfig
-from aicechunk.errors import ObjectNotFound
+from aicechunk.errors import ObjectNotFound, RepositoryNotFoundError, UnsupportedSpecVersionError
 from aicechunk.format import refs as ref_format
 from aicechunk.format import repo_updates as ru
 from aicechunk.format.config_flex import config_of_repo_info
+from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.repo_info import RepoInfo
 from aicechunk.repo_info_store import RepoInfoStore
+from aicechunk.repository.creation import unsupported_message
 from aicechunk.storage import Storage
 
-__all__ = ["fetch_config", "probe", "save_config"]
+__all__ = ["fetch_config", "opened", "probe", "save_config"]
 
 
 class HasConfig(Protocol):
@@ -74,6 +76,25 @@ async def probe(
         flex = config_of_repo_info(repo_info, REPO_INFO_KEY, bound)
         return version, None if flex is None else RepositoryConfig.from_flex(flex, REPO_INFO_KEY)
     return version, None
+
+
+def opened(
+    storage: Storage,
+    config: RepositoryConfig | None,
+    found: int | None,
+    persisted: RepositoryConfig | None,
+) -> RepositoryConfig:
+    """The configuration of the repository ``probe`` found (``found``: its spec version,
+    ``persisted``: its stored configuration) opened with ``config`` set on top;
+    ``RepositoryNotFoundError`` if there is none, ``UnsupportedSpecVersionError`` for a
+    spec version this library does not read."""
+    label = storage.driver().label
+    if found is None:
+        raise RepositoryNotFoundError(f"no repository at {label} (no 'main' branch)")
+    if found not in SPEC_VERSIONS:
+        raise UnsupportedSpecVersionError(unsupported_message(label, found))
+    effective = persisted or RepositoryConfig.default()
+    return effective if config is None else effective.merge(config)
 
 
 async def fetch_config(storage: Storage) -> RepositoryConfig | None:

@@ -18,18 +18,14 @@ from aicechunk.errors import (
     RefNotFoundError,
     RepositoryError,
     RepositoryExistsError,
-    RepositoryNotFoundError,
     SessionStateError,
-    UnsupportedSpecVersionError,
 )
 from aicechunk.format import refs as ref_format
-from aicechunk.format.header import SPEC_VERSIONS
 from aicechunk.format.ids import SnapshotId
 from aicechunk.repository import configs, history, rearrange, v2admin, v2ops
 from aicechunk.repository.creation import (
     DEFAULT_SPEC_VERSION,
     await_creation,
-    unsupported_message,
     write_new_repository,
 )
 from aicechunk.repository.history import SnapshotInfo
@@ -188,16 +184,8 @@ class Repository:
     ) -> Repository:
         """Open an existing repository; ``config`` is set on top of the configuration
         persisted in it (``config.yaml`` on spec v1, the repo info file on spec v2)."""
-        label = storage.driver().label
-        limits = None if config is None else config.decompression_limits()
-        found, persisted = await configs.probe(storage, limits)
-        if found is None:
-            raise RepositoryNotFoundError(f"no repository at {label} (no 'main' branch)")
-        if found not in SPEC_VERSIONS:
-            raise UnsupportedSpecVersionError(unsupported_message(label, found))
-        effective = persisted or RepositoryConfig.default()
-        if config is not None:
-            effective = effective.merge(config)
+        found, persisted = await configs.probe(storage, config and config.decompression_limits())
+        effective = configs.opened(storage, config, found, persisted)
         return cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
 
     @classmethod
@@ -217,8 +205,10 @@ class Repository:
         other objects or over a repository of another spec version. Racing another
         process that creates it, this one waits for that creation to finish and opens
         the result."""
-        if await AssetManager(storage.driver()).spec_version() is not None:
-            return await cls.open(storage, config, authorize_virtual_chunk_access)
+        found, persisted = await configs.probe(storage, config and config.decompression_limits())
+        if found is not None:  # one probe: what it read opens the repository
+            effective = configs.opened(storage, config, found, persisted)
+            return cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
         try:
             return await cls.create(
                 storage,
