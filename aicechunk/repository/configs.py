@@ -83,18 +83,18 @@ def opened(
     config: RepositoryConfig | None,
     found: int | None,
     persisted: RepositoryConfig | None,
-) -> RepositoryConfig:
-    """The configuration of the repository ``probe`` found (``found``: its spec version,
-    ``persisted``: its stored configuration) opened with ``config`` set on top;
-    ``RepositoryNotFoundError`` if there is none, ``UnsupportedSpecVersionError`` for a
-    spec version this library does not read."""
+) -> tuple[RepositoryConfig, int]:
+    """The configuration and spec version of the repository ``probe`` found (``found``:
+    its spec version, ``persisted``: its stored configuration), opened with ``config``
+    set on top; ``RepositoryNotFoundError`` if there is none,
+    ``UnsupportedSpecVersionError`` for a spec version this library does not read."""
     label = storage.driver().label
     if found is None:
         raise RepositoryNotFoundError(f"no repository at {label} (no 'main' branch)")
     if found not in SPEC_VERSIONS:
         raise UnsupportedSpecVersionError(unsupported_message(label, found))
     effective = persisted or RepositoryConfig.default()
-    return effective if config is None else effective.merge(config)
+    return (effective if config is None else effective.merge(config)), found
 
 
 async def fetch_config(storage: Storage) -> RepositoryConfig | None:

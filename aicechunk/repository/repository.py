@@ -184,8 +184,8 @@ class Repository:
     ) -> Repository:
         """Open an existing repository; ``config`` is set on top of the configuration
         persisted in it (``config.yaml`` on spec v1, the repo info file on spec v2)."""
-        found, persisted = await configs.probe(storage, config and config.decompression_limits())
-        effective = configs.opened(storage, config, found, persisted)
+        limits = None if config is None else config.decompression_limits()
+        effective, found = configs.opened(storage, config, *await configs.probe(storage, limits))
         return cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
 
     @classmethod
@@ -205,9 +205,10 @@ class Repository:
         other objects or over a repository of another spec version. Racing another
         process that creates it, this one waits for that creation to finish and opens
         the result."""
-        found, persisted = await configs.probe(storage, config and config.decompression_limits())
-        if found is not None:  # one probe: what it read opens the repository
-            effective = configs.opened(storage, config, found, persisted)
+        limits = None if config is None else config.decompression_limits()
+        probed = await configs.probe(storage, limits)
+        if probed[0] is not None:  # one probe: what it read opens the repository
+            effective, found = configs.opened(storage, config, *probed)
             return cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
         try:
             return await cls.create(

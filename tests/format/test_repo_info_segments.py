@@ -147,3 +147,21 @@ def test_a_malformed_entry_read_lazily_is_refused_when_used_never_copied(
         encode_repo_info_segmented(
             dataclasses.replace(lazy, latest_updates=log, repo_before_updates=before)
         )
+
+
+def test_lazy_sequences_decode_in_steps_once() -> None:
+    calls: list[int] = []
+    checked: list[tuple[int, ...]] = []
+
+    def item(i: int) -> int:
+        calls.append(i)
+        return i * 10
+
+    lazy = Lazy(5, item, checked.append)
+    assert len(lazy) == 5 and lazy[3] == 30 and lazy[-1] == 40 and calls == [3, 4]
+    assert not lazy.decode_some(2) and calls == [3, 4, 0, 1]
+    assert lazy.decode_some(2) and checked == [(0, 10, 20, 30, 40)]
+    assert list(lazy) == [0, 10, 20, 30, 40] and lazy == (0, 10, 20, 30, 40)
+    assert lazy[1:3] == (10, 20) and calls == [3, 4, 0, 1, 2]
+    with pytest.raises(IndexError):
+        Lazy(2, item)[2]
