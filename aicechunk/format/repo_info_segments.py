@@ -31,7 +31,7 @@ import numpy as np
 
 from aicechunk.errors import FormatError
 from aicechunk.format.fastbuilder import FastBuilder
-from aicechunk.format.flatbuf import FILE_IDENTIFIER, Reader, offset_vector, table
+from aicechunk.format.flatbuf import FILE_IDENTIFIER, Reader, offset_vector
 from aicechunk.format.header import FileType, encode_file
 from aicechunk.format.ids import SnapshotId
 from aicechunk.format.repo_info import (
@@ -52,9 +52,11 @@ Segment = tuple[bytes, int, int]
 _NAME = "repo"
 _ALIGN = 8
 _ROOT_FIELDS = 13
-# refs by name: a ref's segment holds only its name (its index is set per file)
-_REF_SEGMENTS: dict[str, Segment] = {}
-_REF_SEGMENTS_MAX = 1 << 16
+_U32 = struct.Struct("<I")
+# a ref's vtable (8 bytes, 2 fields: the name at 4, the index at 8 in a 12-byte table),
+# then the table at 8: its offset back to the vtable, the name's offset (the string
+# follows at 20), the index (0 until set)
+_REF_HEAD = struct.pack("<4HiII", 8, 12, 4, 8, 8, 8, 0)
 
 
 def _finish(b: FastBuilder, root: int, patch: int | None) -> Segment:
@@ -71,15 +73,11 @@ def _finish(b: FastBuilder, root: int, patch: int | None) -> Segment:
 
 
 def _ref_segment(name: str) -> Segment:
-    found = _REF_SEGMENTS.get(name)
-    if found is None:
-        b = FastBuilder(64 + len(name))
-        name_off = b.CreateString(name)
-        found = _finish(b, table(b, 2, [(0, "off", name_off), (1, "u32!", 0)]), 1)
-        if len(_REF_SEGMENTS) >= _REF_SEGMENTS_MAX:
-            _REF_SEGMENTS.clear()
-        _REF_SEGMENTS[name] = found
-    return found
+    """A ref's table, written directly (no builder: a repository may hold a million
+    refs): its vtable, the table (name, then the index to set), the name."""
+    data = name.encode("utf-8")
+    body = _REF_HEAD + _U32.pack(len(data)) + data + b"\x00"
+    return body + bytes(-len(body) % _ALIGN), 8, 16
 
 
 def _snapshot_segment(snap: SnapshotInfo) -> Segment:
