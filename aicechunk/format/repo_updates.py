@@ -8,6 +8,7 @@ and the key under ``overwritten/`` of the repo info file as it was before the ne
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -221,6 +222,10 @@ UpdateKind = (
     | RepoStatusChanged
 )
 
+_U8 = struct.Struct("<B")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
 # the schema's union order: a kind's code is its index here + 1
 _KINDS: tuple[type, ...] = (
     RepoInitialized,
@@ -334,13 +339,29 @@ def decode_status(r: Reader, pos: int) -> RepoStatus:
     return RepoStatus(availability, from_micros(r.scalar(pos, 1, r.u64, 0), r), r.string(pos, 2))
 
 
+def _string(r: Reader, slot: int) -> str:
+    """The string whose offset is at ``slot`` (a short path for the log's many)."""
+    buf = r.buf
+    start = slot + _U32.unpack_from(buf, slot)[0]
+    end = start + 4 + _U32.unpack_from(buf, start)[0]
+    if end > r.size:
+        raise r.fail(f"a string at {start} runs past the {r.size}-byte buffer")
+    try:
+        return buf[start + 4 : end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise r.fail("a string is not valid UTF-8") from None
+
+
 def decode_update(r: Reader, pos: int) -> Update:
-    """An Update table (read with one vtable lookup per table: logs hold 1,000)."""
+    """An Update table. A log holds up to 1,000 of them and is read whole, so this reads
+    the bytes directly: one vtable lookup per table, offsets only forward (never below
+    0), a read past the end a ``struct.error`` that the caller's ``guarded`` names."""
+    buf = r.buf
     code_at, kind_at, time_at, path_at = r.fields(pos, 4)
     if not kind_at:
         raise r.fail("required field 'update_type' is missing")
-    at = r.deref(kind_at)
-    code = r.u8(code_at) if code_at else 0
+    at = kind_at + _U32.unpack_from(buf, kind_at)[0]
+    code = _U8.unpack_from(buf, code_at)[0] if code_at else 0
     if not 1 <= code <= len(_KINDS):
         raise r.fail(f"unknown update type {code}")
     cls = _KINDS[code - 1]
@@ -358,14 +379,17 @@ def decode_update(r: Reader, pos: int) -> Update:
         specs = _FIELDS.get(cls, ())
         values: list[Any] = []
         for (attr, k), field_at in zip(specs, r.fields(at, len(specs)), strict=True):
+            if not field_at and k != "u8":
+                raise r.fail(f"required field {attr!r} is missing")
             if k == "str":
-                values.append(r.string_at(field_at) if field_at else None)
+                values.append(_string(r, field_at))
             elif k == "id":
-                if not field_at:
-                    raise r.fail(f"required field {attr!r} is missing")
-                values.append(SnapshotId(r.raw(field_at, 12)))
+                raw = buf[field_at : field_at + 12]
+                if len(raw) != 12:
+                    raise r.fail(f"the {attr} at {field_at} runs past the buffer")
+                values.append(SnapshotId(raw))
             else:
-                values.append(r.u8(field_at) if field_at else 0)
+                values.append(_U8.unpack_from(buf, field_at)[0] if field_at else 0)
         kind = cls(*values)
-    micros = r.u64(time_at) if time_at else 0
-    return Update(kind, from_micros(micros, r), r.string_at(path_at) if path_at else None)
+    micros = _U64.unpack_from(buf, time_at)[0] if time_at else 0
+    return Update(kind, from_micros(micros, r), _string(r, path_at) if path_at else None)

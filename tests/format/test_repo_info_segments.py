@@ -168,3 +168,28 @@ def test_lazy_sequences_decode_in_steps_once() -> None:
     assert lazy[1:3] == (10, 20) and calls == [3, 4, 0, 1, 2]
     with pytest.raises(IndexError):
         Lazy(2, item)[2]
+
+
+def test_a_log_entry_without_its_required_name_is_refused() -> None:
+    """A NewCommit entry whose branch name field is absent (its vtable slot zeroed; each
+    entry has its own vtable in a segmented file) is a FormatError, not a None name."""
+    info = _sample(2)
+    new_id = info.snapshots[0].id
+    at = info.latest_updates[0].updated_at + timedelta(seconds=1)
+    log, before = push_update(info, ru.NewCommit("main", new_id), at, "backup")
+    data = encode_repo_info_segmented(
+        dataclasses.replace(info, latest_updates=log, repo_before_updates=before)
+    )
+    payload, positions = _updates_of(data)
+    r = Reader(payload, "repo")
+    kind_slot = r.field(positions[0], 1)
+    assert kind_slot is not None
+    kind = r.deref(kind_slot)
+    vtable = kind - int.from_bytes(payload[kind : kind + 4], "little", signed=True)
+    broken = bytearray(payload)
+    broken[vtable + 4 : vtable + 6] = b"\x00\x00"
+    lazy = decode_repo_info(wrap(bytes(broken)), lazy=True)
+    with pytest.raises(FormatError, match="required field 'branch' is missing"):
+        lazy.latest_updates[0]
+    with pytest.raises(FormatError, match="required field 'branch' is missing"):
+        decode_repo_info(wrap(bytes(broken)))
