@@ -125,10 +125,6 @@ class RepoInfoStore:
             len(data) >= DECODE_BYTES_OFF_LOOP, decode_repo_info, data, key, bound, lazy=True
         )
 
-    def known(self) -> RepoInfo | None:
-        """The repo info last read or written here, if any (no request)."""
-        return self._cached
-
     async def info(self, fresh: bool = True) -> RepoInfo:
         """The repo info (the last one read, unless ``fresh``)."""
         if fresh or self._cached is None:

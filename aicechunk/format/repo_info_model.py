@@ -59,20 +59,6 @@ class Lazy(Sequence[T]):
             self._done = done
         return done
 
-    def decode_some(self, count: int) -> bool:
-        """Decode up to ``count`` more items (in order); whether all are decoded now."""
-        if self._done is not None:
-            return True
-        items = self._items
-        for i in range(self._count):
-            if items[i] is None:
-                if count <= 0:
-                    return False
-                self._one(i)
-                count -= 1
-        self.decoded()
-        return True
-
     def __len__(self) -> int:
         return self._count
 

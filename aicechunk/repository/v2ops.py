@@ -8,8 +8,6 @@ raises ``UnsupportedSpecVersionError``, naming the spec version, on a spec v1 re
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -23,7 +21,6 @@ from aicechunk.format.flexbuf import encode_flex
 from aicechunk.format.repo_info import (
     OVERWRITTEN_PREFIX,
     REPO_INFO_KEY,
-    Lazy,
     RepoInfo,
     check_backup_name,
 )
@@ -37,10 +34,6 @@ __all__ = [
     "set_metadata",
     "update_metadata",
 ]
-
-
-#: log entries decoded per turn of the event loop while the repo info file is read
-_ENTRIES_PER_TURN = 16
 
 
 class HasAssets(Protocol):
@@ -66,7 +59,7 @@ async def ops_log(self: HasAssets) -> AsyncIterator[ru.Update]:
     copy ends the log there. A link that is no single name, or that leads back to a
     copy already read, is a ``FormatError`` naming the file holding it."""
     store = repo_info_store_of(self, "the operations log")
-    info: RepoInfo | None = await _read_decoding_meanwhile(store)
+    info: RepoInfo | None = await store.info()
     last = None
     source, seen = REPO_INFO_KEY, set()
     while info is not None:
@@ -82,22 +75,6 @@ async def ops_log(self: HasAssets) -> AsyncIterator[ru.Update]:
         seen.add(before)
         source = OVERWRITTEN_PREFIX + before
         info = await _backup(store, before)
-
-
-async def _read_decoding_meanwhile(store: RepoInfoStore) -> RepoInfo:
-    """The repo info file as stored now. While the request is out, the log of the file
-    read last is decoded, a few entries between turns of the event loop: it is most
-    often the same file (then not decoded again), and the log is what is read next."""
-    known = store.known()
-    reading = asyncio.ensure_future(store.info())
-    updates = None if known is None else known.latest_updates
-    if isinstance(updates, Lazy):
-        with contextlib.suppress(FormatError):  # raised again where the entry is read
-            for _ in range(0, len(updates), _ENTRIES_PER_TURN):
-                if reading.done() or updates.decode_some(_ENTRIES_PER_TURN):
-                    break
-                await asyncio.sleep(0)  # the request's turn
-    return await reading
 
 
 async def _backup(store: RepoInfoStore, name: str) -> RepoInfo | None:

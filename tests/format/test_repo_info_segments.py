@@ -152,7 +152,7 @@ def test_a_malformed_entry_read_lazily_is_refused_when_used_never_copied(
         )
 
 
-def test_lazy_sequences_decode_in_steps_once() -> None:
+def test_lazy_sequences_decode_each_item_once() -> None:
     calls: list[int] = []
     checked: list[tuple[int, ...]] = []
 
@@ -162,10 +162,10 @@ def test_lazy_sequences_decode_in_steps_once() -> None:
 
     lazy = Lazy(5, item, checked.append)
     assert len(lazy) == 5 and lazy[3] == 30 and lazy[-1] == 40 and calls == [3, 4]
-    assert not lazy.decode_some(2) and calls == [3, 4, 0, 1]
-    assert lazy.decode_some(2) and checked == [(0, 10, 20, 30, 40)]
+    assert lazy.decoded() == (0, 10, 20, 30, 40) and calls == [3, 4, 0, 1, 2]
+    assert checked == [(0, 10, 20, 30, 40)]
     assert list(lazy) == [0, 10, 20, 30, 40] and lazy == (0, 10, 20, 30, 40)
-    assert lazy[1:3] == (10, 20) and calls == [3, 4, 0, 1, 2]
+    assert lazy[1:3] == (10, 20) and len(calls) == 5 and len(checked) == 1
     with pytest.raises(IndexError):
         Lazy(2, item)[2]
 
