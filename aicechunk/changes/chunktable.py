@@ -84,6 +84,17 @@ class ChunkTable(RefColumns):
         if problems:
             raise ValueError("inconsistent chunk table: " + "; ".join(problems))
 
+    def first_off_grid(self, grid: tuple[int, ...]) -> int | None:
+        """The first row whose coordinates are not on a chunk grid of ``grid`` chunks per
+        dimension (or of another rank), ``None`` if every row is on it."""
+        if not len(self):
+            return None
+        if self.ndim != len(grid):
+            return 0
+        outside = (self.coords < 0) | (self.coords >= np.asarray(grid, dtype=np.int64))
+        rows = np.flatnonzero(outside.any(axis=1))
+        return int(rows[0]) if len(rows) else None
+
     # -- from and to references -------------------------------------------------------
 
     @classmethod
