@@ -12,9 +12,12 @@ manifest carries (``compressed_location``); they read back as plain ``VirtualRef
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
+import numpy as np
 import zstandard
 
 from aicechunk.format import Coords
@@ -45,6 +48,7 @@ _INDEX_LIMIT = 65_536
 # ... once this many lookups went to one array (opening a repository to read one chunk
 # should not decode every coordinate of the manifest)
 _INDEX_AFTER = 16
+_U32 = struct.Struct("<I")
 # the longest compressed virtual location Icechunk writes or reads, decompressed
 MAX_LOCATION = 1024
 
@@ -86,6 +90,42 @@ ChunkRef = NativeRef | InlineRef | VirtualRef
 # --- decoding --------------------------------------------------------------------------
 
 
+class _Positions(Sequence[int]):
+    """Where each table of a vector of tables is, read from the vector when asked: a
+    lookup in a manifest of ten million references touches a few dozen of them."""
+
+    __slots__ = ("_buf", "_length", "_start")
+
+    def __init__(self, reader: Reader, start: int, length: int) -> None:
+        reader.raw(start, 4 * length)  # bounds-checked once
+        self._buf = reader.buf
+        self._start = start
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[int]: ...
+    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._length))]
+        if not 0 <= i < self._length:
+            raise IndexError(i)
+        at = self._start + 4 * i
+        offset: int = _U32.unpack_from(self._buf, at)[0]
+        return at + offset
+
+    def __iter__(self) -> Iterator[int]:
+        for first in range(0, self._length, 65_536):
+            count = min(65_536, self._length - first)
+            at = self._start + 4 * first
+            offsets = np.frombuffer(self._buf, dtype="<u4", count=count, offset=at)
+            yield from (offsets.astype(np.int64) + (at + 4 * np.arange(count))).tolist()
+
+
 class Manifest:
     """A decoded-on-demand manifest."""
 
@@ -104,7 +144,7 @@ class Manifest:
             nid = reader.struct_at(pos, 0, 8, "node_id")
             assert nid is not None
             self._node_ids.append(reader.raw(nid, 8))
-        self._refs_cache: dict[int, list[int]] = {}
+        self._refs_cache: dict[int, _Positions] = {}
         self._index: dict[NodeId, dict[Coords, int]] = {}
         self._lookups: dict[NodeId, int] = {}
 
@@ -117,7 +157,7 @@ class Manifest:
         """Ids of the arrays with references here."""
         return [NodeId(b) for b in self._node_ids]
 
-    def _array_refs(self, node_id: NodeId) -> list[int] | None:
+    def _array_refs(self, node_id: NodeId) -> _Positions | None:
         ids = self._node_ids
         key = node_id.bytes
         lo, hi = 0, len(ids)
@@ -131,7 +171,8 @@ class Manifest:
             return None
         cached = self._refs_cache.get(lo)
         if cached is None:
-            cached = self._r.table_vector(self._arrays[lo], 1, "refs")
+            start, length = self._r.vector(self._arrays[lo], 1, "refs")
+            cached = _Positions(self._r, start, length)
             self._refs_cache[lo] = cached
         return cached
 
@@ -173,7 +214,7 @@ class Manifest:
 
     def iter_node(self, node_id: NodeId) -> Iterator[tuple[Coords, ChunkRef]]:
         """Every (coords, reference) of one array, in coordinate order."""
-        refs = guarded(self.name, lambda: self._array_refs(node_id)) or []
+        refs: Sequence[int] = guarded(self.name, lambda: self._array_refs(node_id)) or []
         for pos in refs:
             yield guarded(self.name, lambda p=pos: (self._coords(p), self._ref(p)))  # type: ignore[misc]
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from aicechunk.format import Coords
+from aicechunk.format.coord_rows import CoordRows
 from aicechunk.format.flatbuf import Forward, Reader, guarded
 from aicechunk.format.header import FileType, decode_versioned, encode_file
 from aicechunk.format.ids import NodeId, SnapshotId
@@ -101,6 +102,7 @@ def merge_transaction_logs(log_id: SnapshotId, logs: Sequence[TransactionLog]) -
 # field indexes in the schema's order
 _NEW_GROUPS, _NEW_ARRAYS, _DEL_GROUPS, _DEL_ARRAYS, _UPD_ARRAYS, _UPD_GROUPS, _CHUNKS = range(1, 8)
 _MOVES = 8
+_SLICE = 1 << 20  # chunk coordinates laid out at a time
 
 
 def encode_transaction_log(log: TransactionLog) -> bytes:
@@ -146,7 +148,8 @@ def encode_transaction_log(log: TransactionLog) -> bytes:
         _indices_block(w, vt_indices, vec, chunk_list)
     if v2:
         _moves(w, root + 44, log.moved_nodes)
-    return encode_file(FileType.TRANSACTION_LOG, w.finish(root), spec_version=log.spec_version)
+    payload = w.finish_buffer(root)
+    return encode_file(FileType.TRANSACTION_LOG, payload, spec_version=log.spec_version)
 
 
 def _moves(w: Forward, slot: int, moves: tuple[MoveOperation, ...]) -> None:
@@ -165,6 +168,10 @@ def _moves(w: Forward, slot: int, moves: tuple[MoveOperation, ...]) -> None:
 def _sorted_unique(coords: Sequence[Coords]) -> list[Coords] | np.ndarray:
     """Coordinates sorted lexicographically without duplicates (a 2-D array when they
     all have one dimensionality, which is the case for a valid array)."""
+    if isinstance(coords, CoordRows) and coords.rows.shape[1]:
+        if coords.sorted_unique:
+            return coords.rows
+        return _unique_rows(coords.rows)
     if not coords:
         return []
     ndims = set(map(len, coords))
@@ -172,7 +179,12 @@ def _sorted_unique(coords: Sequence[Coords]) -> list[Coords] | np.ndarray:
         return sorted(set(tuple(c) for c in coords))
     ndim = ndims.pop()
     flat = itertools.chain.from_iterable(coords)
-    grid = np.fromiter(flat, dtype=np.int64, count=len(coords) * ndim).reshape(-1, ndim)
+    return _unique_rows(
+        np.fromiter(flat, dtype=np.int64, count=len(coords) * ndim).reshape(-1, ndim)
+    )
+
+
+def _unique_rows(grid: np.ndarray) -> np.ndarray:
     grid = grid[np.lexsort(grid.T[::-1])]
     keep = np.ones(len(grid), dtype=bool)
     keep[1:] = (grid[1:] != grid[:-1]).any(axis=1)
@@ -193,19 +205,26 @@ def _indices_block(w: Forward, vt: int, vec: int, chunk_list: list[Coords] | np.
             w.uoffset(table + 4, coords)
             positions.append(table)
         pos = np.asarray(positions, dtype=np.int64)
-    else:
-        ndim = chunk_list.shape[1]
-        rec = 12 + 4 * ndim
-        base = w.reserve(n * rec)
-        records = np.zeros((n, 3 + ndim), dtype="<u4")
-        pos = base + np.arange(n, dtype=np.int64) * rec
+        slots = vec + 4 + 4 * np.arange(n, dtype=np.int64)
+        w.buf[vec + 4 : vec + 4 + 4 * n] = (pos - slots).astype("<u4").tobytes()
+        return
+    ndim = chunk_list.shape[1]
+    rec = 12 + 4 * ndim
+    base = w.reserve(n * rec)
+    # fixed-size records: laid out a slice at a time, so temporaries stay small
+    for start in range(0, n, _SLICE):
+        stop = min(n, start + _SLICE)
+        rows = np.arange(start, stop, dtype=np.int64)
+        pos = base + rows * rec
+        records = np.empty((stop - start, 3 + ndim), dtype="<u4")
         records[:, 0] = (pos - vt).astype("<u4")
         records[:, 1] = 4
         records[:, 2] = ndim
-        records[:, 3:] = chunk_list.astype(np.uint32)
-        w.buf[base : base + n * rec] = records.tobytes()
-    slots = vec + 4 + 4 * np.arange(n, dtype=np.int64)
-    w.buf[vec + 4 : vec + 4 + 4 * n] = (pos - slots).astype("<u4").tobytes()
+        records[:, 3:] = chunk_list[start:stop]
+        w.buf[base + start * rec : base + stop * rec] = memoryview(records).cast("B")
+        slots = vec + 4 + 4 * rows
+        offsets = (pos - slots).astype("<u4")
+        w.buf[vec + 4 + 4 * start : vec + 4 + 4 * stop] = memoryview(offsets).cast("B")
 
 
 def decode_transaction_log(
