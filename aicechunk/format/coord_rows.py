@@ -57,7 +57,9 @@ class CoordRows(Sequence[Coords]):
         if isinstance(other, CoordRows):
             return bool(np.array_equal(self.rows, other.rows))
         if isinstance(other, Sequence):
-            return len(self) == len(other) and all(a == tuple(b) for a, b in zip(self, other))
+            return len(self) == len(other) and all(
+                a == tuple(b) for a, b in zip(self, other, strict=True)
+            )
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]

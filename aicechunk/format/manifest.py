@@ -214,7 +214,8 @@ class Manifest:
 
     def iter_node(self, node_id: NodeId) -> Iterator[tuple[Coords, ChunkRef]]:
         """Every (coords, reference) of one array, in coordinate order."""
-        refs: Sequence[int] = guarded(self.name, lambda: self._array_refs(node_id)) or []
+        found = guarded(self.name, lambda: self._array_refs(node_id))
+        refs: Sequence[int] = found if found is not None else ()
         for pos in refs:
             yield guarded(self.name, lambda p=pos: (self._coords(p), self._ref(p)))  # type: ignore[misc]
 

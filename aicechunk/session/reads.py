@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
@@ -298,7 +298,7 @@ def grids(views: list[NodeView]) -> dict[NodeId, tuple[int, ...]]:
 
 def logged_chunk_changes(
     changes: ChangeSet, grids: Mapping[NodeId, tuple[int, ...]]
-) -> dict[NodeId, tuple[Coords, ...]]:
+) -> dict[NodeId, Sequence[Coords]]:
     """The chunk changes a commit logs, per array (``grids``: the arrays that exist):
     every chunk the session set or deleted, the ones a shrink deleted past the array's new
     end included, as icechunk 2.x logs them (icechunk 1.x left those out)."""
