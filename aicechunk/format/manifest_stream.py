@@ -33,7 +33,7 @@ from aicechunk.format.segmented import Segmented, compress_parts
 __all__ = ["encode_array_manifest_stream", "manifest_parts"]
 
 #: rows laid out at a time
-SLICE = 1 << 18
+SLICE = 1 << 16
 # large manifests are read far more often than written: compressed harder, on two
 # threads, as manifest_encode compresses them
 _LARGE = 4 << 20
@@ -120,7 +120,7 @@ class _Layout:
                 out["vlen"] = self.ndim
                 if self.ndim:
                     out["coords"] = self.coords(rows, a, b)
-                yield out.tobytes()
+                yield memoryview(out.view(np.uint8))
 
         base = self.w.hole(k * rec, fill, alignment=8)
         self.positions[KIND_NATIVE] = lambda ranks: base + ranks * rec
@@ -155,7 +155,7 @@ class _Layout:
                 data = cols.inline_data[sources[a] : sources[b]]
                 shift = np.repeat(local + 4 * head - (sources[a:b] - sources[a]), lengths[a:b])
                 out[np.arange(len(data)) + shift] = data
-                yield out.tobytes()
+                yield memoryview(out.view(np.uint8))
 
         base = self.w.hole(int(starts[k]), fill, alignment=4)
         self.positions[KIND_INLINE] = lambda ranks: base + starts[ranks]
@@ -193,7 +193,7 @@ class _Layout:
                 elif self.ndim:
                     at = picked if rows is None else rows[picked]
                     out["coords"] = self.cols.coords[at].astype(np.uint32)
-                yield out.tobytes()
+                yield memoryview(out.view(np.uint8))
 
         vt = 0
         if n_plain:

@@ -21,6 +21,8 @@ from aicechunk.format.header import IMPLEMENTATION, MAGIC, SPEC_VERSIONS, Compre
 
 __all__ = ["Segmented", "compress_parts"]
 
+_JOB_SIZE = 1 << 20
+
 Fill = Callable[[], Iterable[bytes | bytearray | memoryview]]
 
 
@@ -125,7 +127,12 @@ def compress_parts(
     if spec_version not in SPEC_VERSIONS:
         raise ValueError(f"unknown spec version {spec_version}")
     header = MAGIC + IMPLEMENTATION + bytes((spec_version, file_type, Compression.ZSTD))
-    compressor = zstandard.ZstdCompressor(level=level, threads=threads).compressobj(size=size)
+    # zstd's default job size for several threads buffers tens of MiB; 1 MiB jobs
+    # compress as well here and keep that buffer small
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=threads, job_size=_JOB_SIZE if threads else 0
+    )
+    compressor = zstandard.ZstdCompressor(compression_params=params).compressobj(size=size)
     out = [header]
     for part in parts:
         out.append(compressor.compress(part))

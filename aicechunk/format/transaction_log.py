@@ -104,7 +104,7 @@ def merge_transaction_logs(log_id: SnapshotId, logs: Sequence[TransactionLog]) -
 # field indexes in the schema's order
 _NEW_GROUPS, _NEW_ARRAYS, _DEL_GROUPS, _DEL_ARRAYS, _UPD_ARRAYS, _UPD_GROUPS, _CHUNKS = range(1, 8)
 _MOVES = 8
-_SLICE = 1 << 20  # chunk coordinates laid out at a time
+_SLICE = 1 << 16  # chunk coordinates laid out at a time
 
 
 def encode_transaction_log(log: TransactionLog) -> bytes:
