@@ -5,7 +5,7 @@ For each library, spec version and size ``n``, a child process creates a reposit
 local disk with one array of ``n`` chunks (shape ``(side, side)``, chunks ``(1, 1)``),
 sets its references in batches of 100,000 through each library's public bulk call
 (icechunk: ``store.set_virtual_refs`` with a list of ``VirtualChunkSpec``; aicechunk:
-``store.set_virtual_refs_arrays`` with numpy columns), commits, and reports the commit's
+``store.set_virtual_refs_columns`` with numpy columns), commits, and reports the commit's
 seconds, the process's peak RSS after the commit (VmHWM: the batches are bounded, so
 this is the commit's own memory plus the references held), the manifest's bytes, and
 the seconds of 10,000 random lookups on a read-only session (aicechunk:
@@ -66,7 +66,7 @@ async def child(system_name: str, spec: int, n: int, lookups: int) -> dict[str, 
         flat = np.arange(first, min(n, first + BATCH), dtype=np.int64)
         if system_name == "aicechunk":
             coords = np.stack([flat // side, flat % side], axis=1)
-            await session.store.set_virtual_refs_arrays(
+            await session.store.set_virtual_refs_columns(
                 "v", coords, LOCATION, flat, 1, validate_containers=False
             )
         else:

@@ -106,7 +106,7 @@ async def many_refs(system: System, where: str, n_refs: int, lookups: int) -> Re
     for first in range(0, n_refs, 100_000):
         flat = np.arange(first, min(n_refs, first + 100_000), dtype=np.int64)
         if isinstance(system, Ours):
-            await session.store.set_virtual_refs_arrays(
+            await session.store.set_virtual_refs_columns(
                 "v",
                 np.stack([flat // side, flat % side], axis=1),
                 "s3://bucket/data.bin",

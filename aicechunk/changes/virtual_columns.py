@@ -2,7 +2,7 @@
 ``ChunkTable`` (no object per reference).
 
 This is the engine of the store's bulk calls (``set_virtual_refs`` and
-``set_virtual_refs_arrays``): every input is checked with numpy, and each problem is a
+``set_virtual_refs_columns``): every input is checked with numpy, and each problem is a
 typed error naming the array and the first bad row, so a bad batch changes nothing.
 Locations are deduplicated into a short table plus one integer index per reference.
 """

@@ -8,10 +8,12 @@ exist in an Icechunk repository: reading them finds nothing, writing them is ref
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from numpy.typing import ArrayLike
 from zarr.abc.store import (
     ByteRequest,
@@ -27,6 +29,7 @@ from aicechunk.changes.virtual_columns import last_modified_seconds, spec_table,
 from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange, slice_bytes
 from aicechunk.drivers.urls import parse_location
 from aicechunk.errors import (
+    InvalidInputError,
     InvalidStoreKeyError,
     NodeNotFoundError,
     ReadOnlyError,
@@ -247,7 +250,7 @@ class IcechunkStore(Store):
         """Set many virtual references of one array; returns the chunk indices whose
         location no declared container serves (those are skipped), or ``None``.
 
-        The references are held column by column (as ``set_virtual_refs_arrays`` holds
+        The references are held column by column (as ``set_virtual_refs_columns`` holds
         them), not as one object each; a bad spec (off the grid, a negative offset)
         raises before any of them is set.
         """
@@ -267,7 +270,7 @@ class IcechunkStore(Store):
         await self._session.set_chunk_table(path, table)
         return failed or None
 
-    async def set_virtual_refs_arrays(
+    async def set_virtual_refs_columns(
         self,
         array_path: str,
         coords: ArrayLike,
@@ -312,6 +315,64 @@ class IcechunkStore(Store):
             for location in table.locations:
                 self._check_container(location)
         await self._session.set_chunk_table(path, table)
+
+    async def set_virtual_refs_arr(
+        self,
+        array_path: str,
+        chunk_grid_shape: tuple[int, ...],
+        locations: Sequence[str],
+        offsets: ArrayLike,
+        lengths: ArrayLike,
+        *,
+        validate_containers: bool = True,
+        arr_offset: tuple[int, ...] | None = None,
+        checksum: str | datetime | None = None,
+    ) -> list[tuple[int, ...]] | None:
+        """icechunk's dense form of ``set_virtual_refs_columns``: the references of a
+        block of ``chunk_grid_shape`` chunks (starting at chunk ``arr_offset``), one per
+        chunk in C order; an empty location skips its chunk. ``checksum`` applies to
+        every chunk. Returns the chunk indices whose location no declared container
+        serves (skipped), or ``None``."""
+        self._check_writable()
+        shape = tuple(chunk_grid_shape)
+        start = tuple(arr_offset) if arr_offset is not None else (0,) * len(shape)
+        if len(start) != len(shape) or any(s < 0 for s in (*shape, *start)):
+            raise InvalidInputError(
+                f"virtual refs of {array_path!r}: arr_offset {start} does not fit the chunk "
+                f"grid shape {shape}"
+            )
+        n = math.prod(shape)
+        listed = list(locations)
+        if len(listed) != n:
+            raise InvalidInputError(
+                f"virtual refs of {array_path!r}: {len(listed)} locations for the "
+                f"{n} chunks of a {shape} block"
+            )
+        coords = np.indices(shape, dtype=np.int64).reshape(len(shape), n).T + np.asarray(
+            start, dtype=np.int64
+        )
+        keep = np.fromiter(map(bool, listed), dtype=bool, count=n)
+        ids: dict[str, int] = {}
+        which = np.fromiter((ids.setdefault(loc, len(ids)) for loc in listed), np.int64, count=n)
+        failed: list[tuple[int, ...]] = []
+        if validate_containers:
+            served = {loc: self._session.has_virtual_container(loc) for loc in set(listed) if loc}
+            unserved = np.fromiter((bool(x) and not served[x] for x in listed), bool, count=n)
+            failed = [tuple(c) for c in coords[unserved].tolist()]
+            keep &= ~unserved
+        rows = np.flatnonzero(keep)
+        if len(rows):
+            await self.set_virtual_refs_columns(
+                array_path,
+                coords[rows],
+                list(ids),
+                np.asarray(offsets)[rows],
+                np.asarray(lengths)[rows],
+                location_index=which[rows],
+                checksums=None if checksum is None else [checksum] * len(rows),
+                validate_containers=False,
+            )
+        return failed or None
 
     async def _virtual_target(self, array_path: str) -> tuple[str, tuple[int, ...]]:
         """The node path of the array at ``array_path`` and its chunk grid."""
