@@ -14,8 +14,8 @@ import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 from aicechunk import errors
-from aicechunk.format.header import FileType, decode_versioned
 from aicechunk.format.coord_rows import CoordRows
+from aicechunk.format.header import FileType, decode_versioned
 from tests.test_virtual import virtual_repo
 
 BLOB = np.arange(1024, dtype="<i4").tobytes()
