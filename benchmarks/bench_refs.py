@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 BATCH = 100_000
 LARGE = 5_000_000  # sizes from here on are measured once per library
 LOCATION = "s3://bucket/data.bin"
+nan = float("nan")
 METRICS = ("set_seconds", "commit_seconds", "peak_rss_mib", "manifest_bytes", "lookup_seconds")
 
 
@@ -127,7 +128,13 @@ def measure(system: str, spec: int, n: int, lookups: int) -> dict[str, float]:
     return row
 
 
-def run(sizes: list[int], specs: list[int], repeat: int, lookups: int) -> dict[str, Any]:
+def run(
+    sizes: list[int],
+    specs: list[int],
+    repeat: int,
+    lookups: int,
+    systems: tuple[str, ...] = ("aicechunk", "icechunk"),
+) -> dict[str, Any]:
     """label -> system -> rows, alternating which library goes first."""
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for n in sizes:
@@ -135,7 +142,7 @@ def run(sizes: list[int], specs: list[int], repeat: int, lookups: int) -> dict[s
             label = f"{n} chunk refs [local{', v2' if spec == 2 else ''}]"
             # ten million references take minutes and gigabytes (icechunk): once each
             for rep in range(repeat if n < LARGE else min(repeat, 1)):
-                order = ("aicechunk", "icechunk") if rep % 2 == 0 else ("icechunk", "aicechunk")
+                order = systems if rep % 2 == 0 else systems[::-1]
                 for system in order:
                     row = measure(system, spec, n, lookups)
                     results.setdefault(label, {}).setdefault(system, []).append(row)
@@ -148,8 +155,8 @@ def table(results: dict[str, Any]) -> str:
     lines = [f"{'workload':30} {'metric':16} {'aicechunk':>11} {'icechunk':>11} {'ratio':>7}"]
     for label, per in results.items():
         for metric in METRICS:
-            ours = statistics.median(r[metric] for r in per.get("aicechunk", []))
-            theirs = statistics.median(r[metric] for r in per.get("icechunk", []))
+            ours = statistics.median([r[metric] for r in per.get("aicechunk", [])] or [nan])
+            theirs = statistics.median([r[metric] for r in per.get("icechunk", [])] or [nan])
             ratio = ours / theirs if theirs else float("nan")
             lines.append(f"{label:30} {metric:16} {ours:11.4g} {theirs:11.4g} {ratio:7.2f}")
     return "\n".join(lines)
@@ -161,6 +168,7 @@ def main() -> None:
     parser.add_argument("--specs", default="1,2")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--lookups", type=int, default=10_000)
+    parser.add_argument("--systems", default="aicechunk,icechunk")
     parser.add_argument("--json", default="benchmarks/results/refs.json")
     parser.add_argument("--child", nargs=4, metavar=("SYSTEM", "SPEC", "N", "LOOKUPS"))
     args = parser.parse_args()
@@ -176,6 +184,7 @@ def main() -> None:
         [int(s) for s in args.specs.split(",")],
         args.repeat,
         args.lookups,
+        tuple(args.systems.split(",")),
     )
     load_after = os.getloadavg()
     print(f"aicechunk vs icechunk {icechunk.__version__}, Python {platform.python_version()}")
