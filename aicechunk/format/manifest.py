@@ -12,6 +12,7 @@ manifest carries (``compressed_location``); they read back as plain ``VirtualRef
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ _INDEX_LIMIT = 65_536
 # should not decode every coordinate of the manifest)
 _INDEX_AFTER = 16
 _U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U16 = struct.Struct("<H")
+# ... larger ones sample the coordinates of every this many refs
+_STRIDE = 256
 # the longest compressed virtual location Icechunk writes or reads, decompressed
 MAX_LOCATION = 1024
 
@@ -147,6 +152,7 @@ class Manifest:
         self._refs_cache: dict[int, _Positions] = {}
         self._index: dict[NodeId, dict[Coords, int]] = {}
         self._lookups: dict[NodeId, int] = {}
+        self._samples: dict[NodeId, list[Coords]] = {}
 
     @property
     def name(self) -> str:
@@ -177,6 +183,20 @@ class Manifest:
         return cached
 
     def _coords(self, pos: int) -> Coords:
+        # the index vector of the ref table at ``pos``, read with bounds checks inline (a
+        # lookup reads a few dozen of these); anything odd goes the checked way, which
+        # names the problem
+        buf, size = self._r.buf, self._r.size
+        if 0 <= pos <= size - 4:
+            vtable = pos - _I32.unpack_from(buf, pos)[0]
+            if 0 <= vtable <= size - 6 and _U16.unpack_from(buf, vtable)[0] >= 6:
+                at = pos + _U16.unpack_from(buf, vtable + 4)[0]
+                if at != pos and at <= size - 4:
+                    vec = at + _U32.unpack_from(buf, at)[0]
+                    if vec <= size - 4:
+                        n = _U32.unpack_from(buf, vec)[0]
+                        if vec + 4 + 4 * n <= size:
+                            return struct.unpack_from(f"<{n}I", buf, vec + 4)
         return tuple(self._r.u32_vector(pos, 0, "index"))
 
     def lookup(self, node_id: NodeId, coords: Coords) -> ChunkRef | None:
@@ -191,17 +211,25 @@ class Manifest:
         if index is not None:
             pos = index.get(coords)
             return None if pos is None else self._ref(pos)
-        if len(refs) <= _INDEX_LIMIT:
+        seen = self._lookups.get(node_id, 0) + 1
+        self._lookups[node_id] = seen
+        if len(refs) <= _INDEX_LIMIT and seen > _INDEX_AFTER:
             # moderate arrays read chunk after chunk: once a few lookups went by binary
             # search, index every ref and make each later lookup a dict hit
-            seen = self._lookups.get(node_id, 0) + 1
-            self._lookups[node_id] = seen
-            if seen > _INDEX_AFTER:
-                index = {self._coords(pos): pos for pos in refs}
-                self._index[node_id] = index
-                pos = index.get(coords)
-                return None if pos is None else self._ref(pos)
+            index = {self._coords(pos): pos for pos in refs}
+            self._index[node_id] = index
+            pos = index.get(coords)
+            return None if pos is None else self._ref(pos)
         lo, hi = 0, len(refs)
+        samples = self._samples.get(node_id)
+        if samples is None and seen > _INDEX_AFTER:
+            # huge arrays: every _STRIDE-th ref's coordinates (1/_STRIDE of an index),
+            # so a lookup bisects them in C and then searches _STRIDE refs
+            samples = [self._coords(refs[i]) for i in range(0, len(refs), _STRIDE)]
+            self._samples[node_id] = samples
+        if samples is not None:
+            lo = max(0, bisect.bisect_right(samples, coords) - 1) * _STRIDE
+            hi = min(len(refs), lo + _STRIDE)
         while lo < hi:
             mid = (lo + hi) // 2
             if self._coords(refs[mid]) < coords:

@@ -265,6 +265,8 @@ class IcechunkStore(Store):
                 specs = [s for s in specs if served[s.location]]
         else:
             failed = []
+        if not specs:
+            return failed or None
         path, grid = await self._virtual_target(array_path)
         table = spec_table(path, grid, specs)
         await self._session.set_chunk_table(path, table)
