@@ -397,10 +397,14 @@ class InvalidMetadataError(AicechunkError, ValueError):
 class ChunkIndexError(AicechunkError, IndexError):
     """Chunk coordinates outside an array's chunk grid, or of another rank."""
 
-    def __init__(self, path: str, coords: tuple[int, ...], grid: tuple[int, ...]):
+    def __init__(
+        self, path: str, coords: tuple[int, ...], grid: tuple[int, ...], row: int | None = None
+    ):
         self.path = path
+        self.row = row  # the row of a bulk call's input, if it came from one
+        where = "" if row is None else f" (row {row})"
         super().__init__(
-            f"chunk {list(coords)} is outside the chunk grid {list(grid)} of array {path!r}"
+            f"chunk {list(coords)}{where} is outside the chunk grid {list(grid)} of array {path!r}"
         )
 
 

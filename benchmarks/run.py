@@ -14,7 +14,8 @@ compare spec version 2 repositories, and run only when icechunk is 2.x.
 Request counts (open) come from a counting driver for aicechunk and, for icechunk,
 from a counting HTTP proxy in front of moto. moto runs in a process of its own, as a
 remote S3 would: in this process it would share the GIL with a Python client only.
-Workloads: write, read, open (+ one chunk), refs (1,000,000 chunk references), forks
+Workloads: write, read, open (+ one chunk), refs (1M and 10M chunk references, each in a
+fresh process: bench_refs.py), forks
 (64 forks x 1,000 chunks merged and committed), virtual (1,000 virtual chunks on moto),
 oplog (v2: 100 branches with 2 commits each, then one more commit, open, ops log).
 """
@@ -41,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_forks
+import bench_refs
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
 from workloads import (
     Result,
-    many_refs,
     open_row,
     read_workload,
     virtual_reads,
@@ -150,7 +151,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         results.setdefault(workload, {}).setdefault(system, []).append(row)
 
     sizes = {"local": 500, "s3": 100} if args.quick else {"local": 10_000, "s3": 1_000}
-    n_refs = 10_000 if args.quick else 1_000_000
+    ref_sizes = [10_000, 100_000] if args.quick else [1_000_000, 10_000_000]
     lookups = 1_000 if args.quick else 10_000
     history = parse_history(args.history or ("10x2" if args.quick else "100x2"))
     wanted = set(args.only.split(",")) if args.only else set(WORKLOADS[1] + WORKLOADS[2])
@@ -194,12 +195,6 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
                     on = (wanted & set(WORKLOADS[rows.spec])).__contains__
                     if on("write") or on("read") or on("open"):
                         await io_rows(rows, order, base, sizes, on, record)
-                    if on("refs"):
-                        for system in order:
-                            where = rows.where("local", base, system, "-refs")
-                            gc.collect()
-                            row = await many_refs(system, where, n_refs, lookups)
-                            record(rows.label(f"{n_refs} chunk refs", "local"), system.name, row)
                     if on("oplog"):
                         for kind in ("local", "s3"):
                             for system in order:
@@ -210,6 +205,11 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
                                 record(rows.label(label, kind), system.name, row)
                     if rows.spec == 1:
                         await v1_only_rows(order, base, s3, args, on, record)
+    if "refs" in wanted:  # each measurement in a fresh process (bench_refs.py)
+        for label, per in bench_refs.run(ref_sizes, specs, args.repeat, lookups).items():
+            for system, measured in per.items():
+                for row in measured:
+                    record(label, system, row)
     return results, skipped
 
 
@@ -238,16 +238,12 @@ def table(results: dict[str, Any]) -> str:
 
 
 def peak_memory(quick: bool) -> dict[str, float]:
-    """Peak RSS (MiB) of the write and refs workloads (spec version 1) per system, each in
-    a fresh process."""
+    """Peak RSS (MiB) of the write workload (spec version 1) per system, each in a fresh
+    process (the refs rows report their own, from bench_refs.py)."""
     out = {}
     for system in ("aicechunk", "icechunk"):
-        for workload in ("write", "refs"):
-            call = (
-                f"w.write_workload(s,'local:'+t+'/r',{500 if quick else 10_000})"
-                if workload == "write"
-                else f"w.many_refs(s,'local:'+t+'/r',{10_000 if quick else 1_000_000},10)"
-            )
+        for workload in ("write",):
+            call = f"w.write_workload(s,'local:'+t+'/r',{500 if quick else 10_000})"
             code = (
                 "import asyncio,sys,tempfile;"
                 f"sys.path[:0]=[{str(Path(__file__).resolve().parent)!r},"

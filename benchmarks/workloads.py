@@ -21,7 +21,6 @@ from systems import Ours, System, Theirs
 
 import aicechunk as aic
 from aicechunk.drivers import LocalDriver
-from aicechunk.format.manifest import VirtualRef
 from aicechunk.testing import CountingDriver
 
 __all__ = [
@@ -95,30 +94,36 @@ async def open_row(
 
 
 async def many_refs(system: System, where: str, n_refs: int, lookups: int) -> Result:
-    """A commit with n_refs virtual chunk refs in one array, then random lookups."""
+    """A commit with n_refs virtual chunk refs in one array, set in batches of 100,000
+    through each library's public bulk call (``bench_refs.py`` runs this kind of row,
+    each in a fresh process), then random lookups."""
     side = round(n_refs**0.5)
     n_refs = side * side
     repo = await system.create(where)
     session = await system.writable(repo)
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array("v", shape=(side, side), chunks=(1, 1), dtype="u1", compressors=None)
-    if isinstance(system, Ours):
-        node = await session.get_node("/v")
-        refs = session.changes.chunks.setdefault(node.id, {})
-        for i in range(side):
-            for j in range(side):
-                refs[(i, j)] = VirtualRef("s3://bucket/data.bin", i * side + j, 1)
-    else:
-        specs = [
-            icechunk.VirtualChunkSpec(
-                index=[i, j], location="s3://bucket/data.bin", offset=i * side + j, length=1
+    for first in range(0, n_refs, 100_000):
+        flat = np.arange(first, min(n_refs, first + 100_000), dtype=np.int64)
+        if isinstance(system, Ours):
+            await session.store.set_virtual_refs_columns(
+                "v",
+                np.stack([flat // side, flat % side], axis=1),
+                "s3://bucket/data.bin",
+                flat,
+                1,
+                validate_containers=False,
             )
-            for i in range(side)
-            for j in range(side)
-        ]
-        await asyncio.to_thread(
-            session.store.set_virtual_refs, "v", specs, validate_containers=False
-        )
+        else:
+            specs = [
+                icechunk.VirtualChunkSpec(
+                    index=[i // side, i % side], location="s3://bucket/data.bin", offset=i, length=1
+                )
+                for i in flat.tolist()
+            ]
+            await asyncio.to_thread(
+                session.store.set_virtual_refs, "v", specs, validate_containers=False
+            )
     start = time.perf_counter()
     await system.commit(session, "many refs")
     encode = time.perf_counter() - start

@@ -26,6 +26,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 import aicechunk as aic
 import aicechunk.sync as sync
+from aicechunk.changes.chunktable import ChunkTable
 from aicechunk.format.manifest import InlineRef
 from aicechunk.sync._facade import Facade
 
@@ -91,6 +92,12 @@ class World:
             "solver": aic.BasicConflictSolver(),
             "storage": self.storage,
             "ref": InlineRef(b"zz"),
+            # bulk virtual references: one chunk as columns, and as a table (a deletion)
+            "locations": ["s3://nowhere/f"],
+            "offsets": [0],
+            "lengths": [1],
+            "chunk_grid_shape": (1,),
+            "table": ChunkTable(np.zeros((1, 1), dtype=np.int64), np.array([3], np.uint8)),
             "user_data": b'{"zarr_format": 3, "node_type": "group"}',
             "array": None,
             "chunks": [],

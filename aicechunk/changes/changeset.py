@@ -135,7 +135,7 @@ class ChangeSet:
         """Coordinates of every chunk changed (set or deleted) in one array."""
         table = self.chunk_table(node_id)
         if table is not None:
-            return table.coord_tuples()
+            return table.coord_rows()
         return list(self.chunk_changes(node_id))
 
     # -- queries ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from aicechunk.format import Coords
+from aicechunk.format.coord_rows import CoordRows
 from aicechunk.format.ids import ChunkId
 from aicechunk.format.manifest import MAX_CHUNK_INDEX, ChunkRef, InlineRef, NativeRef, VirtualRef
 from aicechunk.format.manifest_encode import KIND_INLINE, KIND_NATIVE, KIND_VIRTUAL, RefColumns
@@ -84,6 +85,17 @@ class ChunkTable(RefColumns):
         if problems:
             raise ValueError("inconsistent chunk table: " + "; ".join(problems))
 
+    def first_off_grid(self, grid: tuple[int, ...]) -> int | None:
+        """The first row whose coordinates are not on a chunk grid of ``grid`` chunks per
+        dimension (or of another rank), ``None`` if every row is on it."""
+        if not len(self):
+            return None
+        if self.ndim != len(grid):
+            return 0
+        outside = (self.coords < 0) | (self.coords >= np.asarray(grid, dtype=np.int64))
+        rows = np.flatnonzero(outside.any(axis=1))
+        return int(rows[0]) if len(rows) else None
+
     # -- from and to references -------------------------------------------------------
 
     @classmethod
@@ -146,6 +158,11 @@ class ChunkTable(RefColumns):
             )
         return dict(zip(self.coord_tuples(), values.tolist(), strict=True))
 
+    def coord_rows(self) -> CoordRows:
+        """The coordinates as a sequence of tuples made on demand (sorted and unique when
+        the table is resolved): how a commit logs millions of chunks."""
+        return CoordRows(self.coords, sorted_unique=self.resolved and self.ndim > 0)
+
     def coord_tuples(self) -> list[Coords]:
         """The coordinates as tuples, in row order."""
         if self.ndim == 0:
@@ -170,6 +187,10 @@ class ChunkTable(RefColumns):
         ndim = ndims.pop()
         coords = np.concatenate([t.coords for t in tables])
         kinds = np.concatenate([t.kinds for t in tables])
+        columns = _concatenated(tables)
+        if ndim and _increasing(coords):
+            # already in order without repeats (batches set one after another): as is
+            return cls(coords, kinds, resolved=True, **columns)
         # each row's index into its kind's (concatenated) columns
         index = np.empty(len(kinds), dtype=np.int64)
         for kind in (NATIVE, INLINE, VIRTUAL):
@@ -190,16 +211,13 @@ class ChunkTable(RefColumns):
             rows: np.ndarray = index[keep[kept_kinds == kind]]
             return rows
 
-        columns: dict[str, Any] = {}
         native = pick(NATIVE)
-        if len(native):
-            columns["chunk_ids"] = np.concatenate([t.chunk_ids for t in tables])[native]
-            columns["native_offsets"] = np.concatenate([t.native_offsets for t in tables])[native]
-            columns["native_lengths"] = np.concatenate([t.native_lengths for t in tables])[native]
+        for name in ("chunk_ids", "native_offsets", "native_lengths"):
+            if name in columns:
+                columns[name] = columns[name][native]
         inline = pick(INLINE)
-        if len(inline):
-            lengths = np.concatenate([t.inline_lengths for t in tables])
-            data = np.concatenate([t.inline_data for t in tables])
+        if "inline_lengths" in columns:
+            lengths, data = columns["inline_lengths"], columns["inline_data"]
             starts = np.zeros(len(lengths), dtype=np.int64)
             np.cumsum(lengths[:-1], out=starts[1:])
             chosen = lengths[inline]
@@ -209,28 +227,12 @@ class ChunkTable(RefColumns):
             columns["inline_lengths"] = chosen
             columns["inline_data"] = data[gather]
         virtual = pick(VIRTUAL)
-        if len(virtual):
-            table: dict[str, int] = {}
-            remapped = []
-            for t in tables:
-                ids = np.array([table.setdefault(loc, len(table)) for loc in t.locations], np.int64)
-                remapped.append(ids[t.which] if len(t.which) else t.which)
-            columns["locations"] = list(table)
-            columns["which"] = np.concatenate(remapped)[virtual]
-            columns["virtual_offsets"] = np.concatenate([t.virtual_offsets for t in tables])[
-                virtual
-            ]
-            columns["virtual_lengths"] = np.concatenate([t.virtual_lengths for t in tables])[
-                virtual
-            ]
-            picks = virtual.tolist()
-            for name in ("etags", "modified"):
-                if any(getattr(t, name) is not None for t in tables):
-                    full: list[Any] = []
-                    for t in tables:
-                        got = getattr(t, name)
-                        full.extend([None] * len(t.which) if got is None else got)
-                    columns[name] = list(map(full.__getitem__, picks))
+        for name in ("which", "virtual_offsets", "virtual_lengths"):
+            if name in columns:
+                columns[name] = columns[name][virtual]
+        for name in ("etags", "modified"):
+            if columns.get(name) is not None:
+                columns[name] = list(map(columns[name].__getitem__, virtual.tolist()))
         return cls(coords[keep], kept_kinds, resolved=True, **columns)
 
     def ref_columns(self) -> RefColumns:
@@ -301,3 +303,46 @@ class ChunkTable(RefColumns):
             columns["etags"] = None if etags is None else list(etags)
             columns["modified"] = None if modified is None else list(modified)
         return cls(flat.reshape(len(kinds), ndim), kinds, **columns)
+
+
+def _increasing(coords: np.ndarray) -> bool:
+    """Whether the rows are in strictly increasing lexicographic order."""
+    if len(coords) < 2:
+        return True
+    before, after = coords[:-1], coords[1:]
+    less = np.zeros(len(before), dtype=bool)
+    equal = np.ones(len(before), dtype=bool)
+    for d in range(coords.shape[1]):
+        less |= equal & (before[:, d] < after[:, d])
+        equal &= before[:, d] == after[:, d]
+    return bool(less.all())
+
+
+def _concatenated(tables: Sequence[ChunkTable]) -> dict[str, Any]:
+    """Every kind's columns of ``tables`` one after another (locations merged into one
+    table, checksums padded with ``None``), for the kinds some table has."""
+    columns: dict[str, Any] = {}
+    if any(len(t.native_offsets) for t in tables):
+        for name in ("chunk_ids", "native_offsets", "native_lengths"):
+            columns[name] = np.concatenate([getattr(t, name) for t in tables])
+    if any(len(t.inline_lengths) for t in tables):
+        columns["inline_lengths"] = np.concatenate([t.inline_lengths for t in tables])
+        columns["inline_data"] = np.concatenate([t.inline_data for t in tables])
+    if any(len(t.which) for t in tables):
+        table: dict[str, int] = {}
+        remapped = []
+        for t in tables:
+            ids = np.array([table.setdefault(loc, len(table)) for loc in t.locations], np.int64)
+            remapped.append(ids[t.which] if len(t.which) else t.which.astype(np.int64))
+        columns["locations"] = list(table)
+        columns["which"] = np.concatenate(remapped)
+        for name in ("virtual_offsets", "virtual_lengths"):
+            columns[name] = np.concatenate([getattr(t, name) for t in tables])
+        for name in ("etags", "modified"):
+            if any(getattr(t, name) is not None for t in tables):
+                full: list[Any] = []
+                for t in tables:
+                    got = getattr(t, name)
+                    full.extend([None] * len(t.which) if got is None else got)
+                columns[name] = full
+    return columns

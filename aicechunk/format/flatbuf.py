@@ -295,9 +295,14 @@ class Forward:
         return start
 
     def finish(self, root: int) -> bytes:
+        return bytes(self.finish_buffer(root))
+
+    def finish_buffer(self, root: int) -> bytearray:
+        """``finish`` without copying: the buffer itself (large files are compressed from
+        it, so they never exist twice)."""
         struct.pack_into("<I", self.buf, 0, root)
         self.align(8)
-        return bytes(self.buf)
+        return self.buf
 
 
 # --- tables laid out as Icechunk's generated code lays them out -------------------------

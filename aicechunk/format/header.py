@@ -65,7 +65,7 @@ class Compression(enum.IntEnum):
 
 def encode_file(
     file_type: FileType,
-    payload: bytes,
+    payload: bytes | bytearray | memoryview,
     level: int = ZSTD_LEVEL,
     threads: int = 0,
     spec_version: int = SPEC_VERSION,

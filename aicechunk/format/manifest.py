@@ -12,9 +12,13 @@ manifest carries (``compressed_location``); they read back as plain ``VirtualRef
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
+import numpy as np
 import zstandard
 
 from aicechunk.format import Coords
@@ -45,6 +49,11 @@ _INDEX_LIMIT = 65_536
 # ... once this many lookups went to one array (opening a repository to read one chunk
 # should not decode every coordinate of the manifest)
 _INDEX_AFTER = 16
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U16 = struct.Struct("<H")
+# ... larger ones sample the coordinates of every this many refs
+_STRIDE = 256
 # the longest compressed virtual location Icechunk writes or reads, decompressed
 MAX_LOCATION = 1024
 
@@ -86,6 +95,42 @@ ChunkRef = NativeRef | InlineRef | VirtualRef
 # --- decoding --------------------------------------------------------------------------
 
 
+class _Positions(Sequence[int]):
+    """Where each table of a vector of tables is, read from the vector when asked: a
+    lookup in a manifest of ten million references touches a few dozen of them."""
+
+    __slots__ = ("_buf", "_length", "_start")
+
+    def __init__(self, reader: Reader, start: int, length: int) -> None:
+        reader.raw(start, 4 * length)  # bounds-checked once
+        self._buf = reader.buf
+        self._start = start
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[int]: ...
+    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._length))]
+        if not 0 <= i < self._length:
+            raise IndexError(i)
+        at = self._start + 4 * i
+        offset: int = _U32.unpack_from(self._buf, at)[0]
+        return at + offset
+
+    def __iter__(self) -> Iterator[int]:
+        for first in range(0, self._length, 65_536):
+            count = min(65_536, self._length - first)
+            at = self._start + 4 * first
+            offsets = np.frombuffer(self._buf, dtype="<u4", count=count, offset=at)
+            yield from (offsets.astype(np.int64) + (at + 4 * np.arange(count))).tolist()
+
+
 class Manifest:
     """A decoded-on-demand manifest."""
 
@@ -104,9 +149,10 @@ class Manifest:
             nid = reader.struct_at(pos, 0, 8, "node_id")
             assert nid is not None
             self._node_ids.append(reader.raw(nid, 8))
-        self._refs_cache: dict[int, list[int]] = {}
+        self._refs_cache: dict[int, _Positions] = {}
         self._index: dict[NodeId, dict[Coords, int]] = {}
         self._lookups: dict[NodeId, int] = {}
+        self._samples: dict[NodeId, list[Coords]] = {}
 
     @property
     def name(self) -> str:
@@ -117,7 +163,7 @@ class Manifest:
         """Ids of the arrays with references here."""
         return [NodeId(b) for b in self._node_ids]
 
-    def _array_refs(self, node_id: NodeId) -> list[int] | None:
+    def _array_refs(self, node_id: NodeId) -> _Positions | None:
         ids = self._node_ids
         key = node_id.bytes
         lo, hi = 0, len(ids)
@@ -131,11 +177,26 @@ class Manifest:
             return None
         cached = self._refs_cache.get(lo)
         if cached is None:
-            cached = self._r.table_vector(self._arrays[lo], 1, "refs")
+            start, length = self._r.vector(self._arrays[lo], 1, "refs")
+            cached = _Positions(self._r, start, length)
             self._refs_cache[lo] = cached
         return cached
 
     def _coords(self, pos: int) -> Coords:
+        # the index vector of the ref table at ``pos``, read with bounds checks inline (a
+        # lookup reads a few dozen of these); anything odd goes the checked way, which
+        # names the problem
+        buf, size = self._r.buf, self._r.size
+        if 0 <= pos <= size - 4:
+            vtable = pos - _I32.unpack_from(buf, pos)[0]
+            if 0 <= vtable <= size - 6 and _U16.unpack_from(buf, vtable)[0] >= 6:
+                at = pos + _U16.unpack_from(buf, vtable + 4)[0]
+                if at != pos and at <= size - 4:
+                    vec = at + _U32.unpack_from(buf, at)[0]
+                    if vec <= size - 4:
+                        n = _U32.unpack_from(buf, vec)[0]
+                        if vec + 4 + 4 * n <= size:
+                            return struct.unpack_from(f"<{n}I", buf, vec + 4)
         return tuple(self._r.u32_vector(pos, 0, "index"))
 
     def lookup(self, node_id: NodeId, coords: Coords) -> ChunkRef | None:
@@ -150,17 +211,25 @@ class Manifest:
         if index is not None:
             pos = index.get(coords)
             return None if pos is None else self._ref(pos)
-        if len(refs) <= _INDEX_LIMIT:
+        seen = self._lookups.get(node_id, 0) + 1
+        self._lookups[node_id] = seen
+        if len(refs) <= _INDEX_LIMIT and seen > _INDEX_AFTER:
             # moderate arrays read chunk after chunk: once a few lookups went by binary
             # search, index every ref and make each later lookup a dict hit
-            seen = self._lookups.get(node_id, 0) + 1
-            self._lookups[node_id] = seen
-            if seen > _INDEX_AFTER:
-                index = {self._coords(pos): pos for pos in refs}
-                self._index[node_id] = index
-                pos = index.get(coords)
-                return None if pos is None else self._ref(pos)
+            index = {self._coords(pos): pos for pos in refs}
+            self._index[node_id] = index
+            pos = index.get(coords)
+            return None if pos is None else self._ref(pos)
         lo, hi = 0, len(refs)
+        samples = self._samples.get(node_id)
+        if samples is None and seen > _INDEX_AFTER:
+            # huge arrays: every _STRIDE-th ref's coordinates (1/_STRIDE of an index),
+            # so a lookup bisects them in C and then searches _STRIDE refs
+            samples = [self._coords(refs[i]) for i in range(0, len(refs), _STRIDE)]
+            self._samples[node_id] = samples
+        if samples is not None:
+            lo = max(0, bisect.bisect_right(samples, coords) - 1) * _STRIDE
+            hi = min(len(refs), lo + _STRIDE)
         while lo < hi:
             mid = (lo + hi) // 2
             if self._coords(refs[mid]) < coords:
@@ -173,7 +242,8 @@ class Manifest:
 
     def iter_node(self, node_id: NodeId) -> Iterator[tuple[Coords, ChunkRef]]:
         """Every (coords, reference) of one array, in coordinate order."""
-        refs = guarded(self.name, lambda: self._array_refs(node_id)) or []
+        found = guarded(self.name, lambda: self._array_refs(node_id))
+        refs: Sequence[int] = found if found is not None else ()
         for pos in refs:
             yield guarded(self.name, lambda p=pos: (self._coords(p), self._ref(p)))  # type: ignore[misc]
 

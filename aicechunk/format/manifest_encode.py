@@ -118,7 +118,11 @@ def _virtual_block(
     if ndim:
         view["coords"] = coords
     del view  # the buffer grows below
-    string_pos = np.array([w.string(loc) for loc in locations], dtype=np.int64)
+    # each location used once, in order of first use: the same bytes however the
+    # location table came about
+    string_pos = np.zeros(len(locations), dtype=np.int64)
+    for i in _first_use_order(which, len(locations)).tolist():
+        string_pos[i] = w.string(locations[i])
     loc_offsets = (string_pos[which] - (positions + 24)).astype("<u4")
     # scatter the location offsets into the records (strided writes through numpy)
     records = np.frombuffer(memoryview(w.buf)[base : base + n * rec], dtype=np.uint8).reshape(
@@ -127,6 +131,17 @@ def _virtual_block(
     records[:, 24:28] = loc_offsets.view(np.uint8).reshape(n, 4)
     del records
     return positions
+
+
+def _first_use_order(which: np.ndarray, m: int) -> np.ndarray:
+    """The locations ``which`` points into (``m`` of them), in order of first use."""
+    if m == 1:
+        return np.zeros(1 if len(which) else 0, dtype=np.int64)
+    first = np.full(m, len(which), dtype=np.int64)
+    np.minimum.at(first, which, np.arange(len(which), dtype=np.int64))
+    used = np.flatnonzero(first < len(which))
+    order: np.ndarray = used[np.argsort(first[used], kind="stable")]
+    return order
 
 
 def _inline_block(

@@ -8,15 +8,17 @@ is the replaced commit's merged with its own (``merge_transaction_logs``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from aicechunk.format import Coords
+from aicechunk.format.coord_rows import CoordRows
 from aicechunk.format.flatbuf import Forward, Reader, guarded
-from aicechunk.format.header import FileType, decode_versioned, encode_file
+from aicechunk.format.header import ZSTD_LEVEL, FileType, decode_versioned
 from aicechunk.format.ids import NodeId, SnapshotId
+from aicechunk.format.segmented import Segmented, compress_parts
 
 __all__ = [
     "MoveOperation",
@@ -25,6 +27,7 @@ __all__ = [
     "encode_transaction_log",
     "merge_transaction_logs",
     "move_order",
+    "transaction_log_payload",
 ]
 
 
@@ -101,19 +104,35 @@ def merge_transaction_logs(log_id: SnapshotId, logs: Sequence[TransactionLog]) -
 # field indexes in the schema's order
 _NEW_GROUPS, _NEW_ARRAYS, _DEL_GROUPS, _DEL_ARRAYS, _UPD_ARRAYS, _UPD_GROUPS, _CHUNKS = range(1, 8)
 _MOVES = 8
+_SLICE = 1 << 16  # chunk coordinates laid out at a time
 
 
 def encode_transaction_log(log: TransactionLog) -> bytes:
     """The transaction log file's bytes in the log's spec version; every list sorted as
     the spec requires (moves are a spec v2 feature: a v1 log with moves is refused).
 
-    Written front to back (``flatbuf.Forward``); the chunk coordinates of each array,
-    possibly millions, are laid out with numpy.
+    Written front to back (``segmented.Segmented``); the chunk coordinates of each
+    array, possibly millions, are laid out with numpy a slice at a time while the
+    compressor consumes them, so the uncompressed file never exists whole.
     """
+    w = Segmented()
+    root = _layout(log, w)
+    size, parts = w.finish_parts(root)
+    return compress_parts(FileType.TRANSACTION_LOG, size, parts, log.spec_version, ZSTD_LEVEL)
+
+
+def transaction_log_payload(log: TransactionLog, streamed: bool = True) -> bytes:
+    """The uncompressed file (``streamed=False``: laid out in one buffer, the reference
+    the streamed layout is tested against)."""
+    w = Segmented() if streamed else Forward()
+    return w.finish(_layout(log, w))
+
+
+def _layout(log: TransactionLog, w: Forward) -> int:
+    """Lay the log out into ``w``; the root table's position."""
     v2 = log.spec_version == 2
     if log.moved_nodes and not v2:
         raise ValueError("a spec v1 transaction log cannot record moved nodes")
-    w = Forward()
     if v2:
         vt_root = w.vtable(48, (4, 16, 20, 24, 28, 32, 36, 40, 44))
     else:
@@ -141,12 +160,18 @@ def encode_transaction_log(log: TransactionLog) -> bytes:
         w.put(table + 4, "8s", node_id.bytes)
         w.uoffset(arrays_vec + 4 + 4 * i, table)
         chunk_list = _sorted_unique(log.updated_chunks[node_id])
+        if isinstance(w, Segmented) and isinstance(chunk_list, np.ndarray):
+            vec = w.offset_vector(0)
+            w.put(vec, "<I", len(chunk_list))
+            w.uoffset(table + 12, vec)
+            _indices_holes(w, vt_indices, vec, chunk_list)
+            continue
         vec = w.offset_vector(len(chunk_list))
         w.uoffset(table + 12, vec)
         _indices_block(w, vt_indices, vec, chunk_list)
     if v2:
         _moves(w, root + 44, log.moved_nodes)
-    return encode_file(FileType.TRANSACTION_LOG, w.finish(root), spec_version=log.spec_version)
+    return root
 
 
 def _moves(w: Forward, slot: int, moves: tuple[MoveOperation, ...]) -> None:
@@ -165,6 +190,10 @@ def _moves(w: Forward, slot: int, moves: tuple[MoveOperation, ...]) -> None:
 def _sorted_unique(coords: Sequence[Coords]) -> list[Coords] | np.ndarray:
     """Coordinates sorted lexicographically without duplicates (a 2-D array when they
     all have one dimensionality, which is the case for a valid array)."""
+    if isinstance(coords, CoordRows) and coords.rows.shape[1]:
+        if coords.sorted_unique:
+            return coords.rows
+        return _unique_rows(coords.rows)
     if not coords:
         return []
     ndims = set(map(len, coords))
@@ -172,7 +201,12 @@ def _sorted_unique(coords: Sequence[Coords]) -> list[Coords] | np.ndarray:
         return sorted(set(tuple(c) for c in coords))
     ndim = ndims.pop()
     flat = itertools.chain.from_iterable(coords)
-    grid = np.fromiter(flat, dtype=np.int64, count=len(coords) * ndim).reshape(-1, ndim)
+    return _unique_rows(
+        np.fromiter(flat, dtype=np.int64, count=len(coords) * ndim).reshape(-1, ndim)
+    )
+
+
+def _unique_rows(grid: np.ndarray) -> np.ndarray:
     grid = grid[np.lexsort(grid.T[::-1])]
     keep = np.ones(len(grid), dtype=bool)
     keep[1:] = (grid[1:] != grid[:-1]).any(axis=1)
@@ -192,20 +226,52 @@ def _indices_block(w: Forward, vt: int, vec: int, chunk_list: list[Coords] | np.
             w.put(coords, f"<I{len(c)}I", len(c), *c)
             w.uoffset(table + 4, coords)
             positions.append(table)
-        pos = np.asarray(positions, dtype=np.int64)
-    else:
-        ndim = chunk_list.shape[1]
-        rec = 12 + 4 * ndim
-        base = w.reserve(n * rec)
-        records = np.zeros((n, 3 + ndim), dtype="<u4")
-        pos = base + np.arange(n, dtype=np.int64) * rec
+        firsts = range(vec + 4, vec + 4 + 4 * n, 4)
+        w.put(vec + 4, f"<{n}I", *(p - s for p, s in zip(positions, firsts, strict=True)))
+        return
+    ndim = chunk_list.shape[1]
+    rec = 12 + 4 * ndim
+    base = w.reserve(n * rec)
+    # fixed-size records: laid out a slice at a time, so temporaries stay small
+    for start in range(0, n, _SLICE):
+        stop = min(n, start + _SLICE)
+        rows = np.arange(start, stop, dtype=np.int64)
+        pos = base + rows * rec
+        records = np.empty((stop - start, 3 + ndim), dtype="<u4")
         records[:, 0] = (pos - vt).astype("<u4")
         records[:, 1] = 4
         records[:, 2] = ndim
-        records[:, 3:] = chunk_list.astype(np.uint32)
-        w.buf[base : base + n * rec] = records.tobytes()
-    slots = vec + 4 + 4 * np.arange(n, dtype=np.int64)
-    w.buf[vec + 4 : vec + 4 + 4 * n] = (pos - slots).astype("<u4").tobytes()
+        records[:, 3:] = chunk_list[start:stop]
+        w.buf[base + start * rec : base + stop * rec] = memoryview(records).cast("B")
+        slots = vec + 4 + 4 * rows
+        offsets = (pos - slots).astype("<u4")
+        w.buf[vec + 4 + 4 * start : vec + 4 + 4 * stop] = memoryview(offsets).cast("B")
+
+
+def _indices_holes(w: Segmented, vt: int, vec: int, coords: np.ndarray) -> None:
+    """``_indices_block`` of a coordinate array, as holes filled at write-out: the
+    vector's offsets (after its length at ``vec``), then the records."""
+    n, ndim = coords.shape
+    rec = 12 + 4 * ndim
+    base = 0
+
+    def offsets() -> Iterator[bytes]:
+        for start in range(0, n, _SLICE):
+            rows = np.arange(start, min(n, start + _SLICE), dtype=np.int64)
+            yield (base + rows * rec - (vec + 4 + 4 * rows)).astype("<u4").tobytes()
+
+    def records() -> Iterator[bytes]:
+        for start in range(0, n, _SLICE):
+            stop = min(n, start + _SLICE)
+            out = np.empty((stop - start, 3 + ndim), dtype="<u4")
+            out[:, 0] = (base + np.arange(start, stop, dtype=np.int64) * rec - vt).astype("<u4")
+            out[:, 1] = 4
+            out[:, 2] = ndim
+            out[:, 3:] = coords[start:stop]
+            yield out.tobytes()
+
+    w.hole(4 * n, offsets)
+    base = w.hole(n * rec, records, alignment=4)
 
 
 def decode_transaction_log(

@@ -23,7 +23,8 @@ from aicechunk.changes.validate import chunk_grid, on_grid
 from aicechunk.format import Coords
 from aicechunk.format.ids import ManifestId, NodeId, SnapshotId
 from aicechunk.format.manifest import ChunkRef
-from aicechunk.format.manifest_encode import encode_array_manifest, encode_array_manifest_columns
+from aicechunk.format.manifest_encode import encode_array_manifest
+from aicechunk.format.manifest_stream import encode_array_manifest_stream
 from aicechunk.format.snapshot import (
     ArrayNodeData,
     GroupNodeData,
@@ -151,14 +152,15 @@ class Flush:
             and table.ndim > 0
             and bool((table.coords >= np.asarray(grid, dtype=np.int64)).any())
         ):
-            # merged forks' tables of a new array: encoded column by column (rows past
-            # the end, if any, are resolved one by one below)
+            # tables of a new array (bulk virtual refs, merged forks): encoded column by
+            # column, streamed into the compressor (rows past the end, if any, are
+            # resolved one by one below)
             cols = table.ref_columns()
             if not len(cols):
                 return ()
             manifest_id = ManifestId.random()
             data, extents = await asyncio.to_thread(
-                encode_array_manifest_columns, manifest_id, view.id, cols, self.version
+                encode_array_manifest_stream, manifest_id, view.id, cols, self.version
             )
             self.new_files.append((ManifestFileInfo(manifest_id, len(data), len(cols)), data))
             return (ManifestRef(manifest_id, extents),)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
@@ -21,6 +21,7 @@ from aicechunk.changes.validate import (
 from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
 from aicechunk.errors import NodeNotFoundError, SessionStateError
 from aicechunk.format import Coords
+from aicechunk.format.coord_rows import CoordRows
 from aicechunk.format.ids import NodeId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
 from aicechunk.format.snapshot import ArrayNodeData, ManifestRef, NodeSnapshot, Snapshot
@@ -297,12 +298,16 @@ def grids(views: list[NodeView]) -> dict[NodeId, tuple[int, ...]]:
 
 def logged_chunk_changes(
     changes: ChangeSet, grids: Mapping[NodeId, tuple[int, ...]]
-) -> dict[NodeId, tuple[Coords, ...]]:
+) -> dict[NodeId, Sequence[Coords]]:
     """The chunk changes a commit logs, per array (``grids``: the arrays that exist):
     every chunk the session set or deleted, the ones a shrink deleted past the array's new
     end included, as icechunk 2.x logs them (icechunk 1.x left those out)."""
     changed = {nid: changes.chunk_changes_coords(nid) for nid in changes.chunk_nodes()}
-    return {nid: tuple(coords) for nid, coords in changed.items() if coords and nid in grids}
+    return {
+        nid: coords if isinstance(coords, CoordRows) else tuple(coords)  # rows: no tuples
+        for nid, coords in changed.items()
+        if len(coords) and nid in grids
+    }
 
 
 async def status(state: SessionState) -> Diff:

@@ -19,9 +19,10 @@ from typing import Any
 from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
+from aicechunk.changes.chunktable import ChunkTable
 from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.changes.moves import MoveSet
-from aicechunk.changes.validate import check_chunk_coords, check_chunk_ref
+from aicechunk.changes.validate import check_chunk_coords, check_chunk_ref, chunk_grid
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, RepositoryConfig
 from aicechunk.drivers.base import ByteRange
 from aicechunk.errors import (
@@ -261,6 +262,17 @@ class Session(Saving, Rearranging):
         node, coords = await reads.array_for_chunk(self._state, path, coords)
         check_chunk_ref(f"chunk {list(coords)} of array {path!r}", ref)
         self._state.changes.set_chunk(node.id, coords, ref)
+
+    async def set_chunk_table(self, path: str, table: ChunkTable) -> None:
+        """Record many chunk changes of the array at ``path`` at once, held column by column
+        (no object per chunk; the store's bulk virtual reference calls make such tables)."""
+        self._state.check_writable()
+        node, definition = await reads.get_array(self._state, path)
+        row = table.first_off_grid(chunk_grid(definition))
+        if row is not None:
+            coords = tuple(table.coords[row].tolist())
+            raise ChunkIndexError(path, coords, chunk_grid(definition), row=row)
+        self._state.changes.add_chunk_table(node.id, table)
 
     def has_virtual_container(self, location: str) -> bool:
         """Whether a declared virtual chunk container serves ``location``."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from numpy.typing import ArrayLike
 from zarr.abc.store import (
     ByteRequest,
     OffsetByteRequest,
@@ -22,10 +24,14 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from aicechunk.changes.validate import chunk_grid
+from aicechunk.changes.virtual_columns import last_modified_seconds, spec_table, virtual_table
 from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange, slice_bytes
 from aicechunk.drivers.urls import parse_location
 from aicechunk.errors import (
+    InvalidInputError,
     InvalidStoreKeyError,
+    NodeNotFoundError,
     ReadOnlyError,
     VirtualChunkError,
 )
@@ -40,24 +46,12 @@ if TYPE_CHECKING:
 __all__ = ["IcechunkStore"]
 
 
-def last_modified_checksum(when: datetime) -> int:
-    """A last-modified checksum as spec v1 stores it: whole seconds since the epoch in 32
-    bits, wrapped as Icechunk wraps them (so 9999-12-31 and dates before 1970 are stored,
-    and compared, exactly as icechunk stores them)."""
-    whole = math.floor((when - _EPOCH).total_seconds())
-    return whole % 2**32
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _virtual_ref(
     location: str, offset: int, length: int, checksum: str | datetime | None
 ) -> VirtualRef:
     # offsets, lengths and checksums the format cannot hold are refused by the session
     if isinstance(checksum, datetime):
-        when = checksum if checksum.tzinfo else checksum.replace(tzinfo=UTC)
-        return VirtualRef(location, offset, length, None, last_modified_checksum(when))
+        return VirtualRef(location, offset, length, None, last_modified_seconds(checksum))
     return VirtualRef(location, offset, length, checksum, None)
 
 
@@ -240,14 +234,8 @@ class IcechunkStore(Store):
         parsed = parse_key(key)
         if not isinstance(parsed, ChunkKey):
             raise InvalidStoreKeyError(key, "virtual references go to chunk keys")
-        if validate_container and not self._session.has_virtual_container(location):
-            parse_location(location)  # a URL that does not parse says why (InvalidLocation)
-            # the error a read of it would raise: one error for one problem
-            raise VirtualChunkError(
-                f"virtual chunk {location}: no virtual chunk container is declared for this "
-                "URL; add one with RepositoryConfig.set_virtual_chunk_container "
-                "(or pass validate_container=False)"
-            )
+        if validate_container:
+            self._check_container(location)
         await self._session.set_chunk_ref(
             parsed.path, parsed.coords, _virtual_ref(location, offset, length, checksum)
         )
@@ -260,21 +248,151 @@ class IcechunkStore(Store):
         validate_containers: bool = True,
     ) -> list[tuple[int, ...]] | None:
         """Set many virtual references of one array; returns the chunk indices whose
-        location no declared container serves (those are skipped), or ``None``."""
+        location no declared container serves (those are skipped), or ``None``.
+
+        The references are held column by column (as ``set_virtual_refs_columns`` holds
+        them), not as one object each; a bad spec (off the grid, a negative offset)
+        raises before any of them is set.
+        """
         self._check_writable()
-        path = "/" + array_path.strip("/")
+        specs = list(chunks)
+        if validate_containers:
+            served = {
+                loc: self._session.has_virtual_container(loc) for loc in {s.location for s in specs}
+            }
+            failed = [tuple(s.index) for s in specs if not served[s.location]]
+            if failed:
+                specs = [s for s in specs if served[s.location]]
+        else:
+            failed = []
+        if not specs:
+            return failed or None
+        path, grid = await self._virtual_target(array_path)
+        table = spec_table(path, grid, specs)
+        await self._session.set_chunk_table(path, table)
+        return failed or None
+
+    async def set_virtual_refs_columns(
+        self,
+        array_path: str,
+        coords: ArrayLike,
+        locations: str | Sequence[str],
+        offsets: ArrayLike,
+        lengths: ArrayLike,
+        *,
+        location_index: ArrayLike | None = None,
+        checksums: Sequence[str | datetime | None] | None = None,
+        validate_containers: bool = True,
+    ) -> None:
+        """Set many virtual references of one array from columns, without an object per
+        reference: the bulk form for millions of chunks (e.g. batches of 100,000 rows).
+
+        Row ``i`` points chunk ``coords[i]`` (an ``(n, ndim)`` integer array; ``(n,)``
+        for a 1-d array) to ``lengths[i]`` bytes at ``offsets[i]`` (integer arrays of
+        ``n``, or one integer for every row) of its location. ``locations`` is one URL
+        for every row, one URL per row, or, with ``location_index`` (``n`` integers), a
+        short table of URLs each row indexes into. ``checksums``: ``None``, or one per
+        row (an ETag string, a last-modified ``datetime``, or ``None``). Later rows win
+        over earlier ones for the same chunk.
+
+        Every input is checked first, so a bad batch sets nothing: ``InvalidInputError``
+        (shapes, dtypes), ``ChunkIndexError`` (a chunk off the array's grid, with its
+        row), ``UnrepresentableValueError`` (negative values, bad URLs or checksums, with
+        the row); with ``validate_containers``, ``VirtualChunkError`` if no declared
+        virtual chunk container serves a location (as ``set_virtual_ref`` refuses it).
+        """
+        self._check_writable()
+        path, grid = await self._virtual_target(array_path)
+        table = virtual_table(
+            path,
+            grid,
+            coords,
+            locations,
+            offsets,
+            lengths,
+            location_index=location_index,
+            checksums=checksums,
+        )
+        if validate_containers:
+            for location in table.locations:
+                self._check_container(location)
+        await self._session.set_chunk_table(path, table)
+
+    async def set_virtual_refs_arr(
+        self,
+        array_path: str,
+        chunk_grid_shape: tuple[int, ...],
+        locations: Sequence[str],
+        offsets: ArrayLike,
+        lengths: ArrayLike,
+        *,
+        validate_containers: bool = True,
+        arr_offset: tuple[int, ...] | None = None,
+        checksum: str | datetime | None = None,
+    ) -> list[tuple[int, ...]] | None:
+        """icechunk's dense form of ``set_virtual_refs_columns``: the references of a
+        block of ``chunk_grid_shape`` chunks (starting at chunk ``arr_offset``), one per
+        chunk in C order; an empty location skips its chunk. ``checksum`` applies to
+        every chunk. Returns the chunk indices whose location no declared container
+        serves (skipped), or ``None``."""
+        self._check_writable()
+        shape = tuple(chunk_grid_shape)
+        start = tuple(arr_offset) if arr_offset is not None else (0,) * len(shape)
+        if len(start) != len(shape) or any(s < 0 for s in (*shape, *start)):
+            raise InvalidInputError(
+                f"virtual refs of {array_path!r}: arr_offset {start} does not fit the chunk "
+                f"grid shape {shape}"
+            )
+        n = math.prod(shape)
+        listed = list(locations)
+        if len(listed) != n:
+            raise InvalidInputError(
+                f"virtual refs of {array_path!r}: {len(listed)} locations for the "
+                f"{n} chunks of a {shape} block"
+            )
+        coords = np.indices(shape, dtype=np.int64).reshape(len(shape), n).T + np.asarray(
+            start, dtype=np.int64
+        )
+        keep = np.fromiter(map(bool, listed), dtype=bool, count=n)
+        ids: dict[str, int] = {}
+        which = np.fromiter((ids.setdefault(loc, len(ids)) for loc in listed), np.int64, count=n)
         failed: list[tuple[int, ...]] = []
-        for spec in chunks:
-            if validate_containers and not self._session.has_virtual_container(spec.location):
-                failed.append(tuple(spec.index))
-                continue
-            checksum: str | datetime | None = spec.etag_checksum or spec.last_updated_at_checksum
-            await self._session.set_chunk_ref(
-                path,
-                tuple(spec.index),
-                _virtual_ref(spec.location, spec.offset, spec.length, checksum),
+        if validate_containers:
+            served = {loc: self._session.has_virtual_container(loc) for loc in set(listed) if loc}
+            unserved = np.fromiter((bool(x) and not served[x] for x in listed), bool, count=n)
+            failed = [tuple(c) for c in coords[unserved].tolist()]
+            keep &= ~unserved
+        rows = np.flatnonzero(keep)
+        if len(rows):
+            await self.set_virtual_refs_columns(
+                array_path,
+                coords[rows],
+                list(ids),
+                np.asarray(offsets)[rows],
+                np.asarray(lengths)[rows],
+                location_index=which[rows],
+                checksums=None if checksum is None else [checksum] * len(rows),
+                validate_containers=False,
             )
         return failed or None
+
+    async def _virtual_target(self, array_path: str) -> tuple[str, tuple[int, ...]]:
+        """The node path of the array at ``array_path`` and its chunk grid."""
+        path = "/" + array_path.strip("/")
+        node = await self._session.get_node(path)
+        if node is None or node.array is None:
+            raise NodeNotFoundError(path, "array")
+        return path, chunk_grid(node.array)
+
+    def _check_container(self, location: str) -> None:
+        if not self._session.has_virtual_container(location):
+            parse_location(location)  # a URL that does not parse says why (InvalidLocation)
+            # the error a read of it would raise: one error for one problem
+            raise VirtualChunkError(
+                f"virtual chunk {location}: no virtual chunk container is declared for this "
+                "URL; add one with RepositoryConfig.set_virtual_chunk_container "
+                "(or pass validate_container=False)"
+            )
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         """Store the value only if nothing is stored at ``key``."""

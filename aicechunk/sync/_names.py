@@ -136,8 +136,4 @@ NOT_YET: dict[str, str] = {
     "IcechunkStore.array_chunk_iterator": (
         "no columnar batches of chunk references yet: Session.chunk_coordinates lists them"
     ),
-    "IcechunkStore.set_virtual_refs_arr": (
-        "virtual references are set with set_virtual_refs (VirtualChunkSpec items); no "
-        "variant taking flat arrays yet"
-    ),
 }
