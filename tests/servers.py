@@ -258,6 +258,15 @@ def counting_proxy(target: str) -> Iterator[tuple[str, Callable[[], int]]]:
         yield url, lambda: proxy.requests
 
 
+#: headers ``fault_proxy`` does not pass on (its own framing and connections)
+HOP_HEADERS = (
+    "content-length",
+    "transfer-encoding",
+    "content-encoding",
+    "connection",
+    "keep-alive",
+)
+
 #: What ``fault_proxy`` can do to a request instead of answering it properly.
 FAULTS = ("reset", "truncate", "stall", "hang", "503", "malformed")
 
@@ -265,7 +274,9 @@ FAULTS = ("reset", "truncate", "stall", "hang", "503", "malformed")
 @dataclass
 class FaultProxy:
     """The state of a ``fault_proxy``: faults still to inject, requests seen (and the
-    ``Authorization`` header of each, ``None`` where it had none)."""
+    ``Authorization`` header of each, ``None`` where it had none; the method and headers
+    of each; the client's address of each, one per connection it came on; the most
+    requests it ever had in flight at once)."""
 
     url: str = ""
     faults: list[str] = field(default_factory=list)
@@ -274,6 +285,10 @@ class FaultProxy:
     requests: int = 0
     faulted: int = 0
     authorizations: list[str | None] = field(default_factory=list)
+    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    peers: list[object] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
 
 
 @contextlib.contextmanager
@@ -308,16 +323,26 @@ def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
             allow_redirects=False,
         ) as upstream:
             payload = await upstream.read()
+            # hop-by-hop headers stay on their hop: moto closes every connection, the
+            # proxy's clients may keep theirs
             out_headers = {
-                k: v
-                for k, v in upstream.headers.items()
-                if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
+                k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS
             }
             return upstream.status, out_headers, payload
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        state.in_flight += 1
+        state.most_in_flight = max(state.most_in_flight, state.in_flight)
+        try:
+            return await answer(request)
+        finally:
+            state.in_flight -= 1
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         state.requests += 1
         state.authorizations.append(request.headers.get("Authorization"))
+        state.seen.append((request.method, dict(request.headers)))
+        state.peers.append(request.transport and request.transport.get_extra_info("peername"))
         fault = state.faults.pop(0) if state.faults and request.method in state.methods else ""
         state.faulted += bool(fault)
         transport = request.transport

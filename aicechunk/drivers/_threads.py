@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from aicechunk.drivers._loop import LoopLocal
 
@@ -75,12 +77,26 @@ def _deliver(done: _Done) -> None:
 
 
 class Workers:
-    """Threads that run blocking file operations for every loop using one driver.
+    """Threads that run blocking file operations for every loop using them (the local
+    drivers of a process with the same ``max_workers`` share one ``Workers``).
 
     Each loop owns only its batches (which also mark it as a user); the threads start
     on first use and stop when the last open loop using them closes (they start again
     on the next call), so closing in one loop never breaks operations in another.
     """
+
+    _shared: ClassVar[dict[int, Workers]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def shared(cls, max_workers: int) -> Workers:
+        """The process's workers of ``max_workers`` threads, shared by every driver
+        asking for that many: opening a repository again starts no threads."""
+        with cls._shared_lock:
+            found = cls._shared.get(max_workers)
+            if found is None:
+                found = cls._shared[max_workers] = cls(max_workers)
+            return found
 
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
@@ -88,6 +104,13 @@ class Workers:
         self._pool: ThreadPoolExecutor | None = None
         self._lane: ThreadPoolExecutor | None = None
         self._batches: LoopLocal[_Batches] = LoopLocal(lambda: _Batches(self._small_thread()))
+        _ALL.add(self)
+
+    def _forget_threads(self) -> None:
+        # in a child process after fork: the parent's threads do not exist here
+        self._lock = threading.Lock()
+        self._pool = self._lane = None
+        self._batches = LoopLocal(lambda: _Batches(self._small_thread()))
 
     def _small_thread(self) -> ThreadPoolExecutor:
         if self._lane is None:
@@ -126,3 +149,16 @@ class Workers:
         for executor in (pool, lane):
             if executor is not None:
                 executor.shutdown(wait=False)
+
+
+_ALL: weakref.WeakSet[Workers] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    Workers._shared_lock = threading.Lock()
+    for workers in list(_ALL):
+        workers._forget_threads()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -150,30 +151,35 @@ class ObjectInfo:
 # --- keys ------------------------------------------------------------------------------
 
 
+#: characters no key may contain: controls and lone surrogates
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+#: an empty, ``.`` or ``..`` segment anywhere in a key
+_BAD_SEGMENT = re.compile(r"(?:^|/)\.{0,2}(?:/|$)")
+
+
 def _check_segments(value: str, what: str, driver: str | None, allow_trailing_slash: bool) -> None:
     if not isinstance(value, str):
         raise InvalidKey(f"{what} must be a str, got {type(value).__name__}", driver=driver)
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    # a str of n characters has at least n and at most 4n UTF-8 bytes: encode only if unsure
+    if len(value) * 4 > MAX_KEY_BYTES and len(value.encode("utf-8", "surrogatepass")) > (
+        MAX_KEY_BYTES
+    ):
         raise InvalidKey(f"{what} is longer than {MAX_KEY_BYTES} bytes", key=value, driver=driver)
     if value.startswith("/"):
         raise InvalidKey(f"{what} must be relative (no leading '/')", key=value, driver=driver)
     if "\\" in value:
         raise InvalidKey(f"{what} must not contain a backslash", key=value, driver=driver)
-    for ch in value:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            raise InvalidKey(
-                f"{what} must not contain control character {ch!r}", key=value, driver=driver
-            )
+    bad = _FORBIDDEN.search(value)
+    if bad is not None:
+        ch = bad.group()
         if 0xD800 <= ord(ch) <= 0xDFFF:
             raise InvalidKey(f"{what} must be valid Unicode", key=value, driver=driver)
+        raise InvalidKey(
+            f"{what} must not contain control character {ch!r}", key=value, driver=driver
+        )
     body = value[:-1] if allow_trailing_slash and value.endswith("/") else value
-    if not body:
-        return
-    for segment in body.split("/"):
-        if segment in ("", ".", ".."):
-            raise InvalidKey(
-                f"{what} has an empty, '.' or '..' path segment", key=value, driver=driver
-            )
+    if body and _BAD_SEGMENT.search(body):
+        raise InvalidKey(f"{what} has an empty, '.' or '..' path segment", key=value, driver=driver)
 
 
 def validate_key(key: str, driver: str | None = None) -> str:

@@ -121,7 +121,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
         self._confinement = (
             Confinement(self.root, settings.excluded, self.label) if settings.confine else None
         )
-        self._workers = Workers(settings.max_workers)
+        self._workers = Workers.shared(settings.max_workers)
 
     @property
     def label(self) -> str:
@@ -179,17 +179,6 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
 
     # -- reads ------------------------------------------------------------------------
 
-    def _read_sync(self, key: str, byte_range: ByteRange | None) -> tuple[bytes, ObjectInfo]:
-        fd, st = self._open(key)
-        try:
-            start, stop = range_bounds(byte_range, st.st_size)
-            data = pread(fd, start, stop)
-        except OSError as err:
-            raise self._wrap_os_error(err, key, "read") from err
-        finally:
-            os.close(fd)
-        return data, object_info(key, st)
-
     def _read_small_sync(self, key: str, byte_range: ByteRange | None) -> bytes | LargeRead:
         fd, st = self._open(key)
         try:
@@ -216,8 +205,31 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
         finally:
             found.close()  # a cancelled read leaves no descriptor open
 
+    def _read_small_object_sync(self, key: str) -> tuple[bytes | LargeRead, ObjectInfo]:
+        fd, st = self._open(key)
+        info = object_info(key, st)
+        try:
+            if st.st_size > _SMALL:
+                large, fd = LargeRead(fd, 0, st.st_size), -1  # the pool reads and closes it
+                return large, info
+            return pread(fd, 0, st.st_size), info
+        except OSError as err:
+            raise self._wrap_os_error(err, key, "read") from err
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
-        return await self._workers.run(self._read_sync, key, None)
+        # refs, snapshots, manifests: mostly small, so on the small-op thread like chunks
+        found, info = await self._workers.run_small(self._read_small_object_sync, key)
+        if isinstance(found, bytes):
+            return found, info
+        try:
+            return await self._workers.run(found.read), info
+        except OSError as err:
+            raise self._wrap_os_error(err, key, "read") from err
+        finally:
+            found.close()
 
     def _head_sync(self, key: str) -> ObjectInfo:
         if self._confinement is not None:  # what a read would open, checked the same way

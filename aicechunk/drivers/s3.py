@@ -28,6 +28,7 @@ from aicechunk.drivers.base import (
     ObjectInfo,
     http_range_header,
 )
+from aicechunk.drivers.s3_client import client_config, shared_session, tuned
 from aicechunk.drivers.s3_credentials import S3Credentials, refreshable
 from aicechunk.drivers.settings import URL, DriverSettings, check_endpoint
 from aicechunk.errors import (
@@ -91,17 +92,6 @@ class S3Settings(DriverSettings):
             self.read_timeout,
             self.max_concurrency,
         )
-
-
-_SESSION: list[Any] = []
-
-
-def _shared_session(factory: Any) -> Any:
-    # One botocore session per process: it caches the service model that every client
-    # would otherwise load again (a few hundred milliseconds each time).
-    if not _SESSION:
-        _SESSION.append(factory())
-    return _SESSION[0]
 
 
 def _error_code(err: BaseException) -> str:
@@ -212,21 +202,17 @@ class S3Driver(ConfiguredDriver[S3Settings]):
     # -- client -----------------------------------------------------------------------
 
     async def _make_client(self) -> tuple[Any, Any]:
-        from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
-        from botocore import UNSIGNED
 
         settings = self.settings
         creds = settings.credentials
-        config = AioConfig(
-            retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
+        config = client_config(
+            max_attempts=settings.max_attempts,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             max_pool_connections=settings.max_concurrency,
-            s3={"addressing_style": "path" if settings.force_path_style else "auto"},
-            signature_version=UNSIGNED if creds.anonymous else None,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
+            path_style=settings.force_path_style,
+            anonymous=creds.anonymous,
         )
         kwargs: dict[str, Any] = {"config": config}
         if settings.region:
@@ -239,12 +225,12 @@ class S3Driver(ConfiguredDriver[S3Settings]):
             kwargs["aws_secret_access_key"] = str(creds.secret_access_key)
             token = creds.session_token
             kwargs["aws_session_token"] = None if token is None else str(token)
-        session = _shared_session(get_session)
+        session = shared_session(get_session)
         if creds.kind == "refreshable":
             # a session of its own holds the refreshing credentials (botocore has no other
             # way to give a client some); it shares the loaded service models
             shared = session
-            session = get_session()
+            session = tuned(get_session())
             session.register_component("data_loader", shared.get_component("data_loader"))
             session._credentials = await refreshable(creds)
         try:
