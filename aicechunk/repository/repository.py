@@ -10,7 +10,13 @@ from typing import Any
 from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
 from aicechunk.changes.conflicts import ConflictSolver
-from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
+from aicechunk.config import (
+    INLINE_CHUNK_THRESHOLD_BYTES,
+    READ_AHEAD_CHUNKS,
+    READ_CONCURRENCY,
+    WRITE_BEHIND_BYTES,
+    RepositoryConfig,
+)
 from aicechunk.errors import (
     ConflictError,
     PreconditionFailed,
@@ -414,9 +420,12 @@ class Repository:
     def _session_config(self) -> SessionConfig:
         threshold = self._config.inline_chunk_threshold_bytes
         concurrency = self._config.get_partial_values_concurrency
+        behind, ahead = self._config.write_behind_bytes, self._config.read_ahead_chunks
         return SessionConfig(
             INLINE_CHUNK_THRESHOLD_BYTES if threshold is None else threshold,
             READ_CONCURRENCY if concurrency is None else concurrency,
+            write_behind_bytes=WRITE_BEHIND_BYTES if behind is None else behind,
+            read_ahead_chunks=READ_AHEAD_CHUNKS if ahead is None else ahead,
         )
 
     def _virtual_resolver(self) -> VirtualResolver:

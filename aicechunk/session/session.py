@@ -37,9 +37,11 @@ from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import merging, reads
 from aicechunk.session.payload import decode_fork, encode_fork
 from aicechunk.session.reads import ChunkType, Diff, NodeView
+from aicechunk.session.readahead import ReadAhead
 from aicechunk.session.rearrange import Rearranging
 from aicechunk.session.saving import Saving
 from aicechunk.session.state import SessionConfig, SessionMode, SessionState
+from aicechunk.session.uploads import Uploads
 from aicechunk.store import IcechunkStore
 from aicechunk.store.metadata import parse_metadata
 from aicechunk.virtual import ChunkFetcher
@@ -80,6 +82,18 @@ class Session(Saving, Rearranging):
             repository_config=repository_config,
             commit_metadata=dict(commit_metadata or {}),
             moves=MoveSet() if rearrange else None,
+        )
+        state = self._state
+        if not read_only:
+            state.uploads = Uploads(
+                assets.write_chunk,
+                max_bytes=state.config.write_behind_bytes,
+                concurrency=state.config.upload_concurrency,
+            )
+        state.readahead = ReadAhead(
+            assets.fetch_chunk,
+            chunks=state.config.read_ahead_chunks,
+            max_bytes=state.config.read_ahead_bytes,
         )
 
     @classmethod
@@ -249,7 +263,10 @@ class Session(Saving, Rearranging):
             ref = InlineRef(bytes(data))
         else:
             chunk_id = ChunkId.random()
-            await state.assets.write_chunk(chunk_id, data)
+            if state.uploads is None:
+                await state.assets.write_chunk(chunk_id, data)
+            else:
+                await state.uploads.put(chunk_id, bytes(data))
             ref = NativeRef(chunk_id, 0, len(data))
         # re-read: the node may have been replaced while the chunk was written
         current, _ = await reads.get_array(state, path)
