@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from aicechunk.drivers.base import RangeRequest
 from aicechunk.format import Coords
@@ -120,7 +120,7 @@ class ReadAhead:
             data = await self._result(ahead)
             if data is not None:
                 start = request.offset - ahead.request.offset
-                if 0 <= start and start + request.length <= len(data):
+                if start >= 0 and start + request.length <= len(data):
                     return data[start : start + request.length]
         return await self._fetch(ref.chunk_id, request)
 

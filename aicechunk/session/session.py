@@ -36,8 +36,8 @@ from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import merging, reads
 from aicechunk.session.payload import decode_fork, encode_fork
-from aicechunk.session.reads import ChunkType, Diff, NodeView
 from aicechunk.session.readahead import ReadAhead
+from aicechunk.session.reads import ChunkType, Diff, NodeView
 from aicechunk.session.rearrange import Rearranging
 from aicechunk.session.saving import Saving
 from aicechunk.session.state import SessionConfig, SessionMode, SessionState
