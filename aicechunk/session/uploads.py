@@ -14,7 +14,8 @@ reference in a snapshot can point at a missing chunk; the bytes are kept and the
 cancels what is left) is started again by ``drain`` in the loop that drains; a chunk file
 found already written then (``write_once`` refused) was this upload's and counts as done.
 A drain that is cancelled leaves the uploads running: they belong to this object, which
-the next drain waits for.
+the next drain waits for. Uploads started on another running loop (zarr's synchronous API
+runs the store on a loop thread of its own) are waited for on that loop.
 """
 
 from __future__ import annotations
@@ -107,11 +108,23 @@ class Uploads:
                     f"nothing was committed (the next commit tries again); first: {err}",
                     key=key or f"chunks/{chunk_id}",
                 ) from err
+            elsewhere: list[asyncio.Future[object]] = []
             for chunk_id, entry in list(self._pending.items()):
                 task = entry.task
+                if task is not None and not task.done() and task.get_loop() is not loop:
+                    other = task.get_loop()
+                    if other.is_running():  # e.g. zarr's loop thread: wait for it there
+                        future = asyncio.run_coroutine_threadsafe(_settled(task), other)
+                        elsewhere.append(asyncio.wrap_future(future))
+                        continue
                 if task is None or task.done() or task.get_loop() is not loop:
-                    self._start(loop, chunk_id, entry)  # cancelled, failed before, elsewhere
-            await asyncio.wait(self._live(loop))
+                    self._start(loop, chunk_id, entry)  # cancelled, failed before, loop gone
+            waiting: list[asyncio.Future[object]] = [*elsewhere]
+            live = self._live(loop)
+            if live:
+                waiting.append(asyncio.ensure_future(asyncio.wait(live)))
+            if waiting:
+                await asyncio.wait(waiting)
 
     def forget_failed(self) -> None:
         """Drop the chunks whose upload failed (their references were discarded)."""
@@ -159,3 +172,9 @@ class Uploads:
         if self._pending.get(chunk_id) is entry:
             del self._pending[chunk_id]
             self._bytes -= len(entry.data)
+
+
+async def _settled(task: asyncio.Task[None]) -> object:
+    """Return once ``task`` (of the running loop) is done, however it ended."""
+    await asyncio.wait({task})
+    return None
