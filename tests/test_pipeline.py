@@ -310,3 +310,19 @@ async def test_failed_prefetch_fails_no_read() -> None:
     np.testing.assert_array_equal(first, values[: 2 * CHUNK])
     np.testing.assert_array_equal(await arr.getitem(slice(2 * CHUNK, None)), values[2 * CHUNK :])
     assert faulty.injected >= 1
+
+
+@pytest.mark.parametrize("spec", [1, 2])
+async def test_settings_persist_and_reach_sessions(spec: int) -> None:
+    config = aic.RepositoryConfig.default()
+    config.write_behind_bytes = 1000
+    config.read_ahead_chunks = 3
+    repo = await aic.Repository.create(aic.in_memory_storage(), config=config, spec_version=spec)
+    await repo.save_config()
+    saved = await aic.Repository.fetch_config(repo.storage)
+    assert (saved.write_behind_bytes, saved.read_ahead_chunks) == (1000, 3)
+    session = await repo.writable_session("main")
+    assert uploads_of(session).max_bytes == 1000
+    assert session._state.readahead.chunks == 3
+    with pytest.raises(ValueError):
+        config.read_ahead_chunks = -1
