@@ -14,11 +14,13 @@ and stopped after the rows they label ``contended``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from workloads import Result, open_one_chunk, read_workload, virtual_reads, writ
 
 from tests.latency_proxy import LatencyProxy
 
-__all__ = ["RemoteRows", "busy_cores", "cores", "round_trips"]
+__all__ = ["RemoteRows", "busy_cores", "capacity", "cores", "round_trips"]
 
 Record = Callable[[str, str, Result], None]
 
@@ -111,6 +113,26 @@ class RemoteRows:
                 where = f"local:{base / f'{system.name}-virtual-{slug}'}"
                 row = await virtual_reads(system, where, self.s3, n)
                 record(f"virtual reads {n} [{tag}]", system.name, row)
+
+
+async def capacity(url: str, key: str, concurrency: int = 64, n: int = 500) -> float:
+    """Requests per second the proxy and moto answer for a GET of ``key`` (``bucket/key``)
+    from a bare aiohttp client, ``concurrency`` at once: what the S3 rows can reach at
+    most. A row far below its delay's bound (``concurrency / delay``) and near this
+    figure measures the local servers' CPU, not latency."""
+    import aiohttp
+
+    limit = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one() -> None:
+            async with limit, http.get(f"{url}/{key}") as response:
+                await response.read()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        return n / (time.perf_counter() - start)
 
 
 def cores() -> int:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_forks
-from remote import RemoteRows, busy_cores, cores
+from remote import RemoteRows, busy_cores, capacity, cores
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
 from workloads import (
@@ -195,6 +195,9 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
                 for ms in latencies:
                     proxy.configure(delay=ms / 1000)
                     tag = f"s3 {ms:g}ms" + (", contended" if contended else "")
+                    if spec == specs[0]:
+                        seen = await capacity(proxy.url, "virtual-data/blob.bin")
+                        record(f"server capacity [{tag}]", "bare client", {"requests/s": seen})
                     await rows.run(order, s3_sizes, tag, on, record, base)
             proxy.configure(delay=0)
 
@@ -247,16 +250,17 @@ def median(rows: list[Result], key: str) -> float:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [
-        f"{'workload':44} {'metric':16} {'aicechunk':>11} {'icechunk':>11} {'ratio':>7} {'zarr':>9}"
-    ]
+    # other: plain zarr stores, or the bare client probing the S3 servers' capacity
+    head = f"{'workload':44} {'metric':16} {'aicechunk':>11} {'icechunk':>11} {'ratio':>7}"
+    lines = [f"{head} {'other':>9}"]
     for workload, per in results.items():
         metrics = sorted({k for rows in per.values() for row in rows for k in row})
         for metric in metrics:
             ours = median(per.get("aicechunk", []), metric)
             theirs = median(per.get("icechunk", []), metric)
             floor = next(
-                (median(v, metric) for k, v in per.items() if k.startswith("zarr")), float("nan")
+                (median(v, metric) for k, v in per.items() if k not in ("aicechunk", "icechunk")),
+                float("nan"),
             )
             ratio = ours / theirs if theirs else float("nan")
             lines.append(

@@ -326,3 +326,15 @@ async def test_settings_persist_and_reach_sessions(spec: int) -> None:
     assert session._state.readahead.chunks == 3
     with pytest.raises(ValueError):
         config.read_ahead_chunks = -1
+
+
+async def test_fork_with_changes_reads_chunks_still_uploading() -> None:
+    slow = FaultyDriver(MemoryDriver(), methods={"put"}, key_prefix="chunks/", delay=0.2)
+    repo = await make_repo(slow)
+    session = await repo.writable_session("main")
+    values = await write_array(session, 5)
+    fork = session.fork_with_changes()
+    assert len(uploads_of(session)) > 0
+    np.testing.assert_array_equal(await read_array(fork), values)
+    await session.merge(fork)
+    await session.commit("with the fork")

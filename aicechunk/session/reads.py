@@ -264,7 +264,10 @@ async def read_native(
 ) -> bytes:
     """Bytes of a native chunk file of the array ``node``: from the uploads still under
     way (write-behind), through the read-ahead, or from storage."""
-    pending = None if state.uploads is None else state.uploads.get(ref.chunk_id)
+    pending = None
+    for uploads in (state.uploads, state.parent_uploads):
+        if pending is None and uploads is not None:
+            pending = uploads.get(ref.chunk_id)
     if pending is not None:
         return pending[inner.offset : inner.offset + inner.length]
     if state.readahead is None or node.array is None:

@@ -373,9 +373,14 @@ class Session(Saving, Rearranging):
         """A fork that also sees this session's pending changes, for integrations that
         write metadata first and then fan chunk writes out (like ``to_icechunk``).
 
-        Merging it back re-applies those changes unchanged."""
+        Merging it back re-applies those changes unchanged. Chunks this session still
+        uploads (write-behind) are read from here by the fork in this process; this
+        session's commit waits for them."""
         self._state.check_writable()
-        return self._fork(copy.deepcopy(self._state.changes))
+        fork = self._fork(copy.deepcopy(self._state.changes))
+        # its changes may name chunks this session still uploads: it reads them from here
+        fork._state.parent_uploads = self._state.uploads
+        return fork
 
     @must_await("nothing was merged")
     async def merge(self, *forks: ForkSession) -> None:

@@ -79,7 +79,9 @@ class SessionState:
     ``commit_metadata`` the repository's default commit metadata when it did; ``moves``
     those of a rearrange session (``None`` in any other); ``uploads`` the chunk files
     written behind (``None``: chunks are written before ``set`` returns, as in forks) and
-    ``readahead`` the chunks fetched ahead of reads in order (``None``: none are)."""
+    ``readahead`` the chunks fetched ahead of reads in order (``None``: none are);
+    ``parent_uploads``, in a fork made with changes, its parent's uploads, read from
+    (never written to: a fork's own chunks are stored before ``set`` returns)."""
 
     assets: AssetManager
     snapshot_id: SnapshotId
@@ -95,6 +97,7 @@ class SessionState:
     moves: MoveSet | None = None
     uploads: Uploads | None = None
     readahead: ReadAhead | None = None
+    parent_uploads: Uploads | None = None
 
     def check_writable(self, *, unsettled_ok: bool = False, rearrange_ok: bool = False) -> None:
         """Refuse writes to a read-only session, or while a commit's outcome is unknown,
