@@ -338,3 +338,28 @@ async def test_fork_with_changes_reads_chunks_still_uploading() -> None:
     np.testing.assert_array_equal(await read_array(fork), values)
     await session.merge(fork)
     await session.commit("with the fork")
+
+
+async def test_partial_reads_of_shards_do_not_prefetch() -> None:
+    counting = CountingDriver(MemoryDriver())
+    repo = await make_repo(counting, ahead=8)
+    session = await repo.writable_session("main")
+    values = np.arange(8 * 4 * CHUNK, dtype="i8")
+    arr = await zas.create_array(
+        session.store,
+        name="x",
+        shape=values.shape,
+        chunks=(CHUNK,),
+        shards=(4 * CHUNK,),
+        dtype="i8",
+        compressors=None,
+    )
+    await arr.setitem(slice(None), values)
+    await session.commit("sharded")
+    ro = await repo.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="x", mode="r")
+    for shard in range(8):  # the first inner chunk of each shard, in order: ranges only
+        at = shard * 4 * CHUNK
+        got = await arr.getitem(slice(at, at + CHUNK))
+        np.testing.assert_array_equal(got, values[at : at + CHUNK])
+    assert ro._state.readahead.prefetched == 0

@@ -11,7 +11,8 @@ file, so what is served is always right.
 
 A read outside the run (not in grid order) ends it: what was fetched ahead for that array
 is dropped (fetches under way are cancelled). Fetching stops at the end of the grid and
-skips chunks with no native reference (inline, virtual, unwritten). A failed prefetch
+skips chunks with no native reference (inline, virtual, unwritten). Reads of part of a
+chunk (a shard's inner chunks) neither start nor use a run. A failed prefetch
 costs nothing but its request: the read that wanted the chunk fetches it itself, and a
 read that did not need it never sees the failure.
 """
@@ -99,7 +100,9 @@ class ReadAhead:
     ) -> bytes:
         """The bytes ``request`` asks of ``ref``'s chunk file (the chunk at ``coords`` of
         array ``node``, whose grid is ``grid``); may fetch the next chunks ahead."""
-        if self.chunks <= 0 or len(coords) != len(grid):
+        whole = request.offset == ref.offset and request.length == ref.length
+        if self.chunks <= 0 or len(coords) != len(grid) or not whole:
+            # parts of chunks (shards) are not read ahead: a reader may want few of them
             return await self._fetch(ref.chunk_id, request)
         run = self._runs.get(node)
         if run is None or run.grid != grid:
