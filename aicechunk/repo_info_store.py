@@ -121,6 +121,12 @@ class RepoInfoStore:
             len(data) >= DECODE_BYTES_OFF_LOOP, decode_repo_info, data, key, bound
         )
 
+    def remember(self, info: RepoInfo) -> None:
+        """Keep ``info``, read elsewhere (opening the repository), as the last one read,
+        unless one was read since."""
+        if self._cached is None:
+            self._cached = info
+
     async def info(self, fresh: bool = True) -> RepoInfo:
         """The repo info (the last one read, unless ``fresh``)."""
         if fresh or self._cached is None:

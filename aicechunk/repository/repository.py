@@ -40,6 +40,7 @@ from aicechunk.repository.creation import (
 )
 from aicechunk.repository.history import SnapshotInfo
 from aicechunk.repository.history import parse_snapshot_id as _snapshot_id
+from aicechunk.repository.warmup import warm_up
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
 from aicechunk.store import IcechunkStore
@@ -196,7 +197,8 @@ class Repository:
         persisted in it (``config.yaml`` on spec v1, the repo info file on spec v2)."""
         label = storage.driver().label
         limits = None if config is None else config.decompression_limits()
-        found, persisted = await configs.probe(storage, limits)
+        probed = await configs.probe_files(storage, limits)
+        found, persisted = probed.version, probed.config
         if found is None:
             raise RepositoryNotFoundError(f"no repository at {label} (no 'main' branch)")
         if found not in SPEC_VERSIONS:
@@ -204,7 +206,9 @@ class Repository:
         effective = persisted or RepositoryConfig.default()
         if config is not None:
             effective = effective.merge(config)
-        return cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
+        repo = cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
+        warm_up(repo._assets, probed)  # main's tip snapshot, fetched meanwhile
+        return repo
 
     @classmethod
     @must_await("the repository was not opened or created")
