@@ -54,6 +54,7 @@ class Uploads:
         self._pending: dict[ChunkId, _Upload] = {}
         self._bytes = 0
         self._limits: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._tasks: dict[asyncio.Task[None], None] = {}  # not done, oldest first
 
     @property
     def pending_bytes(self) -> int:
@@ -76,12 +77,13 @@ class Uploads:
             return
         loop = asyncio.get_running_loop()
         while self._pending and self._bytes + len(data) > self.max_bytes:
-            live = self._live(loop)
-            if not live:
+            # the oldest upload of this loop (they start in order, so end about in order)
+            oldest = next((t for t in self._tasks if t.get_loop() is loop), None)
+            if oldest is None:
                 # nothing to wait for (failed, or uploading in another loop): no queueing
                 await self._write(chunk_id, data)
                 return
-            await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({oldest})
         entry = _Upload(data)
         self._pending[chunk_id] = entry
         self._bytes += len(data)
@@ -148,7 +150,9 @@ class Uploads:
         if limit is None:
             self._limits = {lp: s for lp, s in self._limits.items() if not lp.is_closed()}
             limit = self._limits[loop] = asyncio.Semaphore(self.concurrency)
-        entry.task = loop.create_task(self._upload(limit, chunk_id, entry))
+        task = entry.task = loop.create_task(self._upload(limit, chunk_id, entry))
+        self._tasks[task] = None
+        task.add_done_callback(self._tasks.pop)
 
     async def _upload(self, limit: asyncio.Semaphore, chunk_id: ChunkId, entry: _Upload) -> None:
         async with limit:
