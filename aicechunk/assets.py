@@ -132,6 +132,7 @@ class AssetManager:
         self.refs: RefStore = (
             FileRefStore(driver) if format_version == 1 else RepoInfoStore(driver, limits)
         )
+        self.before_first_branch: Callable[[str], None] | None = None
         self._snapshots: LRU[SnapshotId, Snapshot] = LRU(
             self.caching.resolved("num_snapshot_nodes"), lambda s: len(s.nodes)
         )
@@ -364,7 +365,11 @@ class AssetManager:
     # -- refs -------------------------------------------------------------------------
 
     async def fetch_branch(self, name: str) -> RefInfo:
-        """Where a branch points, with the version of what stores it."""
+        """Where a branch points, with the version of what stores it. The first call
+        also calls ``before_first_branch`` (the open's warm-up, ``repository/warmup.py``)."""
+        if self.before_first_branch is not None:
+            warm, self.before_first_branch = self.before_first_branch, None
+            warm(name)
         return await self.refs.fetch_branch(name)
 
     async def fetch_tag(self, name: str) -> SnapshotId:

@@ -16,7 +16,11 @@ from aicechunk.virtual.containers import VirtualChunkContainer
 
 __all__ = [
     "INLINE_CHUNK_THRESHOLD_BYTES",
+    "READ_AHEAD_BYTES",
+    "READ_AHEAD_CHUNKS",
     "READ_CONCURRENCY",
+    "UPLOAD_CONCURRENCY",
+    "WRITE_BEHIND_BYTES",
     "CachingConfig",
     "DecompressionLimits",
     "RepositoryConfig",
@@ -26,6 +30,16 @@ __all__ = [
 INLINE_CHUNK_THRESHOLD_BYTES = 512
 #: How many chunk reads one ``get_partial_values`` call runs at once.
 READ_CONCURRENCY = 64
+#: Write-behind: the most bytes of chunks a writable session holds while they upload
+#: (``set`` returns once the chunk is queued; commit waits for every upload). 0: off.
+WRITE_BEHIND_BYTES = 64 * 1024**2
+#: Write-behind: how many chunk uploads of one session run at once.
+UPLOAD_CONCURRENCY = 64
+#: Read-ahead: how many chunks after a sequential run of reads of one array a session
+#: fetches before they are asked for. 0: off.
+READ_AHEAD_CHUNKS = 32
+#: Read-ahead: the most bytes of chunks fetched ahead and not yet read.
+READ_AHEAD_BYTES = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -106,14 +120,16 @@ def _merge(base: Any, override: Any) -> Any:
 
 class _IntSetting:
     """An integer setting of ``RepositoryConfig`` (``None``: unset, the default), stored
-    under its attribute name and checked to be at least ``minimum`` when set."""
+    under its attribute name (``aicechunk_<name>`` for ``ours``, a setting Icechunk does
+    not have and ignores) and checked to be at least ``minimum`` when set."""
 
-    def __init__(self, minimum: int, doc: str) -> None:
+    def __init__(self, minimum: int, doc: str, *, ours: bool = False) -> None:
         self.minimum = minimum
+        self.ours = ours
         self.__doc__ = doc
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
+        self.name = f"aicechunk_{name}" if self.ours else name
 
     @overload
     def __get__(self, config: None, owner: type | None = None) -> _IntSetting: ...
@@ -200,6 +216,20 @@ class RepositoryConfig:
         1,
         "How many chunk reads one ``get_partial_values`` call runs at once (``None``: "
         "``READ_CONCURRENCY``, 64).",
+    )
+    write_behind_bytes = _IntSetting(
+        0,
+        "Write-behind (an aicechunk setting): the most bytes of chunks a writable session "
+        "holds while they upload; ``set`` returns once a chunk is queued and commit waits "
+        "for every upload (``None``: ``WRITE_BEHIND_BYTES``, 64 MiB; 0: off).",
+        ours=True,
+    )
+    read_ahead_chunks = _IntSetting(
+        0,
+        "Read-ahead (an aicechunk setting): how many chunks a session fetches ahead of a "
+        "sequential run of reads of one array, within ``READ_AHEAD_BYTES`` (64 MiB) "
+        "(``None``: ``READ_AHEAD_CHUNKS``, 32; 0: off).",
+        ours=True,
     )
 
     @property

@@ -15,6 +15,7 @@ working for bad arguments)::
             InvalidKey
             ReadOnlyError               (also ValueError)
             InjectedFault               raised by aicechunk.testing.FaultyDriver
+            ChunkUploadError            a written-behind chunk did not reach storage
             TransientStatus             a retryable HTTP status, inside drivers only
         FormatError                     a stored file is not what the format says
             InvalidIdError              (also ValueError)
@@ -137,6 +138,13 @@ class CommitOutcomeUnknownError(StorageError):
 
 class InjectedFault(StorageError):
     """A failure injected on purpose by ``aicechunk.testing.FaultyDriver``."""
+
+
+class ChunkUploadError(StorageError):
+    """A chunk written behind (``set`` returned before its upload ended) could not be
+    stored: raised by the commit, flush or amend that needed it, which then writes
+    nothing. The session keeps the chunk's bytes; the next commit tries again. The
+    first upload error is ``__cause__``; ``key`` is its chunk file."""
 
 
 class TransientStatus(StorageError):

@@ -96,6 +96,7 @@ class RepoInfoStore:
         self._cached: RepoInfo | None = None
         # the file last read or written here: decoded, its bytes and its version
         self._file: tuple[RepoInfo, bytes, str] | None = None
+        self._hint: tuple[RepoInfo, bytes] | None = None  # decoded elsewhere (``remember``)
 
     async def read(self) -> tuple[RepoInfo, bytes, str]:
         """The repo info file as stored now: decoded, its bytes, and its version."""
@@ -109,6 +110,8 @@ class RepoInfoStore:
         # change wrote: the same bytes are not decoded again (a decode grows with history)
         if self._file is not None and data == self._file[1]:
             info = self._file[0]
+        elif self._hint is not None and data == self._hint[1]:
+            info = self._hint[0]
         else:
             info = await self.decode(data, REPO_INFO_KEY)
         self._file = (info, data, obj.version)
@@ -124,6 +127,14 @@ class RepoInfoStore:
         return await off_loop(
             len(data) >= DECODE_BYTES_OFF_LOOP, decode_repo_info, data, key, bound, lazy=True
         )
+
+    def remember(self, info: RepoInfo, data: bytes) -> None:
+        """Keep ``info``, decoded from ``data`` read elsewhere (opening the repository):
+        as the last one read unless one was read since, and so that reading the same
+        bytes again does not decode them again."""
+        self._hint = (info, data)
+        if self._cached is None:
+            self._cached = info
 
     async def info(self, fresh: bool = True) -> RepoInfo:
         """The repo info (the last one read, unless ``fresh``)."""

@@ -2,21 +2,27 @@
 
 Every workload runs for each system in the same process, alternating, several times;
 the table shows medians and the aicechunk/icechunk ratio, and a JSON file keeps it all
-(with the icechunk version and the machine's load average).
+(with the icechunk version and the machine's load average before and after each part).
 
-    python benchmarks/run.py                 # full sizes (a few minutes)
+    python benchmarks/run.py                 # full sizes (about 25 minutes)
     python benchmarks/run.py --quick         # small sizes, for a smoke run
     python benchmarks/run.py --only write,read --repeat 5 --json results.json
+    python benchmarks/run.py --latency 20 --no-contention --only write,read,open
 
 icechunk is whichever is importable: 1.1.21 (Python 3.11) or 2.x (Python >= 3.12). Rows
 without a tag compare spec version 1 repositories on both sides; rows tagged ``v2``
 compare spec version 2 repositories, and run only when icechunk is 2.x.
-Request counts (open) come from a counting driver for aicechunk and, for icechunk,
-from a counting HTTP proxy in front of moto. moto runs in a process of its own, as a
-remote S3 would: in this process it would share the GIL with a Python client only.
+S3 rows (``[s3 <delay>ms]``) reach moto through a latency proxy (``tests/latency_proxy``),
+each in a process of its own as a remote S3 would be: the proxy adds ``--latency``
+milliseconds to every request and counts requests for both libraries alike (open: also
+the round trips made one after another); every ``--s3-sizes`` size runs at the largest
+delay, the smallest at the others. ``--contention`` (on by default) runs the S3 rows of
+the smallest size once more while one CPU-spinning process per core competes (labels say
+``contended``). ``server capacity`` rows give the requests per second the local S3
+servers answer a bare client at 64 at once: a row near it measures their CPU, not latency.
 Workloads: write, read, open (+ one chunk), refs (1M and 10M chunk references, each in a
 fresh process: bench_refs.py), forks
-(64 forks x 1,000 chunks merged and committed), virtual (1,000 virtual chunks on moto),
+(64 forks x 1,000 chunks merged and committed), virtual (1,000 virtual chunks on S3),
 oplog (v2: 100 branches with 2 commits each, then one more commit, open, ops log).
 """
 
@@ -43,13 +49,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_forks
 import bench_refs
+from remote import RemoteRows, busy_cores, capacity, cores
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
 from workloads import (
     Result,
     open_row,
     read_workload,
-    virtual_reads,
     write_workload,
     zarr_floor,
 )
@@ -65,12 +71,12 @@ Record = Callable[[str, str, Result], None]
 class Rows:
     """The rows of one spec version: its systems, its kinds of storage, its labels."""
 
-    def __init__(self, spec: int, s3: dict[str, str], proxy: str, count: Callable[[], int]):
+    def __init__(self, spec: int, s3: dict[str, str]):
         self.spec = spec
         self.systems: list[System] = [Ours(s3, spec), Theirs(s3, spec)]
         self.s3 = s3
-        self.proxy, self.proxy_count = proxy, count
-        self.kinds = ("local", "memory", "s3") if spec == 1 else ("local", "s3")
+        # S3: RemoteRows, through the latency proxy
+        self.kinds = ("local", "memory") if spec == 1 else ("local",)
 
     def label(self, what: str, kind: str) -> str:
         return f"{what} [{kind}]" if self.spec == 1 else f"{what} [{kind}, v2]"
@@ -90,7 +96,7 @@ async def io_rows(
 ) -> None:
     """write, read and open + one chunk, on each kind of storage of ``rows``."""
     for kind in rows.kinds:
-        count = sizes["s3"] if kind == "s3" else sizes["local"]
+        count = sizes["local"]
         for system in order:
             where = rows.where(kind, base, system)
             gc.collect()
@@ -99,10 +105,10 @@ async def io_rows(
             if on("read"):
                 row = await read_workload(system, repo)
                 record(rows.label(f"read {count} chunks", kind), system.name, row)
-            if on("open") and kind in ("local", "s3"):
-                row = await open_row(system, kind, where, rows.proxy, rows.proxy_count)
+            if on("open") and kind == "local":
+                row = await open_row(system, kind, where, "", lambda: 0)
                 record(rows.label("open + read 1 chunk", kind), system.name, row)
-        if kind != "s3" and rows.spec == 1 and (on("write") or on("read")):
+        if rows.spec == 1 and (on("write") or on("read")):
             w, r = await zarr_floor(kind, base, count)
             record(f"write {count} chunks [{kind}]", f"zarr {kind}", w)
             record(f"read {count} chunks [{kind}]", f"zarr {kind}", r)
@@ -116,7 +122,7 @@ async def v1_only_rows(
     on: Callable[[str], bool],
     record: Record,
 ) -> None:
-    """forks and virtual: spec version 1 only."""
+    """forks: spec version 1 only (virtual reads: ``RemoteRows``)."""
     if on("forks"):
         n_forks, per_fork = (8, 100) if args.quick else (64, 1_000)
         for system in order:
@@ -133,24 +139,25 @@ async def v1_only_rows(
                 system.name,
                 {"seconds": seconds, "payload_bytes_per_ref": per_ref},
             )
-    if on("virtual"):
-        n = 100 if args.quick else 1_000
-        for system in order:
-            where = location("local", base, system.name + "-virtual", s3)
-            row = await virtual_reads(system, where, s3, n)
-            record(f"virtual reads {n} [s3]", system.name, row)
 
 
-async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
-    """The results (workload -> system -> one row per repeat) and what was skipped."""
-    from tests.servers import counting_proxy, create_s3_bucket, moto_server
+async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """The results (workload -> system -> one row per repeat), what was skipped, and the
+    load average before and after each part."""
+    from tests.latency_proxy import latency_proxy
+    from tests.servers import create_s3_bucket, moto_server
 
     results: dict[str, dict[str, list[Result]]] = {}
+    loads: dict[str, Any] = {}
 
     def record(workload: str, system: str, row: Result) -> None:
         results.setdefault(workload, {}).setdefault(system, []).append(row)
 
-    sizes = {"local": 500, "s3": 100} if args.quick else {"local": 10_000, "s3": 1_000}
+    sizes = {"local": 500} if args.quick else {"local": 10_000}
+    s3_sizes = tuple(
+        int(n) for n in (args.s3_sizes or ("100,500" if args.quick else "1000,10000")).split(",")
+    )
+    latencies = [float(ms) for ms in args.latency.split(",") if ms]
     ref_sizes = [10_000, 100_000] if args.quick else [1_000_000, 10_000_000]
     lookups = 1_000 if args.quick else 10_000
     history = parse_history(args.history or ("10x2" if args.quick else "100x2"))
@@ -164,10 +171,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
             "(they need icechunk >= 2, on Python >= 3.12)"
         )
 
-    with (
-        moto_server(own_process=True) as endpoint,
-        counting_proxy(endpoint) as (proxy, proxy_count),
-    ):
+    with moto_server(own_process=True) as endpoint, latency_proxy(endpoint) as proxy:
         import boto3
 
         s3 = {"endpoint": endpoint, "vbucket": "virtual-data"}
@@ -181,14 +185,37 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         ).put_object(
             Bucket="virtual-data",
             Key="blob.bin",
-            Body=np.random.default_rng(1).bytes(1024 * sizes["s3"]),
+            Body=np.random.default_rng(1).bytes(1024 * s3_sizes[0]),
         )
-        by_spec = [Rows(spec, s3, proxy, proxy_count) for spec in specs]
+        by_spec = [Rows(spec, s3) for spec in specs]
+
+        async def remote(rep: int, base: Path, contended: bool) -> None:
+            if not wanted & {"write", "read", "open", "virtual"}:
+                return
+            for spec in specs:
+                rows = RemoteRows(spec, s3, proxy)
+                order = rows.systems if rep % 2 == 0 else rows.systems[::-1]
+                on = (wanted & set(WORKLOADS[spec])).__contains__
+                for ms in latencies:
+                    proxy.configure(delay=ms / 1000)
+                    tag = f"s3 {ms:g}ms" + (", contended" if contended else "")
+                    if spec == specs[0]:
+                        seen = await capacity(proxy.url, "virtual-data/blob.bin")
+                        record(f"server capacity [{tag}]", "bare client", {"requests/s": seen})
+                    # all sizes at the largest delay, uncontended; else the smallest only
+                    # (the 20 ms targets name both sizes; the run stays within ~25 minutes)
+                    full = not contended and ms == max(latencies)
+                    sizes_here = s3_sizes if full else s3_sizes[:1]
+                    await rows.run(order, sizes_here, tag, on, record, base)
+            proxy.configure(delay=0)
+
+        loads["main"] = {"before": os.getloadavg()}
         for rep in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 base = Path(tmp)
                 s3["bucket"] = f"bench-{rep}"
                 create_s3_bucket(endpoint, s3["bucket"])
+                await remote(rep, base, contended=False)
                 for rows in by_spec:
                     # alternate who goes first
                     order = rows.systems if rep % 2 == 0 else rows.systems[::-1]
@@ -205,12 +232,23 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
                                 record(rows.label(label, kind), system.name, row)
                     if rows.spec == 1:
                         await v1_only_rows(order, base, s3, args, on, record)
+        loads["main"]["after"] = os.getloadavg()
+        if args.contention:
+            loads["contended"] = {"before": os.getloadavg(), "busy_processes": cores()}
+            with busy_cores(cores()):
+                for rep in range(args.repeat):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        s3["bucket"] = f"bench-contended-{rep}"
+                        create_s3_bucket(endpoint, s3["bucket"])
+                        await remote(rep, Path(tmp), contended=True)
+                loads["contended"]["during"] = os.getloadavg()
+            loads["contended"]["after"] = os.getloadavg()
     if "refs" in wanted:  # each measurement in a fresh process (bench_refs.py)
         for label, per in bench_refs.run(ref_sizes, specs, args.repeat, lookups).items():
             for system, measured in per.items():
                 for row in measured:
                     record(label, system, row)
-    return results, skipped
+    return results, skipped, loads
 
 
 def median(rows: list[Result], key: str) -> float:
@@ -219,16 +257,17 @@ def median(rows: list[Result], key: str) -> float:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [
-        f"{'workload':44} {'metric':16} {'aicechunk':>11} {'icechunk':>11} {'ratio':>7} {'zarr':>9}"
-    ]
+    # other: plain zarr stores, or the bare client probing the S3 servers' capacity
+    head = f"{'workload':44} {'metric':16} {'aicechunk':>11} {'icechunk':>11} {'ratio':>7}"
+    lines = [f"{head} {'other':>9}"]
     for workload, per in results.items():
         metrics = sorted({k for rows in per.values() for row in rows for k in row})
         for metric in metrics:
             ours = median(per.get("aicechunk", []), metric)
             theirs = median(per.get("icechunk", []), metric)
             floor = next(
-                (median(v, metric) for k, v in per.items() if k.startswith("zarr")), float("nan")
+                (median(v, metric) for k, v in per.items() if k not in ("aicechunk", "icechunk")),
+                float("nan"),
             )
             ratio = ours / theirs if theirs else float("nan")
             lines.append(
@@ -278,9 +317,19 @@ def main() -> None:
     parser.add_argument("--history", default="", help="oplog: BRANCHESxCOMMITS (100x2)")
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--latency", default="0,20", help="S3 rows: milliseconds added per request (0,20)"
+    )
+    parser.add_argument("--s3-sizes", default="", help="S3 rows: chunk counts (1000,10000)")
+    parser.add_argument(
+        "--contention",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the S3 rows again with one CPU-spinning process per core",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
-    results, skipped = asyncio.run(run(args))
+    results, skipped, loads = asyncio.run(run(args))
     load_after = os.getloadavg()
     print(f"aicechunk vs icechunk {ICECHUNK_VERSION}, Python {platform.python_version()}")
     print(table(results))
@@ -292,11 +341,15 @@ def main() -> None:
         for key, value in memory.items():
             print(f"  {key:24} {value:8.1f}")
     print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
+    for part, seen in loads.items():
+        print(f"  {part}: {seen}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "icechunk_version": ICECHUNK_VERSION,
         "python_version": platform.python_version(),
-        "load_average": {"before": load_before, "after": load_after},
+        "load_average": {"before": load_before, "after": load_after, **loads},
+        "latencies_ms": args.latency,
+        "contention_processes": cores() if args.contention else 0,
         "skipped": skipped,
         "results": results,
         "peak_rss_mib": memory,

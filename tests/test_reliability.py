@@ -34,6 +34,7 @@ import aicechunk.assets
 from aicechunk import repo_info_store
 from aicechunk.drivers import MemoryDriver, driver_from_config
 from aicechunk.drivers.base import Driver, ObjectInfo
+from aicechunk.errors import ChunkUploadError
 from aicechunk.format.repo_info import OVERWRITTEN_PREFIX, decode_repo_info
 from aicechunk.testing import CountingDriver, FaultyDriver, InjectedFault
 from tests.conftest import s3_test_storage
@@ -219,6 +220,9 @@ async def test_fail_each_commit_step(spec: int, step: str, after: bool) -> None:
         sid = await session.commit("faulty")
         committed = True
     except InjectedFault:
+        committed = False
+    except ChunkUploadError as err:  # the chunk was written behind: its commit fails
+        assert big and isinstance(err.__cause__, InjectedFault)
         committed = False
     tip = await repo.lookup_branch("main")
     # the branch is at the old snapshot or the new one, and it reads

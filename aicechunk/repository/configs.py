@@ -9,7 +9,7 @@ the operations log, as Icechunk 2.x does. ``save_config`` is bound as a method o
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from aicechunk.assets import CONFIG_KEY, REPO_INFO_KEY, AssetManager, detected_spec_version
@@ -25,7 +25,7 @@ from aicechunk.repo_info_store import RepoInfoStore
 from aicechunk.repository.creation import unsupported_message
 from aicechunk.storage import Storage
 
-__all__ = ["fetch_config", "opened", "probe", "save_config"]
+__all__ = ["Probe", "fetch_config", "opened", "probe", "probe_files", "save_config"]
 
 
 class HasConfig(Protocol):
@@ -42,21 +42,40 @@ async def _get(storage: Storage, key: str) -> bytes | None:
         return None
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What opening a repository learns in its first round trip: the spec version
+    (``None``: no repository), the persisted configuration (``None``: none stored), and
+    the bytes of the repo info file and of the ``main`` branch file (``None``: absent)."""
+
+    version: int | None
+    config: RepositoryConfig | None
+    repo_info: bytes | None
+    main_ref: bytes | None
+
+
 async def probe(
     storage: Storage, limits: DecompressionLimits | None = None
 ) -> tuple[int | None, RepositoryConfig | None]:
     """The spec version of the repository at ``storage`` (``None``: there is none) and
-    its persisted configuration (``None``: none stored), in one round trip: the repo info
-    file, the ``main`` branch file and ``config.yaml`` are asked for together.
+    its persisted configuration (``None``: none stored): ``probe_files``'s first two."""
+    found = await probe_files(storage, limits)
+    return found.version, found.config
+
+
+async def probe_files(storage: Storage, limits: DecompressionLimits | None = None) -> Probe:
+    """The spec version, configuration and ref files of the repository at ``storage``, in
+    one round trip: the repo info file, the ``main`` branch file and ``config.yaml`` are
+    asked for together.
 
     The configuration counts only where the version says the repository holds it: a
     spec v2 repository's is in its repo info file (a ``config.yaml`` left beside it by an
     unfinished upgrade is ignored, as Icechunk ignores it). A spec version this library
     does not read comes back without a configuration, for the caller to refuse. The repo
     info file is decompressed within ``limits`` (the default ones if not given)."""
-    repo_info, has_main, yaml = await asyncio.gather(
+    repo_info, main_ref, yaml = await asyncio.gather(
         _get(storage, REPO_INFO_KEY),
-        storage.driver().exists(ref_format.branch_key("main")),
+        _get(storage, ref_format.branch_key("main")),
         _get(storage, CONFIG_KEY),
         return_exceptions=True,
     )
@@ -64,18 +83,19 @@ async def probe(
     # matters only to a spec v1 repository
     if isinstance(repo_info, BaseException):
         raise repo_info
-    if isinstance(has_main, BaseException):
-        raise has_main
-    version = detected_spec_version(repo_info, has_main)
+    if isinstance(main_ref, BaseException):
+        raise main_ref
+    version = detected_spec_version(repo_info, main_ref is not None)
+    config = None
     if version == 1 and isinstance(yaml, BaseException):
         raise yaml
     if version == 1 and isinstance(yaml, bytes):
-        return version, RepositoryConfig.from_yaml(yaml, CONFIG_KEY)
+        config = RepositoryConfig.from_yaml(yaml, CONFIG_KEY)
     if version == 2 and repo_info is not None:
         bound = (limits or DEFAULT_DECOMPRESSION_LIMITS).bound(len(repo_info))
         flex = config_of_repo_info(repo_info, REPO_INFO_KEY, bound)
-        return version, None if flex is None else RepositoryConfig.from_flex(flex, REPO_INFO_KEY)
-    return version, None
+        config = None if flex is None else RepositoryConfig.from_flex(flex, REPO_INFO_KEY)
+    return Probe(version, config, repo_info, main_ref)
 
 
 def opened(

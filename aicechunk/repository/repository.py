@@ -10,7 +10,13 @@ from typing import Any
 from aicechunk.assets import AssetManager
 from aicechunk.awaited import must_await
 from aicechunk.changes.conflicts import ConflictSolver
-from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
+from aicechunk.config import (
+    INLINE_CHUNK_THRESHOLD_BYTES,
+    READ_AHEAD_CHUNKS,
+    READ_CONCURRENCY,
+    WRITE_BEHIND_BYTES,
+    RepositoryConfig,
+)
 from aicechunk.errors import (
     ConflictError,
     PreconditionFailed,
@@ -30,6 +36,7 @@ from aicechunk.repository.creation import (
 )
 from aicechunk.repository.history import SnapshotInfo
 from aicechunk.repository.history import parse_snapshot_id as _snapshot_id
+from aicechunk.repository.warmup import warm_up
 from aicechunk.session import Diff, Session, SessionConfig
 from aicechunk.storage import Storage
 from aicechunk.store import IcechunkStore
@@ -185,8 +192,11 @@ class Repository:
         """Open an existing repository; ``config`` is set on top of the configuration
         persisted in it (``config.yaml`` on spec v1, the repo info file on spec v2)."""
         limits = None if config is None else config.decompression_limits()
-        effective, found = configs.opened(storage, config, *await configs.probe(storage, limits))
-        return cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
+        probed = await configs.probe_files(storage, limits)
+        effective, found = configs.opened(storage, config, probed.version, probed.config)
+        repo = cls(storage, effective, authorize_virtual_chunk_access, spec_version=found)
+        warm_up(repo._assets, probed)  # main's tip snapshot, fetched meanwhile
+        return repo
 
     @classmethod
     @must_await("the repository was not opened or created")
@@ -405,9 +415,12 @@ class Repository:
     def _session_config(self) -> SessionConfig:
         threshold = self._config.inline_chunk_threshold_bytes
         concurrency = self._config.get_partial_values_concurrency
+        behind, ahead = self._config.write_behind_bytes, self._config.read_ahead_chunks
         return SessionConfig(
             INLINE_CHUNK_THRESHOLD_BYTES if threshold is None else threshold,
             READ_CONCURRENCY if concurrency is None else concurrency,
+            write_behind_bytes=WRITE_BEHIND_BYTES if behind is None else behind,
+            read_ahead_chunks=READ_AHEAD_CHUNKS if ahead is None else ahead,
         )
 
     def _virtual_resolver(self) -> VirtualResolver:

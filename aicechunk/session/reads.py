@@ -224,6 +224,11 @@ async def chunk_ref(state: SessionState, path: str, coords: Coords) -> ChunkRef 
     node = await get_node(state, path)
     if node is None or node.array is None:
         return None
+    return await node_chunk_ref(state, node, coords)
+
+
+async def node_chunk_ref(state: SessionState, node: NodeView, coords: Coords) -> ChunkRef | None:
+    """The reference of one chunk of the array ``node``, or ``None`` if it has none."""
     changed = state.changes.chunk_changes(node.id)
     if coords in changed:
         return changed[coords]
@@ -234,7 +239,10 @@ async def read_chunk(
     state: SessionState, path: str, coords: Coords, byte_range: ByteRange | None
 ) -> bytes | None:
     """A chunk's bytes (or part of them), ``None`` if the chunk was never written."""
-    ref = await chunk_ref(state, path, coords)
+    node = await get_node(state, path)
+    if node is None or node.array is None:
+        return None
+    ref = await node_chunk_ref(state, node, coords)
     if ref is None:
         return None
     if isinstance(ref, InlineRef):
@@ -243,13 +251,36 @@ async def read_chunk(
     start, stop = range_bounds(byte_range, ref.length)
     inner = RangeRequest(ref.offset + start, stop - start)
     if isinstance(ref, NativeRef):
-        return await state.assets.fetch_chunk(ref.chunk_id, inner)
+        return await read_native(state, node, coords, ref, inner)
     if state.virtual is None:
         raise SessionStateError(
             f"chunk {list(coords)} of {path!r} is virtual ({ref.location}); "
             "virtual chunk access needs an authorized virtual chunk container"
         )
     return await state.virtual.fetch(ref, inner)
+
+
+async def read_native(
+    state: SessionState, node: NodeView, coords: Coords, ref: NativeRef, inner: RangeRequest
+) -> bytes:
+    """Bytes of a native chunk file of the array ``node``: from the uploads still under
+    way (write-behind), through the read-ahead, or from storage."""
+    pending = None
+    for uploads in (state.uploads, state.parent_uploads):
+        if pending is None and uploads is not None:
+            pending = uploads.get(ref.chunk_id)
+    if pending is not None:
+        return pending[inner.offset : inner.offset + inner.length]
+    if state.readahead is None or node.array is None:
+        return await state.assets.fetch_chunk(ref.chunk_id, inner)
+    return await state.readahead.read(
+        node.id,
+        chunk_grid(node.array),
+        coords,
+        ref,
+        inner,
+        lambda at: node_chunk_ref(state, node, at),
+    )
 
 
 async def chunk_coords(state: SessionState, path: str) -> AsyncIterator[Coords]:

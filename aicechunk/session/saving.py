@@ -21,6 +21,12 @@ class Saving:
 
     _state: SessionState
 
+    async def _uploaded(self) -> None:
+        """Wait for every chunk written behind to be stored (``ChunkUploadError`` if one
+        could not be: then nothing is saved)."""
+        if self._state.uploads is not None:
+            await self._state.uploads.drain()
+
     @must_await("nothing was committed")
     async def commit(
         self,
@@ -32,6 +38,9 @@ class Saving:
         allow_empty: bool = False,
     ) -> SnapshotId:
         """Save the pending changes as a new snapshot and move the branch to it.
+
+        Chunks written behind (``RepositoryConfig.write_behind_bytes``) are stored first;
+        if one cannot be, ``ChunkUploadError`` and nothing is committed.
 
         The snapshot's metadata is the repository's default commit metadata when this
         session was made, updated with ``metadata`` (its keys win), as in icechunk.
@@ -55,6 +64,7 @@ class Saving:
         before the cancellation takes effect, so the session knows whether its changes were
         committed: if they were, it is at the new snapshot with no pending changes.
         """
+        await self._uploaded()
         return await committing.commit(
             self._state, message, metadata, rebase_with, rebase_tries, allow_empty
         )
@@ -80,6 +90,7 @@ class Saving:
         amend, or, outside a rearrange session, for a tip that moved nodes. A lost answer
         is handled as ``commit`` handles it.
         """
+        await self._uploaded()
         return await amending.amend(self._state, message, metadata, allow_empty)
 
     @must_await("nothing was flushed")
@@ -89,6 +100,7 @@ class Saving:
         metadata made as a commit's. As in icechunk, the session then reads it, read-only
         and on no branch: tag it or ``create_branch`` at it to keep it from garbage
         collection."""
+        await self._uploaded()
         return await committing.flush(self._state, message, metadata)
 
     @must_await("nothing was rebased")

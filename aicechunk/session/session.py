@@ -37,10 +37,12 @@ from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import merging, reads
 from aicechunk.session.payload import decode_fork, encode_fork
+from aicechunk.session.readahead import ReadAhead
 from aicechunk.session.reads import ChunkType, Diff, NodeView
 from aicechunk.session.rearrange import Rearranging
 from aicechunk.session.saving import Saving
 from aicechunk.session.state import SessionConfig, SessionMode, SessionState
+from aicechunk.session.uploads import Uploads
 from aicechunk.store import IcechunkStore
 from aicechunk.store.metadata import parse_metadata
 from aicechunk.virtual import ChunkFetcher
@@ -81,6 +83,18 @@ class Session(Saving, Rearranging):
             repository_config=repository_config,
             commit_metadata=dict(commit_metadata or {}),
             moves=MoveSet() if rearrange else None,
+        )
+        state = self._state
+        if not read_only:
+            state.uploads = Uploads(
+                assets.write_chunk,
+                max_bytes=state.config.write_behind_bytes,
+                concurrency=state.config.upload_concurrency,
+            )
+        state.readahead = ReadAhead(
+            assets.fetch_chunk,
+            chunks=state.config.read_ahead_chunks,
+            max_bytes=state.config.read_ahead_bytes,
         )
 
     @classmethod
@@ -250,7 +264,10 @@ class Session(Saving, Rearranging):
             ref = InlineRef(bytes(data))
         else:
             chunk_id = ChunkId.random()
-            await state.assets.write_chunk(chunk_id, data)
+            if state.uploads is None:
+                await state.assets.write_chunk(chunk_id, data)
+            else:
+                await state.uploads.put(chunk_id, bytes(data))
             ref = NativeRef(chunk_id, 0, len(data))
         # re-read: the node may have been replaced while the chunk was written
         current, _ = await reads.get_array(state, path)
@@ -368,9 +385,14 @@ class Session(Saving, Rearranging):
         """A fork that also sees this session's pending changes, for integrations that
         write metadata first and then fan chunk writes out (like ``to_icechunk``).
 
-        Merging it back re-applies those changes unchanged."""
+        Merging it back re-applies those changes unchanged. Chunks this session still
+        uploads (write-behind) are read from here by the fork in this process; this
+        session's commit waits for them."""
         self._state.check_writable()
-        return self._fork(copy.deepcopy(self._state.changes))
+        fork = self._fork(copy.deepcopy(self._state.changes))
+        # its changes may name chunks this session still uploads: it reads them from here
+        fork._state.parent_uploads = self._state.uploads
+        return fork
 
     @must_await("nothing was merged")
     async def merge(self, *forks: ForkSession) -> None:

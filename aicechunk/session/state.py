@@ -17,9 +17,19 @@ from typing import Any
 from aicechunk.assets import AssetManager
 from aicechunk.changes.changeset import ChangeSet
 from aicechunk.changes.moves import MoveSet
-from aicechunk.config import INLINE_CHUNK_THRESHOLD_BYTES, READ_CONCURRENCY, RepositoryConfig
+from aicechunk.config import (
+    INLINE_CHUNK_THRESHOLD_BYTES,
+    READ_AHEAD_BYTES,
+    READ_AHEAD_CHUNKS,
+    READ_CONCURRENCY,
+    UPLOAD_CONCURRENCY,
+    WRITE_BEHIND_BYTES,
+    RepositoryConfig,
+)
 from aicechunk.errors import ReadOnlyError, SessionStateError
 from aicechunk.format.ids import SnapshotId
+from aicechunk.session.readahead import ReadAhead
+from aicechunk.session.uploads import Uploads
 from aicechunk.virtual import ChunkFetcher
 
 __all__ = ["REARRANGE_ONLY", "SessionConfig", "SessionMode", "SessionState"]
@@ -48,10 +58,15 @@ class SessionMode(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
-    """The parts of the repository configuration a session uses."""
+    """The parts of the repository configuration a session uses (write-behind and
+    read-ahead: ``uploads.py`` and ``readahead.py``; 0 turns either off)."""
 
     inline_chunk_threshold_bytes: int = INLINE_CHUNK_THRESHOLD_BYTES
     read_concurrency: int = READ_CONCURRENCY
+    write_behind_bytes: int = WRITE_BEHIND_BYTES
+    upload_concurrency: int = UPLOAD_CONCURRENCY
+    read_ahead_chunks: int = READ_AHEAD_CHUNKS
+    read_ahead_bytes: int = READ_AHEAD_BYTES
 
 
 @dataclass(slots=True)
@@ -62,7 +77,11 @@ class SessionState:
     snapshot when merged); ``repository_config`` is the configuration of the repository
     that made the session (``None`` in a fork rebuilt from a payload) and
     ``commit_metadata`` the repository's default commit metadata when it did; ``moves``
-    those of a rearrange session (``None`` in any other)."""
+    those of a rearrange session (``None`` in any other); ``uploads`` the chunk files
+    written behind (``None``: chunks are written before ``set`` returns, as in forks) and
+    ``readahead`` the chunks fetched ahead of reads in order (``None``: none are);
+    ``parent_uploads``, in a fork made with changes, its parent's uploads, read from
+    (never written to: a fork's own chunks are stored before ``set`` returns)."""
 
     assets: AssetManager
     snapshot_id: SnapshotId
@@ -76,6 +95,9 @@ class SessionState:
     repository_config: RepositoryConfig | None = None
     commit_metadata: dict[str, Any] = field(default_factory=dict)
     moves: MoveSet | None = None
+    uploads: Uploads | None = None
+    readahead: ReadAhead | None = None
+    parent_uploads: Uploads | None = None
 
     def check_writable(self, *, unsettled_ok: bool = False, rearrange_ok: bool = False) -> None:
         """Refuse writes to a read-only session, or while a commit's outcome is unknown,
@@ -105,6 +127,8 @@ class SessionState:
     def discard(self) -> None:
         """Forget every pending change (a rearrange session stays one)."""
         self.changes = ChangeSet()
+        if self.uploads is not None:
+            self.uploads.forget_failed()
         if self.moves is not None:
             self.moves = MoveSet()
 

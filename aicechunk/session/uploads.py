@@ -1,0 +1,184 @@
+"""Write-behind of a writable session's chunk files.
+
+zarr calls ``Store.set`` with at most ``async.concurrency`` (10) chunks in flight. Against
+an object store with tens of milliseconds per request, that, not the client's CPU, bounds
+a write. With write-behind, ``set`` records the chunk's reference at once and queues the
+upload; uploads run ``concurrency`` at a time (the driver bounds them too), the bytes
+waiting are bounded by ``max_bytes`` (``put`` waits while the buffer is full), and a
+read of a chunk still uploading is served from the buffer.
+
+Commit, flush and amend first call ``drain``: every queued upload must have landed. A
+failed upload fails that call with ``ChunkUploadError`` before anything is written, so no
+reference in a snapshot can point at a missing chunk; the bytes are kept and the next
+``drain`` uploads them again. An upload cancelled with its event loop (``asyncio.run``
+cancels what is left) is started again by ``drain`` in the loop that drains; a chunk file
+found already written then (``write_once`` refused) was this upload's and counts as done.
+A drain that is cancelled leaves the uploads running: they belong to this object, which
+the next drain waits for. Uploads started on another running loop (zarr's synchronous API
+runs the store on a loop thread of its own) are waited for on that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aicechunk.errors import ChunkUploadError, PreconditionFailed, StorageError
+from aicechunk.format.ids import ChunkId
+
+__all__ = ["Uploads"]
+
+Write = Callable[[ChunkId, bytes], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Upload:
+    data: bytes
+    task: asyncio.Task[None] | None = None
+    error: BaseException | None = None
+    reported: bool = False
+    tries: int = 0
+
+
+class Uploads:
+    """The chunk files a session has queued and not yet seen stored.
+
+    ``max_bytes`` bounds the bytes held (0 turns write-behind off: ``put`` writes and
+    returns when stored); ``concurrency`` how many uploads run at once."""
+
+    def __init__(self, write: Write, *, max_bytes: int, concurrency: int) -> None:
+        self._write = write
+        self.max_bytes = max_bytes
+        self.concurrency = max(1, concurrency)
+        self._pending: dict[ChunkId, _Upload] = {}
+        self._bytes = 0
+        self._limits: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._tasks: dict[asyncio.Task[None], None] = {}  # not done, oldest first
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of chunks queued, uploading or failed (held until stored)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def get(self, chunk_id: ChunkId) -> bytes | None:
+        """The bytes of ``chunk_id`` if it is not yet known to be stored."""
+        entry = self._pending.get(chunk_id)
+        return None if entry is None else entry.data
+
+    async def put(self, chunk_id: ChunkId, data: bytes) -> None:
+        """Queue ``data`` as the chunk file ``chunk_id`` (waiting while the buffer is
+        full); with write-behind off, write it now."""
+        if self.max_bytes <= 0:
+            await self._write(chunk_id, data)
+            return
+        loop = asyncio.get_running_loop()
+        while self._pending and self._bytes + len(data) > self.max_bytes:
+            # the oldest upload of this loop (they start in order, so end about in order)
+            oldest = next((t for t in self._tasks if t.get_loop() is loop), None)
+            if oldest is None:
+                # nothing to wait for (failed, or uploading in another loop): no queueing
+                await self._write(chunk_id, data)
+                return
+            await asyncio.wait({oldest})
+        entry = _Upload(data)
+        self._pending[chunk_id] = entry
+        self._bytes += len(data)
+        self._start(loop, chunk_id, entry)
+
+    async def drain(self) -> None:
+        """Return once every queued chunk is stored; raise ``ChunkUploadError`` for the
+        first that could not be (a failure is reported once: the next drain retries)."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            failed = [
+                (chunk_id, e)
+                for chunk_id, e in self._pending.items()
+                if e.error is not None and not e.reported
+            ]
+            if failed:
+                for _, entry in failed:
+                    entry.reported = True
+                chunk_id, first = failed[0]
+                err = first.error
+                key = err.key if isinstance(err, StorageError) else None
+                raise ChunkUploadError(
+                    f"{len(failed)} chunk file(s) written behind could not be stored, so "
+                    f"nothing was committed (the next commit tries again); first: {err}",
+                    key=key or f"chunks/{chunk_id}",
+                ) from err
+            elsewhere: list[asyncio.Future[object]] = []
+            for chunk_id, entry in list(self._pending.items()):
+                task = entry.task
+                if task is not None and not task.done() and task.get_loop() is not loop:
+                    other = task.get_loop()
+                    if other.is_running():  # e.g. zarr's loop thread: wait for it there
+                        future = asyncio.run_coroutine_threadsafe(_settled(task), other)
+                        elsewhere.append(asyncio.wrap_future(future))
+                        continue
+                if task is None or task.done() or task.get_loop() is not loop:
+                    self._start(loop, chunk_id, entry)  # cancelled, failed before, loop gone
+            waiting: list[asyncio.Future[object]] = [*elsewhere]
+            live = self._live(loop)
+            if live:
+                waiting.append(asyncio.ensure_future(asyncio.wait(live)))
+            if waiting:
+                await asyncio.wait(waiting)
+
+    def forget_failed(self) -> None:
+        """Drop the chunks whose upload failed (their references were discarded)."""
+        for chunk_id, entry in list(self._pending.items()):
+            if entry.error is not None:
+                self._finish(chunk_id, entry)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _live(self, loop: asyncio.AbstractEventLoop) -> set[asyncio.Task[None]]:
+        return {
+            e.task
+            for e in self._pending.values()
+            if e.task is not None and not e.task.done() and e.task.get_loop() is loop
+        }
+
+    def _start(self, loop: asyncio.AbstractEventLoop, chunk_id: ChunkId, entry: _Upload) -> None:
+        entry.error, entry.reported = None, False
+        entry.tries += 1
+        limit = self._limits.get(loop)
+        if limit is None:
+            self._limits = {lp: s for lp, s in self._limits.items() if not lp.is_closed()}
+            limit = self._limits[loop] = asyncio.Semaphore(self.concurrency)
+        task = entry.task = loop.create_task(self._upload(limit, chunk_id, entry))
+        self._tasks[task] = None
+        task.add_done_callback(self._tasks.pop)
+
+    async def _upload(self, limit: asyncio.Semaphore, chunk_id: ChunkId, entry: _Upload) -> None:
+        async with limit:
+            if self._pending.get(chunk_id) is not entry:
+                return  # stored by an earlier try meanwhile
+            try:
+                await self._write(chunk_id, entry.data)
+            except PreconditionFailed:
+                if entry.tries == 1:
+                    entry.error = ChunkUploadError(
+                        "a new chunk file's name was taken", key=f"chunks/{chunk_id}"
+                    )
+                    return
+                # an earlier try of this upload landed before it was cancelled
+            except Exception as err:
+                entry.error = err
+                return
+        self._finish(chunk_id, entry)
+
+    def _finish(self, chunk_id: ChunkId, entry: _Upload) -> None:
+        if self._pending.get(chunk_id) is entry:
+            del self._pending[chunk_id]
+            self._bytes -= len(entry.data)
+
+
+async def _settled(task: asyncio.Task[None]) -> object:
+    """Return once ``task`` (of the running loop) is done, however it ended."""
+    await asyncio.wait({task})
+    return None
