@@ -369,16 +369,8 @@ class Session(Saving, Rearranging):
 
     def _fork(self, changes: ChangeSet) -> ForkSession:
         s = self._state
-        state = SessionState(
-            s.assets,
-            s.snapshot_id,
-            s.branch,
-            False,
-            s.config,
-            changes,
-            s.virtual,
-            repository_config=s.repository_config,
-        )
+        state = SessionState(s.assets, s.snapshot_id, s.branch, False, s.config, changes, s.virtual)
+        state.repository_config = s.repository_config
         fork: ForkSession = ForkSession._of(state)
         return fork
 
