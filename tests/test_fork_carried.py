@@ -190,6 +190,7 @@ def _empty(body: dict[str, Any]) -> None:
     body["carried"] = []
 
 
+@pytest.mark.attack("crafted payloads")
 @pytest.mark.parametrize(
     "tamper", [_short, _unnamed, _twice, _bad_id, _not_bytes, _not_a_list, _empty]
 )
@@ -205,6 +206,7 @@ async def test_tampered_carried_chunks_are_refused(tmp_path: Path, tamper: Any) 
     await session.commit("unharmed")
 
 
+@pytest.mark.attack("crafted payloads")
 async def test_carried_chunks_only_in_version_3(tmp_path: Path) -> None:
     _, gated, session, _ = await setup(tmp_path / "repo")
     payload = session.fork_with_changes().to_bytes()
