@@ -50,3 +50,5 @@ async def merge(ours: SessionState, forks: Sequence[SessionState]) -> None:
                 raise ForkPayloadError(f"fork payload refused: {err}") from err
     for state in forks:
         ours.changes.merge(state.changes)
+        if state.carried:  # chunks still uploading where the fork was made: read them here
+            ours.carried = {**(ours.carried or {}), **state.carried}

@@ -2,7 +2,9 @@
 
 The payload holds the storage description, the cache bounds, the base snapshot, the branch,
 the session settings, the pending changes and the virtual chunk authorizations; its size
-grows with the changes, not with the repository. Decoding checks everything in it as the
+grows with the changes, not with the repository. A fork made with changes whose parent
+still uploads chunks those changes name also carries their bytes (format version 3; see
+``carried.py``): at most the parent's write-behind buffer. Decoding checks everything in it as the
 session API checks what it is given, before anything can be merged.
 
 A storage description with refreshable credentials holds a callable: it travels pickled
@@ -30,6 +32,7 @@ from aicechunk.drivers.registry import driver_from_config
 from aicechunk.errors import AicechunkError, ForkPayloadError, FormatError
 from aicechunk.format.header import SPEC_VERSIONS, decompress_bounded
 from aicechunk.format.ids import SnapshotId
+from aicechunk.session.carried import carried_from_plain, carried_to_plain, pending_named
 from aicechunk.session.state import SessionConfig, SessionState
 from aicechunk.store.metadata import parse_metadata
 from aicechunk.virtual import VirtualResolver
@@ -38,6 +41,8 @@ __all__ = ["decode_fork", "encode_fork"]
 
 _MAGIC = b"AICFORK\x00"
 _VERSION = 2  # 2: chunk changes stored column by column
+# 3: also carries chunks still uploading in the parent (a reader of 2 must refuse those)
+_VERSION_CARRIED = 3
 _HEADER = struct.Struct("<8sHHI")  # magic, version, flags, crc32 of the body
 # the cache bounds a payload carries, in this order
 _CACHE_FIELDS = ("num_snapshot_nodes", "num_chunk_refs", "num_transaction_changes")
@@ -73,7 +78,8 @@ def encode_fork(state: SessionState) -> bytes:
     """``state`` (a fork's) as a payload."""
     caching = state.assets.caching
     virtual = state.virtual
-    body = {
+    carried = pending_named(state)
+    body: dict[str, Any] = {
         "storage": dict(state.assets.driver.describe()),
         "cache": [caching.resolved(name) for name in _CACHE_FIELDS],
         "snapshot": state.snapshot_id.bytes,
@@ -84,10 +90,13 @@ def encode_fork(state: SessionState) -> bytes:
         "virtual": None if virtual is None else virtual.to_plain(),
         "spec": state.assets.format_version,
     }
+    if carried:
+        body["carried"] = carried_to_plain(carried)
+    version = _VERSION_CARRIED if carried else _VERSION
     packed = zstandard.ZstdCompressor(level=3).compress(
         msgpack.packb(body, use_bin_type=True, default=_extension)
     )
-    return _HEADER.pack(_MAGIC, _VERSION, 0, zlib.crc32(packed)) + packed
+    return _HEADER.pack(_MAGIC, version, 0, zlib.crc32(packed)) + packed
 
 
 def decode_fork(payload: bytes, limits: DecompressionLimits, trusted: bool) -> SessionState:
@@ -100,9 +109,10 @@ def decode_fork(payload: bytes, limits: DecompressionLimits, trusted: bool) -> S
     magic, version, _flags, crc = _HEADER.unpack_from(payload)
     if magic != _MAGIC:
         raise ForkPayloadError("not a fork payload (bad magic bytes)")
-    if version != _VERSION:
+    if version not in (_VERSION, _VERSION_CARRIED):
         raise ForkPayloadError(
-            f"fork payload format version {version}; this aicechunk reads {_VERSION}"
+            f"fork payload format version {version}; this aicechunk reads "
+            f"{_VERSION} and {_VERSION_CARRIED}"
         )
     packed = payload[_HEADER.size :]
     if zlib.crc32(packed) != crc:
@@ -113,7 +123,7 @@ def decode_fork(payload: bytes, limits: DecompressionLimits, trusted: bool) -> S
         raise ForkPayloadError(str(err)) from None
     try:
         body = msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_ext_hook(trusted))
-        state = _state(body, limits)
+        state = _state(body, limits, version == _VERSION_CARRIED)
     except Exception as err:  # any decoding failure of a checksummed payload
         raise ForkPayloadError(f"fork payload unreadable: {type(err).__name__}: {err}") from None
     try:
@@ -123,10 +133,15 @@ def decode_fork(payload: bytes, limits: DecompressionLimits, trusted: bool) -> S
     return state
 
 
-def _state(body: Any, limits: DecompressionLimits) -> SessionState:
+def _state(body: Any, limits: DecompressionLimits, carries: bool) -> SessionState:
     if not isinstance(body, dict):
         raise ValueError("the body is not a mapping")
     changes = ChangeSet.from_plain(body["changes"])
+    if carries != ("carried" in body):
+        raise ValueError("carried chunks belong in format version 3 payloads, and only there")
+    carried = carried_from_plain(body["carried"], changes) if carries else None
+    if carries and not carried:
+        raise ValueError("a format version 3 payload has at least one carried chunk")
     driver = driver_from_config(body["storage"])
     cache = body["cache"]
     if not (isinstance(cache, list) and len(cache) == len(_CACHE_FIELDS)) or not all(
@@ -156,6 +171,7 @@ def _state(body: Any, limits: DecompressionLimits) -> SessionState:
         changes=changes,
         virtual=None if virtual is None else VirtualResolver.from_plain(virtual),
         from_payload=True,
+        carried=carried,
     )
 
 

@@ -22,11 +22,12 @@ from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
 from aicechunk.errors import NodeNotFoundError, SessionStateError
 from aicechunk.format import Coords
 from aicechunk.format.coord_rows import CoordRows
-from aicechunk.format.ids import NodeId
+from aicechunk.format.ids import ChunkId, NodeId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
 from aicechunk.format.snapshot import ArrayNodeData, ManifestRef, NodeSnapshot, Snapshot
 from aicechunk.format.transaction_log import move_order
 from aicechunk.session.state import SessionState
+from aicechunk.session.uploads import Uploads
 
 __all__ = ["ChunkType", "Diff", "NodeView"]
 
@@ -264,9 +265,12 @@ async def read_native(
     state: SessionState, node: NodeView, coords: Coords, ref: NativeRef, inner: RangeRequest
 ) -> bytes:
     """Bytes of a native chunk file of the array ``node``: from the uploads still under
-    way (write-behind), through the read-ahead, or from storage."""
+    way (write-behind: this session's, a fork's parent's, or those a fork's payload
+    carried), through the read-ahead, or from storage."""
     pending = None
-    for uploads in (state.uploads, state.parent_uploads):
+    sources: tuple[Uploads | Mapping[ChunkId, bytes] | None, ...]
+    sources = (state.uploads, state.parent_uploads, state.carried)
+    for uploads in sources:
         if pending is None and uploads is not None:
             pending = uploads.get(ref.chunk_id)
     if pending is not None:

@@ -36,6 +36,7 @@ from aicechunk.format.ids import ChunkId, NodeId, SnapshotId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.session import merging, reads
+from aicechunk.session.carried import inherit_pending
 from aicechunk.session.payload import decode_fork, encode_fork
 from aicechunk.session.readahead import ReadAhead
 from aicechunk.session.reads import ChunkType, Diff, NodeView
@@ -368,16 +369,8 @@ class Session(Saving, Rearranging):
 
     def _fork(self, changes: ChangeSet) -> ForkSession:
         s = self._state
-        state = SessionState(
-            s.assets,
-            s.snapshot_id,
-            s.branch,
-            False,
-            s.config,
-            changes,
-            s.virtual,
-            repository_config=s.repository_config,
-        )
+        state = SessionState(s.assets, s.snapshot_id, s.branch, False, s.config, changes, s.virtual)
+        state.repository_config = s.repository_config
         fork: ForkSession = ForkSession._of(state)
         return fork
 
@@ -386,12 +379,11 @@ class Session(Saving, Rearranging):
         write metadata first and then fan chunk writes out (like ``to_icechunk``).
 
         Merging it back re-applies those changes unchanged. Chunks this session still
-        uploads (write-behind) are read from here by the fork in this process; this
-        session's commit waits for them."""
+        uploads (write-behind) are read from here by the fork in this process, and
+        travel in its payload to other processes; this session's commit waits for them."""
         self._state.check_writable()
         fork = self._fork(copy.deepcopy(self._state.changes))
-        # its changes may name chunks this session still uploads: it reads them from here
-        fork._state.parent_uploads = self._state.uploads
+        inherit_pending(fork._state, self._state)  # chunks it names still uploading here
         return fork
 
     @must_await("nothing was merged")

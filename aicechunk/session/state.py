@@ -27,7 +27,7 @@ from aicechunk.config import (
     RepositoryConfig,
 )
 from aicechunk.errors import ReadOnlyError, SessionStateError
-from aicechunk.format.ids import SnapshotId
+from aicechunk.format.ids import ChunkId, SnapshotId
 from aicechunk.session.readahead import ReadAhead
 from aicechunk.session.uploads import Uploads
 from aicechunk.virtual import ChunkFetcher
@@ -81,7 +81,9 @@ class SessionState:
     written behind (``None``: chunks are written before ``set`` returns, as in forks) and
     ``readahead`` the chunks fetched ahead of reads in order (``None``: none are);
     ``parent_uploads``, in a fork made with changes, its parent's uploads, read from
-    (never written to: a fork's own chunks are stored before ``set`` returns)."""
+    (never written to: a fork's own chunks are stored before ``set`` returns), and
+    ``carried``, in a fork rebuilt from a payload, the bytes of chunks its changes name
+    that its parent still uploaded when it was sent (``carried.py``)."""
 
     assets: AssetManager
     snapshot_id: SnapshotId
@@ -98,6 +100,7 @@ class SessionState:
     uploads: Uploads | None = None
     readahead: ReadAhead | None = None
     parent_uploads: Uploads | None = None
+    carried: dict[ChunkId, bytes] | None = None
 
     def check_writable(self, *, unsettled_ok: bool = False, rearrange_ok: bool = False) -> None:
         """Refuse writes to a read-only session, or while a commit's outcome is unknown,
@@ -127,6 +130,7 @@ class SessionState:
     def discard(self) -> None:
         """Forget every pending change (a rearrange session stays one)."""
         self.changes = ChangeSet()
+        self.carried = None
         if self.uploads is not None:
             self.uploads.forget_failed()
         if self.moves is not None:
