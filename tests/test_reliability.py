@@ -312,16 +312,22 @@ async def test_random_faults_never_corrupt(spec: int) -> None:
 
 # A parent that imports once and forks a writer per crash (an import costs more than a
 # dozen commits): "fork" starts a writer, answers its pid, and the writer says "open" when
-# it has opened the repository; "reap" waits for the writer to end.
+# it has opened the repository; "reap" waits for the writer to end. The forker and its
+# writer share one stdout pipe: each line goes in one write (atomic on a pipe), since
+# print() makes two ("open", then "\n") when PYTHONUNBUFFERED is set, and a writer's
+# "open" and the forker's pid written at once then came out as "4242open" and "".
 CRASH_FORKER = r"""
 import asyncio, json, os, sys
 import numpy as np
 import zarr.api.asynchronous as zas
 import aicechunk as aic
 
+def say(*words):
+    os.write(1, (" ".join(map(str, words))[:2000] + "\n").encode())
+
 async def write(root, log):
     repo = await aic.Repository.open(aic.local_filesystem_storage(root))
-    print("open", flush=True)
+    say("open")
     i = sum(1 for _ in open(log)) if os.path.exists(log) else 0
     while True:
         session = await repo.writable_session("main")
@@ -341,11 +347,11 @@ for line in sys.stdin:
             try:
                 asyncio.run(write(sys.argv[1], sys.argv[2]))
             except BaseException as err:  # the test reads this instead of what it expects
-                print("failed:", repr(err), flush=True)
+                say("failed:", repr(err))
             os._exit(1)
-        print(pid, flush=True)
+        say(pid)
     elif line == "reap\n":
-        print(os.waitpid(pid, 0)[1], flush=True)
+        say(os.waitpid(pid, 0)[1])
 """
 
 #: crashes per spec version (``AICECHUNK_CRASH_RUNS`` sets both)
@@ -369,30 +375,50 @@ def test_sigkill_during_writes_and_commits(tmp_path: Path, spec: int) -> None:
     rng = random.Random(7)
     script = tmp_path / "forker.py"
     script.write_text(CRASH_FORKER)
+    stderr = (tmp_path / "forker.err").open("w+")  # what it (or a writer) said, on failure
     forker = subprocess.Popen(
         [sys.executable, str(script), str(root), str(log)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
 
+    def said() -> str:
+        stderr.flush()
+        stderr.seek(0)
+        return f"forker exit code {forker.poll()}, stderr:\n{stderr.read()}"
+
     def ask(command: str, lines: int = 1) -> list[str]:
         assert forker.stdin is not None and forker.stdout is not None
-        forker.stdin.write(command + "\n")
-        forker.stdin.flush()
-        return sorted(forker.stdout.readline().strip() for _ in range(lines))
+        try:
+            forker.stdin.write(command + "\n")
+            forker.stdin.flush()
+        except BrokenPipeError:
+            pytest.fail(f"the forker ended before {command!r}; {said()}")
+        answers = []
+        for _ in range(lines):
+            answer = forker.stdout.readline()
+            if not answer.endswith("\n"):  # "" is the end of its output
+                time.sleep(0.5)  # let it finish writing stderr and exit
+                pytest.fail(
+                    f"{command!r}: the forker's output ended ({answers}, {answer!r}); {said()}"
+                )
+            answers.append(answer.strip())
+        return sorted(answers)
 
     committed_total = checked = 0
     writer: int | None = None
-    with forker:  # closes its pipes and waits for it (its stdin closed ends it)
+    with stderr, forker:  # closes its pipes and waits for it (its stdin closed ends it)
         try:
             for _ in range(runs):
                 pid, opened = ask("fork", lines=2)  # a pid sorts before "open"
+                assert pid.isdigit() and opened == "open", f"{[pid, opened]}; {said()}"
                 writer = int(pid)
-                assert opened == "open", pid
                 time.sleep(rng.uniform(0.0, 0.15))  # a commit takes a few to a hundred ms
                 os.kill(writer, signal.SIGKILL)
-                assert ask("reap") == [str(signal.SIGKILL)]  # killed, not ended by an error
+                reaped = ask("reap")  # killed, not ended by an error:
+                assert reaped == [str(signal.SIGKILL)], f"{reaped}; {said()}"
                 writer = None
                 committed_total = verify_after_crash(root, log, checked)
                 checked = committed_total
