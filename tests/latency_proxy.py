@@ -23,14 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 __all__ = ["LatencyProxy", "latency_proxy", "serve_latency_proxy"]
@@ -193,30 +189,12 @@ def latency_proxy(
     """A latency proxy in front of ``target`` (an ``http://host:port`` URL), in a process
     of its own; yields its handle. ``delay`` in seconds per request, ``bandwidth`` in
     bytes per second per request and direction (0: no cap); both can change later."""
-    from tests.servers import free_port, wait_for_port
+    from tests.servers import free_port, serving_in_process
 
     port = free_port()
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     code = (
         "from tests.latency_proxy import serve_latency_proxy as s; "
         f"s({port}, {target!r}, {float(delay)!r}, {float(bandwidth)!r})"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        cwd=root,
-    )
-    try:
-        wait_for_port(port, timeout=60)
+    with serving_in_process(port, code):
         yield LatencyProxy(f"http://127.0.0.1:{port}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -99,33 +100,46 @@ def serve_moto_forever(port: int) -> None:
 
 
 @contextlib.contextmanager
+def serving_in_process(port: int, code: str) -> Iterator[None]:
+    """Run ``code`` (a server that listens on ``port``) in a Python process of its own
+    with this repository on its path; return once the port answers, stop it after."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=root,
+    )
+    try:
+        wait_for_port(port, timeout=60)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
 def moto_server(own_process: bool = False) -> Iterator[str]:
     """moto's S3 server behind ``AtomicWrites`` (S3's atomic conditional writes); yields
     its endpoint URL. ``own_process=True`` runs it in a process of its own, as a remote
     S3 would be (benchmarks: an in-process server would share the GIL with a Python
     client, and not with a Rust one)."""
     import logging
-    import os
     import threading
 
     port = free_port()
     if own_process:
-        root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        proc = subprocess.Popen(
-            [sys.executable, "-c", f"from tests.servers import serve_moto_forever as s; s({port})"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=root,
-        )
-        try:
-            wait_for_port(port, timeout=60)
+        with serving_in_process(
+            port, f"from tests.servers import serve_moto_forever as s; s({port})"
+        ):
             yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
         return
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)

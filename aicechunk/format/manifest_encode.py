@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -460,12 +460,12 @@ def encode_array_manifest_columns(
     return data, tuple(zip(low.tolist(), high.tolist(), strict=True))
 
 
-def _manifest_payload(
-    manifest_id: ManifestId,
-    arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]],
-    spec_version: int = 1,
-) -> bytes:
-    w = Forward()
+def manifest_head(
+    w: Forward, manifest_id: ManifestId, node_ids: Sequence[NodeId], spec_version: int
+) -> tuple[int, int, Iterator[int]]:
+    """The start of a manifest file, written into ``w``: its root table (returned first),
+    the native ref vtable (second) and, lazily, one array table per node id in order (each
+    made when asked for, so the caller writes that array's refs right after it)."""
     # in v2, compression_algorithm (its default is 1, zstd) says 0: locations are plain
     v2 = spec_version == 2
     vt_manifest = w.vtable(24, (4, 16, 0, 20)) if v2 else w.vtable(20, (4, 16))
@@ -473,13 +473,28 @@ def _manifest_payload(
     vt_native = w.vtable(_NATIVE_TABLE, _NATIVE_SLOTS)
     root = w.table(vt_manifest, 24 if v2 else 20)
     w.put(root + 4, "12s", manifest_id.bytes)
-    node_ids = sorted(arrays)
     arrays_vec = w.offset_vector(len(node_ids))
     w.uoffset(root + 16, arrays_vec)
-    for i, node_id in enumerate(node_ids):
-        table = w.table(vt_array, 16)
-        w.put(table + 4, "8s", node_id.bytes)
-        w.uoffset(arrays_vec + 4 + 4 * i, table)
+
+    def tables() -> Iterator[int]:
+        for i, node_id in enumerate(node_ids):
+            table = w.table(vt_array, 16)
+            w.put(table + 4, "8s", node_id.bytes)
+            w.uoffset(arrays_vec + 4 + 4 * i, table)
+            yield table
+
+    return root, vt_native, tables()
+
+
+def _manifest_payload(
+    manifest_id: ManifestId,
+    arrays: Mapping[NodeId, Iterable[tuple[Coords, ChunkRef]]],
+    spec_version: int = 1,
+) -> bytes:
+    w = Forward()
+    node_ids = sorted(arrays)
+    root, vt_native, tables = manifest_head(w, manifest_id, node_ids, spec_version)
+    for node_id, table in zip(node_ids, tables, strict=True):
         items = arrays[node_id]
         if isinstance(items, RefColumns):
             refs_vec = w.offset_vector(len(items))

@@ -19,14 +19,13 @@ from aicechunk.format.manifest import VirtualRef
 from aicechunk.format.manifest_encode import (
     _INLINE_SLOTS,
     _INLINE_TABLE,
-    _NATIVE_SLOTS,
-    _NATIVE_TABLE,
     KIND_INLINE,
     KIND_NATIVE,
     KIND_VIRTUAL,
     RefColumns,
     _first_use_order,
     _ref_record,
+    manifest_head,
 )
 from aicechunk.format.segmented import Segmented, compress_parts
 
@@ -247,18 +246,8 @@ def manifest_parts(
     """The uncompressed manifest file of one array's columns (sorted by coordinates,
     without duplicates): its size, and its bytes in parts."""
     w = Segmented()
-    # in v2, compression_algorithm (its default is 1, zstd) says 0: locations are plain
-    v2 = spec_version == 2
-    vt_manifest = w.vtable(24, (4, 16, 0, 20)) if v2 else w.vtable(20, (4, 16))
-    vt_array = w.vtable(16, (4, 12))
-    vt_native = w.vtable(_NATIVE_TABLE, _NATIVE_SLOTS)
-    root = w.table(vt_manifest, 24 if v2 else 20)
-    w.put(root + 4, "12s", manifest_id.bytes)
-    arrays_vec = w.offset_vector(1)
-    w.uoffset(root + 16, arrays_vec)
-    table = w.table(vt_array, 16)
-    w.put(table + 4, "8s", node_id.bytes)
-    w.uoffset(arrays_vec + 4, table)
+    root, vt_native, tables = manifest_head(w, manifest_id, [node_id], spec_version)
+    table = next(tables)
     refs_vec = w.offset_vector(0)  # its length, then the offsets as a hole
     w.put(refs_vec, "<I", len(cols))
     w.uoffset(table + 12, refs_vec)
