@@ -167,7 +167,7 @@ async def test_opening_reads_the_file_once_and_lists_branches_without_the_log(
     decodes: list[int],
 ) -> None:
     """``open_or_create`` of a repository that exists probes once (as ``open`` does:
-    the repo info file, the v1 ``main`` branch and ``config.yaml`` asked together), and a
+    the repo info file, the v1 ``main`` branch file and ``config.yaml`` fetched together), and a
     branch list decodes the refs only: the snapshots and the log wait until used."""
     driver = CountingDriver(MemoryDriver())
     storage = aic.storage_from_driver(driver)
@@ -175,7 +175,7 @@ async def test_opening_reads_the_file_once_and_lists_branches_without_the_log(
     base = await repo.lookup_branch("main")
     for i in range(3):
         await repo.create_branch(f"b{i}", base)
-    probe = [("get", REPO_INFO_KEY), ("head", "refs/branch.main/ref.json"), ("get", "config.yaml")]
+    probe = [("get", REPO_INFO_KEY), ("get", "refs/branch.main/ref.json"), ("get", "config.yaml")]
     for opening in (aic.Repository.open, aic.Repository.open_or_create):
         driver.reset()
         reopened = await opening(storage)
