@@ -22,7 +22,7 @@ from aicechunk.errors import (
     UnrepresentableValueError,
 )
 from aicechunk.format.header import FileType, decode_file, encode_file
-from aicechunk.format.ids import ChunkId, ManifestId, NodeId
+from aicechunk.format.ids import ChunkId, ManifestId, NodeId, SnapshotId
 from aicechunk.format.manifest import (
     MAX_CHUNK_INDEX,
     InlineRef,
@@ -31,6 +31,13 @@ from aicechunk.format.manifest import (
     decode_manifest,
 )
 from aicechunk.format.manifest_encode import encode_array_manifest
+from aicechunk.format.snapshot import (
+    ArrayNodeData,
+    DimensionShape,
+    NodeSnapshot,
+    Snapshot,
+    encode_snapshot,
+)
 from tests.test_store import array_meta
 
 U64 = 2**64 - 1
@@ -228,16 +235,54 @@ async def test_the_largest_values_the_format_holds_commit() -> None:
     assert node.array.shape[0].array_length == U64
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec v2 stores a dimension's chunk count as uint32, and an array with more "
-    "chunks is not refused when its metadata is written yet: its commit fails (TypeError)",
-)
 async def test_a_v2_chunk_grid_beyond_uint32_is_refused_when_written() -> None:
+    # spec v2 stores a dimension's chunk count as uint32 (DimensionShapeV2.num_chunks);
+    # icechunk 2.3.0 truncates it (2**32 chunks are recorded as 0) and we refuse instead
     repo = await aic.Repository.create(aic.in_memory_storage(), spec_version=2)
     session = await repo.writable_session("main")
-    with pytest.raises(UnrepresentableValueError):
-        await session.set_metadata("/a", array_meta([2**32], [1]))
+    with pytest.raises(UnrepresentableValueError) as info:
+        await session.set_metadata("/a", array_meta([4, 2**32], [1, 1]))
+    message = str(info.value)
+    assert "'/a'" in message and "dimension 1" in message and str(2**32 - 1) in message
+    with pytest.raises(UnrepresentableValueError, match="'/b'"):
+        await session.store.set("b/zarr.json", buf(array_meta([2**33], [2])))
+    assert not session.has_uncommitted_changes  # nothing half-written
+    # the largest grid the format holds is fine, and an update beyond it is refused too
+    await session.set_metadata("/a", array_meta([2**32 - 1], [1]))
+    await session.set_chunk("/a", (2**32 - 2,), b"\x01")
+    with pytest.raises(UnrepresentableValueError, match="dimension 0"):
+        await session.set_metadata("/a", array_meta([2**32 + 1], [1]))
+    await session.commit("the largest v2 grid")
+    ro = await repo.readonly_session(branch="main")
+    node = await ro.get_node("/a")
+    assert node is not None and node.array is not None
+    assert node.array.shape[0].chunk_count() == 2**32 - 1
+    assert await ro.get_chunk("/a", (2**32 - 2,)) == b"\x01"
+
+
+async def test_a_v1_chunk_grid_beyond_uint32_is_kept() -> None:
+    # spec v1 stores chunk lengths (uint64), not counts: the same grid commits and reads
+    # (manifests still hold chunk indices as uint32, so only the first chunks are writable)
+    repo, session = await session_with([2**32 + 4], [1])
+    await session.set_chunk("/a", (MAX_CHUNK_INDEX,), b"\x02")
+    await session.commit("a v1 grid beyond uint32")
+    ro = await repo.readonly_session(branch="main")
+    assert await ro.get_chunk("/a", (MAX_CHUNK_INDEX,)) == b"\x02"
+    node = await ro.get_node("/a")
+    assert node is not None and node.array is not None
+    assert node.array.shape[0].chunk_count() == 2**32 + 4
+
+
+def test_the_v2_snapshot_encoder_refuses_a_count_beyond_uint32() -> None:
+    # a base snapshot written in spec v1 (before an upgrade) may hold such an array
+    node = NodeSnapshot(
+        NodeId.random(), "/big", b"{}", ArrayNodeData((DimensionShape(2**32, 1),), None)
+    )
+    snap = Snapshot(
+        SnapshotId.random(), None, datetime.now(UTC), "m", {}, (node,), (), spec_version=2
+    )
+    with pytest.raises(UnrepresentableValueError, match="'/big'"):
+        encode_snapshot(snap)
 
 
 async def test_deleting_a_chunk_off_the_grid_is_nothing() -> None:

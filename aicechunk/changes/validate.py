@@ -42,6 +42,7 @@ __all__ = [
     "check_chunk_coords",
     "check_chunk_ref",
     "check_definition",
+    "check_grid_for_spec",
     "check_node_path",
     "chunk_grid",
     "encodable",
@@ -145,6 +146,26 @@ def check_chunk_ref(where: str, ref: ChunkRef) -> None:
         problem = f"not a chunk reference: {type(ref).__name__}"
     if problem is not None:
         raise UnrepresentableValueError(where, problem)
+
+
+def check_grid_for_spec(path: str, definition: ArrayDefinition, spec_version: int) -> None:
+    """Refuse an array whose chunk grid the repository's spec version cannot record.
+
+    Spec v2 stores each dimension's chunk count as uint32 (``num_chunks``), so a grid of
+    more than ``2**32 - 1`` chunks in a dimension is refused here, when its metadata is
+    set, rather than failing (or, as in icechunk 2.3.0, silently wrapping) at commit.
+    Spec v1 stores chunk lengths as uint64 and has no such limit.
+    """
+    if spec_version < 2:
+        return
+    for dim, shape in enumerate(definition.shape):
+        size = shape.chunk_count()
+        if size > MAX_U32:
+            raise UnrepresentableValueError(
+                f"array {path!r}",
+                f"dimension {dim} has {size} chunks; spec version {spec_version} stores a "
+                f"dimension's chunk count as uint32, at most {MAX_U32}",
+            )
 
 
 # --- whole change sets (fork payloads) -------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aicechunk.errors import UnrepresentableValueError
 from aicechunk.format.flatbuf import (
     FILE_IDENTIFIER,
     Reader,
@@ -386,6 +387,9 @@ def _encode_v2(snapshot: Snapshot) -> bytes:
     return encode_file(FileType.SNAPSHOT, bytes(b.Output()), spec_version=2)
 
 
+_MAX_U32 = 2**32 - 1
+
+
 def _encode_node_v2(b: Any, node: NodeSnapshot) -> int:
     path = b.CreateString(node.path)
     data = node.node_data
@@ -402,9 +406,15 @@ def _encode_node_v2(b: Any, node: NodeSnapshot) -> int:
                 n_off = None if n is None else b.CreateSharedString(n)
                 dims.append(table(b, 1, [(0, "off", n_off)]))
             names = offset_vector(b, dims)
+        counts = [d.chunk_count() for d in data.shape]
+        if any(c > _MAX_U32 for c in counts):  # sessions refuse these when set; a v1 base may not
+            raise UnrepresentableValueError(
+                f"array {node.path!r}",
+                f"chunk counts {counts}: spec version 2 stores them as uint32",
+            )
         shapes = [
-            table(b, 2, [(0, "u64", d.array_length), (1, "u32", d.chunk_count())])
-            for d in data.shape
+            table(b, 2, [(0, "u64", d.array_length), (1, "u32", c)])
+            for d, c in zip(data.shape, counts, strict=True)
         ]
         shape_v1 = struct_vector(b, [], 16, 8)
         shape_v2 = offset_vector(b, shapes)

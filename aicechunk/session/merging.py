@@ -46,6 +46,10 @@ async def merge(ours: SessionState, forks: Sequence[SessionState]) -> None:
         for state in from_payloads:
             try:
                 check_changes(state.changes, base, parse_metadata)
+                for path, (_, definition) in state.changes.new_arrays.items():
+                    ours.check_grid(path, definition)
+                for nid, definition in state.changes.updated_arrays.items():
+                    ours.check_grid(f"<node {nid}>", definition)
             except (AicechunkError, ValueError) as err:
                 raise ForkPayloadError(f"fork payload refused: {err}") from err
     for state in forks:

@@ -192,6 +192,8 @@ class Session(Saving, Rearranging):
         other kind there is replaced (it gets a new id, as a new node)."""
         state = self._state
         state.check_writable()
+        if array is not None:
+            state.check_grid(path, array)
         existing = await reads.get_node(state, path)
         changes = state.changes
         if existing is not None and existing.is_array != (array is not None):

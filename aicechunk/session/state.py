@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aicechunk.assets import AssetManager
-from aicechunk.changes.changeset import ChangeSet
+from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
 from aicechunk.changes.moves import MoveSet
+from aicechunk.changes.validate import check_grid_for_spec
 from aicechunk.config import (
     INLINE_CHUNK_THRESHOLD_BYTES,
     READ_AHEAD_BYTES,
@@ -115,6 +116,12 @@ class SessionState:
             )
         if self.moves is not None and not rearrange_ok:
             raise SessionStateError(REARRANGE_ONLY)
+
+    def check_grid(self, path: str, array: ArrayDefinition) -> None:
+        """Refuse an array whose chunk grid this repository's spec version cannot record
+        (``UnrepresentableValueError``): checked when its metadata is set, so that every
+        commit can succeed."""
+        check_grid_for_spec(path, array, self.assets.format_version)
 
     @property
     def mode(self) -> SessionMode:
