@@ -8,7 +8,12 @@ from aicechunk.changes.conflicts import (
     ConflictType,
     VersionSelection,
 )
-from aicechunk.config import CachingConfig, DecompressionLimits, RepositoryConfig
+from aicechunk.config import (
+    CachingConfig,
+    DecompressionLimits,
+    RepositoryConfig,
+    RepoUpdateRetries,
+)
 from aicechunk.errors import (
     AicechunkError,
     AicechunkWarning,
@@ -135,6 +140,7 @@ __all__ = [
     "RefNotFoundError",
     "RepoAvailability",
     "RepoStatus",
+    "RepoUpdateRetries",
     "Repository",
     "RepositoryConfig",
     "RepositoryError",

@@ -13,7 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, CachingConfig, DecompressionLimits
+from aicechunk.config import (
+    DEFAULT_DECOMPRESSION_LIMITS,
+    CachingConfig,
+    DecompressionLimits,
+    RepoInfoUpdates,
+)
 from aicechunk.drivers.base import ByteRange, Driver, RangeRequest
 from aicechunk.errors import (
     AicechunkError,
@@ -124,13 +129,17 @@ class AssetManager:
         caching: CachingConfig | None = None,
         limits: DecompressionLimits = DEFAULT_DECOMPRESSION_LIMITS,
         format_version: int = 1,
+        updates: RepoInfoUpdates | None = None,
     ) -> None:
         self.driver = driver
         self.caching = caching or CachingConfig()
         self.limits = limits
         self.format_version = format_version
+        self.updates = updates or RepoInfoUpdates()
         self.refs: RefStore = (
-            FileRefStore(driver) if format_version == 1 else RepoInfoStore(driver, limits)
+            FileRefStore(driver)
+            if format_version == 1
+            else RepoInfoStore(driver, limits, self.updates)
         )
         self.before_first_branch: Callable[[str], None] | None = None
         self._snapshots: LRU[SnapshotId, Snapshot] = LRU(
@@ -151,11 +160,16 @@ class AssetManager:
             "caching": self.caching,
             "limits": self.limits,
             "format_version": self.format_version,
+            "updates": self.updates,
         }
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__(  # type: ignore[misc]
-            state["driver"], state["caching"], state["limits"], state.get("format_version", 1)
+            state["driver"],
+            state["caching"],
+            state["limits"],
+            state.get("format_version", 1),
+            state.get("updates"),
         )
 
     async def _fetch_once(self, key: str, load: Callable[[], Awaitable[V]]) -> V:

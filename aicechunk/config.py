@@ -16,6 +16,7 @@ from aicechunk.virtual.containers import VirtualChunkContainer
 
 __all__ = [
     "INLINE_CHUNK_THRESHOLD_BYTES",
+    "NUM_UPDATES_PER_REPO_INFO_FILE",
     "READ_AHEAD_BYTES",
     "READ_AHEAD_CHUNKS",
     "READ_CONCURRENCY",
@@ -23,6 +24,8 @@ __all__ = [
     "WRITE_BEHIND_BYTES",
     "CachingConfig",
     "DecompressionLimits",
+    "RepoInfoUpdates",
+    "RepoUpdateRetries",
     "RepositoryConfig",
 ]
 
@@ -40,6 +43,15 @@ UPLOAD_CONCURRENCY = 64
 READ_AHEAD_CHUNKS = 32
 #: Read-ahead: the most bytes of chunks fetched ahead and not yet read.
 READ_AHEAD_BYTES = 64 * 1024**2
+#: Spec v2: how many updates the repo info file keeps in its operations log before the
+#: older ones are left to the backups in ``overwritten/`` (Icechunk 2.x's default).
+NUM_UPDATES_PER_REPO_INFO_FILE = 1000
+#: Spec v2: how a change of the repo info file that lost the race is retried when
+#: ``repo_update_retries`` is unset: (max tries, initial backoff ms, max backoff ms).
+REPO_UPDATE_RETRIES = (100, 50, 30_000)
+#: ... and the defaults of each field left unset in a ``repo_update_retries`` that is set
+#: (Icechunk's storage retry defaults, which that setting's fields fall back to).
+STORAGE_RETRIES = (10, 100, 180_000)
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,51 @@ class CachingConfig:
         """The value in effect for ``name`` (the default when unset)."""
         value = getattr(self, name)
         return self.DEFAULTS[name] if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class RepoUpdateRetries:
+    """How often, and how patiently, a spec v2 change retries when another writer replaced
+    the repo info file first (Icechunk's ``RepoUpdateRetryConfig(default=
+    StorageRetriesSettings(...))``, stored as ``repo_update_retries: {default: ...}``).
+
+    As in Icechunk 2.x, the first 5 retries are immediate; then up to ``max_tries - 5``
+    more follow after an exponential backoff from ``initial_backoff_ms`` (doubling, at
+    most ``max_backoff_ms``, plus up to as much again of random jitter). A field left
+    ``None`` takes Icechunk's storage retry default (10 tries, 100 ms, 180 s); leaving the
+    whole setting unset gives 100 tries, 50 ms and 30 s.
+    """
+
+    max_tries: int | None = None
+    initial_backoff_ms: int | None = None
+    max_backoff_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, least in (("max_tries", 1), ("initial_backoff_ms", 0), ("max_backoff_ms", 0)):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < least
+            ):
+                raise ValueError(f"repo_update_retries.{name} must be an integer >= {least}")
+
+    def resolved(self) -> tuple[int, int, int]:
+        """(max tries, initial backoff ms, max backoff ms) in effect."""
+        values = (self.max_tries, self.initial_backoff_ms, self.max_backoff_ms)
+        return tuple(  # type: ignore[return-value]
+            d if v is None else v for v, d in zip(values, STORAGE_RETRIES, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class RepoInfoUpdates:
+    """What a spec v2 repository's changes of the repo info file follow: how many updates
+    its operations log keeps (``num_updates_per_repo_info_file``) and how a change that
+    lost the race is retried (``repo_update_retries``), resolved from the configuration."""
+
+    per_file: int = NUM_UPDATES_PER_REPO_INFO_FILE
+    max_tries: int = REPO_UPDATE_RETRIES[0]
+    initial_backoff_ms: int = REPO_UPDATE_RETRIES[1]
+    max_backoff_ms: int = REPO_UPDATE_RETRIES[2]
 
 
 @dataclass(frozen=True)
@@ -123,8 +180,11 @@ class _IntSetting:
     under its attribute name (``aicechunk_<name>`` for ``ours``, a setting Icechunk does
     not have and ignores) and checked to be at least ``minimum`` when set."""
 
-    def __init__(self, minimum: int, doc: str, *, ours: bool = False) -> None:
+    def __init__(
+        self, minimum: int, doc: str, *, ours: bool = False, maximum: int | None = None
+    ) -> None:
         self.minimum = minimum
+        self.maximum = maximum
         self.ours = ours
         self.__doc__ = doc
 
@@ -145,9 +205,13 @@ class _IntSetting:
 
     def __set__(self, config: RepositoryConfig, value: int | None) -> None:
         if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < self.minimum
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < self.minimum
+            or (self.maximum is not None and value > self.maximum)
         ):
-            raise ValueError(f"{self.name} must be an integer of at least {self.minimum}")
+            most = "" if self.maximum is None else f" and at most {self.maximum}"
+            raise ValueError(f"{self.name} must be an integer of at least {self.minimum}{most}")
         config._data[self.name] = value
 
 
@@ -231,6 +295,44 @@ class RepositoryConfig:
         "(``None``: ``READ_AHEAD_CHUNKS``, 32; 0: off).",
         ours=True,
     )
+
+    num_updates_per_repo_info_file = _IntSetting(
+        0,
+        "Spec v2: how many updates the repo info file keeps in its operations log before "
+        "older ones are read from the backups in ``overwritten/`` (``None``: "
+        "``NUM_UPDATES_PER_REPO_INFO_FILE``, 1,000, as in Icechunk; at most 65,535).",
+        maximum=0xFFFF,
+    )
+
+    @property
+    def repo_update_retries(self) -> RepoUpdateRetries | None:
+        """Spec v2: how a change of the repo info file that lost the race to another
+        writer is retried (``None``: Icechunk's defaults, see ``RepoUpdateRetries``)."""
+        raw = self._data.get("repo_update_retries")
+        default = raw.get("default") if isinstance(raw, dict) else None
+        if not isinstance(default, dict):
+            return None
+        names = {f.name for f in fields(RepoUpdateRetries)}
+        try:
+            return RepoUpdateRetries(**{k: v for k, v in default.items() if k in names})
+        except ValueError as err:
+            raise FormatError(CONFIG_FILE, str(err)) from None
+
+    @repo_update_retries.setter
+    def repo_update_retries(self, value: RepoUpdateRetries | None) -> None:
+        self._data["repo_update_retries"] = None if value is None else {"default": asdict(value)}
+
+    def repo_info_updates(self) -> RepoInfoUpdates:
+        """The spec v2 repo info settings in effect (``FormatError`` for a stored value
+        out of bounds)."""
+        per_file = self.num_updates_per_repo_info_file
+        retries = self.repo_update_retries
+        tries = REPO_UPDATE_RETRIES if retries is None else retries.resolved()
+        if per_file is not None and not 0 <= per_file <= 0xFFFF:
+            raise FormatError(CONFIG_FILE, f"num_updates_per_repo_info_file is {per_file}")
+        return RepoInfoUpdates(
+            NUM_UPDATES_PER_REPO_INFO_FILE if per_file is None else per_file, *tries
+        )
 
     @property
     def caching(self) -> CachingConfig | None:

@@ -5,10 +5,12 @@ repository: read ``repo`` with its version, apply the change to what was read, c
 old file to ``overwritten/<backup_name>`` (the spec's order: the backup first), then put
 the new file only if ``repo`` is still at that version. A writer that lost the race to an
 unrelated change (another branch, a tag) reads again and reapplies its change, as
-Icechunk does; a change that no longer applies (the branch moved) raises. When the answer
-to the write is lost (any other storage error), ``repo`` is read back once to decide, as a
-lost ref write is in spec v1: the change is there (done), or the error is raised and the
-write is not tried again (the driver has retried what it could).
+Icechunk does, as often and as patiently as the configuration's ``repo_update_retries``
+says; a change that no longer applies (the branch moved) raises. The operations log keeps
+``num_updates_per_repo_info_file`` updates, the older ones in the backups it links to.
+When the answer to the write is lost (any other storage error), ``repo`` is read back once
+to decide, as a lost ref write is in spec v1: the change is there (done), or the error is
+raised and the write is not tried again (the driver has retried what it could).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
+from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, RepoInfoUpdates
 from aicechunk.drivers.base import Driver
 from aicechunk.errors import (
     AicechunkError,
@@ -51,12 +54,26 @@ from aicechunk.format.snapshot import Snapshot
 from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
 from aicechunk.refstore import RefInfo
 
-__all__ = ["UPDATE_ATTEMPTS", "RepoInfoStore", "initial_repo_info"]
+__all__ = ["IMMEDIATE_RETRIES", "RepoInfoStore", "initial_repo_info", "retry_delays"]
 
-#: how many times a change is reapplied after losing the race to other writers
-UPDATE_ATTEMPTS = 100
-_BACKOFF_SECONDS = 0.005
-_BACKOFF_MAX_SECONDS = 0.5
+#: how many retries of a change that lost the race follow at once, before the backoff
+#: starts (Icechunk 2.x: brief contention usually resolves within one or two)
+IMMEDIATE_RETRIES = 5
+
+
+def retry_delays(updates: RepoInfoUpdates) -> Iterator[float]:
+    """The waits, in seconds, before each retry of a change that lost the race, as
+    Icechunk 2.x schedules them: ``IMMEDIATE_RETRIES`` without a wait, then
+    ``max_tries - IMMEDIATE_RETRIES`` more after an exponential backoff from
+    ``initial_backoff_ms`` (at most ``max_backoff_ms``) with up to as much again of jitter.
+    """
+    yield from [0.0] * IMMEDIATE_RETRIES
+    delay, most = updates.initial_backoff_ms / 1000, updates.max_backoff_ms / 1000
+    for _ in range(max(0, updates.max_tries - IMMEDIATE_RETRIES)):
+        step = min(delay, most)
+        yield step + step * random.random()
+        delay *= 2
+
 
 #: a change: the repo info it makes from the one read, with the update's kind, or
 #: ``None`` when there is nothing to do (already done); the flag says that an earlier
@@ -89,10 +106,14 @@ class RepoInfoStore:
     spec_version = 2
 
     def __init__(
-        self, driver: Driver, limits: DecompressionLimits = DEFAULT_DECOMPRESSION_LIMITS
+        self,
+        driver: Driver,
+        limits: DecompressionLimits = DEFAULT_DECOMPRESSION_LIMITS,
+        updates: RepoInfoUpdates | None = None,
     ) -> None:
         self.driver = driver
         self.limits = limits
+        self.updates = updates or RepoInfoUpdates()
         self._cached: RepoInfo | None = None
         # the file last read or written here: decoded, its bytes and its version
         self._file: tuple[RepoInfo, bytes, str] | None = None
@@ -176,8 +197,9 @@ class RepoInfoStore:
         the status itself passes ``check_status=False``."""
         maybe_landed = False
         failure: PreconditionFailed | None = None
-        attempts = UPDATE_ATTEMPTS
-        for attempt in range(attempts):
+        delays = retry_delays(self.updates)
+        attempt = 0
+        while True:
             known = self._file
             if attempt == 0 and known is not None and version_read and version_read == known[2]:
                 info, data, version = known
@@ -206,7 +228,7 @@ class RepoInfoStore:
                 self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
             )
             try:
-                log, before = push_update(info, kind, at, name)
+                log, before = push_update(info, kind, at, name, self.updates.per_file)
                 new = replace(new, latest_updates=log, repo_before_updates=before)
                 encoded = await encode_change(new)
             except BaseException:
@@ -227,11 +249,16 @@ class RepoInfoStore:
                 # in metadata is a list once decoded)
                 self._file, self._cached = (new, encoded, written.version), new
                 return new
-            await asyncio.sleep(min(_BACKOFF_MAX_SECONDS, _BACKOFF_SECONDS * 2 ** min(attempt, 10)))
+            attempt += 1
+            delay = next(delays, None)
+            if delay is None:
+                break
+            await asyncio.sleep(delay)
         # not the PreconditionFailed of the last attempt: callers read that one as "the
         # branch or tag exists"
         raise StorageError(
-            f"the repo info file could not be updated in {attempts} attempts (last: {failure})",
+            f"the repo info file could not be updated in {attempt} attempts, too many "
+            f"concurrent changes (last: {failure})",
             key=REPO_INFO_KEY,
             driver=self.driver.label,
         ) from failure

@@ -70,9 +70,8 @@ class Repository:
         self._config = config
         self._credentials = dict(authorize_virtual_chunk_access or {})
         self._resolver: VirtualResolver | None = None
-        self._assets = AssetManager(
-            storage.driver(), config.caching, config.decompression_limits(), spec_version
-        )
+        limits, updates = config.decompression_limits(), config.repo_info_updates()
+        self._assets = AssetManager(storage.driver(), config.caching, limits, spec_version, updates)
         self._commit_metadata: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------------
