@@ -11,7 +11,7 @@ working for bad arguments)::
         StorageError                    a driver operation failed (key=, driver=)
             ObjectNotFound
             PreconditionFailed          a conditional write lost
-            CommitOutcomeUnknownError   a branch update's answer was lost
+            CommitOutcomeUnknownError   a ref change's answer was lost
             InvalidKey
             ReadOnlyError               (also ValueError)
             InjectedFault               raised by aicechunk.testing.FaultyDriver
@@ -130,8 +130,9 @@ class PreconditionFailed(StorageError):
 
 
 class CommitOutcomeUnknownError(StorageError):
-    """A commit's branch update may or may not have landed, and reading the branch back
-    to find out failed too. The session keeps its changes and refuses new ones; calling
+    """A commit's branch update (on spec v2, any change of the repo info file: a branch,
+    a tag, the metadata) may or may not have landed, and reading it back to find out
+    failed too. The session keeps its changes and refuses new ones; calling
     ``commit`` on it again finds out, and returns the snapshot if it had landed (so no
     change is committed twice)."""
 

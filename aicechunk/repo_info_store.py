@@ -8,9 +8,10 @@ unrelated change (another branch, a tag) reads again and reapplies its change, a
 Icechunk does, as often and as patiently as the configuration's ``repo_update_retries``
 says; a change that no longer applies (the branch moved) raises. The operations log keeps
 ``num_updates_per_repo_info_file`` updates, the older ones in the backups it links to.
-When the answer to the write is lost (any other storage error), ``repo`` is read back once
-to decide, as a lost ref write is in spec v1: the change is there (done), or the error is
-raised and the write is not tried again (the driver has retried what it could).
+When the answer to the write is lost (any other storage error), ``repo`` is read back to
+decide, as a lost ref write is in spec v1: the change is there (done), or the error is
+raised and the write is not tried again (the driver has retried what it could); if it
+cannot be read back, ``CommitOutcomeUnknownError``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, 
 from aicechunk.drivers.base import Driver
 from aicechunk.errors import (
     AicechunkError,
+    CommitOutcomeUnknownError,
     ConflictError,
     FormatError,
     ObjectNotFound,
@@ -55,6 +57,11 @@ from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_
 from aicechunk.refstore import RefInfo
 
 __all__ = ["IMMEDIATE_RETRIES", "RepoInfoStore", "initial_repo_info", "retry_delays"]
+
+#: reading ``repo`` back after the answer to a change was lost: how many tries, and the
+#: wait before the second (doubling), as for a spec v1 branch (``assets.SETTLE_*``)
+SETTLE_ATTEMPTS = 5
+SETTLE_BACKOFF_SECONDS = 0.05
 
 #: how many retries of a change that lost the race follow at once, before the backoff
 #: starts (Icechunk 2.x: brief contention usually resolves within one or two)
@@ -196,6 +203,7 @@ class RepoInfoStore:
         read in the same file the change would replace), as in Icechunk; only a change of
         the status itself passes ``check_status=False``."""
         maybe_landed = False
+        sent: set[str] = set()  # the backup names of our writes that may have landed
         failure: PreconditionFailed | None = None
         delays = retry_delays(self.updates)
         attempt = 0
@@ -205,6 +213,8 @@ class RepoInfoStore:
                 info, data, version = known
             else:
                 info, data, version = await self.read()
+            if maybe_landed and _logged(info, sent):
+                return info  # a write of ours whose answer was lost is in the file
             if check_status and not info.status.is_online:
                 if maybe_landed and change(info, True) is None:
                     return info  # ours landed before the status changed
@@ -242,8 +252,10 @@ class RepoInfoStore:
             except PreconditionFailed as err:
                 # another writer changed it, or a retried request of ours landed
                 failure, maybe_landed = err, True
+                sent.add(name)
             except StorageError as err:
-                return await self._settle(change, err)  # the answer was lost
+                sent.add(name)
+                return await self._settle(change, err, sent)  # the answer was lost
             else:
                 # what was written stands for its bytes (JSON values alike: a tuple
                 # in metadata is a list once decoded)
@@ -279,17 +291,34 @@ class RepoInfoStore:
             f"the repository status is read-only{where}: {doing}{said}", status
         )
 
-    async def _settle(self, change: Change, lost: StorageError) -> RepoInfo:
+    async def _settle(self, change: Change, lost: StorageError, sent: set[str]) -> RepoInfo:
         """After the answer to a write of ``change`` was lost: the repo info if the change
-        is found done, else ``lost`` raised (also when ``repo`` cannot be read back)."""
-        try:
-            info = (await self.read())[0]
-            done = change(info, True) is None
-        except AicechunkError:  # unreadable, or the change no longer applies: not done
-            done = False
-        if not done:
-            raise lost
-        return info
+        is found done, else ``lost`` raised (also when the change no longer applies or the
+        file is unreadable). If ``repo`` cannot be read back at all (a few tries, as a
+        spec v1 branch is read back), ``CommitOutcomeUnknownError``: it may have landed."""
+        last: StorageError | None = None
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                info = (await self.read())[0]
+            except StorageError as err:
+                last = err
+                await asyncio.sleep(SETTLE_BACKOFF_SECONDS * 2**attempt)
+                continue
+            except AicechunkError:  # unreadable: not ours, nothing to tell
+                raise lost from None
+            try:
+                done = _logged(info, sent) or change(info, True) is None
+            except AicechunkError:  # the change no longer applies: not done
+                done = False
+            if not done:
+                raise lost
+            return info
+        raise CommitOutcomeUnknownError(
+            f"outcome unknown: a change of the repo info file may have been applied "
+            f"({lost}), and the file could not be read back ({last})",
+            key=REPO_INFO_KEY,
+            driver=self.driver.label,
+        ) from last
 
     # -- the RefStore interface ----------------------------------------------------------
 
@@ -446,6 +475,18 @@ def _after(latest: datetime) -> datetime:
             f"the latest update is dated {latest.isoformat()}, the last time there is: "
             "no later change can be logged",
         ) from None
+
+
+def _logged(info: RepoInfo, sent: set[str]) -> bool:
+    """Whether one of our writes, backed up under a name in ``sent``, is in ``info``'s
+    history: the update before ours links to that backup (every change, whatever its kind,
+    so that a lost answer never applies one twice, even where reapplying it would be
+    allowed, as for metadata or a status)."""
+    if not sent:
+        return False
+    return info.repo_before_updates in sent or any(
+        u.backup_path in sent for u in info.latest_updates
+    )
 
 
 def _listed(info: RepoInfo, snapshot_id: SnapshotId) -> None:

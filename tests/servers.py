@@ -282,7 +282,7 @@ HOP_HEADERS = (
 )
 
 #: What ``fault_proxy`` can do to a request instead of answering it properly.
-FAULTS = ("reset", "truncate", "stall", "hang", "503", "malformed")
+FAULTS = ("reset", "truncate", "stall", "hang", "503", "malformed", "lose")
 
 
 @dataclass
@@ -295,6 +295,7 @@ class FaultProxy:
     url: str = ""
     faults: list[str] = field(default_factory=list)
     methods: tuple[str, ...] = ("GET",)
+    path_suffix: str = ""
     hang_seconds: float = 1.0
     requests: int = 0
     faulted: int = 0
@@ -309,10 +310,13 @@ class FaultProxy:
 def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
     """An aiohttp reverse proxy on 127.0.0.1 in front of ``target`` that can break
     requests the way networks and servers do. Requests whose method is in
-    ``proxy.methods`` take the next fault of ``proxy.faults`` (others, and all once the
-    list is empty, are forwarded faithfully):
+    ``proxy.methods`` and whose path ends with ``proxy.path_suffix`` take the next fault of
+    ``proxy.faults`` (others, and all once the list is empty, are forwarded faithfully):
 
-    ``reset`` closes the connection without an answer; ``truncate`` sends half the body
+    A fault written ``METHOD:fault`` waits for a request of that method (others pass).
+    ``reset`` closes the connection without an answer; ``lose`` forwards the request and
+    closes the connection instead of sending the answer (it was applied, the client cannot
+    know); ``truncate`` sends half the body
     under a Content-Length of all of it and closes; ``stall`` sends half the body and
     then nothing for ``hang_seconds``; ``hang`` answers nothing for ``hang_seconds``;
     ``503`` answers Service Unavailable; ``malformed`` answers bytes that are not HTTP.
@@ -357,7 +361,13 @@ def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
         state.authorizations.append(request.headers.get("Authorization"))
         state.seen.append((request.method, dict(request.headers)))
         state.peers.append(request.transport and request.transport.get_extra_info("peername"))
-        fault = state.faults.pop(0) if state.faults and request.method in state.methods else ""
+        chosen = request.method in state.methods and request.path.endswith(state.path_suffix)
+        head = state.faults[0] if state.faults and chosen else ""
+        for_method, _, fault = head.rpartition(":")
+        if for_method and for_method != request.method:
+            fault = ""  # the next fault waits for a request of its method
+        elif head:
+            state.faults.pop(0)
         state.faulted += bool(fault)
         transport = request.transport
         assert transport is not None
@@ -373,6 +383,9 @@ def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
         if fault == "hang":
             await asyncio.sleep(state.hang_seconds)
         status, headers, payload = await forward(request)
+        if fault == "lose":
+            transport.abort()
+            return web.Response()
         if fault not in ("truncate", "stall"):
             return web.Response(status=status, body=payload, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)

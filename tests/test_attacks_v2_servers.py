@@ -237,12 +237,12 @@ async def test_made_up_etags_always(
     lying: tuple[aic.Repository, aic.Repository, Lies], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every read of ``repo`` carries an ETag no write can match: the attempts end (here
-    after 3, else ``UPDATE_ATTEMPTS``) with a StorageError saying so (not a
+    after 3, else as ``repo_update_retries`` says) with a StorageError saying so (not a
     ``RefExistsError``, as the last attempt's PreconditionFailed read before), and nothing
     changed."""
     import aicechunk.repo_info_store as store
 
-    monkeypatch.setattr(store, "UPDATE_ATTEMPTS", 3)
+    monkeypatch.setattr(store, "retry_delays", lambda updates: iter([0.0, 0.0]))
     repo, honest, lies = lying
     lies.bogus_etag = 10**6
     before = await _kinds(honest)
