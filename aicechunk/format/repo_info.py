@@ -42,6 +42,7 @@ from aicechunk.format.repo_updates import (
     encode_status,
     encode_update,
 )
+from aicechunk.format.stored_update import stored_updates
 from aicechunk.format.timestamps import from_micros, to_micros
 
 __all__ = [
@@ -377,8 +378,11 @@ def _decode(r: Reader, lazy: bool) -> RepoInfo:
     updates: Lazy[Update] | tuple[Update, ...]
     if lazy:
         snapshots = Lazy(count, lambda i: guarded(r.name, lambda: listed.info(i)), listed.check)
+        # an entry is decoded (and checked) when one of its fields is first read
         updates = Lazy(
-            len(positions), lambda i: guarded(r.name, lambda: decode_update(r, positions[i]))
+            len(positions),
+            lambda i: stored_updates(r, positions[i : i + 1])[0],
+            every=lambda: stored_updates(r, positions),
         )
     else:
         snapshots = tuple(listed.info(i) for i in range(count))
