@@ -52,6 +52,8 @@ __all__ = [
 # first pause (doubling) between those reads
 SETTLE_ATTEMPTS = 5
 SETTLE_BACKOFF_SECONDS = 0.05
+# the bytes of the manifests written here kept for reading back (each up to 1/16 of it)
+_WRITTEN_BYTES = 16 * 1024 * 1024
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +141,8 @@ class AssetManager:
         self._manifests: LRU[ManifestId, Manifest] = LRU(
             self.caching.resolved("num_chunk_refs"), lambda m: m.num_chunk_refs
         )
+        # small manifests written here, as bytes: the next commit reads its base from them
+        self._written: LRU[ManifestId, bytes] = LRU(_WRITTEN_BYTES, len)
         self._txlogs: LRU[SnapshotId, TransactionLog] = LRU(
             self.caching.resolved("num_transaction_changes"), _log_size
         )
@@ -275,8 +279,9 @@ class AssetManager:
         key = MANIFESTS + str(manifest_id)
 
         async def load() -> Manifest:
+            data = self._written.get(manifest_id)
             try:
-                data = await self.driver.get(key)
+                data = data if data is not None else await self.driver.get(key)
             except ObjectNotFound:
                 raise FormatError(key, "manifest file is missing") from None
             bound = self.limits.bound(len(data))
@@ -291,6 +296,8 @@ class AssetManager:
     async def write_manifest_bytes(self, manifest_id: ManifestId, data: bytes) -> None:
         """Write an encoded manifest file."""
         await self.driver.put(MANIFESTS + str(manifest_id), data, write_once=True)
+        if len(data) <= _WRITTEN_BYTES // 16:
+            self._written.put(manifest_id, data)
 
     # -- transaction logs -------------------------------------------------------------
 
@@ -371,6 +378,12 @@ class AssetManager:
             warm, self.before_first_branch = self.before_first_branch, None
             warm(name)
         return await self.refs.fetch_branch(name)
+
+    def prepare_move(self, tip: RefInfo) -> None:
+        """Begin, for a commit on ``tip`` (just read), what moving its branch needs that
+        does not depend on the commit: on spec v2, the copy of the repo info file."""
+        if isinstance(self.refs, RepoInfoStore):
+            self.refs.back_up_ahead(tip.version)
 
     async def fetch_tag(self, name: str) -> SnapshotId:
         """Where a tag points; deleted tags are not found."""
