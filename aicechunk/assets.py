@@ -379,12 +379,6 @@ class AssetManager:
             warm(name)
         return await self.refs.fetch_branch(name)
 
-    def prepare_move(self, tip: RefInfo) -> None:
-        """Begin, for a commit on ``tip`` (just read), what moving its branch needs that
-        does not depend on the commit: on spec v2, the copy of the repo info file."""
-        if isinstance(self.refs, RepoInfoStore):
-            self.refs.back_up_ahead(tip.version)
-
     async def fetch_tag(self, name: str) -> SnapshotId:
         """Where a tag points; deleted tags are not found."""
         return await self.refs.fetch_tag(name)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits
-from aicechunk.drivers.base import Driver, ObjectInfo
+from aicechunk.drivers.base import Driver
 from aicechunk.errors import (
     AicechunkError,
     ConflictError,
@@ -97,8 +97,6 @@ class RepoInfoStore:
         # the file last read or written here: decoded, its bytes and its version
         self._file: tuple[RepoInfo, bytes, str] | None = None
         self._hint: tuple[RepoInfo, bytes] | None = None  # decoded elsewhere (``remember``)
-        # a copy to ``overwritten/`` begun ahead of an update: version copied, name, put
-        self._early: tuple[str, str, asyncio.Future[ObjectInfo]] | None = None
 
     async def read(self) -> tuple[RepoInfo, bytes, str]:
         """The repo info file as stored now: decoded, its bytes, and its version."""
@@ -137,31 +135,6 @@ class RepoInfoStore:
         self._hint = (info, data)
         if self._cached is None:
             self._cached = info
-
-    def back_up_ahead(self, version: str) -> None:
-        """Begin copying the repo info file to ``overwritten/`` now, when this store holds
-        it at ``version`` (a commit's branch tip, just read): the copy is then written
-        while the commit writes its other files, and its ``update`` of that version uses
-        it. A copy no update uses (the commit failed, or lost the race) is an orphan
-        under ``overwritten/``, as the copy of a writer that crashed is: never read.
-        Nothing is begun where the update is sure to be refused (the repository is not
-        online, or no later update can be dated) or cannot be made (no version)."""
-        known = self._file
-        if known is None or not version or known[2] != version:
-            return
-        info, data, _ = known
-        if not info.status.is_online or not info.latest_updates:
-            return
-        try:
-            at = max(datetime.now(UTC), _after(info.latest_updates[0].updated_at))
-        except FormatError:
-            return
-        name = backup_name(at, os.urandom(12))
-        put = asyncio.ensure_future(
-            self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
-        )
-        put.add_done_callback(_retrieved)  # its failure is raised by the update using it
-        self._early = (version, name, put)
 
     async def info(self, fresh: bool = True) -> RepoInfo:
         """The repo info (the last one read, unless ``fresh``)."""
@@ -226,16 +199,12 @@ class RepoInfoStore:
                 )
             new, kind = result
             at = max(datetime.now(UTC), _after(info.latest_updates[0].updated_at))
-            early, self._early = self._early, None
-            if early is not None and early[0] == version:  # the copy begun ahead
-                name, backup = early[1], early[2]
-            else:
-                name = backup_name(at, os.urandom(12))
-                # the backup is written while the new file is encoded; the new file is
-                # put only once the backup is stored (the spec's order)
-                backup = asyncio.ensure_future(
-                    self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
-                )
+            name = backup_name(at, os.urandom(12))
+            # the backup is written while the new file is encoded; the new file is put
+            # only once the backup is stored (the spec's order)
+            backup = asyncio.ensure_future(
+                self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
+            )
             try:
                 log, before = push_update(info, kind, at, name)
                 new = replace(new, latest_updates=log, repo_before_updates=before)
@@ -438,11 +407,6 @@ async def encode_change(info: RepoInfo) -> bytes:
     items = sum(1 for s in info.snapshots if s._segment is None)
     items += sum(1 for u in info.latest_updates if u._segment is None)
     return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info_segmented, info)
-
-
-def _retrieved(done: asyncio.Future[ObjectInfo]) -> None:
-    if not done.cancelled():
-        done.exception()
 
 
 def _after(latest: datetime) -> datetime:

@@ -72,7 +72,6 @@ async def commit(
         if tip.snapshot_id != state.snapshot_id:
             error = ConflictError(branch, str(state.snapshot_id), str(tip.snapshot_id))
         else:
-            state.assets.prepare_move(tip)  # the repo info file's copy, meanwhile
             base = await base_snapshot(state)
             snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
             move, cancelled = await finish_despite_cancellation(
