@@ -57,6 +57,8 @@ __all__ = [
 # first pause (doubling) between those reads
 SETTLE_ATTEMPTS = 5
 SETTLE_BACKOFF_SECONDS = 0.05
+# the bytes of the manifests written here kept for reading back (each up to 1/16 of it)
+_WRITTEN_BYTES = 16 * 1024 * 1024
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +150,8 @@ class AssetManager:
         self._manifests: LRU[ManifestId, Manifest] = LRU(
             self.caching.resolved("num_chunk_refs"), lambda m: m.num_chunk_refs
         )
+        # small manifests written here, as bytes: the next commit reads its base from them
+        self._written: LRU[ManifestId, bytes] = LRU(_WRITTEN_BYTES, len)
         self._txlogs: LRU[SnapshotId, TransactionLog] = LRU(
             self.caching.resolved("num_transaction_changes"), _log_size
         )
@@ -289,8 +293,9 @@ class AssetManager:
         key = MANIFESTS + str(manifest_id)
 
         async def load() -> Manifest:
+            data = self._written.get(manifest_id)
             try:
-                data = await self.driver.get(key)
+                data = data if data is not None else await self.driver.get(key)
             except ObjectNotFound:
                 raise FormatError(key, "manifest file is missing") from None
             bound = self.limits.bound(len(data))
@@ -305,6 +310,8 @@ class AssetManager:
     async def write_manifest_bytes(self, manifest_id: ManifestId, data: bytes) -> None:
         """Write an encoded manifest file."""
         await self.driver.put(MANIFESTS + str(manifest_id), data, write_once=True)
+        if len(data) <= _WRITTEN_BYTES // 16:
+            self._written.put(manifest_id, data)
 
     # -- transaction logs -------------------------------------------------------------
 

@@ -9,6 +9,7 @@ compressed as the header says. Icechunk compresses with zstd level 3, as we do.
 from __future__ import annotations
 
 import enum
+import threading
 from importlib.metadata import version as _dist_version
 
 import zstandard
@@ -75,7 +76,22 @@ def encode_file(
     if spec_version not in SPEC_VERSIONS:
         raise ValueError(f"unknown spec version {spec_version}")
     header = MAGIC + IMPLEMENTATION + bytes((spec_version, file_type, Compression.ZSTD))
-    return header + zstandard.ZstdCompressor(level=level, threads=threads).compress(payload)
+    return header + _compressor(level, threads).compress(payload)
+
+
+_kept = threading.local()  # a compressor is used by one thread at a time
+
+
+def _compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
+    """A compressor of ``level`` on ``threads`` threads, kept per thread: making one
+    costs more than compressing a small file (each ``compress`` starts afresh)."""
+    kept: dict[tuple[int, int], zstandard.ZstdCompressor] | None = getattr(_kept, "all", None)
+    if kept is None:
+        kept = _kept.all = {}
+    found = kept.get((level, threads))
+    if found is None:
+        found = kept[(level, threads)] = zstandard.ZstdCompressor(level=level, threads=threads)
+    return found
 
 
 def spec_version_of(header: bytes) -> int | None:

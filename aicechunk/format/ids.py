@@ -10,6 +10,8 @@ import builtins
 import os
 from typing import ClassVar, Self
 
+import numpy as np
+
 from aicechunk.errors import InvalidIdError
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "SnapshotId",
     "decode_base32",
     "encode_base32",
+    "encode_base32_many",
 ]
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -39,6 +42,23 @@ def encode_base32(data: bytes) -> str:
     value = int.from_bytes(data, "big") << (pairs * 10 - bits)
     text = "".join([_PAIRS[(value >> shift) & 1023] for shift in range(pairs * 10 - 10, -1, -10)])
     return text[:chars]
+
+
+_ALPHABET_BYTES = np.frombuffer(_ALPHABET.encode("ascii"), np.uint8)
+_BIT_WEIGHTS = np.array([16, 8, 4, 2, 1], np.uint8)
+
+
+def encode_base32_many(data: bytes, size: int) -> list[str]:
+    """``encode_base32`` of each ``size``-byte value in ``data`` (a multiple of ``size``
+    bytes long), all at once: for the many ids one file lists."""
+    count = len(data) // size
+    chars = (size * 8 + 4) // 5
+    bits = np.zeros((count, chars * 5), np.uint8)
+    bits[:, : size * 8] = np.unpackbits(
+        np.frombuffer(data, np.uint8, count * size).reshape(-1, size), axis=1
+    )
+    text = _ALPHABET_BYTES[bits.reshape(count, chars, 5) @ _BIT_WEIGHTS].tobytes().decode("ascii")
+    return [text[i : i + chars] for i in range(0, count * chars, chars)]
 
 
 def decode_base32(text: str, size: int, what: str = "id") -> bytes:
@@ -146,6 +166,16 @@ class SnapshotId(str):
                 raise InvalidIdError(cls.KIND, f"expected {cls.SIZE} bytes, got {len(data)}")
             raw = builtins.bytes(data)
         self = super().__new__(cls, encode_base32(raw))
+        self.bytes = raw
+        return self
+
+    @classmethod
+    def known(cls, raw: builtins.bytes, text: str) -> SnapshotId:
+        """The id of the 12 bytes ``raw``, whose base32 form ``text`` the caller made
+        (``encode_base32_many``): no second encoding."""
+        if len(raw) != cls.SIZE:
+            raise InvalidIdError(cls.KIND, f"expected {cls.SIZE} bytes, got {len(raw)}")
+        self = str.__new__(cls, text)
         self.bytes = raw
         return self
 

@@ -31,9 +31,10 @@ from aicechunk.format.fastbuilder import FastBuilder
 from aicechunk.format.flatbuf import FILE_IDENTIFIER, Reader, guarded, offset_vector, table
 from aicechunk.format.flexbuf import decode_flex, encode_flex
 from aicechunk.format.header import FileType, decode_versioned, encode_file
-from aicechunk.format.ids import SnapshotId, encode_base32
+from aicechunk.format.ids import SnapshotId, encode_base32, encode_base32_many
 from aicechunk.format.metadata import check_commit_properties
 from aicechunk.format.repo_info_model import Flex, Lazy, RepoInfo, SnapshotInfo
+from aicechunk.format.repo_info_refs import check_order, read_refs
 from aicechunk.format.repo_updates import (
     Update,
     UpdateKind,
@@ -42,6 +43,7 @@ from aicechunk.format.repo_updates import (
     encode_status,
     encode_update,
 )
+from aicechunk.format.stored_update import stored_updates
 from aicechunk.format.timestamps import from_micros, to_micros
 
 __all__ = [
@@ -311,6 +313,19 @@ class _Snapshots:
             found = self.ids[position] = SnapshotId(self.r.raw(id_pos, 12))
         return found
 
+    def find_ids(self, positions: list[int]) -> None:
+        """Find the ids at ``positions`` (those not found yet) at once: the refs'."""
+        missing = sorted(set(positions).difference(self.ids))
+        raws = []
+        for position in missing:
+            (id_pos,) = self.r.fields(self.positions[position], 1)
+            if not id_pos:
+                raise self.r.fail("required field 'snapshot id' is missing")
+            raws.append(self.r.raw(id_pos, 12))
+        texts = encode_base32_many(b"".join(raws), 12)
+        for position, raw, text in zip(missing, raws, texts, strict=True):
+            self.ids[position] = SnapshotId.known(raw, text)
+
     def info(self, position: int) -> SnapshotInfo:
         r, pos = self.r, self.positions[position]
         parent = _i32(r, pos, 1)
@@ -341,20 +356,10 @@ def _decode(r: Reader, lazy: bool) -> RepoInfo:
     count = len(listed.positions)
 
     def refs(index: int, what: str) -> dict[str, SnapshotId]:
-        found: dict[str, SnapshotId] = {}
-        previous = None
-        for pos in r.table_vector(root, index, what):
-            name_at, position_at = r.fields(pos, 2)
-            if not name_at:
-                raise r.fail("required field 'ref name' is missing")
-            ref_name = r.string_at(name_at)
-            position = r.u32(position_at) if position_at else 0
-            if position >= count:
-                raise r.fail(f"{ref_name!r} points at snapshot {position} of {count}")
-            _check_order(r, what, previous, ref_name)
-            found[ref_name] = listed.id(position)
-            previous = ref_name
-        return found
+        found = read_refs(r, r.table_vector(root, index, what), count, what)
+        listed.find_ids([position for _, position in found])
+        ids = listed.ids
+        return {name: ids[position] for name, position in found}
 
     def flags(index: int) -> tuple[int, ...] | None:
         if r.field(root, index) is None:
@@ -369,7 +374,7 @@ def _decode(r: Reader, lazy: bool) -> RepoInfo:
     r.raw(start, 4 * deleted_count)
     deleted = tuple(_string_at(r, start + 4 * i) for i in range(deleted_count))
     for i in range(1, deleted_count):
-        _check_order(r, "deleted_tags", deleted[i - 1], deleted[i])
+        check_order(r, "deleted_tags", deleted[i - 1], deleted[i])
     positions = r.table_vector(root, 7, "latest_updates")
     if not positions:
         raise r.fail("the operations log (latest_updates) is empty")
@@ -377,8 +382,11 @@ def _decode(r: Reader, lazy: bool) -> RepoInfo:
     updates: Lazy[Update] | tuple[Update, ...]
     if lazy:
         snapshots = Lazy(count, lambda i: guarded(r.name, lambda: listed.info(i)), listed.check)
+        # an entry is decoded (and checked) when one of its fields is first read
         updates = Lazy(
-            len(positions), lambda i: guarded(r.name, lambda: decode_update(r, positions[i]))
+            len(positions),
+            lambda i: stored_updates(r, positions[i : i + 1])[0],
+            every=lambda: stored_updates(r, positions),
         )
     else:
         snapshots = tuple(listed.info(i) for i in range(count))
@@ -401,16 +409,6 @@ def _decode(r: Reader, lazy: bool) -> RepoInfo:
         extra=r.bytes_field(root, 12),
         _flex=metadata,
     )
-
-
-def _check_order(r: Reader, what: str, previous: str | None, name: str) -> None:
-    # names are looked up by binary search (Icechunk does): in byte order (which is code
-    # point order), each once
-    if previous is None or previous < name:
-        return
-    if previous == name:
-        raise r.fail(f"{what} lists {name!r} twice")
-    raise r.fail(f"{what} are not sorted: {previous!r} comes before {name!r}")
 
 
 def _i32(r: Reader, table_pos: int, index: int) -> int:

@@ -26,20 +26,23 @@ _NAME = "repo"
 
 class Lazy(Sequence[T]):
     """A sequence of ``count`` items decoded on first use: ``item(i)`` decodes one;
-    ``check(items)``, if given, runs once all are decoded (checks that need them all).
+    ``check(items)``, if given, runs once all are decoded (checks that need them all);
+    ``every()``, if given, decodes them all at once (when none was decoded alone yet).
     Equal to any sequence of equal items."""
 
-    __slots__ = ("_check", "_count", "_done", "_item", "_items")
+    __slots__ = ("_check", "_count", "_done", "_every", "_item", "_items")
 
     def __init__(
         self,
         count: int,
         item: Callable[[int], T],
         check: Callable[[tuple[T, ...]], None] | None = None,
+        every: Callable[[], tuple[T, ...]] | None = None,
     ) -> None:
         self._count = count
         self._item = item
         self._check = check
+        self._every = every
         self._items: list[T | None] = [None] * count
         self._done: tuple[T, ...] | None = None
 
@@ -53,7 +56,10 @@ class Lazy(Sequence[T]):
         """Every item, decoded (and checked) now if not yet."""
         done = self._done
         if done is None:
-            done = tuple(self._one(i) for i in range(self._count))
+            if self._every is not None and self._items.count(None) == self._count:
+                done = self._every()
+            else:
+                done = tuple(self._one(i) for i in range(self._count))
             if self._check is not None:
                 self._check(done)
             self._done = done

@@ -23,6 +23,7 @@ decoded.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import struct
@@ -74,9 +75,11 @@ def _finish(b: FastBuilder, root: int, patch: int | None) -> Segment:
     return data, start, found
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _ref_segment(name: str) -> Segment:
     """A ref's table, written directly (no builder: a repository may hold a million
-    refs): its vtable, the table (name, then the index to set), the name."""
+    refs): its vtable, the table (name, then the index to set), the name. Kept for the
+    next write (a segment is immutable; the index is set in the file's copy)."""
     data = name.encode("utf-8")
     body = _REF_HEAD + _U32.pack(len(data)) + data + b"\x00"
     return body + bytes(-len(body) % _ALIGN), 8, 16
@@ -141,16 +144,15 @@ def encode_repo_info_segmented(info: RepoInfo) -> bytes:
 
     tag_count = refs(info.tags)
     branch_count = refs(info.branches)
-    for snap in info.snapshots:
-        parent = snap.parent_id
-        if parent is None:
-            values.append(-1)
-        else:
-            position = index.get(parent.bytes)
-            if position is None:
-                raise FormatError(_NAME, f"the parent of {snap.id} is not listed")
-            values.append(position)
-        segments.append(snap._segment or _snapshot_segment(snap))
+    snapshots = info.snapshots
+    get = index.get
+    # comprehensions, not a loop of appends: this runs for every snapshot at every change
+    parents = [-1 if s.parent_id is None else get(s.parent_id.bytes, -2) for s in snapshots]
+    if -2 in parents:
+        orphan = snapshots[parents.index(-2)]
+        raise FormatError(_NAME, f"the parent of {orphan.id} is not listed")
+    values += parents
+    segments += [s._segment or _snapshot_segment(s) for s in snapshots]
     segments += [u._segment or _update_segment(u) for u in info.latest_updates]
     rest, rest_fields = _rest_segment(info)
     segments.append(rest)

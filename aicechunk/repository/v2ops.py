@@ -60,21 +60,29 @@ async def ops_log(self: HasAssets) -> AsyncIterator[ru.Update]:
     copy already read, is a ``FormatError`` naming the file holding it."""
     store = repo_info_store_of(self, "the operations log")
     info: RepoInfo | None = await store.info()
+    assert info is not None
+    # the file's own entries go as they are (as icechunk yields them): their fields are
+    # decoded only when read (``StoredUpdate``); a copy's are those older than the last
+    # entry handed over
+    for update in info.latest_updates:
+        yield update
     last = None
     source, seen = REPO_INFO_KEY, set()
     while info is not None:
-        for update in info.latest_updates:
-            if last is None or update.updated_at < last:
-                yield update
-                last = update.updated_at
         before = info.repo_before_updates
         if before is None:
             return
+        if last is None and info.latest_updates:
+            last = info.latest_updates[-1].updated_at
         if check_backup_name(before, source) in seen:
             raise FormatError(source, f"the operations log loops back to {before!r}")
         seen.add(before)
         source = OVERWRITTEN_PREFIX + before
         info = await _backup(store, before)
+        for update in () if info is None else info.latest_updates:
+            if last is None or update.updated_at < last:
+                yield update
+                last = update.updated_at
 
 
 async def _backup(store: RepoInfoStore, name: str) -> RepoInfo | None:

@@ -34,7 +34,7 @@ from aicechunk.format.snapshot import (
     Snapshot,
 )
 from aicechunk.format.transaction_log import TransactionLog, merge_transaction_logs
-from aicechunk.offload import LOG_ROWS_OFF_LOOP, off_loop
+from aicechunk.offload import ENCODE_ITEMS_OFF_LOOP, LOG_ROWS_OFF_LOOP, off_loop
 from aicechunk.session.reads import NodeView, base_refs, grids, logged_chunk_changes
 from aicechunk.session.state import SessionState
 
@@ -205,11 +205,13 @@ class Flush:
         if not refs:
             return ()
         manifest_id = ManifestId.random()
-        data, extents = await asyncio.to_thread(
+        big = len(refs) >= ENCODE_ITEMS_OFF_LOOP  # a few refs: cheaper than a thread hop
+        data, extents = await off_loop(
+            big,
             encode_array_manifest,
             manifest_id,
             node_id,
-            dict(refs) if live else refs,
+            dict(refs) if live and big else refs,
             self.version,
         )
         if any(hi > g for (_, hi), g in zip(extents, grid, strict=False)):
@@ -218,8 +220,8 @@ class Flush:
             refs = {c: r for c, r in refs.items() if on_grid(c, grid)}
             if not refs:
                 return ()
-            data, extents = await asyncio.to_thread(
-                encode_array_manifest, manifest_id, node_id, refs, self.version
+            data, extents = await off_loop(
+                big, encode_array_manifest, manifest_id, node_id, refs, self.version
             )
         self.new_files.append((ManifestFileInfo(manifest_id, len(data), len(refs)), data))
         return (ManifestRef(manifest_id, extents),)

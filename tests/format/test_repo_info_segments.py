@@ -127,8 +127,8 @@ def test_a_malformed_entry_read_lazily_is_refused_when_used_never_copied(
     encoder: Callable[[RepoInfo], bytes],
 ) -> None:
     """An old log entry with an unknown update type: the lazy decoder lists branches,
-    the entry is a FormatError when read, and a change (which re-encodes the log) is
-    refused instead of carrying it forward."""
+    the entry is a FormatError when its fields are first read, and a change (which
+    re-encodes the log) is refused instead of carrying it forward."""
     info = _sample(4)
     payload, positions = _updates_of(encoder(info))
     r = Reader(payload, "repo")
@@ -142,8 +142,11 @@ def test_a_malformed_entry_read_lazily_is_refused_when_used_never_copied(
     lazy = decode_repo_info(data, lazy=True)
     assert lazy.branches == info.branches
     assert lazy.latest_updates[0] == info.latest_updates[0]
+    entries = list(lazy.latest_updates)  # the entries are there; their fields are read lazily
     with pytest.raises(FormatError, match=r"repo: .*unknown update type 200"):
-        list(lazy.latest_updates)
+        _ = entries[2].kind
+    with pytest.raises(FormatError, match=r"repo: .*unknown update type 200"):
+        _ = entries[2].updated_at  # as often as it is read
     at = info.latest_updates[0].updated_at + timedelta(seconds=1)
     with pytest.raises(FormatError, match="unknown update type 200"):
         log, before = push_update(lazy, ru.GCRan(), at, "backup")
@@ -190,6 +193,6 @@ def test_a_log_entry_without_its_required_name_is_refused() -> None:
     broken[vtable + 4 : vtable + 6] = b"\x00\x00"
     lazy = decode_repo_info(wrap(bytes(broken)), lazy=True)
     with pytest.raises(FormatError, match="required field 'branch' is missing"):
-        lazy.latest_updates[0]
+        _ = lazy.latest_updates[0].kind
     with pytest.raises(FormatError, match="required field 'branch' is missing"):
         decode_repo_info(wrap(bytes(broken)))

@@ -18,6 +18,7 @@ from aicechunk.format.ids import (
     SnapshotId,
     decode_base32,
     encode_base32,
+    encode_base32_many,
 )
 from aicechunk.format.manifest import ChunkRef, InlineRef, decode_manifest
 from aicechunk.format.manifest_encode import encode_manifest
@@ -67,6 +68,15 @@ def test_base32_matches_a_bitstream_reference(raw: bytes) -> None:
     expected = "".join(alphabet[int(bits[i : i + 5], 2)] for i in range(0, len(bits), 5))
     assert encode_base32(raw) == expected
     assert decode_base32(expected, len(raw)) == raw
+
+
+@given(st.sampled_from([8, 12]), st.lists(st.binary(min_size=12, max_size=12), max_size=40))
+def test_base32_of_many_ids_at_once_is_that_of_each(size: int, raws: list[bytes]) -> None:
+    values = [raw[:size] for raw in raws]
+    assert encode_base32_many(b"".join(values), size) == [encode_base32(v) for v in values]
+    for raw in raws:
+        known = SnapshotId.known(raw, encode_base32(raw))
+        assert known == SnapshotId(raw) and known.bytes == raw
 
 
 @pytest.mark.parametrize(
