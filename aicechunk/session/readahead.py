@@ -10,7 +10,11 @@ file), and a prefetched chunk is only used when the reference read asks for that
 file, so what is served is always right.
 
 A read outside the run (not in grid order) ends it: what was fetched ahead for that array
-is dropped (fetches under way are cancelled). Fetching stops at the end of the grid and
+is dropped (fetches under way are cancelled). So does a new chunk grid (a resize). A run
+not read during the session's last ``chunks`` reads is idle (a preview that read an
+array's first chunks and moved on): when the bytes bound is reached, idle runs are
+dropped, least recently read first, so that their unread prefetches neither hold the
+bound for ever nor keep their bytes alive. Fetching stops at the end of the grid and
 skips chunks with no native reference (inline, virtual, unwritten). Reads of part of a
 chunk (a shard's inner chunks) neither start nor use a run. A failed prefetch
 costs nothing but its request: the read that wanted the chunk fetches it itself, and a
@@ -54,6 +58,7 @@ class _Run:
     fetched ahead (by linear index in the grid)."""
 
     grid: tuple[int, ...]
+    used: int = 0  # the session's read count at this run's latest read
     last: int = -1
     in_order: int = 0
     frontier: int = -1
@@ -87,6 +92,7 @@ class ReadAhead:
         self.max_bytes = max_bytes
         self._runs: dict[NodeId, _Run] = {}
         self._held = 0
+        self._reads = 0
         self.prefetched = 0  # fetches started ahead (for tests and benchmarks)
 
     async def read(
@@ -104,9 +110,13 @@ class ReadAhead:
         if self.chunks <= 0 or len(coords) != len(grid) or not whole:
             # parts of chunks (shards) are not read ahead: a reader may want few of them
             return await self._fetch(ref.chunk_id, request)
-        run = self._runs.get(node)
-        if run is None or run.grid != grid:
-            run = self._runs[node] = _Run(grid)
+        run = self._runs.pop(node, None)  # put back last: the runs go least recent first
+        if run is not None and run.grid != grid:
+            self._end(run)  # resized: its fetches ahead follow the old grid
+            run = None
+        run = self._runs[node] = run or _Run(grid)
+        self._reads += 1
+        run.used = self._reads
         index = linear(coords, grid)
         ahead = run.ahead.pop(index, None)
         if ahead is not None:
@@ -149,7 +159,7 @@ class ReadAhead:
             run.frontier = j
             if not isinstance(ref, NativeRef) or j in run.ahead:
                 continue
-            if self._held + ref.length > self.max_bytes:
+            if self._held + ref.length > self.max_bytes and not self._make_room(run, ref.length):
                 run.frontier = j - 1  # try again once reads make room
                 break
             request = RangeRequest(ref.offset, ref.length)
@@ -158,6 +168,16 @@ class ReadAhead:
             run.ahead[j] = _Ahead(ref.chunk_id, request, task)
             self._held += ref.length
             self.prefetched += 1
+
+    def _make_room(self, current: _Run, size: int) -> bool:
+        """Drop idle runs, least recently read first, until ``size`` more bytes fit;
+        whether they do."""
+        for run in list(self._runs.values()):
+            if self._held + size <= self.max_bytes:
+                break
+            if run is not current and run.ahead and self._reads - run.used >= self.chunks:
+                self._end(run)
+        return self._held + size <= self.max_bytes
 
     def _end(self, run: _Run) -> None:
         """Drop what was fetched ahead for ``run`` (a read broke the order)."""
