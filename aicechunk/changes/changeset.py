@@ -156,6 +156,21 @@ class ChangeSet:
         """Whether the base snapshot's node at ``path`` was deleted."""
         return path in self.deleted_groups or path in self.deleted_arrays
 
+    def chunk_change(self, node_id: NodeId, coords: Coords) -> tuple[bool, ChunkRef | None]:
+        """Whether chunk ``coords`` of one node was changed, and its reference then
+        (``None``: deleted). Tables are searched as columns, not turned into objects."""
+        tables = self._tables.get(node_id)
+        if tables:
+            table = ChunkTable.combine(tables)
+            self._tables[node_id] = [table]
+            row = table.row_of(coords)
+            if row is not None:  # tables apply after the references set one by one
+                return True, table.ref_at(row)
+        refs = self._chunks.get(node_id)
+        if refs and coords in refs:
+            return True, refs[coords]
+        return False, None
+
     def chunk_changes(self, node_id: NodeId) -> dict[Coords, ChunkRef | None]:
         """The chunk references set or deleted for one node (empty if none)."""
         if node_id in self._tables:

@@ -230,9 +230,9 @@ async def chunk_ref(state: SessionState, path: str, coords: Coords) -> ChunkRef 
 
 async def node_chunk_ref(state: SessionState, node: NodeView, coords: Coords) -> ChunkRef | None:
     """The reference of one chunk of the array ``node``, or ``None`` if it has none."""
-    changed = state.changes.chunk_changes(node.id)
-    if coords in changed:
-        return changed[coords]
+    changed, ref = state.changes.chunk_change(node.id, coords)
+    if changed:
+        return ref
     return await base_ref(state, node, coords)
 
 
