@@ -4,6 +4,8 @@ resized, and what is served is checked against the data."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import zarr.api.asynchronous as zas
 
@@ -74,3 +76,20 @@ async def test_a_resized_array_drops_its_old_run() -> None:
     assert count == real
     values = await arr.getitem(slice(None))
     np.testing.assert_array_equal(values[: CHUNKS * CHUNK], np.arange(CHUNKS * CHUNK))
+
+
+async def test_a_session_that_read_ahead_pickles() -> None:
+    # xarray/dask hand a read-only session's store to processes after reading some of it
+    # (a preview, then .compute(scheduler="processes")): its fetches ahead stay behind
+    repo, _ = await many_arrays()
+    ro = await repo.readonly_session(branch="main")
+    arr = await zas.open_array(store=ro.store, path="a1", mode="r")
+    for i in range(3):
+        await arr.getitem(slice(i * CHUNK, (i + 1) * CHUNK))
+    assert ro._state.readahead.prefetched > 0
+    for copy in (pickle.loads(pickle.dumps(ro)), pickle.loads(pickle.dumps(ro.store))):
+        store = copy if isinstance(copy, aic.IcechunkStore) else copy.store
+        again = await zas.open_array(store=store, path="a1", mode="r")
+        np.testing.assert_array_equal(
+            await again.getitem(slice(None)), np.arange(CHUNKS * CHUNK) + 1
+        )
