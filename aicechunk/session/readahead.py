@@ -90,10 +90,25 @@ class ReadAhead:
         self._fetch = fetch
         self.chunks = chunks
         self.max_bytes = max_bytes
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
         self._runs: dict[NodeId, _Run] = {}
         self._held = 0
         self._reads = 0
         self.prefetched = 0  # fetches started ahead (for tests and benchmarks)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a session pickled (to a worker process) takes the settings, not the fetches
+        return {"fetch": self._fetch, "chunks": self.chunks, "max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._fetch, self.chunks, self.max_bytes = (
+            state["fetch"],
+            state["chunks"],
+            state["max_bytes"],
+        )
+        self._start_afresh()
 
     async def read(
         self,
