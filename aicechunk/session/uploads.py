@@ -15,12 +15,17 @@ cancels what is left) is started again by ``drain`` in the loop that drains; a c
 found already written then (``write_once`` refused) was this upload's and counts as done.
 A drain that is cancelled leaves the uploads running: they belong to this object, which
 the next drain waits for. Uploads started on another running loop (zarr's synchronous API
-runs the store on a loop thread of its own) are waited for on that loop.
+runs the store on a loop thread of its own) are waited for on that loop, if it answers:
+a loop that does not take up the wait within ``STALLED_AFTER`` seconds is blocked (a
+notebook cell's loop, waiting for the synchronous commit that drains), and its uploads
+are started again on the draining loop (the first to land wins; the other finds the
+chunk stored).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -30,6 +35,9 @@ from aicechunk.format.ids import ChunkId
 __all__ = ["Uploads"]
 
 Write = Callable[[ChunkId, bytes], Awaitable[None]]
+#: seconds another running loop may take to start waiting for its uploads before it is
+#: taken as blocked (its thread waits on the drain) and the uploads are redone here
+STALLED_AFTER = 0.5
 
 
 @dataclass(slots=True)
@@ -93,6 +101,7 @@ class Uploads:
         """Return once every queued chunk is stored; raise ``ChunkUploadError`` for the
         first that could not be (a failure is reported once: the next drain retries)."""
         loop = asyncio.get_running_loop()
+        stalled: set[asyncio.AbstractEventLoop] = set()
         while self._pending:
             failed = [
                 (chunk_id, e)
@@ -110,18 +119,25 @@ class Uploads:
                     f"nothing was committed (the next commit tries again); first: {err}",
                     key=key or f"chunks/{chunk_id}",
                 ) from err
-            elsewhere: list[asyncio.Future[object]] = []
+            elsewhere: dict[asyncio.AbstractEventLoop, list[asyncio.Task[None]]] = {}
             for chunk_id, entry in list(self._pending.items()):
                 task = entry.task
                 if task is not None and not task.done() and task.get_loop() is not loop:
                     other = task.get_loop()
-                    if other.is_running():  # e.g. zarr's loop thread: wait for it there
-                        future = asyncio.run_coroutine_threadsafe(_settled(task), other)
-                        elsewhere.append(asyncio.wrap_future(future))
+                    if other.is_running() and other not in stalled:
+                        elsewhere.setdefault(other, []).append(task)  # e.g. zarr's loop
                         continue
                 if task is None or task.done() or task.get_loop() is not loop:
-                    self._start(loop, chunk_id, entry)  # cancelled, failed before, loop gone
-            waiting: list[asyncio.Future[object]] = [*elsewhere]
+                    # cancelled, failed before, loop gone or blocked: (re)start it here
+                    self._start(loop, chunk_id, entry)
+            waiting: list[asyncio.Future[object]] = []
+            for other, tasks in elsewhere.items():
+                started = threading.Event()
+                future = asyncio.run_coroutine_threadsafe(_settled(tasks, started), other)
+                if not await _taken_up(started):
+                    stalled.add(other)  # blocked: the next round redoes its uploads here
+                    continue
+                waiting.append(asyncio.wrap_future(future))
             live = self._live(loop)
             if live:
                 waiting.append(asyncio.ensure_future(asyncio.wait(live)))
@@ -178,7 +194,21 @@ class Uploads:
             self._bytes -= len(entry.data)
 
 
-async def _settled(task: asyncio.Task[None]) -> object:
-    """Return once ``task`` (of the running loop) is done, however it ended."""
-    await asyncio.wait({task})
+async def _settled(tasks: list[asyncio.Task[None]], started: threading.Event) -> object:
+    """Return once ``tasks`` (of the running loop) are done, however they ended; set
+    ``started`` first (the loop answers)."""
+    started.set()
+    await asyncio.wait(tasks)
     return None
+
+
+async def _taken_up(started: threading.Event) -> bool:
+    """Whether another loop sets ``started`` within ``STALLED_AFTER`` seconds."""
+    deadline = asyncio.get_running_loop().time() + STALLED_AFTER
+    delay = 0.0005
+    while not started.is_set():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return True
