@@ -75,3 +75,21 @@ def test_row_lookup_equals_the_objects(seed: int) -> None:
             assert row is not None and combined.ref_at(row) == refs[c]
         else:
             assert row is None
+
+
+async def test_listing_chunks_of_a_new_array_keeps_the_columns(tmp_path: Path) -> None:
+    repo, session, location = await array_session(tmp_path, (32, 32))
+    flat = np.arange(32 * 32)
+    coords = np.stack([flat // 32, flat % 32], axis=1)
+    await session.store.set_virtual_refs_columns("v", coords[1::-1], location, 0, 4)
+    await session.store.set_virtual_refs_columns("v", coords[::-3], location, 4, 4)
+    expected = sorted({*map(tuple, coords[1::-1].tolist()), *map(tuple, coords[::-3].tolist())})
+    listed = [c async for c in session.chunk_coordinates("/v")]
+    assert listed == expected
+    node = await session.get_node("/v")
+    assert node is not None
+    singles, tables = session._state.changes.chunk_parts(node.id)
+    assert not singles and tables  # still columns: no object per reference
+    await session.commit("listed")
+    ro = await repo.readonly_session(branch="main")
+    assert [c async for c in ro.chunk_coordinates("/v")] == listed
