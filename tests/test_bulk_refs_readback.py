@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aicechunk.changes.changeset import ChangeSet
 from aicechunk.changes.chunktable import ChunkTable
-from aicechunk.format.ids import ChunkId
+from aicechunk.format.ids import ChunkId, NodeId
 from aicechunk.format.manifest import InlineRef, NativeRef, VirtualRef
 from tests.test_bulk_refs import array_session, read_all
 
@@ -125,3 +126,40 @@ async def test_single_changes_after_bulk_ones_keep_the_columns(tmp_path: Path) -
     ro = await repo.readonly_session(branch="main")
     np.testing.assert_array_equal(await read_all(ro), expected)
     assert [c async for c in ro.chunk_coordinates("/v")] == listed
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_changes_in_any_order_read_as_a_dict_would(seed: int) -> None:
+    # bulk tables, single sets and deletions in any order, merges and payload round
+    # trips: every lookup, listing and the resolved view agree with a plain dict
+    rnd = random.Random(seed)
+    node = NodeId.random()
+    changes = ChangeSet()
+    model: dict[tuple[int, ...], object] = {}
+    for _ in range(40):
+        step = rnd.randrange(4)
+        if step == 0:
+            batch = {
+                (rnd.randrange(8), rnd.randrange(8)): VirtualRef("s3://b/k", rnd.randrange(99), 1)
+                for _ in range(rnd.randrange(1, 30))
+            }
+            table = ChunkTable.from_refs(batch)
+            assert table is not None
+            changes.add_chunk_table(node, table)
+            model.update(batch)
+        elif step == 1:
+            c = (rnd.randrange(8), rnd.randrange(8))
+            ref = rnd.choice([None, NativeRef(ChunkId.random(), 0, 4), InlineRef(b"ab")])
+            changes.set_chunk(node, c, ref)
+            model[c] = ref
+        elif step == 2:
+            other = ChangeSet()
+            c = (rnd.randrange(8), rnd.randrange(8))
+            other.set_chunk(node, c, VirtualRef("s3://b/m", 1, 2))
+            changes.merge(other)
+            model[c] = VirtualRef("s3://b/m", 1, 2)
+        else:
+            changes = ChangeSet.from_plain(changes.to_plain())
+        for c in [(i, j) for i in range(8) for j in range(8)]:
+            assert changes.chunk_change(node, c) == ((c in model), model.get(c))
+    assert changes.chunk_changes(node) == model
