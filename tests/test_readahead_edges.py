@@ -4,6 +4,7 @@ resized, and what is served is checked against the data."""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import numpy as np
@@ -93,3 +94,32 @@ async def test_a_session_that_read_ahead_pickles() -> None:
         np.testing.assert_array_equal(
             await again.getitem(slice(None)), np.arange(CHUNKS * CHUNK) + 1
         )
+
+
+def test_reads_each_on_a_loop_of_their_own_fetch_nothing_twice() -> None:
+    # sync code calling the async API through asyncio.run per read: what was fetched
+    # ahead is cancelled with its loop, so fetching ahead only doubled the requests
+    repo, counting = asyncio.run(many_arrays())
+    ro = asyncio.run(repo.readonly_session(branch="main"))
+
+    async def read(i: int) -> np.ndarray:
+        arr = await zas.open_array(store=ro.store, path="a2", mode="r")
+        return np.asarray(await arr.getitem(slice(i * CHUNK, (i + 1) * CHUNK)))
+
+    counting.reset()
+    for i in range(CHUNKS):
+        np.testing.assert_array_equal(
+            asyncio.run(read(i)), np.arange(i * CHUNK, (i + 1) * CHUNK) + 2
+        )
+    gets = [k for m, k in counting.calls if m == "get" and k.startswith("chunks/")]
+    assert len(gets) == len(set(gets)) == CHUNKS
+
+    async def read_all() -> np.ndarray:  # one loop for many reads: read ahead as before
+        arr = await zas.open_array(store=ro.store, path="a3", mode="r")
+        for i in range(CHUNKS):
+            await arr.getitem(slice(i * CHUNK, (i + 1) * CHUNK))
+        return np.asarray(await arr.getitem(slice(None)))
+
+    before = ro._state.readahead.prefetched
+    np.testing.assert_array_equal(asyncio.run(read_all()), np.arange(CHUNKS * CHUNK) + 3)
+    assert ro._state.readahead.prefetched > before
