@@ -14,7 +14,11 @@ is dropped (fetches under way are cancelled). So does a new chunk grid (a resize
 not read during the session's last ``chunks`` reads is idle (a preview that read an
 array's first chunks and moved on): when the bytes bound is reached, idle runs are
 dropped, least recently read first, so that their unread prefetches neither hold the
-bound for ever nor keep their bytes alive. Fetching stops at the end of the grid and
+bound for ever nor keep their bytes alive. Fetches ahead belong to the loop of the read
+that started them: a read on another loop (sync code running each call with
+``asyncio.run``, whose loop cancels what is left when the call returns) drops them and
+starts none, so a loop per read fetches nothing twice; reads that share a loop fetch
+ahead from their second read on. Fetching stops at the end of the grid and
 skips chunks with no native reference (inline, virtual, unwritten). Reads of part of a
 chunk (a shard's inner chunks) neither start nor use a run. A failed prefetch
 costs nothing but its request: the read that wanted the chunk fetches it itself, and a
@@ -96,6 +100,7 @@ class ReadAhead:
         self._runs: dict[NodeId, _Run] = {}
         self._held = 0
         self._reads = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # that of the latest read
         self.prefetched = 0  # fetches started ahead (for tests and benchmarks)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -125,6 +130,11 @@ class ReadAhead:
         if self.chunks <= 0 or len(coords) != len(grid) or not whole:
             # parts of chunks (shards) are not read ahead: a reader may want few of them
             return await self._fetch(ref.chunk_id, request)
+        loop = asyncio.get_running_loop()
+        same_loop = loop is self._loop
+        if not same_loop:  # what was fetched ahead was for another loop's reads
+            self.clear()
+            self._loop = loop
         run = self._runs.pop(node, None)  # put back last: the runs go least recent first
         if run is not None and run.grid != grid:
             self._end(run)  # resized: its fetches ahead follow the old grid
@@ -142,7 +152,7 @@ class ReadAhead:
         else:
             self._end(run)
             run.last, run.in_order = index, 1
-        if run.in_order >= RUN_TO_START:
+        if run.in_order >= RUN_TO_START and same_loop:
             await self._fill(run, index, ref_of)
         if ahead is not None and ahead.chunk_id == ref.chunk_id:
             data = await self._result(ahead)
@@ -197,7 +207,7 @@ class ReadAhead:
     def _end(self, run: _Run) -> None:
         """Drop what was fetched ahead for ``run`` (a read broke the order)."""
         for ahead in run.ahead.values():
-            ahead.task.cancel()
+            _cancel(ahead.task)
             self._held -= ahead.request.length
         run.ahead.clear()
         run.frontier = -1
@@ -207,6 +217,21 @@ class ReadAhead:
         for run in self._runs.values():
             self._end(run)
         self._runs.clear()
+
+
+def _cancel(task: asyncio.Task[bytes]) -> None:
+    """Cancel ``task`` from any thread (on its loop's thread if that is another)."""
+    other = task.get_loop()
+    if task.done() or other.is_closed():
+        return
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if other is running:
+        task.cancel()
+    else:
+        other.call_soon_threadsafe(task.cancel)
 
 
 def _quiet(task: asyncio.Task[bytes]) -> None:
