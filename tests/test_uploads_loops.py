@@ -8,11 +8,19 @@ blocked until the commit returns: it waited for ever); it takes them over.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import numpy as np
+import zarr.api.asynchronous as zas
+
+import aicechunk as aic
+from aicechunk.drivers import MemoryDriver
+from aicechunk.testing import CountingDriver, FaultyDriver
 
 NOTEBOOK = textwrap.dedent(
     """
@@ -55,3 +63,38 @@ def test_sync_commit_from_a_running_loop_that_holds_the_uploads() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "committed"
+
+
+def test_sets_each_on_a_loop_of_their_own_upload_once() -> None:
+    # sync code calling the async API through asyncio.run per write: each loop cancels
+    # the upload it queued when the call returns, and the commit sent every chunk again
+    slow = FaultyDriver(MemoryDriver(), methods={"put"}, key_prefix="chunks/", delay=0.01)
+    counting = CountingDriver(slow)
+
+    async def make() -> tuple[aic.Repository, aic.Session]:
+        repo = await aic.Repository.create(aic.storage_from_driver(counting))
+        session = await repo.writable_session("main")
+        await zas.create_array(
+            session.store, name="x", shape=(4000,), chunks=(100,), dtype="i8", compressors=None
+        )
+        return repo, session
+
+    repo, session = asyncio.run(make())
+    counting.reset()
+
+    async def write(i: int) -> None:
+        arr = await zas.open_array(store=session.store, path="x")
+        await arr.setitem(slice(i * 100, (i + 1) * 100), np.arange(i * 100, (i + 1) * 100))
+
+    for i in range(40):
+        asyncio.run(write(i))
+    asyncio.run(session.commit("one loop per call"))
+    puts = [k for m, k in counting.calls if m.startswith("put") and k.startswith("chunks/")]
+    assert len(set(puts)) == 40 and len(puts) <= 41  # the first call's, at most, twice
+
+    async def read() -> np.ndarray:
+        ro = await repo.readonly_session(branch="main")
+        arr = await zas.open_array(store=ro.store, path="x", mode="r")
+        return np.asarray(await arr.getitem(slice(None)))
+
+    np.testing.assert_array_equal(asyncio.run(read()), np.arange(4000))
