@@ -20,6 +20,11 @@ a loop that does not take up the wait within ``STALLED_AFTER`` seconds is blocke
 notebook cell's loop, waiting for the synchronous commit that drains), and its uploads
 are started again on the draining loop (the first to land wins; the other finds the
 chunk stored).
+
+A ``put`` that finds uploads of an earlier loop cancelled because that loop closed (sync
+code running each call with ``asyncio.run``) turns write-behind off for good: each such
+call writes its chunk before it returns, instead of queueing an upload its loop will
+cancel and the commit send again.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ class Uploads:
         self._bytes = 0
         self._limits: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self._tasks: dict[asyncio.Task[None], None] = {}  # not done, oldest first
+        self._loop: asyncio.AbstractEventLoop | None = None  # that of the latest put
+        self._direct = False  # loops were seen closing on queued uploads: write at once
 
     @property
     def pending_bytes(self) -> int:
@@ -80,10 +87,13 @@ class Uploads:
     async def put(self, chunk_id: ChunkId, data: bytes) -> None:
         """Queue ``data`` as the chunk file ``chunk_id`` (waiting while the buffer is
         full); with write-behind off, write it now."""
-        if self.max_bytes <= 0:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._direct = self._direct or self._cut_by(self._loop)
+            self._loop = loop
+        if self.max_bytes <= 0 or self._direct:
             await self._write(chunk_id, data)
             return
-        loop = asyncio.get_running_loop()
         while self._pending and self._bytes + len(data) > self.max_bytes:
             # the oldest upload of this loop (they start in order, so end about in order)
             oldest = next((t for t in self._tasks if t.get_loop() is loop), None)
@@ -151,6 +161,15 @@ class Uploads:
                 self._finish(chunk_id, entry)
 
     # -- internals ------------------------------------------------------------------------
+
+    def _cut_by(self, loop: asyncio.AbstractEventLoop | None) -> bool:
+        """Whether ``loop`` closed and cancelled uploads it was running."""
+        if loop is None or not loop.is_closed():
+            return False
+        return any(
+            e.task is not None and e.task.get_loop() is loop and e.task.cancelled()
+            for e in list(self._pending.values())
+        )
 
     def _live(self, loop: asyncio.AbstractEventLoop) -> set[asyncio.Task[None]]:
         return {
