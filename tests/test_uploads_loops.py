@@ -98,3 +98,25 @@ def test_sets_each_on_a_loop_of_their_own_upload_once() -> None:
         return np.asarray(await arr.getitem(slice(None)))
 
     np.testing.assert_array_equal(asyncio.run(read()), np.arange(4000))
+
+
+async def test_a_chunk_no_change_names_any_more_does_not_block_the_commit() -> None:
+    # a chunk whose upload keeps failing, then overwritten (or its array deleted): the
+    # snapshot will not reference it, so its failure must not fail every commit after
+    faulty = FaultyDriver(
+        MemoryDriver(), methods={"put"}, key_prefix="chunks/", fail_calls=set(range(1, 200))
+    )
+    repo = await aic.Repository.create(aic.storage_from_driver(faulty))
+    session = await repo.writable_session("main")
+    arr = await zas.create_array(
+        session.store, name="x", shape=(400,), chunks=(100,), dtype="i8", compressors=None
+    )
+    await arr.setitem(slice(0, 100), np.arange(100))  # its uploads fail, every time
+    await asyncio.sleep(0.01)
+    await arr.setitem(slice(0, 100), np.full(100, 7))  # ...and so does this one's
+    faulty.disarm()
+    await arr.setitem(slice(0, 100), np.full(100, 9))  # replaced by one that lands
+    await session.commit("only the last chunk is referenced")
+    ro = await repo.readonly_session(branch="main")
+    got = await (await zas.open_array(store=ro.store, path="x", mode="r")).getitem(slice(0, 100))
+    np.testing.assert_array_equal(got, np.full(100, 9))
