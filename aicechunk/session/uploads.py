@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from aicechunk.errors import ChunkUploadError, PreconditionFailed, StorageError
@@ -107,9 +107,12 @@ class Uploads:
         self._bytes += len(data)
         self._start(loop, chunk_id, entry)
 
-    async def drain(self) -> None:
+    async def drain(self, needed: Callable[[], Collection[ChunkId]] | None = None) -> None:
         """Return once every queued chunk is stored; raise ``ChunkUploadError`` for the
-        first that could not be (a failure is reported once: the next drain retries)."""
+        first that could not be (a failure is reported once: the next drain retries).
+        ``needed`` gives the chunks the changes to save still name (asked only when an
+        upload failed): a failed chunk outside them (overwritten, its array deleted) is
+        dropped, not reported."""
         loop = asyncio.get_running_loop()
         stalled: set[asyncio.AbstractEventLoop] = set()
         while self._pending:
@@ -118,6 +121,12 @@ class Uploads:
                 for chunk_id, e in self._pending.items()
                 if e.error is not None and not e.reported
             ]
+            if failed and needed is not None:
+                named = needed()
+                for chunk_id, entry in failed:
+                    if chunk_id not in named:
+                        self._finish(chunk_id, entry)  # nothing will reference it
+                failed = [(c, e) for c, e in failed if c in named]
             if failed:
                 for _, entry in failed:
                     entry.reported = True
