@@ -43,6 +43,9 @@ class ChangeSet:
 
     Chunk changes merged in from forks stay column by column (``ChunkTable``) until
     something asks for them one by one: a commit encodes them without making objects.
+    Chunks set one by one after a node has tables wait in a short tail (applied after
+    the tables), folded into a table of its own when the tables are used, so that one
+    change does not turn millions of bulk references into objects.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class ChangeSet:
         # a node's chunk changes are its dict, then its tables applied in order
         self._chunks: dict[NodeId, dict[Coords, ChunkRef | None]] = chunks or {}
         self._tables: dict[NodeId, list[ChunkTable]] = {}
+        self._tail: dict[NodeId, dict[Coords, ChunkRef | None]] = {}  # after the tables
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ChangeSet):
@@ -93,9 +97,25 @@ class ChangeSet:
 
     def chunk_nodes(self) -> list[NodeId]:
         """Ids of the arrays with chunk changes."""
-        return list(dict.fromkeys([*self._chunks, *self._tables]))
+        return list(dict.fromkeys([*self._chunks, *self._tables, *self._tail]))
+
+    def _fold(self, node_id: NodeId) -> None:
+        """Turn the node's tail into a table after its others."""
+        tail = self._tail.pop(node_id, None)
+        if not tail:
+            return
+        table = ChunkTable.from_refs(tail)
+        if table is None:  # mixed dimensionality (never valid in an array): objects
+            self._materialize(node_id).update(tail)
+        else:
+            self._tables.setdefault(node_id, []).append(table)
+
+    def _fold_all(self) -> None:
+        for node_id in list(self._tail):
+            self._fold(node_id)
 
     def _materialize(self, node_id: NodeId) -> dict[Coords, ChunkRef | None]:
+        self._fold(node_id)
         refs = self._chunks.setdefault(node_id, {})
         for table in self._tables.pop(node_id, ()):
             refs.update(table.to_refs())
@@ -105,6 +125,7 @@ class ChangeSet:
     def chunks(self) -> dict[NodeId, dict[Coords, ChunkRef | None]]:
         """Every array's chunk changes as reference objects (tables are turned into
         objects on first access)."""
+        self._fold_all()
         for node_id in list(self._tables):
             self._materialize(node_id)
         return self._chunks
@@ -112,6 +133,7 @@ class ChangeSet:
     def chunk_table(self, node_id: NodeId) -> ChunkTable | None:
         """The node's chunk changes as one resolved table, when they are held as tables
         only (the merged-forks case); ``None`` otherwise."""
+        self._fold(node_id)
         tables = self._tables.get(node_id)
         if not tables or self._chunks.get(node_id):
             return None
@@ -124,12 +146,14 @@ class ChangeSet:
     ) -> tuple[Mapping[Coords, ChunkRef | None], Sequence[ChunkTable]]:
         """The node's chunk changes as held: references set one by one, and tables
         (applied after them), without turning tables into objects."""
+        self._fold(node_id)
         return self._chunks.get(node_id, {}), self._tables.get(node_id, [])
 
     def chunk_change_rows(self) -> int:
         """How many chunk changes are held (a chunk changed twice may count twice)."""
         tables = sum(len(t) for ts in self._tables.values() for t in ts)
-        return tables + sum(map(len, self._chunks.values()))
+        singles = (*self._chunks.values(), *self._tail.values())
+        return tables + sum(map(len, singles))
 
     def chunk_changes_coords(self, node_id: NodeId) -> Sequence[Coords]:
         """Coordinates of every chunk changed (set or deleted) in one array."""
@@ -156,9 +180,27 @@ class ChangeSet:
         """Whether the base snapshot's node at ``path`` was deleted."""
         return path in self.deleted_groups or path in self.deleted_arrays
 
+    def chunk_change(self, node_id: NodeId, coords: Coords) -> tuple[bool, ChunkRef | None]:
+        """Whether chunk ``coords`` of one node was changed, and its reference then
+        (``None``: deleted). Tables are searched as columns, not turned into objects."""
+        tail = self._tail.get(node_id)
+        if tail and coords in tail:
+            return True, tail[coords]
+        tables = self._tables.get(node_id)
+        if tables:
+            table = ChunkTable.combine(tables)
+            self._tables[node_id] = [table]
+            row = table.row_of(coords)
+            if row is not None:  # tables apply after the references set one by one
+                return True, table.ref_at(row)
+        refs = self._chunks.get(node_id)
+        if refs and coords in refs:
+            return True, refs[coords]
+        return False, None
+
     def chunk_changes(self, node_id: NodeId) -> dict[Coords, ChunkRef | None]:
         """The chunk references set or deleted for one node (empty if none)."""
-        if node_id in self._tables:
+        if node_id in self._tables or node_id in self._tail:
             return self._materialize(node_id)
         return self._chunks.get(node_id, {})
 
@@ -201,16 +243,21 @@ class ChangeSet:
         """Record the deletion of an array and forget its pending chunks."""
         self._chunks.pop(node_id, None)
         self._tables.pop(node_id, None)
+        self._tail.pop(node_id, None)
         if self.new_arrays.pop(path, None) is None:
             self.updated_arrays.pop(node_id, None)
             self.deleted_arrays[path] = node_id
 
     def set_chunk(self, node_id: NodeId, coords: Coords, ref: ChunkRef | None) -> None:
         """Record a chunk reference (``None`` deletes the chunk)."""
-        self._materialize(node_id)[coords] = ref
+        if node_id in self._tables:  # after the tables, without turning them into objects
+            self._tail.setdefault(node_id, {})[coords] = ref
+        else:
+            self._chunks.setdefault(node_id, {})[coords] = ref
 
     def add_chunk_table(self, node_id: NodeId, table: ChunkTable) -> None:
         """Record chunk changes held as a table (applied after the ones already here)."""
+        self._fold(node_id)
         if len(table):
             self._tables.setdefault(node_id, []).append(table)
 
@@ -221,6 +268,8 @@ class ChangeSet:
         ``other``'s deletions name nodes of the base snapshot by id: they go first, so
         that a node ``other`` deleted and created again at the same path is the new one.
         """
+        self._fold_all()
+        other._fold_all()
         for path, nid in other.deleted_groups.items():
             self.updated_groups.pop(nid, None)
             self.deleted_groups[path] = nid
@@ -245,8 +294,11 @@ class ChangeSet:
         self.updated_groups.update(other.updated_groups)
         self.updated_arrays.update(other.updated_arrays)
         for nid, refs in other._chunks.items():
-            if refs:
-                self._materialize(nid).update(refs)
+            if refs and nid in self._tables:  # after this node's tables: as a table
+                self._tail.setdefault(nid, {}).update(refs)
+                self._fold(nid)
+            elif refs:
+                self._chunks.setdefault(nid, {}).update(refs)
         for nid, tables in other._tables.items():
             for table in tables:
                 self.add_chunk_table(nid, table)
@@ -266,6 +318,7 @@ class ChangeSet:
         }
 
     def _node_chunks_to_plain(self, node_id: NodeId) -> list[dict[str, Any]]:
+        self._fold(node_id)
         out = []
         refs = self._chunks.get(node_id)
         if refs:

@@ -235,6 +235,68 @@ class ChunkTable(RefColumns):
                 columns[name] = list(map(columns[name].__getitem__, virtual.tolist()))
         return cls(coords[keep], kept_kinds, resolved=True, **columns)
 
+    # -- lookups (a resolved table) -----------------------------------------------------
+
+    def row_of(self, coords: Coords) -> int | None:
+        """The row of chunk ``coords`` in this resolved table (a binary search of each
+        dimension's column in turn), ``None`` if no row changes it."""
+        assert self.resolved
+        n = len(self)
+        if len(coords) != self.ndim or not n:
+            return None
+        if self.ndim == 0:
+            return n - 1
+        columns = self._lookup_cache()[0]
+        lo, hi = 0, n
+        for column, c in zip(columns, coords, strict=True):
+            part = column[lo:hi]
+            lo, hi = lo + int(part.searchsorted(c, "left")), lo + int(part.searchsorted(c, "right"))
+            if lo >= hi:
+                return None
+        return lo
+
+    def ref_at(self, row: int) -> ChunkRef | None:
+        """Row ``row``'s reference (``None``: the row deletes the chunk)."""
+        _, rank, inline_starts = self._lookup_cache()
+        kind, k = int(self.kinds[row]), int(rank[row])
+        if kind == NATIVE:
+            return NativeRef(
+                ChunkId(self.chunk_ids[k].tobytes()),
+                int(self.native_offsets[k]),
+                int(self.native_lengths[k]),
+            )
+        if kind == INLINE:
+            start = int(inline_starts[k])
+            return InlineRef(
+                self.inline_data[start : start + int(self.inline_lengths[k])].tobytes()
+            )
+        if kind == VIRTUAL:
+            return VirtualRef(
+                self.locations[int(self.which[k])],
+                int(self.virtual_offsets[k]),
+                int(self.virtual_lengths[k]),
+                None if self.etags is None else self.etags[k],
+                None if self.modified is None else self.modified[k],
+            )
+        return None
+
+    def _lookup_cache(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Each dimension's coordinates as a contiguous column, each row's index into
+        its kind's columns, and where each inline chunk starts (made on first lookup)."""
+        cache: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None
+        cache = self.__dict__.get("_lookups")
+        if cache is None:
+            columns = [np.ascontiguousarray(self.coords[:, d]) for d in range(self.ndim)]
+            rank = np.zeros(len(self), dtype=_I64)
+            for kind in (NATIVE, INLINE, VIRTUAL):
+                rows = np.flatnonzero(self.kinds == kind)
+                rank[rows] = np.arange(len(rows))
+            starts = np.zeros(len(self.inline_lengths), dtype=_I64)
+            np.cumsum(self.inline_lengths[:-1], out=starts[1:])
+            cache = (columns, rank, starts)
+            object.__setattr__(self, "_lookups", cache)  # frozen: a cache, not a field
+        return cache
+
     def ref_columns(self) -> RefColumns:
         """The references (deletions dropped) for the manifest encoder; needs a resolved
         table."""

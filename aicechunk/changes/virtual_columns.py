@@ -20,7 +20,14 @@ from aicechunk.changes.validate import _virtual_problem
 from aicechunk.errors import ChunkIndexError, InvalidInputError, UnrepresentableValueError
 from aicechunk.format.manifest import MAX_CHUNK_INDEX
 
-__all__ = ["Checksum", "Spec", "last_modified_seconds", "spec_table", "virtual_table"]
+__all__ = [
+    "Checksum",
+    "Spec",
+    "integer_column",
+    "last_modified_seconds",
+    "spec_table",
+    "virtual_table",
+]
 
 #: A virtual reference's optional checksum: an ETag, or the object's last-modified time.
 Checksum = str | datetime | None
@@ -36,8 +43,10 @@ def last_modified_seconds(when: datetime) -> int:
     return int((aware - _EPOCH).total_seconds() // 1) % 2**32
 
 
-def _integers(path: str, name: str, value: Any, n: int) -> np.ndarray:
-    """``value`` as ``n`` non-negative integers that fit uint64 (a scalar is repeated)."""
+def integer_column(path: str, name: str, value: Any, n: int) -> np.ndarray:
+    """``value`` as ``n`` non-negative integers that fit uint64 (a scalar is repeated);
+    ``InvalidInputError`` for another dtype or shape, ``UnrepresentableValueError``
+    naming the first negative row."""
     arr = np.asarray(value)
     if arr.dtype == object or arr.dtype.kind not in "iu":
         raise InvalidInputError(
@@ -109,7 +118,7 @@ def _locations(
         table = list(ids)
     else:
         table = list(locations)
-        given = _integers(path, "location_index", index, n)
+        given = integer_column(path, "location_index", index, n)
         if n and int(np.max(given)) >= len(table):
             row = int(np.flatnonzero(given >= len(table))[0])
             raise InvalidInputError(
@@ -176,8 +185,8 @@ def virtual_table(
     """
     coord_array = _coords(path, coords, grid)
     n = len(coord_array)
-    offsets_u = _integers(path, "offsets", offsets, n)
-    lengths_u = _integers(path, "lengths", lengths, n)
+    offsets_u = integer_column(path, "offsets", offsets, n)
+    lengths_u = integer_column(path, "lengths", lengths, n)
     table, which = _locations(path, locations, location_index, n)
     etags, modified = _checksums(path, checksums, n)
     used = np.unique(which) if n else which

@@ -35,7 +35,9 @@ __all__ = [
 
 def native_extents(changes: ChangeSet) -> dict[ChunkId, int]:
     """Every chunk file a native reference of ``changes`` names, with the end of the
-    furthest byte range read from it (without turning chunk tables into objects)."""
+    furthest byte range read from it (without turning chunk tables into objects). Only
+    references still in effect count: one a later change of its chunk replaced does
+    not (a payload holds the changes resolved, so its reader sees only those)."""
     ends: dict[ChunkId, int] = {}
 
     def note(chunk_id: ChunkId, end: int) -> None:
@@ -44,10 +46,11 @@ def native_extents(changes: ChangeSet) -> dict[ChunkId, int]:
 
     for node_id in changes.chunk_nodes():
         refs, tables = changes.chunk_parts(node_id)
-        for ref in refs.values():
-            if isinstance(ref, NativeRef):
+        table = ChunkTable.combine(tables) if tables else None  # the tables apply last
+        for coords, ref in refs.items():
+            if isinstance(ref, NativeRef) and (table is None or table.row_of(coords) is None):
                 note(ref.chunk_id, ref.offset + ref.length)
-        for table in tables:
+        if table is not None:
             for raw, end in _table_extents(table):
                 note(ChunkId(raw), end)
     return ends

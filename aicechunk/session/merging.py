@@ -2,7 +2,9 @@
 
 A fork merges only into the session state it came from (same repository, branch and base
 snapshot); changes that arrived in a payload are first checked against the base snapshot.
-Chunk data is already in storage, so merging moves references only.
+Chunk data is already in storage, so merging moves references only. Chunks a fork's
+payload carried (``carried.py``) are read by a fork it is merged into, never by a session
+that uploads: that session reads what it uploads and what is stored.
 """
 
 from __future__ import annotations
@@ -54,5 +56,9 @@ async def merge(ours: SessionState, forks: Sequence[SessionState]) -> None:
                 raise ForkPayloadError(f"fork payload refused: {err}") from err
     for state in forks:
         ours.changes.merge(state.changes)
-        if state.carried:  # chunks still uploading where the fork was made: read them here
-            ours.carried = {**(ours.carried or {}), **state.carried}
+        if state.carried and ours.uploads is None:
+            # a fork merging a fork (a tree reduction in a worker): read the chunks still
+            # uploading where they were made from these copies, its own first. A session
+            # that uploads never reads a returned fork's copies: it has the chunks it
+            # uploads, and a chunk it does not upload must not read as if it were stored
+            ours.carried = {**state.carried, **(ours.carried or {})}

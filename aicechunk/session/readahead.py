@@ -10,7 +10,15 @@ file), and a prefetched chunk is only used when the reference read asks for that
 file, so what is served is always right.
 
 A read outside the run (not in grid order) ends it: what was fetched ahead for that array
-is dropped (fetches under way are cancelled). Fetching stops at the end of the grid and
+is dropped (fetches under way are cancelled). So does a new chunk grid (a resize). A run
+not read during the session's last ``chunks`` reads is idle (a preview that read an
+array's first chunks and moved on): when the bytes bound is reached, idle runs are
+dropped, least recently read first, so that their unread prefetches neither hold the
+bound for ever nor keep their bytes alive. Fetches ahead belong to the loop of the read
+that started them: a read on another loop (sync code running each call with
+``asyncio.run``, whose loop cancels what is left when the call returns) drops them and
+starts none, so a loop per read fetches nothing twice; reads that share a loop fetch
+ahead from their second read on. Fetching stops at the end of the grid and
 skips chunks with no native reference (inline, virtual, unwritten). Reads of part of a
 chunk (a shard's inner chunks) neither start nor use a run. A failed prefetch
 costs nothing but its request: the read that wanted the chunk fetches it itself, and a
@@ -54,6 +62,7 @@ class _Run:
     fetched ahead (by linear index in the grid)."""
 
     grid: tuple[int, ...]
+    used: int = 0  # the session's read count at this run's latest read
     last: int = -1
     in_order: int = 0
     frontier: int = -1
@@ -85,9 +94,26 @@ class ReadAhead:
         self._fetch = fetch
         self.chunks = chunks
         self.max_bytes = max_bytes
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
         self._runs: dict[NodeId, _Run] = {}
         self._held = 0
+        self._reads = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # that of the latest read
         self.prefetched = 0  # fetches started ahead (for tests and benchmarks)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a session pickled (to a worker process) takes the settings, not the fetches
+        return {"fetch": self._fetch, "chunks": self.chunks, "max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._fetch, self.chunks, self.max_bytes = (
+            state["fetch"],
+            state["chunks"],
+            state["max_bytes"],
+        )
+        self._start_afresh()
 
     async def read(
         self,
@@ -104,9 +130,18 @@ class ReadAhead:
         if self.chunks <= 0 or len(coords) != len(grid) or not whole:
             # parts of chunks (shards) are not read ahead: a reader may want few of them
             return await self._fetch(ref.chunk_id, request)
-        run = self._runs.get(node)
-        if run is None or run.grid != grid:
-            run = self._runs[node] = _Run(grid)
+        loop = asyncio.get_running_loop()
+        same_loop = loop is self._loop
+        if not same_loop:  # what was fetched ahead was for another loop's reads
+            self.clear()
+            self._loop = loop
+        run = self._runs.pop(node, None)  # put back last: the runs go least recent first
+        if run is not None and run.grid != grid:
+            self._end(run)  # resized: its fetches ahead follow the old grid
+            run = None
+        run = self._runs[node] = run or _Run(grid)
+        self._reads += 1
+        run.used = self._reads
         index = linear(coords, grid)
         ahead = run.ahead.pop(index, None)
         if ahead is not None:
@@ -117,7 +152,7 @@ class ReadAhead:
         else:
             self._end(run)
             run.last, run.in_order = index, 1
-        if run.in_order >= RUN_TO_START:
+        if run.in_order >= RUN_TO_START and same_loop:
             await self._fill(run, index, ref_of)
         if ahead is not None and ahead.chunk_id == ref.chunk_id:
             data = await self._result(ahead)
@@ -149,7 +184,7 @@ class ReadAhead:
             run.frontier = j
             if not isinstance(ref, NativeRef) or j in run.ahead:
                 continue
-            if self._held + ref.length > self.max_bytes:
+            if self._held + ref.length > self.max_bytes and not self._make_room(run, ref.length):
                 run.frontier = j - 1  # try again once reads make room
                 break
             request = RangeRequest(ref.offset, ref.length)
@@ -159,10 +194,20 @@ class ReadAhead:
             self._held += ref.length
             self.prefetched += 1
 
+    def _make_room(self, current: _Run, size: int) -> bool:
+        """Drop idle runs, least recently read first, until ``size`` more bytes fit;
+        whether they do."""
+        for run in list(self._runs.values()):
+            if self._held + size <= self.max_bytes:
+                break
+            if run is not current and run.ahead and self._reads - run.used >= self.chunks:
+                self._end(run)
+        return self._held + size <= self.max_bytes
+
     def _end(self, run: _Run) -> None:
         """Drop what was fetched ahead for ``run`` (a read broke the order)."""
         for ahead in run.ahead.values():
-            ahead.task.cancel()
+            _cancel(ahead.task)
             self._held -= ahead.request.length
         run.ahead.clear()
         run.frontier = -1
@@ -172,6 +217,21 @@ class ReadAhead:
         for run in self._runs.values():
             self._end(run)
         self._runs.clear()
+
+
+def _cancel(task: asyncio.Task[bytes]) -> None:
+    """Cancel ``task`` from any thread (on its loop's thread if that is another)."""
+    other = task.get_loop()
+    if task.done() or other.is_closed():
+        return
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if other is running:
+        task.cancel()
+    else:
+        other.call_soon_threadsafe(task.cancel)
 
 
 def _quiet(task: asyncio.Task[bytes]) -> None:

@@ -11,7 +11,10 @@ import enum
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
+from aicechunk.changes.chunktable import DELETED
 from aicechunk.changes.validate import (
     check_chunk_coords,
     check_node_path,
@@ -230,9 +233,9 @@ async def chunk_ref(state: SessionState, path: str, coords: Coords) -> ChunkRef 
 
 async def node_chunk_ref(state: SessionState, node: NodeView, coords: Coords) -> ChunkRef | None:
     """The reference of one chunk of the array ``node``, or ``None`` if it has none."""
-    changed = state.changes.chunk_changes(node.id)
-    if coords in changed:
-        return changed[coords]
+    changed, ref = state.changes.chunk_change(node.id, coords)
+    if changed:
+        return ref
     return await base_ref(state, node, coords)
 
 
@@ -297,14 +300,27 @@ async def chunk_coords(state: SessionState, path: str) -> AsyncIterator[Coords]:
         yield coords
 
 
+#: coordinates listed from a chunk table per step (tuples are made a batch at a time)
+LIST_BATCH = 65536
+
+
 async def array_chunk_coords(state: SessionState, node: NodeView) -> AsyncIterator[Coords]:
     """Coordinates of every chunk of the array ``node`` that has a reference, sorted."""
     assert node.array is not None
+    grid = chunk_grid(node.array)  # a shrunk array has no chunks past its end
+    table = state.changes.chunk_table(node.id)
+    if table is not None and not node.manifests:
+        # a new array's bulk changes only: listed from the columns (sorted, one per chunk)
+        live = table.coords[table.kinds != DELETED]
+        live = live[(live < np.asarray(grid, dtype=live.dtype)).all(axis=1)]
+        for start in range(0, len(live), LIST_BATCH):
+            for c in live[start : start + LIST_BATCH].tolist():
+                yield tuple(c)
+        return
     changed = state.changes.chunk_changes(node.id)
     base = await base_refs(state, node)
     coords = {c for c in base if c not in changed}
     coords.update(c for c, r in changed.items() if r is not None)
-    grid = chunk_grid(node.array)  # a shrunk array has no chunks past its end
     for c in sorted(coords):
         if on_grid(c, grid):
             yield c

@@ -11,6 +11,7 @@ from aicechunk.changes.conflicts import ConflictSolver
 from aicechunk.format.ids import SnapshotId
 from aicechunk.session import amend as amending
 from aicechunk.session import commit as committing
+from aicechunk.session.carried import native_extents
 from aicechunk.session.state import SessionState
 
 __all__ = ["Saving"]
@@ -24,8 +25,9 @@ class Saving:
     async def _uploaded(self) -> None:
         """Wait for every chunk written behind to be stored (``ChunkUploadError`` if one
         could not be: then nothing is saved)."""
-        if self._state.uploads is not None:
-            await self._state.uploads.drain()
+        state = self._state
+        if state.uploads is not None:
+            await state.uploads.drain(lambda: native_extents(state.changes))
 
     @must_await("nothing was committed")
     async def commit(

@@ -15,13 +15,23 @@ cancels what is left) is started again by ``drain`` in the loop that drains; a c
 found already written then (``write_once`` refused) was this upload's and counts as done.
 A drain that is cancelled leaves the uploads running: they belong to this object, which
 the next drain waits for. Uploads started on another running loop (zarr's synchronous API
-runs the store on a loop thread of its own) are waited for on that loop.
+runs the store on a loop thread of its own) are waited for on that loop, if it answers:
+a loop that does not take up the wait within ``STALLED_AFTER`` seconds is blocked (a
+notebook cell's loop, waiting for the synchronous commit that drains), and its uploads
+are started again on the draining loop (the first to land wins; the other finds the
+chunk stored).
+
+A ``put`` that finds uploads of an earlier loop cancelled because that loop closed (sync
+code running each call with ``asyncio.run``) turns write-behind off for good: each such
+call writes its chunk before it returns, instead of queueing an upload its loop will
+cancel and the commit send again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from aicechunk.errors import ChunkUploadError, PreconditionFailed, StorageError
@@ -30,6 +40,9 @@ from aicechunk.format.ids import ChunkId
 __all__ = ["Uploads"]
 
 Write = Callable[[ChunkId, bytes], Awaitable[None]]
+#: seconds another running loop may take to start waiting for its uploads before it is
+#: taken as blocked (its thread waits on the drain) and the uploads are redone here
+STALLED_AFTER = 0.5
 
 
 @dataclass(slots=True)
@@ -55,6 +68,8 @@ class Uploads:
         self._bytes = 0
         self._limits: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self._tasks: dict[asyncio.Task[None], None] = {}  # not done, oldest first
+        self._loop: asyncio.AbstractEventLoop | None = None  # that of the latest put
+        self._direct = False  # loops were seen closing on queued uploads: write at once
 
     @property
     def pending_bytes(self) -> int:
@@ -72,10 +87,13 @@ class Uploads:
     async def put(self, chunk_id: ChunkId, data: bytes) -> None:
         """Queue ``data`` as the chunk file ``chunk_id`` (waiting while the buffer is
         full); with write-behind off, write it now."""
-        if self.max_bytes <= 0:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._direct = self._direct or self._cut_by(self._loop)
+            self._loop = loop
+        if self.max_bytes <= 0 or self._direct:
             await self._write(chunk_id, data)
             return
-        loop = asyncio.get_running_loop()
         while self._pending and self._bytes + len(data) > self.max_bytes:
             # the oldest upload of this loop (they start in order, so end about in order)
             oldest = next((t for t in self._tasks if t.get_loop() is loop), None)
@@ -89,16 +107,26 @@ class Uploads:
         self._bytes += len(data)
         self._start(loop, chunk_id, entry)
 
-    async def drain(self) -> None:
+    async def drain(self, needed: Callable[[], Collection[ChunkId]] | None = None) -> None:
         """Return once every queued chunk is stored; raise ``ChunkUploadError`` for the
-        first that could not be (a failure is reported once: the next drain retries)."""
+        first that could not be (a failure is reported once: the next drain retries).
+        ``needed`` gives the chunks the changes to save still name (asked only when an
+        upload failed): a failed chunk outside them (overwritten, its array deleted) is
+        dropped, not reported."""
         loop = asyncio.get_running_loop()
+        stalled: set[asyncio.AbstractEventLoop] = set()
         while self._pending:
             failed = [
                 (chunk_id, e)
                 for chunk_id, e in self._pending.items()
                 if e.error is not None and not e.reported
             ]
+            if failed and needed is not None:
+                named = needed()
+                for chunk_id, entry in failed:
+                    if chunk_id not in named:
+                        self._finish(chunk_id, entry)  # nothing will reference it
+                failed = [(c, e) for c, e in failed if c in named]
             if failed:
                 for _, entry in failed:
                     entry.reported = True
@@ -110,18 +138,25 @@ class Uploads:
                     f"nothing was committed (the next commit tries again); first: {err}",
                     key=key or f"chunks/{chunk_id}",
                 ) from err
-            elsewhere: list[asyncio.Future[object]] = []
+            elsewhere: dict[asyncio.AbstractEventLoop, list[asyncio.Task[None]]] = {}
             for chunk_id, entry in list(self._pending.items()):
                 task = entry.task
                 if task is not None and not task.done() and task.get_loop() is not loop:
                     other = task.get_loop()
-                    if other.is_running():  # e.g. zarr's loop thread: wait for it there
-                        future = asyncio.run_coroutine_threadsafe(_settled(task), other)
-                        elsewhere.append(asyncio.wrap_future(future))
+                    if other.is_running() and other not in stalled:
+                        elsewhere.setdefault(other, []).append(task)  # e.g. zarr's loop
                         continue
                 if task is None or task.done() or task.get_loop() is not loop:
-                    self._start(loop, chunk_id, entry)  # cancelled, failed before, loop gone
-            waiting: list[asyncio.Future[object]] = [*elsewhere]
+                    # cancelled, failed before, loop gone or blocked: (re)start it here
+                    self._start(loop, chunk_id, entry)
+            waiting: list[asyncio.Future[object]] = []
+            for other, tasks in elsewhere.items():
+                started = threading.Event()
+                future = asyncio.run_coroutine_threadsafe(_settled(tasks, started), other)
+                if not await _taken_up(started):
+                    stalled.add(other)  # blocked: the next round redoes its uploads here
+                    continue
+                waiting.append(asyncio.wrap_future(future))
             live = self._live(loop)
             if live:
                 waiting.append(asyncio.ensure_future(asyncio.wait(live)))
@@ -135,6 +170,15 @@ class Uploads:
                 self._finish(chunk_id, entry)
 
     # -- internals ------------------------------------------------------------------------
+
+    def _cut_by(self, loop: asyncio.AbstractEventLoop | None) -> bool:
+        """Whether ``loop`` closed and cancelled uploads it was running."""
+        if loop is None or not loop.is_closed():
+            return False
+        return any(
+            e.task is not None and e.task.get_loop() is loop and e.task.cancelled()
+            for e in list(self._pending.values())
+        )
 
     def _live(self, loop: asyncio.AbstractEventLoop) -> set[asyncio.Task[None]]:
         return {
@@ -178,7 +222,21 @@ class Uploads:
             self._bytes -= len(entry.data)
 
 
-async def _settled(task: asyncio.Task[None]) -> object:
-    """Return once ``task`` (of the running loop) is done, however it ended."""
-    await asyncio.wait({task})
+async def _settled(tasks: list[asyncio.Task[None]], started: threading.Event) -> object:
+    """Return once ``tasks`` (of the running loop) are done, however they ended; set
+    ``started`` first (the loop answers)."""
+    started.set()
+    await asyncio.wait(tasks)
     return None
+
+
+async def _taken_up(started: threading.Event) -> bool:
+    """Whether another loop sets ``started`` within ``STALLED_AFTER`` seconds."""
+    deadline = asyncio.get_running_loop().time() + STALLED_AFTER
+    delay = 0.0005
+    while not started.is_set():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return True

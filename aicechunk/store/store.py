@@ -25,7 +25,12 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from aicechunk.changes.validate import chunk_grid
-from aicechunk.changes.virtual_columns import last_modified_seconds, spec_table, virtual_table
+from aicechunk.changes.virtual_columns import (
+    integer_column,
+    last_modified_seconds,
+    spec_table,
+    virtual_table,
+)
 from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, SuffixRange, slice_bytes
 from aicechunk.drivers.urls import parse_location
 from aicechunk.errors import (
@@ -333,8 +338,10 @@ class IcechunkStore(Store):
         """icechunk's dense form of ``set_virtual_refs_columns``: the references of a
         block of ``chunk_grid_shape`` chunks (starting at chunk ``arr_offset``), one per
         chunk in C order; an empty location skips its chunk. ``checksum`` applies to
-        every chunk. Returns the chunk indices whose location no declared container
-        serves (skipped), or ``None``."""
+        every chunk; ``offsets`` and ``lengths`` hold one integer per chunk (or one for
+        all; another length is ``InvalidInputError``, as icechunk refuses it). Returns
+        the chunk indices whose location no declared container serves (skipped), or
+        ``None``."""
         self._check_writable()
         shape = tuple(chunk_grid_shape)
         start = tuple(arr_offset) if arr_offset is not None else (0,) * len(shape)
@@ -350,6 +357,9 @@ class IcechunkStore(Store):
                 f"virtual refs of {array_path!r}: {len(listed)} locations for the "
                 f"{n} chunks of a {shape} block"
             )
+        # columns of another length are refused (icechunk: ValueError), not cut or indexed past
+        offsets_u = integer_column(array_path, "offsets", offsets, n)
+        lengths_u = integer_column(array_path, "lengths", lengths, n)
         coords = np.indices(shape, dtype=np.int64).reshape(len(shape), n).T + np.asarray(
             start, dtype=np.int64
         )
@@ -368,8 +378,8 @@ class IcechunkStore(Store):
                 array_path,
                 coords[rows],
                 list(ids),
-                np.asarray(offsets)[rows],
-                np.asarray(lengths)[rows],
+                offsets_u[rows],
+                lengths_u[rows],
                 location_index=which[rows],
                 checksums=None if checksum is None else [checksum] * len(rows),
                 validate_containers=False,
