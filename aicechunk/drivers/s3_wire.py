@@ -159,7 +159,10 @@ async def probe_address(client: Any, bucket: str) -> Address | None:
     if not seen:
         return None
     request = seen[0]
-    headers = {str(k): str(v) for k, v in request.headers.items()}
+    headers = {
+        str(k): v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        for k, v in request.headers.items()
+    }
     auth = headers.get("Authorization")
     if _proxied(request.url):
         return None  # botocore honours proxy settings of the environment; this path not
