@@ -156,7 +156,6 @@ def test_the_probed_address_is_read_from_botocores_request(
     assert address_of("https://h/aicechunk-probe", auth, {"x-amz-s3session-token": "t"}) is None
 
 
-
 @pytest.fixture(scope="module")
 def botocore_client() -> Iterator[tuple[asyncio.AbstractEventLoop, Any]]:
     """(a loop, an aiobotocore client for an endpoint nothing listens on: every request
