@@ -47,9 +47,10 @@ class S3Settings(DriverSettings):
         super().__post_init__()
 
     def client_key(self) -> tuple[object, ...]:
-        """Everything the client is made from (credentials included: a client is never
-        shared across them)."""
+        """Everything the connection is made from (credentials included: one is never
+        shared across them; the bucket too: the lean path addresses one bucket)."""
         return (
+            self.bucket,
             self.region,
             self.endpoint_url,
             self.force_path_style,

@@ -311,3 +311,16 @@ async def test_a_body_shorter_than_its_length_is_retried_then_a_storage_error(
                 await s3.get("a")
     assert type(caught.value) is StorageError and "key='a'" in str(caught.value)
     assert log == ["lean GET"] * 3
+
+
+async def test_drivers_of_two_buckets_in_one_loop_each_reach_their_own(s3_endpoint: str) -> None:
+    # the lean path addresses one bucket: drivers that differ only in the bucket must not
+    # share it (a benchmark creating a repository in a second bucket found the first's)
+    first, second = next_bucket_name(), next_bucket_name()
+    create_s3_bucket(s3_endpoint, first)
+    create_s3_bucket(s3_endpoint, second)
+    async with driver(s3_endpoint, first) as one, driver(s3_endpoint, second) as two:
+        await one.put("k", b"first")
+        assert not await two.exists("k")
+        await two.put("k", b"second")
+        assert (await one.get("k"), await two.get("k")) == (b"first", b"second")
