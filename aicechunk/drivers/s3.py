@@ -184,8 +184,7 @@ class S3Driver(ConfiguredDriver[S3Settings]):
     async def _wire(self) -> tuple[S3Wire | None, asyncio.Semaphore]:
         # the lean path, if it serves these settings
         client = await self._clients.get()
-        wire = client.value.wire
-        return (wire if wire is not None and wire.enabled else None), client.limit
+        return await client.value.wire(self.bucket), client.limit
 
     async def _lean(
         self,

@@ -1,6 +1,7 @@
-"""What the S3 drivers of one event loop with the same settings share: the lean request
-path (``s3_wire``: an aiohttp session, signed requests) and an aiobotocore client, made
-only when first needed (listing, batch deletes, requests the lean path hands back).
+"""What the S3 drivers of one event loop with the same settings share (whatever their
+bucket): the lean request path (``s3_wire``: one aiohttp session, a signer per bucket)
+and an aiobotocore client, made only when first needed (listing, batch deletes,
+requests the lean path hands back).
 
 botocore's knowledge is asked once per process and bucket: where the bucket's objects
 are addressed and which region signs them (``probe_address``, kept in ``_ADDRESSES``).
@@ -33,9 +34,9 @@ __all__ = ["S3Connection"]
 _ADDRESSES: dict[tuple[object, ...], Address] = {}
 
 
-def _address_key(settings: S3Settings) -> tuple[object, ...]:
+def _address_key(settings: S3Settings, bucket: str) -> tuple[object, ...]:
     return (
-        settings.bucket,
+        bucket,
         settings.region,
         settings.endpoint_url,
         settings.force_path_style,
@@ -44,28 +45,35 @@ def _address_key(settings: S3Settings) -> tuple[object, ...]:
 
 
 class S3Connection:
-    """An S3 connection of one loop: ``wire`` (``None`` when the lean path is off or
-    cannot serve these settings) and ``botocore()``, the aiobotocore client."""
+    """An S3 connection of one loop: ``wire(bucket)``, the lean path to a bucket
+    (``None`` when it is off or cannot serve these settings), and ``botocore()``, the
+    aiobotocore client."""
 
     def __init__(self, settings: S3Settings, label: str) -> None:
         self.settings = settings
         self.label = label
-        self.wire: S3Wire | None = None
+        self._wires: dict[str, S3Wire | None] = {}
+        self._session: Any = None  # aiohttp's, shared by the buckets' wires
+        self._source: CredentialSource | None = None
+        self._lean = False  # whether the credentials allow the lean path at all
+        self._probing: asyncio.Lock | None = None
         self._credentials: Any = None  # refreshable: one object for both paths
         self._client: asyncio.Future[tuple[Any, Any]] | None = None
 
     @classmethod
     async def open(cls, settings: S3Settings, label: str) -> S3Connection:
-        """A connection, its lean path ready when it can be used."""
+        """A connection, its lean path ready for the settings' bucket when it can be used."""
         made = cls(settings, label)
         try:
-            await made._open_wire()
+            if lean_enabled():
+                made._lean, made._source = await made._credential_source()
+                await made.wire(settings.bucket)
         except BaseException:
             await made.aclose()
             raise
         return made
 
-    async def _source(self) -> tuple[bool, CredentialSource | None]:
+    async def _credential_source(self) -> tuple[bool, CredentialSource | None]:
         # (usable, source): source None signs nothing (anonymous)
         creds = self.settings.credentials
         if creds.kind == "anonymous":
@@ -88,37 +96,49 @@ class S3Connection:
             return False, None  # botocore's request says "no credentials", with advice
         return True, CredentialSource(None, found)
 
-    async def _open_wire(self) -> None:
+    async def wire(self, bucket: str) -> S3Wire | None:
+        """The lean path to ``bucket``, ``None`` if it cannot serve it (requests then go
+        through botocore); a wire that met a redirect is disabled and so ``None``."""
+        try:
+            found = self._wires[bucket]
+        except KeyError:
+            if self._probing is None:
+                self._probing = asyncio.Lock()
+            async with self._probing:
+                if bucket not in self._wires:
+                    self._wires[bucket] = await self._make_wire(bucket)
+            found = self._wires[bucket]
+        return found if found is not None and found.enabled else None
+
+    async def _make_wire(self, bucket: str) -> S3Wire | None:
         settings = self.settings
-        if not lean_enabled() or settings.bucket.endswith("--x-s3"):
-            return  # turned off; S3 Express directory buckets sign with sessions
-        usable, source = await self._source()
-        if not usable:
-            return
-        key = _address_key(settings)
+        if not self._lean or bucket.endswith("--x-s3"):
+            return None  # turned off or no credentials; S3 Express signs with sessions
+        key = _address_key(settings, bucket)
         address = _ADDRESSES.get(key)
         if address is None:
-            address = await probe_address(await self.botocore(), settings.bucket)
+            address = await probe_address(await self.botocore(), bucket)
             if address is None:
-                return
+                return None
             _ADDRESSES[key] = address
-        if (address.region is None) != (source is None):
-            return  # signed by botocore but not here, or the other way round
-        import aiohttp
+        if (address.region is None) != (self._source is None):
+            return None  # signed by botocore but not here, or the other way round
+        if self._session is None:
+            import aiohttp
 
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.max_concurrency),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=settings.connect_timeout,
-                sock_read=settings.read_timeout,
-            ),
-            auto_decompress=False,
-        )
-        self.wire = S3Wire(
-            session,
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=settings.max_concurrency),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=settings.connect_timeout,
+                    sock_read=settings.read_timeout,
+                ),
+                auto_decompress=False,
+            )
+        return S3Wire(
+            self._session,
             address,
-            source,
+            self._source,
             attempts=settings.max_attempts,
             user_agent=user_agent(),
         )
@@ -181,10 +201,11 @@ class S3Connection:
 
     async def aclose(self) -> None:
         """Close the aiohttp session and the aiobotocore client (if one was made)."""
-        wire, self.wire = self.wire, None
+        session, self._session = self._session, None
         made, self._client = self._client, None
-        if wire is not None:
-            await wire.session.close()
+        self._wires.clear()
+        if session is not None:
+            await session.close()
         if made is None:
             return
         if not made.done():

@@ -47,10 +47,9 @@ class S3Settings(DriverSettings):
         super().__post_init__()
 
     def client_key(self) -> tuple[object, ...]:
-        """Everything the connection is made from (credentials included: one is never
-        shared across them; the bucket too: the lean path addresses one bucket)."""
+        """Everything the client is made from (credentials included: a client is never
+        shared across them)."""
         return (
-            self.bucket,
             self.region,
             self.endpoint_url,
             self.force_path_style,

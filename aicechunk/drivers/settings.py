@@ -13,7 +13,6 @@ logs and messages that format settings or configs) never shows them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -158,11 +157,16 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-@functools.cache
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
 def _hints(cls: type[Any]) -> dict[str, Any]:
     # the field types of a settings class: evaluated once (every open of a repository
     # rebuilds its driver's settings from plain data; evaluating took ~0.3 ms a time)
-    return typing.get_type_hints(cls)
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
 
 
 def from_plain(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
