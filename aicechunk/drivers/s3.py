@@ -39,7 +39,7 @@ from aicechunk.drivers.s3_client import parse_timestamp
 from aicechunk.drivers.s3_conn import S3Connection
 from aicechunk.drivers.s3_credentials import S3Credentials
 from aicechunk.drivers.s3_settings import S3Settings
-from aicechunk.drivers.s3_wire import Answer, S3Wire, ranged_body
+from aicechunk.drivers.s3_wire import Answer, S3Wire, etag, ranged_body
 from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
 
 __all__ = ["S3Credentials", "S3Driver", "S3Settings"]
@@ -256,7 +256,10 @@ class S3Driver(ConfiguredDriver[S3Settings]):
             when = parse_timestamp(modified) if modified else None
         except (TypeError, ValueError):
             when = None
-        return ObjectInfo(key, size, str(answer.headers.get("ETag", "")), when)
+        version = etag(answer)
+        if version is None:
+            raise self._bad_answer(key, "several different ETags")
+        return ObjectInfo(key, size, version, when)
 
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
         header = http_range_header(byte_range)
@@ -383,10 +386,10 @@ class S3Driver(ConfiguredDriver[S3Settings]):
                             "object to replace does not exist", key=key, driver=self.label
                         )
                     raise self._error_for(answer.code, key, "put")
-                etag = answer.headers.get("ETag")
-                if not etag:
-                    raise self._bad_answer(key, "PUT answered without an ETag")
-                return ObjectInfo(key, len(data), etag, datetime.now(UTC))
+                version = etag(answer)
+                if not version:
+                    raise self._bad_answer(key, "PUT answered without an ETag (or several)")
+                return ObjectInfo(key, len(data), version, datetime.now(UTC))
         client, limit = await self._client()
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
         if if_none_match:

@@ -35,7 +35,7 @@ from urllib.parse import quote, urlsplit
 from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, slice_bytes
 from aicechunk.drivers.s3_sign import EMPTY_SHA256, Signer, amz_date
 
-__all__ = ["Address", "Answer", "S3Wire", "lean_enabled", "probe_address", "ranged_body"]
+__all__ = ["Address", "Answer", "S3Wire", "etag", "lean_enabled", "probe_address", "ranged_body"]
 
 #: the object key botocore is asked to address (nothing is sent for it)
 PROBE_KEY = "aicechunk-probe"
@@ -288,14 +288,20 @@ class S3Wire:
     ) -> Answer | None:
         """Send a request (``path`` from ``Address.path``), retrying what botocore's
         standard mode retries; the final answer, or ``None``: send it through botocore.
-        A connection error or cut body still failing after the last try is raised."""
+        A connection error, cut body or answer that is not HTTP still failing after the
+        last try is raised (botocore retries those too)."""
         import aiohttp
 
         delay = 0.05
         for attempt in range(1, self._attempts + 1):
             try:
                 answer = await self._once(method, path, headers, body)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError):
+            except (
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+                aiohttp.ClientResponseError,  # not HTTP (no status is ever raised here)
+                TimeoutError,
+            ):
                 if attempt >= self._attempts:
                     raise
             else:
@@ -313,6 +319,15 @@ class S3Wire:
             await asyncio.sleep(random.uniform(0, delay))  # full jitter
             delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def etag(answer: Answer) -> str | None:
+    """The answer's ETag (``""``: none); ``None`` if it has several that differ, which
+    no version can be trusted from."""
+    found = set(answer.headers.getall("ETag", ()))
+    if len(found) > 1:
+        return None
+    return found.pop() if found else ""
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

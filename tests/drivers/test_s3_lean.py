@@ -324,3 +324,20 @@ async def test_drivers_of_two_buckets_in_one_loop_each_reach_their_own(s3_endpoi
         assert not await two.exists("k")
         await two.put("k", b"second")
         assert (await one.get("k"), await two.get("k")) == (b"first", b"second")
+
+
+async def test_an_answer_with_two_different_etags_is_a_storage_error(s3_endpoint: str) -> None:
+    from aiohttp import web
+    from multidict import CIMultiDict
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+
+    def two(request: Any) -> Any:
+        headers = CIMultiDict([("ETag", '"one"'), ("etag", '"two"')])
+        return web.Response(body=DATA, headers=headers) if request.method == "GET" else None
+
+    with crafted(s3_endpoint, two) as (url, _):
+        async with driver(url, bucket) as s3:
+            with pytest.raises(StorageError, match="several different ETags"):
+                await s3.get_object("a")
