@@ -145,10 +145,12 @@ async def _serve(port: int, target: str, delay: float, bandwidth: float) -> None
             payload = await answer.read()
             out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
             status = answer.status
+            # a HEAD answer's Content-Length is the object's size, not this hop's framing
+            size = answer.content_length if request.method == "HEAD" else None
         if settings["delay"]:
             await asyncio.sleep(settings["delay"])
         response = web.StreamResponse(status=status, headers=out_headers)
-        response.content_length = len(payload)
+        response.content_length = len(payload) if size is None else size
         await response.prepare(request)
         cap = settings["bandwidth"]
         if payload and not cap:

@@ -330,7 +330,7 @@ def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
     state = FaultProxy()
     session_holder: list[aiohttp.ClientSession] = []
 
-    async def forward(request: web.Request) -> tuple[int, dict[str, str], bytes]:
+    async def forward(request: web.Request) -> tuple[int, dict[str, str], bytes, int | None]:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with session_holder[0].request(
@@ -346,7 +346,7 @@ def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
             out_headers = {
                 k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS
             }
-            return upstream.status, out_headers, payload
+            return upstream.status, out_headers, payload, upstream.content_length
 
     async def handle(request: web.Request) -> web.StreamResponse:
         state.in_flight += 1
@@ -382,10 +382,17 @@ def fault_proxy(target: str) -> Iterator[tuple[str, FaultProxy]]:
             return web.Response(status=503, text="slow down")
         if fault == "hang":
             await asyncio.sleep(state.hang_seconds)
-        status, headers, payload = await forward(request)
+        status, headers, payload, size = await forward(request)
         if fault == "lose":
             transport.abort()
             return web.Response()
+        if request.method == "HEAD" and size is not None:
+            # a HEAD answer's Content-Length is the object's size, not this hop's framing
+            head = web.StreamResponse(status=status, headers=headers)
+            head.content_length = size
+            await head.prepare(request)
+            await head.write_eof()
+            return head
         if fault not in ("truncate", "stall"):
             return web.Response(status=status, body=payload, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)

@@ -153,6 +153,8 @@ def lying_server(target: str) -> Iterator[tuple[str, Lies]]:
                 return response
             if request.method in ("GET", "HEAD") and lies.bogus_etag:
                 lies.bogus_etag -= 1
+                for name in [name for name in out if name.lower() == "etag"]:
+                    del out[name]  # the only ETag the answer carries is the made-up one
                 out["ETag"] = '"0123456789abcdef0123456789abcdef"'
             if request.method == "GET" and lies.truncated_get:
                 lies.truncated_get -= 1

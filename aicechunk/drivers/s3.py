@@ -1,13 +1,20 @@
-"""A driver for S3 and S3-compatible object stores, on aiobotocore.
+"""A driver for S3 and S3-compatible object stores: a lean path for the hot requests,
+aiobotocore for the rest.
+
+GET, HEAD and PUT of one object go out over aiohttp, signed here (``s3_wire``,
+``s3_sign``), with botocore's addressing, credentials and retry policy; listing, batch
+deletes and whatever the lean path does not expect (redirects, a wrong region, unknown
+answers) go through aiobotocore (``s3_conn``). ``AICECHUNK_S3_LEAN=0`` sends everything
+through aiobotocore.
 
 Conditional writes use ``If-None-Match: *`` and ``If-Match: <etag>``; listing is
 paginated (S3 lists in UTF-8 byte order, which is our key order); deletes go in batches
 of 1000. Retries with exponential backoff and jitter on throttling, 5xx and connection
 errors are botocore's "standard" mode, bounded by ``max_attempts``; a body cut or stalled
 while it is read (which botocore does not retry) is requested again here, with the same
-bound. Every failure is a ``StorageError``. Clients are made
-lazily in the loop that uses them, one per loop and per set of settings, shared by the
-drivers with those settings (a repository opened again reuses warm connections).
+bound. Every failure is a ``StorageError``. Connections are made lazily in the loop that
+uses them, one per loop and per set of settings, shared by the drivers with those
+settings (a repository opened again reuses warm connections).
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 from aicechunk.drivers._loop import Client, LoopClients
 from aicechunk.drivers._retry import retrying
@@ -28,70 +35,18 @@ from aicechunk.drivers.base import (
     ObjectInfo,
     http_range_header,
 )
-from aicechunk.drivers.s3_client import client_config, shared_session, tuned
-from aicechunk.drivers.s3_credentials import S3Credentials, refreshable
-from aicechunk.drivers.settings import URL, DriverSettings, check_endpoint
-from aicechunk.errors import (
-    InvalidLocation,
-    ObjectNotFound,
-    PreconditionFailed,
-    StorageError,
-    redact_credentials,
-)
+from aicechunk.drivers.s3_client import parse_timestamp
+from aicechunk.drivers.s3_conn import S3Connection
+from aicechunk.drivers.s3_credentials import S3Credentials
+from aicechunk.drivers.s3_settings import S3Settings
+from aicechunk.drivers.s3_wire import Answer, S3Wire, etag, ranged_body
+from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
 
 __all__ = ["S3Credentials", "S3Driver", "S3Settings"]
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-
-
-@dataclass(frozen=True)
-class S3Settings(DriverSettings):
-    """The S3 driver's options (see ``S3Driver``); static credentials appear only as
-    the user configured them, and never in a ``repr``."""
-
-    type_name: ClassVar[str] = "s3"
-
-    bucket: str
-    prefix: str = ""
-    region: str | None = None
-    endpoint_url: str | None = field(default=None, metadata=URL)
-    allow_http: bool = False
-    force_path_style: bool = False
-    credentials: S3Credentials = field(default_factory=S3Credentials)
-    max_concurrency: int = 64
-    max_attempts: int = 10
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not self.bucket or "/" in self.bucket:
-            raise InvalidLocation(
-                f"s3://{self.bucket}", f"S3 bucket must be a bare bucket name, got {self.bucket!r}"
-            )
-        endpoint = self.endpoint_url
-        check_endpoint(endpoint, "S3")
-        if endpoint and endpoint.lower().startswith("http://") and not self.allow_http:
-            raise ValueError(
-                f"endpoint {redact_credentials(endpoint)} is plain HTTP: pass allow_http=True"
-            )
-        object.__setattr__(self, "prefix", self.prefix.strip("/"))
-        super().__post_init__()
-
-    def client_key(self) -> tuple[object, ...]:
-        """Everything the client is made from (credentials included: a client is never
-        shared across them)."""
-        return (
-            self.region,
-            self.endpoint_url,
-            self.force_path_style,
-            self.credentials,
-            self.max_attempts,
-            self.connect_timeout,
-            self.read_timeout,
-            self.max_concurrency,
-        )
 
 
 def _error_code(err: BaseException) -> str:
@@ -127,7 +82,7 @@ class _Shared:
     """One client (and its connection pool) shared by the drivers of one loop that
     have the same settings: opening a repository again reuses warm connections."""
 
-    ready: asyncio.Future[tuple[Any, Any]]
+    ready: asyncio.Future[S3Connection]
     limit: asyncio.Semaphore
     users: int = 0
 
@@ -148,8 +103,7 @@ async def _release(
     if pool.get(key) is shared:
         del pool[key]
     if shared.ready.done() and not shared.ready.cancelled() and not shared.ready.exception():
-        _, context = shared.ready.result()
-        await context.__aexit__(None, None, None)
+        await shared.ready.result().aclose()
 
 
 class S3Driver(ConfiguredDriver[S3Settings]):
@@ -192,7 +146,7 @@ class S3Driver(ConfiguredDriver[S3Settings]):
     def _start(self, settings: S3Settings) -> None:
         super()._start(settings)
         self.bucket, self.prefix = settings.bucket, settings.prefix
-        self._clients: LoopClients[Any] = LoopClients(self._open_client)
+        self._clients: LoopClients[S3Connection] = LoopClients(self._open_client)
 
     @property
     def label(self) -> str:
@@ -201,48 +155,7 @@ class S3Driver(ConfiguredDriver[S3Settings]):
 
     # -- client -----------------------------------------------------------------------
 
-    async def _make_client(self) -> tuple[Any, Any]:
-        from aiobotocore.session import get_session
-
-        settings = self.settings
-        creds = settings.credentials
-        config = client_config(
-            max_attempts=settings.max_attempts,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            max_pool_connections=settings.max_concurrency,
-            path_style=settings.force_path_style,
-            anonymous=creds.anonymous,
-        )
-        kwargs: dict[str, Any] = {"config": config}
-        if settings.region:
-            kwargs["region_name"] = settings.region
-        if settings.endpoint_url:
-            kwargs["endpoint_url"] = str(settings.endpoint_url)
-        if creds.kind == "static":
-            # plain str for the client: the Secret wrappers only guard what is shown
-            kwargs["aws_access_key_id"] = str(creds.access_key_id)
-            kwargs["aws_secret_access_key"] = str(creds.secret_access_key)
-            token = creds.session_token
-            kwargs["aws_session_token"] = None if token is None else str(token)
-        session = shared_session(get_session)
-        if creds.kind == "refreshable":
-            # a session of its own holds the refreshing credentials (botocore has no other
-            # way to give a client some); it shares the loaded service models
-            shared = session
-            session = tuned(get_session())
-            session.register_component("data_loader", shared.get_component("data_loader"))
-            session._credentials = await refreshable(creds)
-        try:
-            context = session.create_client("s3", **kwargs)
-            client = await context.__aenter__()
-        except Exception as err:  # botocore's checks of region, endpoint, configuration
-            raise StorageError(
-                f"cannot create the S3 client: {type(err).__name__}: {err}", driver=self.label
-            ) from err
-        return client, context
-
-    async def _open_client(self) -> Client[Any]:
+    async def _open_client(self) -> Client[S3Connection]:
         # a share of the loop's client for these settings, made by the first driver
         loop = asyncio.get_running_loop()
         key = self.settings.client_key()
@@ -250,22 +163,47 @@ class S3Driver(ConfiguredDriver[S3Settings]):
         shared = pool.get(key)
         if shared is None:
             shared = _Shared(
-                asyncio.ensure_future(self._make_client()),
+                asyncio.ensure_future(S3Connection.open(self.settings, self.label)),
                 asyncio.Semaphore(self.settings.max_concurrency),
             )
             pool[key] = shared
         try:
-            client, _ = await asyncio.shield(shared.ready)
+            connection = await asyncio.shield(shared.ready)
         except BaseException:
             if shared.ready.done() and pool.get(key) is shared:
                 del pool[key]  # a failed creation is not cached
             raise
         shared.users += 1
-        return Client(client, shared.limit, partial(_release, pool, key, shared))
+        return Client(connection, shared.limit, partial(_release, pool, key, shared))
 
     async def _client(self) -> tuple[Any, asyncio.Semaphore]:
+        # the aiobotocore client
         client = await self._clients.get()
-        return client.value, client.limit
+        return await client.value.botocore(), client.limit
+
+    async def _wire(self) -> tuple[S3Wire | None, asyncio.Semaphore]:
+        # the lean path, if it serves these settings
+        client = await self._clients.get()
+        return await client.value.wire(self.bucket), client.limit
+
+    async def _lean(
+        self,
+        wire: S3Wire,
+        limit: asyncio.Semaphore,
+        method: str,
+        key: str,
+        headers: dict[str, str],
+        body: bytes = b"",
+    ) -> Answer | None:
+        # one request on the lean path: its answer, or None (send it through botocore)
+        try:
+            async with limit:
+                return await wire.send(method, wire.address.path(self._key(key)), headers, body)
+        except Exception as err:  # connection errors after the last try, bad header values
+            raise self._error(err, key, method.lower()) from err
+
+    def _bad_answer(self, key: str, what: str) -> StorageError:
+        return StorageError(f"malformed answer: {what}", key=key, driver=self.label)
 
     async def close(self) -> None:
         """Release this driver's share of the running loop's client; the client closes
@@ -278,7 +216,19 @@ class S3Driver(ConfiguredDriver[S3Settings]):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, err: Exception, key: str | None, action: str) -> StorageError:
-        code = _error_code(err)
+        if type(err).__name__ == "NoCredentialsError":
+            return StorageError(
+                f"{action} failed: no AWS credentials found: pass access_key_id and "
+                "secret_access_key to s3_storage(), set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or a profile), or use anonymous=True for a public "
+                "bucket",
+                key=key,
+                driver=self.label,
+            )
+        return self._error_for(_error_code(err) or type(err).__name__, key, action)
+
+    def _error_for(self, code: str, key: str | None, action: str) -> StorageError:
+        """The error of an S3 error code (or HTTP status, or exception type name)."""
         if code in _NOT_FOUND:
             return ObjectNotFound("no such object", key=key, driver=self.label)
         if code in _PRECONDITION:
@@ -293,27 +243,41 @@ class S3Driver(ConfiguredDriver[S3Settings]):
             return StorageError(
                 f"bucket {self.bucket!r} does not exist", key=key, driver=self.label
             )
-        if type(err).__name__ == "NoCredentialsError":
-            return StorageError(
-                f"{action} failed: no AWS credentials found: pass access_key_id and "
-                "secret_access_key to s3_storage(), set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or a profile), or use anonymous=True for a public "
-                "bucket",
-                key=key,
-                driver=self.label,
-            )
-        detail = code or type(err).__name__
-        return StorageError(f"{action} failed: {detail}", key=key, driver=self.label)
+        return StorageError(f"{action} failed: {code}", key=key, driver=self.label)
 
     def _info(self, key: str, headers: dict[str, Any], size: int) -> ObjectInfo:
         return ObjectInfo(key, size, str(headers.get("ETag", "")), headers.get("LastModified"))
 
     # -- reads ------------------------------------------------------------------------
 
+    def _lean_info(self, key: str, answer: Answer, size: int) -> ObjectInfo:
+        modified = answer.headers.get("Last-Modified")
+        try:
+            when = parse_timestamp(modified) if modified else None
+        except (TypeError, ValueError):
+            when = None
+        version = etag(answer)
+        if version is None:
+            raise self._bad_answer(key, "several different ETags")
+        return ObjectInfo(key, size, version, when)
+
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
+        header = http_range_header(byte_range)
+        wire, limit = await self._wire()
+        if wire is not None:
+            answer = await self._lean(wire, limit, "GET", key, {"range": header} if header else {})
+            if answer is not None:
+                if answer.status < 300:
+                    data = ranged_body(answer, byte_range)
+                    if isinstance(data, str):
+                        raise self._bad_answer(key, data)
+                    return data
+                if answer.code == "InvalidRange":  # a range starting at or past the end
+                    await self._head(key)
+                    return b""
+                raise self._error_for(answer.code, key, "get")
         client, limit = await self._client()
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
-        header = http_range_header(byte_range)
         if header:
             kwargs["Range"] = header
 
@@ -333,6 +297,15 @@ class S3Driver(ConfiguredDriver[S3Settings]):
             raise self._error(err, key, "get") from err
 
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        wire, limit = await self._wire()
+        if wire is not None:
+            answer = await self._lean(wire, limit, "GET", key, {})
+            if answer is not None:
+                if answer.status != 200:
+                    if answer.status < 300:
+                        raise self._bad_answer(key, f"HTTP {answer.status} to a whole GET")
+                    raise self._error_for(answer.code, key, "get")
+                return answer.body, self._lean_info(key, answer, len(answer.body))
         client, limit = await self._client()
 
         async def read() -> tuple[bytes, dict[str, Any]]:
@@ -352,6 +325,16 @@ class S3Driver(ConfiguredDriver[S3Settings]):
         return data, self._info(key, response, len(data))
 
     async def _head(self, key: str) -> ObjectInfo:
+        wire, limit = await self._wire()
+        if wire is not None:
+            answer = await self._lean(wire, limit, "HEAD", key, {})
+            if answer is not None:
+                if answer.status >= 300:
+                    raise self._error_for(answer.code, key, "head")
+                length = answer.headers.get("Content-Length", "")
+                if not length.isdigit():
+                    raise self._bad_answer(key, f"HEAD without a size ({length[:30]!r})")
+                return self._lean_info(key, answer, int(length))
         client, limit = await self._client()
         async with limit:
             try:
@@ -390,6 +373,23 @@ class S3Driver(ConfiguredDriver[S3Settings]):
     async def _put(
         self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
     ) -> ObjectInfo:
+        wire, limit = await self._wire()
+        if wire is not None:
+            headers = {"if-none-match": "*"} if if_none_match else {}
+            if if_match is not None:
+                headers["if-match"] = if_match
+            answer = await self._lean(wire, limit, "PUT", key, headers, data)
+            if answer is not None:
+                if answer.status >= 300:
+                    if if_match is not None and answer.code in _NOT_FOUND:
+                        raise PreconditionFailed(
+                            "object to replace does not exist", key=key, driver=self.label
+                        )
+                    raise self._error_for(answer.code, key, "put")
+                version = etag(answer)
+                if not version:
+                    raise self._bad_answer(key, "PUT answered without an ETag (or several)")
+                return ObjectInfo(key, len(data), version, datetime.now(UTC))
         client, limit = await self._client()
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
         if if_none_match:

@@ -1,0 +1,343 @@
+"""The S3 driver's lean request path (``drivers/s3_wire.py``) at real servers.
+
+GET, HEAD and PUT go out over aiohttp, signed by the driver; everything else, and every
+answer the lean path does not expect, goes through aiobotocore. botocore's requests are
+told apart at the server by the ``amz-sdk-invocation-id`` header botocore adds to each.
+The servers: moto behind the recording proxy, and crafted aiohttp servers answering
+what S3 would not (redirects, wrong ranges, cut bodies, no ETag).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from aicechunk.drivers import _refresh
+from aicechunk.drivers.base import RangeRequest
+from aicechunk.drivers.s3 import S3Credentials, S3Driver
+from aicechunk.errors import ObjectNotFound, StorageError
+from tests.servers import FaultProxy, create_s3_bucket, fault_proxy, next_bucket_name, serve_app
+
+DATA = bytes(range(256)) * 40
+
+
+def by_botocore(headers: dict[str, str]) -> bool:
+    return any(name.lower() == "amz-sdk-invocation-id" for name in headers)
+
+
+def access_key(headers: dict[str, str]) -> str:
+    auth = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
+    found = re.search(r"Credential=([^/]+)/", auth)
+    return found.group(1) if found else ""
+
+
+@pytest.fixture
+def proxied(s3_endpoint: str) -> Iterator[tuple[FaultProxy, str]]:
+    """(the recording proxy in front of moto, a fresh bucket's name)."""
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    with fault_proxy(s3_endpoint) as (_, proxy):
+        yield proxy, bucket
+
+
+def driver(url: str, bucket: str, credentials: S3Credentials | None = None, **kw: Any) -> S3Driver:
+    return S3Driver(
+        bucket,
+        "repo",
+        endpoint_url=url,
+        allow_http=True,
+        force_path_style=True,
+        region="us-east-1",
+        credentials=credentials or S3Credentials("testing", "testing"),
+        **kw,
+    )
+
+
+async def test_gets_heads_and_puts_take_the_lean_path(proxied: tuple[FaultProxy, str]) -> None:
+    proxy, bucket = proxied
+    async with driver(proxy.url, bucket) as s3:
+        await s3.put("a", DATA)
+        version = (await s3.head("a")).version
+        await s3.put("a", DATA[:10], if_match=version)
+        await s3.put("b", DATA, if_none_match=True)
+        assert await s3.get("a") == DATA[:10]
+        assert await s3.get("b", RangeRequest(5, 10)) == DATA[5:15]
+        assert (await s3.get_object("b"))[0] == DATA
+        assert [info.key async for info in s3.list()] == ["a", "b"]
+        await s3.delete("a")
+    lean = [(m, h) for m, h in proxy.seen if not by_botocore(h)]
+    assert [m for m, _ in lean] == ["PUT", "HEAD", "PUT", "PUT", "GET", "GET", "GET"]
+    assert [m for m, h in proxy.seen if by_botocore(h)] == ["GET", "POST"]  # list, delete
+    for _, headers in lean:
+        assert access_key(headers) == "testing"
+        assert "x-amz-security-token" not in {k.lower() for k in headers}
+
+
+async def test_the_lean_path_can_be_turned_off(
+    proxied: tuple[FaultProxy, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AICECHUNK_S3_LEAN", "0")
+    proxy, bucket = proxied
+    async with driver(proxy.url, bucket) as s3:
+        await s3.put("a", DATA)
+        assert await s3.get("a") == DATA
+    assert all(by_botocore(headers) for _, headers in proxy.seen)
+
+
+async def test_session_tokens_are_sent_and_anonymous_requests_are_not_signed(
+    proxied: tuple[FaultProxy, str],
+) -> None:
+    proxy, bucket = proxied
+    async with driver(proxy.url, bucket, S3Credentials("testing", "s", "the/token+")) as s3:
+        await s3.put("a", DATA)
+        assert await s3.get("a") == DATA
+    async with driver(proxy.url, bucket, S3Credentials(anonymous=True)) as s3:
+        with pytest.raises(StorageError, match="access denied"):  # moto's bucket is private
+            await s3.get("a")
+    put, get, anonymous = ({k.lower(): v for k, v in h.items()} for _, h in proxy.seen)
+    assert put["x-amz-security-token"] == get["x-amz-security-token"] == "the/token+"
+    assert "authorization" not in anonymous and not by_botocore(anonymous)
+
+
+_ROTATION = itertools.count(1)
+
+
+def rotating_keys() -> tuple[str, str, None, datetime]:
+    """Fresh keys with a new id on every call, valid for one second (a refresh window
+    of two seconds makes every request fetch new ones)."""
+    return f"key-{next(_ROTATION)}", "secret", None, datetime.now(UTC) + timedelta(seconds=1)
+
+
+async def test_refreshable_credentials_rotate_on_the_lean_path(
+    proxied: tuple[FaultProxy, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_refresh, "REFRESH_BEFORE", timedelta(seconds=2))
+    proxy, bucket = proxied
+    async with driver(proxy.url, bucket, S3Credentials(get_credentials=rotating_keys)) as s3:
+        await s3.put("a", DATA)
+        for _ in range(3):
+            assert await s3.get("a") == DATA
+    keys = [access_key(h) for _, h in proxy.seen]
+    assert not any(by_botocore(h) for _, h in proxy.seen)
+    assert len(set(keys)) == len(keys) == 4 and all(k.startswith("key-") for k in keys)
+
+
+# --- answers the lean path does not take: botocore's turn -----------------------------
+
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+@contextlib.contextmanager
+def crafted(moto: str, lean_answer: Callable[[Any], Any | None]) -> Iterator[tuple[str, list[str]]]:
+    """A server answering the lean path's requests with ``lean_answer(request)`` (``None``:
+    forwarded to moto) and forwarding botocore's to moto; yields (its URL, a log of
+    ``"lean GET"`` / ``"botocore GET"`` entries)."""
+    import aiohttp
+    from aiohttp import web
+
+    log: list[str] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        who = "botocore" if by_botocore(dict(request.headers)) else "lean"
+        log.append(f"{who} {request.method}")
+        if who == "lean":
+            answer = lean_answer(request)
+            if answer is not None:
+                return await answer if hasattr(answer, "__await__") else answer
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with sessions[0].request(
+            request.method, f"{moto}{request.rel_url}", headers=headers, data=body
+        ) as upstream:
+            payload = await upstream.read()
+            keep = {"etag", "last-modified", "content-range", "x-amz-request-id"}
+            out = {k: v for k, v in upstream.headers.items() if k.lower() in keep}
+            if request.method == "HEAD":  # its Content-Length is the object's size
+                head = web.StreamResponse(status=upstream.status, headers=out)
+                head.content_length = upstream.content_length
+                await head.prepare(request)
+                return head
+            return web.Response(status=upstream.status, body=payload, headers=out)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+
+    async def start() -> None:
+        sessions.append(aiohttp.ClientSession(auto_decompress=False))
+
+    async def stop() -> None:
+        await sessions[0].close()
+
+    with serve_app(app, start, stop) as url:
+        yield url, log
+
+
+def _error(status: int, code: str, **headers: str) -> Any:
+    from aiohttp import web
+
+    body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>m</Message></Error>"
+    return web.Response(status=status, text=body, content_type="application/xml", headers=headers)
+
+
+@pytest.mark.parametrize(
+    "status, code, sticky",
+    [
+        (301, "PermanentRedirect", True),
+        (400, "AuthorizationHeaderMalformed", True),
+        (307, "TemporaryRedirect", True),
+        (400, "InvalidArgument", False),
+        (501, "NotImplemented", False),
+    ],
+)
+async def test_unexpected_answers_are_sent_again_through_botocore(
+    s3_endpoint: str, status: int, code: str, sticky: bool
+) -> None:
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    async with driver(s3_endpoint, bucket) as seed:
+        await seed.put("a", DATA)
+    with crafted(s3_endpoint, lambda request: _error(status, code)) as (url, log):
+        async with driver(url, bucket) as s3:
+            assert await s3.get("a") == DATA
+            assert await s3.get("a") == DATA
+            await s3.put("b", DATA, if_none_match=True)
+            assert (await s3.head("b")).size == len(DATA)
+    if sticky:  # the bucket lives elsewhere: botocore takes every request after the first
+        assert log == ["lean GET", "botocore GET", "botocore GET", "botocore PUT", "botocore HEAD"]
+    else:
+        assert log == [
+            "lean GET",
+            "botocore GET",
+            "lean GET",
+            "botocore GET",
+            "lean PUT",
+            "botocore PUT",
+            "lean HEAD",
+            "botocore HEAD",
+        ]
+
+
+async def test_a_region_header_that_is_not_ours_goes_to_botocore(s3_endpoint: str) -> None:
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    answer = _error(403, "AccessDenied", **{"x-amz-bucket-region": "eu-west-1"})
+    with crafted(s3_endpoint, lambda request: answer) as (url, log):
+        async with driver(url, bucket) as s3:
+            with pytest.raises(ObjectNotFound):
+                await s3.head("nothing")
+    assert log[:2] == ["lean HEAD", "botocore HEAD"]
+
+
+# --- answers checked where they enter ---------------------------------------------------
+
+
+async def test_a_partial_answer_for_other_bytes_is_a_storage_error(s3_endpoint: str) -> None:
+    from aiohttp import web
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+
+    def wrong_range(request: Any) -> Any:
+        if request.method != "GET":
+            return None
+        return web.Response(
+            status=206, body=DATA[5:15], headers={"Content-Range": "bytes 5-14/10240"}
+        )
+
+    with crafted(s3_endpoint, wrong_range) as (url, log):
+        async with driver(url, bucket) as s3:
+            with pytest.raises(StorageError, match="not the range asked for") as caught:
+                await s3.get("a", RangeRequest(0, 10))
+            assert "key='a'" in str(caught.value) and "s3://" in str(caught.value)
+            with pytest.raises(StorageError, match="Content-Range"):
+                await s3.get("a")  # a partial answer to a request for everything
+    assert log == ["lean GET", "lean GET"]
+
+
+async def test_a_whole_answer_to_a_ranged_get_is_cut_to_the_range(s3_endpoint: str) -> None:
+    from aiohttp import web
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+
+    def whole(request: Any) -> Any:
+        return web.Response(body=DATA, headers={"ETag": '"e"'}) if request.method == "GET" else None
+
+    with crafted(s3_endpoint, whole) as (url, _):
+        async with driver(url, bucket) as s3:
+            assert await s3.get("a", RangeRequest(100, 7)) == DATA[100:107]
+
+
+async def test_a_put_answered_without_an_etag_is_a_storage_error(s3_endpoint: str) -> None:
+    from aiohttp import web
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    with crafted(s3_endpoint, lambda request: web.Response(status=200)) as (url, _):
+        async with driver(url, bucket) as s3:
+            with pytest.raises(StorageError, match="without an ETag") as caught:
+                await s3.put("refs/x", DATA, if_none_match=True)
+    assert "key='refs/x'" in str(caught.value)
+
+
+async def test_a_body_shorter_than_its_length_is_retried_then_a_storage_error(
+    s3_endpoint: str,
+) -> None:
+    from aiohttp import web
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b"x" * 400)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    with crafted(s3_endpoint, lambda request: cut(request)) as (url, log):
+        async with driver(url, bucket, max_attempts=3) as s3:
+            with pytest.raises(StorageError) as caught:
+                await s3.get("a")
+    assert type(caught.value) is StorageError and "key='a'" in str(caught.value)
+    assert log == ["lean GET"] * 3
+
+
+async def test_drivers_of_two_buckets_in_one_loop_each_reach_their_own(s3_endpoint: str) -> None:
+    # the lean path addresses one bucket: drivers that differ only in the bucket must not
+    # share it (a benchmark creating a repository in a second bucket found the first's)
+    first, second = next_bucket_name(), next_bucket_name()
+    create_s3_bucket(s3_endpoint, first)
+    create_s3_bucket(s3_endpoint, second)
+    async with driver(s3_endpoint, first) as one, driver(s3_endpoint, second) as two:
+        await one.put("k", b"first")
+        assert not await two.exists("k")
+        await two.put("k", b"second")
+        assert (await one.get("k"), await two.get("k")) == (b"first", b"second")
+
+
+async def test_an_answer_with_two_different_etags_is_a_storage_error(s3_endpoint: str) -> None:
+    from aiohttp import web
+    from multidict import CIMultiDict
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+
+    def two(request: Any) -> Any:
+        headers = CIMultiDict([("ETag", '"one"'), ("etag", '"two"')])
+        return web.Response(body=DATA, headers=headers) if request.method == "GET" else None
+
+    with crafted(s3_endpoint, two) as (url, _):
+        async with driver(url, bucket) as s3:
+            with pytest.raises(StorageError, match="several different ETags"):
+                await s3.get_object("a")
