@@ -12,8 +12,11 @@ the table shows medians and the aicechunk/icechunk ratio, and a JSON file keeps 
 icechunk is whichever is importable: 1.1.21 (Python 3.11) or 2.x (Python >= 3.12). Rows
 without a tag compare spec version 1 repositories on both sides; rows tagged ``v2``
 compare spec version 2 repositories, and run only when icechunk is 2.x.
-S3 rows (``[s3 <delay>ms]``) reach moto through a latency proxy (``tests/latency_proxy``),
-each in a process of its own as a remote S3 would be: the proxy adds ``--latency``
+S3 rows (``[s3 <delay>ms]``) reach an S3 server through a latency proxy, out of this
+process as a remote S3 would be (``--s3-server``: ``fast``, the default, is an in-memory
+S3 with the proxy built in, ``tests/bench_s3_server``; ``moto`` is moto's server behind
+``tests/latency_proxy``, which caps every row at moto's 350-450 requests/s; the JSON
+says which was used): the proxy adds ``--latency``
 milliseconds to every request and counts requests for both libraries alike (open: also
 the round trips made one after another); every ``--s3-sizes`` size runs at the largest
 delay, the smallest at the others. ``--contention`` (on by default) runs the S3 rows of
@@ -49,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_forks
 import bench_refs
-from remote import RemoteRows, busy_cores, capacity, cores
+from remote import S3_SERVERS, RemoteRows, busy_cores, capacity, cores, s3_chain
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
 from workloads import (
@@ -144,8 +147,7 @@ async def v1_only_rows(
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """The results (workload -> system -> one row per repeat), what was skipped, and the
     load average before and after each part."""
-    from tests.latency_proxy import latency_proxy
-    from tests.servers import create_s3_bucket, moto_server
+    from tests.servers import create_s3_bucket
 
     results: dict[str, dict[str, list[Result]]] = {}
     loads: dict[str, Any] = {}
@@ -171,7 +173,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
             "(they need icechunk >= 2, on Python >= 3.12)"
         )
 
-    with moto_server(own_process=True) as endpoint, latency_proxy(endpoint) as proxy:
+    with s3_chain(args.s3_server) as (endpoint, proxy):
         import boto3
 
         s3 = {"endpoint": endpoint, "vbucket": "virtual-data"}
@@ -320,6 +322,12 @@ def main() -> None:
     parser.add_argument(
         "--latency", default="0,20", help="S3 rows: milliseconds added per request (0,20)"
     )
+    parser.add_argument(
+        "--s3-server",
+        choices=S3_SERVERS,
+        default="fast",
+        help="S3 rows: the in-memory benchmark server (fast) or moto behind the proxy",
+    )
     parser.add_argument("--s3-sizes", default="", help="S3 rows: chunk counts (1000,10000)")
     parser.add_argument(
         "--contention",
@@ -331,7 +339,10 @@ def main() -> None:
     load_before = os.getloadavg()
     results, skipped, loads = asyncio.run(run(args))
     load_after = os.getloadavg()
-    print(f"aicechunk vs icechunk {ICECHUNK_VERSION}, Python {platform.python_version()}")
+    print(
+        f"aicechunk vs icechunk {ICECHUNK_VERSION}, Python {platform.python_version()}, "
+        f"S3 server: {args.s3_server}"
+    )
     print(table(results))
     for what in skipped:
         print(f"skipped: {what}")
@@ -349,6 +360,7 @@ def main() -> None:
         "python_version": platform.python_version(),
         "load_average": {"before": load_before, "after": load_after, **loads},
         "latencies_ms": args.latency,
+        "s3_server": args.s3_server,
         "contention_processes": cores() if args.contention else 0,
         "skipped": skipped,
         "results": results,
