@@ -212,18 +212,20 @@ class S3Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
 
         def send(at: int) -> None:
+            # each slice goes once the cap would have let all bytes up to its end through
             if self.transport is None:
                 return
             self.transport.write(payload[at : at + SLICE])
-            sent = min(len(payload), at + SLICE)
-            wait = max(0.0, began + sent / cap - time.monotonic())
-            if sent < len(payload):
-                loop.call_later(wait, send, sent)
+            if at + SLICE < len(payload):
+                due = began + min(len(payload), at + 2 * SLICE) / cap
+                loop.call_later(max(0.0, due - time.monotonic()), send, at + SLICE)
             else:
-                loop.call_later(wait, self._done, record, close)
+                self._done(record, close)
 
         self.busy = True
-        send(0)
+        loop.call_later(
+            max(0.0, began + min(len(payload), SLICE) / cap - time.monotonic()), send, 0
+        )
 
     def _done(self, record: list[Any], close: bool) -> None:
         assert self.latency is not None
