@@ -152,7 +152,7 @@ def handle(
     if not key:
         return _bucket_call(state, method, bucket_name, params, body)
     bucket = state.bucket(bucket_name)
-    if method in ("GET", "HEAD") and not params.keys() - {"versionId", "partNumber"}:
+    if method in ("GET", "HEAD") and not params.keys() - {"versionId"}:
         return _get(bucket, key, headers)
     if method == "PUT" and not params:
         if "x-amz-copy-source" in headers:
@@ -264,11 +264,17 @@ def _list(name: str, bucket: Bucket, params: dict[str, str]) -> bytes:
     """A ListObjectsV2 page."""
     prefix = params.get("prefix", "")
     delimiter = params.get("delimiter", "")
-    max_keys = min(1000, int(params.get("max-keys", "1000")))
+    try:
+        max_keys = min(1000, int(params.get("max-keys", "1000")))
+    except ValueError as err:
+        raise S3Error(400, "InvalidArgument", "max-keys is not a number") from err
     token = params.get("continuation-token")
     after = params.get("start-after", "")
     if token:
-        after = max(after, base64.urlsafe_b64decode(token.encode()).decode())
+        try:
+            after = max(after, base64.b64decode(token, b"-_", validate=True).decode())
+        except ValueError as err:
+            raise S3Error(400, "InvalidArgument", "The continuation token is not valid") from err
     encode = params.get("encoding-type") == "url"
 
     def text(value: str) -> str:

@@ -59,6 +59,7 @@ REASONS = {
     400: "Bad Request",
     404: "Not Found",
     409: "Conflict",
+    500: "Internal Server Error",
     412: "Precondition Failed",
     416: "Requested Range Not Satisfiable",
     501: "Not Implemented",
@@ -141,13 +142,20 @@ class S3Protocol(asyncio.Protocol):
             self.started = time.monotonic()
             lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
             del self.buffer[: end + 4]
-            method, target, _ = lines[0].split(" ", 2)
             headers = {}
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-            chunked = "chunked" in headers.get("transfer-encoding", "")
-            length = -1 if chunked else int(headers.get("content-length") or 0)
+            try:
+                method, target, version = lines[0].split(" ", 2)
+                if not version.startswith("HTTP/1."):
+                    raise ValueError(version)
+                chunked = "chunked" in headers.get("transfer-encoding", "")
+                length = -1 if chunked else int(headers.get("content-length") or 0)
+            except ValueError:  # not HTTP: say so and hang up
+                self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                self.transport.close()
+                return False
             self.pending = (method, target, headers, length)
             if headers.get("expect", "").lower() == "100-continue":
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -253,7 +261,9 @@ class S3Protocol(asyncio.Protocol):
         request_id = f"{next(self.state.ids):016X}"
         try:
             status, out, payload = handle(self.state, method, path, query, headers, body)
-        except S3Error as err:
+        except Exception as exc:
+            # a bug here answers 500 InternalError rather than breaking the connection
+            err = exc if isinstance(exc, S3Error) else S3Error(500, "InternalError", repr(exc))
             status, out = err.status, [("Content-Type", "application/xml"), *err.extra]
             payload = error_body(err, unquote(path), request_id)
         length = len(payload)

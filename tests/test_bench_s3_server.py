@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -245,6 +246,19 @@ def test_unserved_calls_are_501(endpoint: str, bucket: str) -> None:
     s3 = client(endpoint)
     assert error_of(s3.get_bucket_versioning, Bucket=bucket) == (501, "NotImplemented")
     assert error_of(s3.create_multipart_upload, Bucket=bucket, Key="k")[1] == "NotImplemented"
+
+
+def test_bad_requests_are_400(endpoint: str, bucket: str) -> None:
+    s3 = client(endpoint)
+    assert error_of(s3.list_objects_v2, Bucket=bucket, ContinuationToken="%%%") == (
+        400,
+        "InvalidArgument",
+    )
+    host, port = endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"this is not HTTP\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+        assert sock.recv(100) == b""  # and the connection is closed
 
 
 # -- listing, deleting, copying -------------------------------------------------------
