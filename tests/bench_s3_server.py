@@ -272,7 +272,7 @@ class S3Protocol(asyncio.Protocol):
             length = next((int(v) for k, v in out if k == "Content-Length"), 0)
             payload = b""
         out.append(("x-amz-request-id", request_id))
-        return self._head(status, out, None if status == 304 else length), payload
+        return self._head(status, out, None if status in (204, 304) else length), payload
 
     @staticmethod
     def _head(status: int, out: list[tuple[str, str]], length: int | None) -> bytes:
