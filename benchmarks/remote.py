@@ -124,11 +124,12 @@ class RemoteRows:
                 record(f"virtual reads {n} [{tag}]", system.name, row)
 
 
-async def capacity(url: str, key: str, concurrency: int = 64, n: int = 500) -> float:
+async def capacity(url: str, key: str, concurrency: int = 64, n: int = 1000) -> float:
     """Requests per second the proxy and server answer for a GET of ``key`` (``bucket/key``)
     from a bare aiohttp client, ``concurrency`` at once: what the S3 rows can reach at
     most. A row far below its delay's bound (``concurrency / delay``) and near this
-    figure measures the local servers' CPU, not latency."""
+    figure measures the local servers' CPU, not latency. The client's connections are
+    opened by a first round of ``concurrency`` requests, not timed."""
     import aiohttp
 
     limit = asyncio.Semaphore(concurrency)
@@ -139,6 +140,7 @@ async def capacity(url: str, key: str, concurrency: int = 64, n: int = 500) -> f
             async with limit, http.get(f"{url}/{key}") as response:
                 await response.read()
 
+        await asyncio.gather(*(one() for _ in range(concurrency)))
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
         return n / (time.perf_counter() - start)
