@@ -21,8 +21,10 @@ milliseconds to every request and counts requests for both libraries alike (open
 the round trips made one after another); every ``--s3-sizes`` size runs at the largest
 delay, the smallest at the others. ``--contention`` (on by default) runs the S3 rows of
 the smallest size once more while one CPU-spinning process per core competes (labels say
-``contended``). ``server capacity`` rows give the requests per second the local S3
-servers answer a bare client at 64 at once: a row near it measures their CPU, not latency.
+``contended``). ``server capacity`` rows give the GETs of one 4 KiB chunk per second
+the local S3 servers answer a bare client at 64 at once (until now the blob of the
+virtual rows was fetched: 1 MiB at the full sizes, which measured bandwidth): a row
+near it measures their CPU, not latency.
 Workloads: write, read, open (+ one chunk), refs (1M and 10M chunk references, each in a
 fresh process: bench_refs.py), forks
 (64 forks x 1,000 chunks merged and committed), virtual (1,000 virtual chunks on S3),
@@ -56,6 +58,7 @@ from remote import S3_SERVERS, RemoteRows, busy_cores, capacity, cores, s3_chain
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
 from workloads import (
+    CHUNK_BYTES,
     Result,
     open_row,
     read_workload,
@@ -147,7 +150,7 @@ async def v1_only_rows(
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """The results (workload -> system -> one row per repeat), what was skipped, and the
     load average before and after each part."""
-    from tests.servers import create_s3_bucket
+    from tests.servers import create_s3_bucket, put_s3_object
 
     results: dict[str, dict[str, list[Result]]] = {}
     loads: dict[str, Any] = {}
@@ -189,6 +192,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
             Key="blob.bin",
             Body=np.random.default_rng(1).bytes(1024 * s3_sizes[0]),
         )
+        # the capacity rows GET an object of one chunk's size (blob.bin grows with the sizes)
+        put_s3_object(endpoint, "virtual-data", "capacity.bin", bytes(CHUNK_BYTES))
         by_spec = [Rows(spec, s3) for spec in specs]
 
         async def remote(rep: int, base: Path, contended: bool) -> None:
@@ -202,7 +207,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
                     proxy.configure(delay=ms / 1000)
                     tag = f"s3 {ms:g}ms" + (", contended" if contended else "")
                     if spec == specs[0]:
-                        seen = await capacity(proxy.url, "virtual-data/blob.bin")
+                        seen = await capacity(proxy.url, "virtual-data/capacity.bin")
                         record(f"server capacity [{tag}]", "bare client", {"requests/s": seen})
                     # all sizes at the largest delay, uncontended; else the smallest only
                     # (the 20 ms targets name both sizes; the run stays within ~25 minutes)
