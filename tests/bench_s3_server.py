@@ -213,7 +213,7 @@ class S3Protocol(asyncio.Protocol):
         if self.transport is None:
             return
         if not cap or not payload:
-            self.transport.writelines([head, payload])
+            self._send(head, payload)
             return self._done(record, close)
         self.transport.write(head)
         began = time.monotonic()
@@ -245,12 +245,18 @@ class S3Protocol(asyncio.Protocol):
         if held:  # called back later: requests that came meanwhile are waiting
             self._drain()
 
-    def _write(self, head: bytes, payload: bytes, close: bool) -> None:
+    def _send(self, head: bytes, payload: bytes) -> None:
         assert self.transport is not None
+        # never an empty buffer: Python 3.12.1's sendmsg path keeps one queued forever
+        # and spins on it (every later write of the connection waits behind it)
         if payload:
             self.transport.writelines([head, payload])
         else:
             self.transport.write(head)
+
+    def _write(self, head: bytes, payload: bytes, close: bool) -> None:
+        assert self.transport is not None
+        self._send(head, payload)
         if close:
             self.transport.close()
 
