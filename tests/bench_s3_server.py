@@ -91,6 +91,8 @@ class Latency:
             "records": self.records if what == "stats" else [],
             "delay": self.delay,
             "bandwidth": self.bandwidth,
+            # the server's own CPU time (this proxy only): what its answers cost
+            "cpu_seconds": time.process_time(),
         }
         return json.dumps(answer).encode()
 

@@ -407,3 +407,25 @@ async def test_latency_port_caps_bandwidth_per_request(
     assert put[4:] == [len(body), 0] and get[4:] == [0, len(body)]
     # 256 kB at 1 MB/s each way
     assert put[1] - put[0] >= 0.25 and get[1] - get[0] >= 0.25
+
+
+async def test_held_answers_without_a_body_cost_no_cpu_while_idle(
+    bench: tuple[str, LatencyProxy], bucket: str
+) -> None:
+    """PUT answers have no body; handed to the transport as an empty buffer they made
+    Python 3.12.1's event loop spin on every connection that had one (all CPU, forever)."""
+    proxy = bench[1]
+    proxy.configure(delay=0.01)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def put(i: int) -> None:
+                async with http.put(f"{proxy.url}/{bucket}/p{i}", data=b"x") as response:
+                    assert response.status == 200
+
+            await asyncio.gather(*(put(i) for i in range(200)))
+            before = proxy.stats()["cpu_seconds"]
+            await asyncio.sleep(0.5)  # connections kept, nothing asked
+            assert proxy.stats()["cpu_seconds"] - before < 0.1
+    finally:
+        proxy.configure(delay=0)
