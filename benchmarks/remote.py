@@ -4,7 +4,7 @@ Every S3 row goes through a latency proxy, for both libraries, so requests are c
 same way and the delay is the only thing that changes between ``[s3 0ms]`` and
 ``[s3 20ms]``. ``s3_chain`` makes the server and proxy: ``fast`` (default) is
 ``tests.bench_s3_server``, an in-memory S3 on raw asyncio with the proxy built in (one
-process, about 0.09 ms of CPU per request); ``moto`` is moto's server behind
+process, 0.1-0.15 ms of CPU per request); ``moto`` is moto's server behind
 ``tests.latency_proxy`` (a process each, about 2.7 + 0.8 ms per request, which capped
 the rows at 350-450 requests/s).
 Rows: write and read of each size of chunks, open + read one chunk (time, requests, and
