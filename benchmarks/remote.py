@@ -1,8 +1,12 @@
 """The benchmark's remote rows: S3 behind a latency proxy, optionally on a busy machine.
 
-Every S3 row goes through ``tests.latency_proxy`` (its own process, in front of moto's,
-which is also in its own process), for both libraries, so requests are counted the same
-way and the delay is the only thing that changes between ``[s3 0ms]`` and ``[s3 20ms]``.
+Every S3 row goes through a latency proxy, for both libraries, so requests are counted the
+same way and the delay is the only thing that changes between ``[s3 0ms]`` and
+``[s3 20ms]``. ``s3_chain`` makes the server and proxy: ``fast`` (default) is
+``tests.bench_s3_server``, an in-memory S3 on raw asyncio with the proxy built in (one
+process, 0.1-0.15 ms of CPU per request); ``moto`` is moto's server behind
+``tests.latency_proxy`` (a process each, about 2.7 + 0.8 ms per request, which capped
+the rows at 350-450 requests/s).
 Rows: write and read of each size of chunks, open + read one chunk (time, requests, and
 round trips: the longest chain of requests each started after the previous one ended, on
 the proxy's records), and virtual reads (spec version 1; the chunks' bucket through the
@@ -28,9 +32,14 @@ from typing import Any
 from systems import Ours, System, Theirs
 from workloads import Result, open_one_chunk, read_workload, virtual_reads, write_workload
 
-from tests.latency_proxy import LatencyProxy
+from tests.bench_s3_server import bench_s3_server
+from tests.latency_proxy import LatencyProxy, latency_proxy
+from tests.servers import moto_server
 
-__all__ = ["RemoteRows", "busy_cores", "capacity", "cores", "round_trips"]
+__all__ = ["S3_SERVERS", "RemoteRows", "busy_cores", "capacity", "cores", "round_trips", "s3_chain"]
+
+#: ``s3_chain``'s servers
+S3_SERVERS = ("fast", "moto")
 
 Record = Callable[[str, str, Result], None]
 
@@ -115,11 +124,12 @@ class RemoteRows:
                 record(f"virtual reads {n} [{tag}]", system.name, row)
 
 
-async def capacity(url: str, key: str, concurrency: int = 64, n: int = 500) -> float:
-    """Requests per second the proxy and moto answer for a GET of ``key`` (``bucket/key``)
+async def capacity(url: str, key: str, concurrency: int = 64, n: int = 1000) -> float:
+    """Requests per second the proxy and server answer for a GET of ``key`` (``bucket/key``)
     from a bare aiohttp client, ``concurrency`` at once: what the S3 rows can reach at
     most. A row far below its delay's bound (``concurrency / delay``) and near this
-    figure measures the local servers' CPU, not latency."""
+    figure measures the local servers' CPU, not latency. The client's connections are
+    opened by a first round of ``concurrency`` requests, not timed."""
     import aiohttp
 
     limit = asyncio.Semaphore(concurrency)
@@ -130,9 +140,25 @@ async def capacity(url: str, key: str, concurrency: int = 64, n: int = 500) -> f
             async with limit, http.get(f"{url}/{key}") as response:
                 await response.read()
 
+        await asyncio.gather(*(one() for _ in range(concurrency)))
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
         return n / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def s3_chain(server: str) -> Iterator[tuple[str, LatencyProxy]]:
+    """An S3 server (``fast`` or ``moto``, see the module's docstring) and a latency proxy
+    in front of it, each out of this process; yields the server's direct endpoint URL
+    (for setting up, neither delayed nor counted) and the proxy's handle."""
+    if server == "fast":
+        with bench_s3_server() as (endpoint, proxy):
+            yield endpoint, proxy
+    elif server == "moto":
+        with moto_server(own_process=True) as endpoint, latency_proxy(endpoint) as proxy:
+            yield endpoint, proxy
+    else:
+        raise ValueError(f"unknown S3 server {server!r}: one of {S3_SERVERS}")
 
 
 def cores() -> int:

@@ -12,14 +12,19 @@ the table shows medians and the aicechunk/icechunk ratio, and a JSON file keeps 
 icechunk is whichever is importable: 1.1.21 (Python 3.11) or 2.x (Python >= 3.12). Rows
 without a tag compare spec version 1 repositories on both sides; rows tagged ``v2``
 compare spec version 2 repositories, and run only when icechunk is 2.x.
-S3 rows (``[s3 <delay>ms]``) reach moto through a latency proxy (``tests/latency_proxy``),
-each in a process of its own as a remote S3 would be: the proxy adds ``--latency``
+S3 rows (``[s3 <delay>ms]``) reach an S3 server through a latency proxy, out of this
+process as a remote S3 would be (``--s3-server``: ``fast``, the default, is an in-memory
+S3 with the proxy built in, ``tests/bench_s3_server``; ``moto`` is moto's server behind
+``tests/latency_proxy``, which caps every row at moto's 350-450 requests/s; the JSON
+says which was used): the proxy adds ``--latency``
 milliseconds to every request and counts requests for both libraries alike (open: also
 the round trips made one after another); every ``--s3-sizes`` size runs at the largest
 delay, the smallest at the others. ``--contention`` (on by default) runs the S3 rows of
 the smallest size once more while one CPU-spinning process per core competes (labels say
-``contended``). ``server capacity`` rows give the requests per second the local S3
-servers answer a bare client at 64 at once: a row near it measures their CPU, not latency.
+``contended``). ``server capacity`` rows give the GETs of one 4 KiB chunk per second
+the local S3 servers answer a bare client at 64 at once (until now the blob of the
+virtual rows was fetched: 1 MiB at the full sizes, which measured bandwidth): a row
+near it measures their CPU, not latency.
 Workloads: write, read, open (+ one chunk), refs (1M and 10M chunk references, each in a
 fresh process: bench_refs.py), forks
 (64 forks x 1,000 chunks merged and committed), virtual (1,000 virtual chunks on S3),
@@ -49,10 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_forks
 import bench_refs
-from remote import RemoteRows, busy_cores, capacity, cores
+from remote import S3_SERVERS, RemoteRows, busy_cores, capacity, cores, s3_chain
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
 from workloads import (
+    CHUNK_BYTES,
     Result,
     open_row,
     read_workload,
@@ -144,8 +150,7 @@ async def v1_only_rows(
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """The results (workload -> system -> one row per repeat), what was skipped, and the
     load average before and after each part."""
-    from tests.latency_proxy import latency_proxy
-    from tests.servers import create_s3_bucket, moto_server
+    from tests.servers import create_s3_bucket, put_s3_object
 
     results: dict[str, dict[str, list[Result]]] = {}
     loads: dict[str, Any] = {}
@@ -171,7 +176,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
             "(they need icechunk >= 2, on Python >= 3.12)"
         )
 
-    with moto_server(own_process=True) as endpoint, latency_proxy(endpoint) as proxy:
+    with s3_chain(args.s3_server) as (endpoint, proxy):
         import boto3
 
         s3 = {"endpoint": endpoint, "vbucket": "virtual-data"}
@@ -187,6 +192,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
             Key="blob.bin",
             Body=np.random.default_rng(1).bytes(1024 * s3_sizes[0]),
         )
+        # the capacity rows GET an object of one chunk's size (blob.bin grows with the sizes)
+        put_s3_object(endpoint, "virtual-data", "capacity.bin", bytes(CHUNK_BYTES))
         by_spec = [Rows(spec, s3) for spec in specs]
 
         async def remote(rep: int, base: Path, contended: bool) -> None:
@@ -200,7 +207,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
                     proxy.configure(delay=ms / 1000)
                     tag = f"s3 {ms:g}ms" + (", contended" if contended else "")
                     if spec == specs[0]:
-                        seen = await capacity(proxy.url, "virtual-data/blob.bin")
+                        seen = await capacity(proxy.url, "virtual-data/capacity.bin")
                         record(f"server capacity [{tag}]", "bare client", {"requests/s": seen})
                     # all sizes at the largest delay, uncontended; else the smallest only
                     # (the 20 ms targets name both sizes; the run stays within ~25 minutes)
@@ -320,6 +327,12 @@ def main() -> None:
     parser.add_argument(
         "--latency", default="0,20", help="S3 rows: milliseconds added per request (0,20)"
     )
+    parser.add_argument(
+        "--s3-server",
+        choices=S3_SERVERS,
+        default="fast",
+        help="S3 rows: the in-memory benchmark server (fast) or moto behind the proxy",
+    )
     parser.add_argument("--s3-sizes", default="", help="S3 rows: chunk counts (1000,10000)")
     parser.add_argument(
         "--contention",
@@ -331,7 +344,10 @@ def main() -> None:
     load_before = os.getloadavg()
     results, skipped, loads = asyncio.run(run(args))
     load_after = os.getloadavg()
-    print(f"aicechunk vs icechunk {ICECHUNK_VERSION}, Python {platform.python_version()}")
+    print(
+        f"aicechunk vs icechunk {ICECHUNK_VERSION}, Python {platform.python_version()}, "
+        f"S3 server: {args.s3_server}"
+    )
     print(table(results))
     for what in skipped:
         print(f"skipped: {what}")
@@ -349,6 +365,7 @@ def main() -> None:
         "python_version": platform.python_version(),
         "load_average": {"before": load_before, "after": load_after, **loads},
         "latencies_ms": args.latency,
+        "s3_server": args.s3_server,
         "contention_processes": cores() if args.contention else 0,
         "skipped": skipped,
         "results": results,

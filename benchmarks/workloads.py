@@ -154,7 +154,7 @@ def manifest_size(where: str) -> float:
 
 
 async def virtual_reads(system: System, where: str, s3: dict[str, str], n: int) -> Result:
-    """n virtual chunks from one object on moto (spec version 1: aicechunk stores no
+    """n virtual chunks from one object on the S3 server (spec version 1: aicechunk stores no
     configuration in a spec version 2 repository yet)."""
     prefix = f"s3://{s3['vbucket']}/"
     if isinstance(system, Ours):
