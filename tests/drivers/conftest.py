@@ -8,7 +8,7 @@ here; the suite in test_conformance.py runs unchanged over all of them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,14 @@ from aicechunk.drivers import Driver, LocalDriver, MemoryDriver
 from aicechunk.drivers.gcs import GCSDriver
 from aicechunk.drivers.http import HTTPDriver
 from aicechunk.drivers.s3 import S3Credentials, S3Driver
-from tests.servers import create_gcs_bucket, create_s3_bucket, http_file_server, next_bucket_name
+from tests.servers import (
+    FaultProxy,
+    create_gcs_bucket,
+    create_s3_bucket,
+    fault_proxy,
+    http_file_server,
+    next_bucket_name,
+)
 
 
 @dataclass
@@ -119,3 +126,12 @@ async def dut(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[D
         yield made
     finally:
         await made.driver.close()
+
+
+@pytest.fixture
+def proxied(s3_endpoint: str) -> Iterator[tuple[FaultProxy, str]]:
+    """(the recording proxy in front of moto, a fresh bucket's name)."""
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    with fault_proxy(s3_endpoint) as (_, proxy):
+        yield proxy, bucket

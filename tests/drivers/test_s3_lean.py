@@ -22,7 +22,7 @@ from aicechunk.drivers import _refresh
 from aicechunk.drivers.base import RangeRequest
 from aicechunk.drivers.s3 import S3Credentials, S3Driver
 from aicechunk.errors import ObjectNotFound, StorageError
-from tests.servers import FaultProxy, create_s3_bucket, fault_proxy, next_bucket_name, serve_app
+from tests.servers import FaultProxy, create_s3_bucket, next_bucket_name, serve_app
 
 DATA = bytes(range(256)) * 40
 
@@ -35,15 +35,6 @@ def access_key(headers: dict[str, str]) -> str:
     auth = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
     found = re.search(r"Credential=([^/]+)/", auth)
     return found.group(1) if found else ""
-
-
-@pytest.fixture
-def proxied(s3_endpoint: str) -> Iterator[tuple[FaultProxy, str]]:
-    """(the recording proxy in front of moto, a fresh bucket's name)."""
-    bucket = next_bucket_name()
-    create_s3_bucket(s3_endpoint, bucket)
-    with fault_proxy(s3_endpoint) as (_, proxy):
-        yield proxy, bucket
 
 
 def driver(url: str, bucket: str, credentials: S3Credentials | None = None, **kw: Any) -> S3Driver:

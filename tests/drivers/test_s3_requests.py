@@ -10,7 +10,6 @@ every connection; the proxy keeps its clients').
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -18,18 +17,9 @@ from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from aicechunk.drivers.s3 import S3Credentials, S3Driver
 from aicechunk.drivers.s3_client import parse_timestamp, user_agent
-from tests.servers import FaultProxy, create_s3_bucket, fault_proxy, next_bucket_name
+from tests.servers import FaultProxy
 
 DATA = b"chunk bytes " * 300
-
-
-@pytest.fixture
-def proxied(s3_endpoint: str) -> Iterator[tuple[FaultProxy, str]]:
-    """(the recording proxy in front of moto, a fresh bucket's name)."""
-    bucket = next_bucket_name()
-    create_s3_bucket(s3_endpoint, bucket)
-    with fault_proxy(s3_endpoint) as (_, proxy):
-        yield proxy, bucket
 
 
 def driver(proxy: FaultProxy, bucket: str, **options: int) -> S3Driver:
