@@ -480,3 +480,20 @@ def put_s3_object(endpoint: str, bucket: str, key: str, body: bytes) -> str:
     )
     etag: str = client.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
     return etag
+
+
+@contextlib.contextmanager
+def serve_forwarding(app: Any, sessions: list[Any]) -> Iterator[str]:
+    """``serve_app`` for a proxy-like application: a client session (answers passed on
+    as they are, not decompressed) is put in ``sessions`` in the server's loop for its
+    handlers to forward with, and closed with the server."""
+    import aiohttp
+
+    async def start() -> None:
+        sessions.append(aiohttp.ClientSession(auto_decompress=False))
+
+    async def stop() -> None:
+        await sessions[0].close()
+
+    with serve_app(app, start, stop) as url:
+        yield url

@@ -23,7 +23,7 @@ from aicechunk.format.repo_info import (
 from aicechunk.testing import CountingDriver
 from tests.conftest import s3_test_storage
 from tests.deadline import bounded, collect
-from tests.servers import create_s3_bucket, next_bucket_name, serve_app
+from tests.servers import create_s3_bucket, next_bucket_name, serve_forwarding
 from tests.test_attacks_v2 import keys, reopen, v2_repo
 
 # --- the compare-and-swap against a server's answers --------------------------------------
@@ -164,13 +164,7 @@ def lying_server(target: str) -> Iterator[tuple[str, Lies]]:
     app = web.Application(client_max_size=1024**3)
     app.router.add_route("*", "/{tail:.*}", handle)
 
-    async def start() -> None:
-        sessions.append(aiohttp.ClientSession(auto_decompress=False))
-
-    async def stop() -> None:
-        await sessions[0].close()
-
-    with serve_app(app, start, stop) as url:
+    with serve_forwarding(app, sessions) as url:
         yield url, lies
 
 

@@ -22,7 +22,7 @@ from aicechunk.drivers import _refresh
 from aicechunk.drivers.base import RangeRequest
 from aicechunk.drivers.s3 import S3Credentials, S3Driver
 from aicechunk.errors import ObjectNotFound, StorageError
-from tests.servers import FaultProxy, create_s3_bucket, next_bucket_name, serve_app
+from tests.servers import FaultProxy, create_s3_bucket, next_bucket_name, serve_forwarding
 
 DATA = bytes(range(256)) * 40
 
@@ -161,13 +161,7 @@ def crafted(moto: str, lean_answer: Callable[[Any], Any | None]) -> Iterator[tup
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
 
-    async def start() -> None:
-        sessions.append(aiohttp.ClientSession(auto_decompress=False))
-
-    async def stop() -> None:
-        await sessions[0].close()
-
-    with serve_app(app, start, stop) as url:
+    with serve_forwarding(app, sessions) as url:
         yield url, log
 
 
