@@ -247,6 +247,14 @@ class S3Wire:
             payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
             self._signer.sign(method, path, headers, payload, access, secret, token, self._now())
         headers["user-agent"] = self._user_agent
+        # what aiohttp would add otherwise, given here: no body encoding (bodies are not
+        # decoded, so a compressed answer would be read as the object), and S3's own
+        # default type; asking aiohttp to skip its defaults costs more than the request's
+        # signature (a sorted multidict per request)
+        headers["accept"] = "*/*"
+        headers["accept-encoding"] = "identity"
+        if method == "PUT":
+            headers["content-type"] = "binary/octet-stream"
         return headers
 
     async def _once(self, method: str, path: str, extra: dict[str, str], body: bytes) -> Answer:
@@ -258,7 +266,6 @@ class S3Wire:
             headers=headers,
             data=body if method == "PUT" else None,
             allow_redirects=False,
-            skip_auto_headers=("Content-Type", "Accept-Encoding", "Accept"),
         ) as response:
             status: int = response.status
             data: bytes = b"" if method == "HEAD" else await response.read()

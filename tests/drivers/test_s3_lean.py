@@ -261,6 +261,35 @@ async def test_a_whole_answer_to_a_ranged_get_is_cut_to_the_range(s3_endpoint: s
             assert await s3.get("a", RangeRequest(100, 7)) == DATA[100:107]
 
 
+async def test_a_server_free_to_compress_is_asked_for_the_bytes_as_stored(
+    s3_endpoint: str,
+) -> None:
+    """Bodies are not decoded (a chunk is read as stored), so the lean path asks for no
+    content coding: a request without ``Accept-Encoding`` accepts any (RFC 9110), and a
+    server or proxy that then compresses would hand back gzip bytes as the object."""
+    import gzip
+
+    from aiohttp import web
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+    async with driver(s3_endpoint, bucket) as seed:
+        await seed.put("a", DATA)
+
+    def compressing(request: Any) -> Any:
+        accepted = request.headers.get("Accept-Encoding")
+        if request.method != "GET" or (accepted is not None and "gzip" not in accepted):
+            return None  # the object as stored, from moto
+        headers = {"ETag": '"e"', "Content-Encoding": "gzip"}
+        return web.Response(body=gzip.compress(DATA), headers=headers)
+
+    with crafted(s3_endpoint, compressing) as (url, log):
+        async with driver(url, bucket) as s3:
+            assert await s3.get("a") == DATA
+            assert await s3.get("a", RangeRequest(100, 7)) == DATA[100:107]
+    assert log == ["lean GET", "lean GET"]
+
+
 async def test_a_put_answered_without_an_etag_is_a_storage_error(s3_endpoint: str) -> None:
     from aiohttp import web
 
