@@ -177,21 +177,10 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
         )
 
     with s3_chain(args.s3_server) as (endpoint, proxy):
-        import boto3
-
         s3 = {"endpoint": endpoint, "vbucket": "virtual-data"}
         create_s3_bucket(endpoint, "virtual-data")
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).put_object(
-            Bucket="virtual-data",
-            Key="blob.bin",
-            Body=np.random.default_rng(1).bytes(1024 * s3_sizes[0]),
-        )
+        blob = np.random.default_rng(1).bytes(1024 * s3_sizes[0])
+        put_s3_object(endpoint, "virtual-data", "blob.bin", blob)
         # the capacity rows GET an object of one chunk's size (blob.bin grows with the sizes)
         put_s3_object(endpoint, "virtual-data", "capacity.bin", bytes(CHUNK_BYTES))
         by_spec = [Rows(spec, s3) for spec in specs]

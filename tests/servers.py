@@ -251,17 +251,24 @@ def next_bucket_name() -> str:
     return f"bucket-{next(_buckets)}"
 
 
-def create_s3_bucket(endpoint: str, bucket: str) -> None:
-    """Create a bucket on moto's server."""
+def s3_client(endpoint: str, config: Any = None) -> Any:
+    """A boto3 S3 client of the test servers (moto's, the benchmark's) at ``endpoint``,
+    with their test keys; ``config``: a ``botocore.config.Config``."""
     import boto3
 
-    boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
+        config=config,
+    )
+
+
+def create_s3_bucket(endpoint: str, bucket: str) -> None:
+    """Create a bucket on moto's server."""
+    s3_client(endpoint).create_bucket(Bucket=bucket)
 
 
 @contextlib.contextmanager
@@ -469,16 +476,7 @@ def serve_app(
 
 def put_s3_object(endpoint: str, bucket: str, key: str, body: bytes) -> str:
     """Store an object on moto's server; returns its ETag."""
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    etag: str = client.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
+    etag: str = s3_client(endpoint).put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
     return etag
 
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -25,7 +24,7 @@ from tests.bench_s3_server import bench_s3_server
 from tests.conftest import s3_test_storage
 from tests.latency_proxy import LatencyProxy
 from tests.oracle import SPEC_VERSIONS
-from tests.servers import create_s3_bucket, next_bucket_name
+from tests.servers import create_s3_bucket, next_bucket_name, s3_client
 from tests.test_remote_repos import icechunk_read_s3, icechunk_write_s3, write_sample
 
 
@@ -48,13 +47,7 @@ def bucket(endpoint: str) -> str:
 
 
 def client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return s3_client(endpoint)
 
 
 def error_of(call: Any, **kwargs: Any) -> tuple[int, str]:

@@ -25,23 +25,16 @@ from tests.servers import (
     create_s3_bucket,
     moto_server,
     next_bucket_name,
+    s3_client,
 )
 
 RACERS, ROUNDS = 8, 5
 
 
 def _boto(endpoint: str) -> Any:
-    import boto3
     from botocore.config import Config
 
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(max_pool_connections=RACERS, retries={"max_attempts": 1}),
-    )
+    return s3_client(endpoint, Config(max_pool_connections=RACERS, retries={"max_attempts": 1}))
 
 
 def _race(n: int, attempt: Callable[[int], bool]) -> int:
