@@ -118,7 +118,7 @@ class Uploads:
         while self._pending:
             failed = [
                 (chunk_id, e)
-                for chunk_id, e in self._pending.items()
+                for chunk_id, e in list(self._pending.items())
                 if e.error is not None and not e.reported
             ]
             if failed and needed is not None:
@@ -183,7 +183,7 @@ class Uploads:
     def _live(self, loop: asyncio.AbstractEventLoop) -> set[asyncio.Task[None]]:
         return {
             e.task
-            for e in self._pending.values()
+            for e in list(self._pending.values())  # a snapshot: other loops' threads finish uploads
             if e.task is not None and not e.task.done() and e.task.get_loop() is loop
         }
 
