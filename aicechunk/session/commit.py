@@ -178,6 +178,7 @@ async def rebase(state: SessionState, solver: ConflictSolver) -> None:
     except BaseException:
         state.snapshot_id, state.changes = original
         raise
+    state.forget_read_ahead()
 
 
 async def finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:

@@ -135,13 +135,23 @@ class SessionState:
         return not self.changes.is_empty() or not (self.moves is None or self.moves.is_empty())
 
     def discard(self) -> None:
-        """Forget every pending change (a rearrange session stays one)."""
+        """Forget every pending change (a rearrange session stays one) and what was read
+        ahead (the session's view changes)."""
         self.changes = ChangeSet()
         self.carried = None
+        self.forget_read_ahead()
         if self.uploads is not None:
             self.uploads.forget_failed()
         if self.moves is not None:
             self.moves = MoveSet()
+
+    def forget_read_ahead(self) -> None:
+        """Let go of the chunks fetched ahead: the session's view moved (commit, rebase,
+        discard). What they hold is never served wrong (a prefetch is used only for the
+        very file a read's reference names), but its bytes would stay held until another
+        array's reads needed the room."""
+        if self.readahead is not None:
+            self.readahead.clear()
 
     def committed(self, snapshot_id: SnapshotId) -> None:
         """The session's changes are now in ``snapshot_id``: continue from there."""
