@@ -22,9 +22,12 @@ are started again on the draining loop (the first to land wins; the other finds 
 chunk stored).
 
 A ``put`` that finds uploads of an earlier loop cancelled because that loop closed (sync
-code running each call with ``asyncio.run``) turns write-behind off for good: each such
-call writes its chunk before it returns, instead of queueing an upload its loop will
-cancel and the commit send again.
+code running each call with ``asyncio.run``) turns write-behind off for the rest of the
+session: each such call writes its chunk before it returns, instead of queueing an upload
+its loop will cancel and the commit send again. It is not turned back on: from inside a
+put, a loop that lives on cannot be told from one that closes when the call returns, and
+a guess that turned it on again would send those chunks twice. A session ends at its
+commit (it is read-only then), and the next writable session starts with it on.
 
 The byte count, the pending table and the per-loop limits are changed under a lock: puts
 and finished uploads run on the threads of different loops (zarr's loop thread and the
