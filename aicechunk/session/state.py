@@ -84,7 +84,8 @@ class SessionState:
     ``parent_uploads``, in a fork made with changes, its parent's uploads, read from
     (never written to: a fork's own chunks are stored before ``set`` returns), and
     ``carried``, in a fork rebuilt from a payload, the bytes of chunks its changes name
-    that its parent still uploaded when it was sent (``carried.py``)."""
+    that its parent still uploaded when it was sent (``carried.py``); ``saved_as`` the
+    snapshot a commit, amend or flush of this session made (it is read-only since)."""
 
     assets: AssetManager
     snapshot_id: SnapshotId
@@ -102,11 +103,23 @@ class SessionState:
     readahead: ReadAhead | None = None
     parent_uploads: Uploads | None = None
     carried: dict[ChunkId, bytes] | None = None
+    saved_as: SnapshotId | None = None
 
-    def check_writable(self, *, unsettled_ok: bool = False, rearrange_ok: bool = False) -> None:
+    def check_writable(
+        self, *, unsettled_ok: bool = False, rearrange_ok: bool = False, saving: bool = False
+    ) -> None:
         """Refuse writes to a read-only session, or while a commit's outcome is unknown,
         and, unless ``rearrange_ok`` (commit, rebase, discard), any in a rearrange
-        session (moves check the mode themselves)."""
+        session (moves check the mode themselves). A session that committed is read-only
+        from then on, as in icechunk: a write or discard is ``ReadOnlyError``, and, as
+        icechunk has it, a commit, amend or rebase (``saving``) ``SessionStateError``."""
+        if self.read_only and self.saved_as is not None:
+            why = (
+                f"this session committed snapshot {self.saved_as} and is read-only since, as "
+                "in icechunk: make further changes in a new repo.writable_session"
+                f"({self.branch!r})"
+            )
+            raise SessionStateError(why) if saving else ReadOnlyError(why)
         if self.read_only:
             raise ReadOnlyError("this session is read-only; use repo.writable_session(branch)")
         if self.unsettled is not None and not unsettled_ok:
@@ -154,6 +167,9 @@ class SessionState:
             self.readahead.clear()
 
     def committed(self, snapshot_id: SnapshotId) -> None:
-        """The session's changes are now in ``snapshot_id``: continue from there."""
+        """The session's changes are now in ``snapshot_id``: it reads that snapshot and,
+        as in icechunk, takes no more changes (``check_writable`` says why)."""
         self.snapshot_id = snapshot_id
         self.discard()
+        self.read_only = True
+        self.saved_as = snapshot_id
