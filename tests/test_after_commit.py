@@ -4,6 +4,9 @@ rebase or a fork ``SessionStateError``, saying which commit ended it)."""
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -62,3 +65,19 @@ def test_the_sync_facade_refuses_as_icechunk_does() -> None:
     with pytest.raises(aics.SessionStateError):
         session.commit("two")
     np.testing.assert_array_equal(arr[:], np.ones(4))
+
+
+async def test_a_committed_session_pickles_as_a_read_only_one(tmp_path: Path) -> None:
+    # read-only sessions pickle (to workers, dask's processes scheduler); one that
+    # committed is read-only too, and its drained write-behind buffer stays behind
+    repo = await aic.Repository.create(aic.local_filesystem_storage(tmp_path / "repo"))
+    session = await repo.writable_session("main")
+    arr = await zas.create_array(session.store, name="a", shape=(4,), chunks=(2,), dtype="i4")
+    await arr.setitem(slice(None), np.arange(4))
+    snap = await session.commit("one")
+    copy = pickle.loads(pickle.dumps(session))
+    assert copy.read_only and copy.snapshot_id == snap
+    back = await zas.open_array(store=copy.store, path="a", mode="r")
+    np.testing.assert_array_equal(await back.getitem(slice(None)), np.arange(4))
+    with pytest.raises(aic.SessionStateError, match="committed snapshot"):
+        await copy.commit("again", allow_empty=True)

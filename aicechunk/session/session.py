@@ -423,7 +423,7 @@ class Session(Saving, Rearranging):
                 "a writable Session cannot be pickled: use session.fork(), whose ForkSession "
                 "pickles (and serializes with to_bytes())"
             )
-        return {"state": self._state}
+        return {"state": self._state.to_pickle()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._state = state["state"]

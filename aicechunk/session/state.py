@@ -11,7 +11,7 @@ other change; any other session holds ``moves = None``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aicechunk.assets import AssetManager
@@ -129,6 +129,11 @@ class SessionState:
             )
         if self.moves is not None and not rearrange_ok:
             raise SessionStateError(REARRANGE_ONLY)
+
+    def to_pickle(self) -> SessionState:
+        """What a read-only session pickles: the state without its write-behind buffer (a
+        session that committed has nothing left to upload; the buffer holds a lock)."""
+        return replace(self, uploads=None)
 
     def check_grid(self, path: str, array: ArrayDefinition) -> None:
         """Refuse an array whose chunk grid this repository's spec version cannot record
