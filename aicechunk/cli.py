@@ -259,6 +259,7 @@ async def demo(directory: Path) -> None:
     await arr.setitem(slice(None), np.zeros((8, 100), dtype="f4"))
     first = await session.commit("create temperature", metadata={"by": "demo"})
     print(f"2. wrote an 8x100 array and committed {first}")
+    session = await repo.writable_session("main")  # a committed session is read-only
     payloads = [session.fork().to_bytes() for _ in range(8)]
 
     async def station(i: int) -> aic.ForkSession:

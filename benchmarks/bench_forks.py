@@ -29,6 +29,7 @@ async def ours(forks: int, chunks: int, path: str) -> tuple[float, float]:
         "data", shape=(forks * chunks,), chunks=(1,), dtype="i8", compressors=None
     )
     await session.commit("array")
+    session = await repo.writable_session("main")  # a committed session is read-only
     payloads = []
     for i in range(forks):
         fork = session.fork()

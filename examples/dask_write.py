@@ -26,6 +26,7 @@ async def main(directory: Path) -> None:
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array("field", shape=(400, 300), chunks=(100, 100), dtype="f8")
     await session.commit("create the array")
+    session = await repo.writable_session("main")  # a committed session is read-only
 
     source = da.random.default_rng(0).random((400, 300), chunks=(100, 150))
     fork = session.fork()

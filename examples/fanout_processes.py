@@ -34,6 +34,7 @@ async def main(directory: Path) -> None:
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array("data", shape=(WORKERS * CHUNK,), chunks=(CHUNK,), dtype="i4")
     await session.commit("create the array")
+    session = await repo.writable_session("main")  # a committed session is read-only
 
     fork = session.fork()
     loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ async def main(directory: Path) -> None:
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array("data", shape=(TASKS * CHUNK,), chunks=(CHUNK,), dtype="i4")
     await session.commit("create the array")
+    session = await repo.writable_session("main")  # a committed session is read-only
 
     payload = session.fork().to_bytes()
     async with asyncio.TaskGroup() as tg:

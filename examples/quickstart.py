@@ -31,7 +31,9 @@ async def main(directory: Path) -> None:
     first = await session.commit("first write", metadata={"author": "quickstart"})
     print(f"committed {first}: first write")
 
-    # a second commit on main
+    # a second commit on main, from a new session (one that committed is read-only)
+    session = await repo.writable_session("main")
+    temperature = await zas.open_array(store=session.store, path="temperature")
     await temperature.setitem(slice(0, 10), np.full(10, -1, dtype="f4"))
     second = await session.commit("fix the first ten values")
     print(f"committed {second}: fix the first ten values")

@@ -39,6 +39,7 @@ async def test_store_dask_on_worker_processes(tmp_path: Path, client: object) ->
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array("data", shape=(40, 30), chunks=(10, 10), dtype="f8")
     await session.commit("empty")
+    session = await repo.writable_session("main")  # a committed session is read-only
 
     values = np.arange(1200, dtype="f8").reshape(40, 30)
     source = da.from_array(values, chunks=(10, 15))  # blocks span several zarr chunks

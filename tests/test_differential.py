@@ -504,10 +504,8 @@ def apply_op(lib: Lib, step: int, op: Op, nodes: dict[str, Any], branch: str) ->
         node.attrs[op[2]] = op[3]
     elif kind == "commit":
         lib.commit(f"c{step}")
-        if isinstance(lib, IcLib):
-            # icechunk's session turns read-only once committed; aicechunk's goes on, at the
-            # new snapshot with nothing pending, which is what a new session would be
-            lib.checkout(branch)
+        # a session turns read-only once committed, in both: go on in a new one
+        lib.checkout(branch)
     elif kind == "branch":
         lib.create_branch(op[1], lib.lookup_branch(branch))
     elif kind == "tag":

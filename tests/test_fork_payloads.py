@@ -65,6 +65,7 @@ async def setup() -> tuple[aic.Repository, aic.Session, bytes, Body]:
     await root.create_array("data", shape=(2 * CHUNK,), chunks=(CHUNK,), dtype="i8")
     await root.create_group("grp")
     await session.commit("base")
+    session = await repo.writable_session("main")  # a committed session is read-only
     fork = session.fork()
     data = await zas.open_array(store=fork.store, path="data")
     await data.setitem(slice(0, CHUNK), np.arange(CHUNK))

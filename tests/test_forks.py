@@ -27,7 +27,7 @@ async def setup_array(storage: aic.Storage, n: int = N_TASKS) -> tuple[aic.Repos
     group = await zas.open_group(store=session.store, mode="w")
     await group.create_array("data", shape=(n * CHUNK,), chunks=(CHUNK,), dtype="i8")
     await session.commit("empty array")
-    return repo, session
+    return repo, await repo.writable_session("main")  # a committed session is read-only
 
 
 async def write_region(payload: bytes, i: int) -> bytes:
@@ -95,6 +95,9 @@ async def test_fork_rules() -> None:
     with pytest.raises(aic.SessionStateError, match="commit"):
         session.fork()
     await session.commit("one")
+    with pytest.raises(aic.SessionStateError, match="committed snapshot"):
+        session.fork()
+    session = await repo.writable_session("main")  # a committed session is read-only
     fork = session.fork()
     with pytest.raises(aic.SessionStateError, match="merge"):
         await fork.commit("no")
@@ -113,6 +116,7 @@ async def test_fork_rules() -> None:
     arr = await zas.open_array(store=session.store, path="data")
     await arr.setitem(slice(CHUNK, 2 * CHUNK), np.ones(CHUNK, dtype="i8"))
     await session.commit("two")
+    session = await repo.writable_session("main")  # a committed session is read-only
     with pytest.raises(aic.SessionStateError, match="snapshot"):
         await session.merge(stale)
     await repo.create_branch("other", session.snapshot_id)
@@ -179,6 +183,7 @@ async def test_merged_payloads_update_an_array_with_data() -> None:
     arr = await zas.open_array(store=session.store, path="data")
     await arr.setitem(slice(None), np.full(4 * CHUNK, 5, dtype="i8"))
     await session.commit("data")
+    session = await repo.writable_session("main")  # a committed session is read-only
     first, second = session.fork(), session.fork()
     arr = await zas.open_array(store=first.store, path="data")
     await arr.setitem(slice(0, CHUNK), np.full(CHUNK, 1, dtype="i8"))
@@ -241,6 +246,7 @@ async def test_payload_grows_with_changes_not_repository() -> None:
     arr = await zas.open_array(store=session.store, path="data")
     await arr.setitem(slice(None), np.arange(64 * CHUNK))
     await session.commit("big repository")
+    session = await repo.writable_session("main")  # a committed session is read-only
     empty = len(session.fork().to_bytes())
     fork = session.fork()
     one = await zas.open_array(store=fork.store, path="data")
@@ -259,6 +265,7 @@ async def test_a_fork_replacing_a_node_the_parent_added_leaves_one_node() -> Non
     await zas.open_group(store=session.store, mode="w")
     await session.commit("root")
     for parent_kind in ("group", "array"):
+        session = await repo.writable_session("main")
         fork = session.fork()
         if parent_kind == "group":
             await zas.open_group(store=session.store, path="x", mode="w")

@@ -149,6 +149,7 @@ async def test_icechunk_reads_what_we_wrote_and_commits_on_top(
     first = await session.commit("first", metadata={"who": "us"})
     await repo.create_tag("release", first)
     await repo.create_branch("feature", first)
+    session = await repo.writable_session("main")  # a committed session is read-only
     grid2 = await zas.open_array(store=session.store, path="grid")
     values[5:, :] = 0.5
     await grid2.setitem((slice(5, None), slice(None)), np.full((11, 12), 0.5))

@@ -92,7 +92,8 @@ async def test_a_move_renames_a_subtree_keeping_ids_and_chunks(tmp_path: Path) -
     assert came is not None and came.is_array and came.id == before["/arr"]
     first = await repo.lookup_branch("main")
     sid = await r.commit("moved")
-    assert not r.has_uncommitted_changes and r.mode is aic.SessionMode.REARRANGE
+    # committed: read-only since, as in icechunk
+    assert not r.has_uncommitted_changes and r.mode is aic.SessionMode.READONLY
     main = await repo.readonly_session("main")
     assert await _paths(main) == ["/", "/a", "/grp", "/grp/b", "/grp/b/sub", "/grp/b/x", "/y"]
     assert await _values(main, "y") == [1.5, 2.5]

@@ -206,6 +206,7 @@ async def test_forks_write_directly_and_merge() -> None:
     session = await repo.writable_session("main")
     values = await write_array(session, 4)
     await session.commit("base")
+    session = await repo.writable_session("main")  # a committed session is read-only
     fork = session.fork()
     arr = await zas.open_array(store=fork.store, path="x")
     before = sum(1 for _, key in counting.calls if key.startswith("chunks/"))

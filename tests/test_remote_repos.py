@@ -201,6 +201,7 @@ if __name__ == "__main__":
     session = asyncio.run(repo.writable_session("main"))
     zarr.create_array(session.store, name="a", shape=(8,), chunks=(2,), dtype="i4")  # sync API
     asyncio.run(session.commit("array"))
+    session = asyncio.run(repo.writable_session("main"))  # a committed one is read-only
     fork = session.fork()
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         forks = list(pool.map(write, [fork] * 4, range(4)))

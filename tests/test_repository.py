@@ -152,9 +152,9 @@ async def test_bad_ref_names(repo: aic.Repository, name: str) -> None:
 
 
 async def test_time_travel(repo: aic.Repository) -> None:
-    session = await repo.writable_session("main")
     expected: dict[str, np.ndarray] = {}
     for i in range(4):
+        session = await repo.writable_session("main")  # one per commit
         values = np.full(20, i, dtype="i2") + np.arange(20, dtype="i2")
         await write_array(session, "x", values, 7)
         sid = await session.commit(f"commit {i}")
@@ -280,6 +280,7 @@ async def test_status_discard_and_diff(repo: aic.Repository) -> None:
     assert status.new_groups == {"/"}
     assert status.updated_chunks == {"/a": {(0,), (1,)}}
     first = await session.commit("a")
+    session = await repo.writable_session("main")  # a committed session is read-only
     arr = await zas.open_array(store=session.store, path="a")
     await arr.setitem(slice(0, 3), np.array([9, 9, 9]))
     session.discard_changes()

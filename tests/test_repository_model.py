@@ -97,6 +97,8 @@ class RepositoryMachine(RuleBasedStateMachine):
             return
         self.snapshots[sid] = self.pending.copy()
         self.branches[self.branch] = sid
+        assert self.session.read_only  # as in icechunk: the next change, a new session
+        self.checkout(self.branch)
 
     # -- refs -----------------------------------------------------------------------------
 

@@ -127,12 +127,14 @@ class TestIcechunkStore(StoreTests[IcechunkStore, cpu.Buffer]):
 
     # -- overridden: zarr uses keys or values no Icechunk repository can hold --------------
 
-    async def test_serializable_store(self, store: IcechunkStore) -> None:
+    async def test_serializable_store(self, store: IcechunkStore, tmp_path: Path) -> None:
         # a writable session does not pickle (forks do): pickle the store of a fork
         with pytest.raises(aic.SessionStateError, match="fork"):
             pickle.dumps(store)
         await store.session.commit("setup")
-        store = store.session.fork().store
+        # a committed session is read-only: fork a new one
+        repo = await aic.Repository.open(aic.local_filesystem_storage(tmp_path / "repo"))
+        store = (await repo.writable_session("main")).fork().store
         await store.set("bar/c/0/0", self.buffer_cls.from_bytes(b"pending"))
         new_store: IcechunkStore = pickle.loads(pickle.dumps(store))
         assert new_store.read_only == store.read_only

@@ -392,3 +392,29 @@ async def test_icechunk_1_is_told_it_cannot_read_the_upgraded_repository(tmp_pat
         )
         with pytest.raises(ic.IcechunkError, match="uses Icechunk v2 format, please upgrade"):
             ic.Repository.open(ic.local_filesystem_storage(str(root)))
+
+
+async def test_a_grid_spec_v2_cannot_hold_is_refused_before_anything_is_written() -> None:
+    # spec v1 records chunk lengths; spec v2 a dimension's chunk count as uint32: an array
+    # of 2**32 chunks in a dimension, anywhere in the history, could never be committed on
+    # after the upgrade, so the upgrade (and its dry run) refuses it up front
+    driver = MemoryDriver()
+    storage = aic.storage_from_driver(driver)
+    repo = await aic.Repository.create(storage, spec_version=1)
+    session = await repo.writable_session("main")
+    await zas.create_array(session.store, name="wide", shape=(2**32,), chunks=(1,), dtype="u1")
+    await session.commit("a grid of 2**32 chunks")
+    session = await repo.writable_session("main")
+    await zas.create_array(session.store, name="small", shape=(4,), chunks=(2,), dtype="u1")
+    await session.commit("later")
+    before = await _keys(driver)
+    counting = CountingDriver(driver)
+    for dry_run in (True, False):
+        with pytest.raises(aic.UnrepresentableValueError, match=r"'/wide'.*dimension 0") as info:
+            await aic.upgrade_icechunk_repository(
+                await aic.Repository.open(aic.storage_from_driver(counting)), dry_run=dry_run
+            )
+        assert str(2**32 - 1) in str(info.value)
+    assert not counting.counts["put"] and not counting.counts["delete"]
+    assert await _keys(driver) == before
+    assert (await aic.Repository.open(storage)).spec_version == 1

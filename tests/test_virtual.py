@@ -267,7 +267,8 @@ async def test_forks_carry_containers_and_credentials(tmp_path: Path, s3_endpoin
     )
     creds = {prefix: aic.s3_credentials(access_key_id="testing", secret_access_key="testing")}
     repo = await virtual_repo(tmp_path, prefix, store_config, creds)
-    session = await write_refs(repo, f"{prefix}f.nc")
+    await write_refs(repo, f"{prefix}f.nc")
+    session = await repo.writable_session("main")  # a committed session is read-only
     fork = aic.ForkSession.from_bytes(session.fork().to_bytes())
     np.testing.assert_array_equal(await read_v(fork), VALUES)
 
@@ -352,6 +353,7 @@ async def test_an_undeclared_url_is_one_error_when_set_and_when_read() -> None:
         await session.store.set_virtual_ref("a/c/0", url, offset=0, length=1)
     await session.store.set_virtual_ref("a/c/0", url, offset=0, length=1, validate_container=False)
     await session.commit("undeclared")
+    session = await repo.writable_session("main")  # a committed session is read-only
     ro = await repo.readonly_session(branch="main")
     arr = await zas.open_array(store=ro.store, path="a", mode="r")
     with pytest.raises(aic.VirtualChunkError, match="no virtual chunk container") as when_read:

@@ -10,7 +10,7 @@ refused when written, never at commit.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aicechunk.changes.changeset import ArrayDefinition, ChangeSet
@@ -44,6 +44,7 @@ __all__ = [
     "check_definition",
     "check_grid_for_spec",
     "check_node_path",
+    "check_shape_for_spec",
     "chunk_grid",
     "encodable",
     "is_length",
@@ -156,13 +157,18 @@ def check_grid_for_spec(path: str, definition: ArrayDefinition, spec_version: in
     set, rather than failing (or, as in icechunk 2.3.0, silently wrapping) at commit.
     Spec v1 stores chunk lengths as uint64 and has no such limit.
     """
+    check_shape_for_spec(f"array {path!r}", definition.shape, spec_version)
+
+
+def check_shape_for_spec(where: str, shape: Sequence[DimensionShape], spec_version: int) -> None:
+    """``check_grid_for_spec`` of one array's dimensions, ``where`` naming the array."""
     if spec_version < 2:
         return
-    for dim, shape in enumerate(definition.shape):
-        size = shape.chunk_count()
+    for dim, dimension in enumerate(shape):
+        size = dimension.chunk_count()
         if size > MAX_U32:
             raise UnrepresentableValueError(
-                f"array {path!r}",
+                where,
                 f"dimension {dim} has {size} chunks; spec version {spec_version} stores a "
                 f"dimension's chunk count as uint32, at most {MAX_U32}",
             )

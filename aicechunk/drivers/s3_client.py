@@ -21,26 +21,77 @@ package: most uses of aicechunk never talk to S3.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-__all__ = ["client_config", "parse_timestamp", "shared_session", "tuned", "user_agent"]
+__all__ = [
+    "AWS_ENVIRONMENT",
+    "aws_environment",
+    "client_config",
+    "parse_timestamp",
+    "shared_session",
+    "tuned",
+    "user_agent",
+]
 
-_SESSION: list[Any] = []
+#: the variables botocore reads for credentials, profiles, endpoints and regions
+AWS_ENVIRONMENT = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+    "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
+)
+
+_SESSION: list[tuple[tuple[str | None, ...], Any]] = []  # (environment, session)
+
+
+def aws_environment() -> tuple[str | None, ...]:
+    """The values of ``AWS_ENVIRONMENT`` now."""
+    return tuple(os.environ.get(name) for name in AWS_ENVIRONMENT)
 
 
 def shared_session(factory: Callable[[], Any]) -> Any:
     """The process's botocore session (made by ``factory`` the first time, ``tuned``).
 
-    One session per process: it caches the service model that every client would
-    otherwise load again (a few hundred milliseconds each time).
+    One session per process and AWS environment: it caches the service model that every
+    client would otherwise load again (a few hundred milliseconds each time), and the
+    credentials it resolved. A connection made after an ``AWS_*`` variable changed gets a
+    new session (sharing the loaded models), so it resolves credentials, profile, endpoint
+    and region from the environment as it is then, as icechunk does when its storage is
+    made; connections already open keep theirs.
     """
-    if not _SESSION:
-        _SESSION.append(tuned(factory()))
-    return _SESSION[0]
+    environment = aws_environment()
+    if _SESSION and _SESSION[0][0] == environment:
+        return _SESSION[0][1]
+    session = tuned(factory())
+    if _SESSION:
+        session.register_component("data_loader", _SESSION[0][1].get_component("data_loader"))
+    _SESSION[:] = [(environment, session)]
+    return session
 
 
 def tuned(session: Any) -> Any:

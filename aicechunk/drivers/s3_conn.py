@@ -3,8 +3,10 @@ bucket): the lean request path (``s3_wire``: one aiohttp session, a signer per b
 and an aiobotocore client, made only when first needed (listing, batch deletes,
 requests the lean path hands back).
 
-botocore's knowledge is asked once per process and bucket: where the bucket's objects
-are addressed and which region signs them (``probe_address``, kept in ``_ADDRESSES``).
+botocore's knowledge is asked once per process, bucket and environment: where the
+bucket's objects are addressed and which region signs them (``probe_address``, kept in
+``_ADDRESSES``; a change of the ``AWS_*`` variables that steer addressing, such as
+``AWS_ENDPOINT_URL``, is probed anew by the next connection).
 A repository opened again with static, anonymous or refreshable credentials then makes
 no aiobotocore client at all unless it lists or deletes. The credentials are the ones
 botocore would use: the driver's static or refreshable ones (one refreshing object for
@@ -16,7 +18,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aicechunk.drivers.s3_client import client_config, shared_session, tuned, user_agent
+from aicechunk.drivers.s3_client import (
+    aws_environment,
+    client_config,
+    shared_session,
+    tuned,
+    user_agent,
+)
 from aicechunk.drivers.s3_credentials import refreshable
 from aicechunk.drivers.s3_settings import S3Settings
 from aicechunk.drivers.s3_wire import (
@@ -30,7 +38,8 @@ from aicechunk.errors import StorageError
 
 __all__ = ["S3Connection"]
 
-# (bucket, region, endpoint, path style, anonymous) -> where botocore addresses objects
+# (bucket, region, endpoint, path style, anonymous, AWS environment) -> where botocore
+# addresses objects (settings left unset fall back to the environment)
 _ADDRESSES: dict[tuple[object, ...], Address] = {}
 
 
@@ -41,6 +50,7 @@ def _address_key(settings: S3Settings, bucket: str) -> tuple[object, ...]:
         settings.endpoint_url,
         settings.force_path_style,
         settings.credentials.anonymous,
+        aws_environment(),
     )
 
 

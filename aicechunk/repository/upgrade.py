@@ -72,7 +72,11 @@ async def upgrade_icechunk_repository(
 
     Interrupted at any step, the repository opens, as spec v1 or as spec v2, with nothing
     lost, and running the upgrade again finishes it (see the module's docstring). Refused
-    on a spec v2 repository (``UnsupportedSpecVersionError``) and on read-only storage.
+    on a spec v2 repository (``UnsupportedSpecVersionError``), on read-only storage, and,
+    before anything is written, dry run or not, where a snapshot it keeps holds an array
+    of more than ``2**32 - 1`` chunks in a dimension (``UnrepresentableValueError`` naming
+    the array and snapshot: spec v2 records chunk counts as uint32, so no commit could
+    follow; icechunk 2.3.0 upgrades it and truncates the count).
     Nobody else should write to the repository meanwhile, as icechunk asks.
     """
     storage = repo.storage

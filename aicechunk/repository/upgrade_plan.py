@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aicechunk.assets import CONFIG_KEY, SNAPSHOTS, AssetManager
+from aicechunk.changes.validate import check_shape_for_spec
 from aicechunk.config import RepositoryConfig
 from aicechunk.errors import (
     AicechunkError,
@@ -30,7 +31,7 @@ from aicechunk.format import refs as ref_format
 from aicechunk.format import repo_updates as ru
 from aicechunk.format.ids import SnapshotId
 from aicechunk.format.repo_info import RepoInfo, SnapshotInfo, encode_repo_info
-from aicechunk.format.snapshot import Snapshot
+from aicechunk.format.snapshot import ArrayNodeData, Snapshot
 
 __all__ = ["DEFAULT_PREFETCH_CONCURRENCY", "UpgradePlan", "plan_upgrade", "synthetic_ops_log"]
 
@@ -158,6 +159,12 @@ async def _refs(
 
 
 def _info(snap: Snapshot) -> SnapshotInfo:
+    """What the repo info file lists of ``snap``; ``UnrepresentableValueError`` for an
+    array of ``snap`` whose grid spec v2 cannot record (no commit could follow it)."""
+    for node in snap.nodes:
+        if isinstance(node.node_data, ArrayNodeData):
+            where = f"array {node.path!r} of snapshot {snap.id}"
+            check_shape_for_spec(where, node.node_data.shape, 2)
     return SnapshotInfo(snap.id, snap.parent_id, snap.flushed_at, snap.message, dict(snap.metadata))
 
 

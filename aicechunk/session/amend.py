@@ -50,7 +50,7 @@ async def amend(
     """Replace ``state``'s branch tip (the session's snapshot) by a snapshot with the
     tip's changes and the session's (see ``Session.amend``)."""
     require_spec_v2(state.assets, "amending a commit")
-    state.check_writable(unsettled_ok=True, rearrange_ok=True)
+    state.check_writable(unsettled_ok=True, rearrange_ok=True, saving=True)
     branch = state.branch
     if branch is None:
         raise SessionStateError("this session is not on a branch and cannot amend")

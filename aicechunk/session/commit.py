@@ -51,7 +51,7 @@ async def commit(
 ) -> SnapshotId:
     """Save ``state``'s changes as a new snapshot and move its branch there (see
     ``Session.commit`` for the guarantees)."""
-    state.check_writable(unsettled_ok=True, rearrange_ok=True)
+    state.check_writable(unsettled_ok=True, rearrange_ok=True, saving=True)
     branch = state.branch
     if branch is None:
         raise SessionStateError("this session is not on a branch and cannot commit")
@@ -107,7 +107,7 @@ async def flush(
     read-only and detached (see ``Session.flush``)."""
     if not state.has_changes():
         raise SessionStateError("no changes to flush")
-    state.check_writable(rearrange_ok=True)
+    state.check_writable(rearrange_ok=True, saving=True)
     metadata = with_defaults(state, metadata)
     check_commit_properties(message, metadata)
     if state.moves is not None:
@@ -150,7 +150,7 @@ async def rebase(state: SessionState, solver: ConflictSolver) -> None:
     A rearrange session's moves are replayed on each snapshot: one that no longer applies
     there fails the rebase, whatever the solver.
     """
-    state.check_writable(unsettled_ok=True, rearrange_ok=True)
+    state.check_writable(unsettled_ok=True, rearrange_ok=True, saving=True)
     branch = state.branch
     if branch is None:
         raise SessionStateError("this session is not on a branch")
@@ -178,6 +178,7 @@ async def rebase(state: SessionState, solver: ConflictSolver) -> None:
     except BaseException:
         state.snapshot_id, state.changes = original
         raise
+    state.forget_read_ahead()
 
 
 async def finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from aicechunk.assets import AssetManager
 from aicechunk.changes.changeset import ChangeSet
+from aicechunk.changes.chunktable import ChunkTable
 from aicechunk.changes.validate import chunk_grid, on_grid
 from aicechunk.format import Coords
 from aicechunk.format.ids import ManifestId, NodeId, SnapshotId
@@ -146,15 +147,18 @@ class Flush:
         shrunk = any(
             hi > g for m in view.manifests for (_, hi), g in zip(m.extents, grid, strict=False)
         )
-        table = None if view.manifests else self.changes.chunk_table(view.id)
-        if table is not None and not (
-            len(table) > 0
-            and table.ndim > 0
-            and bool((table.coords >= np.asarray(grid, dtype=np.int64)).any())
-        ):
-            # tables of a new array (bulk virtual refs, merged forks): encoded column by
-            # column, streamed into the compressor (rows past the end, if any, are
-            # resolved one by one below)
+        table = None if shrunk else self.changes.chunk_table(view.id)
+        if table is not None and view.manifests and not _off_grid(table, grid):
+            # tables over stored references: those join them as a table (the new rows,
+            # often millions of bulk refs, never become objects)
+            stored = ChunkTable.from_refs(await base_refs(self.state, view))
+            if stored is not None and (stored.ndim == table.ndim or not len(stored)):
+                table = ChunkTable.combine([t for t in (stored, table) if len(t)] or [table])
+            else:
+                table = None
+        if table is not None and not _off_grid(table, grid):
+            # tables (bulk virtual refs, merged forks): encoded column by column, streamed
+            # into the compressor (rows past the end, if any, are resolved one by one below)
             cols = table.ref_columns()
             if not len(cols):
                 return ()
@@ -225,3 +229,12 @@ class Flush:
             )
         self.new_files.append((ManifestFileInfo(manifest_id, len(data), len(refs)), data))
         return (ManifestRef(manifest_id, extents),)
+
+
+def _off_grid(table: ChunkTable, grid: tuple[int, ...]) -> bool:
+    """Whether a row of ``table`` is past the end of ``grid`` (the array shrank)."""
+    return (
+        len(table) > 0
+        and table.ndim > 0
+        and bool((table.coords >= np.asarray(grid, dtype=np.int64)).any())
+    )

@@ -19,7 +19,9 @@ that started them: a read on another loop (sync code running each call with
 ``asyncio.run``, whose loop cancels what is left when the call returns) drops them and
 starts none, so a loop per read fetches nothing twice; reads that share a loop fetch
 ahead from their second read on. Fetching stops at the end of the grid and
-skips chunks with no native reference (inline, virtual, unwritten). Reads of part of a
+skips chunks with no native reference (inline, virtual, unwritten) and chunks the
+session is still uploading (their reads come from its buffer). A commit, rebase or
+discard lets go of everything fetched ahead (``clear``). Reads of part of a
 chunk (a shard's inner chunks) neither start nor use a run. A failed prefetch
 costs nothing but its request: the read that wanted the chunk fetches it itself, and a
 read that did not need it never sees the failure.

@@ -270,12 +270,7 @@ async def read_native(
     """Bytes of a native chunk file of the array ``node``: from the uploads still under
     way (write-behind: this session's, a fork's parent's, or those a fork's payload
     carried), through the read-ahead, or from storage."""
-    pending = None
-    sources: tuple[Uploads | Mapping[ChunkId, bytes] | None, ...]
-    sources = (state.uploads, state.parent_uploads, state.carried)
-    for uploads in sources:
-        if pending is None and uploads is not None:
-            pending = uploads.get(ref.chunk_id)
+    pending = _pending(state, ref.chunk_id)
     if pending is not None:
         return pending[inner.offset : inner.offset + inner.length]
     if state.readahead is None or node.array is None:
@@ -286,8 +281,29 @@ async def read_native(
         coords,
         ref,
         inner,
-        lambda at: node_chunk_ref(state, node, at),
+        lambda at: _stored_ref(state, node, at),
     )
+
+
+def _pending(state: SessionState, chunk_id: ChunkId) -> bytes | None:
+    """The bytes of ``chunk_id`` if it is still being uploaded (see ``read_native``)."""
+    sources: tuple[Uploads | Mapping[ChunkId, bytes] | None, ...]
+    sources = (state.uploads, state.parent_uploads, state.carried)
+    for uploads in sources:
+        if uploads is not None:
+            pending = uploads.get(chunk_id)
+            if pending is not None:
+                return pending
+    return None
+
+
+async def _stored_ref(state: SessionState, node: NodeView, coords: Coords) -> ChunkRef | None:
+    """The reference of a chunk the read-ahead may fetch: ``None`` for one whose file is
+    still being uploaded (its read comes from the buffer; a GET now would be wasted)."""
+    ref = await node_chunk_ref(state, node, coords)
+    if isinstance(ref, NativeRef) and _pending(state, ref.chunk_id) is not None:
+        return None
+    return ref
 
 
 async def chunk_coords(state: SessionState, path: str) -> AsyncIterator[Coords]:

@@ -2,7 +2,7 @@
 
 A read-only session reads one snapshot. A writable session also records changes in a
 ``ChangeSet``; ``commit`` writes manifests, a transaction log and a snapshot, then moves
-the branch with a conditional write, so a commit is all or nothing.
+the branch with a conditional write (all or nothing), and the session is read-only since.
 
 ``Session`` is the facade: its state is a ``SessionState``, and the work is done by
 ``reads`` (nodes, chunks, status), ``flush`` and ``commit`` (commit and rebase), ``amend``,
@@ -357,15 +357,17 @@ class Session(Saving, Rearranging):
     def fork(self) -> ForkSession:
         """A session to hand to a worker (task, process, Dask worker) that writes in parallel.
 
-        Only a writable session without uncommitted changes can fork: commit first, so
-        that every fork starts from the same snapshot. Bring forks back with ``merge``.
+        Only a writable session without uncommitted changes can fork (a committed one is
+        read-only, as in icechunk: fork a new one). Bring forks back with ``merge``.
         """
         if self.read_only:
+            if self._state.saved_as is not None:
+                self._state.check_writable(saving=True)  # says which commit ended it
             raise SessionStateError("a read-only session cannot fork; use a writable session")
         if self.has_uncommitted_changes:
             raise SessionStateError(
-                "cannot fork a session with uncommitted changes: commit them first, so every "
-                "fork starts from the same snapshot"
+                "cannot fork a session with uncommitted changes: commit them, then fork a new "
+                "writable session, so that every fork starts from the same snapshot"
             )
         return self._fork(ChangeSet())
 
@@ -421,7 +423,7 @@ class Session(Saving, Rearranging):
                 "a writable Session cannot be pickled: use session.fork(), whose ForkSession "
                 "pickles (and serializes with to_bytes())"
             )
-        return {"state": self._state}
+        return {"state": self._state.to_pickle()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._state = state["state"]

@@ -11,7 +11,7 @@ other change; any other session holds ``moves = None``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aicechunk.assets import AssetManager
@@ -84,7 +84,8 @@ class SessionState:
     ``parent_uploads``, in a fork made with changes, its parent's uploads, read from
     (never written to: a fork's own chunks are stored before ``set`` returns), and
     ``carried``, in a fork rebuilt from a payload, the bytes of chunks its changes name
-    that its parent still uploaded when it was sent (``carried.py``)."""
+    that its parent still uploaded when it was sent (``carried.py``); ``saved_as`` the
+    snapshot a commit, amend or flush of this session made (it is read-only since)."""
 
     assets: AssetManager
     snapshot_id: SnapshotId
@@ -102,11 +103,23 @@ class SessionState:
     readahead: ReadAhead | None = None
     parent_uploads: Uploads | None = None
     carried: dict[ChunkId, bytes] | None = None
+    saved_as: SnapshotId | None = None
 
-    def check_writable(self, *, unsettled_ok: bool = False, rearrange_ok: bool = False) -> None:
+    def check_writable(
+        self, *, unsettled_ok: bool = False, rearrange_ok: bool = False, saving: bool = False
+    ) -> None:
         """Refuse writes to a read-only session, or while a commit's outcome is unknown,
         and, unless ``rearrange_ok`` (commit, rebase, discard), any in a rearrange
-        session (moves check the mode themselves)."""
+        session (moves check the mode themselves). A session that committed is read-only
+        from then on, as in icechunk: a write or discard is ``ReadOnlyError``, and, as
+        icechunk has it, a commit, amend or rebase (``saving``) ``SessionStateError``."""
+        if self.read_only and self.saved_as is not None:
+            why = (
+                f"this session committed snapshot {self.saved_as} and is read-only since, as "
+                "in icechunk: make further changes in a new repo.writable_session"
+                f"({self.branch!r})"
+            )
+            raise SessionStateError(why) if saving else ReadOnlyError(why)
         if self.read_only:
             raise ReadOnlyError("this session is read-only; use repo.writable_session(branch)")
         if self.unsettled is not None and not unsettled_ok:
@@ -116,6 +129,11 @@ class SessionState:
             )
         if self.moves is not None and not rearrange_ok:
             raise SessionStateError(REARRANGE_ONLY)
+
+    def to_pickle(self) -> SessionState:
+        """What a read-only session pickles: the state without its write-behind buffer (a
+        session that committed has nothing left to upload; the buffer holds a lock)."""
+        return replace(self, uploads=None)
 
     def check_grid(self, path: str, array: ArrayDefinition) -> None:
         """Refuse an array whose chunk grid this repository's spec version cannot record
@@ -135,15 +153,28 @@ class SessionState:
         return not self.changes.is_empty() or not (self.moves is None or self.moves.is_empty())
 
     def discard(self) -> None:
-        """Forget every pending change (a rearrange session stays one)."""
+        """Forget every pending change (a rearrange session stays one) and what was read
+        ahead (the session's view changes)."""
         self.changes = ChangeSet()
         self.carried = None
+        self.forget_read_ahead()
         if self.uploads is not None:
             self.uploads.forget_failed()
         if self.moves is not None:
             self.moves = MoveSet()
 
+    def forget_read_ahead(self) -> None:
+        """Let go of the chunks fetched ahead: the session's view moved (commit, rebase,
+        discard). What they hold is never served wrong (a prefetch is used only for the
+        very file a read's reference names), but its bytes would stay held until another
+        array's reads needed the room."""
+        if self.readahead is not None:
+            self.readahead.clear()
+
     def committed(self, snapshot_id: SnapshotId) -> None:
-        """The session's changes are now in ``snapshot_id``: continue from there."""
+        """The session's changes are now in ``snapshot_id``: it reads that snapshot and,
+        as in icechunk, takes no more changes (``check_writable`` says why)."""
         self.snapshot_id = snapshot_id
         self.discard()
+        self.read_only = True
+        self.saved_as = snapshot_id

@@ -22,9 +22,16 @@ are started again on the draining loop (the first to land wins; the other finds 
 chunk stored).
 
 A ``put`` that finds uploads of an earlier loop cancelled because that loop closed (sync
-code running each call with ``asyncio.run``) turns write-behind off for good: each such
-call writes its chunk before it returns, instead of queueing an upload its loop will
-cancel and the commit send again.
+code running each call with ``asyncio.run``) turns write-behind off for the rest of the
+session: each such call writes its chunk before it returns, instead of queueing an upload
+its loop will cancel and the commit send again. It is not turned back on: from inside a
+put, a loop that lives on cannot be told from one that closes when the call returns, and
+a guess that turned it on again would send those chunks twice. A session ends at its
+commit (it is read-only then), and the next writable session starts with it on.
+
+The byte count, the pending table and the per-loop limits are changed under a lock: puts
+and finished uploads run on the threads of different loops (zarr's loop thread and the
+caller's), and the room a put finds is taken in the same step.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class Uploads:
         self._tasks: dict[asyncio.Task[None], None] = {}  # not done, oldest first
         self._loop: asyncio.AbstractEventLoop | None = None  # that of the latest put
         self._direct = False  # loops were seen closing on queued uploads: write at once
+        # taken by ``put`` and ``_finish``, which run on the threads of different loops
+        self._lock = threading.Lock()
 
     @property
     def pending_bytes(self) -> int:
@@ -94,17 +103,20 @@ class Uploads:
         if self.max_bytes <= 0 or self._direct:
             await self._write(chunk_id, data)
             return
-        while self._pending and self._bytes + len(data) > self.max_bytes:
-            # the oldest upload of this loop (they start in order, so end about in order)
-            oldest = next((t for t in self._tasks if t.get_loop() is loop), None)
+        while True:
+            with self._lock:  # the room is taken in the step that finds it
+                if not self._pending or self._bytes + len(data) <= self.max_bytes:
+                    entry = _Upload(data)
+                    self._pending[chunk_id] = entry
+                    self._bytes += len(data)
+                    break
+                # the oldest upload of this loop (they start in order, so end about in order)
+                oldest = next((t for t in list(self._tasks) if t.get_loop() is loop), None)
             if oldest is None:
                 # nothing to wait for (failed, or uploading in another loop): no queueing
                 await self._write(chunk_id, data)
                 return
             await asyncio.wait({oldest})
-        entry = _Upload(data)
-        self._pending[chunk_id] = entry
-        self._bytes += len(data)
         self._start(loop, chunk_id, entry)
 
     async def drain(self, needed: Callable[[], Collection[ChunkId]] | None = None) -> None:
@@ -190,10 +202,11 @@ class Uploads:
     def _start(self, loop: asyncio.AbstractEventLoop, chunk_id: ChunkId, entry: _Upload) -> None:
         entry.error, entry.reported = None, False
         entry.tries += 1
-        limit = self._limits.get(loop)
-        if limit is None:
-            self._limits = {lp: s for lp, s in self._limits.items() if not lp.is_closed()}
-            limit = self._limits[loop] = asyncio.Semaphore(self.concurrency)
+        with self._lock:  # loops of two threads may add theirs at once
+            limit = self._limits.get(loop)
+            if limit is None:
+                self._limits = {lp: s for lp, s in self._limits.items() if not lp.is_closed()}
+                limit = self._limits[loop] = asyncio.Semaphore(self.concurrency)
         task = entry.task = loop.create_task(self._upload(limit, chunk_id, entry))
         self._tasks[task] = None
         task.add_done_callback(self._tasks.pop)
@@ -217,9 +230,10 @@ class Uploads:
         self._finish(chunk_id, entry)
 
     def _finish(self, chunk_id: ChunkId, entry: _Upload) -> None:
-        if self._pending.get(chunk_id) is entry:
-            del self._pending[chunk_id]
-            self._bytes -= len(entry.data)
+        with self._lock:  # two tries of one upload (on two loops) may both land
+            if self._pending.get(chunk_id) is entry:
+                del self._pending[chunk_id]
+                self._bytes -= len(entry.data)
 
 
 async def _settled(tasks: list[asyncio.Task[None]], started: threading.Event) -> object:

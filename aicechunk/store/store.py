@@ -129,9 +129,20 @@ class IcechunkStore(Store):
         self._read_only = state["read_only"]
         self._is_open = True
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the store refuses writes: opened read-only, or its session is (a
+        session that committed is read-only from then on, as in icechunk)."""
+        return self._read_only or self._session.read_only
+
     def _check_writable(self) -> None:
-        if self.read_only:
+        if self._read_only and not self._session.read_only:
             raise ReadOnlyError("store was opened in read-only mode and does not support writing")
+        if self._session.read_only:
+            raise ReadOnlyError(
+                "this store's session is read-only (a session that committed is read-only "
+                "from then on, as in icechunk): write through a new repo.writable_session"
+            )
 
     # -- reads ------------------------------------------------------------------------
 

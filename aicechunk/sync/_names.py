@@ -20,6 +20,7 @@ Kind = Literal["as-core", "async-iterator", "keys"]
 # "keys": icechunk's is the set of the keys of the core's mapping.
 MEMBER_SPELLINGS: dict[tuple[str, str], tuple[str, Kind]] = {
     ("Session", "chunk_coordinates"): ("chunk_coords", "async-iterator"),
+    ("Repository", "ops_log_async"): ("ops_log", "async-iterator"),
     ("Repository", "authorized_virtual_container_prefixes"): (
         "authorized_virtual_containers",
         "keys",
@@ -51,6 +52,8 @@ _ERRORS = (
     "NodeNotFoundError, ...)"
 )
 _INSPECT = "no debugging dumps of repository files yet"
+_STATS = "no chunk storage statistics yet"
+_GRAPH = "no drawing of the history yet: Repository.ancestry lists it"
 _UPDATES = (
     "Repository.ops_log() yields aicechunk's own Update records (kind, updated_at, "
     "backup_path), not exported under icechunk's names yet"
@@ -126,10 +129,29 @@ NOT_YET: dict[str, str] = {
     "Update": _UPDATES,
     "UpdateType": _UPDATES,
     # icechunk 2.3.0's members of the facade classes
-    "Repository.ancestry_graph": "no drawing of the history yet: Repository.ancestry lists it",
+    "Repository.ancestry_graph": _GRAPH,
     "Repository.attribution": "requests carry no attribution labels",
     "Repository.inspect_manifest": _INSPECT,
     "Repository.inspect_transaction_log": _INSPECT,
+    "Repository.inspect_manifest_async": _INSPECT,
+    "Repository.inspect_transaction_log_async": _INSPECT,
+    "Repository.inspect_snapshot": _INSPECT,
+    "Repository.inspect_snapshot_async": _INSPECT,
+    "Repository.ancestry_graph_async": _GRAPH,
+    "Repository.garbage_collect": _MAINTENANCE,
+    "Repository.garbage_collect_async": _MAINTENANCE,
+    "Repository.expire_snapshots": _MAINTENANCE,
+    "Repository.expire_snapshots_async": _MAINTENANCE,
+    "Repository.rewrite_manifests": _MAINTENANCE,
+    "Repository.rewrite_manifests_async": _MAINTENANCE,
+    "Repository.total_chunks_storage": _STATS,
+    "Repository.total_chunks_storage_async": _STATS,
+    "Repository.chunk_storage_stats": _STATS,
+    "Repository.chunk_storage_stats_async": _STATS,
+    "Repository.reopen_async": "reopening reads nothing and is not awaited: Repository.reopen",
+    "Session.get_node_id_async": "node ids are internal to aicechunk: not given out yet",
+    "IcechunkStore.set_partial_values": "zarr 3 stores write whole values: no partial writes",
+    "IcechunkStore.sync_clear": "the store's synchronous protocols are not implemented yet",
     "Session.get_node_id": "node ids are internal to aicechunk: not given out yet",
     "Session.reindex_array": "no reindexing or shifting of an array's chunks yet",
     "Session.shift_array": "no reindexing or shifting of an array's chunks yet",

@@ -9,12 +9,13 @@ synchronous ``Session``. The methods of zarr's ``Store`` interface stay as zarr 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import Store
 
 import aicechunk.store as core
 from aicechunk.sync._facade import members_of, register, wrap
+from aicechunk.sync._names import NOT_YET
 
 __all__ = ["IcechunkStore"]
 
@@ -35,6 +36,17 @@ class IcechunkStore(core.IcechunkStore):
         """The same session through a store with another read-only flag."""
         plain = super().with_read_only(read_only)
         return IcechunkStore(plain.session, read_only=plain.read_only)
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            # only names normal lookup did not find: say why, where icechunk has one
+            reason = NOT_YET.get(f"IcechunkStore.{name}")
+            if reason is not None:
+                raise AttributeError(
+                    f"icechunk's IcechunkStore.{name} has no aicechunk counterpart yet: {reason}"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def _of(store: core.IcechunkStore) -> IcechunkStore:

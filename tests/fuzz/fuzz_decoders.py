@@ -87,6 +87,7 @@ async def _parent() -> tuple[aic.Session, dict[str, Any]]:
     for group in ("/grp", "/old"):
         await session.set_metadata(group, b'{"zarr_format": 3, "node_type": "group"}')
     await session.commit("base")
+    session = await repo.writable_session("main")  # a committed session is read-only
     fork = session.fork()
     await fork.set_chunk("/data", (0,), b"abcd")
     await fork.set_metadata("/grp/new", _array_meta([4, 4], [2, 2]))
