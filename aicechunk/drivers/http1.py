@@ -40,6 +40,10 @@ IDLE_SECONDS = 15.0
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_FIELDS = re.compile(
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*"
+    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*"
+)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
 
 
@@ -285,7 +289,7 @@ class _Connection(asyncio.Protocol):
                 if len(buf) > MAX_HEAD + 3:
                     raise WireError(f"trailer section over {MAX_HEAD} bytes")
                 return False
-            self._fields(bytes(buf[:end]).split(b"\r\n"))  # checked, not kept
+            self._fields(bytes(buf[:end]))  # checked, not kept
             del buf[: end + 4]
             self._done(bytes(self._body))
             return False
@@ -299,12 +303,12 @@ class _Connection(asyncio.Protocol):
 
     def _head(self, head: bytes) -> None:
         # the status line and fields of an answer; sets how its body is framed
-        lines = head.split(b"\r\n")
-        found = _STATUS.fullmatch(lines[0])
+        first, _, block = head.partition(b"\r\n")
+        found = _STATUS.fullmatch(first)
         if found is None:
-            raise WireError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
+            raise WireError(f"not an HTTP/1.x status line: {first[:60]!r}")
         status = int(found.group(2))
-        fields = self._fields(lines[1:])
+        fields = self._fields(block)
         if status < 200:
             if status == 101:
                 raise WireError("answer switches protocols (101), which was not asked for")
@@ -339,16 +343,25 @@ class _Connection(asyncio.Protocol):
             self._keep = False
 
     @staticmethod
-    def _fields(lines: list[bytes]) -> list[tuple[str, str]]:
-        fields = []
-        for line in lines:
-            name, colon, value = line.partition(b":")
-            if not colon or _NAME.fullmatch(name) is None:
-                raise WireError(f"malformed header line {line[:60]!r}")
-            if _BAD_VALUE.search(value) is not None:
-                raise WireError(f"control character in header {name[:60]!r}")
-            fields.append((name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1")))
-        return fields
+    def _fields(block: bytes) -> list[tuple[str, str]]:
+        # the header fields of a head (or trailers) after its first line, checked by one
+        # match over the block; the line at fault is looked for only when it fails
+        if not block:
+            return []
+        if _FIELDS.fullmatch(block) is None:
+            for line in block.split(b"\r\n"):
+                name, colon, value = line.partition(b":")
+                if not colon or _NAME.fullmatch(name) is None:
+                    raise WireError(f"malformed header line {line[:60]!r}")
+                if _BAD_VALUE.search(value) is not None:
+                    raise WireError(f"control character in header {name[:60]!r}")
+            raise AssertionError("unreachable")  # pragma: no cover
+        return [
+            (name.lower(), value.strip(" \t"))
+            for name, _, value in (
+                line.partition(":") for line in block.decode("latin-1").split("\r\n")
+            )
+        ]
 
 
 class Pool:
