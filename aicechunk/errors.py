@@ -17,6 +17,7 @@ working for bad arguments)::
             InjectedFault               raised by aicechunk.testing.FaultyDriver
             ChunkUploadError            a written-behind chunk did not reach storage
             TransientStatus             a retryable HTTP status, inside drivers only
+            WireError                   a broken, cut or missing HTTP answer, inside drivers only
         FormatError                     a stored file is not what the format says
             InvalidIdError              (also ValueError)
         RepositoryError
@@ -158,6 +159,20 @@ class TransientStatus(StorageError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.status,))
+
+
+class WireError(StorageError):
+    """An HTTP answer that broke the protocol, was cut short or never came (``drivers.
+    http1``): the S3 lean path retries it; after the last try it is the driver's error.
+    ``stale`` says a kept-alive connection was closed before any byte of the answer
+    arrived, which a request may be sent again for at once on a new connection."""
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.reason,), {"stale": self.stale})
 
 
 class InvalidKey(StorageError):

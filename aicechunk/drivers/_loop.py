@@ -165,6 +165,8 @@ class LoopClients(Generic[C]):
     async def get(self) -> Client[C]:
         """The running loop's client, opened if need be."""
         opening = self._opening.get()
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            return opening.result()  # the common case, without a shield per call
         try:
             # shielded: a caller cancelled while waiting leaves the opening to the others
             return await asyncio.shield(opening)

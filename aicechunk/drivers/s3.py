@@ -1,11 +1,11 @@
 """A driver for S3 and S3-compatible object stores: a lean path for the hot requests,
 aiobotocore for the rest.
 
-GET, HEAD and PUT of one object go out over aiohttp, signed here (``s3_wire``,
-``s3_sign``), with botocore's addressing, credentials and retry policy; listing, batch
-deletes and whatever the lean path does not expect (redirects, a wrong region, unknown
-answers) go through aiobotocore (``s3_conn``). ``AICECHUNK_S3_LEAN=0`` sends everything
-through aiobotocore.
+GET, HEAD and PUT of one object go out over a minimal HTTP/1.1 client (``http1``),
+signed here (``s3_wire``, ``s3_sign``), with botocore's addressing, credentials and
+retry policy; listing, batch deletes and whatever the lean path does not expect
+(redirects, a wrong region, unknown answers) go through aiobotocore (``s3_conn``).
+``AICECHUNK_S3_LEAN=0`` sends everything through aiobotocore.
 
 Conditional writes use ``If-None-Match: *`` and ``If-Match: <etag>``; listing is
 paginated (S3 lists in UTF-8 byte order, which is our key order); deletes go in batches
@@ -40,7 +40,7 @@ from aicechunk.drivers.s3_conn import S3Connection
 from aicechunk.drivers.s3_credentials import S3Credentials
 from aicechunk.drivers.s3_settings import S3Settings
 from aicechunk.drivers.s3_wire import Answer, S3Wire, etag, ranged_body
-from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError
+from aicechunk.errors import ObjectNotFound, PreconditionFailed, StorageError, WireError
 
 __all__ = ["S3Credentials", "S3Driver", "S3Settings"]
 
@@ -199,6 +199,10 @@ class S3Driver(ConfiguredDriver[S3Settings]):
         try:
             async with limit:
                 return await wire.send(method, wire.address.path(self._key(key)), headers, body)
+        except WireError as err:  # a broken or missing answer, still so after the last try
+            raise StorageError(
+                f"{method.lower()} failed: {err.reason}", key=key, driver=self.label
+            ) from err
         except Exception as err:  # connection errors after the last try, bad header values
             raise self._error(err, key, method.lower()) from err
 

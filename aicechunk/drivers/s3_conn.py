@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aicechunk.drivers.http1 import Pool
 from aicechunk.drivers.s3_client import (
     aws_environment,
     client_config,
@@ -31,6 +32,7 @@ from aicechunk.drivers.s3_wire import (
     Address,
     CredentialSource,
     S3Wire,
+    aiohttp_wanted,
     lean_enabled,
     probe_address,
 )
@@ -63,7 +65,7 @@ class S3Connection:
         self.settings = settings
         self.label = label
         self._wires: dict[str, S3Wire | None] = {}
-        self._session: Any = None  # aiohttp's, shared by the buckets' wires
+        self._session: Any = None  # http1's pool or aiohttp's session, shared by the wires
         self._source: CredentialSource | None = None
         self._lean = False  # whether the credentials allow the lean path at all
         self._probing: asyncio.Lock | None = None
@@ -133,7 +135,13 @@ class S3Connection:
             _ADDRESSES[key] = address
         if (address.region is None) != (self._source is None):
             return None  # signed by botocore but not here, or the other way round
-        if self._session is None:
+        if self._session is None and not aiohttp_wanted():
+            self._session = Pool(
+                limit=settings.max_concurrency,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+            )
+        elif self._session is None:
             import aiohttp
 
             self._session = aiohttp.ClientSession(
@@ -214,7 +222,9 @@ class S3Connection:
         session, self._session = self._session, None
         made, self._client = self._client, None
         self._wires.clear()
-        if session is not None:
+        if isinstance(session, Pool):
+            await session.aclose()
+        elif session is not None:
             await session.close()
         if made is None:
             return

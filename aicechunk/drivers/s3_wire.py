@@ -1,4 +1,5 @@
-"""The S3 driver's lean request path: GET, HEAD and PUT of one object over aiohttp.
+"""The S3 driver's lean request path: GET, HEAD and PUT of one object over a minimal
+HTTP/1.1 client (``http1``; aiohttp's when ``AICECHUNK_S3_HTTP=aiohttp``).
 
 A request through botocore costs 1.3-1.9 ms of CPU (an ``AWSRequest``, endpoint rules
 evaluated again, the signature, some sixty output fields parsed); the same request sent
@@ -33,9 +34,20 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from aicechunk.drivers.base import ByteRange, OffsetRange, RangeRequest, slice_bytes
+from aicechunk.drivers.http1 import Origin, Pool
 from aicechunk.drivers.s3_sign import EMPTY_SHA256, Signer, amz_date
+from aicechunk.errors import WireError
 
-__all__ = ["Address", "Answer", "S3Wire", "etag", "lean_enabled", "probe_address", "ranged_body"]
+__all__ = [
+    "Address",
+    "Answer",
+    "S3Wire",
+    "aiohttp_wanted",
+    "etag",
+    "lean_enabled",
+    "probe_address",
+    "ranged_body",
+]
 
 #: the object key botocore is asked to address (nothing is sent for it)
 PROBE_KEY = "aicechunk-probe"
@@ -83,6 +95,12 @@ def lean_enabled() -> bool:
     return os.environ.get("AICECHUNK_S3_LEAN", "1").strip().lower() not in ("0", "false", "no")
 
 
+def aiohttp_wanted() -> bool:
+    """Whether the lean path sends its requests with aiohttp instead of ``http1``
+    (``AICECHUNK_S3_HTTP=aiohttp``: a way back should a server need aiohttp's leniency)."""
+    return os.environ.get("AICECHUNK_S3_HTTP", "").strip().lower() == "aiohttp"
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """Where one bucket's objects are, as botocore addresses them: ``{scheme}://{host}
@@ -97,6 +115,11 @@ class Address:
         """The encoded request path of ``key`` (full key, the driver's prefix included);
         as botocore encodes it: everything but letters, digits, ``-_.~/`` escaped."""
         return f"{self.prefix}/{quote(key, safe='/~')}"
+
+    def origin(self) -> Origin:
+        """Where the requests connect to."""
+        parts = urlsplit(f"{self.scheme}://{self.host}")
+        return Origin(self.scheme, parts.hostname or "", parts.port or _DEFAULT_PORTS[self.scheme])
 
 
 def _host(url: str) -> str:
@@ -208,11 +231,12 @@ class CredentialSource:
 
 
 class S3Wire:
-    """Signed requests to one bucket over one aiohttp session (see the module)."""
+    """Signed requests to one bucket over an ``http1.Pool`` or an aiohttp session (see
+    the module)."""
 
     def __init__(
         self,
-        session: Any,
+        session: Pool | Any,
         address: Address,
         credentials: CredentialSource | None,
         *,
@@ -223,6 +247,8 @@ class S3Wire:
 
         self._url = URL
         self.session = session
+        self._pool = session if isinstance(session, Pool) else None
+        self._origin = address.origin()
         self.address = address
         self.enabled = True
         self._credentials = credentials if address.region is not None else None
@@ -259,8 +285,18 @@ class S3Wire:
 
     async def _once(self, method: str, path: str, extra: dict[str, str], body: bytes) -> Answer:
         headers = await self._headers(method, path, extra, body)
+        if self._pool is not None:
+            got = await self._pool.request(
+                self._origin, method, path, headers, body if method == "PUT" else b""
+            )
+            code = ""
+            if got.status >= 300:
+                found = _CODE.search(got.body)
+                code = found.group(1).decode("utf-8", "replace") if found else str(got.status)
+            return Answer(got.status, got.headers, got.body, code)
         url = self._url(self._base + path, encoded=True)
-        async with self.session.request(
+        session: Any = self.session
+        async with session.request(
             method,
             url,
             headers=headers,
@@ -308,6 +344,7 @@ class S3Wire:
                 aiohttp.ClientPayloadError,
                 aiohttp.ClientResponseError,  # not HTTP (no status is ever raised here)
                 TimeoutError,
+                WireError,  # http1's: cut, malformed or missing answers, no connection
             ):
                 if attempt >= self._attempts:
                     raise

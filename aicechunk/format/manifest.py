@@ -54,6 +54,9 @@ _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
 # ... larger ones sample the coordinates of every this many refs
 _STRIDE = 256
+#: decoded references kept per manifest: a read-ahead looks a chunk up before its read
+#: does, and the read then finds it here instead of decoding it again
+_RECENT = 256
 # the longest compressed virtual location Icechunk writes or reads, decompressed
 MAX_LOCATION = 1024
 
@@ -153,6 +156,7 @@ class Manifest:
         self._index: dict[NodeId, dict[Coords, int]] = {}
         self._lookups: dict[NodeId, int] = {}
         self._samples: dict[NodeId, list[Coords]] = {}
+        self._recent: dict[int, ChunkRef] = {}
 
     @property
     def name(self) -> str:
@@ -210,7 +214,7 @@ class Manifest:
         index = self._index.get(node_id)
         if index is not None:
             pos = index.get(coords)
-            return None if pos is None else self._ref(pos)
+            return None if pos is None else self._recent_ref(pos)
         seen = self._lookups.get(node_id, 0) + 1
         self._lookups[node_id] = seen
         if len(refs) <= _INDEX_LIMIT and seen > _INDEX_AFTER:
@@ -237,8 +241,19 @@ class Manifest:
             else:
                 hi = mid
         if lo < len(refs) and self._coords(refs[lo]) == coords:
-            return self._ref(refs[lo])
+            return self._recent_ref(refs[lo])
         return None
+
+    def _recent_ref(self, pos: int) -> ChunkRef:
+        # the reference at ``pos``, decoded once while it is among the last _RECENT
+        recent = self._recent
+        found = recent.get(pos)
+        if found is None:
+            found = self._ref(pos)
+            if len(recent) >= _RECENT:
+                del recent[next(iter(recent))]
+            recent[pos] = found
+        return found
 
     def iter_node(self, node_id: NodeId) -> Iterator[tuple[Coords, ChunkRef]]:
         """Every (coords, reference) of one array, in coordinate order."""

@@ -1,7 +1,9 @@
 """The S3 driver's lean request path (``drivers/s3_wire.py``) at real servers.
 
-GET, HEAD and PUT go out over aiohttp, signed by the driver; everything else, and every
-answer the lean path does not expect, goes through aiobotocore. botocore's requests are
+GET, HEAD and PUT go out over the driver's own HTTP/1.1 client (``http1``; every test
+runs again with aiohttp's, ``AICECHUNK_S3_HTTP=aiohttp``), signed by the driver;
+everything else, and every answer the lean path does not expect, goes through
+aiobotocore. botocore's requests are
 told apart at the server by the ``amz-sdk-invocation-id`` header botocore adds to each.
 The servers: moto behind the recording proxy, and crafted aiohttp servers answering
 what S3 would not (redirects, wrong ranges, cut bodies, no ETag).
@@ -23,6 +25,14 @@ from aicechunk.drivers.base import RangeRequest
 from aicechunk.drivers.s3 import S3Credentials, S3Driver
 from aicechunk.errors import ObjectNotFound, StorageError
 from tests.servers import FaultProxy, create_s3_bucket, next_bucket_name, serve_forwarding
+
+
+@pytest.fixture(autouse=True, params=["http1", "aiohttp"])
+def sender(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which client the lean path sends with (both must keep every promise here)."""
+    monkeypatch.setenv("AICECHUNK_S3_HTTP", request.param)
+    return str(request.param)
+
 
 DATA = bytes(range(256)) * 40
 

@@ -216,3 +216,27 @@ def test_bulk_encoder_mixed_kinds_one_array(
     assert list(manifest.iter_node(nid)) == sorted(refs.items())
     for c, ref in refs.items():
         assert manifest.lookup(nid, c) == ref
+
+
+@pytest.mark.parametrize("count", [300, 70_000])  # indexed lookups, and bisected ones
+def test_manifest_lookups_in_read_ahead_order_match_a_fresh_decode(count: int) -> None:
+    """A read-ahead looks a chunk up before the read does; the manifest keeps the last
+    decoded references, bounded, and a kept one is the reference a fresh decode gives."""
+    import os
+
+    from aicechunk.format.manifest import NativeRef
+
+    node = NodeId(os.urandom(8))
+    refs = {(i,): NativeRef(ChunkId(os.urandom(12)), i, 4096 + i) for i in range(count)}
+    data = encode_manifest(ManifestId(os.urandom(12)), {node: list(refs.items())})
+    manifest = decode_manifest(data)
+    for i in range(0, min(count, 2_000)):
+        if i + 32 < count:
+            assert manifest.lookup(node, (i + 32,)) == refs[(i + 32,)]
+        assert manifest.lookup(node, (i,)) == refs[(i,)]
+        assert len(manifest._recent) <= 256
+    assert manifest.lookup(node, (count,)) is None
+    fresh = decode_manifest(data)
+    assert [fresh.lookup(node, (i,)) for i in range(0, count, 97)] == [
+        manifest.lookup(node, (i,)) for i in range(0, count, 97)
+    ]
