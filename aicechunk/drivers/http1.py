@@ -369,10 +369,19 @@ class Pool:
 
     The caller bounds how many requests run at once (the S3 driver's ``max_concurrency``);
     the pool keeps at most ``limit`` connections open, idle ones for ``IDLE_SECONDS``.
+    HTTPS trusts the system's authorities, or only those of ``cafile`` when given.
     """
 
-    def __init__(self, *, limit: int, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int,
+        connect_timeout: float,
+        read_timeout: float,
+        cafile: str | None = None,
+    ) -> None:
         self._limit = max(limit, 1)
+        self._cafile = cafile
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._idle: dict[Origin, list[_Connection]] = {}
@@ -432,7 +441,8 @@ class Pool:
         context = None
         if origin.scheme == "https":
             if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+                # cafile: only those authorities (as botocore trusts only AWS_CA_BUNDLE)
+                self._ssl = ssl.create_default_context(cafile=self._cafile)
             context = self._ssl
         try:
             async with asyncio.timeout(self._connect_timeout):

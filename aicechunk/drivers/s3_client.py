@@ -64,6 +64,7 @@ AWS_ENVIRONMENT = (
     "AWS_USE_FIPS_ENDPOINT",
     "AWS_USE_DUALSTACK_ENDPOINT",
     "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
+    "AWS_CA_BUNDLE",
 )
 
 _SESSION: list[tuple[tuple[str | None, ...], Any]] = []  # (environment, session)

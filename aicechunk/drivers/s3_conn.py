@@ -16,6 +16,7 @@ both paths), or the environment's chain as the shared botocore session resolves 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from aicechunk.drivers.http1 import Pool
@@ -140,6 +141,7 @@ class S3Connection:
                 limit=settings.max_concurrency,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
+                cafile=os.environ.get("AWS_CA_BUNDLE") or None,
             )
         elif self._session is None:
             import aiohttp

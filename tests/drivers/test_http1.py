@@ -539,3 +539,29 @@ async def test_the_driver_reads_through_a_server_that_drops_kept_connections() -
         for _ in range(3):
             assert await driver.get("k") == body
     assert seen.connections == 3
+
+
+async def test_the_driver_trusts_aws_ca_bundle_as_botocore_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    cert, key = _certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    async with server(replying(answer(b"secret", extra='etag: "e"\r\n')), ssl=context) as (
+        port,
+        seen,
+    ):
+        driver = S3Driver(
+            "bucket",
+            region="us-east-1",
+            endpoint_url=f"https://127.0.0.1:{port}",
+            force_path_style=True,
+            credentials=S3Credentials(access_key_id="a", secret_access_key="s"),
+            max_attempts=1,
+        )
+        async with driver:
+            assert await driver.get("k") == b"secret"
+    assert seen.requests[0].startswith(b"GET /bucket/k HTTP/1.1\r\n")
