@@ -18,7 +18,11 @@ workload here:
 The ``tmpfs`` rows (``/dev/shm``) measure the libraries without a disk. Every row also
 records ``cpu_seconds``: the process's user and system CPU time over the workload (both
 libraries run in this process, icechunk's Rust threads included). On a shared machine it
-is far steadier than wall time, which the scheduler shares out per runnable thread.
+is far steadier than wall time, which the scheduler shares out per runnable thread; and,
+on Linux, ``waited_seconds``: how long this process's threads stood ready to run while
+other processes held the cores (run-queue delay from ``/proc/self/task/*/schedstat``;
+threads that ended meanwhile are not counted). Near zero on a quiet machine: a row whose
+waits are a good part of its wall time measured the machine's load, not the library.
 """
 
 from __future__ import annotations
@@ -63,6 +67,17 @@ def cpu_seconds() -> float:
     return used.ru_utime + used.ru_stime
 
 
+def waited_seconds() -> float:
+    """Run-queue delay of this process's live threads so far (Linux; else 0)."""
+    total = 0
+    for stats in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            total += int(stats.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended while we looked
+    return total / 1e9
+
+
 def settle(kind: str) -> None:
     """Write back every dirty page before a timed disk workload (not timed)."""
     if kind == "local":
@@ -72,12 +87,14 @@ def settle(kind: str) -> None:
 
 async def measured(kind: str, work: Awaitable[Any]) -> Any:
     """``work`` (returning a ``Result``, or a pair ending in one) after ``settle``, with
-    the CPU time it took added as ``cpu_seconds``."""
+    the CPU time it took added as ``cpu_seconds`` and the run-queue delay of this
+    process's threads as ``waited_seconds``."""
     settle(kind)
-    start = cpu_seconds()
+    start, waited = cpu_seconds(), waited_seconds()
     found = await work
     row = found[-1] if isinstance(found, tuple) else found
     row["cpu_seconds"] = cpu_seconds() - start
+    row["waited_seconds"] = waited_seconds() - waited
     return found
 
 
