@@ -8,6 +8,10 @@ the table shows medians and the aicechunk/icechunk ratio, and a JSON file keeps 
     python benchmarks/run.py --quick         # small sizes, for a smoke run
     python benchmarks/run.py --only write,read --repeat 5 --json results.json
     python benchmarks/run.py --latency 20 --no-contention --only write,read,open
+    python benchmarks/run.py --only write,read,open --storage local,tmpfs --no-memory
+
+The local rows (disk, tmpfs, memory: ``local_rows.py``) settle the disk before every
+timed workload and run ``--local-repeat`` times (5 by default); see that module for why.
 
 icechunk is whichever is importable: 1.1.21 (Python 3.11) or 2.x (Python >= 3.12). Rows
 without a tag compare spec version 1 repositories on both sides; rows tagged ``v2``
