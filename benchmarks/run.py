@@ -8,6 +8,10 @@ the table shows medians and the aicechunk/icechunk ratio, and a JSON file keeps 
     python benchmarks/run.py --quick         # small sizes, for a smoke run
     python benchmarks/run.py --only write,read --repeat 5 --json results.json
     python benchmarks/run.py --latency 20 --no-contention --only write,read,open
+    python benchmarks/run.py --only write,read,open --storage local,tmpfs --no-memory
+
+The local rows (disk, tmpfs, memory: ``local_rows.py``) settle the disk before every
+timed workload and run ``--local-repeat`` times (5 by default); see that module for why.
 
 icechunk is whichever is importable: 1.1.21 (Python 3.11) or 2.x (Python >= 3.12). Rows
 without a tag compare spec version 1 repositories on both sides; rows tagged ``v2``
@@ -54,17 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_forks
 import bench_refs
+from local_rows import LOCAL_KINDS, local_rows
 from remote import S3_SERVERS, RemoteRows, busy_cores, capacity, cores, s3_chain
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
-from workloads import (
-    CHUNK_BYTES,
-    Result,
-    open_row,
-    read_workload,
-    write_workload,
-    zarr_floor,
-)
+from workloads import CHUNK_BYTES, Result
 
 #: the workloads with rows of each spec version
 WORKLOADS = {
@@ -72,6 +70,8 @@ WORKLOADS = {
     2: ("write", "read", "open", "refs", "oplog"),
 }
 Record = Callable[[str, str, Result], None]
+#: the kinds of storage rows run on (``--storage``)
+STORAGE = ("s3", *LOCAL_KINDS)
 
 
 class Rows:
@@ -81,8 +81,7 @@ class Rows:
         self.spec = spec
         self.systems: list[System] = [Ours(s3, spec), Theirs(s3, spec)]
         self.s3 = s3
-        # S3: RemoteRows, through the latency proxy
-        self.kinds = ("local", "memory") if spec == 1 else ("local",)
+        # local, tmpfs, memory: local_rows.py; S3: RemoteRows, through the latency proxy
 
     def label(self, what: str, kind: str) -> str:
         return f"{what} [{kind}]" if self.spec == 1 else f"{what} [{kind}, v2]"
@@ -90,34 +89,6 @@ class Rows:
     def where(self, kind: str, base: Path, system: System, tag: str = "") -> str:
         suffix = "" if self.spec == 1 else f"-v{self.spec}"
         return location(kind, base, f"{system.name}{tag}{suffix}", self.s3)
-
-
-async def io_rows(
-    rows: Rows,
-    order: list[System],
-    base: Path,
-    sizes: dict[str, int],
-    on: Callable[[str], bool],
-    record: Record,
-) -> None:
-    """write, read and open + one chunk, on each kind of storage of ``rows``."""
-    for kind in rows.kinds:
-        count = sizes["local"]
-        for system in order:
-            where = rows.where(kind, base, system)
-            gc.collect()
-            repo, row = await write_workload(system, where, count)
-            record(rows.label(f"write {count} chunks", kind), system.name, row)
-            if on("read"):
-                row = await read_workload(system, repo)
-                record(rows.label(f"read {count} chunks", kind), system.name, row)
-            if on("open") and kind == "local":
-                row = await open_row(system, kind, where, "", lambda: 0)
-                record(rows.label("open + read 1 chunk", kind), system.name, row)
-        if rows.spec == 1 and (on("write") or on("read")):
-            w, r = await zarr_floor(kind, base, count)
-            record(f"write {count} chunks [{kind}]", f"zarr {kind}", w)
-            record(f"read {count} chunks [{kind}]", f"zarr {kind}", r)
 
 
 async def v1_only_rows(
@@ -168,6 +139,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
     history = parse_history(args.history or ("10x2" if args.quick else "100x2"))
     wanted = set(args.only.split(",")) if args.only else set(WORKLOADS[1] + WORKLOADS[2])
     specs = [int(s) for s in args.specs.split(",")]
+    storage = set(args.storage.split(","))
     skipped = []
     if 2 in specs and 2 not in icechunk_spec_versions():
         specs.remove(2)
@@ -186,7 +158,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
         by_spec = [Rows(spec, s3) for spec in specs]
 
         async def remote(rep: int, base: Path, contended: bool) -> None:
-            if not wanted & {"write", "read", "open", "virtual"}:
+            if not wanted & {"write", "read", "open", "virtual"} or "s3" not in storage:
                 return
             for spec in specs:
                 rows = RemoteRows(spec, s3, proxy)
@@ -216,19 +188,29 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
                     # alternate who goes first
                     order = rows.systems if rep % 2 == 0 else rows.systems[::-1]
                     on = (wanted & set(WORKLOADS[rows.spec])).__contains__
-                    if on("write") or on("read") or on("open"):
-                        await io_rows(rows, order, base, sizes, on, record)
                     if on("oplog"):
-                        for kind in ("local", "s3"):
+                        for kind in [k for k in ("local", "s3") if k in storage]:
                             for system in order:
                                 where = rows.where(kind, base, system, "-oplog")
                                 gc.collect()
                                 row = await ops_log_workload(system, where, *history)
                                 label = f"ops log of {history[0]}x{history[1]} commits"
                                 record(rows.label(label, kind), system.name, row)
-                    if rows.spec == 1:
+                    if rows.spec == 1 and "local" in storage:
                         await v1_only_rows(order, base, s3, args, on, record)
         loads["main"]["after"] = os.getloadavg()
+        # write, read and open on local disk, tmpfs and in memory, each settled first
+        loads["local"] = {"before": os.getloadavg()}
+        await local_rows(
+            by_spec,
+            [kind for kind in LOCAL_KINDS if kind in storage],
+            sizes["local"],
+            args.local_repeat or max(5, args.repeat),
+            lambda spec: (wanted & set(WORKLOADS[spec])).__contains__,
+            record,
+            args.local_dir or None,
+        )
+        loads["local"]["after"] = os.getloadavg()
         if args.contention:
             loads["contended"] = {"before": os.getloadavg(), "busy_processes": cores()}
             with busy_cores(cores()):
@@ -321,6 +303,20 @@ def main() -> None:
         choices=S3_SERVERS,
         default="fast",
         help="S3 rows: the in-memory benchmark server (fast) or moto behind the proxy",
+    )
+    parser.add_argument(
+        "--storage",
+        default=",".join(STORAGE),
+        help="kinds of storage to run rows on: " + ",".join(STORAGE),
+    )
+    parser.add_argument(
+        "--local-repeat",
+        type=int,
+        default=0,
+        help="repetitions of the local, tmpfs and memory rows (default: max(5, --repeat))",
+    )
+    parser.add_argument(
+        "--local-dir", default="", help="where the local disk rows write (default: $TMPDIR)"
     )
     parser.add_argument("--s3-sizes", default="", help="S3 rows: chunk counts (1000,10000)")
     parser.add_argument(

@@ -219,7 +219,11 @@ async def virtual_reads(system: System, where: str, s3: dict[str, str], n: int) 
     return {"seconds": time.perf_counter() - start}
 
 
-async def zarr_floor(kind: str, base: Path, n_chunks: int) -> tuple[Result, Result]:
+async def zarr_floor(
+    kind: str, base: Path, n_chunks: int, between: Callable[[], None] = lambda: None
+) -> tuple[Result, Result]:
+    """Plain zarr's write and read of the same array (``between`` runs untimed between
+    them), in memory or on a ``LocalStore``."""
     store: Any = (
         zarr.storage.MemoryStore()
         if kind == "memory"
@@ -232,6 +236,7 @@ async def zarr_floor(kind: str, base: Path, n_chunks: int) -> tuple[Result, Resu
     )
     await arr.setitem(slice(None), values)
     write = time.perf_counter() - start
+    between()
     start = time.perf_counter()
     arr = await zas.open_array(store=store, mode="r")
     await arr.getitem(slice(None))

@@ -39,6 +39,14 @@ _OPEN_FLAGS = os.O_RDONLY
 for _flag in ("O_CLOEXEC", "O_NONBLOCK", "O_BINARY"):  # those this system has
     _OPEN_FLAGS |= getattr(os, _flag, 0)
 
+# Reads leave access times alone where the kernel allows (Linux, files this process's
+# user owns): the first read of a freshly written file would otherwise dirty its inode
+# (relatime), and the disk writes that back later (a journal entry per chunk read).
+# Any other user's file refuses the flag with EPERM: opened again without it, and from
+# then on the process no longer asks.
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_no_atime = [bool(_NOATIME)]
+
 # where the kernel names the file behind a descriptor (Linux)
 _FD_NAMES = "/proc/self/fd"
 _HAS_FD_NAMES = os.path.isdir(_FD_NAMES)
@@ -233,6 +241,17 @@ class Confinement:
             directory = os.path.dirname(directory)
 
 
+def _open_for_reading(path: Path) -> int:
+    if _no_atime[0]:
+        try:
+            return os.open(path, _OPEN_FLAGS | _NOATIME)
+        except PermissionError as err:
+            if err.errno != errno.EPERM:
+                raise
+            _no_atime[0] = False  # not our file: access times are the owner's business
+    return os.open(path, _OPEN_FLAGS)
+
+
 def open_object(
     key: str, path: Path, confinement: Confinement | None, driver: str
 ) -> tuple[int, os.stat_result]:
@@ -244,7 +263,7 @@ def open_object(
     between the check and the read cannot lead the read elsewhere.
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = _open_for_reading(path)
     except OSError as err:
         raise os_error(err, key, "read", driver) from err
     try:
