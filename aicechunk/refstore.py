@@ -7,6 +7,7 @@ holds one of the two, so the repository and session code never asks which it is.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,12 +62,19 @@ class RefStore(Protocol):
         ...
 
     async def update_branch(
-        self, name: str, new_id: SnapshotId, tip: RefInfo, snapshot: Snapshot | None
+        self,
+        name: str,
+        new_id: SnapshotId,
+        tip: RefInfo,
+        snapshot: Snapshot | None,
+        files: asyncio.Future[None] | None = None,
     ) -> None:
         """Move branch ``name`` from ``tip`` to ``new_id`` in one conditional write:
         ``PreconditionFailed`` (or ``ConflictError``) if it moved meanwhile, another
         ``StorageError`` if the answer was lost. ``snapshot`` is the new commit's
-        snapshot (``None`` for a reset, which points at an existing one)."""
+        snapshot (``None`` for a reset, which points at an existing one). ``files``:
+        the writes of the new snapshot's files, under way; the ref moves only once they
+        are stored (their failure is raised as is, the ref untouched)."""
         ...
 
     async def delete_branch(self, name: str) -> None:
@@ -151,8 +159,15 @@ class FileRefStore:
         )
 
     async def update_branch(
-        self, name: str, new_id: SnapshotId, tip: RefInfo, snapshot: Snapshot | None
+        self,
+        name: str,
+        new_id: SnapshotId,
+        tip: RefInfo,
+        snapshot: Snapshot | None,
+        files: asyncio.Future[None] | None = None,
     ) -> None:
+        if files is not None:
+            await files
         await self.driver.put(
             ref_format.branch_key(name),
             ref_format.encode_ref(str(new_id)),

@@ -189,7 +189,12 @@ class RepoInfoStore:
         self._cached = info
 
     async def update(
-        self, change: Change, *, version_read: str | None = None, check_status: bool = True
+        self,
+        change: Change,
+        *,
+        version_read: str | None = None,
+        check_status: bool = True,
+        files: asyncio.Future[None] | None = None,
     ) -> RepoInfo:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
         module's docstring); the repo info in effect afterwards.
@@ -201,7 +206,11 @@ class RepoInfoStore:
 
         A repository whose status is not online takes no change (``ReadOnlyRepositoryError``,
         read in the same file the change would replace), as in Icechunk; only a change of
-        the status itself passes ``check_status=False``."""
+        the status itself passes ``check_status=False``.
+
+        ``files``: the writes of the files the change refers to (a commit's snapshot,
+        manifests and transaction log), under way; they are stored alongside the backup,
+        and the file is put only once both are (their failure is raised as is)."""
         maybe_landed = False
         sent: set[str] = set()  # the backup names of our writes that may have landed
         failure: PreconditionFailed | None = None
@@ -247,6 +256,8 @@ class RepoInfoStore:
                     await backup
                 raise
             await backup
+            if files is not None:
+                await files  # stored meanwhile; on a retry, long done
             try:
                 written = await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
             except PreconditionFailed as err:
@@ -358,7 +369,12 @@ class RepoInfoStore:
         await self.update(change)
 
     async def update_branch(
-        self, name: str, new_id: SnapshotId, tip: RefInfo, snapshot: Snapshot | None
+        self,
+        name: str,
+        new_id: SnapshotId,
+        tip: RefInfo,
+        snapshot: Snapshot | None,
+        files: asyncio.Future[None] | None = None,
     ) -> None:
         expected = tip.snapshot_id
 
@@ -380,7 +396,7 @@ class RepoInfoStore:
             new = replace(info, branches=branches, snapshots=listed)
             return new, ru.NewCommit(name, new_id)
 
-        await self.update(change, version_read=tip.version)
+        await self.update(change, version_read=tip.version, files=files)
 
     async def delete_branch(self, name: str) -> None:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:

@@ -18,6 +18,8 @@ from aicechunk.changes.conflicts import ConflictSolver, rebase_changes
 from aicechunk.errors import CommitOutcomeUnknownError, ConflictError, SessionStateError
 from aicechunk.format.ids import SnapshotId
 from aicechunk.format.metadata import check_commit_properties
+from aicechunk.format.snapshot import Snapshot
+from aicechunk.refstore import RefInfo
 from aicechunk.session.flush import Flush
 from aicechunk.session.reads import base_snapshot, list_nodes
 from aicechunk.session.rearrange import check_move_flag
@@ -73,9 +75,13 @@ async def commit(
             error = ConflictError(branch, str(state.snapshot_id), str(tip.snapshot_id))
         else:
             base = await base_snapshot(state)
-            snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
+            flushing = Flush(state, base, await list_nodes(state))
+            snapshot = await flushing.prepare(message, metadata)
+            # the files are stored while the branch's update gets ready (for a spec v2
+            # repository: alongside the repo info file's backup); the ref moves after
+            files = asyncio.ensure_future(flushing.write())
             move, cancelled = await finish_despite_cancellation(
-                state.assets.move_branch(branch, snapshot.id, tip, snapshot)
+                _moved(state, branch, snapshot, tip, files)
             )
             error = None if move.cancelled() else move.exception()
             if move.cancelled() or isinstance(error, CommitOutcomeUnknownError):
@@ -178,6 +184,25 @@ async def rebase(state: SessionState, solver: ConflictSolver) -> None:
     except BaseException:
         state.snapshot_id, state.changes = original
         raise
+
+
+async def _moved(
+    state: SessionState,
+    branch: str,
+    snapshot: Snapshot,
+    tip: RefInfo,
+    files: asyncio.Future[None],
+) -> None:
+    """Move ``branch`` to ``snapshot`` once its ``files`` are stored; whatever the outcome,
+    the file writes have ended when this returns (a commit that fails leaves no write
+    running)."""
+    try:
+        await state.assets.move_branch(branch, snapshot.id, tip, snapshot, files)
+    finally:
+        if not files.done():
+            await asyncio.wait((files,))
+        if not files.cancelled():
+            files.exception()  # retrieved: raised by the move, or of no interest now
 
 
 async def finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
