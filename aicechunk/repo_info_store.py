@@ -244,7 +244,7 @@ class RepoInfoStore:
             # the backup is written while the new file is encoded; the new file is put
             # only once the backup is stored (the spec's order)
             backup = asyncio.ensure_future(
-                self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
+                self.driver.put_copy(OVERWRITTEN_PREFIX + name, data, REPO_INFO_KEY, version)
             )
             try:
                 log, before = push_update(info, kind, at, name, self.updates.per_file)

@@ -81,8 +81,10 @@ async def commit(
             # repository: alongside the repo info file's backup); the ref moves after
             files = asyncio.ensure_future(flushing.write())
             move, cancelled = await finish_despite_cancellation(
-                _moved(state, branch, snapshot, tip, files)
+                _moved(state, branch, snapshot, tip, files), abandon_while=files
             )
+            if move.cancelled() and files.cancelled():
+                raise asyncio.CancelledError  # before the ref's write: nothing happened
             error = None if move.cancelled() else move.exception()
             if move.cancelled() or isinstance(error, CommitOutcomeUnknownError):
                 state.unsettled = snapshot.id
@@ -205,9 +207,14 @@ async def _moved(
             files.exception()  # retrieved: raised by the move, or of no interest now
 
 
-async def finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
+async def finish_despite_cancellation(
+    aw: Awaitable[T], abandon_while: asyncio.Future[Any] | None = None
+) -> tuple[asyncio.Future[T], bool]:
     """Run ``aw`` to its end even if the calling task is cancelled meanwhile (its outcome
-    must be known); return it, finished, and whether a cancellation was held back."""
+    must be known); return it, finished, and whether a cancellation was held back.
+    ``abandon_while``: work that ``aw`` waits for before it writes anything a reader
+    could see (a commit's files); a cancellation arriving before it is done cancels it
+    and ``aw`` instead of waiting."""
     task = asyncio.ensure_future(aw)
     cancelled = False
     while not task.done():
@@ -215,4 +222,7 @@ async def finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[
             await asyncio.wait((task,))
         except asyncio.CancelledError:
             cancelled = True
+            if abandon_while is not None and not abandon_while.done():
+                abandon_while.cancel()
+                task.cancel()
     return task, cancelled
