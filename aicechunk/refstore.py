@@ -45,6 +45,11 @@ class RefStore(Protocol):
         """Where a branch points (``RefNotFoundError`` if it does not exist)."""
         ...
 
+    def known_branch(self, name: str) -> RefInfo | None:
+        """Where a branch pointed when this store last read or wrote it, without reading
+        (``None`` if it holds nothing of it): a guess that a conditional write confirms."""
+        ...
+
     async def fetch_tag(self, name: str) -> SnapshotId:
         """Where a tag points (``RefNotFoundError`` if it does not exist or was deleted)."""
         ...
@@ -119,6 +124,9 @@ class FileRefStore:
                 ) from None
             raise RefNotFoundError(f"branch {name!r} does not exist") from None
         return RefInfo(ref_format.decode_ref(data, key), info.version)
+
+    def known_branch(self, name: str) -> RefInfo | None:
+        return None  # each ref is its own small file: read when needed
 
     async def fetch_tag(self, name: str) -> SnapshotId:
         key = ref_format.tag_key(name)

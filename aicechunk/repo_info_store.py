@@ -199,10 +199,13 @@ class RepoInfoStore:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
         module's docstring); the repo info in effect afterwards.
 
-        ``version_read``: the version of the file the caller has just read (a commit's
-        branch tip). When that is the file this store holds, the first attempt applies
-        the change to it without reading it again; if the file has changed since, the
-        conditional write fails and the change is retried on the file as it is then.
+        ``version_read``: the version of the file the caller saw (a commit's branch tip,
+        maybe as this store last read or wrote it). When that is the file this store
+        holds, the first attempt applies the change to it without reading it again (as
+        Icechunk 2.x does, with its cache of the file). Only a write is decided on that
+        file: if it has changed since, the conditional write fails, and the change is
+        retried on the file as it is then; a change that is refused there, or finds
+        nothing to do, is tried on the file as stored. Other changes read it first.
 
         A repository whose status is not online takes no change (``ReadOnlyRepositoryError``,
         read in the same file the change would replace), as in Icechunk; only a change of
@@ -216,20 +219,31 @@ class RepoInfoStore:
         failure: PreconditionFailed | None = None
         delays = retry_delays(self.updates)
         attempt = 0
+        trust = True  # the file known here, for the first attempt
         while True:
             known = self._file
-            if attempt == 0 and known is not None and version_read and version_read == known[2]:
+            cached = attempt == 0 and trust and known is not None
+            if cached and known is not None and version_read == known[2]:
                 info, data, version = known
             else:
+                cached = False
                 info, data, version = await self.read()
             if maybe_landed and _logged(info, sent):
                 return info  # a write of ours whose answer was lost is in the file
-            if check_status and not info.status.is_online:
-                if maybe_landed and change(info, True) is None:
-                    return info  # ours landed before the status changed
-                raise self.read_only_error(info.status)
-            result = change(info, maybe_landed)
+            try:
+                if check_status and not info.status.is_online:
+                    if maybe_landed and change(info, True) is None:
+                        return info  # ours landed before the status changed
+                    raise self.read_only_error(info.status)
+                result = change(info, maybe_landed)
+            except AicechunkError:
+                if not cached:
+                    raise
+                result = None
             if result is None:
+                if cached:  # decided on the file known here: see it as stored first
+                    trust = False
+                    continue
                 return info
             if not version:  # S3 sends no If-Match for an empty one: the put would overwrite
                 raise StorageError(
@@ -339,6 +353,13 @@ class RepoInfoStore:
         if found is None:
             raise RefNotFoundError(f"branch {name!r} does not exist")
         return RefInfo(found, version)
+
+    def known_branch(self, name: str) -> RefInfo | None:
+        if self._file is None:
+            return None
+        info, _, version = self._file
+        found = info.branches.get(name)
+        return None if found is None else RefInfo(found, version)
 
     async def fetch_tag(self, name: str) -> SnapshotId:
         info = await self.info()

@@ -1,7 +1,8 @@
 """Commit and rebase: a flush, then one compare-and-swap of the branch.
 
-A commit checks the branch tip first (a commit that already lost writes nothing), flushes
-the changes, and moves the branch with ``AssetManager.move_branch``. When the answer to
+A commit checks the branch tip first (a commit that already lost writes nothing; on spec
+v2, the tip this process last saw, which the conditional update confirms), flushes the
+changes, and moves the branch with ``AssetManager.move_branch``. When the answer to
 that move is lost, the outcome is settled by reading the branch back; a rebase replays
 the changes on each snapshot committed meanwhile, through a conflict solver.
 """
@@ -68,8 +69,13 @@ async def commit(
         await check_move_flag(state.assets, "commit rearrange session")
     tries = 0
     while True:
-        # the tip first, as icechunk does: a commit that already lost writes nothing
-        tip = await state.assets.fetch_branch(branch)
+        # the tip first: a commit that already lost writes nothing. The tip this process
+        # last saw is enough when it is the session's (the repo info file of spec v2):
+        # the branch's conditional update tells if it moved since (Icechunk 2.x reads
+        # nothing before writing the files)
+        tip = state.assets.refs.known_branch(branch) if tries == 0 else None
+        if tip is None or tip.snapshot_id != state.snapshot_id:
+            tip = await state.assets.fetch_branch(branch)
         error: BaseException | None
         if tip.snapshot_id != state.snapshot_id:
             error = ConflictError(branch, str(state.snapshot_id), str(tip.snapshot_id))
