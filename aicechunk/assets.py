@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aicechunk.config import (
     DEFAULT_DECOMPRESSION_LIMITS,
@@ -87,7 +87,7 @@ def _big(data: bytes) -> bool:
     return len(data) >= DECODE_BYTES_OFF_LOOP
 
 
-def _raised(done: asyncio.Future[None]) -> BaseException | None:
+def _raised(done: asyncio.Future[Any]) -> BaseException | None:
     return None if done.cancelled() else done.exception()
 
 
@@ -403,7 +403,7 @@ class AssetManager:
         new_id: SnapshotId,
         tip: RefInfo,
         snapshot: Snapshot | None = None,
-        files: asyncio.Future[None] | None = None,
+        files: asyncio.Future[Any] | None = None,
     ) -> None:
         """Move branch ``name`` from ``tip`` (read by the caller) to ``new_id``, only if
         its ref file is still at ``tip.version``: the one compare-and-swap of a branch.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aicechunk.drivers.base import Driver
 from aicechunk.errors import (
@@ -72,7 +72,7 @@ class RefStore(Protocol):
         new_id: SnapshotId,
         tip: RefInfo,
         snapshot: Snapshot | None,
-        files: asyncio.Future[None] | None = None,
+        files: asyncio.Future[Any] | None = None,
     ) -> None:
         """Move branch ``name`` from ``tip`` to ``new_id`` in one conditional write:
         ``PreconditionFailed`` (or ``ConflictError``) if it moved meanwhile, another
@@ -172,7 +172,7 @@ class FileRefStore:
         new_id: SnapshotId,
         tip: RefInfo,
         snapshot: Snapshot | None,
-        files: asyncio.Future[None] | None = None,
+        files: asyncio.Future[Any] | None = None,
     ) -> None:
         if files is not None:
             await files

@@ -23,6 +23,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, RepoInfoUpdates
 from aicechunk.drivers.base import Driver
@@ -194,7 +195,7 @@ class RepoInfoStore:
         *,
         version_read: str | None = None,
         check_status: bool = True,
-        files: asyncio.Future[None] | None = None,
+        files: asyncio.Future[Any] | None = None,
     ) -> RepoInfo:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
         module's docstring); the repo info in effect afterwards.
@@ -395,7 +396,7 @@ class RepoInfoStore:
         new_id: SnapshotId,
         tip: RefInfo,
         snapshot: Snapshot | None,
-        files: asyncio.Future[None] | None = None,
+        files: asyncio.Future[Any] | None = None,
     ) -> None:
         expected = tip.snapshot_id
 

@@ -85,7 +85,7 @@ async def commit(
             snapshot = await flushing.prepare(message, metadata)
             # the files are stored while the branch's update gets ready (for a spec v2
             # repository: alongside the repo info file's backup); the ref moves after
-            files = asyncio.ensure_future(flushing.write())
+            files = flushing.write()
             move, cancelled = await finish_despite_cancellation(
                 _moved(state, branch, snapshot, tip, files), abandon_while=files
             )
@@ -199,7 +199,7 @@ async def _moved(
     branch: str,
     snapshot: Snapshot,
     tip: RefInfo,
-    files: asyncio.Future[None],
+    files: asyncio.Future[Any],
 ) -> None:
     """Move ``branch`` to ``snapshot`` once its ``files`` are stored; whatever the outcome,
     the file writes have ended when this returns (a commit that fails leaves no write

@@ -98,21 +98,18 @@ class Flush:
         self.encoded = (snapshot, await off_loop(big, encode_snapshot, snapshot), log, log_bytes)
         return snapshot
 
-    async def write(self) -> None:
-        """Store what ``prepare`` encoded: the files together (in one hand-off to a
+    def write(self) -> asyncio.Future[list[None]]:
+        """Start storing what ``prepare`` encoded, every file at once (one hand-off to a
         local driver's thread, or concurrent requests), since none is visible before a
-        ref points at the snapshot; returns once all are stored."""
+        ref points at the snapshot: the writes are under way when this returns; the
+        future it returns is done when all are stored, or with the first failure."""
         assert self.encoded is not None, "prepare first"
         snapshot, snapshot_bytes, log, log_bytes = self.encoded
-        outcomes = await asyncio.gather(
+        return asyncio.gather(
             self.assets.write_transaction_log(log, log_bytes),
             *(self.assets.write_manifest_bytes(i.id, data) for i, data in self.new_files),
             self.assets.write_snapshot(snapshot, data=snapshot_bytes),
-            return_exceptions=True,  # every write ends before this does
         )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
 
     def transaction_log(self, snapshot_id: SnapshotId) -> TransactionLog:
         """The log of the pending changes (with the replaced commit's, for an amend)."""
