@@ -22,7 +22,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, RepoInfoUpdates
@@ -31,7 +31,6 @@ from aicechunk.errors import (
     AicechunkError,
     CommitOutcomeUnknownError,
     ConflictError,
-    FormatError,
     ObjectNotFound,
     PreconditionFailed,
     ReadOnlyRepositoryError,
@@ -50,6 +49,7 @@ from aicechunk.format.repo_info import (
     backup_name,
     decode_repo_info,
     encode_repo_info,
+    next_update_time,
     push_update,
 )
 from aicechunk.format.repo_info_segments import encode_repo_info_segmented
@@ -254,7 +254,7 @@ class RepoInfoStore:
                     driver=self.driver.label,
                 )
             new, kind = result
-            at = max(datetime.now(UTC), _after(info.latest_updates[0].updated_at))
+            at = max(datetime.now(UTC), next_update_time(info.latest_updates[0].updated_at))
             name = backup_name(at, os.urandom(12))
             # the backup is written while the new file is encoded; the new file is put
             # only once the backup is stored (the spec's order)
@@ -501,18 +501,6 @@ async def encode_change(info: RepoInfo) -> bytes:
     items = sum(1 for s in info.snapshots if s._segment is None)
     items += sum(1 for u in info.latest_updates if u._segment is None)
     return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info_segmented, info)
-
-
-def _after(latest: datetime) -> datetime:
-    """The first time after the latest update's, which the next update must be dated."""
-    try:
-        return latest + timedelta(microseconds=1)
-    except OverflowError:
-        raise FormatError(
-            REPO_INFO_KEY,
-            f"the latest update is dated {latest.isoformat()}, the last time there is: "
-            "no later change can be logged",
-        ) from None
 
 
 def _logged(info: RepoInfo, sent: set[str]) -> bool:
