@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aicechunk.config import (
     DEFAULT_DECOMPRESSION_LIMITS,
@@ -83,20 +83,12 @@ def detected_spec_version(repo_info: bytes | None, has_main: bool) -> int | None
     return 1 if has_main else None
 
 
-def _log_size(log: TransactionLog) -> int:
-    return (
-        len(log.new_groups)
-        + len(log.new_arrays)
-        + len(log.deleted_groups)
-        + len(log.deleted_arrays)
-        + len(log.updated_groups)
-        + len(log.updated_arrays)
-        + sum(len(c) for c in log.updated_chunks.values())
-    )
-
-
 def _big(data: bytes) -> bool:
     return len(data) >= DECODE_BYTES_OFF_LOOP
+
+
+def _raised(done: asyncio.Future[Any]) -> BaseException | None:
+    return None if done.cancelled() else done.exception()
 
 
 def _check_id(key: str, what: str, found: object, expected: object) -> None:
@@ -109,8 +101,7 @@ def _check_id(key: str, what: str, found: object, expected: object) -> None:
 
 
 def _check_version(key: str, found: int, repository: int) -> None:
-    # a spec v1 repository holds spec v1 files only (icechunk 1.x reads nothing else, and
-    # upgrading writes only the repo info file): a newer one was put there
+    # a spec v1 repository holds spec v1 files only (upgrading writes only the repo info)
     if found > repository:
         raise FormatError(
             key, f"a spec version {found} file in a spec version {repository} repository"
@@ -153,7 +144,7 @@ class AssetManager:
         # small manifests written here, as bytes: the next commit reads its base from them
         self._written: LRU[ManifestId, bytes] = LRU(_WRITTEN_BYTES, len)
         self._txlogs: LRU[SnapshotId, TransactionLog] = LRU(
-            self.caching.resolved("num_transaction_changes"), _log_size
+            self.caching.resolved("num_transaction_changes"), TransactionLog.size
         )
         # one fetch in flight per file, shared by every task that wants it
         self._inflight: dict[str, asyncio.Future[object]] = {}
@@ -224,12 +215,17 @@ class AssetManager:
 
         return await self._fetch_once(key, load)
 
-    async def write_snapshot(self, snapshot: Snapshot, *, if_absent: bool = False) -> None:
-        """Write a new snapshot file (never overwrites). Its id is random, except for a
-        repository's initial snapshot: ``if_absent=True`` writes that one only if no file
-        has its name (``PreconditionFailed`` otherwise)."""
-        big = len(snapshot.nodes) >= ENCODE_ITEMS_OFF_LOOP
-        data = await off_loop(big, encode_snapshot, snapshot)
+    async def write_snapshot(
+        self, snapshot: Snapshot, *, if_absent: bool = False, data: bytes | None = None
+    ) -> None:
+        """Write a new snapshot file (never overwrites); ``data``: its bytes, if encoded
+        already (``encode_snapshot``). Its id is random, except for a repository's initial
+        snapshot: ``if_absent=True`` writes that one only if no file has its name
+        (``PreconditionFailed`` otherwise)."""
+        if data is None:
+            data = await off_loop(
+                len(snapshot.nodes) >= ENCODE_ITEMS_OFF_LOOP, encode_snapshot, snapshot
+            )
         key = SNAPSHOTS + str(snapshot.id)
         if if_absent:
             await self.driver.put(key, data, if_none_match=True)
@@ -350,10 +346,10 @@ class AssetManager:
         logs.append(await self.fetch_transaction_log(snapshot_id))
         return logs
 
-    async def write_transaction_log(self, log: TransactionLog) -> None:
-        """Write the transaction log of a new snapshot."""
-        big = _log_size(log) >= ENCODE_ITEMS_OFF_LOOP
-        data = await off_loop(big, encode_transaction_log, log)
+    async def write_transaction_log(self, log: TransactionLog, data: bytes | None = None) -> None:
+        """Write the transaction log of a new snapshot (``data``: its bytes, if encoded)."""
+        if data is None:
+            data = await off_loop(log.size() >= ENCODE_ITEMS_OFF_LOOP, encode_transaction_log, log)
         await self.driver.put(TRANSACTIONS + str(log.id), data, write_once=True)
         self._txlogs.put(log.id, log)
 
@@ -402,7 +398,12 @@ class AssetManager:
         await self.refs.create_branch(name, snapshot_id)
 
     async def move_branch(
-        self, name: str, new_id: SnapshotId, tip: RefInfo, snapshot: Snapshot | None = None
+        self,
+        name: str,
+        new_id: SnapshotId,
+        tip: RefInfo,
+        snapshot: Snapshot | None = None,
+        files: asyncio.Future[Any] | None = None,
     ) -> None:
         """Move branch ``name`` from ``tip`` (read by the caller) to ``new_id``, only if
         its ref file is still at ``tip.version``: the one compare-and-swap of a branch.
@@ -412,16 +413,18 @@ class AssetManager:
         dropped connection, or ``PreconditionFailed`` from a retried request whose first
         try was applied), the branch is read back to tell: ``new_id`` on the branch since
         ``tip`` means it moved. If even that cannot be read, ``CommitOutcomeUnknownError``.
-        ``snapshot`` is the new commit's (``None`` for a reset to an existing snapshot).
-        """
+        ``snapshot``: the new commit's (``None``: a reset); ``files``: its files' writes,
+        under way, waited for before the ref moves (their failure raised as is)."""
         failure: StorageError
         try:
-            await self.refs.update_branch(name, new_id, tip, snapshot)
+            await self.refs.update_branch(name, new_id, tip, snapshot, files)
             return
-        except PreconditionFailed as err:
-            failure = err  # another writer won, or a retried request of ours landed
         except StorageError as err:
-            failure = err  # the answer was lost: the write may have been applied
+            if files is not None and files.done() and _raised(files) is err:
+                raise
+            # PreconditionFailed: another writer won, or a retried request of ours landed;
+            # otherwise the answer was lost: the write may have been applied
+            failure = err
         landed, now = await self.branch_reached(name, new_id, tip.snapshot_id, failure)
         if landed:
             return

@@ -7,8 +7,9 @@ holds one of the two, so the repository and session code never asks which it is.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aicechunk.drivers.base import Driver
 from aicechunk.errors import (
@@ -44,6 +45,11 @@ class RefStore(Protocol):
         """Where a branch points (``RefNotFoundError`` if it does not exist)."""
         ...
 
+    def known_branch(self, name: str) -> RefInfo | None:
+        """Where a branch pointed when this store last read or wrote it, without reading
+        (``None`` if it holds nothing of it): a guess that a conditional write confirms."""
+        ...
+
     async def fetch_tag(self, name: str) -> SnapshotId:
         """Where a tag points (``RefNotFoundError`` if it does not exist or was deleted)."""
         ...
@@ -61,12 +67,19 @@ class RefStore(Protocol):
         ...
 
     async def update_branch(
-        self, name: str, new_id: SnapshotId, tip: RefInfo, snapshot: Snapshot | None
+        self,
+        name: str,
+        new_id: SnapshotId,
+        tip: RefInfo,
+        snapshot: Snapshot | None,
+        files: asyncio.Future[Any] | None = None,
     ) -> None:
         """Move branch ``name`` from ``tip`` to ``new_id`` in one conditional write:
         ``PreconditionFailed`` (or ``ConflictError``) if it moved meanwhile, another
         ``StorageError`` if the answer was lost. ``snapshot`` is the new commit's
-        snapshot (``None`` for a reset, which points at an existing one)."""
+        snapshot (``None`` for a reset, which points at an existing one). ``files``:
+        the writes of the new snapshot's files, under way; the ref moves only once they
+        are stored (their failure is raised as is, the ref untouched)."""
         ...
 
     async def delete_branch(self, name: str) -> None:
@@ -112,6 +125,9 @@ class FileRefStore:
             raise RefNotFoundError(f"branch {name!r} does not exist") from None
         return RefInfo(ref_format.decode_ref(data, key), info.version)
 
+    def known_branch(self, name: str) -> RefInfo | None:
+        return None  # each ref is its own small file: read when needed
+
     async def fetch_tag(self, name: str) -> SnapshotId:
         key = ref_format.tag_key(name)
         try:
@@ -151,8 +167,15 @@ class FileRefStore:
         )
 
     async def update_branch(
-        self, name: str, new_id: SnapshotId, tip: RefInfo, snapshot: Snapshot | None
+        self,
+        name: str,
+        new_id: SnapshotId,
+        tip: RefInfo,
+        snapshot: Snapshot | None,
+        files: asyncio.Future[Any] | None = None,
     ) -> None:
+        if files is not None:
+            await files
         await self.driver.put(
             ref_format.branch_key(name),
             ref_format.encode_ref(str(new_id)),

@@ -22,7 +22,8 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
 from aicechunk.config import DEFAULT_DECOMPRESSION_LIMITS, DecompressionLimits, RepoInfoUpdates
 from aicechunk.drivers.base import Driver
@@ -30,7 +31,6 @@ from aicechunk.errors import (
     AicechunkError,
     CommitOutcomeUnknownError,
     ConflictError,
-    FormatError,
     ObjectNotFound,
     PreconditionFailed,
     ReadOnlyRepositoryError,
@@ -49,6 +49,7 @@ from aicechunk.format.repo_info import (
     backup_name,
     decode_repo_info,
     encode_repo_info,
+    next_update_time,
     push_update,
 )
 from aicechunk.format.repo_info_segments import encode_repo_info_segmented
@@ -189,38 +190,61 @@ class RepoInfoStore:
         self._cached = info
 
     async def update(
-        self, change: Change, *, version_read: str | None = None, check_status: bool = True
+        self,
+        change: Change,
+        *,
+        version_read: str | None = None,
+        check_status: bool = True,
+        files: asyncio.Future[Any] | None = None,
     ) -> RepoInfo:
         """Apply ``change`` through the compare-and-swap of the repo info file (see the
         module's docstring); the repo info in effect afterwards.
 
-        ``version_read``: the version of the file the caller has just read (a commit's
-        branch tip). When that is the file this store holds, the first attempt applies
-        the change to it without reading it again; if the file has changed since, the
-        conditional write fails and the change is retried on the file as it is then.
+        ``version_read``: the version of the file the caller saw (a commit's branch tip,
+        maybe as this store last read or wrote it). When that is the file this store
+        holds, the first attempt applies the change to it without reading it again (as
+        Icechunk 2.x does, with its cache of the file). Only a write is decided on that
+        file: if it has changed since, the conditional write fails, and the change is
+        retried on the file as it is then; a change that is refused there, or finds
+        nothing to do, is tried on the file as stored. Other changes read it first.
 
         A repository whose status is not online takes no change (``ReadOnlyRepositoryError``,
         read in the same file the change would replace), as in Icechunk; only a change of
-        the status itself passes ``check_status=False``."""
+        the status itself passes ``check_status=False``.
+
+        ``files``: the writes of the files the change refers to (a commit's snapshot,
+        manifests and transaction log), under way; they are stored alongside the backup,
+        and the file is put only once both are (their failure is raised as is)."""
         maybe_landed = False
         sent: set[str] = set()  # the backup names of our writes that may have landed
         failure: PreconditionFailed | None = None
         delays = retry_delays(self.updates)
         attempt = 0
+        trust = True  # the file known here, for the first attempt
         while True:
             known = self._file
-            if attempt == 0 and known is not None and version_read and version_read == known[2]:
+            cached = attempt == 0 and trust and known is not None
+            if cached and known is not None and version_read == known[2]:
                 info, data, version = known
             else:
+                cached = False
                 info, data, version = await self.read()
             if maybe_landed and _logged(info, sent):
                 return info  # a write of ours whose answer was lost is in the file
-            if check_status and not info.status.is_online:
-                if maybe_landed and change(info, True) is None:
-                    return info  # ours landed before the status changed
-                raise self.read_only_error(info.status)
-            result = change(info, maybe_landed)
+            try:
+                if check_status and not info.status.is_online:
+                    if maybe_landed and change(info, True) is None:
+                        return info  # ours landed before the status changed
+                    raise self.read_only_error(info.status)
+                result = change(info, maybe_landed)
+            except AicechunkError:
+                if not cached:
+                    raise
+                result = None
             if result is None:
+                if cached:  # decided on the file known here: see it as stored first
+                    trust = False
+                    continue
                 return info
             if not version:  # S3 sends no If-Match for an empty one: the put would overwrite
                 raise StorageError(
@@ -230,12 +254,12 @@ class RepoInfoStore:
                     driver=self.driver.label,
                 )
             new, kind = result
-            at = max(datetime.now(UTC), _after(info.latest_updates[0].updated_at))
+            at = max(datetime.now(UTC), next_update_time(info.latest_updates[0].updated_at))
             name = backup_name(at, os.urandom(12))
             # the backup is written while the new file is encoded; the new file is put
             # only once the backup is stored (the spec's order)
             backup = asyncio.ensure_future(
-                self.driver.put(OVERWRITTEN_PREFIX + name, data, write_once=True)
+                self.driver.put_copy(OVERWRITTEN_PREFIX + name, data, REPO_INFO_KEY, version)
             )
             try:
                 log, before = push_update(info, kind, at, name, self.updates.per_file)
@@ -247,6 +271,8 @@ class RepoInfoStore:
                     await backup
                 raise
             await backup
+            if files is not None:
+                await files  # stored meanwhile; on a retry, long done
             try:
                 written = await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
             except PreconditionFailed as err:
@@ -329,6 +355,13 @@ class RepoInfoStore:
             raise RefNotFoundError(f"branch {name!r} does not exist")
         return RefInfo(found, version)
 
+    def known_branch(self, name: str) -> RefInfo | None:
+        if self._file is None:
+            return None
+        info, _, version = self._file
+        found = info.branches.get(name)
+        return None if found is None else RefInfo(found, version)
+
     async def fetch_tag(self, name: str) -> SnapshotId:
         info = await self.info()
         found = info.tags.get(name)
@@ -358,7 +391,12 @@ class RepoInfoStore:
         await self.update(change)
 
     async def update_branch(
-        self, name: str, new_id: SnapshotId, tip: RefInfo, snapshot: Snapshot | None
+        self,
+        name: str,
+        new_id: SnapshotId,
+        tip: RefInfo,
+        snapshot: Snapshot | None,
+        files: asyncio.Future[Any] | None = None,
     ) -> None:
         expected = tip.snapshot_id
 
@@ -380,7 +418,7 @@ class RepoInfoStore:
             new = replace(info, branches=branches, snapshots=listed)
             return new, ru.NewCommit(name, new_id)
 
-        await self.update(change, version_read=tip.version)
+        await self.update(change, version_read=tip.version, files=files)
 
     async def delete_branch(self, name: str) -> None:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:
@@ -463,18 +501,6 @@ async def encode_change(info: RepoInfo) -> bytes:
     items = sum(1 for s in info.snapshots if s._segment is None)
     items += sum(1 for u in info.latest_updates if u._segment is None)
     return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info_segmented, info)
-
-
-def _after(latest: datetime) -> datetime:
-    """The first time after the latest update's, which the next update must be dated."""
-    try:
-        return latest + timedelta(microseconds=1)
-    except OverflowError:
-        raise FormatError(
-            REPO_INFO_KEY,
-            f"the latest update is dated {latest.isoformat()}, the last time there is: "
-            "no later change can be logged",
-        ) from None
 
 
 def _logged(info: RepoInfo, sent: set[str]) -> bool:

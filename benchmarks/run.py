@@ -32,7 +32,8 @@ near it measures their CPU, not latency.
 Workloads: write, read, open (+ one chunk), refs (1M and 10M chunk references, each in a
 fresh process: bench_refs.py), forks
 (64 forks x 1,000 chunks merged and committed), virtual (1,000 virtual chunks on S3),
-oplog (v2: 100 branches with 2 commits each, then one more commit, open, ops log).
+oplog (v2: 100 branches with 2 commits each, then 10 commits on main (the median of
+them), open, ops log).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import zarr.api.asynchronous as zas
 import aicechunk as aic
 from aicechunk.drivers import MemoryDriver
 from aicechunk.drivers.base import Driver, ObjectInfo
-from aicechunk.format.repo_info import OVERWRITTEN_PREFIX, decode_repo_info
+from aicechunk.format.repo_info import OVERWRITTEN_PREFIX, REPO_INFO_KEY, decode_repo_info
 from aicechunk.testing import CountingDriver, FaultyDriver, InjectedFault
 from tests.conftest import s3_test_storage
 from tests.servers import create_gcs_bucket, next_bucket_name
@@ -44,29 +44,26 @@ from tests.test_reliability import (
 
 
 class InTheWindow(CountingDriver):
-    """Awaits ``hook`` once, right after the copy of the repo info file was written to
-    ``overwritten/`` and before ``repo`` is replaced: another writer, a cancellation or a
-    crash lands between the two writes."""
+    """Awaits ``hook`` once, after the copy of the repo info file was written to
+    ``overwritten/`` (with a commit's files, written beside it) and right before ``repo``
+    is replaced: another writer, a cancellation or a crash lands between the two writes."""
 
     def __init__(self, inner: Driver, hook: Callable[[], Awaitable[None]]) -> None:
         super().__init__(inner)
         self.hook: Callable[[], Awaitable[None]] | None = hook
-
-    async def _after(self, key: str) -> None:
-        if key.startswith(OVERWRITTEN_PREFIX) and self.hook is not None:
-            hook, self.hook = self.hook, None
-            await hook()
+        self.copied = False
 
     async def _put(
         self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
     ) -> ObjectInfo:
-        info = await super()._put(key, data, if_none_match=if_none_match, if_match=if_match)
-        await self._after(key)
-        return info
+        if key == REPO_INFO_KEY and self.copied and self.hook is not None:
+            hook, self.hook = self.hook, None
+            await hook()
+        return await super()._put(key, data, if_none_match=if_none_match, if_match=if_match)
 
     async def _put_once(self, key: str, data: bytes) -> ObjectInfo:
         info = await super()._put_once(key, data)
-        await self._after(key)
+        self.copied = self.copied or key.startswith(OVERWRITTEN_PREFIX)
         return info
 
 

@@ -1,7 +1,9 @@
 """The repo info store decodes a repo info file once: what it read or wrote last is not
 decoded again, and a file another writer changed is (the cache is keyed by the bytes). A
-commit's compare-and-swap starts from the file read for its branch tip, and a change made
-on a file that changed since is made again on the new one."""
+change starts from the file this store last read or wrote, without reading it (a commit:
+when the tip it holds is the session's), and a change made on a file that changed since is
+made again on the new one; one refused there, or found done, is tried on the file as
+stored."""
 
 from __future__ import annotations
 
@@ -82,8 +84,10 @@ async def test_another_writers_change_is_read(decodes: list[int]) -> None:
     assert [u.kind async for u in other.ops_log()] == [u.kind async for u in repo.ops_log()]
 
 
-async def test_a_commit_reads_the_file_once() -> None:
-    """The compare-and-swap of a commit starts from the file read for the branch tip."""
+async def test_a_commit_on_the_tip_last_seen_reads_nothing() -> None:
+    """The compare-and-swap of a commit starts from the file this process last saw when
+    it holds the session's tip: the conditional write confirms it; the files of the
+    commit are written before the repo info file, its backup beside them."""
     driver = CountingDriver(MemoryDriver())
     repo = await aic.Repository.create(aic.storage_from_driver(driver), spec_version=2)
     session = await repo.writable_session("main")
@@ -95,8 +99,76 @@ async def test_a_commit_reads_the_file_once() -> None:
     await arr.setitem(slice(0, 1), np.array([1], dtype="i4"))
     driver.calls.clear()
     await session.commit("one more")
-    assert driver.calls.count(("get", REPO_INFO_KEY)) == 1
-    assert driver.calls.count(("put", REPO_INFO_KEY)) == 1
+    assert driver.calls.count(("get", REPO_INFO_KEY)) == 0
+    assert [m for m, _ in driver.calls] == ["put"] * 5
+    assert driver.calls[-1] == ("put", REPO_INFO_KEY)
+    firsts = {key.partition("/")[0] for _, key in driver.calls[:-1]}
+    assert firsts == {"transactions", "manifests", "snapshots", "overwritten"}
+
+
+async def _two_writers() -> tuple[aic.Repository, aic.Repository, SnapshotId]:
+    """Two repository objects on one storage (two processes, as far as caching goes),
+    both having seen the file with an array on ``main``; and that commit."""
+    storage = aic.storage_from_driver(MemoryDriver())
+    ours = await aic.Repository.create(storage, spec_version=2)
+    session = await ours.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("x", shape=(4,), chunks=(1,), dtype="i4")
+    base = SnapshotId(await session.commit("array"))
+    theirs = await aic.Repository.open(storage)
+    assert await theirs.list_branches() == {"main"}
+    return ours, theirs, base
+
+
+async def test_a_commit_on_a_tip_moved_elsewhere_conflicts_or_rebases() -> None:
+    ours, theirs, _ = await _two_writers()
+    session = await ours.writable_session("main")
+    arr = await zas.open_array(store=session.store, path="x", mode="r+")
+    await arr.setitem(slice(1, 2), np.array([5], dtype="i4"))
+    moved = await _commit(theirs, "main", 7)  # our store still holds the file before it
+    with pytest.raises(aic.ConflictError):
+        await session.commit("ours")
+    assert await theirs.lookup_branch("main") == moved
+    rebased = await session.commit("ours", rebase_with=aic.ConflictDetector())
+    assert await theirs.lookup_branch("main") == rebased
+    values = await zas.open_array(store=(await theirs.readonly_session("main")).store, path="x")
+    assert (await values.getitem(slice(0, 2))).tolist() == [7, 5]
+
+
+async def test_a_commit_on_a_file_changed_elsewhere_lands_on_the_new_one() -> None:
+    ours, theirs, base = await _two_writers()
+    session = await ours.writable_session("main")
+    arr = await zas.open_array(store=session.store, path="x", mode="r+")
+    await arr.setitem(slice(1, 2), np.array([5], dtype="i4"))
+    await theirs.create_branch("theirs", base)  # another ref: no conflict
+    tip = await session.commit("ours")
+    assert await theirs.lookup_branch("main") == tip
+    assert await theirs.list_branches() == {"main", "theirs"}
+    kinds = [type(u.kind) async for u in theirs.ops_log()][:2]
+    assert kinds == [ru.NewCommit, ru.BranchCreated]
+
+
+async def test_a_commit_on_a_file_made_read_only_elsewhere_is_refused() -> None:
+    ours, theirs, base = await _two_writers()
+    session = await ours.writable_session("main")
+    arr = await zas.open_array(store=session.store, path="x", mode="r+")
+    await arr.setitem(slice(1, 2), np.array([5], dtype="i4"))
+    await theirs.set_status(aic.RepoStatus(aic.RepoAvailability.read_only))
+    with pytest.raises(aic.ReadOnlyRepositoryError):  # the file as stored is read-only
+        await session.commit("ours")
+    assert await theirs.lookup_branch("main") == base
+
+
+async def test_a_commit_refused_on_the_file_last_seen_is_tried_on_the_stored_one() -> None:
+    ours, theirs, _ = await _two_writers()
+    session = await ours.writable_session("main")
+    arr = await zas.open_array(store=session.store, path="x", mode="r+")
+    await arr.setitem(slice(1, 2), np.array([5], dtype="i4"))
+    # this process makes the repository read-only, another one puts it back online
+    await ours.set_status(aic.RepoStatus(aic.RepoAvailability.read_only))
+    await theirs.set_status(aic.RepoStatus(aic.RepoAvailability.online))
+    tip = await session.commit("ours")
+    assert await theirs.lookup_branch("main") == tip
 
 
 async def test_a_change_on_a_stale_file_is_retried_on_the_new_one() -> None:

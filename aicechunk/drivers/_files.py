@@ -91,8 +91,11 @@ class KeyLock:
         self._fd = -1
 
     def __enter__(self) -> KeyLock:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the first lock under its directory
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self

@@ -316,6 +316,16 @@ class Driver(abc.ABC):
             )
         return await self._put(key, bytes(data), if_none_match=if_none_match, if_match=if_match)
 
+    async def put_copy(self, key: str, data: bytes, source: str, version: str) -> ObjectInfo:
+        """Store ``data`` under ``key`` as ``put(key, data, write_once=True)`` does, where
+        ``data`` is what ``source`` holds at ``version`` (a backup of it): a driver may
+        copy that object instead of writing ``data`` when it can make sure the copy is
+        of that version (a local file is hard-linked, as Icechunk's local storage does)."""
+        validate_key(key, self.label)
+        validate_key(source, self.label)
+        self._check_writable(key)
+        return await self._put_copy(key, bytes(data), source, version)
+
     async def delete(self, key: str) -> None:
         """Delete the object; a missing object is not an error."""
         validate_key(key, self.label)
@@ -376,6 +386,10 @@ class Driver(abc.ABC):
     async def _put_once(self, key: str, data: bytes) -> ObjectInfo:
         """A ``write_once`` put; by default an ordinary atomic put."""
         return await self._put(key, data, if_none_match=False, if_match=None)
+
+    async def _put_copy(self, key: str, data: bytes, source: str, version: str) -> ObjectInfo:
+        """A ``put_copy``; by default a ``write_once`` put of ``data``."""
+        return await self._put_once(key, data)
 
     @abc.abstractmethod
     async def _delete(self, key: str) -> None: ...

@@ -15,6 +15,7 @@ import flatbuffers
 import numpy as np
 
 from aicechunk.errors import FormatError
+from aicechunk.format.fastbuilder import FastBuilder
 
 __all__ = ["FILE_IDENTIFIER", "Reader", "new_builder", "struct_vector"]
 
@@ -196,8 +197,9 @@ def guarded(name: str, fn: Callable[[], T]) -> T:
 
 
 def new_builder(size: int = 1024) -> flatbuffers.Builder:
-    """A flatbuffers builder."""
-    return flatbuffers.Builder(size)
+    """A flatbuffers builder: ``FastBuilder``, which writes the base builder's bytes in
+    fewer Python calls (a commit's snapshot took most of its encoding time in them)."""
+    return FastBuilder(size)
 
 
 def struct_vector(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import flatbuffers
@@ -58,6 +58,7 @@ __all__ = [
     "decode_config",
     "decode_repo_info",
     "encode_repo_info",
+    "next_update_time",
     "push_update",
 ]
 
@@ -96,6 +97,18 @@ def check_backup_name(name: str, file: str) -> str:
         shown = name if len(name) <= 80 else name[:80] + "..."
         raise FormatError(file, f"the backup name {shown!r} {problem}")
     return name
+
+
+def next_update_time(latest: datetime) -> datetime:
+    """The first time after the latest update's, which the next update must be dated."""
+    try:
+        return latest + timedelta(microseconds=1)
+    except OverflowError:
+        raise FormatError(
+            _NAME,
+            f"the latest update is dated {latest.isoformat()}, the last time there is: "
+            "no later change can be logged",
+        ) from None
 
 
 def push_update(

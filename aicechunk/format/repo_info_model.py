@@ -9,6 +9,7 @@ checked: a malformed entry is a ``FormatError`` then) when first used.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -97,6 +98,14 @@ class Lazy(Sequence[T]):
         return repr(self.decoded()) if self._done is not None else f"<{self._count} to decode>"
 
 
+class _Sorted(tuple):  # type: ignore[type-arg]
+    """Snapshot infos known to be sorted by id (``SnapshotId`` text sorts as its bytes)."""
+
+    __slots__ = ()
+
+
+_BY_ID = operator.attrgetter("id")
+
 #: a metadata mapping with the FlexBuffer of each of its values, by key
 Flex = tuple[Mapping[str, Any], tuple[tuple[str, bytes], ...]]
 
@@ -144,9 +153,10 @@ class RepoInfo:
     _ids: list[bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.snapshots, Lazy):  # a decoded list is sorted (or refused)
-            snapshots = tuple(sorted(self.snapshots, key=lambda s: s.id.bytes))
-            object.__setattr__(self, "snapshots", snapshots)
+        # a decoded list is sorted (or refused); one sorted here stays so through
+        # ``replace``, which every change makes twice
+        if not isinstance(self.snapshots, Lazy | _Sorted):
+            object.__setattr__(self, "snapshots", _Sorted(sorted(self.snapshots, key=_BY_ID)))
         if not isinstance(self.latest_updates, Lazy):
             object.__setattr__(self, "latest_updates", tuple(self.latest_updates))
         object.__setattr__(self, "deleted_tags", tuple(sorted(self.deleted_tags)))
@@ -157,6 +167,11 @@ class RepoInfo:
 
     def snapshot(self, snapshot_id: SnapshotId) -> SnapshotInfo | None:
         """The info of one snapshot (binary search by id), or ``None``."""
+        snapshots = self.snapshots
+        if isinstance(snapshots, _Sorted):  # ids sort as their text does: no list
+            i = bisect.bisect_left(snapshots, snapshot_id, key=_BY_ID)
+            found = snapshots[i] if i < len(snapshots) else None
+            return found if found is not None and found.id == snapshot_id else None
         ids = self._ids
         if ids is None:  # made on first use: a lazily decoded list is decoded then
             ids = [s.id.bytes for s in self.snapshots]

@@ -209,4 +209,6 @@ def encode_repo_info_segmented(info: RepoInfo) -> bytes:
     patched = patches >= 0
     words = np.frombuffer(body, dtype="<i4")
     words[(starts[patched] + patches[patched]) // 4] = np.asarray(values, dtype="<i4")
-    return encode_file(FileType.REPO_INFO, bytes(body), spec_version=2)
+    # zstd level 1: this file is rewritten by every change, and at level 1 it comes out
+    # about as small as at the usual 3 (its segments repeat), in two thirds of the time
+    return encode_file(FileType.REPO_INFO, bytes(body), level=1, spec_version=2)

@@ -69,6 +69,19 @@ class TransactionLog:
     def __post_init__(self) -> None:
         object.__setattr__(self, "moved_nodes", tuple(sorted(self.moved_nodes, key=move_order)))
 
+    def size(self) -> int:
+        """How many entries the log holds (node ids and chunk coordinates): the weight
+        of a cached log, and whether encoding it is worth a worker thread."""
+        return (
+            len(self.new_groups)
+            + len(self.new_arrays)
+            + len(self.deleted_groups)
+            + len(self.deleted_arrays)
+            + len(self.updated_groups)
+            + len(self.updated_arrays)
+            + sum(len(c) for c in self.updated_chunks.values())
+        )
+
 
 def merge_transaction_logs(log_id: SnapshotId, logs: Sequence[TransactionLog]) -> TransactionLog:
     """One log of the changes of several (an amend's: the replaced commit's, then its

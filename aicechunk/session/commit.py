@@ -1,7 +1,8 @@
 """Commit and rebase: a flush, then one compare-and-swap of the branch.
 
-A commit checks the branch tip first (a commit that already lost writes nothing), flushes
-the changes, and moves the branch with ``AssetManager.move_branch``. When the answer to
+A commit checks the branch tip first (a commit that already lost writes nothing; on spec
+v2, the tip this process last saw, which the conditional update confirms), flushes the
+changes, and moves the branch with ``AssetManager.move_branch``. When the answer to
 that move is lost, the outcome is settled by reading the branch back; a rebase replays
 the changes on each snapshot committed meanwhile, through a conflict solver.
 """
@@ -18,6 +19,8 @@ from aicechunk.changes.conflicts import ConflictSolver, rebase_changes
 from aicechunk.errors import CommitOutcomeUnknownError, ConflictError, SessionStateError
 from aicechunk.format.ids import SnapshotId
 from aicechunk.format.metadata import check_commit_properties
+from aicechunk.format.snapshot import Snapshot
+from aicechunk.refstore import RefInfo
 from aicechunk.session.flush import Flush
 from aicechunk.session.reads import base_snapshot, list_nodes
 from aicechunk.session.rearrange import check_move_flag
@@ -66,17 +69,28 @@ async def commit(
         await check_move_flag(state.assets, "commit rearrange session")
     tries = 0
     while True:
-        # the tip first, as icechunk does: a commit that already lost writes nothing
-        tip = await state.assets.fetch_branch(branch)
+        # the tip first: a commit that already lost writes nothing. The tip this process
+        # last saw is enough when it is the session's (the repo info file of spec v2):
+        # the branch's conditional update tells if it moved since (Icechunk 2.x reads
+        # nothing before writing the files)
+        tip = state.assets.refs.known_branch(branch) if tries == 0 else None
+        if tip is None or tip.snapshot_id != state.snapshot_id:
+            tip = await state.assets.fetch_branch(branch)
         error: BaseException | None
         if tip.snapshot_id != state.snapshot_id:
             error = ConflictError(branch, str(state.snapshot_id), str(tip.snapshot_id))
         else:
             base = await base_snapshot(state)
-            snapshot = await Flush(state, base, await list_nodes(state)).run(message, metadata)
+            flushing = Flush(state, base, await list_nodes(state))
+            snapshot = await flushing.prepare(message, metadata)
+            # the files are stored while the branch's update gets ready (for a spec v2
+            # repository: alongside the repo info file's backup); the ref moves after
+            files = flushing.write()
             move, cancelled = await finish_despite_cancellation(
-                state.assets.move_branch(branch, snapshot.id, tip, snapshot)
+                _moved(state, branch, snapshot, tip, files), abandon_while=files
             )
+            if move.cancelled() and files.cancelled():
+                raise asyncio.CancelledError  # before the ref's write: nothing happened
             error = None if move.cancelled() else move.exception()
             if move.cancelled() or isinstance(error, CommitOutcomeUnknownError):
                 state.unsettled = snapshot.id
@@ -181,9 +195,33 @@ async def rebase(state: SessionState, solver: ConflictSolver) -> None:
     state.forget_read_ahead()
 
 
-async def finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[T], bool]:
+async def _moved(
+    state: SessionState,
+    branch: str,
+    snapshot: Snapshot,
+    tip: RefInfo,
+    files: asyncio.Future[Any],
+) -> None:
+    """Move ``branch`` to ``snapshot`` once its ``files`` are stored; whatever the outcome,
+    the file writes have ended when this returns (a commit that fails leaves no write
+    running)."""
+    try:
+        await state.assets.move_branch(branch, snapshot.id, tip, snapshot, files)
+    finally:
+        if not files.done():
+            await asyncio.wait((files,))
+        if not files.cancelled():
+            files.exception()  # retrieved: raised by the move, or of no interest now
+
+
+async def finish_despite_cancellation(
+    aw: Awaitable[T], abandon_while: asyncio.Future[Any] | None = None
+) -> tuple[asyncio.Future[T], bool]:
     """Run ``aw`` to its end even if the calling task is cancelled meanwhile (its outcome
-    must be known); return it, finished, and whether a cancellation was held back."""
+    must be known); return it, finished, and whether a cancellation was held back.
+    ``abandon_while``: work that ``aw`` waits for before it writes anything a reader
+    could see (a commit's files); a cancellation arriving before it is done cancels it
+    and ``aw`` instead of waiting."""
     task = asyncio.ensure_future(aw)
     cancelled = False
     while not task.done():
@@ -191,4 +229,7 @@ async def finish_despite_cancellation(aw: Awaitable[T]) -> tuple[asyncio.Future[
             await asyncio.wait((task,))
         except asyncio.CancelledError:
             cancelled = True
+            if abandon_while is not None and not abandon_while.done():
+                abandon_while.cancel()
+                task.cancel()
     return task, cancelled

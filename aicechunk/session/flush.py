@@ -10,7 +10,6 @@ snapshot's parent is the replaced commit's parent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -33,8 +32,13 @@ from aicechunk.format.snapshot import (
     ManifestRef,
     NodeSnapshot,
     Snapshot,
+    encode_snapshot,
 )
-from aicechunk.format.transaction_log import TransactionLog, merge_transaction_logs
+from aicechunk.format.transaction_log import (
+    TransactionLog,
+    encode_transaction_log,
+    merge_transaction_logs,
+)
 from aicechunk.offload import ENCODE_ITEMS_OFF_LOOP, LOG_ROWS_OFF_LOOP, off_loop
 from aicechunk.session.reads import NodeView, base_refs, grids, logged_chunk_changes
 from aicechunk.session.state import SessionState
@@ -63,38 +67,50 @@ class Flush:
         self.views = views
         self.grids = grids(views)
         self.new_files: list[tuple[ManifestFileInfo, bytes]] = []
+        # the new snapshot and its transaction log, with their bytes (``prepare``)
+        self.encoded: tuple[Snapshot, bytes, TransactionLog, bytes] | None = None
 
     async def run(self, message: str, metadata: Mapping[str, Any]) -> Snapshot:
-        """Write manifests, transaction log and snapshot; the snapshot last."""
+        """Write manifests, transaction log and snapshot (``prepare``, then ``write``)."""
+        snapshot = await self.prepare(message, metadata)
+        await self.write()
+        return snapshot
+
+    async def prepare(self, message: str, metadata: Mapping[str, Any]) -> Snapshot:
+        """Make the new snapshot and encode every file of it, writing nothing (reading
+        the base manifests of changed arrays): ``write`` then stores them all at once."""
         snapshot_id = SnapshotId.random()
         # listing (and, for merged forks, combining) many chunk changes: off the loop
         rows = self.changes.chunk_change_rows()
         log = await off_loop(rows >= LOG_ROWS_OFF_LOOP, self.transaction_log, snapshot_id)
-        # the transaction log does not depend on the manifests: write it meanwhile
-        log_written = asyncio.ensure_future(self.assets.write_transaction_log(log))
-        try:
-            nodes = [await self.node(view) for view in self.views]
-            await asyncio.gather(
-                *(self.assets.write_manifest_bytes(i.id, data) for i, data in self.new_files)
-            )
-            snapshot = Snapshot(
-                id=snapshot_id,
-                parent_id=self.state.snapshot_id if self.amending is None else self.amending[1],
-                flushed_at=datetime.now(UTC),
-                message=message,
-                metadata=dict(metadata),
-                nodes=tuple(nodes),
-                manifest_files=self.manifest_files(nodes),
-                spec_version=self.version,
-            )
-            await log_written
-        except BaseException:
-            log_written.cancel()
-            with contextlib.suppress(BaseException):
-                await log_written
-            raise
-        await self.assets.write_snapshot(snapshot)
+        log_bytes = await off_loop(log.size() >= ENCODE_ITEMS_OFF_LOOP, encode_transaction_log, log)
+        nodes = [await self.node(view) for view in self.views]
+        snapshot = Snapshot(
+            id=snapshot_id,
+            parent_id=self.state.snapshot_id if self.amending is None else self.amending[1],
+            flushed_at=datetime.now(UTC),
+            message=message,
+            metadata=dict(metadata),
+            nodes=tuple(nodes),
+            manifest_files=self.manifest_files(nodes),
+            spec_version=self.version,
+        )
+        big = len(snapshot.nodes) >= ENCODE_ITEMS_OFF_LOOP
+        self.encoded = (snapshot, await off_loop(big, encode_snapshot, snapshot), log, log_bytes)
         return snapshot
+
+    def write(self) -> asyncio.Future[list[None]]:
+        """Start storing what ``prepare`` encoded, every file at once (one hand-off to a
+        local driver's thread, or concurrent requests), since none is visible before a
+        ref points at the snapshot: the writes are under way when this returns; the
+        future it returns is done when all are stored, or with the first failure."""
+        assert self.encoded is not None, "prepare first"
+        snapshot, snapshot_bytes, log, log_bytes = self.encoded
+        return asyncio.gather(
+            self.assets.write_transaction_log(log, log_bytes),
+            *(self.assets.write_manifest_bytes(i.id, data) for i, data in self.new_files),
+            self.assets.write_snapshot(snapshot, data=snapshot_bytes),
+        )
 
     def transaction_log(self, snapshot_id: SnapshotId) -> TransactionLog:
         """The log of the pending changes (with the replaced commit's, for an amend)."""

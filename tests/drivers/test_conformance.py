@@ -229,6 +229,32 @@ async def test_write_once(dut: DriverUnderTest) -> None:
         assert not [p for p in (dut.root / ".aicechunk").rglob("*") if p.is_file()]
 
 
+async def test_put_copy_stores_the_version_read(dut: DriverUnderTest) -> None:
+    """A backup (``put_copy``) holds the bytes of the version read, also when the source
+    was replaced meanwhile or is gone, and the source is left as it is."""
+    writable(dut)
+    first = await dut.driver.put("repo", b"first")
+    info = await dut.driver.put_copy("overwritten/a", b"first", "repo", first.version)
+    assert info.key == "overwritten/a" and info.size == 5
+    assert info.version == (await dut.driver.head("overwritten/a")).version
+    await dut.driver.put("repo", b"second!", if_match=first.version)
+    # read as ``first``, replaced since: the bytes given are stored, not the source's
+    await dut.driver.put_copy("overwritten/b", b"first", "repo", first.version)
+    await dut.driver.put_copy("overwritten/c", b"gone", "absent", "no-version")
+    assert await dut.driver.get("overwritten/a") == b"first"
+    assert await dut.driver.get("overwritten/b") == b"first"
+    assert await dut.driver.get("overwritten/c") == b"gone"
+    assert await dut.driver.get("repo") == b"second!"
+    # replacing the source leaves its copies as they were
+    now = await dut.driver.head("repo")
+    await dut.driver.put_copy("overwritten/d", b"second!", "repo", now.version)
+    await dut.driver.put("repo", b"third", if_match=now.version)
+    assert await dut.driver.get("overwritten/d") == b"second!"
+    assert await dut.driver.get("repo") == b"third"
+    if dut.root is not None:  # nothing staged is left behind
+        assert not [p for p in (dut.root / ".aicechunk" / "tmp").glob("*")]
+
+
 async def test_large_objects_whole_and_in_ranges(dut: DriverUnderTest) -> None:
     big = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: past the local small-op size
     await dut.seed("big/object", big)
