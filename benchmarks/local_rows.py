@@ -21,8 +21,10 @@ libraries run in this process, icechunk's Rust threads included). On a shared ma
 is far steadier than wall time, which the scheduler shares out per runnable thread; and,
 on Linux, ``waited_seconds``: how long this process's threads stood ready to run while
 other processes held the cores (run-queue delay from ``/proc/self/task/*/schedstat``;
-threads that ended meanwhile are not counted). Near zero on a quiet machine: a row whose
-waits are a good part of its wall time measured the machine's load, not the library.
+threads that ended meanwhile are not counted), summed over threads. Near zero for our
+process on a quiet machine: a row whose waits are a good part of its wall time measured
+the machine's load, not the library. icechunk's sum is large even when quiet: its Tokio
+runtime runs more threads than there are cores, which wait on each other.
 """
 
 from __future__ import annotations
@@ -67,15 +69,22 @@ def cpu_seconds() -> float:
     return used.ru_utime + used.ru_stime
 
 
-def waited_seconds() -> float:
-    """Run-queue delay of this process's live threads so far (Linux; else 0)."""
-    total = 0
+def waits() -> dict[str, int]:
+    """Run-queue delay (ns) so far of each live thread of this process (Linux; else none)."""
+    found: dict[str, int] = {}
     for stats in Path("/proc/self/task").glob("*/schedstat"):
         try:
-            total += int(stats.read_text().split()[1])
+            found[stats.parent.name] = int(stats.read_text().split()[1])
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended while we looked
-    return total / 1e9
+    return found
+
+
+def waited_since(before: dict[str, int]) -> float:
+    """Seconds the threads alive now waited since ``before``: a thread that ended
+    meanwhile is not counted, one that started counts from its start (a plain difference
+    of sums went negative when threads of the start ended)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in waits().items()) / 1e9
 
 
 def settle(kind: str) -> None:
@@ -90,11 +99,11 @@ async def measured(kind: str, work: Awaitable[Any]) -> Any:
     the CPU time it took added as ``cpu_seconds`` and the run-queue delay of this
     process's threads as ``waited_seconds``."""
     settle(kind)
-    start, waited = cpu_seconds(), waited_seconds()
+    start, waited = cpu_seconds(), waits()
     found = await work
     row = found[-1] if isinstance(found, tuple) else found
     row["cpu_seconds"] = cpu_seconds() - start
-    row["waited_seconds"] = waited_seconds() - waited
+    row["waited_seconds"] = waited_since(waited)
     return found
 
 
