@@ -460,14 +460,20 @@ def _certificate(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_https_verifies_the_server_certificate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _tls_server_context(tmp_path: Path) -> tuple[Path, object]:
+    """A self-signed certificate for 127.0.0.1 and a server context presenting it."""
     import ssl
 
     cert, key = _certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    return cert, context
+
+
+async def test_https_verifies_the_server_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, context = _tls_server_context(tmp_path)
     async with server(replying(answer(b"secret")), ssl=context) as (port, _):
         origin = Origin("https", "127.0.0.1", port)
         with pytest.raises(WireError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -544,11 +550,7 @@ async def test_the_driver_reads_through_a_server_that_drops_kept_connections() -
 async def test_the_driver_trusts_aws_ca_bundle_as_botocore_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ssl
-
-    cert, key = _certificate(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    cert, context = _tls_server_context(tmp_path)
     monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
     async with server(replying(answer(b"secret", extra='etag: "e"\r\n')), ssl=context) as (
         port,
