@@ -390,10 +390,10 @@ CALLS: list[float] = []
 
 
 def moto_keys() -> aic.ExpiringS3Credentials:
-    """A ``get_credentials`` for moto (any keys work): short-lived, counted."""
+    """A ``get_credentials`` for moto (any keys work): short-lived (8 s), counted."""
     CALLS.append(time.monotonic())
     return aic.ExpiringS3Credentials(
-        "testing", "testing", None, datetime.now(UTC) + timedelta(seconds=4)
+        "testing", "testing", None, datetime.now(UTC) + timedelta(seconds=8)
     )
 
 
@@ -413,7 +413,10 @@ def _refreshable_storage(endpoint: str, bucket: str, **extra: Any) -> aic.Storag
 async def test_refreshable_credentials_for_the_repository_storage(
     s3_endpoint: str, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(_refresh, "REFRESH_BEFORE", timedelta(seconds=2.5))
+    # keys for 8 s, due for a refresh 4 s before expiry: making the repository may take
+    # up to 4 s before a refresh is due (the old 4 s keys and 2.5 s window left 1.5 s,
+    # which a loaded machine overran once)
+    monkeypatch.setattr(_refresh, "REFRESH_BEFORE", timedelta(seconds=4))
     bucket = next_bucket_name()
     create_s3_bucket(s3_endpoint, bucket)
     CALLS.clear()
@@ -421,8 +424,10 @@ async def test_refreshable_credentials_for_the_repository_storage(
     assert not CALLS  # called where the storage is used, not where it is made
     repo = await aic.Repository.create(storage)
     assert len(CALLS) == 1
-    await asyncio.sleep(1.6)  # within REFRESH_BEFORE of expiry: the next request refreshes
-    await repo.lookup_branch("main")
+    made = CALLS[0]
+    assert time.monotonic() - made < 4  # nothing was due yet
+    await asyncio.sleep(4.2 - (time.monotonic() - made))  # within 4 s of expiry now
+    await repo.lookup_branch("main")  # the next request refreshes
     assert len(CALLS) == 2
     # the callable travels: a pickled storage (another process, another loop) calls it
     clone = pickle.loads(pickle.dumps(storage))
