@@ -86,7 +86,7 @@ class KeyLock:
     on it would let two holders in.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path) -> None:
         self._path = path
         self._fd = -1
 
@@ -94,7 +94,7 @@ class KeyLock:
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:  # the first lock under its directory
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             fcntl.flock(self._fd, fcntl.LOCK_EX)

@@ -12,11 +12,11 @@ files). Keys under ``.aicechunk/`` are refused, and listing never shows them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +118,9 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
     def _start(self, settings: LocalSettings) -> None:
         super()._start(settings)
         self.root = Path(settings.root)
+        # the bookkeeping directories, as strings: built for every write otherwise
+        self._tmp_dir = os.path.join(settings.root, _RESERVED, "tmp")
+        self._locks_dir = os.path.join(settings.root, _RESERVED, "locks")
         self._confinement = (
             Confinement(self.root, settings.excluded, self.label) if settings.confine else None
         )
@@ -170,9 +173,9 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
         status; the caller closes it."""
         return open_object(key, self._named(key), self._confinement, self.label)
 
-    def _lock_path(self, key: str) -> Path:
+    def _lock_path(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
-        return self.root / _RESERVED / "locks" / digest[:2] / digest
+        return f"{self._locks_dir}/{digest[:2]}/{digest}"
 
     def _wrap_os_error(self, err: OSError, key: str, action: str) -> StorageError:
         return os_error(err, key, action, self.label)
@@ -288,13 +291,14 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
 
     # -- writes -----------------------------------------------------------------------
 
-    def _write_temp(self, data: bytes) -> Path:
-        tmp_dir = self.root / _RESERVED / "tmp"
-        tmp = tmp_dir / uuid.uuid4().hex
+    def _write_temp(self, data: bytes) -> str:
+        """A new file under ``.aicechunk/tmp`` holding ``data``: its path."""
+        tmp_dir = self._tmp_dir
+        tmp = f"{tmp_dir}/{os.urandom(16).hex()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:
-            tmp_dir.mkdir(parents=True, exist_ok=True)
+            os.makedirs(tmp_dir, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
@@ -308,7 +312,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
         return tmp
 
     @staticmethod
-    def _stamp(tmp: Path, previous: os.stat_result | None) -> None:
+    def _stamp(tmp: str, previous: os.stat_result | None) -> None:
         # A fresh high-resolution mtime, strictly after the replaced file's: the version
         # token of a new content never equals an older token of the same key.
         now = time.time_ns()
@@ -316,7 +320,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             now = previous.st_mtime_ns + 1
         os.utime(tmp, ns=(now, now))
 
-    def _install(self, tmp: Path, path: Path) -> os.stat_result:
+    def _install(self, tmp: str, path: Path) -> os.stat_result:
         try:
             os.replace(tmp, path)
         except FileNotFoundError:
@@ -324,7 +328,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             os.replace(tmp, path)
         if self.settings.fsync:
             self._fsync_dir(path.parent)
-        return path.stat()
+        return os.stat(path)
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:
@@ -342,14 +346,17 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
         conditional = if_none_match or if_match is not None
         try:
             tmp = self._write_temp(data)
+            installed = False
             try:
-                if not conditional and not lock_path.exists():
+                if not conditional and not os.path.exists(lock_path):
                     # a key never written conditionally (chunks, snapshots, manifests):
                     # no lock, and the file's own mtime is a fine version token
-                    return object_info(key, self._install(tmp, path))
+                    st = self._install(tmp, path)
+                    installed = True
+                    return object_info(key, st)
                 with KeyLock(lock_path):
                     try:
-                        current: os.stat_result | None = path.stat()
+                        current: os.stat_result | None = os.stat(path)
                     except (FileNotFoundError, NotADirectoryError):
                         current = None
                     if if_none_match and current is not None:
@@ -363,10 +370,13 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
                                 f"version is {actual}, not {if_match}", key=key, driver=self.label
                             )
                     self._stamp(tmp, current)
-                    return object_info(key, self._install(tmp, path))
+                    st = self._install(tmp, path)
+                    installed = True
+                    return object_info(key, st)
             finally:
-                if tmp.exists():
-                    tmp.unlink()
+                if not installed:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
         except OSError as err:
             raise self._write_error(err, key) from err
 
@@ -454,7 +464,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             path = self._path(key)
             lock_path = self._lock_path(key)
             try:
-                if lock_path.exists():
+                if os.path.exists(lock_path):
                     with KeyLock(lock_path):
                         path.unlink(missing_ok=True)
                 else:
