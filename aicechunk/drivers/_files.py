@@ -26,6 +26,7 @@ __all__ = [
     "Confinement",
     "KeyLock",
     "LargeRead",
+    "LockBusy",
     "object_info",
     "open_object",
     "os_error",
@@ -78,16 +79,23 @@ def os_error(err: OSError, key: str, action: str, driver: str) -> StorageError:
     return StorageError(f"{action} failed: {err.strerror or err}", key=key, driver=driver)
 
 
+class LockBusy(Exception):
+    """A ``KeyLock`` that was not to wait found the key locked (the caller waits for it
+    elsewhere: a thread that other operations queue behind must not)."""
+
+
 class KeyLock:
-    """An exclusive, cross-process lock for one key (flock on a lock file).
+    """An exclusive, cross-process lock for one key (flock on a lock file);
+    ``wait=False``: ``LockBusy`` at once when another holder has it.
 
     The kernel drops an flock when its holder dies, so a killed writer never leaves a
     key locked. Lock files are never deleted: deleting one while another process waits
     on it would let two holders in.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, wait: bool = True) -> None:
         self._path = path
+        self._wait = wait
         self._fd = -1
 
     def __enter__(self) -> KeyLock:
@@ -97,7 +105,13 @@ class KeyLock:
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                how = fcntl.LOCK_EX if self._wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+                fcntl.flock(self._fd, how)
+            except BlockingIOError:
+                os.close(self._fd)
+                self._fd = -1
+                raise LockBusy(self._path) from None
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,6 +5,7 @@ large objects still read whole off the small-op thread."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import multiprocessing
 import os
 import threading
@@ -72,3 +73,29 @@ async def test_a_forked_child_reads_with_threads_of_its_own(tmp_path: Path) -> N
         if child.is_alive():  # pragma: no cover - the failure this test catches
             child.kill()
     assert child.exitcode == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fcntl") is None, reason="POSIX flock")
+async def test_a_conditional_write_waits_for_a_held_key_lock_off_the_small_op_thread(
+    tmp_path: Path,
+) -> None:
+    fcntl = importlib.import_module("fcntl")
+    driver = LocalDriver(tmp_path)
+    first = await driver.put("ref", b"a", if_none_match=True)
+    await driver.put("other", b"o")
+    # another holder of the key's lock (flock is per open file: as another process)
+    fd = os.open(driver._lock_path("ref"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        write = asyncio.ensure_future(driver.put("ref", b"b", if_match=first.version))
+        await asyncio.sleep(0.2)
+        assert not write.done()  # it waits for the lock...
+        # ...and the loop's small operations do not queue behind it
+        assert await asyncio.wait_for(driver.get("other"), 5) == b"o"
+        assert await asyncio.wait_for(driver.put("more", b"m"), 5)
+    finally:
+        os.close(fd)  # releases the lock
+    written = await asyncio.wait_for(write, 5)
+    assert await driver.get("ref") == b"b"
+    assert written.version != first.version
+    assert os.listdir(tmp_path / ".aicechunk" / "tmp") == []  # the first try's file is gone
