@@ -54,7 +54,7 @@ from aicechunk.format.repo_info import (
 )
 from aicechunk.format.repo_info_segments import encode_repo_info_segmented
 from aicechunk.format.snapshot import Snapshot
-from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
+from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop, start_now
 from aicechunk.refstore import RefInfo
 
 __all__ = ["IMMEDIATE_RETRIES", "RepoInfoStore", "initial_repo_info", "retry_delays"]
@@ -256,9 +256,10 @@ class RepoInfoStore:
             new, kind = result
             at = max(datetime.now(UTC), next_update_time(info.latest_updates[0].updated_at))
             name = backup_name(at, os.urandom(12))
-            # the backup is written while the new file is encoded; the new file is put
-            # only once the backup is stored (the spec's order)
-            backup = asyncio.ensure_future(
+            # the backup is handed over now, with the commit's files, and written while
+            # the new file is encoded; the new file is put only once the backup is stored
+            # (the spec's order)
+            backup = start_now(
                 self.driver.put_copy(OVERWRITTEN_PREFIX + name, data, REPO_INFO_KEY, version)
             )
             try:
