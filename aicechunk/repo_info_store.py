@@ -256,9 +256,8 @@ class RepoInfoStore:
             new, kind = result
             at = max(datetime.now(UTC), next_update_time(info.latest_updates[0].updated_at))
             name = backup_name(at, os.urandom(12))
-            # the backup is handed over now, with the commit's files, and written while
-            # the new file is encoded; the new file is put only once the backup is stored
-            # (the spec's order)
+            # the backup is handed over now (with a commit's files) and written while the
+            # new file is encoded, which is put once the backup is stored (the spec's order)
             backup = start_now(
                 self.driver.put_copy(OVERWRITTEN_PREFIX + name, data, REPO_INFO_KEY, version)
             )

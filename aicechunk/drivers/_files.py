@@ -26,7 +26,6 @@ __all__ = [
     "Confinement",
     "KeyLock",
     "LargeRead",
-    "LockBusy",
     "object_info",
     "open_object",
     "os_error",
@@ -79,14 +78,9 @@ def os_error(err: OSError, key: str, action: str, driver: str) -> StorageError:
     return StorageError(f"{action} failed: {err.strerror or err}", key=key, driver=driver)
 
 
-class LockBusy(Exception):
-    """A ``KeyLock`` that was not to wait found the key locked (the caller waits for it
-    elsewhere: a thread that other operations queue behind must not)."""
-
-
 class KeyLock:
     """An exclusive, cross-process lock for one key (flock on a lock file);
-    ``wait=False``: ``LockBusy`` at once when another holder has it.
+    ``wait=False``: ``BlockingIOError`` at once when another holder has it.
 
     The kernel drops an flock when its holder dies, so a killed writer never leaves a
     key locked. Lock files are never deleted: deleting one while another process waits
@@ -111,7 +105,7 @@ class KeyLock:
             except BlockingIOError:
                 os.close(self._fd)
                 self._fd = -1
-                raise LockBusy(self._path) from None
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,6 @@ from aicechunk.drivers._files import (
     Confinement,
     KeyLock,
     LargeRead,
-    LockBusy,
     object_info,
     open_object,
     os_error,
@@ -341,7 +340,9 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
 
     def _put_sync(
         self, key: str, data: bytes, if_none_match: bool, if_match: str | None, wait: bool = True
-    ) -> ObjectInfo:
+    ) -> ObjectInfo | None:
+        """Write ``key``; ``None`` (nothing written) if ``wait`` is false and another
+        holder has the key's lock."""
         path = self._path(key)
         lock_path = self._lock_path(key)
         conditional = if_none_match or if_match is not None
@@ -378,23 +379,25 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
                 if not installed:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
+        except BlockingIOError:  # only the lock's, taken without waiting
+            return None
         except OSError as err:
             raise self._write_error(err, key) from err
 
     async def _put(
         self, key: str, data: bytes, *, if_none_match: bool, if_match: str | None
     ) -> ObjectInfo:
-        if len(data) > _SMALL:
-            return await self._workers.run(self._put_sync, key, data, if_none_match, if_match)
+        args = (key, data, if_none_match, if_match)
         # small writes on the small-op thread (a third of the pool's round trip); a
         # conditional one there only if its key lock is free at once: a thread that other
         # operations queue behind never waits on another process's lock
-        try:
-            return await self._workers.run_small(
-                self._put_sync, key, data, if_none_match, if_match, False
-            )
-        except LockBusy:
-            return await self._workers.run(self._put_sync, key, data, if_none_match, if_match)
+        written = None
+        if len(data) <= _SMALL:
+            written = await self._workers.run_small(self._put_sync, *args, False)
+        if written is None:
+            written = await self._workers.run(self._put_sync, *args)
+        assert written is not None  # it waited for the lock
+        return written
 
     def _write_error(self, err: OSError, key: str) -> StorageError:
         if err.errno == errno.ENOTDIR or isinstance(err, IsADirectoryError):
@@ -418,7 +421,9 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, flags, 0o644)
         except FileExistsError:  # a retried write: replace it the careful way
-            return self._put_sync(key, data, False, None)
+            written = self._put_sync(key, data, False, None)
+            assert written is not None  # it waits for a lock
+            return written
         except OSError as err:
             raise self._write_error(err, key) from err
         try:
