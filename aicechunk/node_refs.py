@@ -27,9 +27,7 @@ class NodeRefs:
     entry never changes after it is put."""
 
     def __init__(self, capacity: int = MAX_KEPT_REFS) -> None:
-        self._kept: LRU[tuple[ManifestId, NodeId], dict[Coords, ChunkRef]] = LRU(
-            capacity, len
-        )
+        self._kept: LRU[tuple[ManifestId, NodeId], dict[Coords, ChunkRef]] = LRU(capacity, len)
 
     def get(self, manifest_id: ManifestId, node_id: NodeId) -> dict[Coords, ChunkRef] | None:
         """A copy of the references ``node_id`` has in ``manifest_id``, if kept."""
