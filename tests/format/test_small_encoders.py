@@ -1,4 +1,5 @@
-"""The few-references manifest encoder writes the general (numpy) encoder's bytes."""
+"""The encoders of small manifests and transaction logs write the general (numpy,
+streamed) encoders' bytes."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import random
 
 import pytest
 
-from aicechunk.format import Coords
-from aicechunk.format.ids import ChunkId, ManifestId, NodeId
+from aicechunk.format import Coords, transaction_log
+from aicechunk.format.ids import ChunkId, ManifestId, NodeId, SnapshotId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef, decode_manifest
 from aicechunk.format.manifest_encode import encode_array_manifest, encode_manifest
 from aicechunk.format.manifest_small import SMALL_MANIFEST, small_array_manifest
+from aicechunk.format.transaction_log import (
+    MoveOperation,
+    TransactionLog,
+    decode_transaction_log,
+    encode_transaction_log,
+)
 
 
 def _refs(rng: random.Random, n: int, ndim: int, kinds: str) -> dict[Coords, ChunkRef]:
@@ -66,3 +73,37 @@ def test_the_small_encoder_leaves_the_rest_to_the_general_one() -> None:
     data, extents = encode_array_manifest(mid, nid, too_many, 2)
     assert data == _general(mid, nid, too_many, 2)
     assert extents == ((0, SMALL_MANIFEST + 1),)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_small_transaction_log_has_the_streamed_logs_bytes(
+    version: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(version)
+    logs = []
+    for k in range(200):
+        nid = NodeId.random()
+        ndim = rng.choice((1, 2, 3))
+        n = rng.choice((1, 2, 5, 64, 65, 300))
+        chunks = {nid: [tuple(rng.randrange(40) for _ in range(ndim)) for _ in range(n)]}
+        if k % 4 == 0:
+            chunks[NodeId.random()] = [(3,), (1,), (3,)]
+        moves = (MoveOperation("/a", "/b", nid, True),) if version == 2 and k % 5 == 0 else ()
+        logs.append(
+            TransactionLog(
+                SnapshotId.random(),
+                new_groups=tuple(NodeId.random() for _ in range(k % 3)),
+                updated_arrays=(nid,),
+                updated_chunks=chunks,
+                moved_nodes=moves,
+                spec_version=version,
+            )
+        )
+    small = [encode_transaction_log(log) for log in logs]
+    # the streamed layout (Segmented, numpy, compress_parts) for every log
+    monkeypatch.setattr(transaction_log, "SMALL_LOG", -1)
+    monkeypatch.setattr(transaction_log, "_SMALL_SORT", 0)
+    assert small == [encode_transaction_log(log) for log in logs]
+    for log, data in zip(logs, small, strict=True):
+        chunks = decode_transaction_log(data).updated_chunks
+        assert chunks == {k: tuple(sorted(set(v))) for k, v in log.updated_chunks.items()}
