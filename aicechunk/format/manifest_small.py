@@ -23,7 +23,7 @@ from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef
 __all__ = ["SMALL_MANIFEST", "compress_manifest", "manifest_head", "small_array_manifest"]
 
 #: arrays with at most this many references are encoded here (numpy pays beyond it)
-SMALL_MANIFEST = 48
+SMALL_MANIFEST = 64
 
 # the tables of a native and an inline reference: size and field offsets
 NATIVE_TABLE, NATIVE_SLOTS = 36, (4, 0, 8, 16, 24)  # index, -, offset, length, chunk_id
