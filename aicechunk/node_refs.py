@@ -17,8 +17,9 @@ from aicechunk.lru import LRU
 
 __all__ = ["MAX_KEPT_REFS", "NodeRefs"]
 
-#: references kept at most, over all entries (a few tens of MiB of objects)
-MAX_KEPT_REFS = 1 << 18
+#: references kept at most, over all entries (some 25 MiB of native references; inline
+#: ones hold their chunk's bytes too, at most 512 by default)
+MAX_KEPT_REFS = 1 << 17
 
 
 class NodeRefs:
@@ -34,11 +35,20 @@ class NodeRefs:
         found = self._kept.get((manifest_id, node_id))
         return None if found is None else dict(found)
 
-    def put(self, manifest_id: ManifestId, node_id: NodeId, refs: dict[Coords, ChunkRef]) -> None:
-        """Keep ``refs``, every reference ``node_id`` has in the stored manifest
-        ``manifest_id``. The dict is kept as is: the caller must not change it after."""
+    def put(
+        self,
+        manifest_id: ManifestId,
+        node_id: NodeId,
+        refs: dict[Coords, ChunkRef],
+        *,
+        owned: bool = False,
+    ) -> None:
+        """Keep every reference ``node_id`` has in the stored manifest ``manifest_id``:
+        a copy of ``refs``, or (``owned=True``) the dict itself, which the caller then
+        must never change. Only entries of at most a quarter of the capacity are kept
+        (nor copied)."""
         if len(refs) <= self._kept.capacity // 4:
-            self._kept.put((manifest_id, node_id), refs)
+            self._kept.put((manifest_id, node_id), refs if owned else dict(refs))
 
     def kept(self, manifest_id: ManifestId, node_id: NodeId) -> bool:
         """Whether the references of ``node_id`` in ``manifest_id`` are kept."""

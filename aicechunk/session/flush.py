@@ -120,7 +120,7 @@ class Flush:
         await self.assets.write_manifest_bytes(manifest_id, data)
         kept = self.new_refs.get(manifest_id)
         if kept is not None:
-            self.assets.node_refs.put(manifest_id, *kept)
+            self.assets.node_refs.put(manifest_id, *kept, owned=True)
 
     def transaction_log(self, snapshot_id: SnapshotId) -> TransactionLog:
         """The log of the pending changes (with the replaced commit's, for an amend)."""

@@ -224,7 +224,7 @@ async def base_refs(state: SessionState, node: NodeView) -> dict[Coords, ChunkRe
         for i, part in enumerate(parts):
             if part is None:
                 part = parts[i] = dict(next(fetched).iter_node(node.id))
-                kept.put(node.manifests[i].object_id, node.id, dict(part))
+                kept.put(node.manifests[i].object_id, node.id, part)
     if len(parts) == 1:
         return parts[0] or {}
     refs: dict[Coords, ChunkRef] = {}
