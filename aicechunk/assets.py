@@ -41,6 +41,7 @@ from aicechunk.format.transaction_log import (
     encode_transaction_log,
 )
 from aicechunk.lru import LRU
+from aicechunk.node_refs import MAX_KEPT_REFS, NodeRefs
 from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
 from aicechunk.refstore import FileRefStore, RefInfo, RefStore
 from aicechunk.repo_info_store import RepoInfoStore
@@ -143,6 +144,8 @@ class AssetManager:
         )
         # small manifests written here, as bytes: the next commit reads its base from them
         self._written: LRU[ManifestId, bytes] = LRU(_WRITTEN_BYTES, len)
+        # and their references decoded (or those decoded for a commit): ``base_refs``
+        self.node_refs = NodeRefs(min(MAX_KEPT_REFS, self.caching.resolved("num_chunk_refs")))
         self._txlogs: LRU[SnapshotId, TransactionLog] = LRU(
             self.caching.resolved("num_transaction_changes"), TransactionLog.size
         )
@@ -150,13 +153,8 @@ class AssetManager:
         self._inflight: dict[str, asyncio.Future[object]] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        return {
-            "driver": self.driver,
-            "caching": self.caching,
-            "limits": self.limits,
-            "format_version": self.format_version,
-            "updates": self.updates,
-        }
+        names = ("driver", "caching", "limits", "format_version", "updates")
+        return {name: getattr(self, name) for name in names}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__(  # type: ignore[misc]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,9 +21,17 @@ import numpy as np
 
 from aicechunk.format import Coords
 from aicechunk.format.flatbuf import Forward
-from aicechunk.format.header import FileType, encode_file
 from aicechunk.format.ids import ManifestId, NodeId
 from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
+from aicechunk.format.manifest_small import (
+    INLINE_SLOTS,
+    INLINE_TABLE,
+    NATIVE_SLOTS,
+    NATIVE_TABLE,
+    compress_manifest,
+    manifest_head,
+    small_array_manifest,
+)
 
 __all__ = [
     "KIND_INLINE",
@@ -43,13 +51,6 @@ _LOCATION = operator.attrgetter("location")
 
 _ETAG = operator.attrgetter("etag")
 _MODIFIED = operator.attrgetter("last_modified")
-
-
-# ChunkRef field offsets inside each record shape (0: field absent)
-_NATIVE_SLOTS = (4, 0, 8, 16, 24)  # index, -, offset, length, chunk_id
-_NATIVE_TABLE = 36
-_INLINE_SLOTS = (4, 8)  # index, inline
-_INLINE_TABLE = 12
 
 
 def _native_block(
@@ -190,14 +191,14 @@ def _inline_block(
 def _ref_record(w: Forward, coords: Coords, ref: ChunkRef) -> int:
     ndim = len(coords)
     if isinstance(ref, NativeRef):
-        table = w.table(w.vtable(_NATIVE_TABLE, _NATIVE_SLOTS), _NATIVE_TABLE, 8)
+        table = w.table(w.vtable(NATIVE_TABLE, NATIVE_SLOTS), NATIVE_TABLE, 8)
         w.put(table + 8, "<QQ12s", ref.offset, ref.length, ref.chunk_id.bytes)
         index = w.reserve(4 + 4 * ndim)
         w.put(index, f"<I{ndim}I", ndim, *coords)
         w.uoffset(table + 4, index)
         return table
     if isinstance(ref, InlineRef):
-        table = w.table(w.vtable(_INLINE_TABLE, _INLINE_SLOTS), _INLINE_TABLE)
+        table = w.table(w.vtable(INLINE_TABLE, INLINE_SLOTS), INLINE_TABLE)
         index = w.reserve(4 + 4 * ndim)
         w.put(index, f"<I{ndim}I", ndim, *coords)
         w.uoffset(table + 4, index)
@@ -262,17 +263,7 @@ def encode_manifest(
     spec_version: int = 1,
 ) -> bytes:
     """The manifest file's bytes: arrays sorted by node id, references by coordinates."""
-    return _compress(_manifest_payload(manifest_id, arrays, spec_version), spec_version)
-
-
-def _compress(payload: bytes, spec_version: int) -> bytes:
-    # large manifests are read far more often than written: compress them harder, on
-    # two threads (zstd level 5 comes within 1% of level 6 in half the time)
-    if len(payload) > 4 << 20:
-        return encode_file(
-            FileType.MANIFEST, payload, level=5, threads=2, spec_version=spec_version
-        )
-    return encode_file(FileType.MANIFEST, payload, spec_version=spec_version)
+    return compress_manifest(_manifest_payload(manifest_id, arrays, spec_version), spec_version)
 
 
 def encode_array_manifest(
@@ -283,6 +274,10 @@ def encode_array_manifest(
 ) -> tuple[bytes, tuple[tuple[int, int], ...]]:
     """A manifest holding one array's references, and the chunk index range it covers
     along each dimension (for the snapshot's ``ManifestRef``)."""
+    if isinstance(refs, Mapping):  # a few refs: without numpy, same bytes
+        small = small_array_manifest(manifest_id, node_id, refs, spec_version)
+        if small is not None:
+            return small
     coords, ordered = _sorted_refs(refs)
     arrays = {node_id: _Presorted(coords, ordered)}
     data = encode_manifest(manifest_id, arrays, spec_version)  # type: ignore[arg-type]
@@ -413,7 +408,7 @@ def _column_records(w: Forward, vt_native: int, cols: RefColumns) -> np.ndarray:
                 w, vt_native, sub, cols.native_offsets, cols.native_lengths, cols.chunk_ids
             )
         elif kind == KIND_INLINE:
-            vt_inline = w.vtable(_INLINE_TABLE, _INLINE_SLOTS)
+            vt_inline = w.vtable(INLINE_TABLE, INLINE_SLOTS)
             found = _inline_block(w, vt_inline, sub, cols.inline_lengths, cols.inline_data)
         elif kind == KIND_VIRTUAL:
             checked = np.zeros(len(rows), dtype=bool)
@@ -453,37 +448,11 @@ def encode_array_manifest_columns(
     """``encode_array_manifest`` for references held column by column (sorted by
     coordinates, without duplicates)."""
     payload = _manifest_payload(manifest_id, {node_id: cols}, spec_version)  # type: ignore[dict-item]
-    data = _compress(payload, spec_version)
+    data = compress_manifest(payload, spec_version)
     if not len(cols) or cols.coords.shape[1] == 0:
         return data, ()
     low, high = cols.coords.min(axis=0), cols.coords.max(axis=0) + 1
     return data, tuple(zip(low.tolist(), high.tolist(), strict=True))
-
-
-def manifest_head(
-    w: Forward, manifest_id: ManifestId, node_ids: Sequence[NodeId], spec_version: int
-) -> tuple[int, int, Iterator[int]]:
-    """The start of a manifest file, written into ``w``: its root table (returned first),
-    the native ref vtable (second) and, lazily, one array table per node id in order (each
-    made when asked for, so the caller writes that array's refs right after it)."""
-    # in v2, compression_algorithm (its default is 1, zstd) says 0: locations are plain
-    v2 = spec_version == 2
-    vt_manifest = w.vtable(24, (4, 16, 0, 20)) if v2 else w.vtable(20, (4, 16))
-    vt_array = w.vtable(16, (4, 12))
-    vt_native = w.vtable(_NATIVE_TABLE, _NATIVE_SLOTS)
-    root = w.table(vt_manifest, 24 if v2 else 20)
-    w.put(root + 4, "12s", manifest_id.bytes)
-    arrays_vec = w.offset_vector(len(node_ids))
-    w.uoffset(root + 16, arrays_vec)
-
-    def tables() -> Iterator[int]:
-        for i, node_id in enumerate(node_ids):
-            table = w.table(vt_array, 16)
-            w.put(table + 4, "8s", node_id.bytes)
-            w.uoffset(arrays_vec + 4 + 4 * i, table)
-            yield table
-
-    return root, vt_native, tables()
 
 
 def _manifest_payload(

@@ -17,16 +17,14 @@ from aicechunk.format.header import ZSTD_LEVEL, FileType
 from aicechunk.format.ids import ManifestId, NodeId
 from aicechunk.format.manifest import VirtualRef
 from aicechunk.format.manifest_encode import (
-    _INLINE_SLOTS,
-    _INLINE_TABLE,
     KIND_INLINE,
     KIND_NATIVE,
     KIND_VIRTUAL,
     RefColumns,
     _first_use_order,
     _ref_record,
-    manifest_head,
 )
+from aicechunk.format.manifest_small import INLINE_SLOTS, INLINE_TABLE, manifest_head
 from aicechunk.format.segmented import Segmented, compress_parts
 
 __all__ = ["encode_array_manifest_stream", "manifest_parts"]
@@ -127,7 +125,7 @@ class _Layout:
     def _inline(self) -> None:
         cols, k, ndim = self.cols, self.counts[KIND_INLINE], self.ndim
         rows = self.rows(KIND_INLINE)
-        vt = self.w.vtable(_INLINE_TABLE, _INLINE_SLOTS)
+        vt = self.w.vtable(INLINE_TABLE, INLINE_SLOTS)
         head = 5 + ndim  # u32 words: soffset, index offset, data offset, ndim, coords, length
         lengths = cols.inline_lengths.astype(np.int64)
         sizes = 4 * head + (lengths + 3) // 4 * 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import zstandard
 from aicechunk.format.flatbuf import Forward
 from aicechunk.format.header import IMPLEMENTATION, MAGIC, SPEC_VERSIONS, Compression, FileType
 
-__all__ = ["Segmented", "compress_parts"]
+__all__ = ["Segmented", "compress_parts", "compress_whole"]
 
 _JOB_SIZE = 1 << 20
 
@@ -124,17 +125,48 @@ def compress_parts(
 ) -> bytes:
     """The file (header and one zstd frame, declaring its ``size``) of a payload given
     in parts: what ``header.encode_file`` writes, without the payload in one piece."""
+    # a compressor of its own: one kept per thread would be in use across ``parts``
+    compressor = _new_compressor(level, threads).compressobj(size=size)
+    out = [_header(file_type, spec_version)]
+    for part in parts:
+        out.append(compressor.compress(part))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def compress_whole(
+    file_type: FileType, payload: bytes | bytearray, spec_version: int, level: int
+) -> bytes:
+    """``compress_parts`` of a payload in one piece, in one call (the same bytes)."""
+    return _header(file_type, spec_version) + _kept_compressor(level).compress(payload)
+
+
+def _header(file_type: FileType, spec_version: int) -> bytes:
     if spec_version not in SPEC_VERSIONS:
         raise ValueError(f"unknown spec version {spec_version}")
-    header = MAGIC + IMPLEMENTATION + bytes((spec_version, file_type, Compression.ZSTD))
+    return MAGIC + IMPLEMENTATION + bytes((spec_version, file_type, Compression.ZSTD))
+
+
+_kept = threading.local()  # a compressor is used by one thread at a time
+
+
+def _new_compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
+    """A compressor of ``level`` on ``threads`` threads."""
     # zstd's default job size for several threads buffers tens of MiB; 1 MiB jobs
     # compress as well here and keep that buffer small
     params = zstandard.ZstdCompressionParameters.from_level(
         level, threads=threads, job_size=_JOB_SIZE if threads else 0
     )
-    compressor = zstandard.ZstdCompressor(compression_params=params).compressobj(size=size)
-    out = [header]
-    for part in parts:
-        out.append(compressor.compress(part))
-    out.append(compressor.flush())
-    return b"".join(out)
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
+def _kept_compressor(level: int) -> zstandard.ZstdCompressor:
+    """``_new_compressor(level, 0)``, kept per thread for one-call uses (making one costs
+    more than compressing a small file; each frame starts afresh)."""
+    kept: dict[int, zstandard.ZstdCompressor] | None = getattr(_kept, "all", None)
+    if kept is None:
+        kept = _kept.all = {}
+    found = kept.get(level)
+    if found is None:
+        found = kept[level] = _new_compressor(level, 0)
+    return found

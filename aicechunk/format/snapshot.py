@@ -351,13 +351,17 @@ def _decode_dim_v2(r: Reader, pos: int) -> DimensionShape:
 
 
 def _encode_v2(snapshot: Snapshot) -> bytes:
+    # the tables of fixed shape are written by direct builder calls, in the order
+    # ``flatbuf.table`` (flatc's ``create``) adds their fields: 8-byte scalars, then
+    # 4-byte values, then 1-byte ones, each group from the last field to the first
     b = new_builder(4096 + 256 * len(snapshot.nodes))
-    infos = [
-        table(
-            b, 4, [(0, "s12", f.id.bytes), (1, "u64", f.size_bytes), (2, "u32", f.num_chunk_refs)]
-        )
-        for f in snapshot.manifest_files
-    ]
+    infos = []
+    for f in snapshot.manifest_files:
+        b.StartObject(4)
+        b.PrependUint64Slot(1, f.size_bytes, 0)
+        b.PrependUint32Slot(2, f.num_chunk_refs, 0)
+        b.PrependStructSlot(0, inline_struct(b, f.id.bytes, 1), 0)
+        infos.append(b.EndObject())
     files_v2 = offset_vector(b, infos)
     files_v1 = struct_vector(b, [], 32, 8)
     items = []
@@ -368,21 +372,17 @@ def _encode_v2(snapshot: Snapshot) -> bytes:
     metadata = offset_vector(b, items)
     message = b.CreateString(snapshot.message)
     nodes = offset_vector(b, [_encode_node_v2(b, n) for n in snapshot.nodes])
-    parent = None if snapshot.parent_id is None else snapshot.parent_id.bytes
-    root = table(
-        b,
-        9,
-        [
-            (0, "s12", snapshot.id.bytes),
-            (1, "s12", parent),
-            (2, "off", nodes),
-            (3, "u64", _micros(snapshot.flushed_at)),
-            (4, "off", message),
-            (5, "off", metadata),
-            (6, "off", files_v1),
-            (7, "off", files_v2),
-        ],
-    )
+    b.StartObject(9)
+    b.PrependUint64Slot(3, _micros(snapshot.flushed_at), 0)
+    b.PrependUOffsetTRelativeSlot(7, files_v2, 0)
+    b.PrependUOffsetTRelativeSlot(6, files_v1, 0)
+    b.PrependUOffsetTRelativeSlot(5, metadata, 0)
+    b.PrependUOffsetTRelativeSlot(4, message, 0)
+    b.PrependUOffsetTRelativeSlot(2, nodes, 0)
+    if snapshot.parent_id is not None:
+        b.PrependStructSlot(1, inline_struct(b, snapshot.parent_id.bytes, 1), 0)
+    b.PrependStructSlot(0, inline_struct(b, snapshot.id.bytes, 1), 0)
+    root = b.EndObject()
     b.Finish(root, file_identifier=FILE_IDENTIFIER)
     return encode_file(FileType.SNAPSHOT, bytes(b.Output()), spec_version=2)
 
@@ -397,7 +397,10 @@ def _encode_node_v2(b: Any, node: NodeSnapshot) -> int:
         refs = []
         for m in data.manifests:
             extents = struct_vector(b, [_RANGE.pack(lo, hi) for lo, hi in m.extents], 8, 4)
-            refs.append(table(b, 2, [(0, "s12", m.object_id.bytes), (1, "off", extents)]))
+            b.StartObject(2)
+            b.PrependUOffsetTRelativeSlot(1, extents, 0)
+            b.PrependStructSlot(0, inline_struct(b, m.object_id.bytes, 1), 0)
+            refs.append(b.EndObject())
         manifests = offset_vector(b, refs)
         names = None
         if data.dimension_names is not None:
@@ -412,26 +415,30 @@ def _encode_node_v2(b: Any, node: NodeSnapshot) -> int:
                 f"array {node.path!r}",
                 f"chunk counts {counts}: spec version 2 stores them as uint32",
             )
-        shapes = [
-            table(b, 2, [(0, "u64", d.array_length), (1, "u32", c)])
-            for d, c in zip(data.shape, counts, strict=True)
-        ]
+        shapes = []
+        for d, c in zip(data.shape, counts, strict=True):
+            b.StartObject(2)
+            b.PrependUint64Slot(0, d.array_length, 0)
+            b.PrependUint32Slot(1, c, 0)
+            shapes.append(b.EndObject())
         shape_v1 = struct_vector(b, [], 16, 8)
         shape_v2 = offset_vector(b, shapes)
-        fields = [(0, "off", shape_v1), (1, "off", names), (2, "off", manifests)]
-        data_off = table(b, 4, [*fields, (3, "off", shape_v2)])
+        b.StartObject(4)
+        b.PrependUOffsetTRelativeSlot(3, shape_v2, 0)
+        b.PrependUOffsetTRelativeSlot(2, manifests, 0)
+        if names is not None:
+            b.PrependUOffsetTRelativeSlot(1, names, 0)
+        b.PrependUOffsetTRelativeSlot(0, shape_v1, 0)
+        data_off = b.EndObject()
         kind = 1
     else:
-        data_off, kind = table(b, 0, []), 2
+        b.StartObject(0)
+        data_off, kind = b.EndObject(), 2
     user_data = b.CreateByteVector(node.user_data)
-    return table(
-        b,
-        6,
-        [
-            (0, "s8", node.id.bytes),
-            (1, "off", path),
-            (2, "off", user_data),
-            (3, "u8", kind),
-            (4, "off", data_off),
-        ],
-    )
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(4, data_off, 0)
+    b.PrependUOffsetTRelativeSlot(2, user_data, 0)
+    b.PrependUOffsetTRelativeSlot(1, path, 0)
+    b.PrependStructSlot(0, inline_struct(b, node.id.bytes, 1), 0)
+    b.PrependUint8Slot(3, kind, 0)
+    return int(b.EndObject())

@@ -18,7 +18,7 @@ from aicechunk.format.coord_rows import CoordRows
 from aicechunk.format.flatbuf import Forward, Reader, guarded
 from aicechunk.format.header import ZSTD_LEVEL, FileType, decode_versioned
 from aicechunk.format.ids import NodeId, SnapshotId
-from aicechunk.format.segmented import Segmented, compress_parts
+from aicechunk.format.segmented import Segmented, compress_parts, compress_whole
 
 __all__ = [
     "MoveOperation",
@@ -118,6 +118,10 @@ def merge_transaction_logs(log_id: SnapshotId, logs: Sequence[TransactionLog]) -
 _NEW_GROUPS, _NEW_ARRAYS, _DEL_GROUPS, _DEL_ARRAYS, _UPD_ARRAYS, _UPD_GROUPS, _CHUNKS = range(1, 8)
 _MOVES = 8
 _SLICE = 1 << 16  # chunk coordinates laid out at a time
+#: logs of at most this many entries are laid out in one buffer, compressed in one call
+SMALL_LOG = 4096
+#: an array's chunk coordinates sorted without numpy up to this many (its calls cost more)
+_SMALL_SORT = 64
 
 
 def encode_transaction_log(log: TransactionLog) -> bytes:
@@ -128,6 +132,10 @@ def encode_transaction_log(log: TransactionLog) -> bytes:
     array, possibly millions, are laid out with numpy a slice at a time while the
     compressor consumes them, so the uncompressed file never exists whole.
     """
+    if log.size() <= SMALL_LOG:  # one buffer and one call: the same bytes, sooner
+        fw = Forward()
+        payload = fw.finish_buffer(_layout(log, fw))
+        return compress_whole(FileType.TRANSACTION_LOG, payload, log.spec_version, ZSTD_LEVEL)
     w = Segmented()
     root = _layout(log, w)
     size, parts = w.finish_parts(root)
@@ -201,14 +209,16 @@ def _moves(w: Forward, slot: int, moves: tuple[MoveOperation, ...]) -> None:
 
 
 def _sorted_unique(coords: Sequence[Coords]) -> list[Coords] | np.ndarray:
-    """Coordinates sorted lexicographically without duplicates (a 2-D array when they
-    all have one dimensionality, which is the case for a valid array)."""
+    """Coordinates sorted lexicographically without duplicates (a 2-D array when there
+    are more than a few, all of one dimensionality, which is the case for a valid array)."""
     if isinstance(coords, CoordRows) and coords.rows.shape[1]:
         if coords.sorted_unique:
             return coords.rows
         return _unique_rows(coords.rows)
     if not coords:
         return []
+    if len(coords) <= _SMALL_SORT:  # the order np.lexsort gives valid coordinates
+        return sorted(set(map(tuple, coords)))
     ndims = set(map(len, coords))
     if len(ndims) != 1 or 0 in ndims:  # mixed dimensionality, or 0-d arrays
         return sorted(set(tuple(c) for c in coords))

@@ -67,6 +67,8 @@ class Flush:
         self.views = views
         self.grids = grids(views)
         self.new_files: list[tuple[ManifestFileInfo, bytes]] = []
+        # the references of each new manifest, kept decoded once it is stored
+        self.new_refs: dict[ManifestId, tuple[NodeId, dict[Coords, ChunkRef]]] = {}
         # the new snapshot and its transaction log, with their bytes (``prepare``)
         self.encoded: tuple[Snapshot, bytes, TransactionLog, bytes] | None = None
 
@@ -108,9 +110,17 @@ class Flush:
         snapshot, snapshot_bytes, log, log_bytes = self.encoded
         return asyncio.gather(
             self.assets.write_transaction_log(log, log_bytes),
-            *(self.assets.write_manifest_bytes(i.id, data) for i, data in self.new_files),
+            *(self.write_manifest_file(i.id, data) for i, data in self.new_files),
             self.assets.write_snapshot(snapshot, data=snapshot_bytes),
         )
+
+    async def write_manifest_file(self, manifest_id: ManifestId, data: bytes) -> None:
+        """Store one new manifest; then keep its references decoded (the next commit on
+        the branch reads them back: ``reads.base_refs``)."""
+        await self.assets.write_manifest_bytes(manifest_id, data)
+        kept = self.new_refs.get(manifest_id)
+        if kept is not None:
+            self.assets.node_refs.put(manifest_id, *kept, owned=True)
 
     def transaction_log(self, snapshot_id: SnapshotId) -> TransactionLog:
         """The log of the pending changes (with the replaced commit's, for an amend)."""
@@ -244,6 +254,8 @@ class Flush:
                 big, encode_array_manifest, manifest_id, node_id, refs, self.version
             )
         self.new_files.append((ManifestFileInfo(manifest_id, len(data), len(refs)), data))
+        # the change set's own dict may change after this: copied
+        self.new_refs[manifest_id] = (node_id, dict(refs) if live else refs)
         return (ManifestRef(manifest_id, extents),)
 
 

@@ -25,8 +25,8 @@ from aicechunk.drivers.base import ByteRange, RangeRequest, range_bounds
 from aicechunk.errors import NodeNotFoundError, SessionStateError
 from aicechunk.format import Coords
 from aicechunk.format.coord_rows import CoordRows
-from aicechunk.format.ids import ChunkId, NodeId
-from aicechunk.format.manifest import ChunkRef, InlineRef, NativeRef, VirtualRef
+from aicechunk.format.ids import ChunkId, ManifestId, NodeId
+from aicechunk.format.manifest import ChunkRef, InlineRef, Manifest, NativeRef, VirtualRef
 from aicechunk.format.snapshot import ArrayNodeData, ManifestRef, NodeSnapshot, Snapshot
 from aicechunk.format.transaction_log import move_order
 from aicechunk.session.state import SessionState
@@ -212,15 +212,32 @@ async def base_ref(state: SessionState, node: NodeView, coords: Coords) -> Chunk
 
 
 async def base_refs(state: SessionState, node: NodeView) -> dict[Coords, ChunkRef]:
-    """Every reference the base snapshot holds for ``node``."""
+    """Every reference the base snapshot holds for ``node`` (a new dict, the caller's
+    to change). Those of a manifest this process wrote or decoded before are kept
+    decoded (``AssetManager.node_refs``): a commit rewriting an array's manifest then
+    decodes no stored reference."""
+    kept = state.assets.node_refs
+    parts = [kept.get(m.object_id, node.id) for m in node.manifests]
+    missing = [m.object_id for m, part in zip(node.manifests, parts, strict=True) if part is None]
+    if missing:
+        fetched = iter(await _fetch_manifests(state, missing))
+        for i, part in enumerate(parts):
+            if part is None:
+                part = parts[i] = dict(next(fetched).iter_node(node.id))
+                kept.put(node.manifests[i].object_id, node.id, part)
+    if len(parts) == 1:
+        return parts[0] or {}
     refs: dict[Coords, ChunkRef] = {}
-    manifests = await asyncio.gather(
-        *(state.assets.fetch_manifest(m.object_id) for m in node.manifests)
-    )
-    for manifest in manifests:
-        for coords, ref in manifest.iter_node(node.id):
-            refs[coords] = ref
+    for part in parts:
+        refs.update(part or {})
     return refs
+
+
+async def _fetch_manifests(state: SessionState, ids: list[ManifestId]) -> list[Manifest]:
+    """The manifests ``ids``, fetched at once (one: no gather, no task)."""
+    if len(ids) == 1:
+        return [await state.assets.fetch_manifest(ids[0])]
+    return list(await asyncio.gather(*map(state.assets.fetch_manifest, ids)))
 
 
 async def chunk_ref(state: SessionState, path: str, coords: Coords) -> ChunkRef | None:
