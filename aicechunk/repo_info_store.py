@@ -52,7 +52,8 @@ from aicechunk.format.repo_info import (
     next_update_time,
     push_update,
 )
-from aicechunk.format.repo_info_segments import encode_repo_info_segmented
+from aicechunk.format.repo_info_model import with_snapshot
+from aicechunk.format.repo_info_splice import encode_kept, encode_spliced
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop
 from aicechunk.refstore import RefInfo
@@ -414,8 +415,8 @@ class RepoInfoStore:
             if snapshot is None:
                 _listed(info, new_id)
                 return replace(info, branches=branches), ru.BranchReset(name, now)
-            listed = (*info.snapshots, _info_of(snapshot, snapshot.parent_id or expected))
-            new = replace(info, branches=branches, snapshots=listed)
+            added = _info_of(snapshot, snapshot.parent_id or expected)
+            new = replace(info, branches=branches, snapshots=with_snapshot(info.snapshots, added))
             return new, ru.NewCommit(name, new_id)
 
         await self.update(change, version_read=tip.version, files=files)
@@ -481,7 +482,7 @@ class RepoInfoStore:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:
             if info.snapshot(snapshot.id) is not None:
                 return None
-            listed = (*info.snapshots, _info_of(snapshot, snapshot.parent_id))
+            listed = with_snapshot(info.snapshots, _info_of(snapshot, snapshot.parent_id))
             return replace(info, snapshots=listed), ru.NewDetachedSnapshot(snapshot.id)
 
         await self.update(change)
@@ -495,12 +496,17 @@ async def encode(info: RepoInfo) -> bytes:
 
 
 async def encode_change(info: RepoInfo) -> bytes:
-    """The bytes of ``info`` replacing the file: from the segments its refs, snapshots
-    and updates keep from earlier writes (``repo_info_segments``), made for the others
-    (in a worker thread when there are many)."""
+    """The bytes of ``info`` replacing the file. Made by one change from a file written
+    here lately: spliced into that file's kept layout, in time that follows the change,
+    not the history (``repo_info_splice``). Otherwise written whole from the segments its
+    refs, snapshots and updates keep from earlier writes (``repo_info_segments``), made
+    for the others (in a worker thread when there are many), its layout kept."""
+    spliced = encode_spliced(info)
+    if spliced is not None:
+        return spliced
     items = sum(1 for s in info.snapshots if s._segment is None)
     items += sum(1 for u in info.latest_updates if u._segment is None)
-    return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info_segmented, info)
+    return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_kept, info)
 
 
 def _logged(info: RepoInfo, sent: set[str]) -> bool:

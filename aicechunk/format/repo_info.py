@@ -134,15 +134,15 @@ def push_update(
         raise FormatError(_NAME, "a backup path without earlier updates")
     if old:
         old[0] = Update(old[0].kind, old[0].updated_at, backup_path)
-    candidates = [Update(kind, at, None), *old]
-    before = info.repo_before_updates
-    kept: list[Update] = []
-    for update in candidates:
-        if len(kept) >= limit and update.backup_path is not None:
-            before = update.backup_path
-            break
-        kept.append(update)
-    return tuple(kept), before
+    candidates = (Update(kind, at, None), *old)
+    # every entry up to the limit, then those up to the first with a backup path (in
+    # a log that grew by one, the first past the limit: no walk over the whole log)
+    cut = max(limit, 0)
+    while cut < len(candidates) and candidates[cut].backup_path is None:
+        cut += 1
+    if cut < len(candidates):
+        return candidates[:cut], candidates[cut].backup_path
+    return candidates, info.repo_before_updates
 
 
 # --- encoding --------------------------------------------------------------------------

@@ -131,6 +131,7 @@ def with_snapshot(snapshots: Sequence[SnapshotInfo], added: SnapshotInfo) -> Seq
     made._origin = (token, at)
     return made
 
+
 #: a metadata mapping with the FlexBuffer of each of its values, by key
 Flex = tuple[Mapping[str, Any], tuple[tuple[str, bytes], ...]]
 

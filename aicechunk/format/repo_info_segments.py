@@ -49,7 +49,19 @@ from aicechunk.format.repo_info import (
 )
 from aicechunk.format.repo_updates import Update, encode_status, encode_update
 
-__all__ = ["Layout", "Section", "assemble", "build_layout", "encode_repo_info_segmented"]
+__all__ = [
+    "Layout",
+    "Section",
+    "assemble",
+    "build_layout",
+    "encode_repo_info_segmented",
+    "ref_segment",
+    "rest_key",
+    "rest_segment",
+    "section",
+    "snapshot_segment",
+    "update_segment",
+]
 
 #: (bytes, position of its root object in them, position of its index field or -1)
 Segment = tuple[bytes, int, int]
@@ -85,7 +97,7 @@ def _finish(b: FastBuilder, root: int, patch: int | None) -> Segment:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _ref_segment(name: str) -> Segment:
+def ref_segment(name: str) -> Segment:
     """A ref's table, written directly (no builder: a repository may hold a million
     refs): its vtable, the table (name, then the index to set), the name. Kept for the
     next write (a segment is immutable; the index is set in the file's copy)."""
@@ -94,7 +106,9 @@ def _ref_segment(name: str) -> Segment:
     return body + bytes(-len(body) % _ALIGN), 8, 16
 
 
-def _snapshot_segment(snap: SnapshotInfo) -> Segment:
+def snapshot_segment(snap: SnapshotInfo) -> Segment:
+    """A snapshot's table (its parent's index to set), kept on the info for the next
+    write."""
     found: Segment | None = snap._segment
     if found is None:
         b = FastBuilder(256)
@@ -103,7 +117,8 @@ def _snapshot_segment(snap: SnapshotInfo) -> Segment:
     return found
 
 
-def _update_segment(update: Update) -> Segment:
+def update_segment(update: Update) -> Segment:
+    """An operations log entry's table, kept on the entry for the next write."""
     found: Segment | None = update._segment
     if found is None:
         b = FastBuilder(128)
@@ -112,7 +127,7 @@ def _update_segment(update: Update) -> Segment:
     return found
 
 
-def _rest_segment(info: RepoInfo) -> tuple[Segment, list[int | None]]:
+def rest_segment(info: RepoInfo) -> tuple[Segment, tuple[int | None, ...]]:
     """One segment holding the root's other fields (status, metadata, deleted tags,
     feature flags, the link to older updates, config, extra): their positions in it, in
     root field order from 3 (``None``: absent)."""
@@ -127,7 +142,7 @@ def _rest_segment(info: RepoInfo) -> tuple[Segment, list[int | None]]:
     extra = None if info.extra is None else b.CreateByteVector(info.extra)
     data, _, _ = _finish(b, deleted, None)
     offsets = [deleted, None, status, metadata, None, before, config, enabled, disabled, extra]
-    return (data, 0, -1), [None if o is None else len(data) - o for o in offsets]
+    return (data, 0, -1), tuple(None if o is None else len(data) - o for o in offsets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +242,7 @@ def rest_key(info: RepoInfo) -> tuple[Any, ...]:
     )
 
 
-def check_info(info: RepoInfo) -> None:
+def _check(info: RepoInfo) -> None:
     """What a repo info file needs that its parts do not say."""
     if "main" not in info.branches:
         raise FormatError(_NAME, "a repository must have a 'main' branch")
@@ -238,7 +253,7 @@ def check_info(info: RepoInfo) -> None:
 def build_layout(info: RepoInfo) -> Layout:
     """The pieces of ``info``'s file, segments made now for what has none yet; the same
     checks as ``encode_repo_info``."""
-    check_info(info)
+    _check(info)
     index = {s.id.bytes: i for i, s in enumerate(info.snapshots)}
 
     def refs(found: Mapping[str, SnapshotId]) -> tuple[tuple[str, ...], Section]:
@@ -250,7 +265,7 @@ def build_layout(info: RepoInfo) -> Layout:
             if position is None:
                 raise FormatError(_NAME, f"{name!r} points at {target}, which is not listed")
             values.append(position)
-        return names, section(list(map(_ref_segment, names)), values)
+        return names, section(list(map(ref_segment, names)), values)
 
     tag_names, tags = refs(info.tags)
     branch_names, branches = refs(info.branches)
@@ -261,9 +276,9 @@ def build_layout(info: RepoInfo) -> Layout:
     if -2 in parents:
         orphan = snapshots[parents.index(-2)]
         raise FormatError(_NAME, f"the parent of {orphan.id} is not listed")
-    listed = section([s._segment or _snapshot_segment(s) for s in snapshots], parents)
-    log = section([u._segment or _update_segment(u) for u in info.latest_updates], None)
-    (rest, _, _), fields = _rest_segment(info)
+    listed = section([s._segment or snapshot_segment(s) for s in snapshots], parents)
+    log = section([u._segment or update_segment(u) for u in info.latest_updates], None)
+    (rest, _, _), fields = rest_segment(info)
     return Layout(
         info, tag_names, branch_names, tags, branches, listed, log, rest, fields, rest_key(info)
     )
