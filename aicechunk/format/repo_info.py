@@ -33,7 +33,7 @@ from aicechunk.format.flexbuf import decode_flex, encode_flex
 from aicechunk.format.header import FileType, decode_versioned, encode_file
 from aicechunk.format.ids import SnapshotId, encode_base32, encode_base32_many
 from aicechunk.format.metadata import check_commit_properties
-from aicechunk.format.repo_info_model import Flex, Lazy, RepoInfo, SnapshotInfo
+from aicechunk.format.repo_info_model import Flex, Lazy, RepoInfo, SnapshotInfo, with_snapshot
 from aicechunk.format.repo_info_refs import check_order, read_refs
 from aicechunk.format.repo_updates import (
     Update,
@@ -60,6 +60,7 @@ __all__ = [
     "encode_repo_info",
     "next_update_time",
     "push_update",
+    "with_snapshot",
 ]
 
 REPO_INFO_KEY = "repo"

@@ -44,7 +44,7 @@ from aicechunk.format.repo_info_segments import (
 )
 from aicechunk.format.repo_updates import Update
 
-__all__ = ["encode_kept", "encode_spliced"]
+__all__ = ["derive", "encode_kept", "encode_spliced", "forget", "missing_segments"]
 
 #: how many layouts are kept (one per repository written to lately)
 KEPT_LAYOUTS = 2
@@ -76,6 +76,12 @@ def encode_kept(info: RepoInfo) -> bytes:
     layout = build_layout(info)
     _keep(layout, None)
     return assemble(layout)
+
+
+def missing_segments(info: RepoInfo) -> int:
+    """How many snapshots and log entries of ``info`` have no segment yet (to make)."""
+    missing = sum(1 for s in info.snapshots if s._segment is None)
+    return missing + sum(1 for u in info.latest_updates if u._segment is None)
 
 
 def _keep(layout: Layout, replaced: Layout | None) -> None:
