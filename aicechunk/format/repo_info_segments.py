@@ -27,7 +27,7 @@ import functools
 import itertools
 import operator
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,7 @@ __all__ = [
 
 #: (bytes, position of its root object in them, position of its index field or -1)
 Segment = tuple[bytes, int, int]
+Buffer = bytes | memoryview
 
 _NAME = "repo"
 _ALIGN = 8
@@ -148,65 +149,89 @@ def rest_segment(info: RepoInfo) -> tuple[Segment, tuple[int | None, ...]]:
 @dataclass(frozen=True, slots=True)
 class Section:
     """Segments written one after another (the refs of one kind, the snapshots, the
-    log): their bytes, where each starts (and, last, where the section ends), where its
-    root object is, and for segments that hold an index, where it goes and its value.
-    Never changed: ``splice`` and ``shifted`` make new ones."""
+    log): their bytes (``length`` of them, in a few pieces: a splice copies none), the
+    size of each, where its root object is in it, and for segments that hold an index,
+    where that goes in it and its value. Never changed: ``splice`` and ``shifted`` make
+    new ones."""
 
-    blob: bytes
-    starts: NDArray[np.int64]
+    pieces: tuple[Buffer, ...]
+    length: int
+    sizes: NDArray[np.int64]
     roots: NDArray[np.int64]
-    patches: NDArray[np.int64] | None
-    values: NDArray[np.int32] | None
+    patches: NDArray[np.int64] | None = None
+    values: NDArray[np.int32] | None = None
 
-    def splice(self, i: int, j: int, added: list[Segment], values: list[int]) -> Section:
+    def splice(
+        self, i: int, j: int, added: list[Segment], values: list[int], stop: int | None = None
+    ) -> Section:
         """The segments from ``i`` to ``j`` (excluded) replaced by ``added``, holding
-        ``values`` (ignored by a section without indices)."""
-        a, b = int(self.starts[i]), int(self.starts[j])
+        ``values`` (ignored by a section without indices); with ``stop``, those from
+        ``stop`` on (``stop`` >= ``j``) left out too."""
+        stop = len(self.sizes) if stop is None else stop
+        a = int(self.sizes[:i].sum()) if i else 0
+        b = a + int(self.sizes[i:j].sum()) if j > i else a
+        e = self.length if stop == len(self.sizes) else b + int(self.sizes[j:stop].sum())
         datas = list(map(_DATA, added))
-        heads = list(itertools.accumulate(map(len, datas), initial=a))
-        delta = heads[-1] - b
-        blob = b"".join((memoryview(self.blob)[:a], *datas, memoryview(self.blob)[b:]))
-        new_starts = np.array(heads[:-1], np.int64)
+        sizes = np.fromiter(map(len, datas), np.int64, len(datas))
+        pieces = [*_within(self.pieces, 0, a), *datas, *_within(self.pieces, b, e)]
+        length = e - (b - a) + int(sizes.sum())
 
-        def spliced(old: NDArray[np.int64], which: Callable[[Segment], int]) -> NDArray[np.int64]:
-            made = new_starts + np.fromiter(map(which, added), np.int64, len(added))
-            return np.concatenate((old[:i], made, old[j:] + delta))
+        def spliced(old: NDArray[Any], new: NDArray[Any]) -> NDArray[Any]:
+            return np.concatenate((old[:i], new, old[j:stop]))
 
-        starts = np.concatenate((self.starts[:i], new_starts, self.starts[j:] + delta))
+        roots = np.fromiter(map(_ROOT, added), np.int64, len(added))
         if self.patches is None or self.values is None:
-            return Section(blob, starts, spliced(self.roots, _ROOT), None, None)
-        held = np.concatenate((self.values[:i], np.array(values, np.int32), self.values[j:]))
+            return Section(
+                tuple(pieces), length, spliced(self.sizes, sizes), spliced(self.roots, roots)
+            )
+        patches = np.fromiter(map(_PATCH, added), np.int64, len(added))
         return Section(
-            blob, starts, spliced(self.roots, _ROOT), spliced(self.patches, _PATCH), held
+            tuple(pieces),
+            length,
+            spliced(self.sizes, sizes),
+            spliced(self.roots, roots),
+            spliced(self.patches, patches),
+            spliced(self.values, np.array(values, np.int32)),
         )
 
     def shifted(self, at: int) -> Section:
         """The indices from ``at`` up one: a snapshot was inserted at ``at``."""
         assert self.values is not None
-        return Section(
-            self.blob, self.starts, self.roots, self.patches, self.values + (self.values >= at)
-        )
+        values = self.values + (self.values >= at)
+        return Section(self.pieces, self.length, self.sizes, self.roots, self.patches, values)
 
     def with_value(self, i: int, value: int) -> Section:
         """Segment ``i`` holding index ``value``."""
         assert self.values is not None
         values = self.values.copy()
         values[i] = value
-        return Section(self.blob, self.starts, self.roots, self.patches, values)
+        return Section(self.pieces, self.length, self.sizes, self.roots, self.patches, values)
+
+
+def _within(pieces: tuple[Buffer, ...], lo: int, hi: int) -> list[Buffer]:
+    """The bytes from ``lo`` to ``hi`` of the joined ``pieces``, as pieces (no copy)."""
+    found: list[Buffer] = []
+    at = 0
+    for piece in pieces:
+        end = at + len(piece)
+        if end > lo and at < hi:
+            whole = at >= lo and end <= hi
+            found.append(piece if whole else memoryview(piece)[max(lo - at, 0) : hi - at])
+        at = end
+    return found
 
 
 def section(segments: list[Segment], values: list[int] | None) -> Section:
     """Segments, and the index each holds (``None``: a section without indices)."""
     n = len(segments)
-    datas = list(map(_DATA, segments))  # map over C getters: no Python frame per item
-    starts = np.zeros(n + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, datas), np.int64, n), out=starts[1:])
-    begins = starts[:-1]
-    roots = begins + np.fromiter(map(_ROOT, segments), np.int64, n)
+    datas = tuple(map(_DATA, segments))  # map over C getters: no Python frame per item
+    sizes = np.fromiter(map(len, datas), np.int64, n)
+    roots = np.fromiter(map(_ROOT, segments), np.int64, n)
+    length = int(sizes.sum())
     if values is None:
-        return Section(b"".join(datas), starts, roots, None, None)
-    patches = begins + np.fromiter(map(_PATCH, segments), np.int64, n)
-    return Section(b"".join(datas), starts, roots, patches, np.array(values, np.int32))
+        return Section(datas, length, sizes, roots, None, None)
+    patches = np.fromiter(map(_PATCH, segments), np.int64, n)
+    return Section(datas, length, sizes, roots, patches, np.array(values, np.int32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,16 +309,17 @@ def build_layout(info: RepoInfo) -> Layout:
     )
 
 
-def assemble(layout: Layout) -> bytes:
-    """The file of ``layout``: the root table, the four offset vectors, the segments,
-    each index set in place; compressed."""
+def assemble(layout: Layout) -> tuple[bytes, Layout]:
+    """The file of ``layout`` (the root table, the four offset vectors, the segments,
+    each index set in place; compressed), and ``layout`` again, its sections now each
+    one piece of the file's bytes (which the next splice cuts)."""
     parts = (layout.tags, layout.branches, layout.snapshots, layout.updates)
-    counts = [len(p.roots) for p in parts]
+    counts = [len(p.sizes) for p in parts]
     total = sum(counts)
     # the head: root offset and identifier, the root's vtable and table, four vectors
     vector_starts = list(itertools.accumulate((4 + 4 * n for n in counts), initial=_VECTORS_AT))
     segments_at = vector_starts[-1] + (-vector_starts[-1] % _ALIGN)
-    bases = list(itertools.accumulate((len(p.blob) for p in parts), initial=segments_at))
+    bases = list(itertools.accumulate((p.length for p in parts), initial=segments_at))
     rest_at = bases[-1]
 
     head = bytearray(_VECTORS_AT)
@@ -320,23 +346,43 @@ def assemble(layout: Layout) -> bytes:
     head[_TABLE_AT + _TABLE_SIZE - 1] = layout.info.spec_version
 
     # the vectors, as words: each vector's count, then the offset of each of its tables
+    sizes = np.concatenate([p.sizes for p in parts])
+    starts = np.cumsum(sizes) - sizes + segments_at
     words = np.zeros((segments_at - _VECTORS_AT) // 4, "<u4")
     entries = np.arange(total) + np.repeat(np.arange(1, 5), counts)
     words[list(itertools.accumulate(counts[:-1], lambda at, n: at + 1 + n, initial=0))] = counts
-    roots = np.concatenate([p.roots for p in parts]) + np.repeat(bases[:-1], counts)
+    roots = starts + np.concatenate([p.roots for p in parts])
     words[entries] = roots - (_VECTORS_AT + 4 * entries)
-    body = bytearray().join((head, words, *(p.blob for p in parts), layout.rest))
+    pieces = [piece for p in parts for piece in p.pieces]
+    body = bytearray().join((head, words, *pieces, layout.rest))
     indexed = parts[:3]
     patches = np.concatenate([p.patches for p in indexed if p.patches is not None])
-    patches += np.repeat(bases[:3], counts[:3])
+    patches += starts[: len(patches)]
     values = np.concatenate([p.values for p in indexed if p.values is not None])
     np.frombuffer(body, "<i4")[patches >> 2] = values
+    view = memoryview(body)
+    kept = [
+        Section((view[base : base + p.length],), p.length, p.sizes, p.roots, p.patches, p.values)
+        for p, base in zip(parts, bases, strict=False)
+    ]
     # zstd level 1: this file is rewritten by every change, and at level 1 it comes out
     # about as small as at the usual 3 (its segments repeat), in two thirds of the time
-    return encode_file(FileType.REPO_INFO, body, level=1, spec_version=2)
+    data = encode_file(FileType.REPO_INFO, body, level=1, spec_version=2)
+    return data, Layout(
+        layout.info,
+        layout.tag_names,
+        layout.branch_names,
+        kept[0],
+        kept[1],
+        kept[2],
+        kept[3],
+        layout.rest,
+        layout.rest_fields,
+        layout.rest_key,
+    )
 
 
 def encode_repo_info_segmented(info: RepoInfo) -> bytes:
     """The repo info file's bytes, from segments (made now for what has none yet); the
     same checks as ``encode_repo_info``."""
-    return assemble(build_layout(info))
+    return assemble(build_layout(info))[0]

@@ -66,16 +66,17 @@ def encode_spliced(info: RepoInfo) -> bytes | None:
     for base in candidates:
         layout = derive(base, info)
         if layout is not None:
-            _keep(layout, base)
-            return assemble(layout)
+            data, assembled = assemble(layout)
+            _keep(assembled, base)
+            return data
     return None
 
 
 def encode_kept(info: RepoInfo) -> bytes:
     """The file of ``info`` written whole, its layout kept for the next change."""
-    layout = build_layout(info)
+    data, layout = assemble(build_layout(info))
     _keep(layout, None)
-    return assemble(layout)
+    return data
 
 
 def missing_segments(info: RepoInfo) -> int:
@@ -86,7 +87,7 @@ def missing_segments(info: RepoInfo) -> int:
 
 def _keep(layout: Layout, replaced: Layout | None) -> None:
     parts = (layout.tags, layout.branches, layout.snapshots, layout.updates)
-    size = sum(len(p.blob) for p in parts)
+    size = sum(p.length for p in parts)
     with _lock:
         if replaced is not None and replaced in _kept:
             _kept.remove(replaced)
@@ -155,16 +156,18 @@ def _refs(
         section = section.shifted(inserted_at)
     if new is old:
         return names, section
-    changed = new.items() - old.items()
-    removed = old.keys() - new.keys()
+    get = old.get
+    changed = [name for name in new if new[name] is not get(name)]  # by identity: fast
+    added = sum(1 for name in changed if name not in old)
+    removed = old.keys() - new.keys() if len(new) - added < len(old) else ()
     if len(changed) + len(removed) > SPLICED_REFS_AT_MOST:
         return None
     for name in removed:
         i = bisect.bisect_left(names, name.encode(), key=str.encode)
         section = section.splice(i, i + 1, [], [])
         names = names[:i] + names[i + 1 :]
-    for name, target in changed:
-        position = _position(listed, target)
+    for name in changed:
+        position = _position(listed, new[name])
         if position < 0:
             return None  # the whole encoder says which
         i = bisect.bisect_left(names, name.encode(), key=str.encode)
@@ -189,7 +192,4 @@ def _log(section: Section, old: Sequence[Update], new: Sequence[Update]) -> Sect
     if len(old) < count - 1 or tuple(new[front:]) != tuple(old[front - 1 : count - 1]):
         return None
     pushed = [u._segment or update_segment(u) for u in new[:front]]
-    section = section.splice(0, front - 1, pushed, [])
-    if len(old) + 1 > count:
-        section = section.splice(count, len(old) + 1, [], [])
-    return section
+    return section.splice(0, front - 1, pushed, [], count - 1)
