@@ -29,7 +29,7 @@ import operator
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -146,8 +146,7 @@ def rest_segment(info: RepoInfo) -> tuple[Segment, tuple[int | None, ...]]:
     return (data, 0, -1), tuple(None if o is None else len(data) - o for o in offsets)
 
 
-@dataclass(frozen=True, slots=True)
-class Section:
+class Section(NamedTuple):
     """Segments written one after another (the refs of one kind, the snapshots, the
     log): their bytes (``length`` of them, in a few pieces: a splice copies none), the
     size of each, where its root object is in it, and for segments that hold an index,
@@ -234,7 +233,7 @@ def section(segments: list[Segment], values: list[int] | None) -> Section:
     return Section(datas, length, sizes, roots, patches, np.array(values, np.int32))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Layout:
     """A repo info file in pieces: what it encodes, the names of its refs in the file's
     order (by UTF-8 bytes), its four sections (tags, branches, snapshots, log) and the

@@ -89,8 +89,7 @@ def _keep(layout: Layout, replaced: Layout | None) -> None:
     parts = (layout.tags, layout.branches, layout.snapshots, layout.updates)
     size = sum(p.length for p in parts)
     with _lock:
-        if replaced is not None and replaced in _kept:
-            _kept.remove(replaced)
+        _kept[:] = [kept for kept in _kept if kept is not replaced]
         if size <= KEPT_BYTES_AT_MOST:
             _kept.append(layout)
         del _kept[:-KEPT_LAYOUTS]
