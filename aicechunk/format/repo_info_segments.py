@@ -8,7 +8,11 @@ a small flatbuffer piece with its own vtables, every offset inside it, a length 
 multiple of 8 and 8-byte alignment within, so that it reads the same wherever an 8-byte
 aligned position puts it. A snapshot's or an update's segment is made the first time it
 is written and kept on the object (they are immutable); a ref's depends only on its name.
-A file is then its root table, the offset vectors, and the segments joined.
+A file is then its root table, the offset vectors, and the segments joined: a
+``Layout`` (four ``Section``s of segments, their sizes, roots and the indices they hold,
+and the root's other fields), put together by ``assemble``. ``repo_info_splice`` keeps
+the layout of the last files written and makes the next one's by splicing in what a
+change altered.
 
 Indices into the snapshot list (a ref's snapshot, a snapshot's parent) shift when a
 snapshot is inserted, so segments always hold them (also when 0, which flatbuffers would
