@@ -126,9 +126,10 @@ def _change(what: str, data: st.DataObject, info: RepoInfo) -> Changed:
         tags[name] = _any_id(data, info)
         return dataclasses.replace(info, tags=tags), ru.TagCreated(name)
     if what == "tag_delete":
-        if not tags:
+        live = sorted(set(tags) - set(info.deleted_tags))  # a name is deleted once
+        if not live:
             return None
-        name = data.draw(st.sampled_from(sorted(tags)))
+        name = data.draw(st.sampled_from(live))
         previous = tags.pop(name)
         deleted = (*info.deleted_tags, name)
         new = dataclasses.replace(info, tags=tags, deleted_tags=deleted)
