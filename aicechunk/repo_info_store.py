@@ -51,8 +51,9 @@ from aicechunk.format.repo_info import (
     encode_repo_info,
     next_update_time,
     push_update,
+    with_snapshot,
 )
-from aicechunk.format.repo_info_segments import encode_repo_info_segmented
+from aicechunk.format.repo_info_splice import encode_kept, encode_spliced, missing_segments
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop, start_now
 from aicechunk.refstore import RefInfo
@@ -414,9 +415,9 @@ class RepoInfoStore:
             if snapshot is None:
                 _listed(info, new_id)
                 return replace(info, branches=branches), ru.BranchReset(name, now)
-            listed = (*info.snapshots, _info_of(snapshot, snapshot.parent_id or expected))
-            new = replace(info, branches=branches, snapshots=listed)
-            return new, ru.NewCommit(name, new_id)
+            added = _info_of(snapshot, snapshot.parent_id or expected)
+            listed = with_snapshot(info.snapshots, added)  # inserted in order: no sort
+            return replace(info, branches=branches, snapshots=listed), ru.NewCommit(name, new_id)
 
         await self.update(change, version_read=tip.version, files=files)
 
@@ -455,8 +456,7 @@ class RepoInfoStore:
                     raise PreconditionFailed(f"tag {name!r} was deleted", key=REPO_INFO_KEY)
                 raise RefNotFoundError(f"tag {name!r} does not exist")
             tags = {k: v for k, v in info.tags.items() if k != name}
-            deleted = (*info.deleted_tags, name)
-            new = replace(info, tags=tags, deleted_tags=deleted)
+            new = replace(info, tags=tags, deleted_tags=(*info.deleted_tags, name))
             return new, ru.TagDeleted(name, now)
 
         await self.update(change)
@@ -481,26 +481,26 @@ class RepoInfoStore:
         def change(info: RepoInfo, retry: bool) -> tuple[RepoInfo, ru.UpdateKind] | None:
             if info.snapshot(snapshot.id) is not None:
                 return None
-            listed = (*info.snapshots, _info_of(snapshot, snapshot.parent_id))
+            listed = with_snapshot(info.snapshots, _info_of(snapshot, snapshot.parent_id))
             return replace(info, snapshots=listed), ru.NewDetachedSnapshot(snapshot.id)
 
         await self.update(change)
 
 
 async def encode(info: RepoInfo) -> bytes:
-    """The bytes of ``info`` in Icechunk's layout (a new file); a large one encoded in a
-    worker thread, off the event loop."""
-    items = len(info.snapshots) + len(info.branches) + len(info.tags)
-    return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info, info)
+    """The bytes of ``info`` in Icechunk's layout (a new file), a large one off the loop."""
+    many = len(info.snapshots) + len(info.branches) + len(info.tags) >= ENCODE_ITEMS_OFF_LOOP
+    return await off_loop(many, encode_repo_info, info)
 
 
 async def encode_change(info: RepoInfo) -> bytes:
-    """The bytes of ``info`` replacing the file: from the segments its refs, snapshots
-    and updates keep from earlier writes (``repo_info_segments``), made for the others
-    (in a worker thread when there are many)."""
-    items = sum(1 for s in info.snapshots if s._segment is None)
-    items += sum(1 for u in info.latest_updates if u._segment is None)
-    return await off_loop(items >= ENCODE_ITEMS_OFF_LOOP, encode_repo_info_segmented, info)
+    """The bytes of ``info`` replacing the file: spliced into the layout of the file it was
+    made from (``repo_info_splice``), else whole (in a worker thread if many segments)."""
+    found = encode_spliced(info)
+    if found is None:
+        many = missing_segments(info) >= ENCODE_ITEMS_OFF_LOOP
+        found = await off_loop(many, encode_kept, info)
+    return found
 
 
 def _logged(info: RepoInfo, sent: set[str]) -> bool:

@@ -33,7 +33,7 @@ from aicechunk.format.flexbuf import decode_flex, encode_flex
 from aicechunk.format.header import FileType, decode_versioned, encode_file
 from aicechunk.format.ids import SnapshotId, encode_base32, encode_base32_many
 from aicechunk.format.metadata import check_commit_properties
-from aicechunk.format.repo_info_model import Flex, Lazy, RepoInfo, SnapshotInfo
+from aicechunk.format.repo_info_model import Flex, Lazy, RepoInfo, SnapshotInfo, with_snapshot
 from aicechunk.format.repo_info_refs import check_order, read_refs
 from aicechunk.format.repo_updates import (
     Update,
@@ -60,6 +60,7 @@ __all__ = [
     "encode_repo_info",
     "next_update_time",
     "push_update",
+    "with_snapshot",
 ]
 
 REPO_INFO_KEY = "repo"
@@ -134,15 +135,15 @@ def push_update(
         raise FormatError(_NAME, "a backup path without earlier updates")
     if old:
         old[0] = Update(old[0].kind, old[0].updated_at, backup_path)
-    candidates = [Update(kind, at, None), *old]
-    before = info.repo_before_updates
-    kept: list[Update] = []
-    for update in candidates:
-        if len(kept) >= limit and update.backup_path is not None:
-            before = update.backup_path
-            break
-        kept.append(update)
-    return tuple(kept), before
+    candidates = (Update(kind, at, None), *old)
+    # every entry up to the limit, then those up to the first with a backup path (in
+    # a log that grew by one, the first past the limit: no walk over the whole log)
+    cut = max(limit, 0)
+    while cut < len(candidates) and candidates[cut].backup_path is None:
+        cut += 1
+    if cut < len(candidates):
+        return candidates[:cut], candidates[cut].backup_path
+    return candidates, info.repo_before_updates
 
 
 # --- encoding --------------------------------------------------------------------------

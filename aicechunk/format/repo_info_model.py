@@ -19,7 +19,7 @@ from aicechunk.errors import FormatError
 from aicechunk.format.ids import SnapshotId
 from aicechunk.format.repo_updates import RepoStatus, Update
 
-__all__ = ["Flex", "Lazy", "RepoInfo", "SnapshotInfo"]
+__all__ = ["Flex", "Lazy", "RepoInfo", "SnapshotInfo", "with_snapshot"]
 
 T = TypeVar("T")
 _NAME = "repo"
@@ -99,12 +99,38 @@ class Lazy(Sequence[T]):
 
 
 class _Sorted(tuple):  # type: ignore[type-arg]
-    """Snapshot infos known to be sorted by id (``SnapshotId`` text sorts as its bytes)."""
+    """Snapshot infos known to be sorted by id (``SnapshotId`` text sorts as its bytes).
 
-    __slots__ = ()
+    One made by ``with_snapshot`` says where it came from: ``_origin`` is the ``_token``
+    of the list it was made from and the position of the one snapshot inserted into it,
+    so that an encoder that wrote that list can splice the new one in (a token, not the
+    list itself: a chain of lists, each holding the one before, would keep every one).
+    """
+
+    _token: object
+    _origin: tuple[object, int]
 
 
 _BY_ID = operator.attrgetter("id")
+
+
+def with_snapshot(snapshots: Sequence[SnapshotInfo], added: SnapshotInfo) -> Sequence[SnapshotInfo]:
+    """``snapshots`` with ``added`` inserted where its id sorts (by binary search, no
+    sort), for ``RepoInfo(snapshots=...)``. A list not known to be sorted, or one that
+    already holds that id, is returned with ``added`` at the end, to be sorted (or
+    refused) as any other."""
+    if not isinstance(snapshots, _Sorted):
+        return (*snapshots, added)
+    at = bisect.bisect_left(snapshots, added.id, key=_BY_ID)
+    if at < len(snapshots) and snapshots[at].id == added.id:
+        return (*snapshots, added)
+    token = snapshots.__dict__.get("_token")
+    if token is None:
+        token = snapshots._token = object()
+    made = _Sorted((*snapshots[:at], added, *snapshots[at:]))
+    made._origin = (token, at)
+    return made
+
 
 #: a metadata mapping with the FlexBuffer of each of its values, by key
 Flex = tuple[Mapping[str, Any], tuple[tuple[str, bytes], ...]]

@@ -8,7 +8,11 @@ a small flatbuffer piece with its own vtables, every offset inside it, a length 
 multiple of 8 and 8-byte alignment within, so that it reads the same wherever an 8-byte
 aligned position puts it. A snapshot's or an update's segment is made the first time it
 is written and kept on the object (they are immutable); a ref's depends only on its name.
-A file is then its root table, the offset vectors, and the segments joined.
+A file is then its root table, the offset vectors, and the segments joined: a
+``Layout`` (four ``Section``s of segments, their sizes, roots and the indices they hold,
+and the root's other fields), put together by ``assemble``. ``repo_info_splice`` keeps
+the layout of the last files written and makes the next one's by splicing in what a
+change altered.
 
 Indices into the snapshot list (a ref's snapshot, a snapshot's parent) shift when a
 snapshot is inserted, so segments always hold them (also when 0, which flatbuffers would
@@ -28,8 +32,11 @@ import itertools
 import operator
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 from aicechunk.errors import FormatError
 from aicechunk.format.fastbuilder import FastBuilder
@@ -46,14 +53,33 @@ from aicechunk.format.repo_info import (
 )
 from aicechunk.format.repo_updates import Update, encode_status, encode_update
 
-__all__ = ["encode_repo_info_segmented"]
+__all__ = [
+    "Layout",
+    "Section",
+    "assemble",
+    "build_layout",
+    "encode_repo_info_segmented",
+    "ref_segment",
+    "rest_key",
+    "rest_segment",
+    "section",
+    "snapshot_segment",
+    "update_segment",
+]
 
 #: (bytes, position of its root object in them, position of its index field or -1)
 Segment = tuple[bytes, int, int]
+Buffer = bytes | memoryview
 
 _NAME = "repo"
 _ALIGN = 8
 _ROOT_FIELDS = 13
+# the head: the root offset and identifier, the root's vtable at 8, its table (aligned to
+# 4: its last byte is the spec version, a u8), then the four offset vectors (aligned)
+_VTABLE_AT = 8
+_TABLE_AT = _VTABLE_AT + 4 + 2 * _ROOT_FIELDS + (-(_VTABLE_AT + 4 + 2 * _ROOT_FIELDS) % 4)
+_TABLE_SIZE = 4 + 4 * (_ROOT_FIELDS - 1) + 1
+_VECTORS_AT = _TABLE_AT + _TABLE_SIZE + (-(_TABLE_AT + _TABLE_SIZE) % 4)
 _U32 = struct.Struct("<I")
 _DATA, _ROOT, _PATCH = (operator.itemgetter(i) for i in range(3))
 # a ref's vtable (8 bytes, 2 fields: the name at 4, the index at 8 in a 12-byte table),
@@ -76,7 +102,7 @@ def _finish(b: FastBuilder, root: int, patch: int | None) -> Segment:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _ref_segment(name: str) -> Segment:
+def ref_segment(name: str) -> Segment:
     """A ref's table, written directly (no builder: a repository may hold a million
     refs): its vtable, the table (name, then the index to set), the name. Kept for the
     next write (a segment is immutable; the index is set in the file's copy)."""
@@ -85,7 +111,9 @@ def _ref_segment(name: str) -> Segment:
     return body + bytes(-len(body) % _ALIGN), 8, 16
 
 
-def _snapshot_segment(snap: SnapshotInfo) -> Segment:
+def snapshot_segment(snap: SnapshotInfo) -> Segment:
+    """A snapshot's table (its parent's index to set), kept on the info for the next
+    write."""
     found: Segment | None = snap._segment
     if found is None:
         b = FastBuilder(256)
@@ -94,7 +122,8 @@ def _snapshot_segment(snap: SnapshotInfo) -> Segment:
     return found
 
 
-def _update_segment(update: Update) -> Segment:
+def update_segment(update: Update) -> Segment:
+    """An operations log entry's table, kept on the entry for the next write."""
     found: Segment | None = update._segment
     if found is None:
         b = FastBuilder(128)
@@ -103,7 +132,7 @@ def _update_segment(update: Update) -> Segment:
     return found
 
 
-def _rest_segment(info: RepoInfo) -> tuple[Segment, list[int | None]]:
+def rest_segment(info: RepoInfo) -> tuple[Segment, tuple[int | None, ...]]:
     """One segment holding the root's other fields (status, metadata, deleted tags,
     feature flags, the link to older updates, config, extra): their positions in it, in
     root field order from 3 (``None``: absent)."""
@@ -118,97 +147,245 @@ def _rest_segment(info: RepoInfo) -> tuple[Segment, list[int | None]]:
     extra = None if info.extra is None else b.CreateByteVector(info.extra)
     data, _, _ = _finish(b, deleted, None)
     offsets = [deleted, None, status, metadata, None, before, config, enabled, disabled, extra]
-    return (data, 0, -1), [None if o is None else len(data) - o for o in offsets]
+    return (data, 0, -1), tuple(None if o is None else len(data) - o for o in offsets)
 
 
-def encode_repo_info_segmented(info: RepoInfo) -> bytes:
-    """The repo info file's bytes, from segments (made now for what has none yet); the
-    same checks as ``encode_repo_info``."""
+class Section(NamedTuple):
+    """Segments written one after another (the refs of one kind, the snapshots, the
+    log): their bytes (``length`` of them, in a few pieces: a splice copies none), the
+    size of each, where its root object is in it, and for segments that hold an index,
+    where that goes in it and its value. Never changed: ``splice`` and ``shifted`` make
+    new ones."""
+
+    pieces: tuple[Buffer, ...]
+    length: int
+    sizes: NDArray[np.int64]
+    roots: NDArray[np.int64]
+    patches: NDArray[np.int64] | None = None
+    values: NDArray[np.int32] | None = None
+
+    def splice(
+        self, i: int, j: int, added: list[Segment], values: list[int], stop: int | None = None
+    ) -> Section:
+        """The segments from ``i`` to ``j`` (excluded) replaced by ``added``, holding
+        ``values`` (ignored by a section without indices); with ``stop``, those from
+        ``stop`` on (``stop`` >= ``j``) left out too."""
+        stop = len(self.sizes) if stop is None else stop
+        a = int(self.sizes[:i].sum()) if i else 0
+        b = a + int(self.sizes[i:j].sum()) if j > i else a
+        e = self.length if stop == len(self.sizes) else b + int(self.sizes[j:stop].sum())
+        datas = list(map(_DATA, added))
+        sizes = np.fromiter(map(len, datas), np.int64, len(datas))
+        pieces = [*_within(self.pieces, 0, a), *datas, *_within(self.pieces, b, e)]
+        length = e - (b - a) + int(sizes.sum())
+
+        def spliced(old: NDArray[Any], new: NDArray[Any]) -> NDArray[Any]:
+            return np.concatenate((old[:i], new, old[j:stop]))
+
+        roots = np.fromiter(map(_ROOT, added), np.int64, len(added))
+        if self.patches is None or self.values is None:
+            return Section(
+                tuple(pieces), length, spliced(self.sizes, sizes), spliced(self.roots, roots)
+            )
+        patches = np.fromiter(map(_PATCH, added), np.int64, len(added))
+        return Section(
+            tuple(pieces),
+            length,
+            spliced(self.sizes, sizes),
+            spliced(self.roots, roots),
+            spliced(self.patches, patches),
+            spliced(self.values, np.array(values, np.int32)),
+        )
+
+    def shifted(self, at: int) -> Section:
+        """The indices from ``at`` up one: a snapshot was inserted at ``at``."""
+        assert self.values is not None
+        values = self.values + (self.values >= at)
+        return Section(self.pieces, self.length, self.sizes, self.roots, self.patches, values)
+
+    def with_value(self, i: int, value: int) -> Section:
+        """Segment ``i`` holding index ``value``."""
+        assert self.values is not None
+        values = self.values.copy()
+        values[i] = value
+        return Section(self.pieces, self.length, self.sizes, self.roots, self.patches, values)
+
+
+def _within(pieces: tuple[Buffer, ...], lo: int, hi: int) -> list[Buffer]:
+    """The bytes from ``lo`` to ``hi`` of the joined ``pieces``, as pieces (no copy)."""
+    found: list[Buffer] = []
+    at = 0
+    for piece in pieces:
+        end = at + len(piece)
+        if end > lo and at < hi:
+            whole = at >= lo and end <= hi
+            found.append(piece if whole else memoryview(piece)[max(lo - at, 0) : hi - at])
+        at = end
+    return found
+
+
+def section(segments: list[Segment], values: list[int] | None) -> Section:
+    """Segments, and the index each holds (``None``: a section without indices)."""
+    n = len(segments)
+    datas = tuple(map(_DATA, segments))  # map over C getters: no Python frame per item
+    sizes = np.fromiter(map(len, datas), np.int64, n)
+    roots = np.fromiter(map(_ROOT, segments), np.int64, n)
+    length = int(sizes.sum())
+    if values is None:
+        return Section(datas, length, sizes, roots, None, None)
+    patches = np.fromiter(map(_PATCH, segments), np.int64, n)
+    return Section(datas, length, sizes, roots, patches, np.array(values, np.int32))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Layout:
+    """A repo info file in pieces: what it encodes, the names of its refs in the file's
+    order (by UTF-8 bytes), its four sections (tags, branches, snapshots, log) and the
+    segment of the root's other fields (``rest``, with their positions in it and what
+    it was made from)."""
+
+    info: RepoInfo
+    tag_names: tuple[str, ...]
+    branch_names: tuple[str, ...]
+    tags: Section
+    branches: Section
+    snapshots: Section
+    updates: Section
+    rest: bytes
+    rest_fields: tuple[int | None, ...]
+    rest_key: tuple[Any, ...]
+
+
+def rest_key(info: RepoInfo) -> tuple[Any, ...]:
+    """What the segment of the root's other fields is made from (equal: the same bytes)."""
+    return (
+        info.deleted_tags,
+        info.status,
+        flex_of(info)[1],
+        info.enabled_feature_flags,
+        info.disabled_feature_flags,
+        info.repo_before_updates,
+        info.config,
+        info.extra,
+    )
+
+
+def _check(info: RepoInfo) -> None:
+    """What a repo info file needs that its parts do not say."""
     if "main" not in info.branches:
         raise FormatError(_NAME, "a repository must have a 'main' branch")
     if not info.latest_updates:
         raise FormatError(_NAME, "the operations log must hold at least one update")
-    index = {s.id.bytes: i for i, s in enumerate(info.snapshots)}
-    segments: list[Segment] = []
-    values: list[int] = []  # the index each segment with a patch point holds
 
-    def refs(found: Mapping[str, SnapshotId]) -> int:
-        for name in sorted(found, key=str.encode):
+
+def build_layout(info: RepoInfo) -> Layout:
+    """The pieces of ``info``'s file, segments made now for what has none yet; the same
+    checks as ``encode_repo_info``."""
+    _check(info)
+    index = {s.id.bytes: i for i, s in enumerate(info.snapshots)}
+
+    def refs(found: Mapping[str, SnapshotId]) -> tuple[tuple[str, ...], Section]:
+        names = tuple(sorted(found, key=str.encode))
+        values = []
+        for name in names:
             target = found[name]
             position = index.get(target.bytes)
             if position is None:
                 raise FormatError(_NAME, f"{name!r} points at {target}, which is not listed")
-            segments.append(_ref_segment(name))
             values.append(position)
-        return len(found)
+        return names, section(list(map(ref_segment, names)), values)
 
-    tag_count = refs(info.tags)
-    branch_count = refs(info.branches)
+    tag_names, tags = refs(info.tags)
+    branch_names, branches = refs(info.branches)
     snapshots = info.snapshots
     get = index.get
-    # comprehensions, not a loop of appends: this runs for every snapshot at every change
+    # comprehensions, not a loop of appends: this runs for every snapshot
     parents = [-1 if s.parent_id is None else get(s.parent_id.bytes, -2) for s in snapshots]
     if -2 in parents:
         orphan = snapshots[parents.index(-2)]
         raise FormatError(_NAME, f"the parent of {orphan.id} is not listed")
-    values += parents
-    segments += [s._segment or _snapshot_segment(s) for s in snapshots]
-    segments += [u._segment or _update_segment(u) for u in info.latest_updates]
-    rest, rest_fields = _rest_segment(info)
-    segments.append(rest)
-    counts = (tag_count, branch_count, len(info.snapshots), len(info.latest_updates))
+    listed = section([s._segment or snapshot_segment(s) for s in snapshots], parents)
+    log = section([u._segment or update_segment(u) for u in info.latest_updates], None)
+    (rest, _, _), fields = rest_segment(info)
+    return Layout(
+        info, tag_names, branch_names, tags, branches, listed, log, rest, fields, rest_key(info)
+    )
 
+
+def assemble(layout: Layout) -> tuple[bytes, Layout]:
+    """The file of ``layout`` (the root table, the four offset vectors, the segments,
+    each index set in place; compressed), and ``layout`` again, its sections now each
+    one piece of the file's bytes (which the next splice cuts)."""
+    parts = (layout.tags, layout.branches, layout.snapshots, layout.updates)
+    counts = [len(p.sizes) for p in parts]
+    total = sum(counts)
     # the head: root offset and identifier, the root's vtable and table, four vectors
-    vtable_at = 8
-    table_at = vtable_at + 4 + 2 * _ROOT_FIELDS
-    table_at += -table_at % 4
-    table_size = 4 + 4 * (_ROOT_FIELDS - 1) + 1
-    vectors_at = table_at + table_size
-    vectors_at += -vectors_at % 4
-    vector_starts = list(itertools.accumulate((4 + 4 * n for n in counts), initial=vectors_at))
+    vector_starts = list(itertools.accumulate((4 + 4 * n for n in counts), initial=_VECTORS_AT))
     segments_at = vector_starts[-1] + (-vector_starts[-1] % _ALIGN)
-    datas = list(map(_DATA, segments))  # map over C getters: no Python frame per item
-    sizes = np.fromiter(map(len, datas), np.int64, len(segments))
-    starts = segments_at + np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    roots = starts + np.fromiter(map(_ROOT, segments), np.int64, len(segments))
+    bases = list(itertools.accumulate((p.length for p in parts), initial=segments_at))
+    rest_at = bases[-1]
 
-    head = bytearray(segments_at)
-    struct.pack_into("<I4s", head, 0, table_at, FILE_IDENTIFIER)
+    head = bytearray(_VECTORS_AT)
+    struct.pack_into("<I4s", head, 0, _TABLE_AT, FILE_IDENTIFIER)
     # root fields: 0 spec version (u8, last in the table), 1 tags, 2 branches, 3 deleted,
     # 4 snapshots, 5 status, 6 metadata, 7 updates, 8 before, 9 config, 10/11 flags, 12 extra
     targets: list[int | None] = [None] * _ROOT_FIELDS
     for field_index, vector_at in zip((1, 2, 4, 7), vector_starts, strict=False):
         targets[field_index] = vector_at
-    rest_at = int(starts[-1])
-    for field_index, offset in enumerate(rest_fields, start=3):
+    for field_index, offset in enumerate(layout.rest_fields, start=3):
         if offset is not None:
             targets[field_index] = rest_at + offset
     slots = [0] * _ROOT_FIELDS
-    slots[0] = table_size - 1
+    slots[0] = _TABLE_SIZE - 1
     for field_index in range(1, _ROOT_FIELDS):
         target = targets[field_index]
         if target is not None:
-            slot_at = table_at + 4 * field_index
+            slot_at = _TABLE_AT + 4 * field_index
             slots[field_index] = 4 * field_index
             struct.pack_into("<I", head, slot_at, target - slot_at)
-    vtable = (4 + 2 * _ROOT_FIELDS, table_size, *slots)
-    struct.pack_into(f"<{len(vtable)}H", head, vtable_at, *vtable)
-    struct.pack_into("<i", head, table_at, table_at - vtable_at)
-    head[table_at + table_size - 1] = info.spec_version
-    first = 0
-    for vector_at, count in zip(vector_starts, counts, strict=False):
-        struct.pack_into("<I", head, vector_at, count)
-        slot_positions = vector_at + 4 + 4 * np.arange(count, dtype=np.int64)
-        offsets = (roots[first : first + count] - slot_positions).astype("<u4")
-        head[vector_at + 4 : vector_at + 4 + 4 * count] = offsets.tobytes()
-        first += count
+    vtable = (4 + 2 * _ROOT_FIELDS, _TABLE_SIZE, *slots)
+    struct.pack_into(f"<{len(vtable)}H", head, _VTABLE_AT, *vtable)
+    struct.pack_into("<i", head, _TABLE_AT, _TABLE_AT - _VTABLE_AT)
+    head[_TABLE_AT + _TABLE_SIZE - 1] = layout.info.spec_version
 
-    body = bytearray(head)
-    body += b"".join(datas)
-    patches = np.fromiter(map(_PATCH, segments), np.int64, len(segments))
-    patched = patches >= 0
-    words = np.frombuffer(body, dtype="<i4")
-    words[(starts[patched] + patches[patched]) // 4] = np.asarray(values, dtype="<i4")
+    # the vectors, as words: each vector's count, then the offset of each of its tables
+    sizes = np.concatenate([p.sizes for p in parts])
+    starts = np.cumsum(sizes) - sizes + segments_at
+    words = np.zeros((segments_at - _VECTORS_AT) // 4, "<u4")
+    entries = np.arange(total) + np.repeat(np.arange(1, 5), counts)
+    words[list(itertools.accumulate(counts[:-1], lambda at, n: at + 1 + n, initial=0))] = counts
+    roots = starts + np.concatenate([p.roots for p in parts])
+    words[entries] = roots - (_VECTORS_AT + 4 * entries)
+    pieces = [piece for p in parts for piece in p.pieces]
+    body = bytearray().join((head, words, *pieces, layout.rest))
+    indexed = parts[:3]
+    patches = np.concatenate([p.patches for p in indexed if p.patches is not None])
+    patches += starts[: len(patches)]
+    values = np.concatenate([p.values for p in indexed if p.values is not None])
+    np.frombuffer(body, "<i4")[patches >> 2] = values
+    view = memoryview(body)
+    kept = [
+        Section((view[base : base + p.length],), p.length, p.sizes, p.roots, p.patches, p.values)
+        for p, base in zip(parts, bases, strict=False)
+    ]
     # zstd level 1: this file is rewritten by every change, and at level 1 it comes out
     # about as small as at the usual 3 (its segments repeat), in two thirds of the time
-    return encode_file(FileType.REPO_INFO, bytes(body), level=1, spec_version=2)
+    data = encode_file(FileType.REPO_INFO, body, level=1, spec_version=2)
+    return data, Layout(
+        layout.info,
+        layout.tag_names,
+        layout.branch_names,
+        kept[0],
+        kept[1],
+        kept[2],
+        kept[3],
+        layout.rest,
+        layout.rest_fields,
+        layout.rest_key,
+    )
+
+
+def encode_repo_info_segmented(info: RepoInfo) -> bytes:
+    """The repo info file's bytes, from segments (made now for what has none yet); the
+    same checks as ``encode_repo_info``."""
+    return assemble(build_layout(info))[0]
