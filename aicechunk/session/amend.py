@@ -29,7 +29,7 @@ from aicechunk.format import repo_updates as ru
 from aicechunk.format.feature_flags import require_feature
 from aicechunk.format.ids import SnapshotId
 from aicechunk.format.metadata import check_commit_properties
-from aicechunk.format.repo_info import REPO_INFO_KEY, RepoInfo, SnapshotInfo
+from aicechunk.format.repo_info import REPO_INFO_KEY, RepoInfo, SnapshotInfo, with_snapshot
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.repo_info_store import Change, RepoInfoStore
 from aicechunk.session.commit import NO_CHANGES, finish_despite_cancellation, settle, with_defaults
@@ -132,7 +132,7 @@ def _change(state: SessionState, snapshot: Snapshot) -> Change:
         new = replace(
             info,
             branches={**info.branches, branch: snapshot.id},
-            snapshots=(*info.snapshots, listed),
+            snapshots=with_snapshot(info.snapshots, listed),  # spliced, not encoded whole
         )
         return new, ru.CommitAmended(branch, now, snapshot.id)
 
