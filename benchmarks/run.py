@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_forks
 import bench_refs
-from local_rows import LOCAL_KINDS, local_rows
+from local_rows import LOCAL_KINDS, local_rows, settle
 from remote import S3_SERVERS, RemoteRows, busy_cores, capacity, cores, s3_chain
 from systems import ICECHUNK_VERSION, Ours, System, Theirs, icechunk_spec_versions, location
 from v2rows import ops_log_workload, parse_history
@@ -193,7 +193,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
                         for kind in [k for k in ("local", "s3") if k in storage]:
                             for system in order:
                                 where = rows.where(kind, base, system, "-oplog")
-                                gc.collect()
+                                settle(kind)  # no system pays for another's write-back
                                 row = await ops_log_workload(system, where, *history)
                                 label = f"ops log of {history[0]}x{history[1]} commits"
                                 record(rows.label(label, kind), system.name, row)

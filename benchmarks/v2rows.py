@@ -10,6 +10,11 @@ over the operations log.
 The commit row is the median of ``COMMITS`` commits on ``main`` made one after another,
 each changing one chunk (a new session each time), for both libraries alike: one commit
 takes a few milliseconds, and a single timing of it was mostly noise.
+
+On local disk each timed part starts from a settled disk (``local_rows.settle``: an
+untimed ``os.sync()``, for both libraries alike): the history leaves about a thousand
+new files dirty, and commits timed while the kernel writes them back measured that
+write-back (per-repetition medians spread 2x for both libraries).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 
 import numpy as np
 import zarr.api.asynchronous as zas
+from local_rows import settle
 from systems import System
 from workloads import Result
 
@@ -56,6 +62,8 @@ async def ops_log_workload(system: System, where: str, branches: int, commits: i
             await _commit_one_chunk(system, repo, f"branch-{b}", b, c)
     history = time.perf_counter() - start
 
+    kind = where.partition(":")[0]
+    settle(kind)
     timed = []
     for i in range(COMMITS):
         session = await system.writable(repo)
@@ -67,6 +75,7 @@ async def ops_log_workload(system: System, where: str, branches: int, commits: i
         timed.append(time.perf_counter() - start)
     commit = statistics.median(timed)
 
+    settle(kind)
     start = time.perf_counter()
     repo = await system.open(where)
     listed = await system.list_branches(repo)
