@@ -8,22 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 from aicechunk.format.repo_info import REPO_INFO_KEY, decode_repo_info, encode_repo_info
+from tests.one_value import commit_value
 
 icechunk = pytest.importorskip("icechunk")
-
-
-async def _commit(repo: aic.Repository, branch: str, index: int, value: int) -> str:
-    session = await repo.writable_session(branch)
-    arr = await zas.open_array(store=session.store, path="x", mode="r+")
-    await arr.setitem(slice(index, index + 1), np.array([value], dtype="i4"))
-    return await session.commit(f"{branch} {value}")
 
 
 async def test_icechunk_reads_and_extends_files_written_from_segments(tmp_path: Path) -> None:
@@ -36,10 +29,10 @@ async def test_icechunk_reads_and_extends_files_written_from_segments(tmp_path: 
     base = await session.commit("array")
     for b in range(6):  # warm: every change starts from the segments of the last
         await repo.create_branch(f"b{b}", base)
-        await _commit(repo, f"b{b}", b, b + 1)
+        await commit_value(repo, f"b{b}", b, b + 1)
     await repo.create_tag("t", base)
     cold = await aic.Repository.open(storage)  # cold: decoded lazily, segments made anew
-    await _commit(cold, "main", 7, 70)
+    await commit_value(cold, "main", 7, 70)
     await cold.delete_branch("b5")
     data = (root / REPO_INFO_KEY).read_bytes()
     info = decode_repo_info(data)
@@ -63,7 +56,7 @@ async def test_icechunk_reads_and_extends_files_written_from_segments(tmp_path: 
 
     again = await aic.Repository.open(storage)
     assert await again.lookup_branch("b2") == tip
-    await _commit(again, "b2", 1, 5)
+    await commit_value(again, "b2", 1, 5)
     kinds = [type(u.kind).__name__ async for u in again.ops_log()]
     assert kinds[:3] == ["NewCommit", "NewCommit", "BranchDeleted"]
     assert len(list(theirs.ops_log())) == len(kinds)

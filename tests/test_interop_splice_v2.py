@@ -19,15 +19,9 @@ import zarr.api.asynchronous as zas
 import aicechunk as aic
 import aicechunk.repo_info_store as store_module
 from aicechunk.format.repo_info import REPO_INFO_KEY, decode_repo_info, encode_repo_info
+from tests.one_value import commit_value
 
 icechunk = pytest.importorskip("icechunk")
-
-
-async def _commit(repo: aic.Repository, branch: str, index: int, value: int) -> str:
-    session = await repo.writable_session(branch)
-    arr = await zas.open_array(store=session.store, path="x", mode="r+")
-    await arr.setitem(slice(index, index + 1), np.array([value], dtype="i4"))
-    return await session.commit(f"{branch} {value}")
 
 
 async def test_icechunk_reads_a_repository_written_by_spliced_changes(
@@ -56,7 +50,7 @@ async def test_icechunk_reads_a_repository_written_by_spliced_changes(
         name = f"b{b}"
         await repo.create_branch(name, base)
         for c in range(3):
-            await _commit(repo, name, b, 10 * b + c)
+            await commit_value(repo, name, b, 10 * b + c)
         expected[name] = (b, 10 * b + 2)
     await repo.create_tag("kept", base)
     await repo.create_tag("gone", base)
@@ -72,7 +66,7 @@ async def test_icechunk_reads_a_repository_written_by_spliced_changes(
     await amending.amend("b2 amended")
     expected["b2"] = (2, 99)
     await repo.set_metadata({"owner": "spliced"})
-    await _commit(repo, "main", 15, 150)
+    await commit_value(repo, "main", 15, 150)
     expected["main"] = (15, 150)
     await repo.set_status(aic.RepoStatus(aic.RepoAvailability.read_only, None, "done"))
     assert spliced.count(False) <= 2  # the first change (no file written yet) and the amend
@@ -104,5 +98,5 @@ async def test_icechunk_reads_a_repository_written_by_spliced_changes(
     their_commit = write.commit("theirs")
     again = await aic.Repository.open(storage)
     assert (await again.lookup_branch("b3")) == their_commit
-    await _commit(again, "b3", 4, -4)
+    await commit_value(again, "b3", 4, -4)
     assert [s.message async for s in again.ancestry(branch="b3")][:2] == ["b3 -4", "theirs"]
