@@ -12,6 +12,7 @@ the table shows medians and the aicechunk/icechunk ratio, and a JSON file keeps 
 
 The local rows (disk, tmpfs, memory: ``local_rows.py``) settle the disk before every
 timed workload and run ``--local-repeat`` times (5 by default); see that module for why.
+The local ops-log rows do the same (``v2rows.py``); on S3 they run ``--repeat`` times.
 
 icechunk is whichever is importable: 1.1.21 (Python 3.11) or 2.x (Python >= 3.12). Rows
 without a tag compare spec version 1 repositories on both sides; rows tagged ``v2``
@@ -119,6 +120,24 @@ async def v1_only_rows(
             )
 
 
+async def ops_log_rows(
+    rows: RemoteRows,
+    order: list[System],
+    kind: str,
+    base: Path,
+    history: tuple[int, int],
+    record: Record,
+) -> None:
+    """One repetition of the ops-log rows on ``kind`` storage, each system in ``order``
+    after ``settle`` (no system pays for another's write-back)."""
+    for system in order:
+        where = rows.where(kind, base, system, "-oplog")
+        settle(kind)
+        row = await ops_log_workload(system, where, *history)
+        label = f"ops log of {history[0]}x{history[1]} commits"
+        record(rows.label(label, kind), system.name, row)
+
+
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """The results (workload -> system -> one row per repeat), what was skipped, and the
     load average before and after each part."""
@@ -189,16 +208,18 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], dict
                     # alternate who goes first
                     order = rows.systems if rep % 2 == 0 else rows.systems[::-1]
                     on = (wanted & set(WORKLOADS[rows.spec])).__contains__
-                    if on("oplog"):
-                        for kind in [k for k in ("local", "s3") if k in storage]:
-                            for system in order:
-                                where = rows.where(kind, base, system, "-oplog")
-                                settle(kind)  # no system pays for another's write-back
-                                row = await ops_log_workload(system, where, *history)
-                                label = f"ops log of {history[0]}x{history[1]} commits"
-                                record(rows.label(label, kind), system.name, row)
+                    if on("oplog") and "s3" in storage:
+                        await ops_log_rows(rows, order, "s3", base, history, record)
                     if rows.spec == 1 and "local" in storage:
                         await v1_only_rows(order, base, s3, args, on, record)
+        # the local ops-log rows: as many repetitions as the local rows (one repetition
+        # of a disk-bound row spreads 2x), each system from a settled disk
+        for rep in range(args.local_repeat or max(5, args.repeat)) if "local" in storage else ():
+            with tempfile.TemporaryDirectory() as tmp:
+                for rows in by_spec:
+                    if (wanted & set(WORKLOADS[rows.spec])).__contains__("oplog"):
+                        order = rows.systems if rep % 2 == 0 else rows.systems[::-1]
+                        await ops_log_rows(rows, order, "local", Path(tmp), history, record)
         loads["main"]["after"] = os.getloadavg()
         # write, read and open on local disk, tmpfs and in memory, each settled first
         loads["local"] = {"before": os.getloadavg()}
