@@ -379,8 +379,10 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
                 if not installed:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
-        except BlockingIOError:  # only the lock's, taken without waiting
-            return None
+        except BlockingIOError as err:
+            if wait:  # not the lock's: it waits
+                raise self._write_error(err, key) from err
+            return None  # the key's lock is held elsewhere, and this call was not to wait
         except OSError as err:
             raise self._write_error(err, key) from err
 
