@@ -129,9 +129,19 @@ class RepoInfoStore:
         self._hint: tuple[RepoInfo, bytes] | None = None  # decoded elsewhere (``remember``)
 
     async def read(self) -> tuple[RepoInfo, bytes, str]:
-        """The repo info file as stored now: decoded, its bytes, and its version."""
+        """The repo info file as stored now: decoded, its bytes, and its version. The
+        file last read or written here is not read again while it is still the one
+        stored (its version checked: for a local file, its status alone)."""
+        known = self._file
         try:
-            data, obj = await self.driver.get_object(REPO_INFO_KEY)
+            if known is None:
+                data, obj = await self.driver.get_object(REPO_INFO_KEY)
+            else:
+                changed, obj = await self.driver.get_object_if_changed(REPO_INFO_KEY, known[2])
+                if changed is None:
+                    self._cached = known[0]
+                    return known
+                data = changed
         except ObjectNotFound:
             raise RepositoryNotFoundError(
                 f"no repository at {self.driver.label} (no '{REPO_INFO_KEY}' object)"

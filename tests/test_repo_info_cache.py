@@ -8,6 +8,7 @@ stored."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import zarr.api.asynchronous as zas
 
 import aicechunk as aic
 import aicechunk.repo_info_store as ris
-from aicechunk.drivers import MemoryDriver
+from aicechunk.drivers import LocalDriver, MemoryDriver
 from aicechunk.format import repo_updates as ru
 from aicechunk.format.ids import SnapshotId
 from aicechunk.format.repo_info import REPO_INFO_KEY, decode_repo_info
@@ -259,3 +260,41 @@ async def test_opening_reads_the_file_once_and_lists_branches_without_the_log(
         assert all(item is None for item in info.latest_updates._items)
         assert all(item is None for item in info.snapshots._items)
         assert [type(u.kind) for u in info.latest_updates][:1] == [ru.BranchCreated]
+
+
+class ReadsCounted(LocalDriver):
+    """A local driver that counts the repo info file's reads of bytes."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.byte_reads = 0
+
+    def _read_small_object_sync(self, key: str) -> Any:
+        self.byte_reads += key == REPO_INFO_KEY
+        return super()._read_small_object_sync(key)
+
+
+async def test_an_unchanged_local_file_is_checked_not_read(tmp_path: Path) -> None:
+    """Reading the repo info file this store last read or wrote (a branch created, a
+    session opened) costs a local driver the file's status, not its bytes; a file
+    changed by another writer is read, bytes and all."""
+    driver = ReadsCounted(tmp_path)
+    repo = await aic.Repository.create(aic.storage_from_driver(driver), spec_version=2)
+    session = await repo.writable_session("main")
+    group = await zas.open_group(store=session.store, mode="w")
+    await group.create_array("x", shape=(4,), chunks=(1,), dtype="i4")
+    base = await session.commit("array")
+    driver.byte_reads = 0
+    for i in range(3):
+        await repo.create_branch(f"b{i}", base)
+        await _commit(repo, f"b{i}", i)
+    assert await repo.list_branches() == {"main", "b0", "b1", "b2"}
+    assert driver.byte_reads == 0
+    other = await aic.Repository.open(aic.local_filesystem_storage(str(tmp_path)))
+    await other.create_tag("theirs", base)
+    await other.create_branch("theirs", base)
+    assert await repo.list_tags() == {"theirs"}  # a read of the new file
+    assert driver.byte_reads == 1
+    tip = await _commit(repo, "theirs", 9)
+    assert await other.lookup_branch("theirs") == tip
+    assert driver.byte_reads == 1

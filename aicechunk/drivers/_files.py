@@ -114,7 +114,7 @@ class KeyLock:
         self._fd = -1
 
 
-def real_path(path: Path) -> str:
+def real_path(path: str | Path) -> str:
     """``path`` with every symbolic link resolved. On Linux the kernel resolves it (an
     ``O_PATH`` descriptor read back through ``/proc``): a tenth of ``os.path.realpath``."""
     if _PROC_FD:
@@ -190,7 +190,7 @@ class Confinement:
         self._excluded_at = tuple((os.path.join(root, sub), sub) for sub in excluded)
         self._real_root: str | None = None
 
-    def opened_path(self, key: str, fd: int, path: Path, st: os.stat_result) -> str:
+    def opened_path(self, key: str, fd: int, path: str | Path, st: os.stat_result) -> str:
         """The real path of the file open as ``fd``: named by the kernel on Linux;
         elsewhere resolved by name, and refused unless that name leads to the same file."""
         if _HAS_FD_NAMES:
@@ -252,7 +252,7 @@ class Confinement:
             directory = os.path.dirname(directory)
 
 
-def _open_for_reading(path: Path) -> int:
+def _open_for_reading(path: str | Path) -> int:
     if _no_atime[0]:
         try:
             return os.open(path, _OPEN_FLAGS | _NOATIME)
@@ -264,7 +264,7 @@ def _open_for_reading(path: Path) -> int:
 
 
 def open_object(
-    key: str, path: Path, confinement: Confinement | None, driver: str
+    key: str, path: str | Path, confinement: Confinement | None, driver: str
 ) -> tuple[int, os.stat_result]:
     """A descriptor open on ``key``'s regular file at ``path``, and its status; the
     caller closes it.

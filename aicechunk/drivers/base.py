@@ -256,6 +256,15 @@ class Driver(abc.ABC):
         validate_key(key, self.label)
         return await self._get_object(key)
 
+    async def get_object_if_changed(
+        self, key: str, version: str
+    ) -> tuple[bytes | None, ObjectInfo]:
+        """``get_object``, or ``(None, info)`` if the object is still at ``version``
+        (an empty version matches nothing): a driver that can tell without the bytes
+        (a local file's status) does not read them. ``ObjectNotFound`` if there is none."""
+        validate_key(key, self.label)
+        return await self._get_object_if_changed(key, version)
+
     async def head(self, key: str) -> ObjectInfo:
         """The object's metadata without its bytes."""
         validate_key(key, self.label)
@@ -374,6 +383,13 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def _head(self, key: str) -> ObjectInfo: ...
+
+    async def _get_object_if_changed(
+        self, key: str, version: str
+    ) -> tuple[bytes | None, ObjectInfo]:
+        """A ``get_object_if_changed``; by default the whole object, compared after."""
+        data, info = await self._get_object(key)
+        return (None, info) if version and info.version == version else (data, info)
 
     @abc.abstractmethod
     def _list(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
     def _start(self, settings: LocalSettings) -> None:
         super()._start(settings)
         self.root = Path(settings.root)
+        self._root = str(self.root).rstrip("/")  # "/" as the root: "" + "/" + key
         # the bookkeeping directories, as strings: built for every write otherwise
         self._tmp_dir = os.path.join(settings.root, _RESERVED, "tmp")
         self._locks_dir = os.path.join(settings.root, _RESERVED, "locks")
@@ -137,7 +139,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
         next call): closing in one loop never breaks operations running in another."""
         await self._workers.close()
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> str:
         """The file of ``key`` for writing or deleting, resolved and checked by name when
         confined. Reads never use it: they check the file they opened (``_open``)."""
         path = self._named(key)
@@ -148,12 +150,13 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             self._confinement.check_real(key, real, opened=False)
         except OSError as err:
             raise self._wrap_os_error(err, key, "check") from err
-        return Path(real)
+        return real
 
-    def _named(self, key: str) -> Path:
+    def _named(self, key: str) -> str:
+        # a string, not a Path: built for every read and write, on the thread that does it
         if key == _RESERVED or key.startswith(_RESERVED + "/"):
             raise InvalidKey(f"keys under {_RESERVED}/ are reserved", key=key, driver=self.label)
-        return self.root / self._file_key(key)
+        return f"{self._root}/{self._file_key(key)}"
 
     def _file_key(self, key: str) -> str:
         if not self.settings.encode_names:
@@ -225,14 +228,37 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         # refs, snapshots, manifests: mostly small, so on the small-op thread like chunks
         found, info = await self._workers.run_small(self._read_small_object_sync, key)
+        return await self._read_rest(key, found), info
+
+    async def _read_rest(self, key: str, found: bytes | LargeRead) -> bytes:
+        """The bytes of a read begun on the small-op thread: a large one on the pool."""
         if isinstance(found, bytes):
-            return found, info
+            return found
         try:
-            return await self._workers.run(found.read), info
+            return await self._workers.run(found.read)
         except OSError as err:
             raise self._wrap_os_error(err, key, "read") from err
         finally:
             found.close()
+
+    def _read_if_changed_sync(
+        self, key: str, version: str
+    ) -> tuple[bytes | LargeRead | None, ObjectInfo]:
+        if self._confinement is None:  # a confined read checks the file it opens
+            try:
+                st = os.stat(self._named(key))
+            except OSError as err:
+                raise self._wrap_os_error(err, key, "read") from err
+            if stat.S_ISREG(st.st_mode) and version and version_of(st) == version:
+                return None, object_info(key, st)
+        return self._read_small_object_sync(key)
+
+    async def _get_object_if_changed(
+        self, key: str, version: str
+    ) -> tuple[bytes | None, ObjectInfo]:
+        # one status on the small-op thread, and the read only if the version changed
+        found, info = await self._workers.run_small(self._read_if_changed_sync, key, version)
+        return (None if found is None else await self._read_rest(key, found)), info
 
     def _head_sync(self, key: str) -> ObjectInfo:
         if self._confinement is not None:  # what a read would open, checked the same way
@@ -241,10 +267,10 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             return object_info(key, st)
         path = self._named(key)
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError as err:
             raise self._wrap_os_error(err, key, "stat") from err
-        if not path.is_file():
+        if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound("key names a directory, not an object", key=key, driver=self.label)
         return object_info(key, st)
 
@@ -320,18 +346,18 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             now = previous.st_mtime_ns + 1
         os.utime(tmp, ns=(now, now))
 
-    def _install(self, tmp: str, path: Path) -> os.stat_result:
+    def _install(self, tmp: str, path: str) -> os.stat_result:
         try:
             os.replace(tmp, path)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             os.replace(tmp, path)
         if self.settings.fsync:
-            self._fsync_dir(path.parent)
+            self._fsync_dir(os.path.dirname(path))
         return os.stat(path)
 
     @staticmethod
-    def _fsync_dir(directory: Path) -> None:
+    def _fsync_dir(directory: str) -> None:
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -420,7 +446,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             try:
                 fd = os.open(path, flags, 0o644)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 fd = os.open(path, flags, 0o644)
         except FileExistsError:  # a retried write: replace it the careful way
             written = self._put_sync(key, data, False, None)
@@ -434,11 +460,11 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
                 view = view[os.write(fd, view) :]
             if self.settings.fsync:
                 os.fsync(fd)
-                self._fsync_dir(path.parent)
+                self._fsync_dir(os.path.dirname(path))
             st = os.fstat(fd)
         except BaseException as err:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            _unlink(path)
             if isinstance(err, OSError):
                 raise self._wrap_os_error(err, key, "write") from err
             raise
@@ -458,16 +484,16 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             try:
                 os.link(origin, path)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.link(origin, path)
-            st = path.stat()
+            st = os.stat(path)
         except (OSError, StorageError):  # gone, or no links here: the bytes, then
             return self._put_once_sync(key, data)
         if version_of(st) != version:  # replaced since it was read
-            path.unlink(missing_ok=True)
+            _unlink(path)
             return self._put_once_sync(key, data)
         if self.settings.fsync:
-            self._fsync_dir(path.parent)
+            self._fsync_dir(os.path.dirname(path))
         return object_info(key, st)
 
     async def _put_copy(self, key: str, data: bytes, source: str, version: str) -> ObjectInfo:
@@ -481,9 +507,9 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             try:
                 if os.path.exists(lock_path):
                     with KeyLock(lock_path):
-                        path.unlink(missing_ok=True)
+                        _unlink(path)
                 else:
-                    path.unlink(missing_ok=True)
+                    _unlink(path)
             except (NotADirectoryError, IsADirectoryError):
                 continue
             except OSError as err:
@@ -494,3 +520,9 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
 
     async def _delete_many(self, keys: list[str]) -> None:
         await self._workers.run(self._delete_sync, keys)
+
+
+def _unlink(path: str) -> None:
+    """Remove a file, if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
