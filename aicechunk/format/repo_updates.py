@@ -20,6 +20,8 @@ from aicechunk.format.ids import SnapshotId
 from aicechunk.format.timestamps import from_micros, to_micros
 
 __all__ = [
+    "UPDATE_CODES",
+    "UPDATE_FIELDS",
     "Availability",
     "BranchCreated",
     "BranchDeleted",
@@ -246,6 +248,8 @@ _KINDS: tuple[type, ...] = (
     RepoStatusChanged,
 )
 _CODE = {kind: code for code, kind in enumerate(_KINDS, start=1)}
+#: each kind's code in the schema's union (for encoders that write tables directly)
+UPDATE_CODES: dict[type, int] = dict(_CODE)
 # the table fields of each kind, in schema order: (attribute, kind of field)
 _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
     RepoMigrated: (("from_version", "u8"), ("to_version", "u8")),
@@ -258,6 +262,8 @@ _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {
     CommitAmended: (("branch", "str"), ("previous_snap_id", "id"), ("new_snap_id", "id")),
     NewDetachedSnapshot: (("new_snap_id", "id"),),
 }
+#: each kind's table fields, in schema order: (attribute, "str" | "id" | "u8")
+UPDATE_FIELDS = _FIELDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ from aicechunk.format.repo_info import (
     encode_repo_info,
     push_update,
 )
-from aicechunk.format.repo_info_segments import encode_repo_info_segmented
-from tests.format.strategies_v2 import repo_infos
+from aicechunk.format.repo_info_segments import _direct_update, encode_repo_info_segmented
+from tests.format.strategies_v2 import names, repo_infos, snapshot_ids, times
 from tests.format.test_attacks_v2 import wrap
 
 
@@ -196,3 +196,41 @@ def test_a_log_entry_without_its_required_name_is_refused() -> None:
         _ = lazy.latest_updates[0].kind
     with pytest.raises(FormatError, match="required field 'branch' is missing"):
         decode_repo_info(wrap(bytes(broken)))
+
+
+_DIRECT = st.one_of(
+    st.builds(ru.TagCreated, names),
+    st.builds(ru.TagDeleted, names, snapshot_ids),
+    st.builds(ru.BranchCreated, names),
+    st.builds(ru.BranchDeleted, names, snapshot_ids),
+    st.builds(ru.BranchReset, names, snapshot_ids),
+    st.builds(ru.NewCommit, names, snapshot_ids),
+    st.builds(ru.CommitAmended, names, snapshot_ids, snapshot_ids),
+    st.builds(ru.NewDetachedSnapshot, snapshot_ids),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.builds(ru.Update, _DIRECT, times, st.none() | names), min_size=1))
+def test_log_entries_written_directly_read_back(updates: list[ru.Update]) -> None:
+    """The entries a commit, a ref change or a tag makes are written without the
+    builder: each segment a multiple of 8 bytes with its time 8-byte aligned, and a file
+    of them reads back as written, in the Icechunk layout's terms too."""
+    for update in updates:
+        direct = _direct_update(update)
+        assert direct is not None
+        data, root, patch = direct
+        assert len(data) % 8 == 0 and root % 8 == 0 and patch == -1
+        assert Reader(data, "repo").fields(root, 4)[2] % 8 == 0  # the u64 time
+    sid = SnapshotId(bytes(12))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    info = RepoInfo(
+        branches={"main": sid},
+        tags={},
+        snapshots=(SnapshotInfo(sid, None, at, "first", {}),),
+        status=ru.RepoStatus(ru.Availability.ONLINE, at),
+        latest_updates=tuple(updates),
+    )
+    decoded = decode_repo_info(encode_repo_info_segmented(info))
+    assert decoded.latest_updates == tuple(updates)
+    assert encode_repo_info(decoded) == encode_repo_info(info)
