@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import queue
 import threading
 import weakref
 from collections.abc import Callable
@@ -25,14 +27,63 @@ __all__ = ["Workers"]
 
 _T = TypeVar("_T")
 
+logger = logging.getLogger(__name__)
+
 _Done = list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+
+
+class _Lane:
+    """The small-op thread: runs the jobs put to it, one after another. A bare thread
+    and queue, not a one-thread executor: a hand-off makes no ``concurrent.futures``
+    future, lock or work item (about half of an executor's round trip, which every
+    small operation pays). Stopped by ``shutdown`` or at the interpreter's exit, after
+    the jobs queued before."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name="aicechunk-local-small_0", daemon=True
+        )
+        self._thread.start()
+        _LANES.add(self)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except BaseException:  # a bug in a job: logged, and later jobs still run
+                logger.exception("a job of the local driver's small-op thread failed")
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the thread, after the jobs queued before it."""
+        self._jobs.put(job)
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop the thread once the queued jobs are done (waiting for that if ``wait``)."""
+        self._jobs.put(None)
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+_LANES: weakref.WeakSet[_Lane] = weakref.WeakSet()
+
+
+def _stop_lanes() -> None:
+    # as the executors' threads are: queued work finishes before the interpreter exits
+    for lane in list(_LANES):
+        lane.shutdown(wait=True)
+
+
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_stop_lanes)
 
 
 class _Batches:
     """Small file operations of one event loop, handed to the small-op thread in
     batches."""
 
-    def __init__(self, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, executor: _Lane) -> None:
         self.loop = asyncio.get_running_loop()
         self.executor = executor
         self._queue: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
@@ -102,7 +153,7 @@ class Workers:
         self.max_workers = max_workers
         self._lock = threading.Lock()  # guards the executors and the batches
         self._pool: ThreadPoolExecutor | None = None
-        self._lane: ThreadPoolExecutor | None = None
+        self._lane: _Lane | None = None
         self._batches: LoopLocal[_Batches] = LoopLocal(lambda: _Batches(self._small_thread()))
         _ALL.add(self)
 
@@ -112,9 +163,9 @@ class Workers:
         self._pool = self._lane = None
         self._batches = LoopLocal(lambda: _Batches(self._small_thread()))
 
-    def _small_thread(self) -> ThreadPoolExecutor:
+    def _small_thread(self) -> _Lane:
         if self._lane is None:
-            self._lane = ThreadPoolExecutor(1, thread_name_prefix="aicechunk-local-small")
+            self._lane = _Lane()
         return self._lane
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -155,6 +206,7 @@ _ALL: weakref.WeakSet[Workers] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    _LANES.clear()  # the parent's threads, which do not exist here
     Workers._shared_lock = threading.Lock()
     for workers in list(_ALL):
         workers._forget_threads()

@@ -15,6 +15,7 @@ import pytest
 
 import aicechunk as aic
 from aicechunk.drivers import LocalDriver
+from aicechunk.drivers._threads import _Lane
 
 
 def local_threads() -> int:
@@ -99,3 +100,21 @@ async def test_a_conditional_write_waits_for_a_held_key_lock_off_the_small_op_th
     assert await driver.get("ref") == b"b"
     assert written.version != first.version
     assert os.listdir(tmp_path / ".aicechunk" / "tmp") == []  # the first try's file is gone
+
+
+def test_the_small_op_thread_outlives_a_failing_job(caplog: pytest.LogCaptureFixture) -> None:
+    """A job that raises (a bug: the batches catch every operation's error) is logged,
+    and the jobs after it still run; ``shutdown(wait=True)`` returns once those queued
+    before it are done."""
+    lane = _Lane()
+    ran: list[int] = []
+
+    def fails() -> None:
+        raise RuntimeError("a bug")
+
+    lane.submit(fails)
+    lane.submit(lambda: ran.append(1))
+    lane.shutdown(wait=True)
+    assert ran == [1]
+    assert "small-op thread failed" in caplog.text
+    assert not lane._thread.is_alive()
