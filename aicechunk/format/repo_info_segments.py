@@ -9,10 +9,10 @@ multiple of 8 and 8-byte alignment within, so that it reads the same wherever an
 aligned position puts it. A snapshot's or an update's segment is made the first time it
 is written and kept on the object (they are immutable); a ref's depends only on its name.
 A file is then its root table, the offset vectors, and the segments joined: a
-``Layout`` (four ``Section``s of segments, their sizes, roots and the indices they hold,
-and the root's other fields), put together by ``assemble``. ``repo_info_splice`` keeps
-the layout of the last files written and makes the next one's by splicing in what a
-change altered.
+``Layout`` (four ``Section``s of segments, where each starts, its entry in an offset
+vector and the indices they hold, and the root's other fields), put together by
+``assemble``. ``repo_info_splice`` keeps the layout of the last files written and makes
+the next one's by splicing in what a change altered.
 
 Indices into the snapshot list (a ref's snapshot, a snapshot's parent) shift when a
 snapshot is inserted, so segments always hold them (also when 0, which flatbuffers would
@@ -242,15 +242,18 @@ def rest_segment(info: RepoInfo) -> tuple[Segment, tuple[int | None, ...]]:
 
 class Section(NamedTuple):
     """Segments written one after another (the refs of one kind, the snapshots, the
-    log): their bytes (``length`` of them, in a few pieces: a splice copies none), the
-    size of each, where its root object is in it, and for segments that hold an index,
-    where that goes in it and its value. Never changed: ``splice`` and ``shifted`` make
-    new ones."""
+    log): their bytes (``length`` of them, in a few pieces: a splice copies none), where
+    each starts, and what assembling a file needs of each, kept from one file to the
+    next: ``entries``, the position of its root object less 4 bytes per segment before
+    it (its entry in the file's offset vector, less a constant of the section's place);
+    for segments that hold an index, ``patches`` (where that goes) and ``values`` (the
+    index). Positions count from the section's start. Never changed: ``splice`` and
+    ``shifted`` make new ones."""
 
     pieces: tuple[Buffer, ...]
     length: int
-    sizes: NDArray[np.int64]
-    roots: NDArray[np.int64]
+    starts: NDArray[np.int64]
+    entries: NDArray[np.int64]
     patches: NDArray[np.int64] | None = None
     values: NDArray[np.int32] | None = None
 
@@ -260,45 +263,49 @@ class Section(NamedTuple):
         """The segments from ``i`` to ``j`` (excluded) replaced by ``added``, holding
         ``values`` (ignored by a section without indices); with ``stop``, those from
         ``stop`` on (``stop`` >= ``j``) left out too."""
-        stop = len(self.sizes) if stop is None else stop
-        a = int(self.sizes[:i].sum()) if i else 0
-        b = a + int(self.sizes[i:j].sum()) if j > i else a
-        e = self.length if stop == len(self.sizes) else b + int(self.sizes[j:stop].sum())
+        count = len(self.starts)
+        stop = count if stop is None else stop
+        a, b, e = (int(self.starts[k]) if k < count else self.length for k in (i, j, stop))
         datas = list(map(_DATA, added))
-        sizes = np.fromiter(map(len, datas), np.int64, len(datas))
-        pieces = [*_within(self.pieces, 0, a), *datas, *_within(self.pieces, b, e)]
-        length = e - (b - a) + int(sizes.sum())
+        firsts = list(itertools.accumulate(map(len, datas), initial=a))
+        size = firsts.pop() - a
+        shift = size - (b - a)  # of the bytes after the splice
+        pieces = (*_within(self.pieces, 0, a), *datas, *_within(self.pieces, b, e))
 
-        def spliced(old: NDArray[Any], new: NDArray[Any]) -> NDArray[Any]:
-            return np.concatenate((old[:i], new, old[j:stop]))
+        def spliced(old: NDArray[Any], new: list[int], by: int) -> NDArray[Any]:
+            after = old[j:stop] + by if by else old[j:stop]
+            return np.concatenate((old[:i], np.array(new, old.dtype), after))
 
-        roots = np.fromiter(map(_ROOT, added), np.int64, len(added))
+        roots = map(_ROOT, added)
+        entries = [f + r - 4 * k for k, (f, r) in enumerate(zip(firsts, roots, strict=True), i)]
+        # the entries after the splice: their tables moved by ``shift`` bytes, their
+        # slots in the vector by 4 bytes per segment added or removed
+        step = shift - 4 * (len(added) - (j - i))
+        starts = spliced(self.starts, firsts, shift)
+        entries_now = spliced(self.entries, entries, step)
         if self.patches is None or self.values is None:
-            return Section(
-                tuple(pieces), length, spliced(self.sizes, sizes), spliced(self.roots, roots)
-            )
-        patches = np.fromiter(map(_PATCH, added), np.int64, len(added))
+            return Section(pieces, e + shift, starts, entries_now)
+        patches = [f + p for f, (_, _, p) in zip(firsts, added, strict=True)]
         return Section(
-            tuple(pieces),
-            length,
-            spliced(self.sizes, sizes),
-            spliced(self.roots, roots),
-            spliced(self.patches, patches),
-            spliced(self.values, np.array(values, np.int32)),
+            pieces,
+            e + shift,
+            starts,
+            entries_now,
+            spliced(self.patches, patches, shift),
+            spliced(self.values, values, 0),
         )
 
     def shifted(self, at: int) -> Section:
         """The indices from ``at`` up one: a snapshot was inserted at ``at``."""
         assert self.values is not None
-        values = self.values + (self.values >= at)
-        return Section(self.pieces, self.length, self.sizes, self.roots, self.patches, values)
+        return self._replace(values=self.values + (self.values >= at))
 
     def with_value(self, i: int, value: int) -> Section:
         """Segment ``i`` holding index ``value``."""
         assert self.values is not None
         values = self.values.copy()
         values[i] = value
-        return Section(self.pieces, self.length, self.sizes, self.roots, self.patches, values)
+        return self._replace(values=values)
 
 
 def _within(pieces: tuple[Buffer, ...], lo: int, hi: int) -> list[Buffer]:
@@ -319,12 +326,14 @@ def section(segments: list[Segment], values: list[int] | None) -> Section:
     n = len(segments)
     datas = tuple(map(_DATA, segments))  # map over C getters: no Python frame per item
     sizes = np.fromiter(map(len, datas), np.int64, n)
+    starts = np.cumsum(sizes) - sizes
     roots = np.fromiter(map(_ROOT, segments), np.int64, n)
+    entries = starts + roots - 4 * np.arange(n, dtype=np.int64)
     length = int(sizes.sum())
     if values is None:
-        return Section(datas, length, sizes, roots, None, None)
-    patches = np.fromiter(map(_PATCH, segments), np.int64, n)
-    return Section(datas, length, sizes, roots, patches, np.array(values, np.int32))
+        return Section(datas, length, starts, entries)
+    patches = starts + np.fromiter(map(_PATCH, segments), np.int64, n)
+    return Section(datas, length, starts, entries, patches, np.array(values, np.int32))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -407,8 +416,7 @@ def assemble(layout: Layout) -> tuple[bytes, Layout]:
     each index set in place; compressed), and ``layout`` again, its sections now each
     one piece of the file's bytes (which the next splice cuts)."""
     parts = (layout.tags, layout.branches, layout.snapshots, layout.updates)
-    counts = [len(p.sizes) for p in parts]
-    total = sum(counts)
+    counts = [len(p.starts) for p in parts]
     # the head: root offset and identifier, the root's vtable and table, four vectors
     vector_starts = list(itertools.accumulate((4 + 4 * n for n in counts), initial=_VECTORS_AT))
     segments_at = vector_starts[-1] + (-vector_starts[-1] % _ALIGN)
@@ -438,24 +446,22 @@ def assemble(layout: Layout) -> tuple[bytes, Layout]:
     struct.pack_into("<i", head, _TABLE_AT, _TABLE_AT - _VTABLE_AT)
     head[_TABLE_AT + _TABLE_SIZE - 1] = layout.info.spec_version
 
-    # the vectors, as words: each vector's count, then the offset of each of its tables
-    sizes = np.concatenate([p.sizes for p in parts])
-    starts = np.cumsum(sizes) - sizes + segments_at
-    words = np.zeros((segments_at - _VECTORS_AT) // 4, "<u4")
-    entries = np.arange(total) + np.repeat(np.arange(1, 5), counts)
-    words[list(itertools.accumulate(counts[:-1], lambda at, n: at + 1 + n, initial=0))] = counts
-    roots = starts + np.concatenate([p.roots for p in parts])
-    words[entries] = roots - (_VECTORS_AT + 4 * entries)
+    # the vectors: each one's count, then the offset of each of its tables (the segment's
+    # entry, moved by where its section and its vector are)
+    vectors: list[bytes] = []
+    for p, count, vector_at, base in zip(parts, counts, vector_starts, bases, strict=False):
+        vectors.append(_U32.pack(count))
+        vectors.append((p.entries + (base - vector_at - 4)).astype("<u4").tobytes())
+    vectors.append(bytes(segments_at - vector_starts[-1]))
     pieces = [piece for p in parts for piece in p.pieces]
-    body = bytearray().join((head, words, *pieces, layout.rest))
-    indexed = parts[:3]
-    patches = np.concatenate([p.patches for p in indexed if p.patches is not None])
-    patches += starts[: len(patches)]
-    values = np.concatenate([p.values for p in indexed if p.values is not None])
-    np.frombuffer(body, "<i4")[patches >> 2] = values
+    body = bytearray().join((head, *vectors, *pieces, layout.rest))
+    words = np.frombuffer(body, "<i4")
+    for p, base in zip(parts[:3], bases, strict=False):
+        if p.patches is not None and p.values is not None and len(p.values):
+            words[(p.patches + base) >> 2] = p.values
     view = memoryview(body)
     kept = [
-        Section((view[base : base + p.length],), p.length, p.sizes, p.roots, p.patches, p.values)
+        Section((view[base : base + p.length],), *p[1:])
         for p, base in zip(parts, bases, strict=False)
     ]
     # zstd level 1: this file is rewritten by every change, and at level 1 it comes out
