@@ -68,6 +68,12 @@ async def test_icechunk_reads_a_repository_written_by_spliced_changes(
     await repo.set_metadata({"owner": "spliced"})
     await commit_value(repo, "main", 15, 150)
     expected["main"] = (15, 150)
+    with_metadata = await repo.writable_session("b0")  # a snapshot entry with items
+    arr = await zas.open_array(store=with_metadata.store, path="x", mode="r+")
+    await arr.setitem(slice(0, 1), np.array([7], dtype="i4"))
+    properties = {"run": 3, "tags": ["a", "é"], "note": None, "ok": True}
+    await with_metadata.commit("with metadata", metadata=properties)
+    expected["b0"] = (0, 7)
     await repo.set_status(aic.RepoStatus(aic.RepoAvailability.read_only, None, "done"))
     assert spliced.count(False) <= 2  # the first change (no file written yet) and the amend
     assert spliced.count(True) >= 30
@@ -85,6 +91,7 @@ async def test_icechunk_reads_a_repository_written_by_spliced_changes(
     assert [t for _, t in their_log] == [t for _, t in ours_log]
     assert [k for k, _ in their_log] == [k for k, _ in ours_log]
     assert theirs.get_metadata() == {"owner": "spliced"}
+    assert next(iter(theirs.ancestry(branch="b0"))).metadata == properties
     for branch, (index, value) in expected.items():
         mine = [s.id async for s in repo.ancestry(branch=branch)]
         assert [s.id for s in theirs.ancestry(branch=branch)] == mine

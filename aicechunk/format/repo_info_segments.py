@@ -123,10 +123,75 @@ def snapshot_segment(snap: SnapshotInfo) -> Segment:
     write."""
     found: Segment | None = snap._segment
     if found is None:
-        b = FastBuilder(256)
-        found = _finish(b, snapshot_table(b, snap, 0, "i32!"), 1)
+        if snap.pruned_ancestor_tx_logs:  # spec 2.1's list, after an expiration
+            b = FastBuilder(256)
+            found = _finish(b, snapshot_table(b, snap, 0, "i32!"), 1)
+        else:
+            found = _direct_snapshot(snap)
         object.__setattr__(snap, "_segment", found)  # a cache: the info is immutable
     return found
+
+
+# A snapshot written directly, front to back: its vtable at 0 (6 slots: id, parent,
+# time, message, metadata; no pruned logs), the table at 16 (soffset, the parent's index
+# at 4 (set in the file), the time at 8 (aligned), the message and metadata offsets at
+# 16 and 20, the id at 24; 40 bytes), then the metadata vector, its items (each a vtable
+# and a table: name, value), the message, the names and the values.
+_SNAPSHOT_AT = 16
+_SNAPSHOT_HEAD = struct.Struct("<8HiiQII12s4x")
+_ITEM_VTABLE = struct.pack("<4H", 8, 12, 4, 8)
+
+
+def _byte_vector(data: bytes) -> bytes:
+    """A flatbuffer vector of bytes (length, bytes), padded to a multiple of 4."""
+    body = _U32.pack(len(data)) + data
+    return body + bytes(-len(body) % 4)
+
+
+def _direct_snapshot(snap: SnapshotInfo) -> Segment:
+    items = flex_of(snap)[1]  # checked as for the builder
+    vector_at = _SNAPSHOT_AT + 40
+    items_at = vector_at + 4 + 4 * len(items)
+    strings_at = items_at + 20 * len(items)
+    message = _string_bytes(snap.message)
+    tail = [message]
+    at = strings_at + len(message)
+    names: list[int] = []
+    values: list[int] = []
+    for key, _ in items:
+        names.append(at)
+        tail.append(_string_bytes(key))
+        at += len(tail[-1])
+    for _, data in items:
+        values.append(at)
+        tail.append(_byte_vector(data))
+        at += len(tail[-1])
+    head = _SNAPSHOT_HEAD.pack(
+        16,
+        40,
+        24,
+        4,
+        8,
+        16,
+        20,
+        0,
+        _SNAPSHOT_AT,
+        0,
+        to_micros(snap.flushed_at),
+        strings_at - (_SNAPSHOT_AT + 16),
+        vector_at - (_SNAPSHOT_AT + 20),
+        snap.id.bytes,
+    )
+    vector = [_U32.pack(len(items))]
+    records = []
+    for k, (name, value) in enumerate(zip(names, values, strict=True)):
+        item = items_at + 20 * k  # its vtable; its table 8 bytes on
+        vector.append(_U32.pack(item + 8 - (vector_at + 4 + 4 * k)))
+        records.append(
+            _ITEM_VTABLE + struct.pack("<iII", 8, name - (item + 12), value - (item + 16))
+        )
+    data = b"".join((head, *vector, *records, *tail))
+    return data + bytes(-len(data) % _ALIGN), _SNAPSHOT_AT, _SNAPSHOT_AT + 4
 
 
 def update_segment(update: Update) -> Segment:
