@@ -217,7 +217,12 @@ class RepoInfoStore:
         Icechunk 2.x does, with its cache of the file). Only a write is decided on that
         file: if it has changed since, the conditional write fails, and the change is
         retried on the file as it is then; a change that is refused there, or finds
-        nothing to do, is tried on the file as stored. Other changes read it first.
+        nothing to do, is tried on the file as stored. Other changes (a ref or a tag,
+        metadata) start from the file this store holds too where a failed condition
+        surely means that nothing was written (``Driver.resends_writes`` false: local
+        files, memory), and read it first elsewhere: after a failed condition there, a
+        retried request of ours may have landed, and the change is then found done in
+        the file read (a tag created elsewhere at the same snapshot looks the same).
 
         A repository whose status is not online takes no change (``ReadOnlyRepositoryError``,
         read in the same file the change would replace), as in Icechunk; only a change of
@@ -232,10 +237,11 @@ class RepoInfoStore:
         delays = retry_delays(self.updates)
         attempt = 0
         trust = True  # the file known here, for the first attempt
+        unread = version_read is None and not self.driver.resends_writes
         while True:
             known = self._file
             cached = attempt == 0 and trust and known is not None
-            if cached and known is not None and version_read == known[2]:
+            if cached and known is not None and (unread or version_read == known[2]):
                 info, data, version = known
             else:
                 cached = False
@@ -288,7 +294,8 @@ class RepoInfoStore:
                 written = await self.driver.put(REPO_INFO_KEY, encoded, if_match=version)
             except PreconditionFailed as err:
                 # another writer changed it, or a retried request of ours landed
-                failure, maybe_landed = err, True
+                failure = err
+                maybe_landed = maybe_landed or self.driver.resends_writes
                 sent.add(name)
             except StorageError as err:
                 sent.add(name)

@@ -298,3 +298,62 @@ async def test_an_unchanged_local_file_is_checked_not_read(tmp_path: Path) -> No
     tip = await _commit(repo, "theirs", 9)
     assert await other.lookup_branch("theirs") == tip
     assert driver.byte_reads == 1
+
+
+class CheckedCounted(ReadsCounted):
+    """A local driver that also counts the checks of the repo info file's version."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.checks = 0
+
+    def _read_if_changed_sync(self, key: str, version: str) -> Any:
+        self.checks += key == REPO_INFO_KEY
+        return super()._read_if_changed_sync(key, version)
+
+
+async def test_ref_changes_start_from_the_file_known_where_a_failed_condition_is_final(
+    tmp_path: Path,
+) -> None:
+    """On local files (``resends_writes`` false) a branch, a tag or the metadata changes
+    the file this store holds without reading it first: the conditional write is the
+    check. A file changed elsewhere meanwhile fails it, and the change is decided on the
+    file as stored: a branch or tag created there, even at the same snapshot, is
+    refused as existing (never taken for ours); one deleted there can be created."""
+    driver = CheckedCounted(tmp_path)
+    repo = await aic.Repository.create(aic.storage_from_driver(driver), spec_version=2)
+    base = await repo.lookup_branch("main")
+    driver.checks = driver.byte_reads = 0
+    await repo.create_branch("b0", base)
+    await repo.create_tag("t0", base)
+    await repo.set_metadata({"k": 1})
+    await repo.delete_branch("b0")
+    assert (driver.checks, driver.byte_reads) == (1, 0)  # delete_branch looks it up first
+    other = await aic.Repository.open(aic.local_filesystem_storage(str(tmp_path)))
+    await other.create_branch("same", base)
+    await other.create_tag("same", base)
+    with pytest.raises(aic.RefExistsError):
+        await repo.create_branch("same", base)
+    with pytest.raises(aic.RefExistsError):
+        await repo.create_tag("same", base)
+    await other.delete_branch("same")
+    await repo.create_branch("same", base)  # the file held here still lists it
+    fresh = await aic.Repository.open(aic.local_filesystem_storage(str(tmp_path)))
+    assert await fresh.list_branches() == {"main", "same"}
+    assert await fresh.list_tags() == {"t0", "same"}
+    assert await fresh.get_metadata() == {"k": 1}
+    kinds = [type(u.kind).__name__ async for u in fresh.ops_log()]
+    assert kinds.count("BranchCreated") == 3 and kinds.count("TagCreated") == 2
+
+
+async def test_a_network_driver_reads_the_file_before_a_ref_change() -> None:
+    """Where a failed condition may answer a retried request of ours (a network driver:
+    ``resends_writes``), a ref change reads the file first, as before."""
+    driver = CountingDriver(MemoryDriver())  # a wrapper: resends_writes, as any driver
+    assert driver.resends_writes and not MemoryDriver.resends_writes
+    repo = await aic.Repository.create(aic.storage_from_driver(driver), spec_version=2)
+    base = await repo.lookup_branch("main")
+    driver.calls.clear()
+    await repo.create_branch("b", base)
+    repo_calls = [method for method, key in driver.calls if key == REPO_INFO_KEY]
+    assert repo_calls == ["get", "put"]

@@ -219,6 +219,11 @@ class Driver(abc.ABC):
     supports_writes: ClassVar[bool] = True
     supports_listing: ClassVar[bool] = True
     supports_conditional_writes: ClassVar[bool] = True
+    #: whether a write may be sent again after its answer was lost, so that a
+    #: ``PreconditionFailed`` may answer the second try of a write whose first landed
+    #: (network drivers); ``False`` where a failed condition always means nothing was
+    #: written (local files, memory)
+    resends_writes: ClassVar[bool] = True
 
     # -- description ------------------------------------------------------------------
 

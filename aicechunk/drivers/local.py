@@ -94,6 +94,7 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
 
     type_name = "local"
     settings_type = LocalSettings
+    resends_writes = False  # a write is one system call sequence, never resent
 
     def __init__(
         self,

@@ -53,6 +53,7 @@ class MemoryDriver(ConfiguredDriver[MemorySettings]):
 
     type_name = "memory"
     settings_type = MemorySettings
+    resends_writes = False  # a write is a call in this process, never resent
 
     def __init__(self, name: str | None = None, *, home_pid: int | None = None) -> None:
         fresh = MemorySettings()
