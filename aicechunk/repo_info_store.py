@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +56,7 @@ from aicechunk.format.repo_info_splice import encode_kept, encode_spliced, missi
 from aicechunk.format.snapshot import Snapshot
 from aicechunk.offload import DECODE_BYTES_OFF_LOOP, ENCODE_ITEMS_OFF_LOOP, off_loop, start_now
 from aicechunk.refstore import RefInfo
+from aicechunk.repo_info_retries import IMMEDIATE_RETRIES, retry_delays
 
 __all__ = ["IMMEDIATE_RETRIES", "RepoInfoStore", "initial_repo_info", "retry_delays"]
 
@@ -64,25 +64,6 @@ __all__ = ["IMMEDIATE_RETRIES", "RepoInfoStore", "initial_repo_info", "retry_del
 #: wait before the second (doubling), as for a spec v1 branch (``assets.SETTLE_*``)
 SETTLE_ATTEMPTS = 5
 SETTLE_BACKOFF_SECONDS = 0.05
-
-#: how many retries of a change that lost the race follow at once, before the backoff
-#: starts (Icechunk 2.x: brief contention usually resolves within one or two)
-IMMEDIATE_RETRIES = 5
-
-
-def retry_delays(updates: RepoInfoUpdates) -> Iterator[float]:
-    """The waits, in seconds, before each retry of a change that lost the race, as
-    Icechunk 2.x schedules them: ``IMMEDIATE_RETRIES`` without a wait, then
-    ``max_tries - IMMEDIATE_RETRIES`` more after an exponential backoff from
-    ``initial_backoff_ms`` (at most ``max_backoff_ms``) with up to as much again of jitter.
-    """
-    yield from [0.0] * IMMEDIATE_RETRIES
-    delay, most = updates.initial_backoff_ms / 1000, updates.max_backoff_ms / 1000
-    for _ in range(max(0, updates.max_tries - IMMEDIATE_RETRIES)):
-        step = min(delay, most)
-        yield step + step * random.random()
-        delay *= 2
-
 
 #: a change: the repo info it makes from the one read, with the update's kind, or
 #: ``None`` when there is nothing to do (already done); the flag says that an earlier
@@ -137,11 +118,11 @@ class RepoInfoStore:
             if known is None:
                 data, obj = await self.driver.get_object(REPO_INFO_KEY)
             else:
-                changed, obj = await self.driver.get_object_if_changed(REPO_INFO_KEY, known[2])
+                changed = await self.driver.get_object_if_changed(REPO_INFO_KEY, known[2])
                 if changed is None:
                     self._cached = known[0]
                     return known
-                data = changed
+                data, obj = changed
         except ObjectNotFound:
             raise RepositoryNotFoundError(
                 f"no repository at {self.driver.label} (no '{REPO_INFO_KEY}' object)"

@@ -7,6 +7,7 @@ for a symbolic link between the check and the read leads nowhere.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -26,11 +27,13 @@ __all__ = [
     "Confinement",
     "KeyLock",
     "LargeRead",
+    "fsync_dir",
     "object_info",
     "open_object",
     "os_error",
     "pread",
     "real_path",
+    "unlink_if_there",
     "version_of",
 ]
 
@@ -57,6 +60,21 @@ def version_of(st: os.stat_result) -> str:
     """A file's version token: inode, mtime and size. Writes set a fresh, strictly
     increasing mtime, so a token never comes back for another content of the same key."""
     return f"{st.st_ino:x}.{st.st_mtime_ns:x}.{st.st_size:x}"
+
+
+def fsync_dir(directory: str) -> None:
+    """Flush a directory's entries to disk."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def unlink_if_there(path: str) -> None:
+    """Remove a file, if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def object_info(key: str, st: os.stat_result) -> ObjectInfo:

@@ -263,10 +263,11 @@ class Driver(abc.ABC):
 
     async def get_object_if_changed(
         self, key: str, version: str
-    ) -> tuple[bytes | None, ObjectInfo]:
-        """``get_object``, or ``(None, info)`` if the object is still at ``version``
-        (an empty version matches nothing): a driver that can tell without the bytes
-        (a local file's status) does not read them. ``ObjectNotFound`` if there is none."""
+    ) -> tuple[bytes, ObjectInfo] | None:
+        """``get_object``, or ``None`` if the object is still at ``version`` (an empty
+        version matches nothing): a driver that can tell without the bytes does not
+        transfer them (a local file's status; an S3 GET with ``If-None-Match``).
+        ``ObjectNotFound`` if there is none."""
         validate_key(key, self.label)
         return await self._get_object_if_changed(key, version)
 
@@ -391,10 +392,10 @@ class Driver(abc.ABC):
 
     async def _get_object_if_changed(
         self, key: str, version: str
-    ) -> tuple[bytes | None, ObjectInfo]:
+    ) -> tuple[bytes, ObjectInfo] | None:
         """A ``get_object_if_changed``; by default the whole object, compared after."""
         data, info = await self._get_object(key)
-        return (None, info) if version and info.version == version else (data, info)
+        return None if version and info.version == version else (data, info)
 
     @abc.abstractmethod
     def _list(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...

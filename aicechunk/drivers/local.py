@@ -27,11 +27,13 @@ from aicechunk.drivers._files import (
     Confinement,
     KeyLock,
     LargeRead,
+    fsync_dir,
     object_info,
     open_object,
     os_error,
     pread,
     real_path,
+    unlink_if_there,
     version_of,
 )
 from aicechunk.drivers._names import NAME_MAX, decode_name, encode_name
@@ -244,22 +246,24 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
 
     def _read_if_changed_sync(
         self, key: str, version: str
-    ) -> tuple[bytes | LargeRead | None, ObjectInfo]:
+    ) -> tuple[bytes | LargeRead, ObjectInfo] | None:
         if self._confinement is None:  # a confined read checks the file it opens
             try:
                 st = os.stat(self._named(key))
             except OSError as err:
                 raise self._wrap_os_error(err, key, "read") from err
             if stat.S_ISREG(st.st_mode) and version and version_of(st) == version:
-                return None, object_info(key, st)
+                return None
         return self._read_small_object_sync(key)
 
     async def _get_object_if_changed(
         self, key: str, version: str
-    ) -> tuple[bytes | None, ObjectInfo]:
+    ) -> tuple[bytes, ObjectInfo] | None:
         # one status on the small-op thread, and the read only if the version changed
-        found, info = await self._workers.run_small(self._read_if_changed_sync, key, version)
-        return (None if found is None else await self._read_rest(key, found)), info
+        found = await self._workers.run_small(self._read_if_changed_sync, key, version)
+        if found is None:
+            return None
+        return await self._read_rest(key, found[0]), found[1]
 
     def _head_sync(self, key: str) -> ObjectInfo:
         if self._confinement is not None:  # what a read would open, checked the same way
@@ -354,16 +358,8 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             os.replace(tmp, path)
         if self.settings.fsync:
-            self._fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         return os.stat(path)
-
-    @staticmethod
-    def _fsync_dir(directory: str) -> None:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
     def _put_sync(
         self, key: str, data: bytes, if_none_match: bool, if_match: str | None, wait: bool = True
@@ -461,11 +457,11 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
                 view = view[os.write(fd, view) :]
             if self.settings.fsync:
                 os.fsync(fd)
-                self._fsync_dir(os.path.dirname(path))
+                fsync_dir(os.path.dirname(path))
             st = os.fstat(fd)
         except BaseException as err:
             os.close(fd)
-            _unlink(path)
+            unlink_if_there(path)
             if isinstance(err, OSError):
                 raise self._wrap_os_error(err, key, "write") from err
             raise
@@ -491,10 +487,10 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
         except (OSError, StorageError):  # gone, or no links here: the bytes, then
             return self._put_once_sync(key, data)
         if version_of(st) != version:  # replaced since it was read
-            _unlink(path)
+            unlink_if_there(path)
             return self._put_once_sync(key, data)
         if self.settings.fsync:
-            self._fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         return object_info(key, st)
 
     async def _put_copy(self, key: str, data: bytes, source: str, version: str) -> ObjectInfo:
@@ -508,9 +504,9 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
             try:
                 if os.path.exists(lock_path):
                     with KeyLock(lock_path):
-                        _unlink(path)
+                        unlink_if_there(path)
                 else:
-                    _unlink(path)
+                    unlink_if_there(path)
             except (NotADirectoryError, IsADirectoryError):
                 continue
             except OSError as err:
@@ -521,9 +517,3 @@ class LocalDriver(ConfiguredDriver[LocalSettings]):
 
     async def _delete_many(self, keys: list[str]) -> None:
         await self._workers.run(self._delete_sync, keys)
-
-
-def _unlink(path: str) -> None:
-    """Remove a file, if it is there."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

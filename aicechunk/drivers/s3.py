@@ -47,6 +47,7 @@ __all__ = ["S3Credentials", "S3Driver", "S3Settings"]
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_NOT_MODIFIED = {"304", "NotModified"}
 
 
 def _error_code(err: BaseException) -> str:
@@ -327,6 +328,49 @@ class S3Driver(ConfiguredDriver[S3Settings]):
         except Exception as err:
             raise self._error(err, key, "get") from err
         return data, self._info(key, response, len(data))
+
+    async def _get_object_if_changed(
+        self, key: str, version: str
+    ) -> tuple[bytes, ObjectInfo] | None:
+        # a GET with If-None-Match: "304 Not Modified" and no body while the ETag is
+        # ``version`` (the repo info file, read before every ref change and session)
+        if not version:
+            return await self._get_object(key)
+        wire, limit = await self._wire()
+        if wire is not None:
+            answer = await self._lean(wire, limit, "GET", key, {"if-none-match": version})
+            if answer is not None:
+                if answer.status == 304:
+                    said = etag(answer)
+                    if said not in ("", version):  # a 304 must be about that version
+                        raise self._bad_answer(key, "304 Not Modified for another ETag")
+                    return None
+                if answer.status != 200:
+                    if answer.status < 300:
+                        raise self._bad_answer(key, f"HTTP {answer.status} to a whole GET")
+                    raise self._error_for(answer.code, key, "get")
+                info = self._lean_info(key, answer, len(answer.body))
+                return None if info.version == version else (answer.body, info)
+        client, limit = await self._client()
+
+        async def read() -> tuple[bytes, dict[str, Any]]:
+            async with limit:
+                response: dict[str, Any] = await client.get_object(
+                    Bucket=self.bucket, Key=self._key(key), IfNoneMatch=version
+                )
+                async with response["Body"] as body:
+                    return await body.read(), response
+
+        try:
+            data, response = await retrying(
+                read, attempts=self.settings.max_attempts, transient=_body_cut
+            )
+        except Exception as err:
+            if _error_code(err) in _NOT_MODIFIED:
+                return None
+            raise self._error(err, key, "get") from err
+        info = self._info(key, response, len(data))
+        return None if info.version == version else (data, info)
 
     async def _head(self, key: str) -> ObjectInfo:
         wire, limit = await self._wire()

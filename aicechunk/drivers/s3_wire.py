@@ -76,7 +76,7 @@ _RETRY_CODES = frozenset(
     }
 )
 #: statuses whose meaning the driver maps itself (others go to botocore)
-_KNOWN_STATUS = frozenset({200, 204, 206, 403, 404, 409, 412, 416}) | _RETRY_STATUS
+_KNOWN_STATUS = frozenset({200, 204, 206, 304, 403, 404, 409, 412, 416}) | _RETRY_STATUS
 #: error codes saying the bucket lives elsewhere: botocore follows them
 _ELSEWHERE = frozenset(
     {

@@ -365,3 +365,46 @@ async def test_an_answer_with_two_different_etags_is_a_storage_error(s3_endpoint
         async with driver(url, bucket) as s3:
             with pytest.raises(StorageError, match="several different ETags"):
                 await s3.get_object("a")
+
+
+@pytest.mark.parametrize("lean", ["1", "0"])
+async def test_an_unchanged_object_asked_for_if_changed_is_not_transferred(
+    proxied: tuple[FaultProxy, str], monkeypatch: pytest.MonkeyPatch, lean: str
+) -> None:
+    """``get_object_if_changed`` sends ``If-None-Match`` with the version held: S3
+    answers 304 without the bytes while the object is at it, on the lean path and
+    through botocore alike; a changed object comes whole, with its new version."""
+    monkeypatch.setenv("AICECHUNK_S3_LEAN", lean)
+    proxy, bucket = proxied
+    async with driver(proxy.url, bucket) as s3:
+        first = await s3.put("repo", DATA)
+        assert await s3.get_object_if_changed("repo", first.version) is None
+        second = await s3.put("repo", DATA[:100])
+        found = await s3.get_object_if_changed("repo", first.version)
+        assert found is not None and found[0] == DATA[:100]
+        assert found[1].version == second.version != first.version
+    gets = [h for m, h in proxy.seen if m == "GET"]
+    assert len(gets) == 2 and all(by_botocore(h) == (lean == "0") for h in gets)
+    sent = [{k.lower(): v for k, v in h.items()}.get("if-none-match") for h in gets]
+    assert sent == [first.version, first.version]
+
+
+async def test_a_304_for_another_etag_is_a_storage_error(s3_endpoint: str) -> None:
+    """A 304 answers for the version asked about; one naming another ETag is not
+    trusted (the file held would pass for what is stored)."""
+    from aiohttp import web
+
+    bucket = next_bucket_name()
+    create_s3_bucket(s3_endpoint, bucket)
+
+    def not_modified(request: Any) -> Any:
+        if request.method == "GET" and request.headers.get("If-None-Match"):
+            return web.Response(status=304, headers={"ETag": '"another"'})
+        return None
+
+    with crafted(s3_endpoint, not_modified) as (url, log):
+        async with driver(url, bucket) as s3:
+            version = (await s3.put("repo", DATA)).version
+            with pytest.raises(StorageError, match="304 Not Modified for another ETag"):
+                await s3.get_object_if_changed("repo", version)
+    assert log == ["lean PUT", "lean GET"]

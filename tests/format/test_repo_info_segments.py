@@ -27,7 +27,8 @@ from aicechunk.format.repo_info import (
     encode_repo_info,
     push_update,
 )
-from aicechunk.format.repo_info_segments import _direct_update, encode_repo_info_segmented
+from aicechunk.format.repo_info_direct import direct_update_segment
+from aicechunk.format.repo_info_segments import encode_repo_info_segmented
 from tests.format.strategies_v2 import names, repo_infos, snapshot_ids, times
 from tests.format.test_attacks_v2 import wrap
 
@@ -217,7 +218,7 @@ def test_log_entries_written_directly_read_back(updates: list[ru.Update]) -> Non
     builder: each segment a multiple of 8 bytes with its time 8-byte aligned, and a file
     of them reads back as written, in the Icechunk layout's terms too."""
     for update in updates:
-        direct = _direct_update(update)
+        direct = direct_update_segment(update)
         assert direct is not None
         data, root, patch = direct
         assert len(data) % 8 == 0 and root % 8 == 0 and patch == -1
