@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr.api.asynchronous as zas
 
 import aicechunk as aic
@@ -120,3 +121,49 @@ async def test_a_chunk_no_change_names_any_more_does_not_block_the_commit() -> N
     ro = await repo.readonly_session(branch="main")
     got = await (await zas.open_array(store=ro.store, path="x", mode="r")).getitem(slice(0, 100))
     np.testing.assert_array_equal(got, np.full(100, 9))
+
+
+async def test_a_drain_whose_wait_another_loop_took_up_then_dropped_still_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another loop takes up the drain's wait for its uploads and then stops before
+    answering (its ``asyncio.run`` returns: the loop closes with the wait pending). The
+    drain must not wait for ever on that answer: it looks again, finds the loop stopped
+    and uploads the chunk itself."""
+    import threading
+
+    import aicechunk.session.uploads as uploads_module
+    from aicechunk.format.ids import ChunkId
+    from aicechunk.session.uploads import Uploads
+
+    taken = threading.Event()
+    real = uploads_module._settled
+
+    async def settled(tasks: list[asyncio.Task[None]], started: threading.Event) -> object:
+        taken.set()
+        return await real(tasks, started)
+
+    monkeypatch.setattr(uploads_module, "_settled", settled)
+
+    here = asyncio.get_running_loop()
+    stored: list[ChunkId] = []
+    never = asyncio.Event()
+
+    async def write(chunk_id: ChunkId, data: bytes) -> None:
+        if asyncio.get_running_loop() is not here:
+            await never.wait()  # the other loop's upload never ends there
+        stored.append(chunk_id)
+
+    uploads = Uploads(write, max_bytes=1_000, concurrency=2)
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+    chunk = ChunkId.random()
+    asyncio.run_coroutine_threadsafe(uploads.put(chunk, b"x" * 10), other).result(10)
+    draining = asyncio.ensure_future(uploads.drain())
+    assert await asyncio.to_thread(taken.wait, 10)  # the other loop took the wait up
+    other.call_soon_threadsafe(other.stop)  # and stops before answering it
+    await asyncio.to_thread(thread.join, 10)
+    other.close()
+    await asyncio.wait_for(draining, 10)
+    assert stored == [chunk] and len(uploads) == 0

@@ -19,7 +19,8 @@ runs the store on a loop thread of its own) are waited for on that loop, if it a
 a loop that does not take up the wait within ``STALLED_AFTER`` seconds is blocked (a
 notebook cell's loop, waiting for the synchronous commit that drains), and its uploads
 are started again on the draining loop (the first to land wins; the other finds the
-chunk stored).
+chunk stored). A loop that took up the wait and then stopped before answering is found
+stopped when the drain looks again, at least every ``STALLED_AFTER`` seconds.
 
 A ``put`` that finds uploads of an earlier loop cancelled because that loop closed (sync
 code running each call with ``asyncio.run``) turns write-behind off for the rest of the
@@ -173,7 +174,12 @@ class Uploads:
             if live:
                 waiting.append(asyncio.ensure_future(asyncio.wait(live)))
             if waiting:
-                await asyncio.wait(waiting)
+                # another loop may stop before the wait it took up ends (its ``asyncio.run``
+                # returning): the wait is then never answered, so it is looked at again
+                # every ``STALLED_AFTER`` seconds, and a loop found stopped has its
+                # uploads redone here
+                timeout = STALLED_AFTER if len(waiting) > bool(live) else None
+                await asyncio.wait(waiting, timeout=timeout)
 
     def forget_failed(self) -> None:
         """Drop the chunks whose upload failed (their references were discarded)."""
