@@ -302,45 +302,24 @@ class S3Driver(ConfiguredDriver[S3Settings]):
             raise self._error(err, key, "get") from err
 
     async def _get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
-        wire, limit = await self._wire()
-        if wire is not None:
-            answer = await self._lean(wire, limit, "GET", key, {})
-            if answer is not None:
-                if answer.status != 200:
-                    if answer.status < 300:
-                        raise self._bad_answer(key, f"HTTP {answer.status} to a whole GET")
-                    raise self._error_for(answer.code, key, "get")
-                return answer.body, self._lean_info(key, answer, len(answer.body))
-        client, limit = await self._client()
-
-        async def read() -> tuple[bytes, dict[str, Any]]:
-            async with limit:
-                response: dict[str, Any] = await client.get_object(
-                    Bucket=self.bucket, Key=self._key(key)
-                )
-                async with response["Body"] as body:
-                    return await body.read(), response
-
-        try:
-            data, response = await retrying(
-                read, attempts=self.settings.max_attempts, transient=_body_cut
-            )
-        except Exception as err:
-            raise self._error(err, key, "get") from err
-        return data, self._info(key, response, len(data))
+        found = await self._get_whole(key, "")
+        assert found is not None  # no version to match
+        return found
 
     async def _get_object_if_changed(
         self, key: str, version: str
     ) -> tuple[bytes, ObjectInfo] | None:
-        # a GET with If-None-Match: "304 Not Modified" and no body while the ETag is
-        # ``version`` (the repo info file, read before every ref change and session)
-        if not version:
-            return await self._get_object(key)
+        return await self._get_whole(key, version)
+
+    async def _get_whole(self, key: str, version: str) -> tuple[bytes, ObjectInfo] | None:
+        """The whole object, or ``None`` if it is at ``version`` (a GET with
+        ``If-None-Match``: "304 Not Modified", no body; ``""``: any version)."""
+        extra = {"if-none-match": version} if version else {}
         wire, limit = await self._wire()
         if wire is not None:
-            answer = await self._lean(wire, limit, "GET", key, {"if-none-match": version})
+            answer = await self._lean(wire, limit, "GET", key, extra)
             if answer is not None:
-                if answer.status == 304:
+                if answer.status == 304 and version:
                     said = etag(answer)
                     if said not in ("", version):  # a 304 must be about that version
                         raise self._bad_answer(key, "304 Not Modified for another ETag")
@@ -350,13 +329,14 @@ class S3Driver(ConfiguredDriver[S3Settings]):
                         raise self._bad_answer(key, f"HTTP {answer.status} to a whole GET")
                     raise self._error_for(answer.code, key, "get")
                 info = self._lean_info(key, answer, len(answer.body))
-                return None if info.version == version else (answer.body, info)
+                return None if version and info.version == version else (answer.body, info)
         client, limit = await self._client()
+        condition = {"IfNoneMatch": version} if version else {}
 
         async def read() -> tuple[bytes, dict[str, Any]]:
             async with limit:
                 response: dict[str, Any] = await client.get_object(
-                    Bucket=self.bucket, Key=self._key(key), IfNoneMatch=version
+                    Bucket=self.bucket, Key=self._key(key), **condition
                 )
                 async with response["Body"] as body:
                     return await body.read(), response
@@ -366,11 +346,11 @@ class S3Driver(ConfiguredDriver[S3Settings]):
                 read, attempts=self.settings.max_attempts, transient=_body_cut
             )
         except Exception as err:
-            if _error_code(err) in _NOT_MODIFIED:
+            if version and _error_code(err) in _NOT_MODIFIED:
                 return None
             raise self._error(err, key, "get") from err
         info = self._info(key, response, len(data))
-        return None if info.version == version else (data, info)
+        return None if version and info.version == version else (data, info)
 
     async def _head(self, key: str) -> ObjectInfo:
         wire, limit = await self._wire()

@@ -42,11 +42,8 @@ flex_values: st.SearchStrategy[Any] = st.recursive(
 metadata = st.dictionaries(st.text(max_size=10), flex_values, max_size=4)
 statuses = st.builds(ru.RepoStatus, st.sampled_from(ru.Availability), times, st.none() | names)
 
-update_kinds: st.SearchStrategy[ru.UpdateKind] = st.one_of(
-    st.just(ru.RepoInitialized()),
-    st.builds(ru.RepoMigrated, st.integers(0, 255), st.integers(0, 255)),
-    st.just(ru.ConfigChanged()),
-    st.just(ru.MetadataChanged()),
+#: the kinds commits, ref changes and tags make (written without the builder)
+ref_update_kinds: st.SearchStrategy[ru.UpdateKind] = st.one_of(
     st.builds(ru.TagCreated, names),
     st.builds(ru.TagDeleted, names, snapshot_ids),
     st.builds(ru.BranchCreated, names),
@@ -55,6 +52,13 @@ update_kinds: st.SearchStrategy[ru.UpdateKind] = st.one_of(
     st.builds(ru.NewCommit, names, snapshot_ids),
     st.builds(ru.CommitAmended, names, snapshot_ids, snapshot_ids),
     st.builds(ru.NewDetachedSnapshot, snapshot_ids),
+)
+update_kinds: st.SearchStrategy[ru.UpdateKind] = st.one_of(
+    st.just(ru.RepoInitialized()),
+    st.builds(ru.RepoMigrated, st.integers(0, 255), st.integers(0, 255)),
+    st.just(ru.ConfigChanged()),
+    st.just(ru.MetadataChanged()),
+    ref_update_kinds,
     st.just(ru.GCRan()),
     st.just(ru.ExpirationRan()),
     st.builds(ru.FeatureFlagChanged, st.integers(0, 2**16 - 1), st.none() | st.booleans()),

@@ -29,7 +29,7 @@ from aicechunk.format.repo_info import (
 )
 from aicechunk.format.repo_info_direct import direct_update_segment
 from aicechunk.format.repo_info_segments import encode_repo_info_segmented
-from tests.format.strategies_v2 import names, repo_infos, snapshot_ids, times
+from tests.format.strategies_v2 import names, ref_update_kinds, repo_infos, times
 from tests.format.test_attacks_v2 import wrap
 
 
@@ -199,20 +199,8 @@ def test_a_log_entry_without_its_required_name_is_refused() -> None:
         decode_repo_info(wrap(bytes(broken)))
 
 
-_DIRECT = st.one_of(
-    st.builds(ru.TagCreated, names),
-    st.builds(ru.TagDeleted, names, snapshot_ids),
-    st.builds(ru.BranchCreated, names),
-    st.builds(ru.BranchDeleted, names, snapshot_ids),
-    st.builds(ru.BranchReset, names, snapshot_ids),
-    st.builds(ru.NewCommit, names, snapshot_ids),
-    st.builds(ru.CommitAmended, names, snapshot_ids, snapshot_ids),
-    st.builds(ru.NewDetachedSnapshot, snapshot_ids),
-)
-
-
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.builds(ru.Update, _DIRECT, times, st.none() | names), min_size=1))
+@given(st.lists(st.builds(ru.Update, ref_update_kinds, times, st.none() | names), min_size=1))
 def test_log_entries_written_directly_read_back(updates: list[ru.Update]) -> None:
     """The entries a commit, a ref change or a tag makes are written without the
     builder: each segment a multiple of 8 bytes with its time 8-byte aligned, and a file
